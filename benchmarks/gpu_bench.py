@@ -1,0 +1,44 @@
+"""GPU timings: each medkern CUDA kernel vs its CuPy fallback and the CPU kernel, one table."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+import medkern as mk
+
+
+def _time(fn, sync, repeats=10):
+    fn()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync()
+    return (time.perf_counter() - t0) / repeats
+
+
+def main() -> None:
+    import cupy
+
+    sync = cupy.cuda.Device().synchronize
+    ct = np.random.default_rng(0).integers(-1024, 2000, size=(160, 512, 512), dtype=np.int16)
+    g = cupy.asarray(ct)
+    rows = []
+    cases = [
+        ("window 160x512x512 int16", lambda b: mk.window(g, 40, 400, backend=b),
+         lambda: mk.window(ct, 40, 400)),
+        ("normalize zscore", lambda b: mk.normalize(g, backend=b), lambda: mk.normalize(ct)),
+    ]
+    for name, gpu, cpu in cases:
+        t_cuda = _time(lambda: gpu("cuda"), sync)
+        t_cupy = _time(lambda: gpu("cupy"), sync)
+        t_cpu = _time(cpu, lambda: None, repeats=3)
+        rows.append(f"| {name} | {t_cuda * 1e3:.2f} | {t_cupy * 1e3:.2f} | {t_cpu * 1e3:.1f} | {t_cpu / t_cuda:.0f}× |")
+    print("\n| case | cuda (ms) | cupy (ms) | cpu (ms) | cuda vs cpu |\n|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "launch.hpp"
+
+namespace medkern::cuda {
+namespace {
+
+// Same arithmetic as medkern::affine_intensity (cpp/include/medkern/intensity.hpp): double
+// coefficients, clamp written so NaN passes through, stored as float.
+template <class T>
+__global__ void affine_intensity_kernel(const T* __restrict__ x, float* __restrict__ out,
+                                        std::int64_t n, double scale, double offset, double lo,
+                                        double hi) {
+  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += std::int64_t(gridDim.x) * blockDim.x) {
+    double v = scale * static_cast<double>(x[i]) + offset;
+    v = v < lo ? lo : v;
+    v = v > hi ? hi : v;
+    out[i] = static_cast<float>(v);
+  }
+}
+
+std::string last_error() {
+  cudaError_t err = cudaGetLastError();
+  return err == cudaSuccess ? std::string() : std::string(cudaGetErrorString(err));
+}
+
+}  // namespace
+
+template <class T>
+std::string affine_intensity(const T* x, float* out, std::int64_t n, double scale, double offset,
+                             double lo, double hi, stream_t stream) {
+  if (n == 0) return {};
+  const int block = 256;
+  const std::int64_t want = (n + block - 1) / block;
+  const int grid = static_cast<int>(want < 65535 * 8 ? want : 65535 * 8);
+  affine_intensity_kernel<T><<<grid, block, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
+      x, out, n, scale, offset, lo, hi);
+  return last_error();
+}
+
+#define MEDKERN_INSTANTIATE(T)                                                              \
+  template std::string affine_intensity<T>(const T*, float*, std::int64_t, double, double, \
+                                           double, double, stream_t);
+MEDKERN_INSTANTIATE(std::uint8_t)
+MEDKERN_INSTANTIATE(std::int16_t)
+MEDKERN_INSTANTIATE(std::uint16_t)
+MEDKERN_INSTANTIATE(std::int32_t)
+MEDKERN_INSTANTIATE(float)
+MEDKERN_INSTANTIATE(double)
+#undef MEDKERN_INSTANTIATE
+
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no device" error
+    return 0;
+  }
+  return n;
+}
+
+int runtime_version() {
+  int v = 0;
+  cudaRuntimeGetVersion(&v);
+  return v;
+}
+
+}  // namespace medkern::cuda

@@ -1,0 +1,68 @@
+// Helpers shared by the binding files: array conversion and the one dtype dispatch table.
+#pragma once
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+
+#include "medkern/common.hpp"
+
+namespace py = pybind11;
+
+namespace medkern::bind {
+
+template <class T>
+using carray = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+// Calls f(T{}) with T the C++ type of the array's dtype, for the dtypes medkern accepts.
+// This is the only dtype ladder in the bindings; every kernel goes through it.
+template <class F>
+decltype(auto) visit_dtype(const py::dtype& dt, F&& f) {
+  const char kind = dt.kind();
+  const auto size = dt.itemsize();
+  if (kind == 'u' && size == 1) return f(std::uint8_t{});
+  if (kind == 'i' && size == 2) return f(std::int16_t{});
+  if (kind == 'u' && size == 2) return f(std::uint16_t{});
+  if (kind == 'i' && size == 4) return f(std::int32_t{});
+  if (kind == 'f' && size == 4) return f(float{});
+  if (kind == 'f' && size == 8) return f(double{});
+  throw py::type_error("unsupported dtype " + std::string(py::str(dt)) +
+                       "; expected uint8, int16, uint16, int32, float32 or float64");
+}
+
+// Same table for label images (integer dtypes only, including the wider ones labels use).
+template <class F>
+decltype(auto) visit_label_dtype(const py::dtype& dt, F&& f) {
+  const char kind = dt.kind();
+  const auto size = dt.itemsize();
+  if (kind == 'b' && size == 1) return f(std::uint8_t{});
+  if (kind == 'u' && size == 1) return f(std::uint8_t{});
+  if (kind == 'i' && size == 1) return f(std::int8_t{});
+  if (kind == 'i' && size == 2) return f(std::int16_t{});
+  if (kind == 'u' && size == 2) return f(std::uint16_t{});
+  if (kind == 'i' && size == 4) return f(std::int32_t{});
+  if (kind == 'u' && size == 4) return f(std::uint32_t{});
+  if (kind == 'i' && size == 8) return f(std::int64_t{});
+  if (kind == 'u' && size == 8) return f(std::uint64_t{});
+  throw py::type_error("unsupported label dtype " + std::string(py::str(dt)) +
+                       "; expected an integer or bool array");
+}
+
+// Optional uint8 mask with the same number of elements as the image.
+inline const std::uint8_t* mask_ptr(const py::object& mask, carray<std::uint8_t>& holder,
+                                    py::ssize_t expected_size) {
+  if (mask.is_none()) return nullptr;
+  holder = carray<std::uint8_t>::ensure(mask);
+  if (!holder) throw py::type_error("mask must be convertible to a uint8 array");
+  if (holder.size() != expected_size)
+    throw py::value_error("mask has " + std::to_string(holder.size()) + " elements, image has " +
+                          std::to_string(expected_size));
+  return holder.data();
+}
+
+}  // namespace medkern::bind
+
+// One declaration per family; defined in <family>.cpp.
+void register_intensity(py::module_& m);

@@ -1,0 +1,11 @@
+#include "bindings.hpp"
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "medkern compiled kernels (private; use the medkern package)";
+#ifdef _OPENMP
+  m.attr("openmp") = true;
+#else
+  m.attr("openmp") = false;
+#endif
+  register_intensity(m);
+}

@@ -1,0 +1,92 @@
+"""The ``medkern`` command line. Each sub-command is one function registered in ``COMMANDS``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def command(name: str, configure: Callable[[argparse.ArgumentParser], None]):
+    def deco(fn: Callable[[argparse.Namespace], int]):
+        COMMANDS[name] = (configure, fn)
+        return fn
+
+    return deco
+
+
+def image_summary(img: Any) -> dict[str, Any]:
+    return {
+        "shape": list(img.shape),
+        "dtype": str(img.dtype),
+        "spacing": [round(float(s), 6) for s in img.spacing],
+        "origin": [round(float(o), 6) for o in img.origin],
+        "direction": np.round(img.direction, 6).tolist(),
+    }
+
+
+def _info_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="DICOM directory or file, or NIfTI file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+@command("info", _info_args)
+def info(args: argparse.Namespace) -> int:
+    import medkern as mk
+
+    path = Path(args.path)
+    if path.is_dir():
+        entries = [s.summary() for s in mk.list_dicom_series(path)]
+    else:
+        entries = [{"path": str(path), **image_summary(mk.read(path))}]
+    if args.json:
+        print(json.dumps(entries, indent=2))
+    else:
+        for e in entries:
+            print("\n".join(f"{k:>18}: {v}" for k, v in e.items()))
+            print()
+    return 0
+
+
+def _convert_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="DICOM directory or file, or NIfTI file")
+    p.add_argument("output", help="output file (.nii or .nii.gz), written atomically")
+    p.add_argument("--series-uid", help="which DICOM series, when the directory holds several")
+
+
+@command("convert", _convert_args)
+def convert(args: argparse.Namespace) -> int:
+    import medkern as mk
+
+    kwargs = {"series_uid": args.series_uid} if args.series_uid else {}
+    img = mk.read(args.input, **kwargs)
+    mk.write(img, args.output)
+    print(f"wrote {args.output}: shape {img.shape}, spacing {tuple(round(s, 4) for s in img.spacing)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="medkern", description="medkern medical-imaging kernels")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (configure, fn) in COMMANDS.items():
+        p = sub.add_parser(name, help=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else None)
+        configure(p)
+        p.set_defaults(func=fn)
+    args = parser.parse_args(argv)
+    from medkern.errors import MedkernError
+
+    try:
+        return args.func(args)
+    except (MedkernError, ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"medkern {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

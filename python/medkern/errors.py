@@ -1,0 +1,17 @@
+"""Exceptions raised for bad files. Bad arguments raise the builtin ValueError / TypeError."""
+
+from __future__ import annotations
+
+__all__ = ["MedkernError", "DicomError", "ModelError"]
+
+
+class MedkernError(Exception):
+    """Base class of medkern's own exceptions."""
+
+
+class DicomError(MedkernError, ValueError):
+    """A DICOM file or series cannot be read as asked; the message names the files involved."""
+
+
+class ModelError(MedkernError, ValueError):
+    """An ONNX model file, its metadata or its inputs are unusable; the message says why."""

@@ -1,0 +1,271 @@
+"""The Image: a voxel array plus its physical geometry (DESIGN conventions).
+
+* The array is in numpy axis order: 3D ``[k, j, i]`` (slice, row, column), 2D ``[j, i]``.
+* ``spacing`` is per array axis, in mm.
+* ``origin`` is the world position (LPS mm, ``(x, y, z)``) of the centre of voxel 0.
+* ``direction[:, a]`` is the LPS unit vector of array axis ``a``.
+* ``world = origin + direction @ diag(spacing) @ index``; ``affine`` is that map as a matrix.
+
+Geometry is immutable; the array is shared, not copied (``Image(a)`` is a cheap view of ``a``).
+A vector image (``vector=True``) carries its components on a trailing array axis, e.g. a
+displacement field of shape ``(nz, ny, nx, 3)``; its geometry describes the spatial axes only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from medkern._dispatch import is_cupy_array
+
+__all__ = ["Image"]
+
+_ACCEPTED_DTYPES = ("bool", "uint8", "int8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
+                    "float32", "float64")
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a = np.array(a, dtype=np.float64, copy=True)
+    a.setflags(write=False)
+    return a
+
+
+class Image:
+    """A 2D or 3D image with LPS geometry. See the module docstring for the conventions.
+
+    Parameters
+    ----------
+    array : numpy or cupy array, 2D or 3D (one more trailing axis when ``vector=True``).
+    spacing : per-axis voxel size in mm, array-axis order. Default 1.
+    origin : LPS position of voxel ``(0, 0[, 0])`` in mm. Default 0.
+    direction : ``ndim x ndim`` matrix whose column ``a`` is the unit vector of array axis ``a``.
+        Default: the axis-aligned orientation where column index i runs along x, row index j
+        along y and slice index k along z, i.e. ``np.eye(ndim)[:, ::-1]`` (ITK's identity
+        direction, as SimpleITK gives for ``GetImageFromArray``). Note that ``np.eye(3)`` is a
+        different orientation here (array axis 0 along x). Columns must be linearly independent; they are not renormalised, so a
+        matrix read from a file survives a round trip exactly.
+    vector : the last array axis holds vector components, not a spatial axis.
+    """
+
+    __slots__ = ("_array", "_spacing", "_origin", "_direction", "_vector")
+    __array_priority__ = 10
+
+    def __init__(
+        self,
+        array: Any,
+        spacing: Sequence[float] | float | None = None,
+        origin: Sequence[float] | None = None,
+        direction: Any = None,
+        *,
+        vector: bool = False,
+    ) -> None:
+        if isinstance(array, Image):
+            raise TypeError("array is already an Image; use img.with_array(...) or img.copy()")
+        if not is_cupy_array(array):
+            array = np.asarray(array)
+        if array.dtype.name not in _ACCEPTED_DTYPES:
+            raise TypeError(
+                f"Image array dtype {array.dtype} is not supported; use one of {', '.join(_ACCEPTED_DTYPES)}"
+            )
+        ndim = array.ndim - (1 if vector else 0)
+        if ndim not in (2, 3):
+            raise ValueError(
+                f"Image needs a 2D or 3D array{' plus a component axis' if vector else ''}, "
+                f"got shape {tuple(array.shape)}"
+            )
+        if spacing is None:
+            spacing = (1.0,) * ndim
+        elif np.isscalar(spacing):
+            spacing = (float(spacing),) * ndim
+        spacing = tuple(float(s) for s in spacing)
+        if len(spacing) != ndim:
+            raise ValueError(f"spacing has {len(spacing)} values for a {ndim}D image (array-axis order)")
+        if not all(np.isfinite(s) and s > 0 for s in spacing):
+            raise ValueError(f"spacing must be finite and positive, got {spacing}")
+        origin = np.zeros(ndim) if origin is None else np.asarray(origin, dtype=np.float64)
+        if origin.shape != (ndim,) or not np.all(np.isfinite(origin)):
+            raise ValueError(f"origin must be {ndim} finite numbers (LPS x, y[, z]), got {origin!r}")
+        direction = np.eye(ndim)[:, ::-1] if direction is None else np.asarray(direction, dtype=np.float64)
+        if direction.shape == (ndim * ndim,):
+            direction = direction.reshape(ndim, ndim)
+        if direction.shape != (ndim, ndim) or not np.all(np.isfinite(direction)):
+            raise ValueError(f"direction must be a {ndim}x{ndim} finite matrix, got shape {direction.shape}")
+        if abs(np.linalg.det(direction)) < 1e-6:
+            raise ValueError("direction is singular: its columns (the axis unit vectors) must be independent")
+        if vector and array.shape[-1] < 1:
+            raise ValueError("a vector image needs at least one component")
+        self._array = array
+        self._spacing = spacing
+        self._origin = _frozen(origin)
+        self._direction = _frozen(direction)
+        self._vector = bool(vector)
+
+    # ------------------------------------------------------------------ basic attributes
+    @property
+    def array(self):
+        return self._array
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        return self._spacing
+
+    @property
+    def origin(self) -> np.ndarray:
+        return self._origin
+
+    @property
+    def direction(self) -> np.ndarray:
+        return self._direction
+
+    @property
+    def is_vector(self) -> bool:
+        return self._vector
+
+    @property
+    def ndim(self) -> int:
+        """Number of spatial dimensions (2 or 3)."""
+        return self._array.ndim - (1 if self._vector else 0)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Spatial shape in array-axis order."""
+        return tuple(self._array.shape[: self.ndim])
+
+    @property
+    def dtype(self):
+        return self._array.dtype
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def affine(self) -> np.ndarray:
+        """(ndim+1)x(ndim+1) index (array order) -> LPS world matrix."""
+        a = np.eye(self.ndim + 1)
+        a[: self.ndim, : self.ndim] = self._direction * np.asarray(self._spacing)[None, :]
+        a[: self.ndim, self.ndim] = self._origin
+        return a
+
+    @property
+    def geometry(self) -> dict[str, Any]:
+        """The geometry as keyword arguments for :class:`Image`."""
+        return {"spacing": self._spacing, "origin": self._origin, "direction": self._direction}
+
+    # ------------------------------------------------------------------ coordinates
+    def index_to_world(self, index: Any) -> np.ndarray:
+        """Continuous indices ``(..., ndim)`` in array order -> LPS points ``(..., ndim)``."""
+        idx = np.asarray(index, dtype=np.float64)
+        if idx.shape[-1:] != (self.ndim,):
+            raise ValueError(f"index must have a trailing axis of length {self.ndim}, got shape {idx.shape}")
+        m = self.affine
+        return idx @ m[: self.ndim, : self.ndim].T + m[: self.ndim, self.ndim]
+
+    def world_to_index(self, points: Any) -> np.ndarray:
+        """LPS points ``(..., ndim)`` -> continuous indices in array order (voxel centres are integers)."""
+        pts = np.asarray(points, dtype=np.float64)
+        if pts.shape[-1:] != (self.ndim,):
+            raise ValueError(f"points must have a trailing axis of length {self.ndim}, got shape {pts.shape}")
+        inv = np.linalg.inv(self.affine)
+        return pts @ inv[: self.ndim, : self.ndim].T + inv[: self.ndim, self.ndim]
+
+    # ------------------------------------------------------------------ derived images
+    def with_array(self, array: Any, *, vector: bool | None = None) -> "Image":
+        """A new Image with this geometry and another array of the same spatial shape."""
+        vector = self._vector if vector is None else vector
+        out = Image(array, self._spacing, self._origin, self._direction, vector=vector)
+        if out.shape != self.shape:
+            raise ValueError(f"array spatial shape {out.shape} differs from the image's {self.shape}")
+        return out
+
+    def copy(self) -> "Image":
+        return self.with_array(self._array.copy())
+
+    def astype(self, dtype: Any) -> "Image":
+        return self.with_array(self._array.astype(dtype))
+
+    def same_geometry(self, other: "Image", atol: float = 1e-6) -> bool:
+        """Same shape, spacing, origin and direction (within ``atol`` mm / cosine)."""
+        return (
+            self.shape == other.shape
+            and np.allclose(self._spacing, other.spacing, rtol=0, atol=atol)
+            and np.allclose(self._origin, other.origin, rtol=0, atol=atol)
+            and np.allclose(self._direction, other.direction, rtol=0, atol=atol)
+        )
+
+    def __getitem__(self, key: Any) -> "Image":
+        """Crop or subsample with basic slices (a view); the geometry follows the voxels."""
+        if not isinstance(key, tuple):
+            key = (key,)
+        if len(key) > self.ndim:
+            raise IndexError(f"too many indices for a {self.ndim}D image")
+        key = key + (slice(None),) * (self.ndim - len(key))
+        starts, steps = [], []
+        for axis, (k, n) in enumerate(zip(key, self.shape)):
+            if not isinstance(k, slice):
+                raise TypeError(
+                    f"Image indexing takes slices only (axis {axis} got {k!r}); index img.array for values"
+                )
+            start, _, step = k.indices(n)
+            if step < 1:
+                raise ValueError("Image slices need a positive step; use mk.flip-free views via img.array")
+            starts.append(start)
+            steps.append(step)
+        origin = self.index_to_world(np.asarray(starts, dtype=np.float64))
+        spacing = tuple(s * st for s, st in zip(self._spacing, steps))
+        return Image(self._array[key], spacing, origin, self._direction, vector=self._vector)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        a = self._array.get() if is_cupy_array(self._array) else self._array
+        return np.asarray(a, dtype=dtype)
+
+    def __repr__(self) -> str:
+        sp = ", ".join(f"{s:g}" for s in self._spacing)
+        og = ", ".join(f"{o:g}" for o in self._origin)
+        kind = "vector " if self._vector else ""
+        where = "cupy" if is_cupy_array(self._array) else "numpy"
+        return (f"Image({kind}shape={self.shape}, dtype={self.dtype}, spacing=({sp}), origin=({og}), "
+                f"{where})")
+
+    # ------------------------------------------------------------------ SimpleITK interop
+    @classmethod
+    def from_sitk(cls, image: Any) -> "Image":
+        """From a ``SimpleITK.Image`` (ITK's (x, y, z) axis order is reversed to array order)."""
+        import SimpleITK as sitk
+
+        array = sitk.GetArrayFromImage(image)
+        ndim = image.GetDimension()
+        if ndim not in (2, 3):
+            raise ValueError(f"only 2D and 3D SimpleITK images are supported, got {ndim}D")
+        vector = image.GetNumberOfComponentsPerPixel() > 1
+        d_itk = np.asarray(image.GetDirection(), dtype=np.float64).reshape(ndim, ndim)
+        return cls(array, spacing=image.GetSpacing()[::-1], origin=image.GetOrigin(),
+                   direction=d_itk[:, ::-1], vector=vector)
+
+    def to_sitk(self):
+        """To a ``SimpleITK.Image`` with identical geometry."""
+        import SimpleITK as sitk
+
+        array = np.asarray(self)
+        if array.dtype == np.bool_:
+            array = array.astype(np.uint8)
+        out = sitk.GetImageFromArray(array, isVector=self._vector)
+        out.SetSpacing(tuple(float(s) for s in self._spacing[::-1]))
+        out.SetOrigin(tuple(float(o) for o in self._origin))
+        out.SetDirection(tuple(float(v) for v in self._direction[:, ::-1].ravel()))
+        return out
+
+    # ------------------------------------------------------------------ nibabel interop
+    @classmethod
+    def from_nibabel(cls, nifti: Any) -> "Image":
+        """From a nibabel image. NIfTI is RAS with axes (i, j, k): both are converted here."""
+        from medkern.io.nifti import image_from_nibabel
+
+        return image_from_nibabel(nifti)
+
+    def to_nibabel(self):
+        """To a ``nibabel.Nifti1Image`` (RAS affine, (i, j, k) axis order)."""
+        from medkern.io.nifti import image_to_nibabel
+
+        return image_to_nibabel(self)

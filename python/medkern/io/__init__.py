@@ -1,0 +1,62 @@
+"""Reading and writing images: DICOM (files, series, RTSTRUCT) and NIfTI."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from medkern.image import Image
+from medkern.io._atomic import full_suffix
+
+__all__ = ["read", "write"]
+
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def _is_dicom_file(path: Path) -> bool:
+    # Part 10 files carry 'DICM' after a 128-byte preamble; that is what pydicom checks too.
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def read(path: str | os.PathLike, **kwargs: Any) -> Image:
+    """Read an image by content and suffix.
+
+    - a directory: the DICOM series in it (``series_uid=`` picks one when there are several);
+    - a DICOM file (by its 'DICM' preamble or a ``.dcm`` suffix): that file, a 2D image, a
+      multi-frame volume, or the whole series it belongs to with ``series=True``;
+    - ``.nii`` / ``.nii.gz``: NIfTI (``volume=t`` picks one volume of a 4D file).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file or directory")
+    if p.is_dir():
+        from medkern.io import dicom
+
+        return dicom.read_dicom_series(p, **kwargs)
+    if full_suffix(p) in _NIFTI_SUFFIXES:
+        from medkern.io.nifti import read_nifti
+
+        return read_nifti(p, **kwargs)
+    if _is_dicom_file(p) or p.suffix.lower() == ".dcm":
+        from medkern.io import dicom
+
+        return dicom.read_dicom_file(p, **kwargs)
+    raise ValueError(f"{p}: not a DICOM file or directory and not NIfTI (.nii/.nii.gz)")
+
+
+def write(img: Image, path: str | os.PathLike, **kwargs: Any) -> None:
+    """Write ``img`` atomically (temporary file, then rename). Formats: ``.nii``, ``.nii.gz``."""
+    if not isinstance(img, Image):
+        raise TypeError(f"write expects a medkern.Image, got {type(img).__name__}")
+    p = Path(path)
+    if full_suffix(p) in _NIFTI_SUFFIXES:
+        from medkern.io.nifti import write_nifti
+
+        return write_nifti(img, p, **kwargs)
+    raise ValueError(f"{p}: unsupported output format {full_suffix(p)!r}; use .nii or .nii.gz")
