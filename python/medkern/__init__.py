@@ -11,18 +11,25 @@ from medkern.errors import DicomError, MedkernError, ModelError
 from medkern.image import Image
 from medkern.intensity import normalize, window
 from medkern.io import read, write
+from medkern.io.dicom import DicomSeries, list_dicom_series, read_dicom_file, read_dicom_series
+from medkern.io.rtstruct import read_rtstruct
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DicomError",
+    "DicomSeries",
     "Image",
     "MedkernError",
     "ModelError",
     "backends",
     "get_num_threads",
+    "list_dicom_series",
     "normalize",
     "read",
+    "read_dicom_file",
+    "read_dicom_series",
+    "read_rtstruct",
     "set_num_threads",
     "window",
     "write",
