@@ -57,6 +57,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from medkern._dispatch import Kernel, get_num_threads
 from medkern.errors import DicomError
 from medkern.image import Image
 
@@ -149,10 +150,61 @@ def _first_item(ds: Any, keyword: str) -> Any:
     return seq[0] if seq else None
 
 
-def _pixel_spacing(item: Any) -> tuple[tuple[float, float] | None, str]:
+class _Attrs:
+    """Attribute values read from the raw element bytes of a header.
+
+    pydicom converts a raw element into a value object on first access (VR classes, validation,
+    character sets), ~80 us per element, which was most of the time spent on a series' headers.
+    The numeric and UID attributes needed here are parsed from their bytes directly; text that
+    may use a character set goes through pydicom.
+    """
+
+    __slots__ = ("ds", "endian")
+
+    def __init__(self, ds: Any, little_endian: bool = True) -> None:
+        self.ds = ds
+        self.endian = "<" if little_endian else ">"
+
+    def _raw(self, tag: int) -> Any:
+        if self.ds is None:
+            return None
+        elem = self.ds.get_item(tag)
+        return None if elem is None else elem.value
+
+    def numbers(self, tag: int, n: int) -> tuple[float, ...] | None:
+        """n finite numbers of a DS/IS attribute, else None (absent or malformed)."""
+        value = self._raw(tag)
+        if isinstance(value, (bytes, bytearray)):
+            value = bytes(value).strip(b" \x00").split(b"\\") if value.strip(b" \x00") else None
+        return _floats(value, n)
+
+    def integer(self, tag: int) -> int | None:
+        v = self.numbers(tag, 1)
+        return int(v[0]) if v is not None else None
+
+    def us(self, tag: int) -> int | None:
+        """An unsigned short (US) attribute."""
+        value = self._raw(tag)
+        if isinstance(value, (bytes, bytearray)):
+            return struct.unpack(self.endian + "H", value[:2])[0] if len(value) >= 2 else None
+        return None if value is None else int(value if not isinstance(value, (list, tuple)) else value[0])
+
+    def text(self, tag: int) -> str:
+        """A UI/CS attribute (ASCII by definition, PS3.5 6.2)."""
+        value = self._raw(tag)
+        if isinstance(value, (bytes, bytearray)):
+            return bytes(value).decode("ascii", "replace").strip(" \x00")
+        return "" if value is None else str(value).strip()
+
+    def string(self, keyword: str) -> str:
+        """Text that may be in the dataset's character set (LO, SH)."""
+        return str(self.ds.get(keyword, "") if self.ds is not None else "")
+
+
+def _pixel_spacing(a: _Attrs) -> tuple[tuple[float, float] | None, str]:
     """PixelSpacing, else ImagerPixelSpacing (radiographs: at the detector plane), as (row, col)."""
-    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        sp = _floats(item.get(keyword), 2) if item is not None else None
+    for tag, keyword in ((0x00280030, "PixelSpacing"), (0x00181164, "ImagerPixelSpacing")):
+        sp = a.numbers(tag, 2)
         if sp is not None and sp[0] > 0 and sp[1] > 0:
             return (sp[0], sp[1]), keyword
     return None, "absent (1 mm assumed)"
@@ -201,47 +253,50 @@ def _read_header(path: Path) -> tuple[_File, list[_Frame]] | None:
             at = fp.tell()
             fp.seek(0, os.SEEK_END)
             has_pixels = at < fp.tell() and _peek_pixel_tag(fp, at)
-            if not has_pixels or "Rows" not in ds or "Columns" not in ds:
+            meta = getattr(ds, "file_meta", None)
+            ts = _Attrs(meta).text(0x00020010) if meta is not None else ""
+            ts = ts or "1.2.840.10008.1.2"  # no meta header: implicit VR little endian (PS3.5 A.1)
+            a = _Attrs(ds, little_endian=ts != "1.2.840.10008.1.2.2")
+            rows, cols = a.us(0x00280010), a.us(0x00280011)
+            if not has_pixels or not rows or not cols:
                 return None
-            ts = str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2")) if hasattr(ds, "file_meta") \
-                else "1.2.840.10008.1.2"
-            rows, cols = int(ds.Rows), int(ds.Columns)
-            n_frames = int(ds.get("NumberOfFrames") or 1)
-            samples = int(ds.get("SamplesPerPixel") or 1)
-            bits_allocated = int(ds.get("BitsAllocated") or 16)
-            bits_stored = int(ds.get("BitsStored") or bits_allocated)
-            photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+            n_frames = a.integer(0x00280008) or 1
+            samples = a.us(0x00280002) or 1
+            bits_allocated = a.us(0x00280100) or 16
+            bits_stored = a.us(0x00280101) or bits_allocated
+            photometric = a.text(0x00280004)
             pixel_offset = None
             if photometric == "PALETTE COLOR":
                 # Indices into a colour table: the image is the RGB the table gives (PS3.3 C.7.6.3.1.5).
-                lut_bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
-                samples, bits_allocated, bits_stored = 3, (8 if lut_bits <= 8 else 16), (8 if lut_bits <= 8 else 16)
+                lut_bits = 8 if int(ds.RedPaletteColorLookupTableDescriptor[2]) <= 8 else 16
+                samples, bits_allocated, bits_stored = 3, lut_bits, lut_bits
             if (ts in _NATIVE_LITTLE_ENDIAN and bits_allocated in (8, 16, 32) and samples == 1
                     and sys.byteorder == "little"):
                 fp.seek(at)
                 expected = rows * cols * n_frames * bits_allocated // 8
                 pixel_offset = _native_pixel_offset(fp, _NATIVE_LITTLE_ENDIAN[ts], expected, path)
+            spacing_hint = a.numbers(0x00180088, 1)
+            sop_class = a.text(0x00080016)
     except InvalidDicomError:
         return None
     except _Unreadable:
         raise
-    except (EOFError, OSError, ValueError, KeyError, AttributeError, TypeError, struct.error) as exc:
+    except (EOFError, OSError, ValueError, KeyError, AttributeError, TypeError, IndexError, struct.error) as exc:
         if _looks_like_dicom(path):
             raise _Unreadable(f"{type(exc).__name__}: {exc}") from exc
         return None
-    spacing_hint = _floats(ds.get("SpacingBetweenSlices"), 1)
-    number = ds.get("InstanceNumber")
-    series_number = ds.get("SeriesNumber")
+    from pydicom.uid import UID
+
     f = _File(
         path=path,
-        series_uid=str(ds.get("SeriesInstanceUID", "")),
-        modality=str(ds.get("Modality", "")),
-        description=str(ds.get("SeriesDescription", "")),
-        series_number=int(series_number) if series_number not in (None, "") else None,
-        patient_id=str(ds.get("PatientID", "")),
-        study_uid=str(ds.get("StudyInstanceUID", "")),
-        frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")),
-        sop_class=str(getattr(ds.get("SOPClassUID"), "name", ds.get("SOPClassUID", ""))),
+        series_uid=a.text(0x0020000E),
+        modality=a.text(0x00080060),
+        description=a.string("SeriesDescription"),
+        series_number=a.integer(0x00200011),
+        patient_id=a.string("PatientID"),
+        study_uid=a.text(0x0020000D),
+        frame_of_reference_uid=a.text(0x00200052),
+        sop_class=UID(sop_class).name if sop_class else "",
         transfer_syntax=ts,
         rows=rows,
         cols=cols,
@@ -249,14 +304,14 @@ def _read_header(path: Path) -> tuple[_File, list[_Frame]] | None:
         samples=samples,
         bits_allocated=bits_allocated,
         bits_stored=bits_stored,
-        signed=int(ds.get("PixelRepresentation") or 0) == 1 and photometric != "PALETTE COLOR",
+        signed=a.us(0x00280103) == 1 and photometric != "PALETTE COLOR",
         monochrome1=photometric == "MONOCHROME1",
         palette=photometric == "PALETTE COLOR",
-        instance_number=int(number) if number not in (None, "") else None,
+        instance_number=a.integer(0x00200013),
         slice_spacing_hint=spacing_hint[0] if spacing_hint and spacing_hint[0] > 0 else None,
         pixel_offset=pixel_offset,
     )
-    return f, _frames_of(ds, f)
+    return f, _frames_of(a, f)
 
 
 def _peek_pixel_tag(fp: Any, at: int) -> bool:
@@ -277,42 +332,40 @@ def _looks_like_dicom(path: Path) -> bool:
     return head[128:132] == b"DICM" or path.suffix.lower() == ".dcm"
 
 
-def _rescale_of(item: Any) -> tuple[float, float]:
-    slope = _floats(item.get("RescaleSlope"), 1) if item is not None else None
-    intercept = _floats(item.get("RescaleIntercept"), 1) if item is not None else None
+def _rescale_of(a: _Attrs) -> tuple[float, float]:
+    slope, intercept = a.numbers(0x00281053, 1), a.numbers(0x00281052, 1)
     return (slope[0] if slope and slope[0] != 0 else 1.0), (intercept[0] if intercept else 0.0)
 
 
-def _frames_of(ds: Any, f: _File) -> list[_Frame]:
+def _frames_of(a: _Attrs, f: _File) -> list[_Frame]:
     """One _Frame per frame, with geometry from the functional groups when the file has them."""
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    ds = a.ds
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") if 0x52009230 in ds else None
     shared = _first_item(ds, "SharedFunctionalGroupsSequence")
     if per_frame is not None and len(per_frame) == f.n_frames:
         # Enhanced CT/MR/PET (PS3.3 C.7.6.16): each attribute sits in the per-frame item or, when
         # it holds for every frame, in the shared item.
         frames = []
         for i, item in enumerate(per_frame):
-            def group(keyword: str) -> Any:
-                return _first_item(item, keyword) or _first_item(shared, keyword)
+            def group(keyword: str) -> _Attrs:
+                return _Attrs(_first_item(item, keyword) or _first_item(shared, keyword), a.endian == "<")
 
-            pos = group("PlanePositionSequence")
-            ori = group("PlaneOrientationSequence")
             spacing, source = _pixel_spacing(group("PixelMeasuresSequence"))
             slope, intercept = _rescale_of(group("PixelValueTransformationSequence"))
             frames.append(_Frame(
-                f, i,
-                _floats(pos.get("ImagePositionPatient"), 3) if pos is not None else None,
-                _orientation(ori.get("ImageOrientationPatient") if ori is not None else None),
+                f, i, group("PlanePositionSequence").numbers(0x00200032, 3),
+                _orientation(group("PlaneOrientationSequence").numbers(0x00200037, 6)),
                 spacing, source, slope, intercept,
             ))
         return frames
-    spacing, source = _pixel_spacing(ds)
-    slope, intercept = _rescale_of(ds)
-    if "DoseGridScaling" in ds and f.modality == "RTDOSE":
-        slope = float(ds.DoseGridScaling)
-    position = _floats(ds.get("ImagePositionPatient"), 3)
-    orientation = _orientation(ds.get("ImageOrientationPatient"))
-    offsets = _floats(ds.get("GridFrameOffsetVector"), f.n_frames) if f.n_frames > 1 else None
+    spacing, source = _pixel_spacing(a)
+    slope, intercept = _rescale_of(a)
+    dose_scaling = a.numbers(0x3004000E, 1)
+    if dose_scaling is not None and f.modality == "RTDOSE":
+        slope = dose_scaling[0]
+    position = a.numbers(0x00200032, 3)
+    orientation = _orientation(a.numbers(0x00200037, 6))
+    offsets = a.numbers(0x3004000C, f.n_frames) if f.n_frames > 1 else None
     if offsets is not None and position is not None and orientation is not None:
         # RT Dose (PS3.3 C.8.8.3.2): frame k lies at ImagePositionPatient + offset[k] * normal.
         normal = np.cross(orientation[:3], orientation[3:])
@@ -324,8 +377,8 @@ def _frames_of(ds: Any, f: _File) -> list[_Frame]:
     return [_Frame(f, 0, position, orientation, spacing, source, slope, intercept)]
 
 
-def _orientation(value: Any) -> tuple[float, ...] | None:
-    o = _floats(value, 6)
+def _orientation(o: tuple[float, ...] | None) -> tuple[float, ...] | None:
+    """The six direction cosines when they are two orthogonal unit vectors, else None."""
     if o is None:
         return None
     row, col = np.asarray(o[:3]), np.asarray(o[3:])
@@ -833,25 +886,33 @@ def _fill_stored(frames: Sequence[_Frame], out: np.ndarray) -> None:
             out[k] = data[fr.index]
 
 
-def _stored_to_values(f: _File, stored: np.ndarray, slope: float, intercept: float, out: np.ndarray) -> None:
-    """out = modality values of one frame (MONOCHROME1 inversion, then the rescale)."""
-    if f.bits_stored < f.bits_allocated and f.bits_allocated in (16, 32):
-        # Bits above BitsStored are not part of the value (PS3.5 8.1.1): mask, or sign-extend.
-        shift = f.bits_allocated - f.bits_stored
-        if f.signed:
-            stored = (stored << shift) >> shift
-        else:
-            stored = stored & ((1 << f.bits_stored) - 1)
-    if f.monochrome1:
-        # MONOCHROME1: the minimum value is white (PS3.3 C.7.6.3.1.2); invert within BitsStored.
-        stored = (-1 - stored.astype(np.int64)) if f.signed else ((1 << f.bits_stored) - 1) - stored.astype(np.int64)
-    if out.dtype.kind == "f":
-        out[...] = stored * np.float64(slope) + np.float64(intercept)  # float64, rounded once
-    elif slope == 1 and intercept == 0:
-        out[...] = stored
-    else:
-        np.multiply(stored, int(slope), out=out, casting="unsafe")
-        out += int(intercept)
+def _cpp_modality_lut(stored, out, slope, intercept, bits_stored, is_signed, invert):
+    from medkern import _core
+
+    _core.modality_lut(stored, out, slope, intercept, bits_stored, is_signed, invert, get_num_threads())
+
+
+modality_lut = Kernel("modality_lut", cpp=_cpp_modality_lut, numba="medkern._numba.modality:modality_lut")
+
+
+def _modality_values(f: _File, stored: np.ndarray, frames: Sequence[_Frame], dtype: np.dtype) -> np.ndarray:
+    """Stored values -> modality values (bit trimming, MONOCHROME1 inversion, per-frame rescale)."""
+    bits, invert = f.bits_stored, f.monochrome1
+    if stored.dtype == np.int8:
+        stored = stored.astype(np.int16)
+    elif stored.dtype == np.uint32:
+        # The compiled kernels take integers up to int32: trim and invert in int64 here, then go
+        # on exactly in float64 (values < 2**32).
+        s = stored.astype(np.int64)
+        if bits < 32:
+            s &= (1 << bits) - 1
+        if invert:
+            s = ((1 << bits) - 1) - s
+        stored, bits, invert = s.astype(np.float64), 0, False
+    out = np.empty(stored.shape, dtype=dtype)
+    modality_lut(stored, out, np.asarray([fr.slope for fr in frames], dtype=np.float64),
+                 np.asarray([fr.intercept for fr in frames], dtype=np.float64), bits, f.signed, invert)
+    return out
 
 
 def _read_layout(series: DicomSeries, allow_irregular: bool) -> Image:
@@ -875,12 +936,7 @@ def _read_layout(series: DicomSeries, allow_irregular: bool) -> Image:
     values_dtype = np.dtype(np.float32) if interpolated else _output_dtype(frames)
     needs_values = (values_dtype != stored_dtype or f.monochrome1 or f.bits_stored < f.bits_allocated
                     or any(fr.slope != 1 or fr.intercept != 0 for fr in frames))
-    if needs_values:
-        values = np.empty(stored.shape, dtype=values_dtype)
-        for k, fr in enumerate(frames):
-            _stored_to_values(f, stored[k], fr.slope, fr.intercept, values[k])
-    else:
-        values = stored
+    values = _modality_values(f, stored, frames, values_dtype) if needs_values else stored
     if interpolated:
         values = _recover(values, layout)
     if len(layout.shape) == 2:
