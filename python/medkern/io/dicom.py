@@ -37,8 +37,9 @@ tilt), unreadable or truncated files raise :class:`medkern.DicomError` naming th
 
 * of slices at the same position the one with the lowest InstanceNumber is kept;
 * unreadable or truncated files are left out, their slices count as missing;
-* the slices are resampled onto a regular grid: spacing = the median gap, spanning the first to
-  the last slice, by linear interpolation along the slice normal between the two nearest slices;
+* the slices are resampled onto a regular grid spanning the first to the last slice, with the
+  smallest gap at least half the median gap as spacing (adjusted to fit the span exactly), by
+  linear interpolation along the slice normal between the two nearest slices;
 * gantry tilt: each slice is shifted in-plane onto the grid of the first slice (bilinear); voxels
   no slice covers get the series minimum (air in CT).
 
@@ -249,7 +250,16 @@ def _read_header(path: Path) -> tuple[_File, list[_Frame]] | None:
             # pydicom warns about non-conformant values (e.g. malformed DS strings); a reader
             # must take files as they come, and bad geometry values are checked below.
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            try:
+                ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            except InvalidDicomError:
+                # No Part 10 preamble: still a DICOM data set when it starts with a group 0008
+                # element (files written without meta information, as GDCM and DCMTK accept).
+                fp.seek(0)
+                if fp.read(2) != b"\x08\x00":
+                    raise
+                fp.seek(0)
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
             at = fp.tell()
             fp.seek(0, os.SEEK_END)
             has_pixels = at < fp.tell() and _peek_pixel_tag(fp, at)
@@ -259,6 +269,9 @@ def _read_header(path: Path) -> tuple[_File, list[_Frame]] | None:
             a = _Attrs(ds, little_endian=ts != "1.2.840.10008.1.2.2")
             rows, cols = a.us(0x00280010), a.us(0x00280011)
             if not has_pixels or not rows or not cols:
+                if 0x00080016 not in ds and _has_preamble(path):
+                    # A Part 10 file whose data set is missing: cut off after the meta header.
+                    raise _Unreadable("truncated: no data set after the file meta information")
                 return None
             n_frames = a.integer(0x00280008) or 1
             samples = a.us(0x00280002) or 1
@@ -277,7 +290,9 @@ def _read_header(path: Path) -> tuple[_File, list[_Frame]] | None:
                 pixel_offset = _native_pixel_offset(fp, _NATIVE_LITTLE_ENDIAN[ts], expected, path)
             spacing_hint = a.numbers(0x00180088, 1)
             sop_class = a.text(0x00080016)
-    except InvalidDicomError:
+    except InvalidDicomError as exc:
+        if _has_preamble(path):
+            raise _Unreadable(f"{type(exc).__name__}: {exc}") from exc
         return None
     except _Unreadable:
         raise
@@ -323,13 +338,18 @@ def _peek_pixel_tag(fp: Any, at: int) -> bool:
     return any((lambda g, e: (g << 16) | e)(*struct.unpack(order, head)) in _PIXEL_TAGS for order in ("<HH", ">HH"))
 
 
-def _looks_like_dicom(path: Path) -> bool:
+def _has_preamble(path: Path) -> bool:
+    """A Part 10 file: 128 bytes of preamble, then 'DICM' (PS3.10 7.1)."""
     try:
         with open(path, "rb") as fp:
             head = fp.read(132)
     except OSError:
         return False
-    return head[128:132] == b"DICM" or path.suffix.lower() == ".dcm"
+    return head[128:132] == b"DICM"
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    return _has_preamble(path) or path.suffix.lower() == ".dcm"
 
 
 def _rescale_of(a: _Attrs) -> tuple[float, float]:
@@ -436,7 +456,7 @@ def _describe_key(key: tuple) -> str:
     if sp is not None:
         text += f" pixels {sp[0]:g}x{sp[1]:g} mm"
     if ori is not None:
-        text += f", orientation {list(ori)}"
+        text += f", orientation [{', '.join(f'{v:g}' for v in ori)}]"
     if samples != 1:
         text += f", {samples} samples/pixel"
     return text
@@ -545,17 +565,19 @@ def _layout(frames: list[_Frame]) -> _Layout:
     bad = np.flatnonzero(np.abs(gaps - spacing_k) > SPACING_TOLERANCE * spacing_k)
     interpolation = None
     if bad.size:
+        # The grid spacing: the smallest gap that is not a near-duplicate (at least half the
+        # median gap), so a missing slice or a finer stretch is never undersampled.
         median = float(np.median(gaps))
-        missing = np.flatnonzero(gaps > 1.5 * median)
+        step = float(gaps[gaps >= 0.5 * median].min())
+        missing = np.flatnonzero(gaps > 1.5 * step)
         where = "; ".join(f"{gaps[b]:.3f} mm between {frames[b].name} and {frames[b + 1].name}"
                           for b in bad[:4])
-        kind = (f"{int(np.sum(np.round(gaps[missing] / median) - 1))} missing slice(s)" if missing.size
+        kind = (f"{int(np.sum(np.round(gaps[missing] / step) - 1))} missing slice(s)" if missing.size
                 else "varying slice spacing")
         problems.append(f"{kind}: gaps differ from the mean spacing {spacing_k:.4f} mm by more than "
-                        f"{SPACING_TOLERANCE:.0%} ({where}{' ...' if bad.size > 4 else ''}); median gap "
-                        f"{median:.4f} mm; with allow_irregular=True the slices are interpolated onto a "
-                        "regular grid")
-        n_out = int(round((t[-1] - t[0]) / median)) + 1
+                        f"{SPACING_TOLERANCE:.0%} ({where}{' ...' if bad.size > 4 else ''}); with "
+                        f"allow_irregular=True the slices are interpolated onto a {step:.4f} mm grid")
+        n_out = int(round((t[-1] - t[0]) / step)) + 1
         spacing_k = (t[-1] - t[0]) / (n_out - 1)
         interpolation = []
         for k in range(n_out):
