@@ -310,7 +310,7 @@ def test_list_dicom_series_groups_splits_and_skips_non_images(helpers, tmp_path,
     with pytest.raises(mk.DicomError, match=r"(?s)split into 3 parts whose frames differ \(6x5 pixels 0\.8x0\.7 mm, "
                        r"orientation \[1, 0, 0, 0, 1, 0\];.*1\.2\.3#2: CT 'generated', 2 frames"):
         mk.read_dicom_series(tmp_path, series_uid="1.2.3")
-    with pytest.raises(mk.DicomError, match=r"(?s)holds 4 image series; pass series_uid= one of:.*1\.2\.4: CT"):
+    with pytest.raises(mk.DicomError, match=r"(?s)holds 4 image series; pass series_uid= one of:.*1\.2\.4: MR"):
         mk.read_dicom_series(tmp_path)
     with pytest.raises(mk.DicomError, match=r"(?s)series_uid '9.9' not found.*1\.2\.4"):
         mk.read_dicom_series(tmp_path, series_uid="9.9")
