@@ -532,3 +532,11 @@ def test_dicom_to_nifti_round_trip(helpers, tmp_path, rng):
     # NIfTI-1 stores the affine in float32: exact to float32 precision.
     np.testing.assert_allclose(back.affine, img.affine, rtol=0, atol=5e-5)
     shutil.rmtree(tmp_path / "s")
+
+
+def test_series_text_in_a_specific_character_set(helpers, tmp_path, rng):
+    stored = rng.integers(0, 100, size=(2, 4, 4)).astype(np.int16)
+    helpers.write_dicom_slices(tmp_path, list(stored), [(0, 0, 0), (0, 0, 1)],
+                               extra={"SpecificCharacterSet": "ISO_IR 100", "SeriesDescription": "Kopf Müller"})
+    (series,) = mk.list_dicom_series(tmp_path)
+    assert series.description == "Kopf Müller" and series.summary()["description"] == "Kopf Müller"

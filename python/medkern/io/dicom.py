@@ -197,9 +197,15 @@ class _Attrs:
             return bytes(value).decode("ascii", "replace").strip(" \x00")
         return "" if value is None else str(value).strip()
 
-    def string(self, keyword: str) -> str:
-        """Text that may be in the dataset's character set (LO, SH)."""
-        return str(self.ds.get(keyword, "") if self.ds is not None else "")
+    def string(self, tag: int) -> str:
+        """Text that may be in the dataset's character set (LO, SH): decoded by pydicom unless
+        the data set uses the default repertoire (no SpecificCharacterSet, or ISO_IR 6)."""
+        if self.ds is None:
+            return ""
+        if self.text(0x00080005) in ("", "ISO_IR 6"):
+            return self.text(tag)
+        elem = self.ds.get(tag)
+        return "" if elem is None else str(elem.value).strip()
 
 
 def _pixel_spacing(a: _Attrs) -> tuple[tuple[float, float] | None, str]:
@@ -306,9 +312,9 @@ def _read_header(path: Path) -> tuple[_File, list[_Frame]] | None:
         path=path,
         series_uid=a.text(0x0020000E),
         modality=a.text(0x00080060),
-        description=a.string("SeriesDescription"),
+        description=a.string(0x0008103E),
         series_number=a.integer(0x00200011),
-        patient_id=a.string("PatientID"),
+        patient_id=a.string(0x00100020),
         study_uid=a.text(0x0020000D),
         frame_of_reference_uid=a.text(0x00200052),
         sop_class=UID(sop_class).name if sop_class else "",
@@ -401,11 +407,11 @@ def _orientation(o: tuple[float, ...] | None) -> tuple[float, ...] | None:
     """The six direction cosines when they are two orthogonal unit vectors, else None."""
     if o is None:
         return None
-    row, col = np.asarray(o[:3]), np.asarray(o[3:])
-    if not (abs(np.linalg.norm(row) - 1) < 1e-2 and abs(np.linalg.norm(col) - 1) < 1e-2
-            and abs(row @ col) < 1e-2):
-        return None
-    return o
+    # Plain arithmetic: this runs once per frame, where numpy's per-call overhead shows.
+    rr = o[0] * o[0] + o[1] * o[1] + o[2] * o[2]
+    cc = o[3] * o[3] + o[4] * o[4] + o[5] * o[5]
+    rc = o[0] * o[3] + o[1] * o[4] + o[2] * o[5]
+    return o if abs(rr - 1) < 2e-2 and abs(cc - 1) < 2e-2 and abs(rc) < 1e-2 else None
 
 
 # ---------------------------------------------------------------------------------- scanning
@@ -444,8 +450,9 @@ def _scan(paths: Iterable[Path]) -> _Scan:
 
 
 def _part_key(fr: _Frame) -> tuple:
-    ori = None if fr.orientation is None else tuple(np.round(fr.orientation, _ORIENTATION_DECIMALS) + 0.0)
-    sp = None if fr.pixel_spacing is None else tuple(np.round(fr.pixel_spacing, 4))
+    # + 0.0 turns -0.0 into 0.0 so that both land in the same part.
+    ori = None if fr.orientation is None else tuple(round(v, _ORIENTATION_DECIMALS) + 0.0 for v in fr.orientation)
+    sp = None if fr.pixel_spacing is None else tuple(round(v, 4) for v in fr.pixel_spacing)
     f = fr.file
     return (ori, f.rows, f.cols, sp, f.samples, f.bits_allocated, f.signed)
 
@@ -591,7 +598,7 @@ def _layout(frames: list[_Frame]) -> _Layout:
 
 
 # ---------------------------------------------------------------------------------- series
-@dataclass
+@dataclass(eq=False)
 class DicomSeries:
     """One image series (or one part of a series split by orientation or frame size).
 
