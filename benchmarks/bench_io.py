@@ -24,37 +24,35 @@ SHARED = Path(os.environ.get("MEDKERN_SHARED_DATA", HERE.parents[1] / "shared" /
 
 
 def generated_ct(n_slices: int, size: int) -> Path:
-    """A CT series (12-bit, intercept -1024, shuffled file names) written once."""
-    from pydicom.dataset import Dataset, FileMetaDataset
+    """A CT series (12-bit, intercept -1024, file names in random order) written once."""
+    import copy
+
+    from pydicom.dataset import FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
     out = HERE / "_out" / f"ct{n_slices}x{size}"
     if out.is_dir() and len(list(out.iterdir())) == n_slices:
         return out
     out.mkdir(parents=True, exist_ok=True)
+    template = pydicom.Dataset()
+    template.file_meta = FileMetaDataset()
+    template.file_meta.MediaStorageSOPClassUID = template.SOPClassUID = CTImageStorage
+    template.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    template.update({"Modality": "CT", "PatientID": "BENCH", "SeriesInstanceUID": generate_uid(),
+                     "StudyInstanceUID": generate_uid(), "FrameOfReferenceUID": generate_uid(),
+                     "ImageOrientationPatient": [1, 0, 0, 0, 1, 0], "PixelSpacing": [0.9765625, 0.9765625],
+                     "Rows": size, "Columns": size, "SamplesPerPixel": 1, "PhotometricInterpretation": "MONOCHROME2",
+                     "BitsAllocated": 16, "BitsStored": 12, "HighBit": 11, "PixelRepresentation": 0,
+                     "RescaleSlope": 1, "RescaleIntercept": -1024})
     rng = np.random.default_rng(0)
     base = rng.integers(0, 4096, size=(size, size), dtype=np.uint16)
-    series, study, frame = generate_uid(), generate_uid(), generate_uid()
-    for k in rng.permutation(n_slices):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.PatientID = "CT", "BENCH"
-        ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.FrameOfReferenceUID = series, study, frame
-        ds.InstanceNumber = int(k) + 1
-        ds.ImagePositionPatient = [-250.0, -250.0, -300.0 + 1.25 * int(k)]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = [0.9765625, 0.9765625]
-        ds.Rows = ds.Columns = size
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-        ds.PixelData = np.roll(base, int(k), axis=1).tobytes()
-        ds.save_as(out / f"{meta.MediaStorageSOPInstanceUID[-12:]}.dcm", enforce_file_format=True)
+    for k in range(n_slices):
+        ds = copy.deepcopy(template)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [-250.0, -250.0, -300.0 + 1.25 * k]
+        ds.PixelData = np.roll(base, k, axis=1).tobytes()
+        ds.save_as(out / f"{ds.SOPInstanceUID[-12:]}.dcm", enforce_file_format=True)
     return out
 
 

@@ -103,6 +103,23 @@ def dicom_test_file(name: str) -> Path:
     pytest.skip(f"DICOM test file {name} not installed (pip install pydicom-data)")
 
 
+def part10_dataset(sop_class: str, modality: str):
+    """An empty DICOM data set with file meta information (explicit VR little endian)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = modality
+    return ds
+
+
 def write_dicom_slices(directory: Path, slices, positions, orientation=(1, 0, 0, 0, 1, 0),
                        pixel_spacing=(0.8, 0.7), *, series_uid=None, frame_uid=None, modality="CT",
                        slope=None, intercept=None, bits_stored=None, photometric="MONOCHROME2",
@@ -115,8 +132,7 @@ def write_dicom_slices(directory: Path, slices, positions, orientation=(1, 0, 0,
     ``intercept`` may be scalars or per-slice sequences; ``orientations`` / ``pixel_spacings``
     override the shared ones per slice; ``extra`` is a dict of attributes set on every file.
     """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
+    from pydicom.uid import CTImageStorage, RLELossless, generate_uid
 
     directory.mkdir(parents=True, exist_ok=True)
     rng = rng or np.random.default_rng(7)
@@ -127,15 +143,7 @@ def write_dicom_slices(directory: Path, slices, positions, orientation=(1, 0, 0,
     paths = []
     for k, arr in enumerate(slices):
         arr = np.asarray(arr)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.Modality = modality
+        ds = part10_dataset(CTImageStorage, modality)
         ds.PatientID = "MK-TEST"
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
@@ -168,7 +176,7 @@ def write_dicom_slices(directory: Path, slices, positions, orientation=(1, 0, 0,
         elif transfer_syntax == "rle":
             ds.compress(RLELossless, arr)
         # Names sort in the shuffled order; the UID tail keeps them unique across calls.
-        p = directory / f"im{int(order[k]):04d}_{meta.MediaStorageSOPInstanceUID[-6:]}.dcm"
+        p = directory / f"im{int(order[k]):04d}_{ds.SOPInstanceUID[-6:]}.dcm"
         ds.save_as(p, enforce_file_format=True)
         paths.append(p)
     return paths
@@ -185,19 +193,11 @@ def write_dicom_volume(directory: Path, array, spacing, origin, direction, **kw)
 
 def write_rtstruct(path: Path, rois: dict, frame_uid: str, *, modality="RTSTRUCT") -> Path:
     """An RT Structure Set: ``rois`` maps a name to a list of (n, 3) LPS point arrays (closed planar)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
+    from pydicom.uid import RTStructureSetStorage, generate_uid
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = RTStructureSetStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = RTStructureSetStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = modality
+    ds = part10_dataset(RTStructureSetStorage, modality)
     ds.SeriesInstanceUID = generate_uid()
     ref = Dataset()
     ref.FrameOfReferenceUID = frame_uid

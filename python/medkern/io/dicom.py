@@ -52,6 +52,7 @@ import os
 import struct
 import sys
 import warnings
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -86,11 +87,10 @@ _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UT", b"UC
 
 
 # ---------------------------------------------------------------------------------- headers
-@dataclass(frozen=True)
-class _File:
-    """What the header of one image file says (parsed once, without the pixel data)."""
+@dataclass
+class _Identity:
+    """Which series, study and patient an image belongs to (shared by files and series)."""
 
-    path: Path
     series_uid: str
     modality: str
     description: str
@@ -100,6 +100,13 @@ class _File:
     frame_of_reference_uid: str
     sop_class: str
     transfer_syntax: str
+
+
+@dataclass(eq=False)
+class _File(_Identity):
+    """What the header of one image file says (parsed once, without the pixel data)."""
+
+    path: Path
     rows: int
     cols: int
     n_frames: int
@@ -114,7 +121,7 @@ class _File:
     pixel_offset: int | None  # byte offset of native little-endian pixel data, else None
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class _Frame:
     file: _File
     index: int  # frame number inside the file
@@ -275,7 +282,7 @@ def _read_header(path: Path) -> tuple[_File, list[_Frame]] | None:
             a = _Attrs(ds, little_endian=ts != "1.2.840.10008.1.2.2")
             rows, cols = a.us(0x00280010), a.us(0x00280011)
             if not has_pixels or not rows or not cols:
-                if 0x00080016 not in ds and _has_preamble(path):
+                if 0x00080016 not in ds and has_preamble(path):
                     # A Part 10 file whose data set is missing: cut off after the meta header.
                     raise _Unreadable("truncated: no data set after the file meta information")
                 return None
@@ -297,7 +304,7 @@ def _read_header(path: Path) -> tuple[_File, list[_Frame]] | None:
             spacing_hint = a.numbers(0x00180088, 1)
             sop_class = a.text(0x00080016)
     except InvalidDicomError as exc:
-        if _has_preamble(path):
+        if has_preamble(path):
             raise _Unreadable(f"{type(exc).__name__}: {exc}") from exc
         return None
     except _Unreadable:
@@ -344,7 +351,7 @@ def _peek_pixel_tag(fp: Any, at: int) -> bool:
     return any((lambda g, e: (g << 16) | e)(*struct.unpack(order, head)) in _PIXEL_TAGS for order in ("<HH", ">HH"))
 
 
-def _has_preamble(path: Path) -> bool:
+def has_preamble(path: Path) -> bool:
     """A Part 10 file: 128 bytes of preamble, then 'DICM' (PS3.10 7.1)."""
     try:
         with open(path, "rb") as fp:
@@ -355,7 +362,7 @@ def _has_preamble(path: Path) -> bool:
 
 
 def _looks_like_dicom(path: Path) -> bool:
-    return _has_preamble(path) or path.suffix.lower() == ".dcm"
+    return has_preamble(path) or path.suffix.lower() == ".dcm"
 
 
 def _rescale_of(a: _Attrs) -> tuple[float, float]:
@@ -366,9 +373,9 @@ def _rescale_of(a: _Attrs) -> tuple[float, float]:
 def _frames_of(a: _Attrs, f: _File) -> list[_Frame]:
     """One _Frame per frame, with geometry from the functional groups when the file has them."""
     ds = a.ds
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence") if 0x52009230 in ds else None
-    shared = _first_item(ds, "SharedFunctionalGroupsSequence")
+    per_frame = ds[0x52009230].value if 0x52009230 in ds else None
     if per_frame is not None and len(per_frame) == f.n_frames:
+        shared = _first_item(ds, "SharedFunctionalGroupsSequence")
         # Enhanced CT/MR/PET (PS3.3 C.7.6.16): each attribute sits in the per-frame item or, when
         # it holds for every frame, in the shared item.
         frames = []
@@ -599,7 +606,7 @@ def _layout(frames: list[_Frame]) -> _Layout:
 
 # ---------------------------------------------------------------------------------- series
 @dataclass(eq=False)
-class DicomSeries:
+class DicomSeries(_Identity):
     """One image series (or one part of a series split by orientation or frame size).
 
     ``shape``/``spacing``/``origin``/``direction`` describe the Image that :meth:`read` returns
@@ -607,16 +614,7 @@ class DicomSeries:
     lists what makes the series irregular; it is empty for a regular one.
     """
 
-    series_uid: str
     part: int | None
-    modality: str
-    description: str
-    series_number: int | None
-    patient_id: str
-    study_uid: str
-    frame_of_reference_uid: str
-    sop_class: str
-    transfer_syntax: str
     files: tuple[Path, ...]
     n_frames: int
     shape: tuple[int, ...]
@@ -701,11 +699,9 @@ def _make_series(uid: str, part: int | None, frames: list[_Frame],
     interpolated = layout.interpolation is not None or layout.shifts is not None
     dtype = np.dtype(np.float32) if interpolated else _output_dtype(layout.frames)
     files = tuple(dict.fromkeys(fr.file.path for fr in layout.frames))
+    identity = {field.name: getattr(f, field.name) for field in dataclasses.fields(_Identity)}
     return DicomSeries(
-        series_uid=uid, part=part, modality=f.modality, description=f.description,
-        series_number=f.series_number, patient_id=f.patient_id, study_uid=f.study_uid,
-        frame_of_reference_uid=f.frame_of_reference_uid, sop_class=f.sop_class,
-        transfer_syntax=f.transfer_syntax, files=files, n_frames=len(frames), shape=layout.shape,
+        **identity, part=part, files=files, n_frames=len(frames), shape=layout.shape,
         spacing=tuple(float(s) for s in layout.spacing), origin=layout.origin, direction=layout.direction,
         dtype=dtype.name, spacing_source=layout.frames[0].spacing_source, problems=tuple(layout.problems),
         unreadable=tuple(unreadable), _layout=layout,
