@@ -76,6 +76,7 @@ def helpers():
         to_numpy = staticmethod(to_numpy)
         random_direction = staticmethod(random_direction)
         dicom_test_file = staticmethod(dicom_test_file)
+        part10_dataset = staticmethod(part10_dataset)
         write_dicom_slices = staticmethod(write_dicom_slices)
         write_dicom_volume = staticmethod(write_dicom_volume)
         write_rtstruct = staticmethod(write_rtstruct)

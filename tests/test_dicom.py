@@ -540,3 +540,17 @@ def test_series_text_in_a_specific_character_set(helpers, tmp_path, rng):
                                extra={"SpecificCharacterSet": "ISO_IR 100", "SeriesDescription": "Kopf Müller"})
     (series,) = mk.list_dicom_series(tmp_path)
     assert series.description == "Kopf Müller" and series.summary()["description"] == "Kopf Müller"
+
+
+def test_float_pixel_data(helpers, tmp_path):
+    # Parametric maps store float32 values in Float Pixel Data (7FE0,0008): no rescale, no trimming.
+    ds = helpers.part10_dataset("1.2.840.10008.5.1.4.1.1.30", "MR")
+    values = (np.arange(12, dtype=np.float32).reshape(3, 4) - 5.5) / 3
+    ds.update({"Rows": 3, "Columns": 4, "SamplesPerPixel": 1, "PhotometricInterpretation": "MONOCHROME2",
+               "BitsAllocated": 32, "NumberOfFrames": 1, "ImagePositionPatient": [1, 2, 3],
+               "ImageOrientationPatient": [1, 0, 0, 0, 1, 0], "PixelSpacing": [0.5, 0.25]})
+    ds.FloatPixelData = values.tobytes()
+    ds.save_as(tmp_path / "map.dcm", enforce_file_format=True)
+    img = mk.read(tmp_path / "map.dcm")
+    assert img.dtype == np.float32 and img.spacing == (1.0, 0.5, 0.25)
+    np.testing.assert_array_equal(img.array[0], values)

@@ -114,6 +114,7 @@ class _File(_Identity):
     bits_allocated: int
     bits_stored: int
     signed: bool
+    float_pixels: bool  # Float / Double Float Pixel Data (parametric maps)
     monochrome1: bool
     palette: bool
     instance_number: int | None
@@ -275,7 +276,8 @@ def _read_header(path: Path) -> tuple[_File, list[_Frame]] | None:
                 ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
             at = fp.tell()
             fp.seek(0, os.SEEK_END)
-            has_pixels = at < fp.tell() and _peek_pixel_tag(fp, at)
+            pixel_tag = _peek_pixel_tag(fp, at) if at < fp.tell() else None
+            has_pixels = pixel_tag is not None
             meta = getattr(ds, "file_meta", None)
             ts = _Attrs(meta).text(0x00020010) if meta is not None else ""
             ts = ts or "1.2.840.10008.1.2"  # no meta header: implicit VR little endian (PS3.5 A.1)
@@ -333,6 +335,7 @@ def _read_header(path: Path) -> tuple[_File, list[_Frame]] | None:
         bits_allocated=bits_allocated,
         bits_stored=bits_stored,
         signed=a.us(0x00280103) == 1 and photometric != "PALETTE COLOR",
+        float_pixels=pixel_tag != 0x7FE00010,
         monochrome1=photometric == "MONOCHROME1",
         palette=photometric == "PALETTE COLOR",
         instance_number=a.integer(0x00200013),
@@ -342,13 +345,18 @@ def _read_header(path: Path) -> tuple[_File, list[_Frame]] | None:
     return f, _frames_of(a, f)
 
 
-def _peek_pixel_tag(fp: Any, at: int) -> bool:
+def _peek_pixel_tag(fp: Any, at: int) -> int | None:
+    """The pixel data tag at offset ``at`` (Pixel Data, Float or Double Float Pixel Data), else None."""
     fp.seek(at)
     head = fp.read(4)
     if len(head) < 4:
-        return False
+        return None
     # Explicit VR Big Endian files store the tag big-endian; every other syntax little-endian.
-    return any((lambda g, e: (g << 16) | e)(*struct.unpack(order, head)) in _PIXEL_TAGS for order in ("<HH", ">HH"))
+    for order in ("<HH", ">HH"):
+        group, elem = struct.unpack(order, head)
+        if (group << 16) | elem in _PIXEL_TAGS:
+            return (group << 16) | elem
+    return None
 
 
 def has_preamble(path: Path) -> bool:
@@ -674,7 +682,8 @@ def _output_dtype(frames: Sequence[_Frame]) -> np.dtype:
     stored = _stored_dtype(f)
     if all(fr.slope == 1 and fr.intercept == 0 for fr in frames):
         return stored
-    if all(float(fr.slope).is_integer() and float(fr.intercept).is_integer() for fr in frames):
+    if not f.float_pixels and all(float(fr.slope).is_integer() and float(fr.intercept).is_integer()
+                                  for fr in frames):
         lo_s, hi_s = (-(1 << (f.bits_stored - 1)), (1 << (f.bits_stored - 1)) - 1) if f.signed \
             else (0, (1 << f.bits_stored) - 1)
         ends = [v * fr.slope + fr.intercept for fr in frames for v in (lo_s, hi_s)]
@@ -686,6 +695,8 @@ def _output_dtype(frames: Sequence[_Frame]) -> np.dtype:
 
 
 def _stored_dtype(f: _File) -> np.dtype:
+    if f.float_pixels:
+        return np.dtype(np.float64 if f.bits_allocated == 64 else np.float32)
     if f.bits_allocated not in (1, 8, 16, 32):
         raise DicomError(f"{f.path}: BitsAllocated {f.bits_allocated} is not supported (1, 8, 16 or 32)")
     bits = max(8, f.bits_allocated)
@@ -934,7 +945,9 @@ def _modality_values(f: _File, stored: np.ndarray, frames: Sequence[_Frame], dty
         if invert:
             s = ((1 << bits) - 1) - s
         stored, bits, invert = s.astype(np.float64), 0, False
-    out = np.empty(stored.shape, dtype=dtype)
+    # Same item size (e.g. 12-bit uint16 -> int16 HU): the LUT runs in place, element by element,
+    # which spares a second volume-sized buffer and its page faults.
+    out = stored.view(dtype) if stored.dtype.itemsize == dtype.itemsize else np.empty(stored.shape, dtype=dtype)
     modality_lut(stored, out, np.asarray([fr.slope for fr in frames], dtype=np.float64),
                  np.asarray([fr.intercept for fr in frames], dtype=np.float64), bits, f.signed, invert)
     return out
