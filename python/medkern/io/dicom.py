@@ -83,6 +83,7 @@ _ORIENTATION_DECIMALS = 4
 
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
 _NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2": True, "1.2.840.10008.1.2.1": False}  # uid -> implicit VR
+_DEFLATED = "1.2.840.10008.1.2.1.99"
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UT", b"UC", b"UR"}
 
 
@@ -276,15 +277,24 @@ def _read_header(path: Path) -> tuple[_File, list[_Frame]] | None:
                 ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
             at = fp.tell()
             fp.seek(0, os.SEEK_END)
-            pixel_tag = _peek_pixel_tag(fp, at) if at < fp.tell() else None
-            has_pixels = pixel_tag is not None
             meta = getattr(ds, "file_meta", None)
             ts = _Attrs(meta).text(0x00020010) if meta is not None else ""
-            ts = ts or "1.2.840.10008.1.2"  # no meta header: implicit VR little endian (PS3.5 A.1)
+            if not ts:
+                # No meta header: the encoding pydicom found when it read the data set.
+                implicit, little = getattr(ds, "original_encoding", (True, True))
+                ts = "1.2.840.10008.1.2" if implicit else ("1.2.840.10008.1.2.1" if little else
+                                                           "1.2.840.10008.1.2.2")
+            if ts == _DEFLATED:
+                # The file position is in the inflated stream: look for the pixel tags by reading.
+                full = pydicom.dcmread(path)
+                pixel_tag = next((t for t in _PIXEL_TAGS if t in full), None)
+            else:
+                pixel_tag = _peek_pixel_tag(fp, at) if at < fp.tell() else None
+            has_pixels = pixel_tag is not None
             a = _Attrs(ds, little_endian=ts != "1.2.840.10008.1.2.2")
             rows, cols = a.us(0x00280010), a.us(0x00280011)
             if not has_pixels or not rows or not cols:
-                if 0x00080016 not in ds and has_preamble(path):
+                if len(ds) == 0 and has_preamble(path):
                     # A Part 10 file whose data set is missing: cut off after the meta header.
                     raise _Unreadable("truncated: no data set after the file meta information")
                 return None
@@ -382,12 +392,12 @@ def _frames_of(a: _Attrs, f: _File) -> list[_Frame]:
     """One _Frame per frame, with geometry from the functional groups when the file has them."""
     ds = a.ds
     per_frame = ds[0x52009230].value if 0x52009230 in ds else None
-    if per_frame is not None and len(per_frame) == f.n_frames:
+    if per_frame is not None and len(per_frame) >= f.n_frames:
         shared = _first_item(ds, "SharedFunctionalGroupsSequence")
         # Enhanced CT/MR/PET (PS3.3 C.7.6.16): each attribute sits in the per-frame item or, when
         # it holds for every frame, in the shared item.
         frames = []
-        for i, item in enumerate(per_frame):
+        for i, item in enumerate(per_frame[: f.n_frames]):
             def group(keyword: str) -> _Attrs:
                 return _Attrs(_first_item(item, keyword) or _first_item(shared, keyword), a.endian == "<")
 
@@ -887,7 +897,10 @@ def _decode_file(f: _File) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(f.path)
+            # force: the header pass has already accepted files without a Part 10 preamble.
+            ds = pydicom.dcmread(f.path, force=True)
+            if "TransferSyntaxUID" not in ds.file_meta:
+                ds.file_meta.TransferSyntaxUID = f.transfer_syntax  # as the header pass found it
             # Stored values as they are: the modality LUT and photometric inversion are ours.
             arr = ds.pixel_array
             if f.palette:
