@@ -597,3 +597,31 @@ def test_float_pixel_data(helpers, tmp_path):
     img = mk.read(tmp_path / "map.dcm")
     assert img.dtype == np.float32 and img.spacing == (1.0, 0.5, 0.25)
     np.testing.assert_array_equal(img.array[0], values)
+
+
+def test_more_decoding_errors(helpers, tmp_path, rng, monkeypatch):
+    stored = rng.integers(0, 100, size=(2, 4, 4)).astype(np.int16)
+    paths = helpers.write_dicom_slices(tmp_path / "a", list(stored), [(0, 0, 0), (0, 0, 1)])
+    # A file cut short between listing and reading.
+    (series,) = mk.list_dicom_series(tmp_path / "a")
+    paths[1].write_bytes(paths[1].read_bytes()[:-8])
+    with pytest.raises(mk.DicomError, match=rf"{paths[1].name}: pixel data truncated while reading"):
+        series.read()
+    # BitsAllocated 12 (packed pixels, retired): refused when the header is read.
+    import pydicom
+
+    ds = pydicom.dcmread(paths[0])
+    ds.BitsAllocated = 12
+    ds.save_as(paths[0])
+    with pytest.raises(mk.DicomError, match="unreadable DICOM file .*BitsAllocated 12 is not supported"):
+        mk.read(paths[0])
+    # A transfer syntax pydicom has no decoder for at all.
+    helpers.write_dicom_slices(tmp_path / "b", list(stored), [(0, 0, 0), (0, 0, 1)], transfer_syntax="rle")
+    import pydicom.pixels
+
+    def unknown(uid):
+        raise NotImplementedError(uid)
+
+    monkeypatch.setattr(pydicom.pixels, "get_decoder", unknown)
+    with pytest.raises(mk.DicomError, match="transfer syntax 1.2.840.10008.1.2.5 has no pixel data decoder"):
+        mk.read(tmp_path / "b")

@@ -146,3 +146,11 @@ def test_rtstruct_errors(helpers, tmp_path):
     dup = helpers.write_rtstruct(tmp_path / "dup.dcm", {"x": [square(1, 3, 1, 3, 2.0)], "y": []}, "1.2.3")
     masks = mk.read_rtstruct(dup, img)
     assert masks["y"].array.sum() == 0 and masks["x"].array.sum() == 4
+
+
+def test_contour_data_that_is_not_numbers(helpers, tmp_path):
+    img = mk.Image(np.zeros((3, 8, 8), np.int16))
+    rs = helpers.write_rtstruct(tmp_path / "rs.dcm", {"a": [square(1, 3, 1, 3, 1.0)]}, "1.2.3")
+    rs.write_bytes(rs.read_bytes().replace(b"3.000000", b"3.0x0000"))
+    with pytest.raises(mk.DicomError, match=r"rs.dcm: ROI .a. contour 1: ContourData holds a value that is not a number"):
+        mk.read_rtstruct(rs, img)

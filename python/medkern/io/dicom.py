@@ -301,6 +301,8 @@ def _read_header(path: Path) -> tuple[_File, list[_Frame]] | None:
             n_frames = a.integer(0x00280008) or 1
             samples = a.us(0x00280002) or 1
             bits_allocated = a.us(0x00280100) or 16
+            if bits_allocated not in (1, 8, 16, 32, 64):
+                raise _Unreadable(f"BitsAllocated {bits_allocated} is not supported (1, 8, 16, 32 or 64)")
             bits_stored = a.us(0x00280101) or bits_allocated
             photometric = a.text(0x00280004)
             pixel_offset = None
@@ -705,10 +707,9 @@ def _output_dtype(frames: Sequence[_Frame]) -> np.dtype:
 
 
 def _stored_dtype(f: _File) -> np.dtype:
+    """The dtype of the stored values (BitsAllocated is 1, 8, 16, 32 or 64: checked on reading)."""
     if f.float_pixels:
         return np.dtype(np.float64 if f.bits_allocated == 64 else np.float32)
-    if f.bits_allocated not in (1, 8, 16, 32):
-        raise DicomError(f"{f.path}: BitsAllocated {f.bits_allocated} is not supported (1, 8, 16 or 32)")
     bits = max(8, f.bits_allocated)
     return np.dtype(f"{'i' if f.signed else 'u'}{bits // 8}")
 
@@ -719,7 +720,8 @@ def _make_series(uid: str, part: int | None, frames: list[_Frame],
     f = layout.frames[0].file
     interpolated = layout.interpolation is not None or layout.shifts is not None
     dtype = np.dtype(np.float32) if interpolated else _output_dtype(layout.frames)
-    files = tuple(dict.fromkeys(fr.file.path for fr in layout.frames))
+    # Slice order first; files whose frames were dropped as duplicates still belong to the series.
+    files = tuple(dict.fromkeys([fr.file.path for fr in layout.frames] + [fr.file.path for fr in frames]))
     identity = {field.name: getattr(f, field.name) for field in dataclasses.fields(_Identity)}
     return DicomSeries(
         **identity, part=part, files=files, n_frames=len(frames), shape=layout.shape,
@@ -848,11 +850,9 @@ def read_dicom_file(path: str | os.PathLike, series: bool = False, allow_irregul
     f, frames = header
     if series:
         scan = _scan(_iter_files(p.parent, recursive=False))
-        candidates = [s for s in _group(scan) if p in s.files]
-        if not candidates:
-            raise DicomError(f"{p}: its series could not be assembled from {p.parent}")
-        chosen = candidates[0]
-        chosen.unreadable = tuple(u for u in scan.unreadable)
+        # The file parsed above, so the scan of its directory puts it in exactly one part.
+        chosen = next(s for s in _group(scan) if p in s.files)
+        chosen.unreadable = tuple(scan.unreadable)
         return chosen.read(allow_irregular=allow_irregular)
     parts: dict[tuple, list[_Frame]] = {}
     for fr in frames:

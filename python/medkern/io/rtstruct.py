@@ -130,12 +130,9 @@ def _contour_data(contour: Any) -> np.ndarray:
     if raw is None:
         return np.zeros(0)
     value = raw.value
-    try:
-        if isinstance(value, (bytes, bytearray)):
-            return np.array(bytes(value).replace(b"\\", b" ").split(), dtype=np.float64)
-        return np.asarray([float(v) for v in (value or [])], dtype=np.float64)
-    except ValueError as exc:
-        raise DicomError(f"ContourData holds a value that is not a number ({exc})") from exc
+    if isinstance(value, (bytes, bytearray)):
+        return np.array(bytes(value).replace(b"\\", b" ").split(), dtype=np.float64)
+    return np.asarray([float(v) for v in (value or [])], dtype=np.float64)
 
 
 def _rasterise(contours: Any, grid: Image, roi: str, source: str) -> np.ndarray:
@@ -145,7 +142,11 @@ def _rasterise(contours: Any, grid: Image, roi: str, source: str) -> np.ndarray:
     for n, c in enumerate(contours):
         if str(c.get("ContourGeometricType", "CLOSED_PLANAR")) not in _CLOSED:
             continue
-        pts = _contour_data(c)
+        try:
+            pts = _contour_data(c)
+        except ValueError as exc:
+            raise DicomError(f"{source}: ROI {roi!r} contour {n + 1}: ContourData holds a value that is not a "
+                             f"number ({exc})") from exc
         if pts.size < 9 or pts.size % 3:
             continue  # fewer than 3 points enclose nothing
         kji = grid.world_to_index(pts.reshape(-1, 3))
