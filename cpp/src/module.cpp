@@ -10,4 +10,6 @@ PYBIND11_MODULE(_core, m) {
   register_intensity(m);
   register_measure(m);
   register_resample(m);
+  register_dicom(m);
+  register_rtstruct(m);
 }

@@ -13,6 +13,8 @@ from medkern.intensity import normalize, window
 from medkern.io import read, write
 from medkern.resample import resample, resample_to, warp
 from medkern.transforms import Affine, DisplacementField
+from medkern.io.dicom import DicomSeries, list_dicom_series, read_dicom_file, read_dicom_series
+from medkern.io.rtstruct import read_rtstruct
 
 __version__ = "0.1.0"
 
@@ -20,15 +22,20 @@ __all__ = [
     "Affine",
     "DisplacementField",
     "DicomError",
+    "DicomSeries",
     "Image",
     "MedkernError",
     "ModelError",
     "backends",
     "get_num_threads",
+    "list_dicom_series",
     "normalize",
     "read",
     "resample",
     "resample_to",
+    "read_dicom_file",
+    "read_dicom_series",
+    "read_rtstruct",
     "set_num_threads",
     "warp",
     "window",
