@@ -8,6 +8,15 @@ from __future__ import annotations
 
 from medkern._dispatch import backends, get_num_threads, set_num_threads
 from medkern.errors import DicomError, MedkernError, ModelError
+from medkern.filters import (
+    anisotropic_diffusion,
+    bilateral,
+    gaussian,
+    log_filter,
+    mean_filter,
+    median,
+    unsharp_mask,
+)
 from medkern.image import Image
 from medkern.intensity import normalize, window
 from medkern.io import read, write
@@ -19,11 +28,18 @@ __all__ = [
     "Image",
     "MedkernError",
     "ModelError",
+    "anisotropic_diffusion",
     "backends",
+    "bilateral",
+    "gaussian",
     "get_num_threads",
+    "log_filter",
+    "mean_filter",
+    "median",
     "normalize",
     "read",
     "set_num_threads",
+    "unsharp_mask",
     "window",
     "write",
 ]
