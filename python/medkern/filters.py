@@ -63,53 +63,10 @@ def _cpp_diffusion(x, spacing, iterations, time_step, conductance, kind):
                                        get_num_threads())
 
 
-def _cuda_call(name, x, out, *args):
-    import cupy
-
-    from medkern import _cuda
-
-    getattr(_cuda, name)(x.data.ptr, x.dtype, out.data.ptr, *args, cupy.cuda.get_current_stream().ptr)
-    return out
-
-
-def _cuda_shape(x):
-    return [1] * (3 - x.ndim) + list(x.shape)
-
-
-def _cuda_separable(x, kernels, mode, cval):
-    import cupy
-
-    x = cupy.ascontiguousarray(x)
-    k = [None] * (3 - x.ndim) + list(kernels)
-    weights = [cupy.asarray(w if w is not None else np.zeros(0, np.float32)) for w in k]
-    out = cupy.empty(x.shape, cupy.float32)
-    return _cuda_call("separable_correlate", x, out, _cuda_shape(x),
-                      [w.data.ptr for w in weights], [int(w.size) for w in weights], mode, cval)
-
-
-def _cuda_median(x, radius, mode):
-    import cupy
-
-    x = cupy.ascontiguousarray(x)
-    r = [0] * (3 - x.ndim) + list(radius)
-    return _cuda_call("median_filter", x, cupy.empty_like(x), _cuda_shape(x), r, mode)
-
-
-def _cuda_bilateral(x, spacing, sigma_mm, radius, sigma_range, cutoff_sigmas, samples):
-    import cupy
-
-    x = cupy.ascontiguousarray(x)
-    pad = 3 - x.ndim
-    return _cuda_call("bilateral_filter", x, cupy.empty(x.shape, cupy.float32), _cuda_shape(x),
-                      [1.0] * pad + list(spacing), [1.0] * pad + list(sigma_mm),
-                      [0] * pad + list(radius), sigma_range, cutoff_sigmas, samples)
-
-
 separable_correlate = Kernel(
     "separable_correlate",
     cpp=_cpp_separable,
     numba="medkern._numba.filters:separable_correlate",
-    cuda=_cuda_separable,
     cupy="medkern._cupy.filters:separable_correlate",
 )
 recursive_gaussian = Kernel(
@@ -118,15 +75,12 @@ median_filter = Kernel(
     "median_filter",
     cpp=_cpp_median,
     numba="medkern._numba.filters:median_filter",
-    cuda=_cuda_median,
     cupy="medkern._cupy.filters:median_filter",
 )
 bilateral_filter = Kernel(
     "bilateral_filter",
     cpp=_cpp_bilateral,
     numba="medkern._numba.filters:bilateral_filter",
-    cuda=_cuda_bilateral,
-    cupy="medkern._cupy.filters:bilateral_filter",
 )
 diffusion = Kernel(
     "anisotropic_diffusion", cpp=_cpp_diffusion, numba="medkern._numba.filters:anisotropic_diffusion")

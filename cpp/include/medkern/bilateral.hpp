@@ -38,6 +38,7 @@ inline void bilateral_chunk(const float* const* elem, const float* wd, index_t n
   for (index_t q = 0; q < n; ++q) {
     const float* v = elem[q] + i0;
     const float w_domain = wd[q];
+#pragma omp simd
     for (index_t l = 0; l < L; ++l) {
       const float d = std::fabs(v[l] - c[l]);
       float bin = static_cast<float>(static_cast<std::int32_t>(d * rk.to_bin));

@@ -56,6 +56,7 @@ inline void diffusion_row(const Stencil3& st, index_t n2, const double* inv_sp, 
   const float sp[3] = {static_cast<float>(inv_sp[0]), static_cast<float>(inv_sp[1]),
                        static_cast<float>(inv_sp[2])};
   const bool flux = inv_k != 0.0f;
+#pragma omp simd
   for (index_t i = 1; i <= n2; ++i) {
     // Neighbour offsets per axis as (dk, dj, di).
     const float x0 = st.at(0, 0, i);

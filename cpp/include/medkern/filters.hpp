@@ -83,10 +83,10 @@ void padded_row(const T* in, const Shape3& s, index_t k, index_t j, index_t r, B
 // exp(x) for x <= 0 in float, written so the compiler vectorises it (no libm call): Cody-Waite
 // range reduction x = n ln2 + r and the Cephes expf minimax polynomial, relative error < 2 ulp.
 inline float exp_neg(float x) {
-  x = x < -87.0f ? -87.0f : x;
+  x = std::max(x, -87.0f);
   const float fx = x * 1.44269504088896341f + 0.5f;
   std::int32_t n = static_cast<std::int32_t>(fx);
-  n -= (static_cast<float>(n) > fx) ? 1 : 0;  // floor for negative fx
+  n -= static_cast<std::int32_t>(static_cast<float>(n) > fx);  // floor for negative fx
   const float nf = static_cast<float>(n);
   const float r = (x - nf * 0.693359375f) + nf * 2.12194440e-4f;
   float p = 1.9875691500e-4f;

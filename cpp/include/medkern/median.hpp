@@ -30,18 +30,20 @@ MEDKERN_SIMD_CLONES void forgetful_median(const T* const* elem, index_t i0, Coun
     T* hi = row(cur - 1);
     for (index_t q = 1; q < cur; ++q) {
       T* w = row(q);
+#pragma omp simd
       for (index_t l = 0; l < L; ++l) {
         const T a = lo[l], b = w[l];
-        lo[l] = a < b ? a : b;
-        w[l] = a < b ? b : a;
+        lo[l] = std::min(a, b);
+        w[l] = std::max(a, b);
       }
     }
     for (index_t q = 1; q < cur - 1; ++q) {
       T* w = row(q);
+#pragma omp simd
       for (index_t l = 0; l < L; ++l) {
         const T a = w[l], b = hi[l];
-        w[l] = a < b ? a : b;
-        hi[l] = a < b ? b : a;
+        w[l] = std::min(a, b);
+        hi[l] = std::max(a, b);
       }
     }
     if (next == n) break;
