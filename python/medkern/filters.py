@@ -225,8 +225,8 @@ def unsharp_mask(img: Any, sigma_mm: Any = None, amount: float = 1.0, *, sigma_v
     """Unsharp masking ``x + amount * (x - gaussian(x))``.
 
     The blur is :func:`gaussian` with the same ``method`` / ``mode`` / ``truncate``:
-    ``method="recursive"`` reproduces SimpleITK ``UnsharpMask`` (threshold 0), ``method="fir"``
-    with ``mode="nearest"`` reproduces scikit-image ``unsharp_mask(preserve_range=True)``.
+    ``method="recursive"`` reproduces SimpleITK ``UnsharpMask`` (threshold 0); ``method="fir"``
+    uses the scipy ``gaussian_filter`` definition.
     Returns float32.
     """
     amount = float(amount)
