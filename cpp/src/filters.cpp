@@ -35,6 +35,21 @@ std::array<V, 3> per_axis3(const std::vector<V>& v, const py::array& x, V pad, c
   return out;
 }
 
+// Runs kernel(src, dst) for the array's dtype on a new float32 array of the same shape.
+template <class F>
+py::array_t<float> float_result(const py::array& x, F&& kernel) {
+  return medkern::bind::visit_dtype(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    auto in = carray<T>::ensure(x);
+    py::array_t<float> out(dims(x));
+    const T* src = in.data();
+    float* dst = out.mutable_data();
+    py::gil_scoped_release release;  // only raw buffers of arrays owned by this frame are used
+    kernel(src, dst);
+    return out;
+  });
+}
+
 medkern::Boundary boundary(int b) {
   if (b < 0 || b > 4) throw py::value_error("boundary code out of range");
   return static_cast<medkern::Boundary>(b);
@@ -47,15 +62,8 @@ py::array_t<float> separable_correlate(const py::array& x, const std::vector<std
   for (const auto& k : kernels)
     if (!k.empty() && k.size() % 2 == 0) throw py::value_error("kernels must have odd length");
   const auto b = boundary(mode);
-  return medkern::bind::visit_dtype(x.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    auto in = carray<T>::ensure(x);
-    py::array_t<float> out(dims(x));
-    const T* src = in.data();
-    float* dst = out.mutable_data();
-    py::gil_scoped_release release;  // only raw buffers of arrays owned by this frame are used
+  return float_result(x, [&](const auto* src, float* dst) {
     medkern::separable_correlate(src, dst, s, kernels.data(), b, cval, n_threads);
-    return out;
   });
 }
 
@@ -63,16 +71,9 @@ py::array_t<float> recursive_gaussian(const py::array& x, const std::vector<doub
                                       int n_threads) {
   const Shape3 s = shape3(x);
   const auto sigma = per_axis3<double>(sigma_vox, x, 0.0, "sigma_vox");
-  return medkern::bind::visit_dtype(x.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    auto in = carray<T>::ensure(x);
-    py::array_t<float> out(dims(x));
-    const T* src = in.data();
-    float* dst = out.mutable_data();
-    const bool is_3d = x.ndim() == 3;
-    py::gil_scoped_release release;  // only raw buffers of arrays owned by this frame are used
+  const bool is_3d = x.ndim() == 3;
+  return float_result(x, [&](const auto* src, float* dst) {
     medkern::recursive_gaussian(src, dst, s, sigma.data(), is_3d, n_threads);
-    return out;
   });
 }
 
@@ -102,15 +103,8 @@ py::array_t<float> bilateral_filter(const py::array& x, const std::vector<double
   const auto sg = per_axis3<double>(sigma_mm, x, 1.0, "sigma_mm");
   const auto r = per_axis3<index_t>(radius, x, 0, "radius");
   const medkern::RangeKernel rk(sigma_range, cutoff_sigmas, samples);
-  return medkern::bind::visit_dtype(x.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    auto in = carray<T>::ensure(x);
-    py::array_t<float> out(dims(x));
-    const T* src = in.data();
-    float* dst = out.mutable_data();
-    py::gil_scoped_release release;  // only raw buffers of arrays owned by this frame are used
+  return float_result(x, [&](const auto* src, float* dst) {
     medkern::bilateral_filter(src, dst, s, sp.data(), sg.data(), r.data(), rk, n_threads);
-    return out;
   });
 }
 

@@ -88,14 +88,7 @@ void bilateral_filter(const T* in, float* out, const Shape3& s, const double* sp
 #pragma omp for schedule(static)
     for (index_t row = 0; row < s.n0 * s.n1; ++row) {
       const index_t k = row / s.n1, j = row % s.n1;
-      index_t q = 0, e = 0;
-      for (index_t dk = -r[0]; dk <= r[0]; ++dk)
-        for (index_t dj = -r[1]; dj <= r[1]; ++dj, ++q) {
-          float* dst = rows.data() + q * padded;
-          padded_row(in, s, k + dk, j + dj, r[2], Boundary::nearest, 0.0f, dst);
-          std::fill(dst + s.n2 + 2 * r[2], dst + padded, 0.0f);
-          for (index_t di = 0; di <= 2 * r[2]; ++di) elem[static_cast<std::size_t>(e++)] = dst + di;
-        }
+      neighbour_rows(in, s, k, j, r, Boundary::nearest, 0.0f, padded, rows.data(), elem.data());
       const float* mid = rows.data() + (nrows / 2) * padded + r[2];
       float* o = out + row * s.n2;
       for (index_t i0 = 0; i0 < s.n2; i0 += L) {

@@ -80,6 +80,22 @@ void padded_row(const T* in, const Shape3& s, index_t k, index_t j, index_t r, B
   }
 }
 
+// The padded rows (k + dk, j + dj) for |dk| <= r[0], |dj| <= r[1] (each padded by r[2], then
+// `slack` zeros so a last partial group of lanes can be loaded whole), one every `stride`
+// elements of `rows`; elem[q] points at neighbour q (dk, dj, di in row-major order) for column 0.
+template <class T, class U>
+void neighbour_rows(const T* in, const Shape3& s, index_t k, index_t j, const index_t* r,
+                    Boundary b, U cval, index_t stride, U* rows, const U** elem) {
+  index_t q = 0, e = 0;
+  for (index_t dk = -r[0]; dk <= r[0]; ++dk)
+    for (index_t dj = -r[1]; dj <= r[1]; ++dj, ++q) {
+      U* dst = rows + q * stride;
+      padded_row(in, s, k + dk, j + dj, r[2], b, cval, dst);
+      std::fill(dst + s.n2 + 2 * r[2], dst + stride, U(0));
+      for (index_t di = 0; di <= 2 * r[2]; ++di) elem[e++] = dst + di;
+    }
+}
+
 // exp(x) for x <= 0 in float, written so the compiler vectorises it (no libm call): Cody-Waite
 // range reduction x = n ln2 + r and the Cephes expf minimax polynomial, relative error < 2 ulp.
 inline float exp_neg(float x) {

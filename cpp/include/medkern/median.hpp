@@ -69,14 +69,7 @@ void median_rows(const T* in, T* out, const Shape3& s, const index_t* r, Boundar
 #pragma omp for schedule(static)
     for (index_t row = 0; row < s.n0 * s.n1; ++row) {
       const index_t k = row / s.n1, j = row % s.n1;
-      index_t q = 0, e = 0;
-      for (index_t dk = -r[0]; dk <= r[0]; ++dk)
-        for (index_t dj = -r[1]; dj <= r[1]; ++dj, ++q) {
-          T* dst = rows.data() + q * padded;
-          padded_row(in, s, k + dk, j + dj, r[2], b, T(0), dst);
-          std::fill(dst + s.n2 + 2 * r[2], dst + padded, T(0));
-          for (index_t di = 0; di <= 2 * r[2]; ++di) elem[static_cast<std::size_t>(e++)] = dst + di;
-        }
+      neighbour_rows(in, s, k, j, r, b, T(0), padded, rows.data(), elem.data());
       T* o = out + row * s.n2;
       index_t i0 = 0;
       for (; i0 + kMedianLanes <= s.n2; i0 += kMedianLanes)
