@@ -27,29 +27,30 @@ constexpr index_t kBilateralLanes = 32;
 
 // One chunk of kBilateralLanes voxels: centre values c, neighbour rows elem[q] shifted to the
 // chunk, domain weights wd[q]. The table lookup is replaced by evaluating the Gaussian at the
-// bin's left edge (the tabulated value) so the loop vectorises.
+// bin's left edge (the tabulated value), so the loop runs on SIMD lanes without gathers.
 MEDKERN_SIMD_CLONES
 inline void bilateral_chunk(const float* const* elem, const float* wd, index_t n, index_t i0,
                             const float* c, const RangeKernel& rk, float* out) {
-  constexpr index_t L = kBilateralLanes;
-  float num[L], den[L];
-  for (index_t l = 0; l < L; ++l) num[l] = den[l] = 0.0f;
-  const float max_bin = static_cast<float>(rk.samples - 1);
+  constexpr int G = kBilateralLanes / 8;
+  vf8 num[G], den[G], cen[G];
+  for (int g = 0; g < G; ++g) {
+    num[g] = den[g] = vf8{};
+    cen[g] = load8(c + 8 * g);
+  }
   for (index_t q = 0; q < n; ++q) {
     const float* v = elem[q] + i0;
     const float w_domain = wd[q];
-#pragma omp simd
-    for (index_t l = 0; l < L; ++l) {
-      const float d = std::fabs(v[l] - c[l]);
-      float bin = static_cast<float>(static_cast<std::int32_t>(d * rk.to_bin));
-      bin = bin > max_bin ? max_bin : bin;
-      const float at = bin * rk.bin_width;
-      const float w = d < rk.cutoff ? w_domain * exp_neg(rk.neg_half_inv_var * at * at) : 0.0f;
-      num[l] += w * v[l];
-      den[l] += w;
+    for (int g = 0; g < G; ++g) {
+      const vf8 x = load8(v + 8 * g);
+      const vf8 d = abs8(x - cen[g]);
+      // Bins past the table only occur where d >= cutoff, whose weight is masked to 0 below.
+      const vf8 at = __builtin_convertvector(__builtin_convertvector(d * rk.to_bin, vi8), vf8) * rk.bin_width;
+      const vf8 w = select8(d < rk.cutoff, exp_neg8(at * at * rk.neg_half_inv_var) * w_domain, vf8{});
+      num[g] += w * x;
+      den[g] += w;
     }
   }
-  for (index_t l = 0; l < L; ++l) out[l] = num[l] / den[l];
+  for (int g = 0; g < G; ++g) store8(out + 8 * g, num[g] / den[g]);
 }
 
 }  // namespace detail

@@ -47,61 +47,67 @@ inline double mean_gradient_sq(const float* x, const Shape3& s, const double* in
   return total / static_cast<double>(s.size());
 }
 
-// Update of one row (k, j) of the diffusion PDE into upd[i] for i < n2. `axes` lists the array
-// axes that exist (2D images skip axis 0). inv_k = 1 / K with K = -2 c^2 <|grad|^2>, so each
-// conductance is exp(|grad|^2 * inv_k); inv_k == 0 disables the flux as ITK does for K == 0.
+// Update of one row (k, j) of the diffusion PDE into upd[i] for i < n2 (rounded up to 8 lanes;
+// the stencil rows carry the slack). Axis 0 is skipped for 2D images. inv_k = 1 / K with
+// K = -2 c^2 <|grad|^2>, so each conductance is exp(|grad|^2 * inv_k); inv_k == 0 switches the
+// flux off as ITK does for K == 0.
 MEDKERN_SIMD_CLONES
 inline void diffusion_row(const Stencil3& st, index_t n2, const double* inv_sp, bool has_axis0,
                           float inv_k, Diffusion kind, float* upd) {
   const float sp[3] = {static_cast<float>(inv_sp[0]), static_cast<float>(inv_sp[1]),
                        static_cast<float>(inv_sp[2])};
-  const bool flux = inv_k != 0.0f;
-#pragma omp simd
-  for (index_t i = 1; i <= n2; ++i) {
-    // Neighbour offsets per axis as (dk, dj, di).
-    const float x0 = st.at(0, 0, i);
-    float fwd[3], bwd[3], cen[3];
-    const float xp[3] = {st.at(1, 0, i), st.at(0, 1, i), st.at(0, 0, i + 1)};
-    const float xm[3] = {st.at(-1, 0, i), st.at(0, -1, i), st.at(0, 0, i - 1)};
-    for (int a = 0; a < 3; ++a) {
-      fwd[a] = (xp[a] - x0) * sp[a];
-      bwd[a] = (x0 - xm[a]) * sp[a];
-      cen[a] = 0.5f * (xp[a] - xm[a]) * sp[a];
+  const float flux = inv_k != 0.0f ? 1.0f : 0.0f;
+  const int first = has_axis0 ? 0 : 1;
+  for (index_t i = 1; i <= n2; i += 8) {
+    auto at = [&](int dk, int dj, index_t di) { return load8(st.p[dk + 1][dj + 1] + i + di); };
+    const vf8 x0 = at(0, 0, 0);
+    vf8 fwd[3], bwd[3], cen[3];
+    for (int a = first; a < 3; ++a) {
+      const int ak = a == 0, aj = a == 1, ai = a == 2;
+      const vf8 xp = at(ak, aj, ai), xm = at(-ak, -aj, -ai);
+      fwd[a] = (xp - x0) * sp[a];
+      bwd[a] = (x0 - xm) * sp[a];
+      cen[a] = 0.5f * (xp - xm) * sp[a];
     }
-    float speed = 0.0f;
-    for (int a = has_axis0 ? 0 : 1; a < 3; ++a) {
-      float gf = fwd[a] * fwd[a], gb = bwd[a] * bwd[a];
-      for (int b = has_axis0 ? 0 : 1; b < 3; ++b) {
+    vf8 speed = vf8{};
+    for (int a = first; a < 3; ++a) {
+      const int ak = a == 0, aj = a == 1, ai = a == 2;
+      vf8 gf = fwd[a] * fwd[a], gb = bwd[a] * bwd[a];
+      for (int b = first; b < 3; ++b) {
         if (b == a) continue;
         // Central difference along b, one voxel forward / backward along a.
-        const int ak = a == 0, aj = a == 1, ai = a == 2;
         const int bk = b == 0, bj = b == 1, bi = b == 2;
-        const float aug = 0.5f * sp[b] *
-                          (st.at(ak + bk, aj + bj, i + ai + bi) - st.at(ak - bk, aj - bj, i + ai - bi));
-        const float dim = 0.5f * sp[b] *
-                          (st.at(-ak + bk, -aj + bj, i - ai + bi) - st.at(-ak - bk, -aj - bj, i - ai - bi));
+        const vf8 aug = 0.5f * sp[b] * (at(ak + bk, aj + bj, ai + bi) - at(ak - bk, aj - bj, ai - bi));
+        const vf8 dim = 0.5f * sp[b] * (at(-ak + bk, -aj + bj, -ai + bi) - at(-ak - bk, -aj - bj, -ai - bi));
         gf += 0.25f * (cen[b] + aug) * (cen[b] + aug);
         gb += 0.25f * (cen[b] + dim) * (cen[b] + dim);
       }
-      const float cf = flux ? exp_neg(gf * inv_k) : 0.0f;
-      const float cb = flux ? exp_neg(gb * inv_k) : 0.0f;
+      const vf8 cf = exp_neg8(gf * inv_k) * flux, cb = exp_neg8(gb * inv_k) * flux;
       if (kind == Diffusion::gradient) {
         speed += fwd[a] * cf - bwd[a] * cb;
       } else {
-        speed += fwd[a] / std::sqrt(1e-10f + gf) * cf - bwd[a] / std::sqrt(1e-10f + gb) * cb;
+        vf8 nf, nb;
+        for (int l = 0; l < 8; ++l) {
+          nf[l] = std::sqrt(1e-10f + gf[l]);
+          nb[l] = std::sqrt(1e-10f + gb[l]);
+        }
+        speed += fwd[a] / nf * cf - bwd[a] / nb * cb;
       }
     }
     if (kind == Diffusion::curvature) {
       // Upwind gradient magnitude (Osher & Sethian 1988) multiplying the curvature speed.
-      float g = 0.0f;
-      for (int a = has_axis0 ? 0 : 1; a < 3; ++a) {
-        const float b_ = speed > 0 ? std::min(bwd[a], 0.0f) : std::max(bwd[a], 0.0f);
-        const float f_ = speed > 0 ? std::max(fwd[a], 0.0f) : std::min(fwd[a], 0.0f);
+      const vi8 pos = speed > 0.0f;
+      vf8 g = vf8{};
+      for (int a = first; a < 3; ++a) {
+        const vi8 b_neg = bwd[a] < 0.0f, f_neg = fwd[a] < 0.0f;
+        // speed > 0: min(bwd, 0) and max(fwd, 0); otherwise max(bwd, 0) and min(fwd, 0).
+        const vf8 b_ = select8(pos == b_neg, bwd[a], vf8{});
+        const vf8 f_ = select8(pos != f_neg, fwd[a], vf8{});
         g += b_ * b_ + f_ * f_;
       }
-      speed *= std::sqrt(g);
+      for (int l = 0; l < 8; ++l) speed[l] *= std::sqrt(g[l]);
     }
-    upd[i - 1] = speed;
+    store8(upd + i - 1, speed);
   }
 }
 
@@ -120,15 +126,16 @@ inline void anisotropic_diffusion(float* x, const Shape3& s, const double* spaci
     const float inv_k = k == 0.0 ? 0.0f : static_cast<float>(1.0 / k);
 #pragma omp parallel num_threads(clamp_threads(n_threads))
     {
-      std::vector<float> rows(static_cast<std::size_t>(9 * (s.n2 + 2)));
-      std::vector<float> upd(static_cast<std::size_t>(s.n2));
+      const index_t stride = s.n2 + 2 + 8;  // one padding sample each side, 8 lanes of slack
+      std::vector<float> rows(static_cast<std::size_t>(9 * stride), 0.0f);
+      std::vector<float> upd(static_cast<std::size_t>(s.n2 + 8));
 #pragma omp for schedule(static)
       for (index_t row = 0; row < s.n0 * s.n1; ++row) {
         const index_t k0 = row / s.n1, j0 = row % s.n1;
         detail::Stencil3 st;
         for (int dk = -1; dk <= 1; ++dk)
           for (int dj = -1; dj <= 1; ++dj) {
-            float* dst = rows.data() + ((dk + 1) * 3 + dj + 1) * (s.n2 + 2);
+            float* dst = rows.data() + ((dk + 1) * 3 + dj + 1) * stride;
             padded_row(x, s, k0 + dk, j0 + dj, 1, Boundary::nearest, 0.0f, dst);
             st.p[dk + 1][dj + 1] = dst;
           }
