@@ -12,4 +12,5 @@ PYBIND11_MODULE(_core, m) {
   register_resample(m);
   register_dicom(m);
   register_rtstruct(m);
+  register_filters(m);
 }

@@ -8,6 +8,15 @@ from __future__ import annotations
 
 from medkern._dispatch import backends, get_num_threads, set_num_threads
 from medkern.errors import DicomError, MedkernError, ModelError
+from medkern.filters import (
+    anisotropic_diffusion,
+    bilateral,
+    gaussian,
+    log_filter,
+    mean_filter,
+    median,
+    unsharp_mask,
+)
 from medkern.image import Image
 from medkern.intensity import normalize, window
 from medkern.io import read, write
@@ -26,9 +35,15 @@ __all__ = [
     "Image",
     "MedkernError",
     "ModelError",
+    "anisotropic_diffusion",
     "backends",
+    "bilateral",
+    "gaussian",
     "get_num_threads",
     "list_dicom_series",
+    "log_filter",
+    "mean_filter",
+    "median",
     "normalize",
     "read",
     "resample",
@@ -38,6 +53,7 @@ __all__ = [
     "read_rtstruct",
     "set_num_threads",
     "warp",
+    "unsharp_mask",
     "window",
     "write",
 ]
