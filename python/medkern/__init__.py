@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from medkern._dispatch import backends, get_num_threads, set_num_threads
 from medkern.errors import DicomError, MedkernError, ModelError
+from medkern.contrast import clahe, equalize_hist, n4_bias_correction
 from medkern.image import Image
 from medkern.intensity import normalize, window
 from medkern.io import read, write
@@ -20,7 +21,10 @@ __all__ = [
     "MedkernError",
     "ModelError",
     "backends",
+    "clahe",
+    "equalize_hist",
     "get_num_threads",
+    "n4_bias_correction",
     "normalize",
     "read",
     "set_num_threads",
