@@ -130,16 +130,16 @@ py::tuple n4_shrink(const py::array& x, const py::object& mask, std::array<index
     const std::uint8_t* m = medkern::bind::mask_ptr(mask, mask_holder, in.size());
     std::vector<py::ssize_t> out_shape(3);
     for (int a = 0; a < 3; ++a) out_shape[a] = (shape[a] + factor[a] - 1) / factor[a];
-    py::array_t<double> log_mean(out_shape);
+    py::array_t<double> log_image(out_shape);
     py::array_t<std::uint8_t> shrunk_mask(out_shape);
     const T* src = in.data();
-    double* lm = log_mean.mutable_data();
+    double* lm = log_image.mutable_data();
     std::uint8_t* sm = shrunk_mask.mutable_data();
     {
       py::gil_scoped_release release;  // raw pointers into arrays held by this frame
       medkern::n4_shrink(src, m, shape.data(), factor.data(), lm, sm, n_threads);
     }
-    return py::make_tuple(log_mean, shrunk_mask);
+    return py::make_tuple(log_image, shrunk_mask);
   });
 }
 

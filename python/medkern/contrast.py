@@ -6,7 +6,7 @@
   (``method="skimage"``), or OpenCV's ``createCLAHE(...).apply`` for uint8/uint16 images
   (``method="opencv"``); both reproduce their reference bit for bit on the same input.
 - :func:`n4_bias_correction` is N4 (Tustison et al., IEEE TMI 2010) as in ITK's
-  ``N4BiasFieldCorrectionImageFilter``, run on a block-averaged grid.
+  ``N4BiasFieldCorrectionImageFilter``, fitted on a subsampled grid.
 """
 
 from __future__ import annotations
@@ -238,12 +238,13 @@ def _clahe_opencv(x, clip_limit, tile_grid, backend):
 
 
 def _axis_positions(size: int, factor: int) -> np.ndarray:
-    """Normalised positions (0 at the first voxel centre, 1 at the last) of the block centres."""
+    """Normalised positions (0 at the first voxel, 1 at the last) of the voxels N4 samples along
+    an axis: the centre voxel of each block of ``factor`` (n4_shrink in n4.hpp)."""
     if size == 1:
         return np.full(1, 0.5)
-    start = np.arange(0, size, factor, dtype=np.float64)
-    end = np.minimum(start + factor, size) - 1
-    return (start + end) / 2.0 / (size - 1)
+    start = np.arange(0, size, factor)
+    centre = start + (np.minimum(factor, size - start) - 1) // 2
+    return centre / (size - 1)
 
 
 def n4_bias_correction(img: Any, mask: Any = None, *, shrink_factor: Any = 4,
@@ -261,8 +262,9 @@ def n4_bias_correction(img: Any, mask: Any = None, *, shrink_factor: Any = 4,
     variation of the field change is below ``convergence_threshold`` or ``iterations[level]``
     iterations ran; each of the ``len(iterations)`` levels doubles the lattice resolution.
 
-    The fit runs on a grid shrunk by ``shrink_factor`` (int or per axis, array order) with block
-    means, as SimpleITK users shrink before N4; the field is then evaluated on the full grid.
+    The fit runs on the grid subsampled by ``shrink_factor`` (int or per axis, array order; the
+    centre voxel of each block), as SimpleITK users ``Shrink`` before N4, over the same physical
+    domain as the full image; the field is then evaluated on the full grid.
     Only voxels inside ``mask`` (all voxels when None) with positive intensity take part.
 
     Returns the corrected image ``img / bias`` (float32, every voxel), and with
@@ -294,7 +296,7 @@ def n4_bias_correction(img: Any, mask: Any = None, *, shrink_factor: Any = 4,
     x3 = x.reshape(pad + x.shape)
     m3 = None if m is None else m.reshape(x3.shape)
     factor3 = pad + factor
-    log_mean, shrunk_mask = n4_shrink(x3, m3, factor3, backend=backend)
+    log_small, shrunk_mask = n4_shrink(x3, m3, factor3, backend=backend)
     if int(shrunk_mask.sum()) < 64:
         raise ValueError(f"n4_bias_correction: only {int(shrunk_mask.sum())} block(s) of the mask "
                          f"remain at shrink_factor={shrink_factor}; lower shrink_factor or widen "
@@ -302,7 +304,7 @@ def n4_bias_correction(img: Any, mask: Any = None, *, shrink_factor: Any = 4,
     flat = tuple(s == 1 for s in x3.shape)
     cps3 = tuple(4 if f else c for f, c in zip(flat, pad + cps))
     u_small = [_axis_positions(s, f) for s, f in zip(x3.shape, factor3)]
-    fit = n4_fit(log_mean, shrunk_mask, u_small, cps3, tuple(not f for f in flat), list(levels),
+    fit = n4_fit(log_small, shrunk_mask, u_small, cps3, tuple(not f for f in flat), list(levels),
                  histogram_bins, float(fwhm), float(wiener_noise), float(convergence_threshold),
                  backend=backend)
     u_full = [_axis_positions(s, 1) for s in x3.shape]

@@ -527,6 +527,9 @@ void clahe_opencv_slice(const T* src, T* dst, index_t rows, index_t cols, index_
 template <class T>
 void clahe_opencv(const T* src, T* dst, index_t slices, index_t rows, index_t cols,
                   index_t tiles_y, index_t tiles_x, double clip_limit, int n_threads) {
+  // A slice takes a few cycles per pixel: one thread per 2^18 pixels keeps each thread's share
+  // well above the cost of starting the team.
+  n_threads = static_cast<int>(std::min<index_t>(clamp_threads(n_threads), std::max<index_t>(1, (rows * cols) >> 18)));
   for (index_t s = 0; s < slices; ++s)
     clahe_opencv_slice(src + s * rows * cols, dst + s * rows * cols, rows, cols, tiles_y, tiles_x,
                        clip_limit, n_threads);

@@ -215,6 +215,7 @@ struct N4Result {
 
 // Fixed-size blocks for floating-point reductions: same partial sums for any thread count.
 constexpr index_t kN4Block = 1 << 14;
+constexpr index_t kN4ParallelVoxels = index_t(1) << 19;
 
 // Histogram sharpening (N3/N4): the expected true log intensity E[u | v] of each masked value v,
 // written to `sharpened`; unmasked entries are left alone.
@@ -360,6 +361,9 @@ inline double n4_convergence(const double* a, const double* b, const std::uint8_
 inline N4Result n4_fit(const double* log_image, const std::uint8_t* mask, const index_t* shape,
                        const std::array<const double*, 3>& u, const N4Settings& s, int n_threads) {
   const index_t n = shape[0] * shape[1] * shape[2];
+  // Each iteration is a dozen light passes over the (shrunk) grid; below this size a pass is
+  // shorter than waking the thread team, so the iterations run on one thread.
+  if (n < kN4ParallelVoxels) n_threads = 1;
   std::vector<double> field(static_cast<std::size_t>(n), 0.0), next(static_cast<std::size_t>(n)),
       uncorrected(static_cast<std::size_t>(n)), sharpened(static_cast<std::size_t>(n)),
       g(static_cast<std::size_t>(n));
@@ -418,33 +422,28 @@ inline N4Result n4_fit(const double* log_image, const std::uint8_t* mask, const 
   return res;
 }
 
-// Block means of the positive voxels inside the mask (log of the mean), and which blocks are at
-// least half such voxels: N4's working grid, `factor` voxels per block along each axis.
+// N4's working grid: the centre voxel of every block of `factor` voxels per axis (the block's
+// first voxel plus (length - 1) / 2, as SimpleITK users subsample with Shrink before N4), its log
+// intensity, and whether it is a positive voxel inside the mask.
 template <class T>
 void n4_shrink(const T* x, const std::uint8_t* mask, const index_t* shape, const index_t* factor,
-               double* log_mean, std::uint8_t* shrunk_mask, int n_threads) {
+               double* log_image, std::uint8_t* shrunk_mask, int n_threads) {
   index_t out[3];
   for (int a = 0; a < 3; ++a) out[a] = (shape[a] + factor[a] - 1) / factor[a];
+  auto centre = [&](index_t m, int a) {
+    const index_t start = m * factor[a];
+    return start + (std::min(factor[a], shape[a] - start) - 1) / 2;
+  };
 #pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
   for (index_t k = 0; k < out[0]; ++k)
     for (index_t j = 0; j < out[1]; ++j)
       for (index_t i = 0; i < out[2]; ++i) {
-        double sum = 0;
-        index_t used = 0, total = 0;
-        for (index_t a = k * factor[0]; a < std::min(shape[0], (k + 1) * factor[0]); ++a)
-          for (index_t b = j * factor[1]; b < std::min(shape[1], (j + 1) * factor[1]); ++b) {
-            const index_t row = (a * shape[1] + b) * shape[2];
-            for (index_t c = i * factor[2]; c < std::min(shape[2], (i + 1) * factor[2]); ++c) {
-              ++total;
-              const double v = static_cast<double>(x[row + c]);
-              if ((mask && !mask[row + c]) || !(v > 0.0)) continue;
-              sum += v;
-              ++used;
-            }
-          }
+        const index_t src = (centre(k, 0) * shape[1] + centre(j, 1)) * shape[2] + centre(i, 2);
         const index_t o = (k * out[1] + j) * out[2] + i;
-        shrunk_mask[o] = used > 0 && 2 * used >= total;
-        log_mean[o] = used > 0 ? std::log(sum / static_cast<double>(used)) : 0.0;
+        const double v = static_cast<double>(x[src]);
+        const bool use = (!mask || mask[src]) && v > 0.0;
+        shrunk_mask[o] = use;
+        log_image[o] = use ? std::log(v) : 0.0;
       }
 }
 
