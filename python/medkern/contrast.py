@@ -88,6 +88,15 @@ n4_fit = Kernel("n4_bias_correction", cpp=_cpp_n4_fit)
 n4_apply = Kernel("n4_bias_correction", cpp=_cpp_n4_apply)
 
 
+def clahe_level_table(r_min: int, r_max: int) -> np.ndarray:
+    """float32 output of each CLAHE result level: scikit-image's final rescale_intensity onto
+    [0, 1] in double (a constant result is clipped to [0, 1] instead)."""
+    r = np.arange(CLAHE_GRAY_LEVELS, dtype=np.float64)
+    if r_max > r_min:
+        return ((r - r_min) / (r_max - r_min)).astype(np.float32)
+    return np.clip(r, 0.0, 1.0).astype(np.float32)
+
+
 def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -6,8 +6,8 @@ import numba
 import numpy as np
 
 from medkern._numba import set_threads
-
-GRAY_LEVELS = 2**14  # kClaheGrayLevels
+from medkern.contrast import CLAHE_GRAY_LEVELS as GRAY_LEVELS
+from medkern.contrast import clahe_level_table
 
 
 @numba.njit(cache=True)
@@ -221,14 +221,6 @@ def _rescale(levels, out, table):
         out[i] = table[levels[i]]
 
 
-def clahe_table(r_min, r_max):
-    """float32 value of each result level: rescale_intensity onto [0, 1] (clip when constant)."""
-    r = np.arange(GRAY_LEVELS, dtype=np.float64)
-    if r_max > r_min:
-        return ((r - r_min) / (r_max - r_min)).astype(np.float32)
-    return np.clip(r, 0.0, 1.0).astype(np.float32)
-
-
 def clahe_skimage(x, kernel, x_min, x_max, unit_float, nbins, clip_limit):
     set_threads()
     x = np.ascontiguousarray(x)
@@ -245,7 +237,7 @@ def clahe_skimage(x, kernel, x_min, x_max, unit_float, nbins, clip_limit):
     levels = np.empty(x.shape, dtype=np.int64)
     r_min, r_max = _interpolate(bins, kernel, tiles, maps, levels)
     out = np.empty(x.shape, dtype=np.float32)
-    _rescale(levels.reshape(-1), out.reshape(-1), clahe_table(r_min, r_max))
+    _rescale(levels.reshape(-1), out.reshape(-1), clahe_level_table(r_min, r_max))
     return out
 
 
