@@ -86,3 +86,4 @@ void register_resample(py::module_& m);
 void register_dicom(py::module_& m);
 void register_rtstruct(py::module_& m);
 void register_filters(py::module_& m);
+void register_contrast(py::module_& m);

@@ -13,4 +13,5 @@ PYBIND11_MODULE(_core, m) {
   register_dicom(m);
   register_rtstruct(m);
   register_filters(m);
+  register_contrast(m);
 }

@@ -17,6 +17,7 @@ from medkern.filters import (
     median,
     unsharp_mask,
 )
+from medkern.contrast import clahe, equalize_hist, n4_bias_correction
 from medkern.image import Image
 from medkern.intensity import normalize, window
 from medkern.io import read, write
@@ -44,6 +45,10 @@ __all__ = [
     "log_filter",
     "mean_filter",
     "median",
+    "clahe",
+    "equalize_hist",
+    "get_num_threads",
+    "n4_bias_correction",
     "normalize",
     "read",
     "resample",
