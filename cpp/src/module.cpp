@@ -9,4 +9,5 @@ PYBIND11_MODULE(_core, m) {
 #endif
   register_intensity(m);
   register_measure(m);
+  register_segment(m);
 }

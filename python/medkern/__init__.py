@@ -11,6 +11,7 @@ from medkern.errors import DicomError, MedkernError, ModelError
 from medkern.image import Image
 from medkern.intensity import normalize, window
 from medkern.io import read, write
+from medkern.segment import label
 
 __version__ = "0.1.0"
 
@@ -21,6 +22,7 @@ __all__ = [
     "ModelError",
     "backends",
     "get_num_threads",
+    "label",
     "normalize",
     "read",
     "set_num_threads",
