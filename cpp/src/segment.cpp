@@ -1,5 +1,10 @@
+#include <pybind11/stl.h>
+
 #include "bindings.hpp"
+#include "medkern/distance.hpp"
+#include "medkern/histogram.hpp"
 #include "medkern/label.hpp"
+#include "medkern/morphology.hpp"
 
 namespace {
 
@@ -34,8 +39,69 @@ py::tuple label(const py::array& x, int connectivity, int n_threads) {
   });
 }
 
+py::array_t<float> distance_transform(const py::array& x, const std::vector<double>& spacing,
+                                      bool sites_nonzero, bool border_sites, bool squared,
+                                      int n_threads) {
+  const auto shape = grid_shape(x, "mask");
+  if (spacing.size() != static_cast<std::size_t>(x.ndim()))
+    throw py::value_error("spacing needs one value per array axis");
+  const double sp[3] = {x.ndim() == 3 ? spacing[0] : 1.0, spacing[x.ndim() - 2], spacing[x.ndim() - 1]};
+  return medkern::bind::visit_label_dtype(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    auto in = carray<T>::ensure(x);
+    py::array_t<float> out(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+    const T* src = in.data();
+    float* dst = out.mutable_data();
+    py::gil_scoped_release release;  // in and out are held by this frame; raw memory only
+    medkern::distance_transform(src, dst, shape[0], shape[1], shape[2], sp, sites_nonzero,
+                                border_sites, squared, x.ndim() == 3, n_threads);
+    return out;
+  });
+}
+
+py::array_t<std::uint8_t> binary_morphology(const py::array& x, const py::array& offsets, bool erode,
+                                            int n_threads) {
+  const auto shape = grid_shape(x, "mask");
+  auto in = carray<std::uint8_t>::ensure(x);
+  auto off = carray<std::int32_t>::ensure(offsets);
+  if (!off || off.ndim() != 2 || off.shape(1) != 3)
+    throw py::value_error("offsets must be an (n, 3) int32 array (dk, dj, di)");
+  py::array_t<std::uint8_t> out(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+  const std::uint8_t* src = in.data();
+  std::uint8_t* dst = out.mutable_data();
+  py::gil_scoped_release release;  // in, off and out are held by this frame; raw memory only
+  medkern::binary_morphology(src, dst, shape[0], shape[1], shape[2], off.data(), off.shape(0), erode,
+                             n_threads);
+  return out;
+}
+
+py::array_t<std::int64_t> histogram(const py::array& x, const py::object& mask,
+                                    const py::array_t<double, py::array::c_style | py::array::forcecast>& edges,
+                                    int n_threads) {
+  if (edges.ndim() != 1 || edges.size() < 2) throw py::value_error("edges needs at least 2 values");
+  const index_t nbins = edges.size() - 1;
+  return medkern::bind::visit_dtype(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    auto in = carray<T>::ensure(x);
+    carray<std::uint8_t> mask_holder;
+    const std::uint8_t* m = medkern::bind::mask_ptr(mask, mask_holder, in.size());
+    py::array_t<std::int64_t> counts(nbins);
+    const T* src = in.data();
+    const double* e = edges.data();
+    std::int64_t* c = counts.mutable_data();
+    py::gil_scoped_release release;  // every buffer is held by this frame; raw memory only
+    medkern::histogram_edges(src, m, static_cast<index_t>(in.size()), e, nbins, c, n_threads);
+    return counts;
+  });
+}
+
 }  // namespace
 
 void register_segment(py::module_& m) {
   m.def("label", &label, py::arg("x"), py::arg("connectivity"), py::arg("n_threads"));
+  m.def("distance_transform", &distance_transform, py::arg("x"), py::arg("spacing"),
+        py::arg("sites_nonzero"), py::arg("border_sites"), py::arg("squared"), py::arg("n_threads"));
+  m.def("histogram", &histogram, py::arg("x"), py::arg("mask"), py::arg("edges"), py::arg("n_threads"));
+  m.def("binary_morphology", &binary_morphology, py::arg("x"), py::arg("offsets"), py::arg("erode"),
+        py::arg("n_threads"));
 }

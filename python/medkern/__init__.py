@@ -11,18 +11,38 @@ from medkern.errors import DicomError, MedkernError, ModelError
 from medkern.image import Image
 from medkern.intensity import normalize, window
 from medkern.io import read, write
-from medkern.segment import label
+from medkern.segment import (
+    binary_close,
+    binary_dilate,
+    binary_erode,
+    binary_open,
+    distance_transform,
+    fill_holes,
+    label,
+    largest_component,
+    remove_small_components,
+    threshold_otsu,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DicomError",
+    "binary_close",
+    "binary_dilate",
+    "binary_erode",
+    "binary_open",
+    "distance_transform",
+    "fill_holes",
     "Image",
     "MedkernError",
     "ModelError",
     "backends",
     "get_num_threads",
     "label",
+    "largest_component",
+    "remove_small_components",
+    "threshold_otsu",
     "normalize",
     "read",
     "set_num_threads",

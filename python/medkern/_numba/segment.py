@@ -102,3 +102,151 @@ def label(x, connectivity):
     x3 = x.reshape((1,) + x.shape) if x.ndim == 2 else x
     out, n = _label_runs(x3, connectivity)
     return out.reshape(x.shape), int(n)
+
+
+@numba.njit(cache=True)
+def _envelope(f, d, s, border_sites, v, z):
+    """Lower envelope of parabolas f(q) + (s (p - q))^2 (Felzenszwalb & Huttenlocher 2012)."""
+    n = f.size
+    s2 = s * s
+    k = -1
+    first = -1 if border_sites else 0
+    last = n + 1 if border_sites else n
+    for q in range(first, last):
+        fq = 0.0 if (q < 0 or q >= n) else f[q]
+        if fq == np.inf:
+            continue
+        x = -np.inf
+        while k >= 0:
+            r = v[k]
+            fr = 0.0 if (r < 0 or r >= n) else f[r]
+            x = ((fq + s2 * q * q) - (fr + s2 * r * r)) / (2.0 * s2 * (q - r))
+            if x <= z[k]:
+                k -= 1
+                x = -np.inf
+            else:
+                break
+        k += 1
+        v[k] = q
+        z[k] = x
+    if k < 0:
+        return False
+    c = 0
+    for p in range(n):
+        while c < k and z[c + 1] < p:
+            c += 1
+        r = v[c]
+        fr = 0.0 if (r < 0 or r >= n) else f[r]
+        dp = s * (p - r)
+        d[p] = dp * dp + fr
+    return True
+
+
+@numba.njit(parallel=True, cache=True)
+def _rows_pass(m, out, s, sites_nonzero, border_sites):
+    n_rows, ni = m.shape
+    for r in numba.prange(n_rows):
+        last = -1.0 if border_sites else -np.inf
+        for i in range(ni):
+            if (m[r, i] != 0) == sites_nonzero:
+                last = float(i)
+            d = s * (i - last)
+            out[r, i] = np.float32(d * d)
+        nxt = float(ni) if border_sites else np.inf
+        for i in range(ni - 1, -1, -1):
+            if (m[r, i] != 0) == sites_nonzero:
+                nxt = float(i)
+            d = s * (nxt - i)
+            out[r, i] = min(out[r, i], np.float32(d * d))
+
+
+@numba.njit(parallel=True, cache=True)
+def _lines_pass(a, s, border_sites, take_sqrt):
+    """Envelope along axis 1 of a (n_outer, n, ni) view, i contiguous."""
+    n_outer, n, ni = a.shape
+    for o in numba.prange(n_outer):
+        f = np.empty(n)
+        d = np.empty(n)
+        v = np.empty(n + 3, np.int64)
+        z = np.empty(n + 3)
+        for i in range(ni):
+            for p in range(n):
+                f[p] = a[o, p, i]
+            if _envelope(f, d, s, border_sites, v, z):
+                for p in range(n):
+                    f[p] = d[p]
+            for p in range(n):
+                a[o, p, i] = np.float32(np.sqrt(f[p])) if take_sqrt else np.float32(f[p])
+
+
+def distance_transform(m, spacing, sites_nonzero, border_sites, squared):
+    set_threads()
+    three_d = m.ndim == 3
+    m3 = np.ascontiguousarray(m).reshape((-1,) + m.shape[-2:]) if three_d else m.reshape((1,) + m.shape)
+    nk, nj, ni = m3.shape
+    out = np.empty((nk, nj, ni), np.float32)
+    if out.size == 0:
+        return out.reshape(m.shape)
+    sp = (spacing[0] if three_d else 1.0, spacing[-2], spacing[-1])
+    _rows_pass(m3.reshape(nk * nj, ni), out.reshape(nk * nj, ni), sp[2], sites_nonzero, border_sites)
+    planes = nk > 1 or (three_d and border_sites)
+    _lines_pass(out, sp[1], border_sites, not squared and not planes)
+    if planes:
+        _lines_pass(out.transpose(1, 0, 2), sp[0], border_sites, not squared)
+    return out.reshape(m.shape)
+
+
+@numba.njit(parallel=True, cache=True)
+def _morphology(m, out, offsets, erode):
+    nk, nj, ni = m.shape
+    for k in numba.prange(nk):
+        for j in range(nj):
+            for i in range(ni):
+                acc = erode
+                for o in range(offsets.shape[0]):
+                    ks, js, is_ = k + offsets[o, 0], j + offsets[o, 1], i + offsets[o, 2]
+                    inside = 0 <= ks < nk and 0 <= js < nj and 0 <= is_ < ni
+                    v = inside and m[ks, js, is_] != 0
+                    if erode and not v:
+                        acc = False
+                        break
+                    if not erode and v:
+                        acc = True
+                        break
+                out[k, j, i] = acc
+
+
+def binary_morphology(m, offsets, erode):
+    set_threads()
+    m3 = m.reshape((-1,) + m.shape[-2:]) if m.ndim == 3 else m.reshape((1,) + m.shape)
+    out = np.empty(m3.shape, np.uint8)
+    _morphology(np.ascontiguousarray(m3), out, np.ascontiguousarray(offsets, np.int64), bool(erode))
+    return out.reshape(m.shape)
+
+
+@numba.njit(cache=True)
+def _histogram(x, mask, use_mask, edges):
+    nbins = edges.size - 1
+    first, last = edges[0], edges[nbins]
+    scale = nbins / (last - first) if last > first else 0.0
+    counts = np.zeros(nbins, np.int64)
+    for p in range(x.size):
+        if use_mask and mask[p] == 0:
+            continue
+        v = np.float64(x[p])
+        if not (v >= first and v <= last):
+            continue
+        b = min(int((v - first) * scale), nbins - 1)
+        while b > 0 and v < edges[b]:
+            b -= 1
+        while b < nbins - 1 and v >= edges[b + 1]:
+            b += 1
+        counts[b] += 1
+    return counts
+
+
+def histogram(x, mask, edges):
+    use_mask = mask is not None
+    m = np.ascontiguousarray(mask, np.uint8).reshape(-1) if use_mask else np.zeros(1, np.uint8)
+    return _histogram(np.ascontiguousarray(x, np.float64).reshape(-1), m, use_mask,
+                      np.ascontiguousarray(edges, np.float64))
