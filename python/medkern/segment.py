@@ -67,6 +67,7 @@ _distance = Kernel("distance_transform", cpp=_cpp_distance,
 _morphology = Kernel("binary_morphology", cpp=_cpp_morphology,
                      numba="medkern._numba.segment:binary_morphology")
 _histogram = Kernel("histogram", cpp=_cpp_histogram, numba="medkern._numba.segment:histogram")
+_moments = Kernel("moments", cpp="medkern.intensity:_cpp_moments", numba="medkern._numba.segment:moments")
 
 
 def _split(img: Any, name: str) -> tuple[np.ndarray, Image | None]:
@@ -297,8 +298,6 @@ def threshold_otsu(img: Any, mask: Any = None, nbins: int = 256, *, backend: str
     exceeds 2**20 bins, float images ``nbins`` equal bins over [min, max] with numpy's edge rule.
     The threshold is a bin centre; a constant image returns its value. NaN voxels raise.
     """
-    from medkern.intensity import moments
-
     x, _ = _split(img, "img")
     if x.dtype == np.bool_ or x.dtype.kind not in "iuf":
         raise TypeError(f"img has dtype {x.dtype}; threshold_otsu takes a numeric image")
@@ -313,7 +312,7 @@ def threshold_otsu(img: Any, mask: Any = None, nbins: int = 256, *, backend: str
         m = _binary(_split(mask, "mask")[0])
         if m.shape != x.shape:
             raise ValueError(f"mask has shape {m.shape}, img has shape {x.shape}")
-    st = moments(x, m, backend=backend)
+    st = _moments(x, m, backend=backend)
     if st["nan_count"]:
         raise ValueError(f"img has {st['nan_count']} NaN voxel(s); replace them or exclude them with mask")
     if st["count"] == 0:

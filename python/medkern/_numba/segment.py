@@ -250,3 +250,28 @@ def histogram(x, mask, edges):
     m = np.ascontiguousarray(mask, np.uint8).reshape(-1) if use_mask else np.zeros(1, np.uint8)
     return _histogram(np.ascontiguousarray(x, np.float64).reshape(-1), m, use_mask,
                       np.ascontiguousarray(edges, np.float64))
+
+
+@numba.njit(cache=True)
+def _count_min_max(x, mask, use_mask):
+    count, nans = 0, 0
+    lo, hi = np.inf, -np.inf
+    for p in range(x.size):
+        if use_mask and mask[p] == 0:
+            continue
+        v = x[p]
+        if np.isnan(v):
+            nans += 1
+            continue
+        count += 1
+        lo = min(lo, v)
+        hi = max(hi, v)
+    return count, lo, hi, nans
+
+
+def moments(x, mask):
+    """Count, min, max and NaN count inside the mask (what the histogram range needs)."""
+    use_mask = mask is not None
+    m = np.ascontiguousarray(mask, np.uint8).reshape(-1) if use_mask else np.zeros(1, np.uint8)
+    count, lo, hi, nans = _count_min_max(np.ascontiguousarray(x, np.float64).reshape(-1), m, use_mask)
+    return {"count": float(count), "min": lo, "max": hi, "nan_count": int(nans)}
