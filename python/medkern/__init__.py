@@ -11,6 +11,7 @@ from medkern.errors import DicomError, MedkernError, ModelError
 from medkern.image import Image
 from medkern.intensity import normalize, window
 from medkern.io import read, write
+from medkern.measure import Region, regions
 from medkern.segment import (
     binary_close,
     binary_dilate,
@@ -37,6 +38,7 @@ __all__ = [
     "Image",
     "MedkernError",
     "ModelError",
+    "Region",
     "backends",
     "get_num_threads",
     "label",
@@ -45,6 +47,7 @@ __all__ = [
     "threshold_otsu",
     "normalize",
     "read",
+    "regions",
     "set_num_threads",
     "window",
     "write",
