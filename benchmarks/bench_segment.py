@@ -9,6 +9,7 @@ from skimage.filters import threshold_otsu
 from skimage.measure import regionprops
 
 import medkern as mk
+from medkern.segment import ball
 from _harness import Case
 
 
@@ -16,16 +17,6 @@ def _blob_mask(shape, seed=0):
     """A realistic binary mask: thresholded smoothed noise (many components, holes, tunnels)."""
     noise = np.random.default_rng(seed).random(shape, dtype=np.float32)
     return ndi.gaussian_filter(noise, 2.0) > 0.5
-
-
-def _ball_structure(radius_mm, spacing):
-    from medkern.segment import ball_offsets
-
-    off = ball_offsets(radius_mm, spacing)
-    half = np.abs(off).max(axis=0)
-    st = np.zeros(tuple(2 * half + 1), bool)
-    st[tuple((off + half).T)] = True
-    return st
 
 
 def cases(quick: bool) -> list[Case]:
@@ -36,8 +27,8 @@ def cases(quick: bool) -> list[Case]:
     spacing = (2.5, 0.8, 0.8)
     multi = (np.random.default_rng(1).integers(0, 3, size=(64, 256, 256)) *
              _blob_mask((64, 256, 256), 2)).astype(np.uint8)
-    st = _ball_structure(3.0, spacing)
-    st_large = _ball_structure(8.0, spacing)
+    st = ball(3.0, spacing)
+    st_large = ball(8.0, spacing)
     img = mk.Image(mask, spacing=spacing)
     labels, _ = mk.label(mask)
     small = labels[: n // 4]

@@ -8,6 +8,7 @@ import pytest
 import scipy.ndimage as ndi
 
 import medkern as mk
+from medkern.segment import ball, ball_offsets
 
 LABEL_DTYPES = [np.bool_, np.uint8, np.int8, np.int16, np.uint16, np.int32, np.uint32, np.int64]
 CONNECTIVITY = [(3, 6, 1), (3, 18, 2), (3, 26, 3), (2, 4, 1), (2, 8, 2)]  # ndim, ours, scipy rank
@@ -174,16 +175,6 @@ def test_distance_transform_serial_equals_threaded(rng):
 
 
 # ---------------------------------------------------------------------------------- morphology
-def _ball_structure(radius, spacing):
-    from medkern.segment import ball_offsets
-
-    off = ball_offsets(radius, spacing)
-    half = np.abs(off).max(axis=0)
-    st = np.zeros(tuple(2 * half + 1), bool)
-    st[tuple((off + half).T)] = True
-    return st
-
-
 MORPHOLOGY = [(mk.binary_dilate, ndi.binary_dilation), (mk.binary_erode, ndi.binary_erosion),
               (mk.binary_open, ndi.binary_opening), (mk.binary_close, ndi.binary_closing)]
 
@@ -198,7 +189,7 @@ def test_morphology_equals_scipy_with_ball(rng, cpu_backend, ours, ref, ndim, ra
     img = mk.Image(mask, spacing=spacing)
     out = ours(img, radius, backend=cpu_backend)
     assert isinstance(out, mk.Image) and out.array.dtype == np.bool_
-    np.testing.assert_array_equal(out.array, ref(mask, _ball_structure(radius, spacing)))
+    np.testing.assert_array_equal(out.array, ref(mask, ball(radius, spacing)))
 
 
 def test_morphology_direct_and_distance_paths_agree(rng, monkeypatch):
@@ -214,12 +205,13 @@ def test_morphology_direct_and_distance_paths_agree(rng, monkeypatch):
 
 
 def test_ball_offsets_include_the_sphere():
-    from medkern.segment import ball_offsets
-
     off = ball_offsets(2.0, (1.0, 1.0, 1.0))
     assert len(off) == 33  # lattice points with |d|^2 <= 4, the sphere's six poles included
     assert [0, 0, 2] in off.tolist() and [1, 1, 1] in off.tolist()
     assert len(ball_offsets(1.0, (2.0, 2.0))) == 1  # radius below the spacing: the centre alone
+    element = ball(2.5, (2.0, 1.0, 1.0))
+    assert element.shape == (3, 5, 5) and element.sum() == len(ball_offsets(2.5, (2.0, 1.0, 1.0)))
+    assert element[1, 2, 2] and element[0, 2, 2] and not element[0, 0, 2]
 
 
 def test_fill_holes_equals_scipy(rng, cpu_backend, shared_data):

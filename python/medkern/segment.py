@@ -169,6 +169,16 @@ def ball_offsets(radius_mm: float, spacing: tuple[float, ...]) -> np.ndarray:
     return offsets[inside].astype(np.int32)
 
 
+def ball(radius_mm: float, spacing: tuple[float, ...]) -> np.ndarray:
+    """The ball of :func:`ball_offsets` as a bool structuring element (odd shape, centred): the
+    ``structure`` for which ``scipy.ndimage.binary_dilation`` equals :func:`binary_dilate`."""
+    offsets = ball_offsets(_radius(radius_mm), tuple(float(s) for s in spacing))
+    half = np.abs(offsets).max(axis=0)
+    element = np.zeros(tuple(2 * half + 1), bool)
+    element[tuple((offsets + half).T)] = True
+    return element
+
+
 def _ball_op(mask: Any, radius_mm: Any, erode: bool, backend: str) -> Any:
     x, image = _split(mask, "mask")
     r = _radius(radius_mm)

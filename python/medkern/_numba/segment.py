@@ -17,43 +17,40 @@ def _find(parent, x):
 
 
 @numba.njit(cache=True)
+def _scan_row(x, k, j, start, end, first, fill):
+    """Runs of equal nonzero values in row (k, j); stored from index ``first`` when ``fill``."""
+    ni = x.shape[2]
+    n = 0
+    i = 0
+    while i < ni:
+        v = x[k, j, i]
+        if v == 0:
+            i += 1
+            continue
+        if fill:
+            start[first + n] = i
+        while i + 1 < ni and x[k, j, i + 1] == v:
+            i += 1
+        if fill:
+            end[first + n] = i
+        n += 1
+        i += 1
+    return n
+
+
+@numba.njit(cache=True)
 def _label_runs(x, connectivity):
     """Run-based two-pass labelling (He, Chao & Suzuki 2008), numbered in scan order."""
     nk, nj, ni = x.shape
     n_rows = nk * nj
     row_begin = np.zeros(n_rows + 1, np.int64)
     for r in range(n_rows):
-        k, j = r // nj, r % nj
-        n = 0
-        i = 0
-        while i < ni:
-            v = x[k, j, i]
-            if v == 0:
-                i += 1
-                continue
-            while i + 1 < ni and x[k, j, i + 1] == v:
-                i += 1
-            n += 1
-            i += 1
-        row_begin[r + 1] = row_begin[r] + n
+        row_begin[r + 1] = row_begin[r] + _scan_row(x, r // nj, r % nj, row_begin, row_begin, 0, False)
     n_runs = row_begin[n_rows]
     start = np.empty(n_runs, np.int64)
     end = np.empty(n_runs, np.int64)
     for r in range(n_rows):
-        k, j = r // nj, r % nj
-        a = row_begin[r]
-        i = 0
-        while i < ni:
-            v = x[k, j, i]
-            if v == 0:
-                i += 1
-                continue
-            start[a] = i
-            while i + 1 < ni and x[k, j, i + 1] == v:
-                i += 1
-            end[a] = i
-            a += 1
-            i += 1
+        _scan_row(x, r // nj, r % nj, start, end, row_begin[r], True)
     parent = np.arange(n_runs + 1, dtype=np.int64)
     d18 = 1 if connectivity >= 18 else 0
     d26 = 1 if connectivity == 26 else 0
