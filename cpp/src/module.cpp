@@ -14,4 +14,5 @@ PYBIND11_MODULE(_core, m) {
   register_rtstruct(m);
   register_filters(m);
   register_contrast(m);
+  register_segment(m);
 }

@@ -25,6 +25,19 @@ from medkern.resample import resample, resample_to, warp
 from medkern.transforms import Affine, DisplacementField
 from medkern.io.dicom import DicomSeries, list_dicom_series, read_dicom_file, read_dicom_series
 from medkern.io.rtstruct import read_rtstruct
+from medkern.measure import Region, regions
+from medkern.segment import (
+    binary_close,
+    binary_dilate,
+    binary_erode,
+    binary_open,
+    distance_transform,
+    fill_holes,
+    label,
+    largest_component,
+    remove_small_components,
+    threshold_otsu,
+)
 
 __version__ = "0.1.0"
 
@@ -37,6 +50,16 @@ __all__ = [
     "MedkernError",
     "ModelError",
     "anisotropic_diffusion",
+    "binary_close",
+    "binary_dilate",
+    "binary_erode",
+    "binary_open",
+    "distance_transform",
+    "fill_holes",
+    "Image",
+    "MedkernError",
+    "ModelError",
+    "Region",
     "backends",
     "bilateral",
     "gaussian",
@@ -56,6 +79,13 @@ __all__ = [
     "read_dicom_file",
     "read_dicom_series",
     "read_rtstruct",
+    "label",
+    "largest_component",
+    "remove_small_components",
+    "threshold_otsu",
+    "normalize",
+    "read",
+    "regions",
     "set_num_threads",
     "warp",
     "unsharp_mask",
