@@ -18,7 +18,6 @@ import numpy as np
 
 from medkern._dispatch import Kernel, get_num_threads
 from medkern._util import check_mask, unwrap
-from medkern.intensity import moments
 
 __all__ = ["equalize_hist", "clahe", "n4_bias_correction"]
 
@@ -71,6 +70,17 @@ def _cpp_n4_apply(x, lattice, u, want_field):
     return _core().n4_apply(x, lattice, u, want_field, get_num_threads())
 
 
+def _cpp_value_range(x, mask):
+    return _core().value_range(x, mask, get_num_threads())
+
+
+value_range = Kernel(
+    "value_range",
+    cpp=_cpp_value_range,
+    numba="medkern._numba.intensity:moments",
+    cuda="medkern._cupy.intensity:moments",
+    cupy="medkern._cupy.intensity:moments",
+)
 histogram_edges = Kernel(
     "histogram_edges", cpp=_cpp_histogram_edges, numba="medkern._numba.contrast:histogram_edges")
 interp_map = Kernel("interp_map", cpp=_cpp_interp_map, numba="medkern._numba.contrast:interp_map")
@@ -117,7 +127,7 @@ def _extremes(x: Any, mask: Any, backend: str, name: str) -> tuple[float, float]
     """(min, max) over the mask; refuses empty images, NaN and empty masks."""
     if x.size == 0:
         raise ValueError(f"{name}: the image is empty (zero voxels)")
-    st = moments(x, mask, backend=backend)
+    st = value_range(x, mask, backend=backend)
     if st["nan_count"]:
         raise ValueError(f"{name}: image has {st['nan_count']} NaN voxel(s); replace them first")
     if st["count"] == 0:
