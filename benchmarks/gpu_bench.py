@@ -25,11 +25,15 @@ def main() -> None:
     sync = cupy.cuda.Device().synchronize
     ct = np.random.default_rng(0).integers(-1024, 2000, size=(160, 512, 512), dtype=np.int16)
     g = cupy.asarray(ct)
+    vol = np.random.default_rng(1).random((128, 256, 256), dtype=np.float32)
+    gvol = cupy.asarray(vol)
     rows = []
     cases = [
         ("window 160x512x512 int16", lambda b: mk.window(g, 40, 400, backend=b),
          lambda: mk.window(ct, 40, 400)),
         ("normalize zscore", lambda b: mk.normalize(g, backend=b), lambda: mk.normalize(ct)),
+        ("clahe 3D 128x256x256 float32", lambda b: mk.clahe(gvol, backend=b),
+         lambda: mk.clahe(vol)),
     ]
     for name, gpu, cpu in cases:
         t_cuda = _time(lambda: gpu("cuda"), sync)

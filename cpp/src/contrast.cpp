@@ -25,6 +25,29 @@ std::array<index_t, 3> shape3(const py::array& a, const char* name) {
           static_cast<index_t>(a.shape(2))};
 }
 
+// Extremes, count and NaN count of the masked voxels (medkern::masked_moments), with as many
+// threads as the size warrants: the contrast kernels call it first on every image.
+py::dict value_range(const py::array& x, const py::object& mask, int n_threads) {
+  return medkern::bind::visit_dtype(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    auto in = carray<T>::ensure(x);
+    carray<std::uint8_t> mask_holder;
+    const std::uint8_t* m = medkern::bind::mask_ptr(mask, mask_holder, in.size());
+    const auto n = static_cast<index_t>(in.size());
+    medkern::Moments r;
+    {
+      py::gil_scoped_release release;  // raw pointers into arrays held by this frame
+      r = medkern::masked_moments(in.data(), m, n, medkern::threads_for(n, n_threads));
+    }
+    py::dict d;
+    d["count"] = r.count;
+    d["min"] = r.min;
+    d["max"] = r.max;
+    d["nan_count"] = r.nan_count;
+    return d;
+  });
+}
+
 py::array_t<std::int64_t> histogram_edges(const py::array& x, const py::object& mask,
                                           const carray<double>& edges, int n_threads) {
   if (edges.ndim() != 1 || edges.size() < 2) throw py::value_error("edges needs at least 2 values");
@@ -210,6 +233,7 @@ py::tuple n4_apply(const py::array& x, const carray<double>& lattice, std::array
 }  // namespace
 
 void register_contrast(py::module_& m) {
+  m.def("value_range", &value_range, py::arg("x"), py::arg("mask"), py::arg("n_threads"));
   m.def("histogram_edges", &histogram_edges, py::arg("x"), py::arg("mask"), py::arg("edges"),
         py::arg("n_threads"));
   m.def("interp_map", &interp_map, py::arg("x"), py::arg("xp"), py::arg("fp"), py::arg("n_threads"));

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Sequence
 
@@ -18,7 +19,6 @@ import numpy as np
 
 from medkern._dispatch import Kernel, get_num_threads
 from medkern._util import check_mask, unwrap
-from medkern.intensity import moments
 
 __all__ = ["equalize_hist", "clahe", "n4_bias_correction"]
 
@@ -27,6 +27,10 @@ CLAHE_GRAY_LEVELS = 2**14
 # Integer images get one histogram bin per grey value (as scikit-image); beyond this many values
 # the table would not fit comfortably in memory.
 MAX_INTEGER_BINS = 2**24
+# CLAHE: more bins than 14-bit levels buys nothing; the region maps (regions x bins doubles) are
+# kept below 2 GiB.
+MAX_CLAHE_BINS = 2**16
+MAX_CLAHE_TABLE = 2**28
 
 
 def _core():
@@ -71,6 +75,17 @@ def _cpp_n4_apply(x, lattice, u, want_field):
     return _core().n4_apply(x, lattice, u, want_field, get_num_threads())
 
 
+def _cpp_value_range(x, mask):
+    return _core().value_range(x, mask, get_num_threads())
+
+
+value_range = Kernel(
+    "value_range",
+    cpp=_cpp_value_range,
+    numba="medkern._numba.intensity:moments",
+    cuda="medkern._cupy.intensity:moments",
+    cupy="medkern._cupy.intensity:moments",
+)
 histogram_edges = Kernel(
     "histogram_edges", cpp=_cpp_histogram_edges, numba="medkern._numba.contrast:histogram_edges")
 interp_map = Kernel("interp_map", cpp=_cpp_interp_map, numba="medkern._numba.contrast:interp_map")
@@ -117,7 +132,7 @@ def _extremes(x: Any, mask: Any, backend: str, name: str) -> tuple[float, float]
     """(min, max) over the mask; refuses empty images, NaN and empty masks."""
     if x.size == 0:
         raise ValueError(f"{name}: the image is empty (zero voxels)")
-    st = moments(x, mask, backend=backend)
+    st = value_range(x, mask, backend=backend)
     if st["nan_count"]:
         raise ValueError(f"{name}: image has {st['nan_count']} NaN voxel(s); replace them first")
     if st["count"] == 0:
@@ -218,12 +233,19 @@ def _clip_value(clip_limit: Any) -> float:
 def _clahe_skimage(x, clip_limit, kernel_size, nbins, backend):
     clip_limit = _clip_value(clip_limit)
     nbins = _positive_int(nbins, "nbins")
+    if nbins > MAX_CLAHE_BINS:
+        raise ValueError(f"nbins must be <= {MAX_CLAHE_BINS} (CLAHE works on 14-bit grey levels), "
+                         f"got {nbins}")
     if kernel_size is None:
         kernel = tuple(max(s // 8, 1) for s in x.shape)
     else:
         kernel = _per_axis_int(kernel_size, x.ndim, "kernel_size")
+    n_regions = math.prod(-(-s // k) for s, k in zip(x.shape, kernel))
+    if n_regions * nbins > MAX_CLAHE_TABLE:
+        raise ValueError(f"kernel_size {kernel} makes {n_regions} regions x {nbins} bins of maps "
+                         f"({n_regions * nbins * 8 / 2**30:.1f} GiB); use larger regions or fewer bins")
     lo, hi = _extremes(x, None, backend, "clahe")
-    region = int(np.prod(kernel))
+    region = math.prod(kernel)
     # scikit-image: int(np.clip(clip_limit * kernel_elements, 1, None)); 0 disables clipping.
     clim = max(int(clip_limit * region), 1) if clip_limit > 0 else region
     unit_float = x.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "medkern/common.hpp"
+#include "medkern/histogram.hpp"
 
 namespace medkern {
 
@@ -330,6 +331,7 @@ void clahe_skimage(const T* x, float* out, const index_t* shape, const index_t* 
                    std::int64_t clip_limit, int n_threads) {
   const ClaheGrid g(shape, kernel);
   const index_t n = shape[0] * shape[1] * shape[2];
+  n_threads = threads_for(n, n_threads);
   const int bin_size = 1 + kClaheGrayLevels / static_cast<int>(std::min<index_t>(nbins, kClaheGrayLevels + 1));
   std::unique_ptr<std::uint16_t[]> bins(new std::uint16_t[static_cast<std::size_t>(n)]);
   clahe_bin_image(x, bins.get(), n, x_min, x_max, unit_float, bin_size, n_threads);
@@ -527,9 +529,7 @@ void clahe_opencv_slice(const T* src, T* dst, index_t rows, index_t cols, index_
 template <class T>
 void clahe_opencv(const T* src, T* dst, index_t slices, index_t rows, index_t cols,
                   index_t tiles_y, index_t tiles_x, double clip_limit, int n_threads) {
-  // A slice takes a few cycles per pixel: one thread per 2^18 pixels keeps each thread's share
-  // well above the cost of starting the team.
-  n_threads = static_cast<int>(std::min<index_t>(clamp_threads(n_threads), std::max<index_t>(1, (rows * cols) >> 18)));
+  n_threads = threads_for(rows * cols, n_threads);
   for (index_t s = 0; s < slices; ++s)
     clahe_opencv_slice(src + s * rows * cols, dst + s * rows * cols, rows, cols, tiles_y, tiles_x,
                        clip_limit, n_threads);

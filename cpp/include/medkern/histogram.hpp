@@ -11,6 +11,14 @@
 
 namespace medkern {
 
+// Threads worth starting for `work` voxels of a light per-voxel pass: one per 2^18 voxels, so
+// each thread's share stays well above the cost of waking the team (which, on a loaded machine
+// where spinning threads lose their core, can exceed the pass itself).
+inline int threads_for(index_t work, int n_threads) {
+  const index_t useful = std::max<index_t>(1, work >> 18);
+  return static_cast<int>(std::min<index_t>(clamp_threads(n_threads), useful));
+}
+
 // Index j with xp[j] <= v < xp[j+1] on a sorted grid of n >= 2 points, starting from a guess and
 // walking to the exact answer, so the result depends only on the grid values (as numpy's edge
 // correction in np.histogram and its binary search in np.interp).
@@ -38,6 +46,7 @@ struct UniformGuess {
 template <class T>
 void histogram_edges(const T* x, const std::uint8_t* mask, index_t n, const double* edges,
                      index_t n_bins, std::int64_t* counts, int n_threads) {
+  n_threads = threads_for(n, n_threads);
   std::fill(counts, counts + n_bins, std::int64_t{0});
   const UniformGuess guess(edges, n_bins + 1);
   const double lo = edges[0], hi = edges[n_bins];
@@ -61,6 +70,7 @@ void histogram_edges(const T* x, const std::uint8_t* mask, index_t n, const doub
 template <class T>
 void interp_map(const T* x, float* out, index_t n, const double* xp, const double* fp,
                 index_t n_points, int n_threads) {
+  n_threads = threads_for(n, n_threads);
   if (n_points == 1) {
 #pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
     for (index_t i = 0; i < n; ++i) out[i] = static_cast<float>(fp[0]);

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "medkern/common.hpp"
+#include "medkern/histogram.hpp"
 
 namespace medkern {
 
@@ -215,7 +216,6 @@ struct N4Result {
 
 // Fixed-size blocks for floating-point reductions: same partial sums for any thread count.
 constexpr index_t kN4Block = 1 << 14;
-constexpr index_t kN4ParallelVoxels = index_t(1) << 19;
 
 // Histogram sharpening (N3/N4): the expected true log intensity E[u | v] of each masked value v,
 // written to `sharpened`; unmasked entries are left alone.
@@ -361,9 +361,8 @@ inline double n4_convergence(const double* a, const double* b, const std::uint8_
 inline N4Result n4_fit(const double* log_image, const std::uint8_t* mask, const index_t* shape,
                        const std::array<const double*, 3>& u, const N4Settings& s, int n_threads) {
   const index_t n = shape[0] * shape[1] * shape[2];
-  // Each iteration is a dozen light passes over the (shrunk) grid; below this size a pass is
-  // shorter than waking the thread team, so the iterations run on one thread.
-  if (n < kN4ParallelVoxels) n_threads = 1;
+  // Each iteration is a dozen light passes over the (shrunk) grid.
+  n_threads = threads_for(n, n_threads);
   std::vector<double> field(static_cast<std::size_t>(n), 0.0), next(static_cast<std::size_t>(n)),
       uncorrected(static_cast<std::size_t>(n)), sharpened(static_cast<std::size_t>(n)),
       g(static_cast<std::size_t>(n));
