@@ -11,6 +11,7 @@ from medkern.errors import DicomError, MedkernError, ModelError
 from medkern.image import Image
 from medkern.intensity import normalize, window
 from medkern.io import read, write
+from medkern.radiomics import radiomics
 
 __version__ = "0.1.0"
 
@@ -22,6 +23,7 @@ __all__ = [
     "backends",
     "get_num_threads",
     "normalize",
+    "radiomics",
     "read",
     "set_num_threads",
     "window",
