@@ -1,6 +1,7 @@
 #include <string>
 
 #include "bindings.hpp"
+#include "medkern/radiomics.hpp"
 #include "medkern/texture.hpp"
 
 namespace {
@@ -95,9 +96,10 @@ py::tuple ngtdm(const py::array& levels, int n_levels, bool by_slice, index_t de
   double* ps = s.mutable_data();
   double* pn = n.mutable_data();
   const std::int32_t* src = lv.array.data();
-  py::gil_scoped_release release;  // raw pointers into arrays owned by this frame
-  tx::ngtdm(src, lv.grid, n_levels, by_slice, delta, ps, pn, n_threads);
-  py::gil_scoped_acquire acquire;
+  {
+    py::gil_scoped_release release;  // raw pointers into arrays owned by this frame
+    tx::ngtdm(src, lv.grid, n_levels, by_slice, delta, ps, pn, n_threads);
+  }
   return py::make_tuple(s, n);
 }
 
@@ -116,6 +118,31 @@ py::array_t<double> ngldm(const py::array& levels, int n_levels, bool by_slice, 
   return out;
 }
 
+py::array_t<double> offset_means(const py::array& image, const py::array& centres,
+                                 const py::array& offsets, int n_threads) {
+  if (image.ndim() != 3) throw py::value_error("image must be a 3D array");
+  auto c = carray<std::int64_t>::ensure(centres);
+  auto o = carray<std::int64_t>::ensure(offsets);
+  if (!c || c.ndim() != 1) throw py::value_error("centres must be a 1D array of flat indices");
+  if (!o || o.ndim() != 2 || o.shape(1) != 3)
+    throw py::value_error("offsets must be an (n, 3) array of index offsets");
+  if (o.shape(0) == 0) throw py::value_error("offsets must not be empty");
+  const tx::Grid grid{image.shape(0), image.shape(1), image.shape(2)};
+  for (py::ssize_t i = 0; i < c.size(); ++i)
+    if (c.data()[i] < 0 || c.data()[i] >= grid.size())
+      throw py::value_error("centres must be flat indices into image");
+  return medkern::bind::visit_dtype(image.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    auto img = carray<T>::ensure(image);
+    py::array_t<double> out(c.size());
+    double* dst = out.mutable_data();
+    py::gil_scoped_release release;  // raw pointers into arrays owned by this frame
+    medkern::radiomics::offset_means(img.data(), grid, c.data(), c.size(), o.data(), o.shape(0),
+                                     dst, n_threads);
+    return out;
+  });
+}
+
 }  // namespace
 
 void register_radiomics(py::module_& m) {
@@ -129,4 +156,6 @@ void register_radiomics(py::module_& m) {
         py::arg("distance"), py::arg("n_threads"));
   m.def("texture_ngldm", &ngldm, py::arg("levels"), py::arg("n_levels"), py::arg("by_slice"),
         py::arg("distance"), py::arg("alpha"), py::arg("n_threads"));
+  m.def("offset_means", &offset_means, py::arg("image"), py::arg("centres"), py::arg("offsets"),
+        py::arg("n_threads"));
 }

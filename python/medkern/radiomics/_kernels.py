@@ -35,8 +35,16 @@ def _cpp_ngldm(levels, n_levels, by_slice, distance, alpha):
     return _core().texture_ngldm(levels, n_levels, by_slice, distance, alpha, get_num_threads())
 
 
-glcm = Kernel("glcm", cpp=_cpp_glcm)
-glrlm = Kernel("glrlm", cpp=_cpp_glrlm)
-zones = Kernel("zones", cpp=_cpp_zones)
-ngtdm = Kernel("ngtdm", cpp=_cpp_ngtdm)
-ngldm = Kernel("ngldm", cpp=_cpp_ngldm)
+glcm = Kernel("glcm", cpp=_cpp_glcm, numba="medkern._numba.radiomics:glcm")
+glrlm = Kernel("glrlm", cpp=_cpp_glrlm, numba="medkern._numba.radiomics:glrlm")
+zones = Kernel("zones", cpp=_cpp_zones, numba="medkern._numba.radiomics:zones")
+ngtdm = Kernel("ngtdm", cpp=_cpp_ngtdm, numba="medkern._numba.radiomics:ngtdm")
+ngldm = Kernel("ngldm", cpp=_cpp_ngldm, numba="medkern._numba.radiomics:ngldm")
+
+
+def _cpp_offset_means(image, centres, offsets):
+    return _core().offset_means(image, centres, offsets, get_num_threads())
+
+
+offset_means = Kernel("offset_means", cpp=_cpp_offset_means,
+                      numba="medkern._numba.radiomics:offset_means")

@@ -22,22 +22,41 @@ GENERIC = ("small", "large", "low_grey", "high_grey", "small_low", "small_high",
 def dense_to_entries(m: np.ndarray):
     """Sparse entries of a stack of dense matrices ``m[k, i - 1, j - 1]``."""
     k, i, j = np.nonzero(m)
-    return k, i + 1.0, j + 1.0, m[k, i, j]
+    return k, i + 1, j + 1, m[k, i, j]
 
 
 def count_matrix_features(n_matrices: int, k: np.ndarray, i: np.ndarray, j: np.ndarray,
-                          c: np.ndarray, n_voxels: np.ndarray) -> dict[str, np.ndarray]:
-    """The generic features of each matrix k (one value per matrix; meaningless where empty)."""
-    # Coalesce repeated cells (one entry per zone) so that probabilities are per matrix cell.
-    cells, inverse = np.unique(np.stack([np.asarray(k, np.int64), np.asarray(i, np.int64),
-                                         np.asarray(j, np.int64)]), axis=1, return_inverse=True)
-    c = np.bincount(inverse.ravel(), weights=np.asarray(c, np.float64), minlength=cells.shape[1])
-    k = cells[0]
-    i = cells[1].astype(np.float64)
-    j = cells[2].astype(np.float64)
+                          c: np.ndarray, n_voxels: np.ndarray, unique: bool = False
+                          ) -> dict[str, np.ndarray]:
+    """The generic features of each matrix k (one value per matrix; meaningless where empty).
+
+    ``unique`` says the cells (k, i, j) are already distinct (entries of dense matrices);
+    otherwise repeated cells, e.g. one entry per zone, are summed first so that probabilities
+    are per matrix cell.
+    """
+    k = np.asarray(k, np.int64)
+    i = np.asarray(i, np.int64)
+    j = np.asarray(j, np.int64)
+    c = np.asarray(c, np.float64)
+    n_i, n_j = int(i.max(initial=0)) + 1, int(j.max(initial=0)) + 1
+    if not unique:
+        cells, inverse = np.unique((k * n_i + i) * n_j + j, return_inverse=True)
+        c = np.bincount(inverse, weights=c, minlength=len(cells))
+        k, i, j = cells // (n_i * n_j), (cells // n_j) % n_i, cells % n_j
+    i = i.astype(np.float64)
+    j = j.astype(np.float64)
 
     def total(w):
         return np.bincount(k, weights=w, minlength=n_matrices)
+
+    def non_uniformity(axis_key):
+        # Marginal sum per (matrix, i) or (matrix, j), squared, summed per matrix.
+        keys, inverse = np.unique(axis_key, return_inverse=True)
+        marginal = np.bincount(inverse, weights=c, minlength=len(keys))
+        return total_by(keys, marginal * marginal)
+
+    def total_by(keys, w):
+        return np.bincount(keys // (n_i * n_j), weights=w, minlength=n_matrices)
 
     with np.errstate(divide="ignore", invalid="ignore"):
         ns = total(c)
@@ -52,13 +71,10 @@ def count_matrix_features(n_matrices: int, k: np.ndarray, i: np.ndarray, j: np.n
             "large_low": total(c * j2 / i2) / ns,
             "large_high": total(c * i2 * j2) / ns,
         }
-        # Marginal sums per (matrix, i) and (matrix, j): squared, then summed per matrix.
-        for key, axis in (("glnu", i), ("jnu", j)):
-            pairs, inverse = np.unique(np.stack([k, axis.astype(np.int64)]), axis=1, return_inverse=True)
-            marginal = np.bincount(inverse.ravel(), weights=c)
-            nu = np.bincount(pairs[0], weights=marginal * marginal, minlength=n_matrices)
-            out[key] = nu / ns
-            out[key + "_norm"] = nu / (ns * ns)
+        glnu = non_uniformity(k * (n_i * n_j) + i.astype(np.int64))
+        jnu = non_uniformity(k * (n_i * n_j) + j.astype(np.int64))
+        out["glnu"], out["glnu_norm"] = glnu / ns, glnu / (ns * ns)
+        out["jnu"], out["jnu_norm"] = jnu / ns, jnu / (ns * ns)
         out["percentage"] = ns / np.asarray(n_voxels, np.float64)
         p = c / ns[k]
         mu_i = total(i * p)

@@ -33,7 +33,7 @@ def _stacked(runs: np.ndarray, n_voxels: np.ndarray) -> dict[str, float]:
     """
     runs = runs.reshape((-1,) + runs.shape[-2:])
     k, i, j, c = dense_to_entries(runs)
-    feats = count_matrix_features(runs.shape[0], k, i, j, c, np.reshape(n_voxels, -1))
+    feats = count_matrix_features(runs.shape[0], k, i, j, c, np.reshape(n_voxels, -1), unique=True)
     return aggregate(named(feats, FEATURES), runs.sum(axis=(1, 2)) > 0)
 
 

@@ -21,23 +21,13 @@ def sphere_offsets(spacing) -> np.ndarray:
     return offsets[inside]
 
 
-def local_means(image: np.ndarray, spacing, centres: np.ndarray) -> np.ndarray:
-    """Mean of the image voxels within the sphere around each centre (voxels off the grid skipped)."""
-    total = np.zeros(len(centres))
-    count = np.zeros(len(centres))
-    shape = np.asarray(image.shape)
-    for off in sphere_offsets(spacing):
-        idx = centres + off
-        ok = np.all((idx >= 0) & (idx < shape), axis=1)
-        total[ok] += image[tuple(idx[ok].T)]
-        count[ok] += 1
-    return total / count
-
-
 def compute(roi, settings) -> dict[str, float]:
-    centres = np.argwhere(roi.peak_mask)
-    values = roi.peak_image[tuple(centres.T)]
-    means = local_means(roi.peak_image, roi.spacing, centres)
+    from medkern.radiomics import _kernels
+
+    centres = np.flatnonzero(roi.peak_mask)
+    values = roi.peak_image.ravel()[centres]
+    means = _kernels.offset_means(roi.peak_image, centres, sphere_offsets(roi.spacing),
+                                  backend=settings.backend)
     # Local peak: around the voxels of maximal intensity (the highest of their means when tied).
     local = means[values == values.max()].max()
     return {"Local intensity peak": float(local), "Global intensity peak": float(means.max())}

@@ -29,7 +29,7 @@ FEATURES = (
 
 def _stacked(m: np.ndarray, n_voxels: np.ndarray) -> dict[str, float]:
     k, i, j, c = dense_to_entries(m)
-    feats = count_matrix_features(m.shape[0], k, i, j, c, n_voxels)
+    feats = count_matrix_features(m.shape[0], k, i, j, c, n_voxels, unique=True)
     return aggregate(named(feats, FEATURES), m.sum(axis=(1, 2)) > 0)
 
 
