@@ -143,6 +143,24 @@ py::array_t<double> offset_means(const py::array& image, const py::array& centre
   });
 }
 
+py::array_t<std::int64_t> convex_hull(const py::array& points) {
+  auto p = carray<std::int64_t>::ensure(points);
+  if (!p || p.ndim() != 2 || p.shape(1) != 3)
+    throw py::value_error("points must be an (n, 3) integer array");
+  for (py::ssize_t i = 0; i < p.size(); ++i)
+    if (p.data()[i] >= (1 << 20) || p.data()[i] <= -(1 << 20))
+      throw py::value_error("points must have coordinates below 2**20 in magnitude");
+  std::vector<std::array<index_t, 3>> faces;
+  {
+    py::gil_scoped_release release;  // raw pointer into an array owned by this frame
+    faces = medkern::radiomics::convex_hull(p.data(), p.shape(0));
+  }
+  py::array_t<std::int64_t> out({static_cast<py::ssize_t>(faces.size()), py::ssize_t{3}});
+  for (std::size_t f = 0; f < faces.size(); ++f)
+    for (int a = 0; a < 3; ++a) out.mutable_data()[3 * f + a] = faces[f][a];
+  return out;
+}
+
 }  // namespace
 
 void register_radiomics(py::module_& m) {
@@ -156,6 +174,7 @@ void register_radiomics(py::module_& m) {
         py::arg("distance"), py::arg("n_threads"));
   m.def("texture_ngldm", &ngldm, py::arg("levels"), py::arg("n_levels"), py::arg("by_slice"),
         py::arg("distance"), py::arg("alpha"), py::arg("n_threads"));
+  m.def("convex_hull", &convex_hull, py::arg("points"));
   m.def("offset_means", &offset_means, py::arg("image"), py::arg("centres"), py::arg("offsets"),
         py::arg("n_threads"));
 }

@@ -15,22 +15,22 @@ from typing import Any, Iterable, Iterator, NamedTuple
 import numpy as np
 
 from medkern._util import as_image
-from medkern.radiomics import (gldzm, glcm, glrlm, glszm, histogram, ivh, local_intensity, ngldm,
-                               ngtdm, statistics)
+from medkern.radiomics import (gldzm, glcm, glrlm, glszm, histogram, ivh, local_intensity,
+                               morphology, ngldm, ngtdm, statistics)
 from medkern.radiomics._preprocess import Settings, prepare
 
 __all__ = ["radiomics", "RadiomicsResult", "Feature", "FAMILIES", "TEXTURE_DIMS"]
 
 # Family id -> module; in IBSI chapter 3 order.
 _MODULES = {
-    "local_intensity": local_intensity, "statistics": statistics, "histogram": histogram,
+    "morphology": morphology, "local_intensity": local_intensity, "statistics": statistics, "histogram": histogram,
     "ivh": ivh, "glcm": glcm, "glrlm": glrlm, "glszm": glszm, "gldzm": gldzm, "ngtdm": ngtdm,
     "ngldm": ngldm,
 }
 FAMILIES = tuple(_MODULES)
 _TEXTURE = ("glcm", "glrlm", "glszm", "gldzm", "ngtdm", "ngldm")
 _DISCRETISED = ("histogram",) + _TEXTURE
-_ALIASES = {"firstorder": "statistics"}
+_ALIASES = {"firstorder": "statistics", "shape": "morphology"}
 # IBSI spatial approaches: 2D (per slice), 2.5D (slices merged), 3D (volumetric).
 TEXTURE_DIMS = ("2D", "2.5D", "3D")
 
@@ -131,7 +131,7 @@ def radiomics(
     ----------
     img, mask : Image or array (2D or 3D, same shape). Spacing comes from an Image (1 mm for a
         bare array). Slices for the 2D/2.5D texture approaches are planes of array axis 0.
-    features : families to compute, from ``FAMILIES``: "local_intensity", "statistics",
+    features : families to compute, from ``FAMILIES``: "morphology", "local_intensity", "statistics",
         "histogram", "ivh", "glcm", "glrlm", "glszm", "gldzm", "ngtdm", "ngldm".
     bin_width : fixed bin size discretisation (IBSI §2.7) for histogram and texture families;
         bins start at ``bin_lower_bound``, else at ``resegment_range[0]``, else at the ROI minimum.

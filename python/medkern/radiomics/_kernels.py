@@ -48,3 +48,19 @@ def _cpp_offset_means(image, centres, offsets):
 
 offset_means = Kernel("offset_means", cpp=_cpp_offset_means,
                       numba="medkern._numba.radiomics:offset_means")
+
+
+def _cpp_max_diameter(lattice, spacing):
+    import numpy as np
+
+    length, _, _ = _core().max_diameter(np.ascontiguousarray(lattice, np.int32), list(spacing),
+                                        get_num_threads())
+    return length
+
+
+def _cpp_convex_hull(points):
+    return _core().convex_hull(points)
+
+
+max_diameter = Kernel("max_diameter", cpp=_cpp_max_diameter)
+convex_hull = Kernel("convex_hull", cpp=_cpp_convex_hull)
