@@ -30,63 +30,71 @@ def _xlog2x(p):
 def features(counts: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Features of a stack of co-occurrence count matrices ``counts[k, i - 1, j - 1]``.
 
-    Returns the per-matrix values and the mask of non-empty matrices.
+    Returns the per-matrix values and the mask of non-empty matrices. Every sum over the matrix
+    is one column of a single matrix product, so a stack of many slices costs one pass.
     """
     n_levels = counts.shape[-1]
     total = counts.sum(axis=(1, 2))
     valid = total > 0
     p = counts / np.where(valid, total, 1.0)[:, None, None]
+    flat = p.reshape(len(p), -1)
     g = np.arange(1, n_levels + 1, dtype=np.float64)
-    i, j = g[:, None], g[None, :]
+    i, j = np.meshgrid(g, g, indexing="ij")
+    i, j = i.ravel(), j.ravel()
     diff, summ = np.abs(i - j), i + j
-
-    def s(w):
-        return (p * w).sum(axis=(1, 2))
-
     # Diagonal and cross-diagonal probabilities p_{i-j}(k), p_{i+j}(k) (IBSI §3.6).
     k_diff = np.arange(n_levels, dtype=np.float64)
     k_sum = np.arange(2, 2 * n_levels + 1, dtype=np.float64)
-    p_diff = np.stack([s(diff == k) for k in k_diff], axis=1)
-    p_sum = np.stack([s(summ == k) for k in k_sum], axis=1)
+    p_diff = flat @ (diff[:, None] == k_diff[None, :]).astype(np.float64)
+    p_sum = flat @ (summ[:, None] == k_sum[None, :]).astype(np.float64)
     p_i = p.sum(axis=2)
-    mu = s(i)
+    weights = np.stack([i, i * j, diff ** 2, diff, 1.0 / (1.0 + diff), 1.0 / (1.0 + diff / n_levels),
+                        1.0 / (1.0 + diff ** 2), 1.0 / (1.0 + diff ** 2 / n_levels ** 2),
+                        np.where(diff > 0, 1.0 / np.maximum(diff, 1.0) ** 2, 0.0)], axis=1)
+    (mu, auto, contrast, dissimilarity, inv_diff, inv_diff_norm, inv_diff_mom, inv_diff_mom_norm,
+     inv_var) = (flat @ weights).T
     mu_d = p_diff @ k_diff
     mu_s = p_sum @ k_sum
     var_i = ((g[None, :] - mu[:, None]) ** 2 * p_i).sum(axis=1)
-    hxy = -_xlog2x(p).sum(axis=(1, 2))
-    hx = -_xlog2x(p_i).sum(axis=1)
-    pipj = p_i[:, :, None] * p_i[:, None, :]
+    # Entropies over the non-zero cells only: per-slice matrices are mostly empty.
+    k, cell = np.nonzero(flat)
+    pk = flat[k, cell]
+    log_pi = np.log2(np.where(p_i > 0, p_i, 1.0))
+    hxy = -np.bincount(k, weights=pk * np.log2(pk), minlength=len(p))
+    hx = -(p_i * log_pi).sum(axis=1)
+    hxy1 = -np.bincount(k, weights=pk * (log_pi[k, cell // n_levels] + log_pi[k, cell % n_levels]),
+                        minlength=len(p))
+    # sum_ij p_i p_j log2(p_i p_j) = 2 sum_i p_i log2 p_i, as the marginal sums to 1.
+    hxy2 = 2.0 * hx
+    # Moments about the mean: expand (i + j - 2 mu)^n into raw moments of i + j (one product).
+    s1, s2, s3, s4 = (flat @ np.stack([summ, summ ** 2, summ ** 3, summ ** 4], axis=1)).T
+    c = 2.0 * mu
     with np.errstate(divide="ignore", invalid="ignore"):
-        log_pipj = np.where(pipj > 0, np.log2(np.where(pipj > 0, pipj, 1.0)), 0.0)
-        hxy1 = -(p * log_pipj).sum(axis=(1, 2))
-        hxy2 = -(pipj * log_pipj).sum(axis=(1, 2))
-        inv_var_w = np.where(diff > 0, 1.0 / np.where(diff > 0, diff, 1.0) ** 2, 0.0)
-        cluster = summ[None] - 2.0 * mu[:, None, None]
         out = {
-            "Joint maximum": p.max(axis=(1, 2)),
+            "Joint maximum": flat.max(axis=1),
             "Joint average": mu,
-            "Joint variance": s((i - mu[:, None, None]) ** 2),
+            "Joint variance": flat @ (i * i) - mu * mu,
             "Joint entropy": hxy,
             "Difference average": mu_d,
-            "Difference variance": ((k_diff[None] - mu_d[:, None]) ** 2 * p_diff).sum(axis=1),
+            "Difference variance": p_diff @ (k_diff ** 2) - mu_d ** 2,
             "Difference entropy": -_xlog2x(p_diff).sum(axis=1),
             "Sum average": mu_s,
-            "Sum variance": ((k_sum[None] - mu_s[:, None]) ** 2 * p_sum).sum(axis=1),
+            "Sum variance": p_sum @ (k_sum ** 2) - mu_s ** 2,
             "Sum entropy": -_xlog2x(p_sum).sum(axis=1),
-            "Angular second moment": (p * p).sum(axis=(1, 2)),
-            "Contrast": s(diff ** 2),
-            "Dissimilarity": s(diff),
-            "Inverse difference": s(1.0 / (1.0 + diff)),
-            "Normalised inverse difference": s(1.0 / (1.0 + diff / n_levels)),
-            "Inverse difference moment": s(1.0 / (1.0 + diff ** 2)),
-            "Normalised inverse difference moment": s(1.0 / (1.0 + diff ** 2 / n_levels ** 2)),
-            "Inverse variance": s(inv_var_w),
+            "Angular second moment": (flat * flat).sum(axis=1),
+            "Contrast": contrast,
+            "Dissimilarity": dissimilarity,
+            "Inverse difference": inv_diff,
+            "Normalised inverse difference": inv_diff_norm,
+            "Inverse difference moment": inv_diff_mom,
+            "Normalised inverse difference moment": inv_diff_mom_norm,
+            "Inverse variance": inv_var,
             # Symmetric matrices: the row and column marginals are equal (mu_i = mu_j).
-            "Correlation": (s(i * j) - mu * mu) / var_i,
-            "Autocorrelation": s(i * j),
-            "Cluster tendency": (p * cluster ** 2).sum(axis=(1, 2)),
-            "Cluster shade": (p * cluster ** 3).sum(axis=(1, 2)),
-            "Cluster prominence": (p * cluster ** 4).sum(axis=(1, 2)),
+            "Correlation": (auto - mu * mu) / var_i,
+            "Autocorrelation": auto,
+            "Cluster tendency": s2 - 2 * c * s1 + c * c,
+            "Cluster shade": s3 - 3 * c * s2 + 3 * c * c * s1 - c ** 3,
+            "Cluster prominence": s4 - 4 * c * s3 + 6 * c * c * s2 - 4 * c ** 3 * s1 + c ** 4,
             "Information correlation 1": (hxy - hxy1) / hx,
             "Information correlation 2": np.sqrt(np.maximum(0.0, 1.0 - np.exp(-2.0 * (hxy2 - hxy)))),
         }
