@@ -14,7 +14,7 @@ import scipy.stats
 from skimage.feature import graycomatrix, graycoprops
 
 import medkern as mk
-from medkern.radiomics import _kernels, compliance, glcm
+from medkern.radiomics import FAMILIES, _kernels, compliance, glcm
 
 DATA = Path(os.environ.get("MEDKERN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 REFERENCE = DATA / "ibsi" / "ibsi_1_reference_values.json"
@@ -233,8 +233,9 @@ def test_2d_image_equals_single_slice_volume(rng):
 def test_numba_equals_cpp_on_real_ct_roi(shared_data):
     img = mk.read(shared_data / "ibsi/ibsi_validation/nifti/STS_019/CT_image.nii.gz")
     mask = mk.read(shared_data / "ibsi/ibsi_validation/nifti/STS_019/CT_mask.nii.gz")
+    # Morphology runs the mesh and hull kernels, which are C++ only.
     kw = dict(round_intensities=True, resegment_range=(-1000, 400), bin_width=25,
-              texture_dims=("2D", "2.5D", "3D"))
+              texture_dims=("2D", "2.5D", "3D"), features=[f for f in FAMILIES if f != "morphology"])
     a = mk.radiomics(img, mask, backend="cpp", **kw)
     b = mk.radiomics(img, mask, backend="numba", **kw)
     assert len(a) > 400
@@ -272,6 +273,111 @@ def test_families_subset_and_alias(rng):
     assert {f.family for f in r.features} == {"statistics", "ivh"}
     # Continuous intensities without an IVH discretisation get 1000 bins (IBSI §3.5).
     assert r["ivh/Intensity at volume fraction 10%"] <= 1001
+
+
+# ---------------------------------------------------------------------------- morphology
+
+def _ellipsoid(shape, radii):
+    grid = np.indices(shape, dtype=float)
+    centre = (np.asarray(shape) - 1) / 2
+    return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) <= 1.0
+
+
+def test_morphology_box_at_anisotropic_spacing():
+    mask = np.zeros((7, 12, 16), bool)
+    mask[1:6, 2:10, 3:15] = True  # 5 x 8 x 12 voxels
+    spacing = (2.5, 0.8, 1.2)
+    img = mk.Image(np.where(mask, 100, -50).astype(np.int16), spacing=spacing)
+    r = mk.radiomics(img, mask, features="morphology")
+    n = np.array([5, 8, 12])
+    np.testing.assert_allclose(r["morphology/Volume (voxel counting)"], n.prod() * np.prod(spacing))
+    # PCA of a uniform box of voxels: variance s^2 (n^2 - 1) / 12 per axis (sample covariance
+    # scales it by N / (N - 1)), axis length 4 sqrt(lambda).
+    lam = np.sort(np.asarray(spacing) ** 2 * (n ** 2 - 1) / 12)[::-1] * n.prod() / (n.prod() - 1)
+    np.testing.assert_allclose([r["morphology/Major axis length"], r["morphology/Minor axis length"],
+                                r["morphology/Least axis length"]], 4 * np.sqrt(lam), rtol=1e-12)
+    # Mesh vertices sit half a voxel outside the centres of the boundary voxels... minus the
+    # cut corners: the convex hull of a box mesh is the mesh itself.
+    np.testing.assert_allclose(r["morphology/Volume density (convex hull)"], 1.0, rtol=1e-12)
+    np.testing.assert_allclose(r["morphology/Area density (convex hull)"], 1.0, rtol=1e-12)
+    # Uniform intensity: the intensity and geometric centres of mass coincide.
+    assert abs(r["morphology/Centre of mass shift"]) < 1e-9
+    np.testing.assert_allclose(r["morphology/Integrated intensity"], 100 * r["morphology/Volume (mesh)"])
+
+
+def test_morphology_mesh_hull_and_diameter_match_skimage_scipy(rng):
+    from scipy.spatial import ConvexHull
+    from scipy.spatial.distance import pdist
+    from skimage.measure import marching_cubes, mesh_surface_area
+
+    from medkern import measure
+
+    mask = _ellipsoid((14, 17, 15), (5.2, 7.1, 6.3))
+    spacing = (1.5, 0.9, 1.1)
+    r = mk.radiomics(mk.Image(rng.normal(size=mask.shape), spacing=spacing), mask, features="morphology")
+    verts, faces, _, _ = marching_cubes(np.pad(mask, 1).astype(float), 0.5, spacing=spacing)
+    # A smooth convex shape has no ambiguous cube faces: the same mesh as scikit-image's.
+    np.testing.assert_allclose(r["morphology/Surface area (mesh)"], mesh_surface_area(verts, faces), rtol=1e-10)
+    ours_verts, _ = measure.surface_mesh(mask, spacing)
+    hull = ConvexHull(ours_verts)
+    np.testing.assert_allclose(r["morphology/Volume density (convex hull)"],
+                               r["morphology/Volume (mesh)"] / hull.volume, rtol=1e-10)
+    np.testing.assert_allclose(r["morphology/Area density (convex hull)"],
+                               r["morphology/Surface area (mesh)"] / hull.area, rtol=1e-10)
+    np.testing.assert_allclose(r["morphology/Maximum 3D diameter"], pdist(ours_verts).max(), rtol=1e-12)
+
+
+def test_convex_hull_kernel_matches_qhull(rng):
+    from scipy.spatial import ConvexHull
+
+    pts = rng.integers(-40, 40, size=(400, 3)).astype(np.int64)
+    faces = _kernels.convex_hull(pts)
+    a, b, c = (pts[faces[:, k]].astype(float) for k in range(3))
+    volume = np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6
+    area = np.linalg.norm(np.cross(b - a, c - a), axis=1).sum() / 2
+    hull = ConvexHull(pts.astype(float))
+    np.testing.assert_allclose([volume, area], [hull.volume, hull.area], rtol=1e-12)
+    # Coplanar input has no hull.
+    assert len(_kernels.convex_hull(np.c_[pts[:, :2], np.zeros(len(pts), np.int64)])) == 0
+    with pytest.raises(ValueError, match="below 2\\*\\*20"):
+        _kernels.convex_hull(np.array([[1 << 21, 0, 0]] * 4, np.int64))
+
+
+def test_moran_and_geary_match_pairwise_definition(rng):
+    from medkern.radiomics.morphology import spatial_autocorrelation
+
+    img = rng.normal(size=(4, 7, 6)).cumsum(axis=2)
+    mask = rng.random(img.shape) > 0.35
+    spacing = (2.0, 0.7, 1.3)
+    moran, geary = spatial_autocorrelation(img, mask, spacing)
+    pos = np.argwhere(mask) * spacing
+    x = img[mask]
+    d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
+    w = np.where(d > 0, 1 / np.where(d > 0, d, 1), 0)
+    y = x - x.mean()
+    ref_i = len(x) / w.sum() * (w * np.outer(y, y)).sum() / (y ** 2).sum()
+    ref_c = (len(x) - 1) / (2 * w.sum()) * (w * (x[:, None] - x[None]) ** 2).sum() / (y ** 2).sum()
+    # The FFT evaluates the same pair sums; rounding of a few thousand terms.
+    np.testing.assert_allclose([moran, geary], [ref_i, ref_c], rtol=1e-9)
+
+
+def test_ellipsoid_area_series():
+    from numpy.polynomial.legendre import legval
+
+    from medkern.radiomics.morphology import ellipsoid_area
+
+    np.testing.assert_allclose(ellipsoid_area(3, 3, 3), 4 * np.pi * 9)
+    # Spheroids: the exact areas, e = sqrt(1 - c^2 / a^2).
+    a, c = 5.0, 2.0
+    e = np.sqrt(1 - c * c / (a * a))
+    np.testing.assert_allclose(ellipsoid_area(a, c, c), 2 * np.pi * c * c * (1 + a / (c * e) * np.arcsin(e)))
+    np.testing.assert_allclose(ellipsoid_area(a, a, c), 2 * np.pi * a * a * (1 + (1 - e * e) / e * np.arctanh(e)))
+    # Tri-axial: the IBSI series, evaluated here with numpy's Legendre series.
+    a, b, c = 4.0, 3.0, 2.0
+    al, be = np.sqrt(1 - b * b / (a * a)), np.sqrt(1 - c * c / (a * a))
+    nu = np.arange(21)
+    ref = 4 * np.pi * a * b * legval((al ** 2 + be ** 2) / (2 * al * be), (al * be) ** nu / (1 - 4 * nu ** 2))
+    np.testing.assert_allclose(ellipsoid_area(a, b, c), ref, rtol=1e-12)
 
 
 # ---------------------------------------------------------------------------- IBSI reference values

@@ -36,27 +36,39 @@ def _area_volume(verts: np.ndarray, faces: np.ndarray) -> tuple[float, float]:
 
 
 def _hull_candidates(points: np.ndarray) -> np.ndarray:
-    """Only the two ends of each lattice line along axis 0 can be hull vertices."""
-    order = np.lexsort((points[:, 0], points[:, 2], points[:, 1]))
-    p = points[order]
-    new_line = np.ones(len(p), bool)
-    new_line[1:] = (p[1:, 1] != p[:-1, 1]) | (p[1:, 2] != p[:-1, 2])
-    last = np.roll(new_line, -1)
-    return p[new_line | last]
+    """Points that can be convex hull vertices, in a fixed pseudo-random order.
+
+    A point strictly between two others on a lattice line is not a vertex: per axis, only the two
+    ends of every line parallel to it are kept. Random insertion order keeps the incremental hull
+    near its expected O(n log n) behaviour; the fixed seed keeps the result reproducible.
+    """
+    p = np.unique(points, axis=0)
+    for axis in range(3):
+        u, v = (axis + 1) % 3, (axis + 2) % 3
+        p = p[np.lexsort((p[:, axis], p[:, v], p[:, u]))]
+        first = np.ones(len(p), bool)
+        first[1:] = (p[1:, u] != p[:-1, u]) | (p[1:, v] != p[:-1, v])
+        p = p[first | np.roll(first, -1)]
+    return p[np.random.default_rng(0).permutation(len(p))]
 
 
 def ellipsoid_area(a: float, b: float, c: float, terms: int = 20) -> float:
-    """Surface area of an ellipsoid with semi-axes a >= b >= c: the Legendre series of IBSI
-    §3.1.20 summed to ``terms``; the series is undefined for a = b, where the exact oblate
-    spheroid (or sphere) area is used."""
-    alpha = np.sqrt(max(0.0, 1.0 - b * b / (a * a)))
-    beta = np.sqrt(max(0.0, 1.0 - c * c / (a * a)))
-    if alpha == 0.0:
-        if beta == 0.0:
-            return float(4.0 * np.pi * a * a)
-        return float(2.0 * np.pi * a * a * (1.0 + (1.0 - beta ** 2) / beta * np.arctanh(beta)))
+    """Surface area of an ellipsoid with semi-axes a >= b >= c as IBSI §3.1.20 approximates it:
+    4 pi a b sum_nu (alpha beta)^nu / (1 - 4 nu^2) P_nu((alpha^2 + beta^2) / (2 alpha beta)),
+    alpha = sqrt(1 - b^2/a^2), beta = sqrt(1 - c^2/a^2), summed to ``terms`` (20, as MIRP).
+    Spheres and spheroids, where the series is undefined or inexact, use the exact areas."""
+    if a == b == c:
+        return float(4.0 * np.pi * a * a)
+    if b == c:  # prolate spheroid
+        e = np.sqrt(1.0 - c * c / (a * a))
+        return float(2.0 * np.pi * c * c * (1.0 + a * np.arcsin(e) / (c * e)))
+    if a == b:  # oblate spheroid
+        e = np.sqrt(1.0 - c * c / (a * a))
+        return float(2.0 * np.pi * a * a * (1.0 + (1.0 - e * e) / e * np.arctanh(e)))
+    alpha = np.sqrt(1.0 - b * b / (a * a))
+    beta = np.sqrt(1.0 - c * c / (a * a))
     x = (alpha ** 2 + beta ** 2) / (2.0 * alpha * beta)
-    total, p_prev, p_cur = 0.0, 0.0, 1.0  # Legendre P_{nu-1}, P_nu by the three-term recurrence
+    total, p_prev, p_cur = 0.0, 0.0, 1.0  # Legendre P_{nu-1}, P_nu (Bonnet's recurrence)
     for nu in range(terms + 1):
         total += (alpha * beta) ** nu / (1.0 - 4.0 * nu * nu) * p_cur
         p_prev, p_cur = p_cur, ((2 * nu + 1) * x * p_cur - nu * p_prev) / (nu + 1)
@@ -101,14 +113,23 @@ def spatial_autocorrelation(image: np.ndarray, mask: np.ndarray, spacing) -> tup
     with np.errstate(divide="ignore"):
         w = np.where(np.isfinite(dist2) & (dist2 > 0), 1.0 / np.sqrt(dist2), 0.0)
 
-    def corr(a, b):
-        fa = np.fft.rfftn(a, shape)
-        fb = fa if b is a else np.fft.rfftn(b, shape)
-        return np.fft.irfftn(np.conj(fa) * fb, shape)
+    # Sum over offsets of w(offset) times a correlation, by Parseval: one spectrum of w serves
+    # all four sums, so no inverse transform is needed. The half spectrum of rfftn stands for its
+    # mirror image too, except at the zero and Nyquist frequencies of the last axis.
+    f_w = np.fft.rfftn(w, shape, axes=axes)
+    twice = np.full(f_w.shape[-1], 2.0)
+    twice[0] = 1.0
+    if shape[-1] % 2 == 0:
+        twice[-1] = 1.0
+    size = float(np.prod(shape))
 
-    sum_w = float((w * corr(m, m)).sum())
-    moran_num = float((w * corr(y, y)).sum())
-    geary_num = 2.0 * float((w * (corr(x * x, m) - corr(x, x))).sum())
+    def weighted(spectrum):
+        return float(np.sum((np.conj(f_w) * spectrum).real * twice)) / size
+
+    f_m, f_y, f_x, f_x2 = (np.fft.rfftn(a, shape, axes=axes) for a in (m, y, x, x * x))
+    sum_w = weighted(np.conj(f_m) * f_m)
+    moran_num = weighted(np.conj(f_y) * f_y)
+    geary_num = 2.0 * weighted(np.conj(f_x2) * f_m - np.conj(f_x) * f_x)
     ss = float((y * y).sum())
     if ss == 0 or sum_w == 0:
         return float("nan"), float("nan")
