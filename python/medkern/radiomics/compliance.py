@@ -2,6 +2,8 @@
 
     python -m medkern.radiomics.compliance [--data ../shared/data] [--out docs/ibsi_compliance.md]
 
+(``--data`` defaults to $MEDKERN_SHARED_DATA, else ../shared/data beside the checkout)
+
 reads the IBSI 1 reference values (``ibsi/ibsi_1_reference_values.json``: feature, code, data set,
 aggregation, value, tolerance), computes the digital phantom and the CT radiomics phantom
 configurations with the settings of the IBSI reference manual (chapter "Reference data sets"),
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import NamedTuple
@@ -108,7 +111,10 @@ def compare(rows: list[dict], result) -> list[Row]:
         if r["aggregation"] is not None:
             key += f" [{r['aggregation']}]"
         ours = result[key] if key in result else None
-        out.append(Row(r["family"], r["feature"], r["code"], r["data"], r["aggregation"],
+        # medkern's code: the transcribed table repeats or omits a few (e.g. the histogram
+        # percentiles, small zone emphasis, the 10%/90% IVH rows).
+        code = result.code(key) if key in result else r["code"]
+        out.append(Row(r["family"], r["feature"], code, r["data"], r["aggregation"],
                        r["value"], r["tol"], ours))
     return out
 
@@ -150,7 +156,9 @@ def markdown(rows: list[Row]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[3].parent / "shared" / "data"))
+    default = os.environ.get("MEDKERN_SHARED_DATA",
+                             str(Path(__file__).resolve().parents[3].parent / "shared" / "data"))
+    ap.add_argument("--data", default=default, help="the shared data folder (holds ibsi/)")
     ap.add_argument("--out", default="docs/ibsi_compliance.md")
     args = ap.parse_args(argv)
     rows = run(Path(args.data))
