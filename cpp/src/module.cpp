@@ -10,4 +10,5 @@ PYBIND11_MODULE(_core, m) {
   register_intensity(m);
   register_measure(m);
   register_radiomics(m);
+  register_resample(m);
 }

@@ -12,10 +12,14 @@ from medkern.image import Image
 from medkern.intensity import normalize, window
 from medkern.io import read, write
 from medkern.radiomics import radiomics
+from medkern.resample import resample, resample_to, warp
+from medkern.transforms import Affine, DisplacementField
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Affine",
+    "DisplacementField",
     "DicomError",
     "Image",
     "MedkernError",
@@ -25,7 +29,10 @@ __all__ = [
     "normalize",
     "radiomics",
     "read",
+    "resample",
+    "resample_to",
     "set_num_threads",
+    "warp",
     "window",
     "write",
 ]
