@@ -17,6 +17,7 @@ import numpy as np
 from medkern._util import as_image
 from medkern.radiomics import (gldzm, glcm, glrlm, glszm, histogram, ivh, local_intensity,
                                morphology, ngldm, ngtdm, statistics)
+from medkern.radiomics._interpolate import interpolate
 from medkern.radiomics._preprocess import Settings, prepare
 
 __all__ = ["radiomics", "RadiomicsResult", "Feature", "FAMILIES", "TEXTURE_DIMS"]
@@ -92,6 +93,17 @@ def _positive(value, name, integer=False):
     return value
 
 
+def _new_spacing(value, ndim: int) -> np.ndarray:
+    """Per-axis new spacing, NaN where the axis keeps its spacing."""
+    vals = [value] * ndim if np.isscalar(value) else list(value)
+    if len(vals) != ndim:
+        raise ValueError(f"resample_spacing needs 1 or {ndim} values (array-axis order), got {len(vals)}")
+    out = np.array([np.nan if v is None else float(v) for v in vals])
+    if not np.all(np.isnan(out) | (np.isfinite(out) & (out > 0))):
+        raise ValueError(f"resample_spacing must be positive and finite (or None to keep an axis), got {value!r}")
+    return out
+
+
 def _families(features: Iterable[str] | str) -> list[str]:
     if isinstance(features, str):
         features = (features,)
@@ -116,6 +128,10 @@ def radiomics(
     resegment_range: tuple[float, float] | None = None,
     outlier_sigma: float | None = None,
     round_intensities: bool = False,
+    resample_spacing: Any = None,
+    interpolation: str = "linear",
+    mask_interpolation: str = "linear",
+    partial_volume: float = 0.5,
     texture_dims: Iterable[str] | str = ("3D",),
     ivh_bin_width: float | None = None,
     ivh_bin_count: int | None = None,
@@ -140,7 +156,16 @@ def radiomics(
     resegment_range : (low, high) intensity range kept in the ROI intensity mask (IBSI §2.5); use
         -inf/inf for an open side. The morphological mask stays ``mask``.
     outlier_sigma : drop voxels beyond mean ± outlier_sigma·std of the ROI (after the range), e.g. 3.
-    round_intensities : round intensities to the nearest integer first (IBSI for CT in HU).
+    round_intensities : round intensities to the nearest integer (after any interpolation), as
+        IBSI asks for CT in HU.
+    resample_spacing : new voxel spacing in mm (array-axis order; a scalar for all axes; None for
+        an axis keeps it, e.g. ``(None, 2, 2)`` for IBSI's in-plane 2D interpolation). The new
+        grid is IBSI's (§2.4): grid centres aligned, ``ceil(n * spacing / new_spacing)`` voxels,
+        nearest-boundary extrapolation.
+    interpolation : image interpolation for resampling: "linear" (IBSI trilinear), "cubic"
+        (cubic B-spline, IBSI tricubic spline) or "nearest".
+    mask_interpolation : "linear" (the mask as 0/1 intensities) or "nearest".
+    partial_volume : interpolated mask values >= this stay in the ROI (IBSI default 0.5).
     texture_dims : any of "2D", "2.5D", "3D". GLCM and GLRLM give two aggregation methods each:
         "2D, averaged" / "2D, slice-merged", "2.5D, direction-merged" / "2.5D, merged",
         "3D, averaged" / "3D, merged"; GLSZM, GLDZM, NGTDM and NGLDM give "2D", "2.5D", "3D".
@@ -201,6 +226,21 @@ def radiomics(
     if settings.ngldm_alpha < 0:
         raise ValueError(f"ngldm_alpha must be >= 0, got {ngldm_alpha!r}")
     spacing = tuple(image.spacing)
+    if resample_spacing is not None:
+        new_spacing = _new_spacing(resample_spacing, values.ndim)
+        if interpolation not in ("nearest", "linear", "cubic"):
+            raise ValueError(f"interpolation must be 'nearest', 'linear' or 'cubic', got {interpolation!r}")
+        if mask_interpolation not in ("nearest", "linear"):
+            raise ValueError(f"mask_interpolation must be 'nearest' or 'linear', got {mask_interpolation!r}")
+        partial_volume = float(partial_volume)
+        if not 0.0 < partial_volume <= 1.0:
+            raise ValueError(f"partial_volume must lie in (0, 1], got {partial_volume}")
+        values, morph = interpolate(image.with_array(values), morph, new_spacing, interpolation,
+                                    mask_interpolation, partial_volume, backend)
+        spacing = tuple(float(v) for v in np.where(np.isnan(new_spacing), spacing, new_spacing))
+        if not morph.any():
+            raise ValueError("mask: no voxel is left after interpolation; use a finer "
+                             "resample_spacing or a lower partial_volume")
     if values.ndim == 2:
         values, morph, spacing = values[None], morph[None], (1.0,) + spacing
     if round_intensities:

@@ -31,6 +31,15 @@ CONFIGS = {
     "dig. phantom": dict(bin_width=1.0, texture_dims=("2D", "2.5D", "3D")),
     "config. A": dict(round_intensities=True, resegment_range=(-500.0, 400.0), bin_width=25.0,
                       texture_dims=("2D", "2.5D")),
+    "config. B": dict(resample_spacing=(None, 2.0, 2.0), round_intensities=True,
+                      resegment_range=(-500.0, 400.0), bin_count=32, texture_dims=("2D", "2.5D")),
+    "config. C": dict(resample_spacing=2.0, round_intensities=True, resegment_range=(-1000.0, 400.0),
+                      bin_width=25.0, ivh_bin_width=2.5, texture_dims="3D"),
+    "config. D": dict(resample_spacing=2.0, round_intensities=True, outlier_sigma=3.0, bin_count=32,
+                      texture_dims="3D"),
+    "config. E": dict(resample_spacing=2.0, interpolation="cubic", round_intensities=True,
+                      resegment_range=(-1000.0, 400.0), outlier_sigma=3.0, bin_count=32,
+                      ivh_bin_count=1000, texture_dims="3D"),
 }
 _FAMILY_BY_TITLE = {m.TITLE: fam for fam, m in _MODULES.items()}
 # Reference rows that appear twice under one name: the 10% row comes first, then the 90% row.
