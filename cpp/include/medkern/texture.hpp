@@ -45,15 +45,16 @@ struct Grid {
   index_t at(index_t z, index_t y, index_t x) const { return (z * ny + y) * nx + x; }
 };
 
-// Grey level co-occurrence matrices (IBSI §3.6), symmetric: each voxel pair at offset d counts
-// once as (i, j) and once as (j, i). out has shape [n_groups, n_dirs, n_levels, n_levels] where a
-// group is one slice when by_slice (n_groups = nz) and the whole volume otherwise (n_groups = 1).
-inline void glcm(const std::int32_t* levels, Grid g, int n_levels, bool by_slice, index_t distance,
-                 double* out, int n_threads) {
+// Runs f(matrix, offset, z, y, x) for every ROI voxel of every (group, direction) task in
+// parallel, where a group is one slice when by_slice and the whole volume otherwise, and matrix
+// is the task's own block of `mat` doubles in out (so no two threads share a counter).
+template <class F>
+inline void for_each_directional_task(const std::int32_t* levels, Grid g, bool by_slice,
+                                      index_t distance, index_t mat, double* out, int n_threads,
+                                      F&& f) {
   const auto dirs = directions(by_slice, distance);
   const index_t n_dirs = static_cast<index_t>(dirs.size());
   const index_t n_groups = by_slice ? g.nz : 1;
-  const index_t nl = n_levels, mat = nl * nl;
 #pragma omp parallel for schedule(dynamic) num_threads(clamp_threads(n_threads))
   for (index_t task = 0; task < n_groups * n_dirs; ++task) {
     const index_t group = task / n_dirs;
@@ -62,15 +63,27 @@ inline void glcm(const std::int32_t* levels, Grid g, int n_levels, bool by_slice
     const index_t z0 = by_slice ? group : 0, z1 = by_slice ? group + 1 : g.nz;
     for (index_t z = z0; z < z1; ++z)
       for (index_t y = 0; y < g.ny; ++y)
-        for (index_t x = 0; x < g.nx; ++x) {
-          const std::int32_t a = levels[g.at(z, y, x)];
-          if (a <= 0 || !g.inside(z + d.dz, y + d.dy, x + d.dx)) continue;
-          const std::int32_t b = levels[g.at(z + d.dz, y + d.dy, x + d.dx)];
-          if (b <= 0) continue;
-          m[(a - 1) * nl + (b - 1)] += 1.0;
-          m[(b - 1) * nl + (a - 1)] += 1.0;
-        }
+        for (index_t x = 0; x < g.nx; ++x)
+          if (levels[g.at(z, y, x)] > 0) f(m, d, z, y, x);
   }
+}
+
+// Grey level co-occurrence matrices (IBSI §3.6), symmetric: each voxel pair at offset d counts
+// once as (i, j) and once as (j, i). out has shape [n_groups, n_dirs, n_levels, n_levels] where a
+// group is one slice when by_slice (n_groups = nz) and the whole volume otherwise (n_groups = 1).
+inline void glcm(const std::int32_t* levels, Grid g, int n_levels, bool by_slice, index_t distance,
+                 double* out, int n_threads) {
+  const index_t nl = n_levels;
+  for_each_directional_task(
+      levels, g, by_slice, distance, nl * nl, out, n_threads,
+      [&](double* m, const Offset& d, index_t z, index_t y, index_t x) {
+        if (!g.inside(z + d.dz, y + d.dy, x + d.dx)) return;
+        const std::int32_t a = levels[g.at(z, y, x)];
+        const std::int32_t b = levels[g.at(z + d.dz, y + d.dy, x + d.dx)];
+        if (b <= 0) return;
+        m[(a - 1) * nl + (b - 1)] += 1.0;
+        m[(b - 1) * nl + (a - 1)] += 1.0;
+      });
 }
 
 // Grey level run length matrices (IBSI §3.7): out[group, dir, level - 1, run_length - 1], with
@@ -78,31 +91,19 @@ inline void glcm(const std::int32_t* levels, Grid g, int n_levels, bool by_slice
 // equal-level ROI voxels along the direction; voxels outside the ROI break runs.
 inline void glrlm(const std::int32_t* levels, Grid g, int n_levels, bool by_slice, index_t max_run,
                   double* out, int n_threads) {
-  const auto dirs = directions(by_slice, 1);
-  const index_t n_dirs = static_cast<index_t>(dirs.size());
-  const index_t n_groups = by_slice ? g.nz : 1;
-  const index_t mat = static_cast<index_t>(n_levels) * max_run;
-#pragma omp parallel for schedule(dynamic) num_threads(clamp_threads(n_threads))
-  for (index_t task = 0; task < n_groups * n_dirs; ++task) {
-    const index_t group = task / n_dirs;
-    const Offset d = dirs[static_cast<std::size_t>(task % n_dirs)];
-    double* m = out + task * mat;
-    const index_t z0 = by_slice ? group : 0, z1 = by_slice ? group + 1 : g.nz;
-    for (index_t z = z0; z < z1; ++z)
-      for (index_t y = 0; y < g.ny; ++y)
-        for (index_t x = 0; x < g.nx; ++x) {
-          const std::int32_t a = levels[g.at(z, y, x)];
-          if (a <= 0) continue;
-          // Only the first voxel of a run starts a walk, so every voxel is visited twice at most.
-          if (g.inside(z - d.dz, y - d.dy, x - d.dx) && levels[g.at(z - d.dz, y - d.dy, x - d.dx)] == a)
-            continue;
-          index_t run = 1;
-          while (g.inside(z + run * d.dz, y + run * d.dy, x + run * d.dx) &&
-                 levels[g.at(z + run * d.dz, y + run * d.dy, x + run * d.dx)] == a)
-            ++run;
-          m[(a - 1) * max_run + (run - 1)] += 1.0;
-        }
-  }
+  for_each_directional_task(
+      levels, g, by_slice, 1, static_cast<index_t>(n_levels) * max_run, out, n_threads,
+      [&](double* m, const Offset& d, index_t z, index_t y, index_t x) {
+        const std::int32_t a = levels[g.at(z, y, x)];
+        // Only the first voxel of a run starts a walk, so every voxel is visited twice at most.
+        if (g.inside(z - d.dz, y - d.dy, x - d.dx) && levels[g.at(z - d.dz, y - d.dy, x - d.dx)] == a)
+          return;
+        index_t run = 1;
+        while (g.inside(z + run * d.dz, y + run * d.dy, x + run * d.dx) &&
+               levels[g.at(z + run * d.dz, y + run * d.dy, x + run * d.dx)] == a)
+          ++run;
+        m[(a - 1) * max_run + (run - 1)] += 1.0;
+      });
 }
 
 // City-block distance of each voxel of `mask` to the nearest voxel outside it (outside the grid

@@ -1,5 +1,7 @@
-"""Numba peers of cpp/include/medkern/texture.hpp: the IBSI texture matrices, same task layout
-(one matrix per slice and/or direction), so results equal the C++ ones exactly."""
+"""Numba peers of cpp/include/medkern/texture.hpp and radiomics.hpp: the IBSI texture matrices,
+same task layout (one matrix per slice and/or direction), so results equal the C++ ones exactly.
+Serial: this is the fallback for a missing compiled extension, and parallel Numba kernels take
+several times longer to compile."""
 
 from __future__ import annotations
 
@@ -37,30 +39,14 @@ def _inside(lv, z, y, x):
     return 0 <= z < lv.shape[0] and 0 <= y < lv.shape[1] and 0 <= x < lv.shape[2]
 
 
-@numba.njit(parallel=True, cache=True)
-def _glcm(lv, dirs, n_groups, by_slice, out):
-    n_dirs = dirs.shape[0]
-    for task in numba.prange(n_groups * n_dirs):
-        grp, d = task // n_dirs, task % n_dirs
-        dz, dy, dx = dirs[d, 0], dirs[d, 1], dirs[d, 2]
-        z0, z1 = (grp, grp + 1) if by_slice else (0, lv.shape[0])
-        for z in range(z0, z1):
-            for y in range(lv.shape[1]):
-                for x in range(lv.shape[2]):
-                    a = lv[z, y, x]
-                    if a <= 0 or not _inside(lv, z + dz, y + dy, x + dx):
-                        continue
-                    b = lv[z + dz, y + dy, x + dx]
-                    if b <= 0:
-                        continue
-                    out[grp, d, a - 1, b - 1] += 1.0
-                    out[grp, d, b - 1, a - 1] += 1.0
+_GLCM, _GLRLM = 0, 1
 
 
-@numba.njit(parallel=True, cache=True)
-def _glrlm(lv, dirs, n_groups, by_slice, out):
+@numba.njit(cache=True)
+def _directional(lv, dirs, n_groups, by_slice, kind, out):
+    """GLCM or GLRLM counts, one (group, direction) task per matrix, as texture.hpp."""
     n_dirs = dirs.shape[0]
-    for task in numba.prange(n_groups * n_dirs):
+    for task in range(n_groups * n_dirs):
         grp, d = task // n_dirs, task % n_dirs
         dz, dy, dx = dirs[d, 0], dirs[d, 1], dirs[d, 2]
         z0, z1 = (grp, grp + 1) if by_slice else (0, lv.shape[0])
@@ -70,47 +56,57 @@ def _glrlm(lv, dirs, n_groups, by_slice, out):
                     a = lv[z, y, x]
                     if a <= 0:
                         continue
-                    if _inside(lv, z - dz, y - dy, x - dx) and lv[z - dz, y - dy, x - dx] == a:
-                        continue
-                    run = 1
-                    while (_inside(lv, z + run * dz, y + run * dy, x + run * dx)
-                           and lv[z + run * dz, y + run * dy, x + run * dx] == a):
-                        run += 1
-                    out[grp, d, a - 1, run - 1] += 1.0
+                    if kind == _GLCM:
+                        if not _inside(lv, z + dz, y + dy, x + dx) or lv[z + dz, y + dy, x + dx] <= 0:
+                            continue
+                        b = lv[z + dz, y + dy, x + dx]
+                        out[grp, d, a - 1, b - 1] += 1.0
+                        out[grp, d, b - 1, a - 1] += 1.0
+                    else:
+                        if _inside(lv, z - dz, y - dy, x - dx) and lv[z - dz, y - dy, x - dx] == a:
+                            continue
+                        run = 1
+                        while (_inside(lv, z + run * dz, y + run * dy, x + run * dx)
+                               and lv[z + run * dz, y + run * dy, x + run * dx] == a):
+                            run += 1
+                        out[grp, d, a - 1, run - 1] += 1.0
 
 
 @numba.njit(cache=True)
 def _border_distance(mask, by_slice):
     nz, ny, nx = mask.shape
+    dist = np.zeros(mask.shape, np.int32)
     far = nz + ny + nx + 1
-    dist = np.where(mask != 0, far, 0).astype(np.int32)
-    for sweep in (-1, 1):
-        zr = range(nz) if sweep < 0 else range(nz - 1, -1, -1)
-        for z in zr:
-            yr = range(ny) if sweep < 0 else range(ny - 1, -1, -1)
-            for y in yr:
-                xr = range(nx) if sweep < 0 else range(nx - 1, -1, -1)
-                for x in xr:
-                    if dist[z, y, x] == 0:
+    for sweep in range(2):  # forward raster pass looking back, then backward looking ahead
+        step = -1 if sweep == 0 else 1
+        for zi in range(nz):
+            z = zi if sweep == 0 else nz - 1 - zi
+            for yi in range(ny):
+                y = yi if sweep == 0 else ny - 1 - yi
+                for xi in range(nx):
+                    x = xi if sweep == 0 else nx - 1 - xi
+                    if mask[z, y, x] == 0:
                         continue
-                    for k in range(3):
-                        if k == 0 and by_slice:
-                            continue
-                        zz, yy, xx = z + (sweep if k == 0 else 0), y + (sweep if k == 1 else 0), x + (sweep if k == 2 else 0)
-                        nb = dist[zz, yy, xx] if (0 <= zz < nz and 0 <= yy < ny and 0 <= xx < nx) else 0
-                        if nb + 1 < dist[z, y, x]:
-                            dist[z, y, x] = nb + 1
+                    d = far if sweep == 0 else dist[z, y, x]
+                    for k in range(0 if not by_slice else 1, 3):
+                        zz = z + step if k == 0 else z
+                        yy = y + step if k == 1 else y
+                        xx = x + step if k == 2 else x
+                        inside = 0 <= zz < nz and 0 <= yy < ny and 0 <= xx < nx
+                        nb = dist[zz, yy, xx] if inside else 0
+                        d = min(d, nb + 1)
+                    dist[z, y, x] = d
     return dist
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
 def _zones(lv, start, order, n_levels, by_slice, dist, use_dist, sizes, dists, n_found):
     nz, ny, nx = lv.shape
     visited = np.zeros(lv.size, np.uint8)
     flat = lv.ravel()
     zr = 0 if by_slice else 1
     n_tasks = start.shape[0] - 1
-    for task in numba.prange(n_tasks):
+    for task in range(n_tasks):
         level = task % n_levels + 1
         stack = np.empty(start[task + 1] - start[task] + 1, np.int64)
         count = 0
@@ -148,53 +144,52 @@ def _zones(lv, start, order, n_levels, by_slice, dist, use_dist, sizes, dists, n
         n_found[task] = count
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
+def _neighbours(lv, z, y, x, zr, delta, alpha):
+    """Sum and count of the ROI neighbours of (z, y, x), and how many are within alpha of it."""
+    a = lv[z, y, x]
+    total = 0.0
+    count = 0
+    similar = 0
+    for dz in range(-zr, zr + 1):
+        for dy in range(-delta, delta + 1):
+            for dx in range(-delta, delta + 1):
+                if (dz == 0 and dy == 0 and dx == 0) or not _inside(lv, z + dz, y + dy, x + dx):
+                    continue
+                b = lv[z + dz, y + dy, x + dx]
+                if b > 0:
+                    total += b
+                    count += 1
+                    if abs(b - a) <= alpha:
+                        similar += 1
+    return total, count, similar
+
+
+@numba.njit(cache=True)
 def _ngtdm(lv, by_slice, delta, s, n):
-    nz, ny, nx = lv.shape
     zr = 0 if by_slice else delta
-    for z in numba.prange(nz):
-        for y in range(ny):
-            for x in range(nx):
+    for z in range(lv.shape[0]):
+        for y in range(lv.shape[1]):
+            for x in range(lv.shape[2]):
                 a = lv[z, y, x]
                 if a <= 0:
                     continue
-                total = 0.0
-                count = 0
-                for dz in range(-zr, zr + 1):
-                    for dy in range(-delta, delta + 1):
-                        for dx in range(-delta, delta + 1):
-                            if (dz == 0 and dy == 0 and dx == 0) or not _inside(lv, z + dz, y + dy, x + dx):
-                                continue
-                            b = lv[z + dz, y + dy, x + dx]
-                            if b > 0:
-                                total += b
-                                count += 1
+                total, count, _ = _neighbours(lv, z, y, x, zr, delta, 0)
                 if count == 0:
                     continue
                 s[z, a - 1] += abs(a - total / count)
                 n[z, a - 1] += 1.0
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
 def _ngldm(lv, by_slice, delta, alpha, out):
-    nz, ny, nx = lv.shape
     zr = 0 if by_slice else delta
-    for z in numba.prange(nz):
-        for y in range(ny):
-            for x in range(nx):
+    for z in range(lv.shape[0]):
+        for y in range(lv.shape[1]):
+            for x in range(lv.shape[2]):
                 a = lv[z, y, x]
-                if a <= 0:
-                    continue
-                k = 1
-                for dz in range(-zr, zr + 1):
-                    for dy in range(-delta, delta + 1):
-                        for dx in range(-delta, delta + 1):
-                            if (dz == 0 and dy == 0 and dx == 0) or not _inside(lv, z + dz, y + dy, x + dx):
-                                continue
-                            b = lv[z + dz, y + dy, x + dx]
-                            if b > 0 and abs(b - a) <= alpha:
-                                k += 1
-                out[z, a - 1, k - 1] += 1.0
+                if a > 0:
+                    out[z, a - 1, _neighbours(lv, z, y, x, zr, delta, alpha)[2]] += 1.0
 
 
 def glcm(levels, n_levels, by_slice, distance):
@@ -205,7 +200,7 @@ def glcm(levels, n_levels, by_slice, distance):
     dirs = _directions(by_slice, distance)
     n_groups = lv.shape[0] if by_slice else 1
     out = np.zeros((n_groups, len(dirs), n_levels, n_levels))
-    _glcm(lv, dirs, n_groups, by_slice, out)
+    _directional(lv, dirs, n_groups, by_slice, _GLCM, out)
     return out
 
 
@@ -216,7 +211,7 @@ def glrlm(levels, n_levels, by_slice):
     n_groups = lv.shape[0] if by_slice else 1
     max_run = max(1 if by_slice else lv.shape[0], lv.shape[1], lv.shape[2])
     out = np.zeros((n_groups, len(dirs), n_levels, max_run))
-    _glrlm(lv, dirs, n_groups, by_slice, out)
+    _directional(lv, dirs, n_groups, by_slice, _GLRLM, out)
     return out
 
 
@@ -274,10 +269,10 @@ def ngldm(levels, n_levels, by_slice, distance, alpha):
     return out
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(cache=True)
 def _offset_means(image, centres, offsets, out):
     nz, ny, nx = image.shape
-    for c in numba.prange(centres.shape[0]):
+    for c in range(centres.shape[0]):
         i = centres[c]
         z, y, x = i // (ny * nx), (i // nx) % ny, i % nx
         total = 0.0

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["count_matrix_features", "dense_to_entries", "aggregate"]
+__all__ = ["count_matrix_features", "dense_to_entries", "aggregate", "named", "dense_features",
+           "zone_features", "approaches", "directional_aggregations"]
 
 # Generic feature keys in IBSI order; each family maps them to its own names.
 GENERIC = ("small", "large", "low_grey", "high_grey", "small_low", "small_high", "large_low",
@@ -99,6 +100,46 @@ def named(generic: dict[str, np.ndarray], features: tuple[tuple[str, str, str], 
     return {name: generic[key] for name, _, key in features}
 
 
+def approaches(dims):
+    """(by_slice, wanted) pairs: one slice-wise kernel call serves the 2D and 2.5D approaches,
+    one volumetric call the 3D approach (IBSI §3.6.2)."""
+    for by_slice, names in ((True, ("2D", "2.5D")), (False, ("3D",))):
+        wanted = [d for d in names if d in dims]
+        if wanted:
+            yield by_slice, wanted
+
+
+def directional_aggregations(m: np.ndarray, voxels: np.ndarray, wanted, features) -> dict:
+    """The IBSI aggregation methods (§3.6.2) of per-(group, direction) matrices ``m[g, d, ...]``
+    (GLCM, GLRLM): groups are slices for 2D/2.5D, the volume for 3D; ``voxels[g]`` counts the
+    group's ROI voxels. ``features(stack, n_voxels)`` averages over a stack of matrices."""
+    n_dirs, total = m.shape[1], voxels.sum()
+    merged = m.sum(axis=(0, 1))[None]
+    out = {}
+    if "2D" in wanted:
+        out["2D, averaged"] = features(m, np.repeat(voxels, n_dirs))
+        out["2D, slice-merged"] = features(m.sum(axis=1), voxels * n_dirs)
+    if "2.5D" in wanted:
+        out["2.5D, direction-merged"] = features(m.sum(axis=0), np.full(n_dirs, total))
+        out["2.5D, merged"] = features(merged, np.array([total * n_dirs]))
+    if "3D" in wanted:
+        out["3D, averaged"] = features(m[0], np.full(n_dirs, total))
+        out["3D, merged"] = features(merged, np.array([total * n_dirs]))
+    return out
+
+
+def dense_features(m: np.ndarray, n_voxels, features) -> dict[str, float]:
+    """Features of dense matrices ``m[k, i - 1, j - 1]`` averaged over the non-empty ones.
+
+    ``n_voxels[k]`` is the number of ROI voxels matrix k was counted over (summed over merged
+    directions, for the run percentage of IBSI §3.7).
+    """
+    m = m.reshape((-1,) + m.shape[-2:])
+    k, i, j, c = dense_to_entries(m)
+    feats = count_matrix_features(m.shape[0], k, i, j, c, np.reshape(n_voxels, -1), unique=True)
+    return aggregate(named(feats, features), m.sum(axis=(1, 2)) > 0)
+
+
 def zone_features(roi, dims, settings, features, use_distance: bool) -> dict[str, dict[str, float]]:
     """GLSZM (zone size) or GLDZM (zone distance) features for the approaches in ``dims``.
 
@@ -108,10 +149,7 @@ def zone_features(roi, dims, settings, features, use_distance: bool) -> dict[str
     from medkern.radiomics import _kernels
 
     out = {}
-    for by_slice, names in ((True, ("2D", "2.5D")), (False, ("3D",))):
-        wanted = [d for d in names if d in dims]
-        if not wanted:
-            continue
+    for by_slice, wanted in approaches(dims):
         morph = roi.morph_mask if use_distance else None
         group, level, size, distance = _kernels.zones(roi.levels, roi.n_levels, by_slice, morph,
                                                       backend=settings.backend)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from medkern.radiomics import _kernels
-from medkern.radiomics._matrix import aggregate
+from medkern.radiomics._matrix import aggregate, approaches, directional_aggregations
 
 TITLE = "Grey level co-occurrence based features"
 FEATURES = (
@@ -101,27 +101,17 @@ def features(counts: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
     return out, valid
 
 
-def _stacked(counts):
-    feats, valid = features(counts.reshape((-1,) + counts.shape[-2:]))
+def _averaged(stack: np.ndarray, n_voxels: np.ndarray) -> dict[str, float]:
+    feats, valid = features(stack.reshape((-1,) + stack.shape[-2:]))
     return aggregate(feats, valid)
 
 
 def compute(roi, dims, settings) -> dict[str, dict[str, float]]:
     """Features per IBSI aggregation method for the spatial approaches in ``dims``."""
     out = {}
-    for by_slice, names in ((True, ("2D", "2.5D")), (False, ("3D",))):
-        wanted = [d for d in names if d in dims]
-        if not wanted:
-            continue
+    for by_slice, wanted in approaches(dims):
         m = _kernels.glcm(roi.levels, roi.n_levels, by_slice, settings.glcm_distance,
                           backend=settings.backend)
-        if "2D" in wanted:
-            out["2D, averaged"] = _stacked(m)
-            out["2D, slice-merged"] = _stacked(m.sum(axis=1))
-        if "2.5D" in wanted:
-            out["2.5D, direction-merged"] = _stacked(m.sum(axis=0))
-            out["2.5D, merged"] = _stacked(m.sum(axis=(0, 1)))
-        if "3D" in wanted:
-            out["3D, averaged"] = _stacked(m[0])
-            out["3D, merged"] = _stacked(m.sum(axis=(0, 1)))
+        voxels = roi.voxels_per_slice if by_slice else np.array([roi.n_voxels])
+        out.update(directional_aggregations(m, voxels, wanted, _averaged))
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from medkern.radiomics import _kernels
-from medkern.radiomics._matrix import aggregate, count_matrix_features, dense_to_entries, named
+from medkern.radiomics._matrix import approaches, dense_features, directional_aggregations
 
 TITLE = "Grey level run length based features"
 FEATURES = (
@@ -25,34 +25,11 @@ FEATURES = (
 )
 
 
-def _stacked(runs: np.ndarray, n_voxels: np.ndarray) -> dict[str, float]:
-    """Features of matrices ``runs[k, i - 1, r - 1]`` averaged over the non-empty ones.
-
-    ``n_voxels[k]`` is the number of ROI voxels the matrix k was counted over (summed over the
-    merged directions, IBSI §3.7 run percentage).
-    """
-    runs = runs.reshape((-1,) + runs.shape[-2:])
-    k, i, j, c = dense_to_entries(runs)
-    feats = count_matrix_features(runs.shape[0], k, i, j, c, np.reshape(n_voxels, -1), unique=True)
-    return aggregate(named(feats, FEATURES), runs.sum(axis=(1, 2)) > 0)
-
-
 def compute(roi, dims, settings) -> dict[str, dict[str, float]]:
     out = {}
-    for by_slice, names in ((True, ("2D", "2.5D")), (False, ("3D",))):
-        wanted = [d for d in names if d in dims]
-        if not wanted:
-            continue
+    for by_slice, wanted in approaches(dims):
         m = _kernels.glrlm(roi.levels, roi.n_levels, by_slice, backend=settings.backend)
-        n_dirs = m.shape[1]
-        nv = roi.voxels_per_slice if by_slice else np.array([roi.n_voxels])
-        if "2D" in wanted:
-            out["2D, averaged"] = _stacked(m, np.repeat(nv, n_dirs))
-            out["2D, slice-merged"] = _stacked(m.sum(axis=1), nv * n_dirs)
-        if "2.5D" in wanted:
-            out["2.5D, direction-merged"] = _stacked(m.sum(axis=0), np.full(n_dirs, nv.sum()))
-            out["2.5D, merged"] = _stacked(m.sum(axis=(0, 1)), nv.sum() * n_dirs)
-        if "3D" in wanted:
-            out["3D, averaged"] = _stacked(m[0], np.full(n_dirs, nv.sum()))
-            out["3D, merged"] = _stacked(m.sum(axis=(0, 1)), nv.sum() * n_dirs)
+        voxels = roi.voxels_per_slice if by_slice else np.array([roi.n_voxels])
+        out.update(directional_aggregations(
+            m, voxels, wanted, lambda stack, n_voxels: dense_features(stack, n_voxels, FEATURES)))
     return out

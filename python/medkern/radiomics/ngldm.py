@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from medkern.radiomics import _kernels
-from medkern.radiomics._matrix import aggregate, count_matrix_features, dense_to_entries, named
+from medkern.radiomics._matrix import approaches, dense_features
 
 TITLE = "Neighbouring grey level dependence based features"
 FEATURES = (
@@ -27,23 +27,14 @@ FEATURES = (
 )
 
 
-def _stacked(m: np.ndarray, n_voxels: np.ndarray) -> dict[str, float]:
-    k, i, j, c = dense_to_entries(m)
-    feats = count_matrix_features(m.shape[0], k, i, j, c, n_voxels, unique=True)
-    return aggregate(named(feats, FEATURES), m.sum(axis=(1, 2)) > 0)
-
-
 def compute(roi, dims, settings) -> dict[str, dict[str, float]]:
     out = {}
-    for by_slice, names in ((True, ("2D", "2.5D")), (False, ("3D",))):
-        wanted = [d for d in names if d in dims]
-        if not wanted:
-            continue
+    for by_slice, wanted in approaches(dims):
         m = _kernels.ngldm(roi.levels, roi.n_levels, by_slice, settings.ngldm_distance,
                            settings.ngldm_alpha, backend=settings.backend)
         if "2D" in wanted:
-            out["2D"] = _stacked(m, roi.voxels_per_slice)
-        merged = _stacked(m.sum(axis=0, keepdims=True), np.array([roi.n_voxels]))
+            out["2D"] = dense_features(m, roi.voxels_per_slice, FEATURES)
+        merged = dense_features(m.sum(axis=0, keepdims=True), np.array([roi.n_voxels]), FEATURES)
         for d in wanted:
             if d != "2D":
                 out[d] = merged

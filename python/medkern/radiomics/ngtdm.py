@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from medkern.radiomics import _kernels
-from medkern.radiomics._matrix import aggregate
+from medkern.radiomics._matrix import aggregate, approaches
 
 TITLE = "Neighbourhood grey tone difference based features"
 FEATURES = (("Coarseness", "QCDE"), ("Contrast", "65HE"), ("Busyness", "NQ30"),
@@ -46,10 +46,7 @@ def features(s: np.ndarray, n: np.ndarray) -> tuple[dict[str, np.ndarray], np.nd
 
 def compute(roi, dims, settings) -> dict[str, dict[str, float]]:
     out = {}
-    for by_slice, names in ((True, ("2D", "2.5D")), (False, ("3D",))):
-        wanted = [d for d in names if d in dims]
-        if not wanted:
-            continue
+    for by_slice, wanted in approaches(dims):
         s, n = _kernels.ngtdm(roi.levels, roi.n_levels, by_slice, settings.ngtdm_distance,
                               backend=settings.backend)
         if "2D" in wanted:
