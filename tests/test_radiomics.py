@@ -267,6 +267,29 @@ def test_radiomics_errors(rng, kwargs, exc, match):
         mk.radiomics(args.pop("img"), args.pop("mask"), **args)
 
 
+@pytest.mark.parametrize("roi", [(slice(2, 3), slice(2, 3), slice(3, 4)),   # one voxel
+                                 (slice(2, 3), slice(1, 4), slice(2, 5)),   # one slice
+                                 (slice(2, 3), slice(2, 3), slice(1, 5))])  # one line
+def test_degenerate_rois_give_nan_not_errors(rng, roi):
+    a = rng.normal(size=(5, 6, 7))
+    mask = np.zeros(a.shape, bool)
+    mask[roi] = True
+    r = mk.radiomics(a, mask, bin_count=8, texture_dims=("2D", "2.5D", "3D"))
+    values = np.array(list(r.values()))
+    assert not np.isinf(values).any()
+    np.testing.assert_allclose(r["morphology/Volume (voxel counting)"], mask.sum())
+    np.testing.assert_allclose(r["statistics/Mean intensity"], a[mask].mean())
+
+
+def test_uniform_roi(rng):
+    r = mk.radiomics(np.full((4, 5, 6), 7.0), np.ones((4, 5, 6)), bin_count=4)
+    assert r["statistics/Intensity variance"] == 0
+    # Uniform ROI: one grey level, coarseness capped at 1e6 (IBSI §3.10), correlation undefined.
+    assert r["ngtdm/Coarseness [3D]"] == 1e6
+    assert np.isnan(r["glcm/Correlation [3D, merged]"])
+    assert r["glcm/Angular second moment [3D, merged]"] == 1.0
+
+
 def test_families_subset_and_alias(rng):
     a = rng.normal(size=(3, 6, 6))
     r = mk.radiomics(a, np.ones(a.shape), features=("firstorder", "ivh"))

@@ -178,6 +178,8 @@ def radiomics(
     Returns
     -------
     RadiomicsResult: a mapping ``"family/IBSI name [aggregation]" -> value`` with IBSI codes.
+    A feature the ROI leaves undefined (e.g. the correlation of a uniform ROI, the enclosing
+    ellipsoid of a flat one) is NaN.
     """
     image = as_image(img, "img")
     array = np.asarray(image.array)
@@ -257,4 +259,5 @@ def radiomics(
         else:
             out.extend(Feature(fam, name, codes[name], None, v)
                        for name, v in module.compute(roi, settings).items())
-    return RadiomicsResult(out)
+    return RadiomicsResult([f._replace(value=float(f.value) if np.isfinite(f.value) else float("nan"))
+                            for f in out])

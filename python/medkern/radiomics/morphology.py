@@ -27,12 +27,12 @@ FEATURES = (
 )
 
 
-def _area_volume(verts: np.ndarray, faces: np.ndarray) -> tuple[float, float]:
+def _area_volume(verts: np.ndarray, faces: np.ndarray) -> tuple[np.float64, np.float64]:
     a, b, c = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
     area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1).sum()
     # Divergence theorem over outward-wound triangles (signed tetrahedra from the origin).
     volume = np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0
-    return float(area), float(volume)
+    return np.float64(area), np.float64(volume)  # numpy scalars: x / 0 is inf, not an exception
 
 
 def _hull_candidates(points: np.ndarray) -> np.ndarray:
@@ -52,19 +52,19 @@ def _hull_candidates(points: np.ndarray) -> np.ndarray:
     return p[np.random.default_rng(0).permutation(len(p))]
 
 
-def ellipsoid_area(a: float, b: float, c: float, terms: int = 20) -> float:
+def ellipsoid_area(a: float, b: float, c: float, terms: int = 20) -> np.float64:
     """Surface area of an ellipsoid with semi-axes a >= b >= c as IBSI §3.1.20 approximates it:
     4 pi a b sum_nu (alpha beta)^nu / (1 - 4 nu^2) P_nu((alpha^2 + beta^2) / (2 alpha beta)),
     alpha = sqrt(1 - b^2/a^2), beta = sqrt(1 - c^2/a^2), summed to ``terms`` (20, as MIRP).
     Spheres and spheroids, where the series is undefined or inexact, use the exact areas."""
     if a == b == c:
-        return float(4.0 * np.pi * a * a)
+        return np.float64(4.0 * np.pi * a * a)
     if b == c:  # prolate spheroid
         e = np.sqrt(1.0 - c * c / (a * a))
-        return float(2.0 * np.pi * c * c * (1.0 + a * np.arcsin(e) / (c * e)))
+        return np.float64(2.0 * np.pi * c * c * (1.0 + a * np.arcsin(e) / (c * e)))
     if a == b:  # oblate spheroid
         e = np.sqrt(1.0 - c * c / (a * a))
-        return float(2.0 * np.pi * a * a * (1.0 + (1.0 - e * e) / e * np.arctanh(e)))
+        return np.float64(2.0 * np.pi * a * a * (1.0 + (1.0 - e * e) / e * np.arctanh(e)))
     alpha = np.sqrt(1.0 - b * b / (a * a))
     beta = np.sqrt(1.0 - c * c / (a * a))
     x = (alpha ** 2 + beta ** 2) / (2.0 * alpha * beta)
@@ -72,7 +72,7 @@ def ellipsoid_area(a: float, b: float, c: float, terms: int = 20) -> float:
     for nu in range(terms + 1):
         total += (alpha * beta) ** nu / (1.0 - 4.0 * nu * nu) * p_cur
         p_prev, p_cur = p_cur, ((2 * nu + 1) * x * p_cur - nu * p_prev) / (nu + 1)
-    return float(4.0 * np.pi * a * b * total)
+    return np.float64(4.0 * np.pi * a * b * total)
 
 
 def _fast_size(n: int) -> int:
@@ -150,7 +150,8 @@ def compute(roi, settings) -> dict[str, float]:
     weights = roi.image[roi.intensity_mask]
     com_shift = np.linalg.norm(pos.mean(axis=0) - (ipos * weights[:, None]).sum(axis=0) / weights.sum())
     # PCA of the voxel positions (IBSI §3.1.12): sample covariance, eigenvalues descending.
-    lam = np.sort(np.clip(np.linalg.eigvalsh(np.cov(pos.T)), 0.0, None))[::-1]
+    lam = (np.sort(np.clip(np.linalg.eigvalsh(np.cov(pos.T)), 0.0, None))[::-1] if len(pos) > 1
+           else np.zeros(3))
     major, minor, least = 4.0 * np.sqrt(lam)
     # Mesh vertices on the half-voxel lattice, as exact integers for the diameter and the hull.
     lattice = np.rint(2.0 * verts / spacing).astype(np.int64)
@@ -159,8 +160,8 @@ def compute(roi, settings) -> dict[str, float]:
     hull = _kernels.convex_hull(hull_pts, backend=settings.backend)
     hull_area, hull_volume = _area_volume(hull_pts * (spacing / 2.0), hull)
     extent = verts.max(axis=0) - verts.min(axis=0)
-    aabb_volume = float(np.prod(extent))
-    aabb_area = float(2.0 * (extent[0] * extent[1] + extent[1] * extent[2] + extent[0] * extent[2]))
+    aabb_volume = np.prod(extent)
+    aabb_area = 2.0 * (extent[0] * extent[1] + extent[1] * extent[2] + extent[0] * extent[2])
     a, b, c = 2.0 * np.sqrt(lam)
     moran, geary = spatial_autocorrelation(roi.image, roi.intensity_mask, spacing)
     sphere = 36.0 * np.pi * volume ** 2
