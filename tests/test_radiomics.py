@@ -290,6 +290,12 @@ def test_uniform_roi(rng):
     assert r["glcm/Angular second moment [3D, merged]"] == 1.0
 
 
+def test_gpu_arrays_are_refused_with_the_fix():
+    fake_cupy = type("ndarray", (), {"__module__": "cupy._core.core"})
+    with pytest.raises(TypeError, match=r"mask is a CuPy array.*mask.get\(\)"):
+        mk.radiomics(np.ones((3, 4, 4)), fake_cupy(), bin_count=4)
+
+
 def test_families_subset_and_alias(rng):
     a = rng.normal(size=(3, 6, 6))
     r = mk.radiomics(a, np.ones(a.shape), features=("firstorder", "ivh"))

@@ -14,7 +14,9 @@ from typing import Any, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
+from medkern._dispatch import is_cupy_array
 from medkern._util import as_image
+from medkern.image import Image
 from medkern.radiomics import (gldzm, glcm, glrlm, glszm, histogram, ivh, local_intensity,
                                morphology, ngldm, ngtdm, statistics)
 from medkern.radiomics._interpolate import interpolate
@@ -174,6 +176,8 @@ def radiomics(
         put in 1000 bins (IBSI §3.5).
     glcm_distance, ngtdm_distance, ngldm_distance : Chebyshev distance delta (IBSI default 1).
     ngldm_alpha : NGLDM coarseness (IBSI default 0).
+    backend : "auto", "cpp" or "numba" for the texture-matrix and local-intensity kernels (the
+        mesh, diameter and hull kernels of the morphology family are C++ only).
 
     Returns
     -------
@@ -181,10 +185,12 @@ def radiomics(
     A feature the ROI leaves undefined (e.g. the correlation of a uniform ROI, the enclosing
     ellipsoid of a flat one) is NaN.
     """
+    for name, x in (("img", img), ("mask", mask)):
+        if is_cupy_array(x.array if isinstance(x, Image) else x):
+            raise TypeError(f"{name} is a CuPy array; radiomics runs on the CPU: pass {name}.get()")
     image = as_image(img, "img")
     array = np.asarray(image.array)
-    m = mask.array if hasattr(mask, "array") and not isinstance(mask, np.ndarray) else mask
-    m = np.asarray(m)
+    m = np.asarray(mask.array if isinstance(mask, Image) else mask)
     if m.shape != array.shape:
         raise ValueError(f"mask has shape {m.shape}, img has shape {array.shape}; they must match")
     if m.dtype != np.bool_ and m.dtype.kind not in "iuf":

@@ -40,7 +40,6 @@ class Roi:
     image: np.ndarray           # float64 intensities on the same crop
     peak_image: np.ndarray      # intensities on a crop padded by the 1 cm³ sphere radius
     peak_mask: np.ndarray       # the intensity mask on that padded crop
-    origin_index: np.ndarray    # index of the crop's first voxel in the full grid
 
     @property
     def n_voxels(self) -> int:
@@ -119,5 +118,5 @@ def prepare(image: np.ndarray, morph: np.ndarray, spacing, settings: Settings,
         spacing=tuple(float(s) for s in spacing), values=values, discretised=discretised,
         n_levels=n_levels, levels=levels, morph_mask=morph[crop].astype(np.uint8),
         intensity_mask=int_c, image=img_c, peak_image=image[peak_crop].astype(np.float64),
-        peak_mask=int_mask[peak_crop], origin_index=np.array([s.start for s in crop]),
+        peak_mask=int_mask[peak_crop],
     )

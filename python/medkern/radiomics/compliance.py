@@ -140,7 +140,10 @@ def run(data: Path) -> list[Row]:
 def _fmt(v) -> str:
     if v is None:
         return "—"
-    return f"{v:.4g}" if v != 0 and (abs(v) >= 1e-3 and abs(v) < 1e5) else f"{v:.3e}" if v else "0"
+    if v == 0:
+        return "0"
+    # Four significant digits; scientific notation outside [1e-3, 1e5).
+    return f"{v:.4g}" if 1e-3 <= abs(v) < 1e5 else f"{v:.3e}"
 
 
 def markdown(rows: list[Row]) -> str:
