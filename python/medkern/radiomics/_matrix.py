@@ -146,13 +146,9 @@ def zone_features(roi, dims, settings, features, use_distance: bool) -> dict[str
     2D: one matrix per slice, features averaged over slices; 2.5D: the slice matrices merged;
     3D: zones connected across slices (IBSI §3.8, Fig. 3.12).
     """
-    from medkern.radiomics import _kernels
-
     out = {}
     for by_slice, wanted in approaches(dims):
-        morph = roi.morph_mask if use_distance else None
-        group, level, size, distance = _kernels.zones(roi.levels, roi.n_levels, by_slice, morph,
-                                                      backend=settings.backend)
+        group, level, size, distance = roi.zones(by_slice, settings.backend)
         j = distance if use_distance else size
         ones = np.ones(len(level))
         if "2D" in wanted:

@@ -3,7 +3,7 @@ and cropping to the ROI."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -40,6 +40,16 @@ class Roi:
     image: np.ndarray           # float64 intensities on the same crop
     peak_image: np.ndarray      # intensities on a crop padded by the 1 cm³ sphere radius
     peak_mask: np.ndarray       # the intensity mask on that padded crop
+    zone_cache: dict = field(default_factory=dict)  # GLSZM and GLDZM share one zone labelling
+
+    def zones(self, by_slice: bool, backend: str):
+        """(group, level, size, border distance) of every zone (IBSI §3.8-3.9), computed once."""
+        if by_slice not in self.zone_cache:
+            from medkern.radiomics import _kernels
+
+            self.zone_cache[by_slice] = _kernels.zones(self.levels, self.n_levels, by_slice,
+                                                       self.morph_mask, backend=backend)
+        return self.zone_cache[by_slice]
 
     @property
     def n_voxels(self) -> int:
