@@ -9,6 +9,7 @@ PYBIND11_MODULE(_core, m) {
 #endif
   register_intensity(m);
   register_measure(m);
+  register_radiomics(m);
   register_resample(m);
   register_dicom(m);
   register_rtstruct(m);

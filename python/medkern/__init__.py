@@ -21,6 +21,7 @@ from medkern.contrast import clahe, equalize_hist, n4_bias_correction
 from medkern.image import Image
 from medkern.intensity import normalize, window
 from medkern.io import read, write
+from medkern.radiomics import radiomics
 from medkern.resample import resample, resample_to, warp
 from medkern.transforms import Affine, DisplacementField
 from medkern.io.dicom import DicomSeries, list_dicom_series, read_dicom_file, read_dicom_series
@@ -73,6 +74,7 @@ __all__ = [
     "get_num_threads",
     "n4_bias_correction",
     "normalize",
+    "radiomics",
     "read",
     "resample",
     "resample_to",
