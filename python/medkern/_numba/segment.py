@@ -189,8 +189,11 @@ def distance_transform(m, spacing, sites_nonzero, border_sites, squared):
     planes = nk > 1 or (three_d and border_sites)
     _lines_pass(out, sp[1], border_sites, not squared and not planes)
     if planes:
-        _lines_pass(out.transpose(1, 0, 2), sp[0], border_sites, not squared)
-    return out.reshape(m.shape)
+        # A contiguous copy keeps one compiled specialisation of _lines_pass (C layout only).
+        along_k = np.ascontiguousarray(out.transpose(1, 0, 2))
+        _lines_pass(along_k, sp[0], border_sites, not squared)
+        out = along_k.transpose(1, 0, 2)
+    return np.ascontiguousarray(out).reshape(m.shape)
 
 
 @numba.njit(parallel=True, cache=True)
