@@ -181,7 +181,7 @@ MORPHOLOGY = [(mk.binary_dilate, ndi.binary_dilation), (mk.binary_erode, ndi.bin
 
 @pytest.mark.parametrize("ours, ref", MORPHOLOGY, ids=lambda f: getattr(f, "__name__", ""))
 @pytest.mark.parametrize("ndim", [2, 3])
-@pytest.mark.parametrize("radius", [0.0, 1.0, 2.0, 4.6])  # direct below ~125 offsets, EDT above
+@pytest.mark.parametrize("radius", [0.0, 1.0, 2.0, 4.6, 9.0])  # 9 mm: through the EDT
 def test_morphology_equals_scipy_with_ball(rng, cpu_backend, ours, ref, ndim, radius):
     spacing = (2.0, 0.8, 1.1)[-ndim:]
     shape = (12, 21, 19)[-ndim:]
@@ -198,7 +198,7 @@ def test_morphology_direct_and_distance_paths_agree(rng, monkeypatch):
     mask = _blobs(rng, (14, 17, 16), 0.4, 1.0)
     img = mk.Image(mask, spacing=(1.5, 0.7, 0.7))
     direct = [mk.binary_dilate(img, 2.2).array, mk.binary_erode(img, 2.2).array]
-    monkeypatch.setattr(seg, "_DIRECT_MAX_OFFSETS", 0)
+    monkeypatch.setattr(seg, "_DIRECT_MAX_PASSES", 0)
     via_edt = [mk.binary_dilate(img, 2.2).array, mk.binary_erode(img, 2.2).array]
     np.testing.assert_array_equal(direct[0], via_edt[0])
     np.testing.assert_array_equal(direct[1], via_edt[1])

@@ -58,13 +58,13 @@ py::array_t<float> distance_transform(const py::array& x, const std::vector<doub
   });
 }
 
-py::array_t<std::uint8_t> binary_morphology(const py::array& x, const py::array& offsets, bool erode,
+py::array_t<std::uint8_t> binary_morphology(const py::array& x, const py::array& rows, bool erode,
                                             int n_threads) {
   const auto shape = grid_shape(x, "mask");
   auto in = carray<std::uint8_t>::ensure(x);
-  auto off = carray<std::int32_t>::ensure(offsets);
+  auto off = carray<std::int32_t>::ensure(rows);
   if (!off || off.ndim() != 2 || off.shape(1) != 3)
-    throw py::value_error("offsets must be an (n, 3) int32 array (dk, dj, di)");
+    throw py::value_error("rows must be an (n, 3) int32 array (dk, dj, half-width along i)");
   py::array_t<std::uint8_t> out(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
   const std::uint8_t* src = in.data();
   std::uint8_t* dst = out.mutable_data();
@@ -80,6 +80,6 @@ void register_segment(py::module_& m) {
   m.def("label", &label, py::arg("x"), py::arg("connectivity"), py::arg("n_threads"));
   m.def("distance_transform", &distance_transform, py::arg("x"), py::arg("spacing"),
         py::arg("sites_nonzero"), py::arg("border_sites"), py::arg("squared"), py::arg("n_threads"));
-  m.def("binary_morphology", &binary_morphology, py::arg("x"), py::arg("offsets"), py::arg("erode"),
+  m.def("binary_morphology", &binary_morphology, py::arg("x"), py::arg("rows"), py::arg("erode"),
         py::arg("n_threads"));
 }

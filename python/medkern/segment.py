@@ -33,9 +33,10 @@ __all__ = [
 # A voxel whose centre lies on the ball's sphere (to 1 ppm) belongs to the ball: the squared
 # distances of the distance-transform path are float32, so an exact tie must not hinge on rounding.
 _BALL_TOLERANCE = 1e-6
-# Up to this many offsets the ball is applied directly; larger balls go through the distance
-# transform, whose cost does not grow with the radius.
-_DIRECT_MAX_OFFSETS = 125
+# Balls whose line-segment decomposition needs up to this many passes over the volume (rows plus
+# the row shifts of the distinct half-widths) are applied directly; larger ones go through the
+# distance transform, whose cost does not grow with the radius (about as much as this many).
+_DIRECT_MAX_PASSES = 80
 
 
 def _cpp_label(x, connectivity):
@@ -184,10 +185,15 @@ def _ball_op(mask: Any, radius_mm: Any, erode: bool, backend: str) -> Any:
 def _ball_array(m: np.ndarray, r: float, spacing: tuple[float, ...], erode: bool, backend: str) -> np.ndarray:
     """Dilation (or erosion) of the uint8 mask ``m`` by the ball of radius ``r`` mm, as bool."""
     offsets = ball_offsets(r, spacing)
-    if len(offsets) <= _DIRECT_MAX_OFFSETS:
-        if m.ndim == 2:
-            offsets = np.concatenate([np.zeros((len(offsets), 1), np.int32), offsets], axis=1)
-        return _morphology(m, offsets, erode, backend=backend).view(np.bool_)
+    if m.ndim == 2:
+        offsets = np.concatenate([np.zeros((len(offsets), 1), np.int32), offsets], axis=1)
+    # The ball's rows along i: (dk, dj, w) with offsets di in [-w, w] (a ball is convex).
+    rows, index = np.unique(offsets[:, :2], axis=0, return_inverse=True)
+    half_width = np.zeros(len(rows), np.int32)
+    np.maximum.at(half_width, index.ravel(), offsets[:, 2])
+    if len(rows) + int(np.unique(half_width).sum()) <= _DIRECT_MAX_PASSES:
+        rows = np.ascontiguousarray(np.column_stack([rows, half_width]), dtype=np.int32)
+        return _morphology(m, rows, erode, backend=backend).view(np.bool_)
     r2 = np.float32(r * r * (1 + _BALL_TOLERANCE))
     if erode:
         # A voxel survives when no background voxel, nor the outside of the grid, is in reach.
@@ -216,8 +222,8 @@ def binary_dilate(mask: Any, radius_mm: float, *, backend: str = "auto") -> Any:
     """Dilation of ``mask != 0`` by a ball of ``radius_mm`` in physical units (the Image's spacing,
     1 mm per voxel for a bare array): a voxel is set when a mask voxel lies within ``radius_mm``
     of it (centre to centre). Equals ``scipy.ndimage.binary_dilation`` with the structuring
-    element of :func:`medkern.segment.ball_offsets`. Small balls are applied directly, large ones
-    through the distance transform (same result). Returns bool.
+    element of :func:`medkern.segment.ball`. Small balls are applied directly (decomposed into
+    line segments), large ones through the distance transform (same result). Returns bool.
     """
     return _ball_op(mask, radius_mm, False, backend)
 

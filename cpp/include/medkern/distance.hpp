@@ -19,39 +19,40 @@ namespace edt {
 
 // Lower envelope of parabolas on one line: d[p] = min_q f[q] + (s (p - q))^2 over finite f[q].
 // With border_sites, virtual sites with f = 0 sit just outside the line (q = -1 and q = n).
-// v, z are scratch of size n + 3. Returns false when no finite site exists (d left untouched).
-inline bool envelope(const double* f, double* d, index_t n, double s, bool border_sites,
-                     index_t* v, double* z) {
+// v, h, z are scratch of size n + 3 (h[k] = f[v[k]] + (s v[k])^2, the parabola's offset, kept so
+// each intersection costs one subtraction and one division). Returns false when no finite site
+// exists (d left untouched).
+template <class F>
+bool envelope(const F* f, F* d, index_t n, double s, bool border_sites, index_t* v, double* h,
+              double* z) {
   const double s2 = s * s;
   index_t k = -1;
-  auto value = [&](index_t q) { return (q < 0 || q >= n) ? 0.0 : f[q]; };
-  auto push = [&](index_t q) {
-    const double fq = value(q) + s2 * double(q) * double(q);
+  auto push = [&](index_t q, double fq) {
+    const double hq = fq + s2 * double(q) * double(q);
     double x = -INFINITY;
     while (k >= 0) {
-      const index_t r = v[k];
-      x = (fq - (value(r) + s2 * double(r) * double(r))) / (2.0 * s2 * double(q - r));
-      if (x <= z[k]) {
-        --k;
-        x = -INFINITY;
-      } else {
-        break;
-      }
+      x = (hq - h[k]) / (2.0 * s2 * double(q - v[k]));
+      if (x > z[k]) break;
+      --k;
+      x = -INFINITY;
     }
     ++k;
     v[k] = q;
+    h[k] = hq;
     z[k] = x;
   };
-  if (border_sites) push(-1);
+  if (border_sites) push(-1, 0.0);
   for (index_t q = 0; q < n; ++q)
-    if (f[q] != INFINITY) push(q);
-  if (border_sites) push(n);
+    if (f[q] != F(INFINITY)) push(q, double(f[q]));
+  if (border_sites) push(n, 0.0);
   if (k < 0) return false;
   index_t c = 0;
   for (index_t p = 0; p < n; ++p) {
     while (c < k && z[c + 1] < double(p)) ++c;
     const double dp = s * double(p - v[c]);
-    d[p] = dp * dp + value(v[c]);
+    // f[v] is read back rather than taken as h - (s v)^2, which would cancel digits.
+    const double fv = (v[c] < 0 || v[c] >= n) ? 0.0 : double(f[v[c]]);
+    d[p] = static_cast<F>(dp * dp + fv);
   }
   return true;
 }
@@ -81,37 +82,39 @@ void rows_pass(const T* in, float* out, index_t n_rows, index_t ni, double s, bo
 }
 
 // Envelope pass along a strided axis: for each of n_outer blocks (base outer * outer_stride), the
-// ni lines of length n with stride line_stride, i contiguous. take_sqrt finishes the transform.
+// ni lines of length n with stride line_stride, i contiguous. Each source row is read in full
+// into a float tile whose line stride is odd, so the transposed writes do not all fall into the
+// same cache sets (grid sizes are often powers of two). take_sqrt finishes the transform.
 inline void lines_pass(float* data, index_t n_outer, index_t outer_stride, index_t n,
                        index_t line_stride, index_t ni, double s, bool border_sites,
                        bool take_sqrt, int n_threads) {
+  const index_t ld = n | 1;
 #pragma omp parallel num_threads(clamp_threads(n_threads))
   {
-    std::vector<double> tile(static_cast<std::size_t>(n * ni)), line_out(static_cast<std::size_t>(n));
+    std::vector<float> tile(static_cast<std::size_t>(ld * ni)), line_out(static_cast<std::size_t>(n));
     std::vector<index_t> v(static_cast<std::size_t>(n + 3));
-    std::vector<double> z(static_cast<std::size_t>(n + 3));
+    std::vector<double> h(static_cast<std::size_t>(n + 3)), z(static_cast<std::size_t>(n + 3));
 #pragma omp for schedule(dynamic, 1)
     for (index_t o = 0; o < n_outer; ++o) {
       float* base = data + o * outer_stride;
-      // Gather: tile[i][p] = base[p * line_stride + i], reading whole rows.
       for (index_t p = 0; p < n; ++p) {
         const float* row = base + p * line_stride;
-        for (index_t i = 0; i < ni; ++i) tile[static_cast<std::size_t>(i * n + p)] = row[i];
+        for (index_t i = 0; i < ni; ++i) tile[static_cast<std::size_t>(i * ld + p)] = row[i];
       }
       for (index_t i = 0; i < ni; ++i) {
-        double* f = tile.data() + i * n;
+        float* f = tile.data() + i * ld;
         bool all_zero = true;
-        for (index_t p = 0; p < n; ++p) all_zero &= f[p] == 0.0;
+        for (index_t p = 0; p < n; ++p) all_zero &= f[p] == 0.0f;
         if (all_zero) continue;  // background line: already final
-        if (envelope(f, line_out.data(), n, s, border_sites, v.data(), z.data()))
-          for (index_t p = 0; p < n; ++p) f[p] = line_out[p];
+        if (envelope(f, line_out.data(), n, s, border_sites, v.data(), h.data(), z.data()))
+          std::copy(line_out.begin(), line_out.end(), f);
       }
       for (index_t p = 0; p < n; ++p) {
         float* row = base + p * line_stride;
         if (take_sqrt)
-          for (index_t i = 0; i < ni; ++i) row[i] = static_cast<float>(std::sqrt(tile[i * n + p]));
+          for (index_t i = 0; i < ni; ++i) row[i] = std::sqrt(tile[static_cast<std::size_t>(i * ld + p)]);
         else
-          for (index_t i = 0; i < ni; ++i) row[i] = static_cast<float>(tile[i * n + p]);
+          for (index_t i = 0; i < ni; ++i) row[i] = tile[static_cast<std::size_t>(i * ld + p)];
       }
     }
   }

@@ -103,9 +103,9 @@ struct RowView {
 };
 
 // Joins every run of a row (labels la0 + 1, ...) with the runs of the earlier rows `nb` that touch
-// it: a sweep with one pointer per earlier row over the sorted run lists. When `fresh`, the
-// row's runs are still singletons (no later run has seen them), so a run's root is tracked
-// instead of searched for.
+// it: a sweep with one pointer per earlier row over the sorted run lists. When `fresh`, the row
+// is visited for the first time: its runs start as singletons here (no other run has seen them
+// yet), so a run's root is tracked instead of searched for.
 template <class T>
 void join_row(const T* voxels, const Run* a, index_t na, label_t la0, RowView<T>* nb, int n_nb,
               bool fresh, label_t* parent) {
@@ -114,6 +114,7 @@ void join_row(const T* voxels, const Run* a, index_t na, label_t la0, RowView<T>
     const Run ra = a[x];
     const T v = voxels[ra.start];
     const label_t la = la0 + static_cast<label_t>(x) + 1;
+    if (fresh) parent[la] = la;
     label_t root = fresh ? 0 : find_root(parent, la);
     for (int r = 0; r < n_nb; ++r) {
       const RowView<T>& b = nb[r];
@@ -169,8 +170,7 @@ index_t label_components(const T* in, std::int32_t* out, index_t nk, index_t nj,
   if (n_runs >= static_cast<index_t>(INT32_MAX)) throw std::overflow_error("too many components");
   std::unique_ptr<cc::label_t[]> parent(new cc::label_t[static_cast<std::size_t>(n_runs + 1)]);
   cc::label_t* p = parent.get();
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (index_t l = 0; l <= n_runs; ++l) p[l] = static_cast<cc::label_t>(l);
+  p[0] = 0;  // every run's entry is initialised by the join pass when the run is first visited
   // Pass 2: equivalences, slab by slab (a slab only touches the trees of its own runs).
   const auto nbrs = cc::row_neighbours(connectivity);
   auto join = [&](index_t k, index_t j, bool in_plane, bool through_plane, bool fresh) {

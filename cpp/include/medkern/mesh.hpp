@@ -29,6 +29,11 @@
 
 namespace medkern {
 
+// Below these sizes a kernel runs on the calling thread: waking a team costs more than the work
+// (regions() calls these per lesion and per slice).
+constexpr index_t kParallelVoxels = 1 << 18;
+constexpr index_t kParallelPoints = 2048;
+
 namespace mc {
 
 // Corner c of a cell sits at offset (c>>2 & 1, c>>1 & 1, c & 1) in (k, j, i).
@@ -215,7 +220,8 @@ inline MeshMeasures mesh_area_volume(const std::uint8_t* mask, index_t nk, index
   const double centre[3] = {0.5 * (nk - 1) * spacing[0], 0.5 * (nj - 1) * spacing[1],
                             0.5 * (ni - 1) * spacing[2]};
   std::vector<MeshMeasures> layer(static_cast<std::size_t>(nk - 1));
-#pragma omp parallel for schedule(dynamic, 1) num_threads(clamp_threads(n_threads))
+#pragma omp parallel for schedule(dynamic, 1) num_threads(clamp_threads(n_threads)) \
+    if (nk * nj * ni > kParallelVoxels)
   for (index_t k = 0; k < nk - 1; ++k) {
     MeshMeasures acc;
     for (index_t j = 0; j < nj - 1; ++j) {
@@ -308,7 +314,8 @@ inline Mesh surface_mesh(const std::uint8_t* mask, index_t nk, index_t nj, index
   const auto& et = mc::edge_table();
   std::vector<index_t> vert_offset(static_cast<std::size_t>(nk + 1), 0);
   std::vector<index_t> tri_offset(static_cast<std::size_t>(nk), 0);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(clamp_threads(n_threads))
+#pragma omp parallel for schedule(dynamic, 1) num_threads(clamp_threads(n_threads)) \
+    if (nk * nj * ni > kParallelVoxels)
   for (index_t p = 0; p < nk; ++p) {
     vert_offset[static_cast<std::size_t>(p + 1)] = mc::count_plane_vertices(mask, nk, nj, ni, p);
     if (p + 1 < nk) {
@@ -325,7 +332,8 @@ inline Mesh surface_mesh(const std::uint8_t* mask, index_t nk, index_t nj, index
   mesh.faces.resize(static_cast<std::size_t>(3 * tri_offset[static_cast<std::size_t>(nk - 1)]));
   double* verts = mesh.vertices.data();
   std::int32_t* faces = mesh.faces.data();
-#pragma omp parallel num_threads(clamp_threads(n_threads))
+#pragma omp parallel num_threads(clamp_threads(n_threads)) \
+    if (nk * nj * ni > kParallelVoxels)
   {
     mc::PlaneIds lower, upper;
 #pragma omp for schedule(dynamic, 1)
@@ -430,7 +438,8 @@ inline Diameter max_diameter(const std::int32_t* pts, index_t n, const double sp
     z[r] = 0.5 * pts[3 * keep[r] + 2] * spacing[2];
   }
   // First the largest squared distance per row (a vectorisable max), then the pair itself.
-#pragma omp parallel for schedule(dynamic, 16) num_threads(clamp_threads(n_threads))
+#pragma omp parallel for schedule(dynamic, 16) num_threads(clamp_threads(n_threads)) \
+    if (m > kParallelPoints)
   for (index_t r = 0; r < m; ++r) {
     double d2 = 0;
     for (index_t s = r + 1; s < m; ++s) {

@@ -189,33 +189,37 @@ def distance_transform(m, spacing, sites_nonzero, border_sites, squared):
     planes = nk > 1 or (three_d and border_sites)
     _lines_pass(out, sp[1], border_sites, not squared and not planes)
     if planes:
-        _lines_pass(out.transpose(1, 0, 2), sp[0], border_sites, not squared)
-    return out.reshape(m.shape)
+        # A contiguous copy keeps one compiled specialisation of _lines_pass (C layout only).
+        along_k = np.ascontiguousarray(out.transpose(1, 0, 2))
+        _lines_pass(along_k, sp[0], border_sites, not squared)
+        out = along_k.transpose(1, 0, 2)
+    return np.ascontiguousarray(out).reshape(m.shape)
 
 
 @numba.njit(parallel=True, cache=True)
-def _morphology(m, out, offsets, erode):
+def _morphology(m, out, rows, erode):
+    """OR (AND) over the element's rows (dk, dj, w): offsets (dk, dj, di) with |di| <= w."""
     nk, nj, ni = m.shape
     for k in numba.prange(nk):
         for j in range(nj):
             for i in range(ni):
                 acc = erode
-                for o in range(offsets.shape[0]):
-                    ks, js, is_ = k + offsets[o, 0], j + offsets[o, 1], i + offsets[o, 2]
-                    inside = 0 <= ks < nk and 0 <= js < nj and 0 <= is_ < ni
-                    v = inside and m[ks, js, is_] != 0
-                    if erode and not v:
-                        acc = False
-                        break
-                    if not erode and v:
-                        acc = True
+                for r in range(rows.shape[0]):
+                    ks, js, w = k + rows[r, 0], j + rows[r, 1], rows[r, 2]
+                    for is_ in range(i - w, i + w + 1):
+                        inside = 0 <= ks < nk and 0 <= js < nj and 0 <= is_ < ni
+                        v = inside and m[ks, js, is_] != 0
+                        if v != erode:
+                            acc = v
+                            break
+                    if acc != erode:
                         break
                 out[k, j, i] = acc
 
 
-def binary_morphology(m, offsets, erode):
+def binary_morphology(m, rows, erode):
     set_threads()
     m3 = m.reshape((-1,) + m.shape[-2:]) if m.ndim == 3 else m.reshape((1,) + m.shape)
     out = np.empty(m3.shape, np.uint8)
-    _morphology(np.ascontiguousarray(m3), out, np.ascontiguousarray(offsets, np.int64), bool(erode))
+    _morphology(np.ascontiguousarray(m3), out, np.ascontiguousarray(rows, np.int64), bool(erode))
     return out.reshape(m.shape)
