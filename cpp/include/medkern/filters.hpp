@@ -5,6 +5,7 @@
 #include <cstring>
 #include <vector>
 
+#include "medkern/boundary.hpp"
 #include "medkern/common.hpp"
 
 // Hot inner loops are compiled twice, for baseline x86-64 and for AVX2, and the loader picks one
@@ -23,43 +24,6 @@
 #endif
 
 namespace medkern {
-
-// Out-of-image samples, named as scipy.ndimage names them:
-//   reflect  (d c b a | a b c d | d c b a)  half-sample symmetric, scipy's default
-//   nearest  (a a a a | a b c d | d d d d)  ITK's ZeroFluxNeumann
-//   mirror   (d c b | a b c d | c b a)      whole-sample symmetric
-//   wrap     (a b c d | a b c d | a b c d)  periodic
-//   constant (k k k k | a b c d | k k k k)
-enum class Boundary : int { reflect = 0, nearest = 1, mirror = 2, wrap = 3, constant = 4 };
-
-// Index of the sample that stands for position i on an axis of n samples; -1 means "the constant".
-inline index_t boundary_index(index_t i, index_t n, Boundary b) {
-  if (i >= 0 && i < n) return i;
-  switch (b) {
-    case Boundary::nearest:
-      return i < 0 ? 0 : n - 1;
-    case Boundary::reflect: {
-      const index_t period = 2 * n;
-      index_t m = i % period;
-      if (m < 0) m += period;
-      return m < n ? m : period - 1 - m;
-    }
-    case Boundary::mirror: {
-      if (n == 1) return 0;
-      const index_t period = 2 * n - 2;
-      index_t m = i % period;
-      if (m < 0) m += period;
-      return m < n ? m : period - m;
-    }
-    case Boundary::wrap: {
-      index_t m = i % n;
-      return m < 0 ? m + n : m;
-    }
-    case Boundary::constant:
-      return -1;
-  }
-  return -1;
-}
 
 // A 3D shape in array order; 2D images are (1, ny, nx).
 struct Shape3 {
@@ -144,7 +108,6 @@ MEDKERN_ALWAYS_INLINE vf8 exp_neg8(vf8 x) {
 }
 
 namespace detail {
-
 
 // out[i] = sum_t w[t] * src[t][i] (+ w[t] * cval where src[t] is null), i < n. A chunk of 32
 // outputs stays in registers over all taps; a symmetric kernel (every Gaussian, box and
