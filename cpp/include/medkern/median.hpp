@@ -8,7 +8,7 @@ namespace medkern {
 
 namespace detail {
 
-constexpr index_t kMedianLanes = 16;
+constexpr index_t kMedianLanes = 64;
 
 // Median of n (odd, >= 3) values per lane by forgetful selection (Paeth 1990; Devillard's
 // "Fast median search"): keep (n+3)/2 candidates, move their min and max to the ends with
@@ -25,9 +25,10 @@ MEDKERN_SIMD_CLONES void forgetful_median(const T* const* elem, index_t i0, Coun
   for (index_t q = 0; q < cur; ++q)
     for (index_t l = 0; l < L; ++l) row(q)[l] = elem[q][i0 + l];
   index_t next = cur;
+  // The running extremes live in local arrays (registers), apart from the candidate rows.
+  T lo[L], hi[L];
   for (;;) {
-    T* lo = row(0);
-    T* hi = row(cur - 1);
+    for (index_t l = 0; l < L; ++l) lo[l] = row(0)[l];
     for (index_t q = 1; q < cur; ++q) {
       T* w = row(q);
 #pragma omp simd
@@ -37,6 +38,7 @@ MEDKERN_SIMD_CLONES void forgetful_median(const T* const* elem, index_t i0, Coun
         w[l] = std::max(a, b);
       }
     }
+    for (index_t l = 0; l < L; ++l) hi[l] = row(cur - 1)[l];
     for (index_t q = 1; q < cur - 1; ++q) {
       T* w = row(q);
 #pragma omp simd
@@ -47,7 +49,8 @@ MEDKERN_SIMD_CLONES void forgetful_median(const T* const* elem, index_t i0, Coun
       }
     }
     if (next == n) break;
-    for (index_t l = 0; l < L; ++l) lo[l] = elem[next][i0 + l];
+    // The minimum (lo) and maximum (hi) are dropped; row 0 takes the next value.
+    for (index_t l = 0; l < L; ++l) row(0)[l] = elem[next][i0 + l];
     ++next;
     --cur;
   }
