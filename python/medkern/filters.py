@@ -253,7 +253,7 @@ def mean_filter(img: Any, radius: Any = 1, *, mode: str = "reflect", cval: float
 
     The IBSI 2 mean filter (IBSI 2 reference manual, "Mean filter") with its padding choices:
     ``mode="constant"`` (zero), ``"nearest"``, ``"wrap"`` (periodic), ``"reflect"`` (symmetric).
-    Equals ``scipy.ndimage.uniform_filter(size=2r+1)``. Returns float32.
+    Equals ``scipy.ndimage.uniform_filter(size=2r+1)``. Returns float32 (NaN spreads over the box).
     """
     x, _, rewrap = unwrap(img)
     _check_nonempty(x, "mean_filter")
@@ -270,7 +270,8 @@ def log_filter(img: Any, sigma_mm: Any = None, *, sigma_vox: Any = None, truncat
     Derivatives are physical (per mm^2: the voxel-unit response along axis a is divided by
     spacing_a^2); for a bare array (unit spacing) this is exactly
     ``scipy.ndimage.gaussian_laplace(sigma, mode, truncate)``. The IBSI 2 LoG filter (IBSI 2
-    reference manual, "Laplacian of Gaussian") with its 4-sigma truncation. Returns float32.
+    reference manual, "Laplacian of Gaussian") with its 4-sigma truncation. Returns float32 (NaN
+    spreads over the kernel's support).
     """
     x, image, rewrap = unwrap(img)
     _check_nonempty(x, "log_filter")
