@@ -26,14 +26,19 @@ def main() -> None:
     ct = np.random.default_rng(0).integers(-1024, 2000, size=(160, 512, 512), dtype=np.int16)
     g = cupy.asarray(ct)
     vol = np.random.default_rng(1).random((128, 256, 256), dtype=np.float32)
-    gvol = cupy.asarray(vol)
+    gv = cupy.asarray(vol)
     rows = []
     cases = [
         ("window 160x512x512 int16", lambda b: mk.window(g, 40, 400, backend=b),
          lambda: mk.window(ct, 40, 400)),
         ("normalize zscore", lambda b: mk.normalize(g, backend=b), lambda: mk.normalize(ct)),
-        ("clahe 3D 128x256x256 float32", lambda b: mk.clahe(gvol, backend=b),
+        ("clahe 3D 128x256x256 float32", lambda b: mk.clahe(gv, backend=b),
          lambda: mk.clahe(vol)),
+        ("gaussian sigma=2 vox 128x256x256", lambda b: mk.gaussian(gv, sigma_vox=2.0, backend=b),
+         lambda: mk.gaussian(vol, sigma_vox=2.0)),
+        ("median r=1 128x256x256", lambda b: mk.median(gv, 1, backend=b), lambda: mk.median(vol, 1)),
+        ("bilateral 1.5 vox / 0.1 128x256x256", lambda b: mk.bilateral(gv, 1.5, 0.1, backend=b),
+         lambda: mk.bilateral(vol, 1.5, 0.1)),
     ]
     for name, gpu, cpu in cases:
         t_cuda = _time(lambda: gpu("cuda"), sync)

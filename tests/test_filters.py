@@ -150,21 +150,36 @@ def test_unsharp_mask_matches_sitk_and_scipy(mni, cpu_backend):
 
 
 # ------------------------------------------------------------------ IBSI 2 phantoms
-@pytest.mark.parametrize("phantom", ["checkerboard", "impulse", "sphere"])
-def test_ibsi2_phantoms_mean_and_log(shared_data, phantom):
-    nib = pytest.importorskip("nibabel")
-    folder = shared_data / "ibsi" / "ibsi_2_digital_phantom" / "nifti" / phantom / "image"
-    a = np.asarray(nib.load(next(folder.glob("*.nii*"))).get_fdata(), dtype=np.float32)
-    # IBSI 2 test 1 (mean filter, size 15) and test 3 (LoG, sigma 1.5 mm at 2 mm voxels in
-    # test 3.a, truncate 4): the published definitions are scipy's uniform_filter / the separable
-    # gaussian_laplace, under each of the padding options the manual lists.
-    for mode in ("constant", "nearest", "wrap", "reflect"):
-        out = mk.mean_filter(a, 7, mode=mode)
-        np.testing.assert_allclose(out, ndi.uniform_filter(a.astype(np.float64), 15, mode=mode),
-                                   rtol=0, atol=1e-5 * max(1.0, np.abs(a).max()))
-    out = mk.log_filter(a, sigma_vox=0.75, mode="reflect")
-    ref = ndi.gaussian_laplace(a.astype(np.float64), 0.75, mode="reflect")
-    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * max(1.0, np.abs(ref).max()))
+def _ibsi2_phantom(shared_data, name):
+    folder = shared_data / "ibsi" / "ibsi_2_digital_phantom" / "nifti" / name / "image"
+    return mk.read(next(folder.glob("*.nii*")))
+
+
+@pytest.mark.parametrize("mode", ["constant", "nearest", "wrap", "reflect"])
+def test_ibsi2_mean_filter_tests_1a(shared_data, mode):
+    # IBSI 2 phase 1 tests 1.a.1-1.a.4: checkerboard, 3D mean filter of support 15 voxels, with
+    # zero / nearest / periodic / mirror padding (IBSI "mirror" is scipy's "reflect").
+    img = _ibsi2_phantom(shared_data, "checkerboard")
+    a = img.array.astype(np.float64)
+    out = mk.mean_filter(img, 7, mode=mode)
+    assert isinstance(out, mk.Image) and out.spacing == (2.0, 2.0, 2.0)
+    np.testing.assert_allclose(out.array, ndi.uniform_filter(a, 15, mode=mode), rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("phantom, sigma_mm, mode", [("impulse", 3.0, "constant"),
+                                                     ("checkerboard", 5.0, "reflect"),
+                                                     ("sphere", 2.0, "nearest")])
+def test_ibsi2_log_tests_2(shared_data, phantom, sigma_mm, mode):
+    # IBSI 2 phase 1 tests 2.a (impulse, sigma 3 mm, zero padding) and 2.b (checkerboard, sigma
+    # 5 mm, mirror padding): 3D LoG with a 4-sigma cutoff, sigma in mm on the 2 mm grid.
+    img = _ibsi2_phantom(shared_data, phantom)
+    a = img.array.astype(np.float64)
+    out = mk.log_filter(img, sigma_mm, mode=mode).array
+    ref = ndi.gaussian_laplace(a, sigma_mm / 2.0, mode=mode, truncate=4.0) / 4.0  # per mm^2
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    if phantom == "impulse":
+        # The response to an impulse is the LoG kernel itself: most negative at the impulse.
+        assert out.argmin() == a.argmax() and out.min() < 0
 
 
 # ------------------------------------------------------------------ median

@@ -27,6 +27,20 @@ std::string clahe_tile_maps(const std::uint16_t* bins, const ClaheShape& g, std:
 // Overwrites each voxel's bin with its result level (0..16383).
 std::string clahe_interpolate(std::uint16_t* bins, const ClaheShape& g, std::int64_t nbins,
                               const double* maps, stream_t stream);
+// Neighbourhood filters (filters.cu). shape is the (n0, n1, n2) array shape, 2D as (1, ny, nx);
+// mode is a medkern::Boundary code.
+constexpr int kMaxMedianWindow = 343;  // 7x7x7: the per-thread selection buffer
+
+template <class T>
+std::string correlate_axis(const T* in, float* out, const std::int64_t* shape, int axis,
+                           const float* w, int taps, int mode, float cval, stream_t stream);
+template <class T>
+std::string median_filter(const T* in, T* out, const std::int64_t* shape, const int* radius,
+                          int mode, stream_t stream);
+template <class T>
+std::string bilateral_filter(const T* in, float* out, const std::int64_t* shape, const float* wd,
+                             const int* radius, float cutoff, float to_bin, float bin_width,
+                             float nhiv, stream_t stream);
 
 int device_count();
 int runtime_version();

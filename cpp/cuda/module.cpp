@@ -3,6 +3,7 @@
 #include <pybind11/stl.h>
 
 #include <array>
+#include <vector>
 
 #include "../src/bindings.hpp"
 #include "launch.hpp"
@@ -60,6 +61,53 @@ void clahe_interpolate(std::uintptr_t bins, std::array<std::int64_t, 3> shape,
                               reinterpret_cast<const double*>(maps), stream));
 }
 
+std::array<std::int64_t, 3> shape3(const std::vector<std::int64_t>& shape) {
+  if (shape.size() != 3) throw py::value_error("shape must have 3 entries (2D as (1, ny, nx))");
+  return {shape[0], shape[1], shape[2]};
+}
+
+std::array<int, 3> radius3(const std::vector<int>& radius) {
+  if (radius.size() != 3) throw py::value_error("radius must have 3 entries");
+  return {radius[0], radius[1], radius[2]};
+}
+
+void correlate_axis(std::uintptr_t x, const py::dtype& dtype, std::uintptr_t out,
+                    const std::vector<std::int64_t>& shape, int axis, std::uintptr_t w, int taps,
+                    int mode, float cval, mc::stream_t stream) {
+  const auto s = shape3(shape);
+  medkern::bind::visit_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    check(mc::correlate_axis(reinterpret_cast<const T*>(x), reinterpret_cast<float*>(out), s.data(),
+                             axis, reinterpret_cast<const float*>(w), taps, mode, cval, stream));
+  });
+}
+
+void median_filter(std::uintptr_t x, const py::dtype& dtype, std::uintptr_t out,
+                   const std::vector<std::int64_t>& shape, const std::vector<int>& radius, int mode,
+                   mc::stream_t stream) {
+  const auto s = shape3(shape);
+  const auto r = radius3(radius);
+  medkern::bind::visit_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    check(mc::median_filter(reinterpret_cast<const T*>(x), reinterpret_cast<T*>(out), s.data(),
+                            r.data(), mode, stream));
+  });
+}
+
+void bilateral_filter(std::uintptr_t x, const py::dtype& dtype, std::uintptr_t out,
+                      const std::vector<std::int64_t>& shape, std::uintptr_t wd,
+                      const std::vector<int>& radius, float cutoff, float to_bin, float bin_width,
+                      float nhiv, mc::stream_t stream) {
+  const auto s = shape3(shape);
+  const auto r = radius3(radius);
+  medkern::bind::visit_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    check(mc::bilateral_filter(reinterpret_cast<const T*>(x), reinterpret_cast<float*>(out),
+                               s.data(), reinterpret_cast<const float*>(wd), r.data(), cutoff,
+                               to_bin, bin_width, nhiv, stream));
+  });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
@@ -76,4 +124,12 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("nbins"), py::arg("clip_limit"), py::arg("hist"), py::arg("maps"), py::arg("stream"));
   m.def("clahe_interpolate", &clahe_interpolate, py::arg("bins"), py::arg("shape"),
         py::arg("kernel"), py::arg("nbins"), py::arg("maps"), py::arg("stream"));
+  m.def("correlate_axis", &correlate_axis, py::arg("x"), py::arg("dtype"), py::arg("out"),
+        py::arg("shape"), py::arg("axis"), py::arg("w"), py::arg("taps"), py::arg("mode"),
+        py::arg("cval"), py::arg("stream"));
+  m.def("median_filter", &median_filter, py::arg("x"), py::arg("dtype"), py::arg("out"),
+        py::arg("shape"), py::arg("radius"), py::arg("mode"), py::arg("stream"));
+  m.def("bilateral_filter", &bilateral_filter, py::arg("x"), py::arg("dtype"), py::arg("out"),
+        py::arg("shape"), py::arg("wd"), py::arg("radius"), py::arg("cutoff"), py::arg("to_bin"),
+        py::arg("bin_width"), py::arg("nhiv"), py::arg("stream"));
 }

@@ -63,10 +63,78 @@ def _cpp_diffusion(x, spacing, iterations, time_step, conductance, kind):
                                        get_num_threads())
 
 
+def bilateral_domain_weights(spacing, sigma_mm, radius) -> np.ndarray:
+    """Gaussian of the physical offset over the (2r+1) box, normalised to sum 1, as a flat
+    float32 array in (k, j, i) row-major order (ITK normalises its domain kernel the same way).
+    Arguments have three entries (2D images padded with a leading axis)."""
+    grids = np.meshgrid(*[np.arange(-r, r + 1) * sp / sg for r, sp, sg in zip(radius, spacing, sigma_mm)],
+                        indexing="ij")
+    w = np.exp(-0.5 * sum(g * g for g in grids)).ravel()
+    return (w / w.sum()).astype(np.float32)
+
+
+def _pad3(values, fill):
+    return [fill] * (3 - len(values)) + list(values)
+
+
+def _cuda_stream():
+    import cupy
+
+    return cupy.cuda.get_current_stream().ptr
+
+
+def _cuda_separable(x, kernels, mode, cval):
+    import cupy
+
+    from medkern import _cuda
+
+    cur = cupy.ascontiguousarray(x)
+    shape = _pad3(x.shape, 1)
+    kernels = _pad3(kernels, None)
+    for axis in (2, 1, 0):  # the C++ pass order
+        if kernels[axis] is None:
+            continue
+        w = cupy.asarray(kernels[axis], dtype=cupy.float32)
+        out = cupy.empty(x.shape, cupy.float32)
+        _cuda.correlate_axis(cur.data.ptr, cur.dtype, out.data.ptr, shape, axis, w.data.ptr, int(w.size),
+                             mode, float(cval), _cuda_stream())
+        cur = out
+    return cur if cur.dtype == cupy.float32 else cur.astype(cupy.float32)
+
+
+def _cuda_median(x, radius, mode):
+    import cupy
+
+    from medkern import _cuda
+
+    x = cupy.ascontiguousarray(x)
+    out = cupy.empty_like(x)
+    _cuda.median_filter(x.data.ptr, x.dtype, out.data.ptr, _pad3(x.shape, 1), _pad3(radius, 0), mode,
+                        _cuda_stream())
+    return out
+
+
+def _cuda_bilateral(x, spacing, sigma_mm, radius, sigma_range, cutoff_sigmas, samples):
+    import cupy
+
+    from medkern import _cuda
+
+    x = cupy.ascontiguousarray(x)
+    r = _pad3(radius, 0)
+    wd = cupy.asarray(bilateral_domain_weights(_pad3(spacing, 1.0), _pad3(sigma_mm, 1.0), r))
+    out = cupy.empty(x.shape, cupy.float32)
+    cutoff = cutoff_sigmas * sigma_range
+    _cuda.bilateral_filter(x.data.ptr, x.dtype, out.data.ptr, _pad3(x.shape, 1), wd.data.ptr, r,
+                           cutoff, samples / cutoff, cutoff / samples, -0.5 / sigma_range**2,
+                           _cuda_stream())
+    return out
+
+
 separable_correlate = Kernel(
     "separable_correlate",
     cpp=_cpp_separable,
     numba="medkern._numba.filters:separable_correlate",
+    cuda=_cuda_separable,
     cupy="medkern._cupy.filters:separable_correlate",
 )
 recursive_gaussian = Kernel(
@@ -75,12 +143,15 @@ median_filter = Kernel(
     "median_filter",
     cpp=_cpp_median,
     numba="medkern._numba.filters:median_filter",
+    cuda=_cuda_median,
     cupy="medkern._cupy.filters:median_filter",
 )
 bilateral_filter = Kernel(
     "bilateral_filter",
     cpp=_cpp_bilateral,
     numba="medkern._numba.filters:bilateral_filter",
+    cuda=_cuda_bilateral,
+    cupy="medkern._cupy.filters:bilateral_filter",
 )
 diffusion = Kernel(
     "anisotropic_diffusion", cpp=_cpp_diffusion, numba="medkern._numba.filters:anisotropic_diffusion")
@@ -182,7 +253,7 @@ def mean_filter(img: Any, radius: Any = 1, *, mode: str = "reflect", cval: float
 
     The IBSI 2 mean filter (IBSI 2 reference manual, "Mean filter") with its padding choices:
     ``mode="constant"`` (zero), ``"nearest"``, ``"wrap"`` (periodic), ``"reflect"`` (symmetric).
-    Equals ``scipy.ndimage.uniform_filter(size=2r+1)``. Returns float32.
+    Equals ``scipy.ndimage.uniform_filter(size=2r+1)``. Returns float32 (NaN spreads over the box).
     """
     x, _, rewrap = unwrap(img)
     _check_nonempty(x, "mean_filter")
@@ -199,7 +270,8 @@ def log_filter(img: Any, sigma_mm: Any = None, *, sigma_vox: Any = None, truncat
     Derivatives are physical (per mm^2: the voxel-unit response along axis a is divided by
     spacing_a^2); for a bare array (unit spacing) this is exactly
     ``scipy.ndimage.gaussian_laplace(sigma, mode, truncate)``. The IBSI 2 LoG filter (IBSI 2
-    reference manual, "Laplacian of Gaussian") with its 4-sigma truncation. Returns float32.
+    reference manual, "Laplacian of Gaussian") with its 4-sigma truncation. Returns float32 (NaN
+    spreads over the kernel's support).
     """
     x, image, rewrap = unwrap(img)
     _check_nonempty(x, "log_filter")

@@ -86,12 +86,7 @@ inline void diffusion_row(const Stencil3& st, index_t n2, const double* inv_sp, 
       if (kind == Diffusion::gradient) {
         speed += fwd[a] * cf - bwd[a] * cb;
       } else {
-        vf8 nf, nb;
-        for (int l = 0; l < 8; ++l) {
-          nf[l] = std::sqrt(1e-10f + gf[l]);
-          nb[l] = std::sqrt(1e-10f + gb[l]);
-        }
-        speed += fwd[a] / nf * cf - bwd[a] / nb * cb;
+        speed += fwd[a] / sqrt8(gf + 1e-10f) * cf - bwd[a] / sqrt8(gb + 1e-10f) * cb;
       }
     }
     if (kind == Diffusion::curvature) {
@@ -105,7 +100,7 @@ inline void diffusion_row(const Stencil3& st, index_t n2, const double* inv_sp, 
         const vf8 f_ = select8(pos != f_neg, fwd[a], vf8{});
         g += b_ * b_ + f_ * f_;
       }
-      for (int l = 0; l < 8; ++l) speed[l] *= std::sqrt(g[l]);
+      speed *= sqrt8(g);
     }
     store8(upd + i - 1, speed);
   }
@@ -119,9 +114,12 @@ inline void anisotropic_diffusion(float* x, const Shape3& s, const double* spaci
                                   int iterations, double time_step, double conductance,
                                   Diffusion kind, int n_threads) {
   const double inv_sp[3] = {1.0 / spacing[0], 1.0 / spacing[1], 1.0 / spacing[2]};
-  std::vector<float> next(static_cast<std::size_t>(s.size()));
+  std::vector<float> other(static_cast<std::size_t>(s.size()));
+  // Ping-pong between the caller's buffer and `other`; one copy at the end if needed.
+  float* cur = x;
+  float* next = other.data();
   for (int it = 0; it < iterations; ++it) {
-    const double mean_sq = detail::mean_gradient_sq(x, s, inv_sp, n_threads);
+    const double mean_sq = detail::mean_gradient_sq(cur, s, inv_sp, n_threads);
     const double k = mean_sq * conductance * conductance * -2.0;
     const float inv_k = k == 0.0 ? 0.0f : static_cast<float>(1.0 / k);
 #pragma omp parallel num_threads(clamp_threads(n_threads))
@@ -136,18 +134,19 @@ inline void anisotropic_diffusion(float* x, const Shape3& s, const double* spaci
         for (int dk = -1; dk <= 1; ++dk)
           for (int dj = -1; dj <= 1; ++dj) {
             float* dst = rows.data() + ((dk + 1) * 3 + dj + 1) * stride;
-            padded_row(x, s, k0 + dk, j0 + dj, 1, Boundary::nearest, 0.0f, dst);
+            padded_row(cur, s, k0 + dk, j0 + dj, 1, Boundary::nearest, 0.0f, dst);
             st.p[dk + 1][dj + 1] = dst;
           }
         detail::diffusion_row(st, s.n2, inv_sp, is_3d, inv_k, kind, upd.data());
-        const float* xr = x + row * s.n2;
-        float* o = next.data() + row * s.n2;
+        const float* xr = cur + row * s.n2;
+        float* o = next + row * s.n2;
         const float dt = static_cast<float>(time_step);
         for (index_t i = 0; i < s.n2; ++i) o[i] = xr[i] + dt * upd[i];
       }
     }
-    std::copy(next.begin(), next.end(), x);
+    std::swap(cur, next);
   }
+  if (cur != x) std::copy(cur, cur + s.size(), x);
 }
 
 }  // namespace medkern

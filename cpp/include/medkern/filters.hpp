@@ -3,8 +3,10 @@
 // vectorisable helpers the non-linear filters (median.hpp, bilateral.hpp, diffusion.hpp) share.
 #pragma once
 #include <cstring>
+#include <memory>
 #include <vector>
 
+#include "medkern/boundary.hpp"
 #include "medkern/common.hpp"
 
 // Hot inner loops are compiled twice, for baseline x86-64 and for AVX2, and the loader picks one
@@ -23,43 +25,6 @@
 #endif
 
 namespace medkern {
-
-// Out-of-image samples, named as scipy.ndimage names them:
-//   reflect  (d c b a | a b c d | d c b a)  half-sample symmetric, scipy's default
-//   nearest  (a a a a | a b c d | d d d d)  ITK's ZeroFluxNeumann
-//   mirror   (d c b | a b c d | c b a)      whole-sample symmetric
-//   wrap     (a b c d | a b c d | a b c d)  periodic
-//   constant (k k k k | a b c d | k k k k)
-enum class Boundary : int { reflect = 0, nearest = 1, mirror = 2, wrap = 3, constant = 4 };
-
-// Index of the sample that stands for position i on an axis of n samples; -1 means "the constant".
-inline index_t boundary_index(index_t i, index_t n, Boundary b) {
-  if (i >= 0 && i < n) return i;
-  switch (b) {
-    case Boundary::nearest:
-      return i < 0 ? 0 : n - 1;
-    case Boundary::reflect: {
-      const index_t period = 2 * n;
-      index_t m = i % period;
-      if (m < 0) m += period;
-      return m < n ? m : period - 1 - m;
-    }
-    case Boundary::mirror: {
-      if (n == 1) return 0;
-      const index_t period = 2 * n - 2;
-      index_t m = i % period;
-      if (m < 0) m += period;
-      return m < n ? m : period - m;
-    }
-    case Boundary::wrap: {
-      index_t m = i % n;
-      return m < 0 ? m + n : m;
-    }
-    case Boundary::constant:
-      return -1;
-  }
-  return -1;
-}
 
 // A 3D shape in array order; 2D images are (1, ny, nx).
 struct Shape3 {
@@ -124,6 +89,15 @@ MEDKERN_ALWAYS_INLINE vf8 abs8(vf8 x) {
   return reinterpret_cast<vf8>(reinterpret_cast<vi8>(x) & 0x7fffffff);
 }
 
+// Lane-wise sqrt through a loop the compiler turns into one SIMD sqrt (no errno: -fno-math-errno).
+MEDKERN_ALWAYS_INLINE vf8 sqrt8(vf8 x) {
+  float a[8];
+  store8(a, x);
+#pragma omp simd
+  for (int l = 0; l < 8; ++l) a[l] = std::sqrt(a[l]);
+  return load8(a);
+}
+
 // exp(x) for x <= 0 in float on eight lanes: Cody-Waite range reduction x = n ln2 + r and the
 // Cephes expf minimax polynomial, relative error < 2 ulp; x below -87 gives exp(-87).
 MEDKERN_ALWAYS_INLINE vf8 exp_neg8(vf8 x) {
@@ -144,7 +118,6 @@ MEDKERN_ALWAYS_INLINE vf8 exp_neg8(vf8 x) {
 }
 
 namespace detail {
-
 
 // out[i] = sum_t w[t] * src[t][i] (+ w[t] * cval where src[t] is null), i < n. A chunk of 32
 // outputs stays in registers over all taps; a symmetric kernel (every Gaussian, box and
@@ -207,8 +180,9 @@ void separable_correlate(const T* in, float* out, const Shape3& s, const std::ve
                          Boundary b, float cval, int n_threads) {
   const index_t plane = s.n1 * s.n2;
   const bool pass0 = !w[0].empty();
-  std::vector<float> mid(pass0 ? static_cast<std::size_t>(s.size()) : 0);
-  float* stage = pass0 ? mid.data() : out;
+  // Uninitialised on purpose: every element is written by the first pass before it is read.
+  std::unique_ptr<float[]> mid(pass0 ? new float[static_cast<std::size_t>(s.size())] : nullptr);
+  float* stage = pass0 ? mid.get() : out;
   const index_t r1 = w[1].empty() ? 0 : static_cast<index_t>(w[1].size() / 2);
   const index_t r2 = w[2].empty() ? 0 : static_cast<index_t>(w[2].size() / 2);
 
@@ -248,15 +222,16 @@ void separable_correlate(const T* in, float* out, const Shape3& s, const std::ve
 #pragma omp parallel num_threads(clamp_threads(n_threads))
   {
     std::vector<const float*> src(w[0].size());
+    // k runs fastest so consecutive outputs share all but one of their source rows (cache hits).
 #pragma omp for schedule(static)
     for (index_t row = 0; row < s.n0 * s.n1; ++row) {
-      const index_t k = row / s.n1, j = row % s.n1;
+      const index_t k = row % s.n0, j = row / s.n0;
       for (index_t t = 0; t <= 2 * r0; ++t) {
         const index_t kk = boundary_index(k + t - r0, s.n0, b);
-        src[static_cast<std::size_t>(t)] = kk < 0 ? nullptr : mid.data() + kk * plane + j * s.n2;
+        src[static_cast<std::size_t>(t)] = kk < 0 ? nullptr : mid.get() + kk * plane + j * s.n2;
       }
       detail::weighted_rows(src.data(), w[0].data(), static_cast<int>(2 * r0 + 1), cval,
-                            out + row * s.n2, s.n2);
+                            out + (k * s.n1 + j) * s.n2, s.n2);
     }
   }
 }

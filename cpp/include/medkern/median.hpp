@@ -1,5 +1,6 @@
 // Median filter over a (2r+1)-box, any radius, 2D and 3D, exact for every dtype.
 #pragma once
+#include <type_traits>
 #include <vector>
 
 #include "medkern/filters.hpp"
@@ -8,7 +9,20 @@ namespace medkern {
 
 namespace detail {
 
-constexpr index_t kMedianLanes = 16;
+constexpr index_t kMedianLanes = 64;
+
+// Lane min/max written per type the way GCC turns into SIMD min/max: std::min/max for floats
+// (minps semantics), a plain select for integers.
+template <class T>
+MEDKERN_ALWAYS_INLINE T lane_min(T a, T b) {
+  if constexpr (std::is_floating_point_v<T>) return std::min(a, b);
+  else return a < b ? a : b;
+}
+template <class T>
+MEDKERN_ALWAYS_INLINE T lane_max(T a, T b) {
+  if constexpr (std::is_floating_point_v<T>) return std::max(a, b);
+  else return a < b ? b : a;
+}
 
 // Median of n (odd, >= 3) values per lane by forgetful selection (Paeth 1990; Devillard's
 // "Fast median search"): keep (n+3)/2 candidates, move their min and max to the ends with
@@ -25,29 +39,32 @@ MEDKERN_SIMD_CLONES void forgetful_median(const T* const* elem, index_t i0, Coun
   for (index_t q = 0; q < cur; ++q)
     for (index_t l = 0; l < L; ++l) row(q)[l] = elem[q][i0 + l];
   index_t next = cur;
+  // The running extremes live in local arrays (registers), apart from the candidate rows.
+  T lo[L], hi[L];
   for (;;) {
-    T* lo = row(0);
-    T* hi = row(cur - 1);
+    for (index_t l = 0; l < L; ++l) lo[l] = row(0)[l];
     for (index_t q = 1; q < cur; ++q) {
       T* w = row(q);
 #pragma omp simd
       for (index_t l = 0; l < L; ++l) {
         const T a = lo[l], b = w[l];
-        lo[l] = std::min(a, b);
-        w[l] = std::max(a, b);
+        lo[l] = lane_min(a, b);
+        w[l] = lane_max(a, b);
       }
     }
+    for (index_t l = 0; l < L; ++l) hi[l] = row(cur - 1)[l];
     for (index_t q = 1; q < cur - 1; ++q) {
       T* w = row(q);
 #pragma omp simd
       for (index_t l = 0; l < L; ++l) {
         const T a = w[l], b = hi[l];
-        w[l] = std::min(a, b);
-        hi[l] = std::max(a, b);
+        w[l] = lane_min(a, b);
+        hi[l] = lane_max(a, b);
       }
     }
     if (next == n) break;
-    for (index_t l = 0; l < L; ++l) lo[l] = elem[next][i0 + l];
+    // The minimum (lo) and maximum (hi) are dropped; row 0 takes the next value.
+    for (index_t l = 0; l < L; ++l) row(0)[l] = elem[next][i0 + l];
     ++next;
     --cur;
   }

@@ -1,12 +1,12 @@
 """CuPy peers of the separable correlation and the median (cupyx.scipy.ndimage computes the same
-definitions: scipy's boundary modes, kernels correlated with origin 0)."""
+definitions: scipy's boundary modes, kernels correlated with origin 0) and of the bilateral filter."""
 
 from __future__ import annotations
 
 import cupy
 from cupyx.scipy import ndimage as cndi
 
-from medkern.filters import MODES
+from medkern.filters import MODES, _pad3, bilateral_domain_weights
 
 
 def separable_correlate(x, kernels, mode, cval):
@@ -22,3 +22,28 @@ def separable_correlate(x, kernels, mode, cval):
 def median_filter(x, radius, mode):
     return cndi.median_filter(cupy.ascontiguousarray(x), size=tuple(2 * r + 1 for r in radius),
                               mode=MODES[mode], cval=0.0)
+
+
+def bilateral_filter(x, spacing, sigma_mm, radius, sigma_range, cutoff_sigmas, samples):
+    """medkern::bilateral_filter as whole-array CuPy operations, one shifted view per offset."""
+    r = _pad3(radius, 0)
+    wd = bilateral_domain_weights(_pad3(spacing, 1.0), _pad3(sigma_mm, 1.0), r)
+    x3 = cupy.ascontiguousarray(x, dtype=cupy.float32).reshape(_pad3(x.shape, 1))
+    padded = cupy.pad(x3, [(v, v) for v in r], mode="edge")
+    cutoff = cutoff_sigmas * sigma_range
+    to_bin, bin_width = samples / cutoff, cutoff / samples
+    num = cupy.zeros_like(x3)
+    den = cupy.zeros_like(x3)
+    n0, n1, n2 = x3.shape
+    q = 0
+    for dk in range(2 * r[0] + 1):
+        for dj in range(2 * r[1] + 1):
+            for di in range(2 * r[2] + 1):
+                v = padded[dk:dk + n0, dj:dj + n1, di:di + n2]
+                d = cupy.abs(v - x3)
+                at = cupy.floor(d * to_bin) * bin_width
+                w = cupy.where(d < cutoff, float(wd[q]) * cupy.exp(-0.5 / sigma_range**2 * at * at), 0)
+                num += w * v
+                den += w
+                q += 1
+    return (num / den).astype(cupy.float32).reshape(x.shape)

@@ -213,13 +213,10 @@ def _bilateral(x, wd, r0, r1, r2, cutoff, to_bin, bin_width, nhiv, samples, out)
 
 def bilateral_filter(x, spacing, sigma_mm, radius, sigma_range, cutoff_sigmas, samples):
     set_threads()
-    pad = 3 - x.ndim
-    sp = np.array([1.0] * pad + list(spacing))
-    sg = np.array([1.0] * pad + list(sigma_mm))
-    r = [0] * pad + list(radius)
-    grids = np.meshgrid(*[np.arange(-v, v + 1) * s / g for v, s, g in zip(r, sp, sg)], indexing="ij")
-    wd = np.exp(-0.5 * sum(g * g for g in grids)).ravel()
-    wd = (wd / wd.sum()).astype(np.float32)
+    from medkern.filters import _pad3, bilateral_domain_weights
+
+    r = _pad3(radius, 0)
+    wd = bilateral_domain_weights(_pad3(spacing, 1.0), _pad3(sigma_mm, 1.0), r)
     x3 = np.ascontiguousarray(_as3d(x), dtype=np.float32)
     out = np.empty_like(x3)
     f = np.float32
