@@ -11,6 +11,7 @@
 #pragma once
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -87,69 +88,123 @@ void bspline_prefilter_lines(A* base, index_t n, index_t stride, index_t width, 
   }
 }
 
+// Lines along the contiguous last axis are processed kLineGroup at a time, transposed into a
+// [n][kLineGroup] block so that recursions and taps run across lines, in vector registers,
+// instead of along one line with a dependency chain or a gather per sample.
+constexpr index_t kLineGroup = 16;
+
+// block[i][r] = line r of src (rows of length n), r < g; lanes r >= g are zero.
+template <class T, class A>
+void load_line_group(const T* src, index_t n, index_t g, A* block) {
+  for (index_t r = 0; r < g; ++r)
+    for (index_t i = 0; i < n; ++i) block[i * kLineGroup + r] = static_cast<A>(src[r * n + i]);
+  for (index_t r = g; r < kLineGroup; ++r)
+    for (index_t i = 0; i < n; ++i) block[i * kLineGroup + r] = 0;
+}
+
+// In-place B-spline prefilter of every line along the middle axis of a [outer][n][inner] array.
+// Lines along a strided axis are filtered side by side in blocks of contiguous lanes.
+template <class A>
+void bspline_prefilter_axis(A* data, index_t outer, index_t n, index_t inner, int n_threads) {
+  if (inner == 1) {
+    const index_t n_groups = (outer + kLineGroup - 1) / kLineGroup;
+#pragma omp parallel num_threads(clamp_threads(n_threads))
+    {
+      std::vector<A> block(static_cast<std::size_t>(n * kLineGroup));
+      std::vector<double> init(kLineGroup);
+#pragma omp for schedule(static)
+      for (index_t grp = 0; grp < n_groups; ++grp) {
+        A* rows = data + grp * kLineGroup * n;
+        const index_t g = std::min(kLineGroup, outer - grp * kLineGroup);
+        load_line_group(rows, n, g, block.data());
+        bspline_prefilter_lines(block.data(), n, kLineGroup, kLineGroup, init.data());
+        for (index_t r = 0; r < g; ++r)
+          for (index_t i = 0; i < n; ++i) rows[r * n + i] = block[i * kLineGroup + r];
+      }
+    }
+    return;
+  }
+  constexpr index_t kBlock = 1024;
+  const index_t n_blocks = (inner + kBlock - 1) / kBlock;
+#pragma omp parallel num_threads(clamp_threads(n_threads))
+  {
+    std::vector<double> init(static_cast<std::size_t>(std::min(kBlock, inner)));
+#pragma omp for schedule(static)
+    for (index_t item = 0; item < outer * n_blocks; ++item) {
+      const index_t o = item / n_blocks, b0 = (item % n_blocks) * kBlock;
+      bspline_prefilter_lines(data + o * n * inner + b0, n, inner, std::min(kBlock, inner - b0),
+                              init.data());
+    }
+  }
+}
+
 // ------------------------------------------------------------------ separable axis pass
 // One 1D resampling pass along the middle axis of a [outer][n_in][inner] array:
 //   out[o][m][:] = sum_t w[m][t] * line(in[o][idx[m][t]][:]),
 // where `line` is the input, or its B-spline coefficients when `prefilter` is set. The tap table
 // carries the interpolation weights, boundary extension and any anti-aliasing kernel already
 // composed (built once per axis by the caller), so every interpolation order shares this loop.
+// Output rows are written whole and in order, so the stores stream.
 template <class T, class A>
 void resample_axis_pass(const T* in, A* out, index_t outer, index_t n_in, index_t inner,
                         index_t n_out, const index_t* idx, const A* w, int taps, bool prefilter,
                         int n_threads) {
-  constexpr index_t kBlock = 256;  // inner lanes per work item: a slab of n_in x 256 stays in L2
   if (inner == 1) {
+    const index_t n_groups = (outer + kLineGroup - 1) / kLineGroup;
 #pragma omp parallel num_threads(clamp_threads(n_threads))
     {
-      std::vector<A> line(static_cast<std::size_t>(n_in));
-      double init = 0;
+      std::vector<A> block(static_cast<std::size_t>(n_in * kLineGroup));
+      std::vector<double> init(kLineGroup);
 #pragma omp for schedule(static)
-      for (index_t o = 0; o < outer; ++o) {
-        const T* src = in + o * n_in;
-        for (index_t i = 0; i < n_in; ++i) line[i] = static_cast<A>(src[i]);
-        if (prefilter) bspline_prefilter_lines(line.data(), n_in, 1, 1, &init);
-        A* dst = out + o * n_out;
+      for (index_t grp = 0; grp < n_groups; ++grp) {
+        const index_t g = std::min(kLineGroup, outer - grp * kLineGroup);
+        load_line_group(in + grp * kLineGroup * n_in, n_in, g, block.data());
+        if (prefilter) bspline_prefilter_lines(block.data(), n_in, kLineGroup, kLineGroup, init.data());
+        A* dst = out + grp * kLineGroup * n_out;
         for (index_t m = 0; m < n_out; ++m) {
-          A acc = 0;
-          for (int t = 0; t < taps; ++t) acc += w[m * taps + t] * line[idx[m * taps + t]];
-          dst[m] = acc;
+          A acc[kLineGroup] = {};
+          for (int t = 0; t < taps; ++t) {
+            const A wt = w[m * taps + t];
+            const A* s = block.data() + idx[m * taps + t] * kLineGroup;
+            for (index_t r = 0; r < kLineGroup; ++r) acc[r] += wt * s[r];
+          }
+          for (index_t r = 0; r < g; ++r) dst[r * n_out + m] = acc[r];
         }
       }
     }
     return;
   }
-  const index_t n_blocks = (inner + kBlock - 1) / kBlock;
-#pragma omp parallel num_threads(clamp_threads(n_threads))
-  {
-    std::vector<A> slab(prefilter ? static_cast<std::size_t>(n_in * kBlock) : 0);
-    std::vector<double> init(kBlock);
-    A acc[kBlock];
-#pragma omp for schedule(static)
-    for (index_t item = 0; item < outer * n_blocks; ++item) {
-      const index_t o = item / n_blocks;
-      const index_t b0 = (item % n_blocks) * kBlock;
-      const index_t width = std::min(kBlock, inner - b0);
-      const T* src = in + o * n_in * inner + b0;
-      A* dst = out + o * n_out * inner + b0;
-      if (prefilter) {
-        for (index_t i = 0; i < n_in; ++i)
-          for (index_t b = 0; b < width; ++b) slab[i * kBlock + b] = static_cast<A>(src[i * inner + b]);
-        bspline_prefilter_lines(slab.data(), n_in, kBlock, width, init.data());
-      }
-      for (index_t m = 0; m < n_out; ++m) {
-        for (index_t b = 0; b < width; ++b) acc[b] = 0;
-        for (int t = 0; t < taps; ++t) {
-          const A wt = w[m * taps + t];
-          const index_t i = idx[m * taps + t];
-          if (prefilter) {
-            const A* s = slab.data() + i * kBlock;
-            for (index_t b = 0; b < width; ++b) acc[b] += wt * s[b];
-          } else {
-            const T* s = src + i * inner;
-            for (index_t b = 0; b < width; ++b) acc[b] += wt * static_cast<A>(s[b]);
-          }
+  if (prefilter) {
+    // Coefficients of the lines along this (strided) axis first, then plain taps from them.
+    const index_t n = outer * n_in * inner;
+    std::unique_ptr<A[]> coef(new A[static_cast<std::size_t>(n)]);
+#pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
+    for (index_t v = 0; v < n; ++v) coef[v] = static_cast<A>(in[v]);
+    bspline_prefilter_axis(coef.get(), outer, n_in, inner, n_threads);
+    resample_axis_pass(static_cast<const A*>(coef.get()), out, outer, n_in, inner, n_out, idx, w,
+                       taps, false, n_threads);
+    return;
+  }
+  constexpr index_t kBlock = 512;  // accumulator lanes: stays in L1 while the taps stream in
+#pragma omp parallel for collapse(2) schedule(static) num_threads(clamp_threads(n_threads))
+  for (index_t o = 0; o < outer; ++o) {
+    for (index_t m = 0; m < n_out; ++m) {
+      A acc[kBlock];
+      const T* src = in + o * n_in * inner;
+      A* dst = out + (o * n_out + m) * inner;
+      for (index_t b0 = 0; b0 < inner; b0 += kBlock) {
+        const index_t width = std::min(kBlock, inner - b0);
+        {
+          const A w0 = w[m * taps];
+          const T* s = src + idx[m * taps] * inner + b0;
+          for (index_t b = 0; b < width; ++b) acc[b] = w0 * static_cast<A>(s[b]);
         }
-        for (index_t b = 0; b < width; ++b) dst[m * inner + b] = acc[b];
+        for (int t = 1; t < taps; ++t) {
+          const A wt = w[m * taps + t];
+          const T* s = src + idx[m * taps + t] * inner + b0;
+          for (index_t b = 0; b < width; ++b) acc[b] += wt * static_cast<A>(s[b]);
+        }
+        for (index_t b = 0; b < width; ++b) dst[b0 + b] = acc[b];
       }
     }
   }
@@ -165,41 +220,84 @@ struct AxisTaps {
   const std::uint8_t* valid;  // n_out flags: 0 where the output coordinate is outside the input
 };
 
+// In-plane passes (axes 1 and/or 2, in the given order) applied slice by slice, so a slice and
+// its intermediate stay in cache instead of making a round trip through memory per pass.
+template <class S, class A>
+void resample_plane_passes(const S* src, A* dst, const index_t shape[3], const int* plane_order,
+                           int n_passes, const AxisTaps<A> axes[3], bool prefilter, int n_threads) {
+  index_t out_plane[2] = {shape[1], shape[2]};
+  for (int q = 0; q < n_passes; ++q) out_plane[plane_order[q] - 1] = axes[plane_order[q]].n_out;
+  const index_t in_size = shape[1] * shape[2], out_size = out_plane[0] * out_plane[1];
+#pragma omp parallel num_threads(clamp_threads(n_threads))
+  {
+    std::vector<A> mid;
+#pragma omp for schedule(static)
+    for (index_t k = 0; k < shape[0]; ++k) {
+      index_t sh[2] = {shape[1], shape[2]};
+      auto run = [&](const auto* from, A* to, int a) {
+        const AxisTaps<A>& ax = axes[a];
+        // the passes run inside this thread: the slice is the unit of parallel work
+        if (a == 1)
+          resample_axis_pass(from, to, 1, sh[0], sh[1], ax.n_out, ax.idx, ax.w, ax.taps, prefilter, 1);
+        else
+          resample_axis_pass(from, to, sh[0], sh[1], 1, ax.n_out, ax.idx, ax.w, ax.taps, prefilter, 1);
+        sh[a - 1] = ax.n_out;
+      };
+      if (n_passes == 1) {
+        run(src + k * in_size, dst + k * out_size, plane_order[0]);
+      } else {
+        const int a0 = plane_order[0];
+        mid.resize(static_cast<std::size_t>(a0 == 1 ? axes[1].n_out * shape[2] : shape[1] * axes[2].n_out));
+        run(src + k * in_size, mid.data(), a0);
+        run(static_cast<const A*>(mid.data()), dst + k * out_size, plane_order[1]);
+      }
+    }
+  }
+}
+
 // Separable resampling of a 3D array whose output->input index map is axis-aligned: one pass per
 // axis listed in `order` (n_passes of them; the other axes keep their size and values), shrinking
-// axes first to keep the intermediates small, then `fill` on the output slabs whose coordinate
-// fell outside the input on any axis.
+// axes first to keep the intermediates small; consecutive in-plane passes run slice by slice.
+// Then `fill` goes on the output slabs whose coordinate fell outside the input on any axis.
 template <class T, class A>
 void resample_separable(const T* in, const index_t shape_in[3], A* out, const AxisTaps<A> axes[3],
                         const int* order, int n_passes, bool prefilter, A fill, int n_threads) {
   index_t shape[3] = {shape_in[0], shape_in[1], shape_in[2]};
-  std::vector<A> buf[2];
-  const void* src = in;
-  bool src_is_input = true;
-  for (int p = 0; p < n_passes; ++p) {
-    const int a = order[p];
-    const AxisTaps<A>& ax = axes[a];
-    index_t outer = 1, inner = 1;
-    for (int d = 0; d < a; ++d) outer *= shape[d];
-    for (int d = a + 1; d < 3; ++d) inner *= shape[d];
-    A* dst;
-    if (p == n_passes - 1) {
-      dst = out;
-    } else {
-      buf[p % 2].resize(static_cast<std::size_t>(outer * ax.n_out * inner));
-      dst = buf[p % 2].data();
+  std::unique_ptr<A[]> buf[2];  // uninitialised: every element is written by the next pass
+  const A* inter = nullptr;     // current intermediate, null while reading the input
+  int n_groups = 0;
+  for (int p = 0; p < n_passes;) {
+    int end = p + 1;
+    if (order[p] != 0)
+      while (end < n_passes && order[end] != 0) ++end;
+    index_t next[3] = {shape[0], shape[1], shape[2]};
+    for (int q = p; q < end; ++q) next[order[q]] = axes[order[q]].n_out;
+    A* dst = out;
+    if (end < n_passes) {
+      auto& b = buf[n_groups % 2];
+      b.reset(new A[static_cast<std::size_t>(next[0] * next[1] * next[2])]);
+      dst = b.get();
     }
-    if (src_is_input)
-      resample_axis_pass(static_cast<const T*>(src), dst, outer, shape[a], inner, ax.n_out, ax.idx,
-                         ax.w, ax.taps, prefilter, n_threads);
-    else
-      resample_axis_pass(static_cast<const A*>(src), dst, outer, shape[a], inner, ax.n_out, ax.idx,
-                         ax.w, ax.taps, prefilter, n_threads);
-    shape[a] = ax.n_out;
-    src = dst;
-    src_is_input = false;
+    auto group = [&](const auto* src) {
+      if (order[p] == 0) {
+        const AxisTaps<A>& ax = axes[0];
+        resample_axis_pass(src, dst, 1, shape[0], shape[1] * shape[2], ax.n_out, ax.idx, ax.w, ax.taps,
+                           prefilter, n_threads);
+      } else {
+        resample_plane_passes(src, dst, shape, order + p, end - p, axes, prefilter, n_threads);
+      }
+    };
+    if (inter) group(inter); else group(in);
+    for (int d = 0; d < 3; ++d) shape[d] = next[d];
+    inter = dst;
+    ++n_groups;
+    p = end;
   }
   // Exact fill (not a weighted sum of fills) wherever any axis was outside the input.
+  bool any_invalid = false;
+  for (int a = 0; a < 3; ++a)
+    for (index_t v = 0; v < axes[a].n_out; ++v) any_invalid = any_invalid || !axes[a].valid[v];
+  if (!any_invalid) return;
   const index_t n1 = shape[1], n2 = shape[2];
 #pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
   for (index_t k = 0; k < shape[0]; ++k) {
@@ -244,26 +342,12 @@ void gather_nearest(const T* in, const index_t shape_in[3], T* out, const index_
 // Whole-volume B-spline coefficients (the prefilter of every axis), for the per-voxel cubic path.
 template <class T, class A>
 void bspline_coefficients(const T* in, const index_t shape[3], A* out, int n_threads) {
-  constexpr index_t kBlock = 256;
   const index_t n = shape[0] * shape[1] * shape[2];
 #pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
   for (index_t v = 0; v < n; ++v) out[v] = static_cast<A>(in[v]);
-  for (int a = 0; a < 3; ++a) {
-    index_t outer = 1, inner = 1;
-    for (int d = 0; d < a; ++d) outer *= shape[d];
-    for (int d = a + 1; d < 3; ++d) inner *= shape[d];
-    const index_t n_blocks = (inner + kBlock - 1) / kBlock;
-#pragma omp parallel num_threads(clamp_threads(n_threads))
-    {
-      std::vector<double> init(kBlock);
-#pragma omp for schedule(static)
-      for (index_t item = 0; item < outer * n_blocks; ++item) {
-        const index_t o = item / n_blocks, b0 = (item % n_blocks) * kBlock;
-        bspline_prefilter_lines(out + o * shape[a] * inner + b0, shape[a], inner,
-                                std::min(kBlock, inner - b0), init.data());
-      }
-    }
-  }
+  bspline_prefilter_axis(out, 1, shape[0], shape[1] * shape[2], n_threads);
+  bspline_prefilter_axis(out, shape[0], shape[1], shape[2], n_threads);
+  bspline_prefilter_axis(out, shape[0] * shape[1], shape[2], 1, n_threads);
 }
 
 // ------------------------------------------------------------------ point samplers
