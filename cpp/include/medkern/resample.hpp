@@ -36,6 +36,13 @@ inline index_t mirror_index(index_t i, index_t n) {
 
 inline index_t clamp_index(index_t i, index_t n) { return i < 0 ? 0 : (i >= n ? n - 1 : i); }
 
+// floor for coordinates already known to be inside an image: the baseline x86-64 target has no
+// rounding instruction, and a libm floor call per coordinate dominates the per-voxel cost.
+inline index_t floor_index(double c) {
+  const index_t i = static_cast<index_t>(c);
+  return c < static_cast<double>(i) ? i - 1 : i;
+}
+
 inline bool inside(double c, index_t n) { return c >= -0.5 && c < static_cast<double>(n) - 0.5; }
 
 // Cubic B-spline weights for the taps floor(c)-1 .. floor(c)+2 at fraction t (Unser 1999, eq. 4).
@@ -351,6 +358,15 @@ void bspline_coefficients(const T* in, const index_t shape[3], A* out, int n_thr
 }
 
 // ------------------------------------------------------------------ point samplers
+constexpr index_t kWarpBlock = 64;  // points per interior_block call
+
+// interior() point by point, for samplers without a blocked version.
+template <class S, class V>
+void interior_points(const S& sampler, const double* c0, const double* c1, const double* c2,
+                     index_t count, V* out) {
+  for (index_t v = 0; v < count; ++v) out[v] = sampler.interior(c0[v], c1[v], c2[v]);
+}
+
 // Each sampler evaluates one continuous index (c0, c1, c2) of a C-ordered [n0][n1][n2] array.
 
 template <class T>
@@ -361,10 +377,26 @@ struct NearestSampler {
   T fill;
   T operator()(double c0, double c1, double c2) const {
     if (!inside(c0, n[0]) || !inside(c1, n[1]) || !inside(c2, n[2])) return fill;
-    const index_t i0 = clamp_index(static_cast<index_t>(std::floor(c0 + 0.5)), n[0]);
-    const index_t i1 = clamp_index(static_cast<index_t>(std::floor(c1 + 0.5)), n[1]);
-    const index_t i2 = clamp_index(static_cast<index_t>(std::floor(c2 + 0.5)), n[2]);
+    const index_t i0 = clamp_index(floor_index(c0 + 0.5), n[0]);
+    const index_t i1 = clamp_index(floor_index(c1 + 0.5), n[1]);
+    const index_t i2 = clamp_index(floor_index(c2 + 0.5), n[2]);
     return data[(i0 * n[1] + i1) * n[2] + i2];
+  }
+  // Where rounding cannot leave the image, so no clamping is needed.
+  void interior_box(double lo[3], double hi[3]) const {
+    for (int a = 0; a < 3; ++a) {
+      lo[a] = 0.0;
+      hi[a] = static_cast<double>(n[a] - 1);
+    }
+    if (n[0] == 1) hi[0] = 0.25;  // 2D: the slice coordinate is exactly 0
+  }
+  T interior(double c0, double c1, double c2) const {
+    const index_t i0 = static_cast<index_t>(c0 + 0.5), i1 = static_cast<index_t>(c1 + 0.5),
+                  i2 = static_cast<index_t>(c2 + 0.5);  // non-negative: truncation is floor
+    return data[(i0 * n[1] + i1) * n[2] + i2];
+  }
+  void interior_block(const double* c0, const double* c1, const double* c2, index_t count, T* out) const {
+    interior_points(*this, c0, c1, c2, count, out);
   }
 };
 
@@ -375,10 +407,10 @@ struct LinearTaps {
   LinearTaps(const index_t n[3], double c0, double c1, double c2) {
     const double c[3] = {c0, c1, c2};
     for (int a = 0; a < 3; ++a) {
-      const double f = std::floor(c[a]);
-      t[a] = c[a] - f;
-      lo[a] = clamp_index(static_cast<index_t>(f), n[a]);
-      hi[a] = clamp_index(static_cast<index_t>(f) + 1, n[a]);
+      const index_t f = floor_index(c[a]);
+      t[a] = c[a] - static_cast<double>(f);
+      lo[a] = clamp_index(f, n[a]);
+      hi[a] = clamp_index(f + 1, n[a]);
     }
   }
 };
@@ -391,15 +423,78 @@ struct LinearSampler {
   A fill;
   A operator()(double c0, double c1, double c2) const {
     if (!inside(c0, n[0]) || !inside(c1, n[1]) || !inside(c2, n[2])) return fill;
+    const index_t s1 = n[2], s0 = n[1] * n[2];
     const LinearTaps p(n, c0, c1, c2);
-    const A t0 = static_cast<A>(p.t[0]), t1 = static_cast<A>(p.t[1]), t2 = static_cast<A>(p.t[2]);
-    const T* r00 = data + (p.lo[0] * n[1] + p.lo[1]) * n[2];
-    const T* r01 = data + (p.lo[0] * n[1] + p.hi[1]) * n[2];
-    const T* r10 = data + (p.hi[0] * n[1] + p.lo[1]) * n[2];
-    const T* r11 = data + (p.hi[0] * n[1] + p.hi[1]) * n[2];
-    auto lerp = [t2, &p](const T* r) {
-      const A a = static_cast<A>(r[p.lo[2]]);
-      return a + t2 * (static_cast<A>(r[p.hi[2]]) - a);
+    const T* r00 = data + p.lo[0] * s0 + p.lo[1] * s1;
+    const T* r01 = data + p.lo[0] * s0 + p.hi[1] * s1;
+    const T* r10 = data + p.hi[0] * s0 + p.lo[1] * s1;
+    const T* r11 = data + p.hi[0] * s0 + p.hi[1] * s1;
+    return blend(r00 + p.lo[2], r01 + p.lo[2], r10 + p.lo[2], r11 + p.lo[2], p.hi[2] - p.lo[2],
+                 static_cast<A>(p.t[0]), static_cast<A>(p.t[1]), static_cast<A>(p.t[2]));
+  }
+  // Where all 8 neighbours exist, so no clamping is needed (same arithmetic as operator()).
+  void interior_box(double lo[3], double hi[3]) const {
+    for (int a = 0; a < 3; ++a) {
+      lo[a] = 0.0;
+      hi[a] = static_cast<double>(n[a] - 1);
+    }
+    if (n[0] == 1) hi[0] = 0.25;  // 2D: the slice coordinate is exactly 0
+  }
+  A interior(double c0, double c1, double c2) const {
+    const index_t s1 = n[2], s0 = n[1] * n[2];
+    const index_t f0 = static_cast<index_t>(c0), f1 = static_cast<index_t>(c1),
+                  f2 = static_cast<index_t>(c2);  // non-negative: truncation is floor
+    const A t0 = static_cast<A>(c0 - static_cast<double>(f0));
+    const A t1 = static_cast<A>(c1 - static_cast<double>(f1));
+    const A t2 = static_cast<A>(c2 - static_cast<double>(f2));
+    const T* p = data + f0 * s0 + f1 * s1 + f2;
+    const index_t d0 = n[0] > 1 ? s0 : 0;  // a length-1 slice axis steps by 0
+    return blend(p, p + s1, p + d0, p + d0 + s1, 1, t0, t1, t2);
+  }
+  // interior() for `count` points at once, in three loops the compiler vectorises (coordinates to
+  // offsets and fractions; the eight neighbour loads; the blends). Needs 32-bit offsets.
+  void interior_block(const double* c0, const double* c1, const double* c2, index_t count, A* out) const {
+    constexpr index_t kMax = kWarpBlock;
+    const index_t s1 = n[2], s0 = n[1] * n[2];
+    if (s0 * n[0] >= (index_t{1} << 31) || count > kMax) {
+      for (index_t v = 0; v < count; ++v) out[v] = interior(c0[v], c1[v], c2[v]);
+      return;
+    }
+    const std::int32_t is0 = static_cast<std::int32_t>(s0), is1 = static_cast<std::int32_t>(s1);
+    const std::int32_t d0 = n[0] > 1 ? is0 : 0;
+    std::int32_t off[kMax];
+    A t0[kMax], t1[kMax], t2[kMax], v[8][kMax];
+    for (index_t q = 0; q < count; ++q) {
+      const std::int32_t f0 = static_cast<std::int32_t>(c0[q]), f1 = static_cast<std::int32_t>(c1[q]),
+                         f2 = static_cast<std::int32_t>(c2[q]);
+      t0[q] = static_cast<A>(c0[q] - f0);
+      t1[q] = static_cast<A>(c1[q] - f1);
+      t2[q] = static_cast<A>(c2[q] - f2);
+      off[q] = f0 * is0 + f1 * is1 + f2;
+    }
+    for (index_t q = 0; q < count; ++q) {
+      const T* p = data + off[q];
+      v[0][q] = static_cast<A>(p[0]);
+      v[1][q] = static_cast<A>(p[1]);
+      v[2][q] = static_cast<A>(p[is1]);
+      v[3][q] = static_cast<A>(p[is1 + 1]);
+      v[4][q] = static_cast<A>(p[d0]);
+      v[5][q] = static_cast<A>(p[d0 + 1]);
+      v[6][q] = static_cast<A>(p[d0 + is1]);
+      v[7][q] = static_cast<A>(p[d0 + is1 + 1]);
+    }
+    for (index_t q = 0; q < count; ++q) {
+      const A v00 = v[0][q] + t2[q] * (v[1][q] - v[0][q]), v01 = v[2][q] + t2[q] * (v[3][q] - v[2][q]);
+      const A v10 = v[4][q] + t2[q] * (v[5][q] - v[4][q]), v11 = v[6][q] + t2[q] * (v[7][q] - v[6][q]);
+      const A a0 = v00 + t1[q] * (v01 - v00), a1 = v10 + t1[q] * (v11 - v10);
+      out[q] = a0 + t0[q] * (a1 - a0);
+    }
+  }
+  // Trilinear blend of the four rows' (x, x + d2) pairs, as nested lerps.
+  static A blend(const T* r00, const T* r01, const T* r10, const T* r11, index_t d2, A t0, A t1, A t2) {
+    auto lerp = [t2, d2](const T* r) {
+      const A a = static_cast<A>(r[0]);
+      return a + t2 * (static_cast<A>(r[d2]) - a);
     };
     const A v00 = lerp(r00), v01 = lerp(r01), v10 = lerp(r10), v11 = lerp(r11);
     const A v0 = v00 + t1 * (v01 - v00), v1 = v10 + t1 * (v11 - v10);
@@ -429,11 +524,12 @@ struct CubicSampler {
         continue;
       }
       count[a] = 4;
-      const double f = std::floor(c[a]);
+      const index_t f = floor_index(c[a]);
       double wd[4];
-      cubic_bspline_weights(c[a] - f, wd);
+      cubic_bspline_weights(c[a] - static_cast<double>(f), wd);
       for (int k = 0; k < 4; ++k) {
-        idx[a][k] = mirror_index(static_cast<index_t>(f) - 1 + k, n[a]);
+        const index_t i = f - 1 + k;
+        idx[a][k] = i >= 0 && i < n[a] ? i : mirror_index(i, n[a]);  // modulo only at the edges
         w[a][k] = static_cast<A>(wd[k]);
       }
     }
@@ -449,6 +545,17 @@ struct CubicSampler {
       acc0 += w[0][k0] * acc1;
     }
     return acc0;
+  }
+  // Where every tap lies inside the image, so no mirroring is needed; evaluation is the same.
+  void interior_box(double lo[3], double hi[3]) const {
+    for (int a = 0; a < 3; ++a) {
+      lo[a] = n[a] == 1 ? 0.0 : 1.0;
+      hi[a] = n[a] == 1 ? 0.25 : static_cast<double>(n[a] - 2);
+    }
+  }
+  A interior(double c0, double c1, double c2) const { return (*this)(c0, c1, c2); }
+  void interior_block(const double* c0, const double* c1, const double* c2, index_t count, A* out) const {
+    interior_points(*this, c0, c1, c2, count, out);
   }
 };
 
@@ -491,6 +598,16 @@ struct LabelSampler {
       if (votes[s] > votes[best]) best = s;
     return labels[best];
   }
+  void interior_box(double lo[3], double hi[3]) const {
+    for (int a = 0; a < 3; ++a) {
+      lo[a] = -0.5;
+      hi[a] = static_cast<double>(n[a]) - 0.5;
+    }
+  }
+  T interior(double c0, double c1, double c2) const { return (*this)(c0, c1, c2); }
+  void interior_block(const double* c0, const double* c1, const double* c2, index_t count, T* out) const {
+    interior_points(*this, c0, c1, c2, count, out);
+  }
 };
 
 // ------------------------------------------------------------------ per-voxel warps
@@ -500,31 +617,101 @@ struct LabelSampler {
 // displacement field on the output grid (n_comp world-mm components per voxel, R the 3 x n_comp
 // map from world vectors to input index steps). Rows of the output are independent, so any
 // thread count gives the same bits.
+// Output index range [first, last) of one row c(i) = b + d * i that stays inside the box
+// lo <= c < hi on every axis. The range is solved per axis, then its ends are checked with the
+// exact row arithmetic, so the interior samplers only ever see interior points.
+inline void row_interior(const double b[3], const double d[3], const double lo[3], const double hi[3],
+                         index_t n, index_t& first, index_t& last) {
+  double f = 0.0, l = static_cast<double>(n);
+  for (int a = 0; a < 3; ++a) {
+    if (d[a] == 0.0) {
+      if (!(b[a] >= lo[a] && b[a] < hi[a])) l = 0.0;
+      continue;
+    }
+    const double t_lo = (lo[a] - b[a]) / d[a], t_hi = (hi[a] - b[a]) / d[a];
+    f = std::max(f, std::ceil(std::min(t_lo, t_hi)));
+    l = std::min(l, std::floor(std::max(t_lo, t_hi)) + 1.0);
+  }
+  first = static_cast<index_t>(f);
+  last = std::max(first, static_cast<index_t>(std::max(l, 0.0)));
+  auto in_box = [&](index_t i) {
+    const double ii = static_cast<double>(i);
+    for (int a = 0; a < 3; ++a) {
+      const double c = b[a] + d[a] * ii;
+      if (!(c >= lo[a] && c < hi[a])) return false;
+    }
+    return true;
+  };
+  while (first < last && !in_box(first)) ++first;
+  while (last > first && !in_box(last - 1)) --last;
+}
+
+// General output->input map for every output voxel (k, j, i):
+//   c = M @ (k, j, i, 1) + R @ d[k][j][i],
+// with M the 3x4 index map (output index -> world -> transform -> input index) and d an optional
+// displacement field on the output grid (n_comp world-mm components per voxel, R the 3 x n_comp
+// map from world vectors to input index steps). Rows of the output are independent, so any
+// thread count gives the same bits. Interior points take the sampler's check-free path, which
+// computes the same value.
 template <class S>
 void warp(const S& sampler, typename S::value_type* out, const index_t shape_out[3], const double m[12],
           const float* disp, int n_comp, const double* r, int n_threads) {
   const index_t m1 = shape_out[1], m2 = shape_out[2];
+  double lo[3], hi[3];
+  sampler.interior_box(lo, hi);
+  const double d[3] = {m[2], m[6], m[10]};
 #pragma omp parallel for collapse(2) schedule(static) num_threads(clamp_threads(n_threads))
   for (index_t k = 0; k < shape_out[0]; ++k) {
     for (index_t j = 0; j < m1; ++j) {
+      double c0[kWarpBlock], c1[kWarpBlock], c2[kWarpBlock];
       const double kk = static_cast<double>(k), jj = static_cast<double>(j);
-      const double b0 = m[0] * kk + m[1] * jj + m[3];
-      const double b1 = m[4] * kk + m[5] * jj + m[7];
-      const double b2 = m[8] * kk + m[9] * jj + m[11];
+      const double b[3] = {m[0] * kk + m[1] * jj + m[3], m[4] * kk + m[5] * jj + m[7],
+                           m[8] * kk + m[9] * jj + m[11]};
       auto* dst = out + (k * m1 + j) * m2;
-      const float* d = disp ? disp + (k * m1 + j) * m2 * n_comp : nullptr;
-      for (index_t i = 0; i < m2; ++i) {
-        const double ii = static_cast<double>(i);
-        double c0 = b0 + m[2] * ii, c1 = b1 + m[6] * ii, c2 = b2 + m[10] * ii;
-        if (d) {
-          const float* u = d + i * n_comp;
-          for (int q = 0; q < n_comp; ++q) {
-            c0 += r[q] * u[q];
-            c1 += r[n_comp + q] * u[q];
-            c2 += r[2 * n_comp + q] * u[q];
-          }
+      if (!disp) {
+        index_t first, last;
+        row_interior(b, d, lo, hi, m2, first, last);
+        for (index_t i = 0; i < first; ++i) {
+          const double ii = static_cast<double>(i);
+          dst[i] = sampler(b[0] + d[0] * ii, b[1] + d[1] * ii, b[2] + d[2] * ii);
         }
-        dst[i] = sampler(c0, c1, c2);
+        for (index_t i0 = first; i0 < last; i0 += kWarpBlock) {
+          const index_t count = std::min(kWarpBlock, last - i0);
+          for (index_t q = 0; q < count; ++q) {
+            const double ii = static_cast<double>(i0 + q);
+            c0[q] = b[0] + d[0] * ii;
+            c1[q] = b[1] + d[1] * ii;
+            c2[q] = b[2] + d[2] * ii;
+          }
+          sampler.interior_block(c0, c1, c2, count, dst + i0);
+        }
+        for (index_t i = std::max(first, last); i < m2; ++i) {
+          const double ii = static_cast<double>(i);
+          dst[i] = sampler(b[0] + d[0] * ii, b[1] + d[1] * ii, b[2] + d[2] * ii);
+        }
+        continue;
+      }
+      const float* u = disp + (k * m1 + j) * m2 * n_comp;
+      for (index_t i0 = 0; i0 < m2; i0 += kWarpBlock) {
+        const index_t count = std::min(kWarpBlock, m2 - i0);
+        bool all_interior = true;
+        for (index_t q = 0; q < count; ++q) {
+          const double ii = static_cast<double>(i0 + q);
+          const float* uq = u + (i0 + q) * n_comp;
+          double c[3] = {b[0] + d[0] * ii, b[1] + d[1] * ii, b[2] + d[2] * ii};
+          for (int a = 0; a < 3; ++a)
+            for (int p = 0; p < n_comp; ++p) c[a] += r[a * n_comp + p] * uq[p];
+          c0[q] = c[0];
+          c1[q] = c[1];
+          c2[q] = c[2];
+          all_interior = all_interior && c[0] >= lo[0] && c[0] < hi[0] && c[1] >= lo[1] &&
+                         c[1] < hi[1] && c[2] >= lo[2] && c[2] < hi[2];
+        }
+        if (all_interior) {
+          sampler.interior_block(c0, c1, c2, count, dst + i0);
+        } else {
+          for (index_t q = 0; q < count; ++q) dst[i0 + q] = sampler(c0[q], c1[q], c2[q]);
+        }
       }
     }
   }
