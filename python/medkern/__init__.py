@@ -11,7 +11,7 @@ from medkern.errors import DicomError, MedkernError, ModelError
 from medkern.image import Image
 from medkern.intensity import normalize, window
 from medkern.io import read, write
-from medkern.resample import resample, resample_to, warp
+from medkern.resample import map_coordinates, resample, resample_to, warp
 from medkern.transforms import Affine, DisplacementField
 
 __version__ = "0.1.0"
@@ -25,6 +25,7 @@ __all__ = [
     "ModelError",
     "backends",
     "get_num_threads",
+    "map_coordinates",
     "normalize",
     "read",
     "resample",

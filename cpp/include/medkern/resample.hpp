@@ -17,6 +17,14 @@
 
 #include "medkern/common.hpp"
 
+// The point samplers and their helpers also compile as CUDA device code (cpp/cuda/resample.cu),
+// so CPU and GPU evaluate the same arithmetic.
+#ifdef __CUDACC__
+#define MEDKERN_HD __host__ __device__
+#else
+#define MEDKERN_HD
+#endif
+
 namespace medkern {
 
 // Linear and cubic results are float32 unless the input is float64.
@@ -26,7 +34,7 @@ using interp_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 enum class Interpolation : int { nearest = 0, linear = 1, cubic = 2, label = 3 };
 
 // Whole-sample symmetric extension with period 2(n-1) (scipy "mirror": d c b | a b c d | c b a).
-inline index_t mirror_index(index_t i, index_t n) {
+MEDKERN_HD inline index_t mirror_index(index_t i, index_t n) {
   if (n == 1) return 0;
   const index_t period = 2 * (n - 1);
   i = i < 0 ? -i : i;
@@ -34,19 +42,19 @@ inline index_t mirror_index(index_t i, index_t n) {
   return i < n ? i : period - i;
 }
 
-inline index_t clamp_index(index_t i, index_t n) { return i < 0 ? 0 : (i >= n ? n - 1 : i); }
+MEDKERN_HD inline index_t clamp_index(index_t i, index_t n) { return i < 0 ? 0 : (i >= n ? n - 1 : i); }
 
 // floor for coordinates already known to be inside an image: the baseline x86-64 target has no
 // rounding instruction, and a libm floor call per coordinate dominates the per-voxel cost.
-inline index_t floor_index(double c) {
+MEDKERN_HD inline index_t floor_index(double c) {
   const index_t i = static_cast<index_t>(c);
   return c < static_cast<double>(i) ? i - 1 : i;
 }
 
-inline bool inside(double c, index_t n) { return c >= -0.5 && c < static_cast<double>(n) - 0.5; }
+MEDKERN_HD inline bool inside(double c, index_t n) { return c >= -0.5 && c < static_cast<double>(n) - 0.5; }
 
 // Cubic B-spline weights for the taps floor(c)-1 .. floor(c)+2 at fraction t (Unser 1999, eq. 4).
-inline void cubic_bspline_weights(double t, double w[4]) {
+MEDKERN_HD inline void cubic_bspline_weights(double t, double w[4]) {
   const double t2 = t * t, t3 = t2 * t, u = 1.0 - t;
   w[0] = u * u * u / 6.0;
   w[1] = (3.0 * t3 - 6.0 * t2 + 4.0) / 6.0;
@@ -61,16 +69,16 @@ inline void cubic_bspline_weights(double t, double w[4]) {
 // causal initialisation (Unser 1999; the same sums as scipy.ndimage.spline_filter1d), evaluated
 // in double; the sum stops once z^k < 1e-20, below double resolution of any term.
 template <class A>
-void bspline_prefilter_lines(A* base, index_t n, index_t stride, index_t width, double* init) {
+MEDKERN_HD void bspline_prefilter_lines(A* base, index_t n, index_t stride, index_t width, double* init) {
   if (n < 2) return;
-  const double z = std::sqrt(3.0) - 2.0;
+  const double z = sqrt(3.0) - 2.0;
   const A gain = static_cast<A>((1.0 - z) * (1.0 - 1.0 / z));
-  const double z_n1 = std::pow(z, static_cast<double>(n - 1));
+  const double z_n1 = pow(z, static_cast<double>(n - 1));
   A* first = base;
   A* last = base + (n - 1) * stride;
   for (index_t b = 0; b < width; ++b) init[b] = static_cast<double>(first[b]) + z_n1 * last[b];
   double zi = z;
-  for (index_t i = 1; i < n - 1 && std::fabs(zi) > 1e-20; ++i) {
+  for (index_t i = 1; i < n - 1 && fabs(zi) > 1e-20; ++i) {
     const A* ci = base + i * stride;
     const A* cm = base + (n - 1 - i) * stride;
     for (index_t b = 0; b < width; ++b) init[b] += zi * (ci[b] + z_n1 * static_cast<double>(cm[b]));
@@ -375,7 +383,7 @@ struct NearestSampler {
   const T* data;
   index_t n[3];
   T fill;
-  T operator()(double c0, double c1, double c2) const {
+  MEDKERN_HD T operator()(double c0, double c1, double c2) const {
     if (!inside(c0, n[0]) || !inside(c1, n[1]) || !inside(c2, n[2])) return fill;
     const index_t i0 = clamp_index(floor_index(c0 + 0.5), n[0]);
     const index_t i1 = clamp_index(floor_index(c1 + 0.5), n[1]);
@@ -404,7 +412,7 @@ struct NearestSampler {
 struct LinearTaps {
   index_t lo[3], hi[3];
   double t[3];
-  LinearTaps(const index_t n[3], double c0, double c1, double c2) {
+  MEDKERN_HD LinearTaps(const index_t n[3], double c0, double c1, double c2) {
     const double c[3] = {c0, c1, c2};
     for (int a = 0; a < 3; ++a) {
       const index_t f = floor_index(c[a]);
@@ -421,7 +429,7 @@ struct LinearSampler {
   const T* data;
   index_t n[3];
   A fill;
-  A operator()(double c0, double c1, double c2) const {
+  MEDKERN_HD A operator()(double c0, double c1, double c2) const {
     if (!inside(c0, n[0]) || !inside(c1, n[1]) || !inside(c2, n[2])) return fill;
     const index_t s1 = n[2], s0 = n[1] * n[2];
     const LinearTaps p(n, c0, c1, c2);
@@ -491,7 +499,7 @@ struct LinearSampler {
     }
   }
   // Trilinear blend of the four rows' (x, x + d2) pairs, as nested lerps.
-  static A blend(const T* r00, const T* r01, const T* r10, const T* r11, index_t d2, A t0, A t1, A t2) {
+  MEDKERN_HD static A blend(const T* r00, const T* r01, const T* r10, const T* r11, index_t d2, A t0, A t1, A t2) {
     auto lerp = [t2, d2](const T* r) {
       const A a = static_cast<A>(r[0]);
       return a + t2 * (static_cast<A>(r[d2]) - a);
@@ -510,7 +518,7 @@ struct CubicSampler {
   const A* coef;
   index_t n[3];
   A fill;
-  A operator()(double c0, double c1, double c2) const {
+  MEDKERN_HD A operator()(double c0, double c1, double c2) const {
     if (!inside(c0, n[0]) || !inside(c1, n[1]) || !inside(c2, n[2])) return fill;
     const double c[3] = {c0, c1, c2};
     index_t idx[3][4];
@@ -569,7 +577,7 @@ struct LabelSampler {
   const T* data;
   index_t n[3];
   T fill;
-  T operator()(double c0, double c1, double c2) const {
+  MEDKERN_HD T operator()(double c0, double c1, double c2) const {
     if (!inside(c0, n[0]) || !inside(c1, n[1]) || !inside(c2, n[2])) return fill;
     const LinearTaps p(n, c0, c1, c2);
     T labels[8];
