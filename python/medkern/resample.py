@@ -183,6 +183,8 @@ def _check_array(x: Any, interpolation: str, name: str = "img") -> Any:
     """The array the kernels take for this interpolation (raises for unusable dtypes)."""
     if 0 in x.shape:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
+    if x.dtype.kind not in "biuf" or x.dtype.itemsize > 8:
+        raise TypeError(f"{name} has dtype {x.dtype}; resampling takes bool, integer or float images")
     if interpolation == "label":
         if x.dtype != np.bool_ and x.dtype.kind not in "iu":
             raise TypeError(f"interpolation='label' needs an integer or bool label image, {name} has dtype "
