@@ -117,26 +117,23 @@ void load_line_group(const T* src, index_t n, index_t g, A* block) {
     for (index_t i = 0; i < n; ++i) block[i * kLineGroup + r] = 0;
 }
 
+template <class T, class A>
+void resample_axis_pass(const T* in, A* out, index_t outer, index_t n_in, index_t inner,
+                        index_t n_out, const index_t* idx, const A* w, int taps, bool prefilter,
+                        int n_threads);
+
 // In-place B-spline prefilter of every line along the middle axis of a [outer][n][inner] array.
-// Lines along a strided axis are filtered side by side in blocks of contiguous lanes.
+// Lines along a strided axis are filtered side by side in blocks of contiguous lanes; lines along
+// the contiguous axis go through resample_axis_pass with identity taps (each group of lines is
+// loaded before it is written back, so in place is safe).
 template <class A>
 void bspline_prefilter_axis(A* data, index_t outer, index_t n, index_t inner, int n_threads) {
   if (inner == 1) {
-    const index_t n_groups = (outer + kLineGroup - 1) / kLineGroup;
-#pragma omp parallel num_threads(clamp_threads(n_threads))
-    {
-      std::vector<A> block(static_cast<std::size_t>(n * kLineGroup));
-      std::vector<double> init(kLineGroup);
-#pragma omp for schedule(static)
-      for (index_t grp = 0; grp < n_groups; ++grp) {
-        A* rows = data + grp * kLineGroup * n;
-        const index_t g = std::min(kLineGroup, outer - grp * kLineGroup);
-        load_line_group(rows, n, g, block.data());
-        bspline_prefilter_lines(block.data(), n, kLineGroup, kLineGroup, init.data());
-        for (index_t r = 0; r < g; ++r)
-          for (index_t i = 0; i < n; ++i) rows[r * n + i] = block[i * kLineGroup + r];
-      }
-    }
+    std::vector<index_t> idx(static_cast<std::size_t>(n));
+    for (index_t i = 0; i < n; ++i) idx[i] = i;
+    const std::vector<A> w(static_cast<std::size_t>(n), A(1));
+    resample_axis_pass(static_cast<const A*>(data), data, outer, n, 1, n, idx.data(), w.data(), 1, true,
+                       n_threads);
     return;
   }
   constexpr index_t kBlock = 1024;
@@ -368,6 +365,16 @@ void bspline_coefficients(const T* in, const index_t shape[3], A* out, int n_thr
 // ------------------------------------------------------------------ point samplers
 constexpr index_t kWarpBlock = 64;  // points per interior_block call
 
+// 0 <= c < n - 1 on every axis: floor(c) and floor(c) + 1 (or the rounded index) are inside.
+// A length-1 slice axis (a 2D image, c0 == 0 exactly) is stepped over with stride 0.
+inline void unit_step_box(const index_t n[3], double lo[3], double hi[3]) {
+  for (int a = 0; a < 3; ++a) {
+    lo[a] = 0.0;
+    hi[a] = static_cast<double>(n[a] - 1);
+  }
+  if (n[0] == 1) hi[0] = 0.25;
+}
+
 // interior() point by point, for samplers without a blocked version.
 template <class S, class V>
 void interior_points(const S& sampler, const double* c0, const double* c1, const double* c2,
@@ -391,13 +398,7 @@ struct NearestSampler {
     return data[(i0 * n[1] + i1) * n[2] + i2];
   }
   // Where rounding cannot leave the image, so no clamping is needed.
-  void interior_box(double lo[3], double hi[3]) const {
-    for (int a = 0; a < 3; ++a) {
-      lo[a] = 0.0;
-      hi[a] = static_cast<double>(n[a] - 1);
-    }
-    if (n[0] == 1) hi[0] = 0.25;  // 2D: the slice coordinate is exactly 0
-  }
+  void interior_box(double lo[3], double hi[3]) const { unit_step_box(n, lo, hi); }
   T interior(double c0, double c1, double c2) const {
     const index_t i0 = static_cast<index_t>(c0 + 0.5), i1 = static_cast<index_t>(c1 + 0.5),
                   i2 = static_cast<index_t>(c2 + 0.5);  // non-negative: truncation is floor
@@ -441,13 +442,7 @@ struct LinearSampler {
                  static_cast<A>(p.t[0]), static_cast<A>(p.t[1]), static_cast<A>(p.t[2]));
   }
   // Where all 8 neighbours exist, so no clamping is needed (same arithmetic as operator()).
-  void interior_box(double lo[3], double hi[3]) const {
-    for (int a = 0; a < 3; ++a) {
-      lo[a] = 0.0;
-      hi[a] = static_cast<double>(n[a] - 1);
-    }
-    if (n[0] == 1) hi[0] = 0.25;  // 2D: the slice coordinate is exactly 0
-  }
+  void interior_box(double lo[3], double hi[3]) const { unit_step_box(n, lo, hi); }
   A interior(double c0, double c1, double c2) const {
     const index_t s1 = n[2], s0 = n[1] * n[2];
     const index_t f0 = static_cast<index_t>(c0), f1 = static_cast<index_t>(c1),
@@ -640,6 +635,7 @@ inline void row_interior(const double b[3], const double d[3], const double lo[3
     f = std::max(f, std::ceil(std::min(t_lo, t_hi)));
     l = std::min(l, std::floor(std::max(t_lo, t_hi)) + 1.0);
   }
+  f = std::min(f, static_cast<double>(n));  // clamp before converting: the solve can overshoot
   first = static_cast<index_t>(f);
   last = std::max(first, static_cast<index_t>(std::max(l, 0.0)));
   auto in_box = [&](index_t i) {

@@ -13,16 +13,6 @@ def _interp_dtype(dtype) -> np.dtype:
     return np.dtype(np.float64 if dtype == np.float64 else np.float32)
 
 
-def _fill_invalid(out, taps, fill):
-    for a in range(3):
-        invalid = np.asarray(taps[a][2]) == 0
-        if invalid.any():
-            sl = [slice(None)] * 3
-            sl[a] = cupy.asarray(invalid)
-            out[tuple(sl)] = fill
-    return out
-
-
 def resample_separable(x, taps, order, prefilter, fill):
     dtype = _interp_dtype(x.dtype)
     cur = x.astype(dtype)
@@ -39,7 +29,9 @@ def resample_separable(x, taps, order, prefilter, fill):
             term = cupy.take(cur, d_idx[:, t], axis=a) * d_w[:, t].reshape(shape_w)
             acc = term if acc is None else acc + term
         cur = acc
-    return _fill_invalid(cur.astype(dtype, copy=False), taps, fill)
+    from medkern.resample import fill_outside
+
+    return fill_outside(cur.astype(dtype, copy=False), taps, fill)
 
 
 def gather_nearest(x, idx0, idx1, idx2, fill_bits):

@@ -88,14 +88,9 @@ def resample_separable(x, taps, order, prefilter, fill):
         _axis_pass(cur.reshape(outer, shape[a], inner), nxt, np.ascontiguousarray(idx, dtype=np.int64),
                    np.ascontiguousarray(w, dtype=np.float64), bool(prefilter))
         cur = nxt.reshape(shape[:a] + (idx.shape[0],) + shape[a + 1:])
-    out = cur.astype(_interp_dtype(x.dtype))
-    for a in range(3):
-        invalid = taps[a][2] == 0
-        if invalid.any():
-            sl = [slice(None)] * 3
-            sl[a] = invalid
-            out[tuple(sl)] = fill
-    return out
+    from medkern.resample import fill_outside
+
+    return fill_outside(cur.astype(_interp_dtype(x.dtype)), taps, fill)
 
 
 @numba.njit(parallel=True, cache=True)
