@@ -393,6 +393,26 @@ def test_affine_sitk_and_files(rng, tmp_path):
                                [comp.TransformPoint(tuple(p)) for p in pts], atol=1e-10)
 
 
+def test_ants_float_mat(tmp_path):
+    """antsRegistration writes 'AffineTransform_float_3_3' as single precision MATLAB v4."""
+    import struct
+
+    lin = np.array([[0.98, -0.17, 0.0], [0.17, 0.98, 0.02], [0.0, -0.02, 1.0]])
+    params = np.concatenate([lin.ravel(), [1.5, -2.0, 3.25]]).astype(np.float32)
+    center = np.array([10.0, 20.0, 30.0], np.float32)
+
+    def entry(name, values):
+        raw = name.encode() + b"\0"
+        return struct.pack("<5i", 10, values.size, 1, 0, len(raw)) + raw + values.astype("<f4").tobytes()
+
+    path = tmp_path / "ants0GenericAffine.mat"
+    path.write_bytes(entry("AffineTransform_float_3_3", params) + entry("fixed", center))
+    a = mk.Affine.read(path)
+    t = sitk.ReadTransform(str(path))
+    pts = np.array([[0.0, 0.0, 0.0], [12.0, -5.0, 40.0]])
+    np.testing.assert_allclose(a.apply(pts), [t.TransformPoint(tuple(p)) for p in pts], atol=1e-4)
+
+
 def test_displacement_field_sitk_round_trip(rng):
     ref = mk.Image(np.zeros((5, 6, 7), np.uint8), spacing=(2.0, 1.0, 1.5), origin=(1, 2, 3))
     u = rng.normal(size=ref.shape + (3,))

@@ -664,57 +664,60 @@ void warp(const S& sampler, typename S::value_type* out, const index_t shape_out
   double lo[3], hi[3];
   sampler.interior_box(lo, hi);
   const double d[3] = {m[2], m[6], m[10]};
+  // Output tiles of kTileRows rows x kWarpBlock columns: an oblique map reads a compact input
+  // footprint per tile that stays in L1, where whole rows would sweep a long band through L2.
+  constexpr index_t kTileRows = 8;
+  const index_t n_tiles = (m1 + kTileRows - 1) / kTileRows;
 #pragma omp parallel for collapse(2) schedule(static) num_threads(clamp_threads(n_threads))
   for (index_t k = 0; k < shape_out[0]; ++k) {
-    for (index_t j = 0; j < m1; ++j) {
-      double c0[kWarpBlock], c1[kWarpBlock], c2[kWarpBlock];
-      const double kk = static_cast<double>(k), jj = static_cast<double>(j);
-      const double b[3] = {m[0] * kk + m[1] * jj + m[3], m[4] * kk + m[5] * jj + m[7],
-                           m[8] * kk + m[9] * jj + m[11]};
-      auto* dst = out + (k * m1 + j) * m2;
-      if (!disp) {
-        index_t first, last;
-        row_interior(b, d, lo, hi, m2, first, last);
-        for (index_t i = 0; i < first; ++i) {
-          const double ii = static_cast<double>(i);
-          dst[i] = sampler(b[0] + d[0] * ii, b[1] + d[1] * ii, b[2] + d[2] * ii);
-        }
-        for (index_t i0 = first; i0 < last; i0 += kWarpBlock) {
-          const index_t count = std::min(kWarpBlock, last - i0);
-          for (index_t q = 0; q < count; ++q) {
-            const double ii = static_cast<double>(i0 + q);
-            c0[q] = b[0] + d[0] * ii;
-            c1[q] = b[1] + d[1] * ii;
-            c2[q] = b[2] + d[2] * ii;
-          }
-          sampler.interior_block(c0, c1, c2, count, dst + i0);
-        }
-        for (index_t i = std::max(first, last); i < m2; ++i) {
-          const double ii = static_cast<double>(i);
-          dst[i] = sampler(b[0] + d[0] * ii, b[1] + d[1] * ii, b[2] + d[2] * ii);
-        }
-        continue;
+    for (index_t tile = 0; tile < n_tiles; ++tile) {
+      const index_t j0 = tile * kTileRows, rows = std::min(kTileRows, m1 - j0);
+      double base[kTileRows][3];
+      index_t first[kTileRows], last[kTileRows];
+      for (index_t q = 0; q < rows; ++q) {
+        const double kk = static_cast<double>(k), jj = static_cast<double>(j0 + q);
+        base[q][0] = m[0] * kk + m[1] * jj + m[3];
+        base[q][1] = m[4] * kk + m[5] * jj + m[7];
+        base[q][2] = m[8] * kk + m[9] * jj + m[11];
+        if (!disp) row_interior(base[q], d, lo, hi, m2, first[q], last[q]);
       }
-      const float* u = disp + (k * m1 + j) * m2 * n_comp;
+      double c0[kWarpBlock], c1[kWarpBlock], c2[kWarpBlock];
       for (index_t i0 = 0; i0 < m2; i0 += kWarpBlock) {
-        const index_t count = std::min(kWarpBlock, m2 - i0);
-        bool all_interior = true;
-        for (index_t q = 0; q < count; ++q) {
-          const double ii = static_cast<double>(i0 + q);
-          const float* uq = u + (i0 + q) * n_comp;
-          double c[3] = {b[0] + d[0] * ii, b[1] + d[1] * ii, b[2] + d[2] * ii};
-          for (int a = 0; a < 3; ++a)
-            for (int p = 0; p < n_comp; ++p) c[a] += r[a * n_comp + p] * uq[p];
-          c0[q] = c[0];
-          c1[q] = c[1];
-          c2[q] = c[2];
-          all_interior = all_interior && c[0] >= lo[0] && c[0] < hi[0] && c[1] >= lo[1] &&
-                         c[1] < hi[1] && c[2] >= lo[2] && c[2] < hi[2];
-        }
-        if (all_interior) {
-          sampler.interior_block(c0, c1, c2, count, dst + i0);
-        } else {
-          for (index_t q = 0; q < count; ++q) dst[i0 + q] = sampler(c0[q], c1[q], c2[q]);
+        const index_t i1 = std::min(m2, i0 + kWarpBlock);
+        for (index_t q = 0; q < rows; ++q) {
+          const double* b = base[q];
+          auto* dst = out + (k * m1 + j0 + q) * m2;
+          auto at = [&](index_t i, int a) { return b[a] + d[a] * static_cast<double>(i); };
+          if (!disp) {
+            const index_t a = std::min(std::max(first[q], i0), i1);
+            const index_t e = std::max(a, std::min(last[q], i1));
+            for (index_t i = i0; i < a; ++i) dst[i] = sampler(at(i, 0), at(i, 1), at(i, 2));
+            for (index_t i = a; i < e; ++i) {
+              c0[i - a] = at(i, 0);
+              c1[i - a] = at(i, 1);
+              c2[i - a] = at(i, 2);
+            }
+            if (e > a) sampler.interior_block(c0, c1, c2, e - a, dst + a);
+            for (index_t i = e; i < i1; ++i) dst[i] = sampler(at(i, 0), at(i, 1), at(i, 2));
+            continue;
+          }
+          const float* u = disp + ((k * m1 + j0 + q) * m2 + i0) * n_comp;
+          bool all_interior = true;
+          for (index_t i = i0; i < i1; ++i, u += n_comp) {
+            double c[3] = {at(i, 0), at(i, 1), at(i, 2)};
+            for (int a = 0; a < 3; ++a)
+              for (int p = 0; p < n_comp; ++p) c[a] += r[a * n_comp + p] * u[p];
+            c0[i - i0] = c[0];
+            c1[i - i0] = c[1];
+            c2[i - i0] = c[2];
+            all_interior = all_interior && c[0] >= lo[0] && c[0] < hi[0] && c[1] >= lo[1] &&
+                           c[1] < hi[1] && c[2] >= lo[2] && c[2] < hi[2];
+          }
+          if (all_interior) {
+            sampler.interior_block(c0, c1, c2, i1 - i0, dst + i0);
+          } else {
+            for (index_t i = i0; i < i1; ++i) dst[i] = sampler(c0[i - i0], c1[i - i0], c2[i - i0]);
+          }
         }
       }
     }
