@@ -40,6 +40,14 @@ def main() -> None:
         ("bilateral 1.5 vox / 0.1 128x256x256", lambda b: mk.bilateral(gv, 1.5, 0.1, backend=b),
          lambda: mk.bilateral(vol, 1.5, 0.1)),
     ]
+    ct_img, g_img = mk.Image(ct, spacing=(2.5, 0.7, 0.7)), mk.Image(g, spacing=(2.5, 0.7, 0.7))
+    rot = mk.Affine.rotation((0, 0, 10), center=ct_img.index_to_world((np.array(ct.shape) - 1) / 2))
+    for interp in ("linear", "cubic", "nearest"):
+        cases.append((f"resample -> 1 mm {interp}",
+                      lambda b, i=interp: mk.resample(g_img, 1.0, i, antialias=False, backend=b),
+                      lambda i=interp: mk.resample(ct_img, 1.0, i, antialias=False)))
+    cases.append(("resample_to rotation 10 deg linear", lambda b: mk.resample_to(g_img, g_img, rot, backend=b),
+                  lambda: mk.resample_to(ct_img, ct_img, rot)))
     for name, gpu, cpu in cases:
         t_cuda = _time(lambda: gpu("cuda"), sync)
         t_cupy = _time(lambda: gpu("cupy"), sync)

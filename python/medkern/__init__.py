@@ -23,6 +23,7 @@ from medkern.intensity import normalize, window
 from medkern.io import read, write
 from medkern.radiomics import radiomics
 from medkern.resample import resample, resample_to, warp
+from medkern.resample import map_coordinates, resample, resample_to, warp
 from medkern.transforms import Affine, DisplacementField
 from medkern.io.dicom import DicomSeries, list_dicom_series, read_dicom_file, read_dicom_series
 from medkern.io.rtstruct import read_rtstruct
@@ -73,6 +74,7 @@ __all__ = [
     "equalize_hist",
     "get_num_threads",
     "n4_bias_correction",
+    "map_coordinates",
     "normalize",
     "radiomics",
     "read",

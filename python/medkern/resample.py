@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from medkern._dispatch import Kernel, get_num_threads, is_cupy_array
+from medkern._dispatch import Kernel, array_module, get_num_threads, is_cupy_array
 from medkern._util import KERNEL_DTYPES, as_image, unwrap
 from medkern.image import Image
 from medkern.transforms import Affine, Composite, DisplacementField, Transform
@@ -71,13 +71,112 @@ def _cpp_coefficients(x):
     return _core.bspline_coefficients(x, get_num_threads())
 
 
+def _cuda_module():
+    import cupy
+
+    from medkern import _cuda
+
+    return cupy, _cuda, cupy.cuda.get_current_stream().ptr
+
+
+def _ptr(a) -> int:
+    return 0 if a is None else a.data.ptr
+
+
+def _cuda_separable(x, taps, order, prefilter, fill):
+    cupy, _cuda, stream = _cuda_module()
+    dtype = np.dtype(np.float64 if x.dtype == np.float64 else np.float32)
+    cur = cupy.ascontiguousarray(x)
+    for a in order:
+        idx, w, _ = taps[a]
+        shape = tuple(cur.shape)
+        outer, inner = math.prod(shape[:a]), math.prod(shape[a + 1:])
+        out = cupy.empty(shape[:a] + (idx.shape[0],) + shape[a + 1:], dtype=dtype)
+        d_idx = cupy.asarray(idx, dtype=cupy.int64)
+        d_w = cupy.asarray(w, dtype=dtype)
+        scratch = cupy.empty(cur.size, dtype=dtype) if prefilter else None
+        _cuda.resample_axis_pass(cur.data.ptr, cur.dtype, out.data.ptr, outer, shape[a], inner, idx.shape[0],
+                                 d_idx.data.ptr, d_w.data.ptr, idx.shape[1], bool(prefilter), _ptr(scratch),
+                                 stream)
+        cur = out
+    return fill_outside(cur, taps, fill)
+
+
+def fill_outside(out: Any, taps: Sequence[tuple], fill: float) -> Any:
+    """Exact ``fill`` on the output slabs whose coordinate fell outside the input on any axis
+    (``valid == 0`` in a tap table), after the separable passes; the C++ driver does the same."""
+    xp = array_module(out)
+    for a in range(3):
+        invalid = np.asarray(taps[a][2]) == 0
+        if invalid.any():
+            sl: list[Any] = [slice(None)] * 3
+            sl[a] = xp.asarray(invalid)
+            out[tuple(sl)] = fill
+    return out
+
+
+def _cuda_gather(x, idx0, idx1, idx2, fill_bits):
+    cupy, _cuda, stream = _cuda_module()
+    idx = [cupy.asarray(i, dtype=cupy.int64) for i in (idx0, idx1, idx2)]
+    out = cupy.empty(tuple(int(i.size) for i in idx), dtype=x.dtype)
+    _cuda.gather_nearest(x.data.ptr, x.dtype, list(x.shape), out.data.ptr, list(out.shape), idx[0].data.ptr,
+                         idx[1].data.ptr, idx[2].data.ptr, int(fill_bits), stream)
+    return out
+
+
+def _cuda_fill(x, code, fill):
+    """(output dtype, float fill, fill bits) as the CUDA launchers take them."""
+    if code in (_CODE["nearest"], _CODE["label"]):
+        return x.dtype, 0.0, int(fill)
+    return np.dtype(np.float64 if x.dtype == np.float64 else np.float32), float(fill), 0
+
+
+def _cuda_warp(x, code, out_shape, matrix, disp, disp_matrix, fill):
+    cupy, _cuda, stream = _cuda_module()
+    x = cupy.ascontiguousarray(x)
+    dtype, fill_f, fill_bits = _cuda_fill(x, code, fill)
+    out = cupy.empty(tuple(out_shape), dtype=dtype)
+    d = None if disp is None else cupy.ascontiguousarray(cupy.asarray(disp, dtype=cupy.float32))
+    n_comp = 0 if d is None else int(d.shape[-1])
+    r = [] if d is None else [float(v) for v in np.asarray(disp_matrix).ravel()]
+    _cuda.resample_warp(x.data.ptr, x.dtype, list(x.shape), code, out.data.ptr, list(out.shape),
+                        [float(v) for v in np.asarray(matrix).ravel()], _ptr(d), n_comp, r, fill_f, fill_bits,
+                        stream)
+    return out
+
+
+def _cuda_points(x, code, coords, fill):
+    cupy, _cuda, stream = _cuda_module()
+    x = cupy.ascontiguousarray(x)
+    coords = cupy.ascontiguousarray(cupy.asarray(coords, dtype=cupy.float64))
+    dtype, fill_f, fill_bits = _cuda_fill(x, code, fill)
+    out = cupy.empty(coords.shape[1], dtype=dtype)
+    _cuda.resample_points(x.data.ptr, x.dtype, list(x.shape), code, out.data.ptr, coords.data.ptr,
+                          coords.shape[1], coords.shape[0], fill_f, fill_bits, stream)
+    return out
+
+
+def _cuda_coefficients(x):
+    cupy, _cuda, stream = _cuda_module()
+    x = cupy.ascontiguousarray(x)
+    out = cupy.empty(x.shape, dtype=np.float64 if x.dtype == np.float64 else np.float32)
+    _cuda.bspline_coefficients(x.data.ptr, x.dtype, list(x.shape), out.data.ptr, stream)
+    return out
+
+
 _NUMBA = "medkern._numba.resample:"
-separable_kernel = Kernel("resample_separable", cpp=_cpp_separable, numba=_NUMBA + "resample_separable")
-gather_kernel = Kernel("gather_nearest", cpp=_cpp_gather, numba=_NUMBA + "gather_nearest")
-warp_kernel = Kernel("warp", cpp=_cpp_warp, numba=_NUMBA + "warp")
-points_kernel = Kernel("map_coordinates", cpp=_cpp_points, numba=_NUMBA + "map_coordinates")
+_CUPY = "medkern._cupy.resample:"
+separable_kernel = Kernel("resample_separable", cpp=_cpp_separable, numba=_NUMBA + "resample_separable",
+                          cuda=_cuda_separable, cupy=_CUPY + "resample_separable")
+gather_kernel = Kernel("gather_nearest", cpp=_cpp_gather, numba=_NUMBA + "gather_nearest",
+                       cuda=_cuda_gather, cupy=_CUPY + "gather_nearest")
+warp_kernel = Kernel("warp", cpp=_cpp_warp, numba=_NUMBA + "warp",
+                     cuda=_cuda_warp, cupy=_CUPY + "warp")
+points_kernel = Kernel("map_coordinates", cpp=_cpp_points, numba=_NUMBA + "map_coordinates",
+                       cuda=_cuda_points, cupy=_CUPY + "map_coordinates")
 coefficients_kernel = Kernel("bspline_coefficients", cpp=_cpp_coefficients,
-                             numba=_NUMBA + "bspline_coefficients")
+                             numba=_NUMBA + "bspline_coefficients",
+                             cuda=_cuda_coefficients, cupy=_CUPY + "bspline_coefficients")
 
 
 # ---------------------------------------------------------------------- argument handling
@@ -91,6 +190,8 @@ def _check_array(x: Any, interpolation: str, name: str = "img") -> Any:
     """The array the kernels take for this interpolation (raises for unusable dtypes)."""
     if 0 in x.shape:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
+    if x.dtype.kind not in "biuf" or x.dtype.itemsize > 8:
+        raise TypeError(f"{name} has dtype {x.dtype}; resampling takes bool, integer or float images")
     if interpolation == "label":
         if x.dtype != np.bool_ and x.dtype.kind not in "iu":
             raise TypeError(f"interpolation='label' needs an integer or bool label image, {name} has dtype "
@@ -365,10 +466,16 @@ def _split_transform(transform: Transform | None, ndim: int) -> tuple[np.ndarray
     return outer, parts[0] if len(parts) == 1 else Composite(parts)
 
 
-def _displacement_on_grid(rest: Transform, reference: Image) -> np.ndarray:
-    """``rest(p) - p`` at every voxel centre of ``reference``, float32 ``shape + (ndim,)``."""
+def _displacement_on_grid(rest: Transform, reference: Image, on_gpu: bool) -> Any:
+    """``rest(p) - p`` at every voxel centre of ``reference``, float32 ``shape + (ndim,)``, on the
+    device of the image being warped."""
     if isinstance(rest, DisplacementField) and rest.field.same_geometry(reference, atol=1e-9):
-        return np.ascontiguousarray(np.asarray(rest.field.array), dtype=np.float32)
+        arr = rest.field.array
+        if on_gpu:
+            import cupy
+
+            return cupy.ascontiguousarray(cupy.asarray(arr), dtype=cupy.float32)
+        return np.ascontiguousarray(arr.get() if is_cupy_array(arr) else arr, dtype=np.float32)
     ndim = reference.ndim
     out = np.empty(reference.shape + (ndim,), dtype=np.float32)
     grid_rest = np.stack(np.meshgrid(*[np.arange(n) for n in reference.shape[1:]], indexing="ij"), -1)
@@ -377,6 +484,10 @@ def _displacement_on_grid(rest: Transform, reference: Image) -> np.ndarray:
         idx = np.concatenate([np.full((rest_idx.shape[0], 1), float(k)), rest_idx], axis=1)
         pts = reference.index_to_world(idx)
         out[k] = (rest.apply(pts) - pts).reshape(reference.shape[1:] + (ndim,))
+    if on_gpu:
+        import cupy
+
+        return cupy.asarray(out)
     return out
 
 
@@ -428,13 +539,7 @@ def resample_to(img: Any, reference: Image, transform: Transform | None = None,
         m[pad:, 3] = full[:ndim, ndim]
         disp = disp_matrix = None
         if rest is not None:
-            if is_cupy_array(x):
-                import cupy
-
-                disp = cupy.asarray(_displacement_on_grid(rest, reference))
-            else:
-                disp = _displacement_on_grid(rest, reference)
-            disp = disp.reshape(shape3 + (ndim,))
+            disp = _displacement_on_grid(rest, reference, is_cupy_array(x)).reshape(shape3 + (ndim,))
             disp_matrix = np.zeros((3, ndim))
             disp_matrix[pad:] = (np.linalg.inv(image.affine)[:ndim, :ndim] @ outer[:ndim, :ndim])
         out = _warp_array(x3, shape3, m, disp, disp_matrix, interpolation, fill, backend)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from medkern._dispatch import is_cupy_array
 from medkern.image import Image
 
 __all__ = ["Transform", "Affine", "DisplacementField", "Composite"]
@@ -387,7 +388,8 @@ class DisplacementField(Transform):
         pts = self._points(points)
         idx = self._field.world_to_index(pts.reshape(-1, self.ndim)).T
         u = np.empty(idx.shape[::-1], dtype=np.float64)
-        arr = np.asarray(self._field.array)
+        arr = self._field.array
+        arr = arr.get() if is_cupy_array(arr) else np.asarray(arr)
         for q in range(self.ndim):
             u[:, q] = map_coordinates(arr[..., q], idx, "linear", fill=0.0)
         return u.reshape(pts.shape)
@@ -436,7 +438,7 @@ class DisplacementField(Transform):
         """A ``SimpleITK.DisplacementFieldTransform`` (float64 field, as ITK requires)."""
         import SimpleITK as sitk
 
-        img = self._field.with_array(np.asarray(self._field.array, dtype=np.float64), vector=True)
+        img = self._field.with_array(np.asarray(self._field, dtype=np.float64), vector=True)
         return sitk.DisplacementFieldTransform(img.to_sitk())
 
 

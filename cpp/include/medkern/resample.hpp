@@ -11,10 +11,19 @@
 #pragma once
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
 #include "medkern/common.hpp"
+
+// The point samplers and their helpers also compile as CUDA device code (cpp/cuda/resample.cu),
+// so CPU and GPU evaluate the same arithmetic.
+#ifdef __CUDACC__
+#define MEDKERN_HD __host__ __device__
+#else
+#define MEDKERN_HD
+#endif
 
 namespace medkern {
 
@@ -25,7 +34,7 @@ using interp_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 enum class Interpolation : int { nearest = 0, linear = 1, cubic = 2, label = 3 };
 
 // Whole-sample symmetric extension with period 2(n-1) (scipy "mirror": d c b | a b c d | c b a).
-inline index_t mirror_index(index_t i, index_t n) {
+MEDKERN_HD inline index_t mirror_index(index_t i, index_t n) {
   if (n == 1) return 0;
   const index_t period = 2 * (n - 1);
   i = i < 0 ? -i : i;
@@ -33,12 +42,19 @@ inline index_t mirror_index(index_t i, index_t n) {
   return i < n ? i : period - i;
 }
 
-inline index_t clamp_index(index_t i, index_t n) { return i < 0 ? 0 : (i >= n ? n - 1 : i); }
+MEDKERN_HD inline index_t clamp_index(index_t i, index_t n) { return i < 0 ? 0 : (i >= n ? n - 1 : i); }
 
-inline bool inside(double c, index_t n) { return c >= -0.5 && c < static_cast<double>(n) - 0.5; }
+// floor for coordinates already known to be inside an image: the baseline x86-64 target has no
+// rounding instruction, and a libm floor call per coordinate dominates the per-voxel cost.
+MEDKERN_HD inline index_t floor_index(double c) {
+  const index_t i = static_cast<index_t>(c);
+  return c < static_cast<double>(i) ? i - 1 : i;
+}
+
+MEDKERN_HD inline bool inside(double c, index_t n) { return c >= -0.5 && c < static_cast<double>(n) - 0.5; }
 
 // Cubic B-spline weights for the taps floor(c)-1 .. floor(c)+2 at fraction t (Unser 1999, eq. 4).
-inline void cubic_bspline_weights(double t, double w[4]) {
+MEDKERN_HD inline void cubic_bspline_weights(double t, double w[4]) {
   const double t2 = t * t, t3 = t2 * t, u = 1.0 - t;
   w[0] = u * u * u / 6.0;
   w[1] = (3.0 * t3 - 6.0 * t2 + 4.0) / 6.0;
@@ -53,16 +69,16 @@ inline void cubic_bspline_weights(double t, double w[4]) {
 // causal initialisation (Unser 1999; the same sums as scipy.ndimage.spline_filter1d), evaluated
 // in double; the sum stops once z^k < 1e-20, below double resolution of any term.
 template <class A>
-void bspline_prefilter_lines(A* base, index_t n, index_t stride, index_t width, double* init) {
+MEDKERN_HD void bspline_prefilter_lines(A* base, index_t n, index_t stride, index_t width, double* init) {
   if (n < 2) return;
-  const double z = std::sqrt(3.0) - 2.0;
+  const double z = sqrt(3.0) - 2.0;
   const A gain = static_cast<A>((1.0 - z) * (1.0 - 1.0 / z));
-  const double z_n1 = std::pow(z, static_cast<double>(n - 1));
+  const double z_n1 = pow(z, static_cast<double>(n - 1));
   A* first = base;
   A* last = base + (n - 1) * stride;
   for (index_t b = 0; b < width; ++b) init[b] = static_cast<double>(first[b]) + z_n1 * last[b];
   double zi = z;
-  for (index_t i = 1; i < n - 1 && std::fabs(zi) > 1e-20; ++i) {
+  for (index_t i = 1; i < n - 1 && fabs(zi) > 1e-20; ++i) {
     const A* ci = base + i * stride;
     const A* cm = base + (n - 1 - i) * stride;
     for (index_t b = 0; b < width; ++b) init[b] += zi * (ci[b] + z_n1 * static_cast<double>(cm[b]));
@@ -87,69 +103,120 @@ void bspline_prefilter_lines(A* base, index_t n, index_t stride, index_t width, 
   }
 }
 
+// Lines along the contiguous last axis are processed kLineGroup at a time, transposed into a
+// [n][kLineGroup] block so that recursions and taps run across lines, in vector registers,
+// instead of along one line with a dependency chain or a gather per sample.
+constexpr index_t kLineGroup = 16;
+
+// block[i][r] = line r of src (rows of length n), r < g; lanes r >= g are zero.
+template <class T, class A>
+void load_line_group(const T* src, index_t n, index_t g, A* block) {
+  for (index_t r = 0; r < g; ++r)
+    for (index_t i = 0; i < n; ++i) block[i * kLineGroup + r] = static_cast<A>(src[r * n + i]);
+  for (index_t r = g; r < kLineGroup; ++r)
+    for (index_t i = 0; i < n; ++i) block[i * kLineGroup + r] = 0;
+}
+
+template <class T, class A>
+void resample_axis_pass(const T* in, A* out, index_t outer, index_t n_in, index_t inner,
+                        index_t n_out, const index_t* idx, const A* w, int taps, bool prefilter,
+                        int n_threads);
+
+// In-place B-spline prefilter of every line along the middle axis of a [outer][n][inner] array.
+// Lines along a strided axis are filtered side by side in blocks of contiguous lanes; lines along
+// the contiguous axis go through resample_axis_pass with identity taps (each group of lines is
+// loaded before it is written back, so in place is safe).
+template <class A>
+void bspline_prefilter_axis(A* data, index_t outer, index_t n, index_t inner, int n_threads) {
+  if (inner == 1) {
+    std::vector<index_t> idx(static_cast<std::size_t>(n));
+    for (index_t i = 0; i < n; ++i) idx[i] = i;
+    const std::vector<A> w(static_cast<std::size_t>(n), A(1));
+    resample_axis_pass(static_cast<const A*>(data), data, outer, n, 1, n, idx.data(), w.data(), 1, true,
+                       n_threads);
+    return;
+  }
+  constexpr index_t kBlock = 1024;
+  const index_t n_blocks = (inner + kBlock - 1) / kBlock;
+#pragma omp parallel num_threads(clamp_threads(n_threads))
+  {
+    std::vector<double> init(static_cast<std::size_t>(std::min(kBlock, inner)));
+#pragma omp for schedule(static)
+    for (index_t item = 0; item < outer * n_blocks; ++item) {
+      const index_t o = item / n_blocks, b0 = (item % n_blocks) * kBlock;
+      bspline_prefilter_lines(data + o * n * inner + b0, n, inner, std::min(kBlock, inner - b0),
+                              init.data());
+    }
+  }
+}
+
 // ------------------------------------------------------------------ separable axis pass
 // One 1D resampling pass along the middle axis of a [outer][n_in][inner] array:
 //   out[o][m][:] = sum_t w[m][t] * line(in[o][idx[m][t]][:]),
 // where `line` is the input, or its B-spline coefficients when `prefilter` is set. The tap table
 // carries the interpolation weights, boundary extension and any anti-aliasing kernel already
 // composed (built once per axis by the caller), so every interpolation order shares this loop.
+// Output rows are written whole and in order, so the stores stream.
 template <class T, class A>
 void resample_axis_pass(const T* in, A* out, index_t outer, index_t n_in, index_t inner,
                         index_t n_out, const index_t* idx, const A* w, int taps, bool prefilter,
                         int n_threads) {
-  constexpr index_t kBlock = 256;  // inner lanes per work item: a slab of n_in x 256 stays in L2
   if (inner == 1) {
+    const index_t n_groups = (outer + kLineGroup - 1) / kLineGroup;
 #pragma omp parallel num_threads(clamp_threads(n_threads))
     {
-      std::vector<A> line(static_cast<std::size_t>(n_in));
-      double init = 0;
+      std::vector<A> block(static_cast<std::size_t>(n_in * kLineGroup));
+      std::vector<double> init(kLineGroup);
 #pragma omp for schedule(static)
-      for (index_t o = 0; o < outer; ++o) {
-        const T* src = in + o * n_in;
-        for (index_t i = 0; i < n_in; ++i) line[i] = static_cast<A>(src[i]);
-        if (prefilter) bspline_prefilter_lines(line.data(), n_in, 1, 1, &init);
-        A* dst = out + o * n_out;
+      for (index_t grp = 0; grp < n_groups; ++grp) {
+        const index_t g = std::min(kLineGroup, outer - grp * kLineGroup);
+        load_line_group(in + grp * kLineGroup * n_in, n_in, g, block.data());
+        if (prefilter) bspline_prefilter_lines(block.data(), n_in, kLineGroup, kLineGroup, init.data());
+        A* dst = out + grp * kLineGroup * n_out;
         for (index_t m = 0; m < n_out; ++m) {
-          A acc = 0;
-          for (int t = 0; t < taps; ++t) acc += w[m * taps + t] * line[idx[m * taps + t]];
-          dst[m] = acc;
+          A acc[kLineGroup] = {};
+          for (int t = 0; t < taps; ++t) {
+            const A wt = w[m * taps + t];
+            const A* s = block.data() + idx[m * taps + t] * kLineGroup;
+            for (index_t r = 0; r < kLineGroup; ++r) acc[r] += wt * s[r];
+          }
+          for (index_t r = 0; r < g; ++r) dst[r * n_out + m] = acc[r];
         }
       }
     }
     return;
   }
-  const index_t n_blocks = (inner + kBlock - 1) / kBlock;
-#pragma omp parallel num_threads(clamp_threads(n_threads))
-  {
-    std::vector<A> slab(prefilter ? static_cast<std::size_t>(n_in * kBlock) : 0);
-    std::vector<double> init(kBlock);
-    A acc[kBlock];
-#pragma omp for schedule(static)
-    for (index_t item = 0; item < outer * n_blocks; ++item) {
-      const index_t o = item / n_blocks;
-      const index_t b0 = (item % n_blocks) * kBlock;
-      const index_t width = std::min(kBlock, inner - b0);
-      const T* src = in + o * n_in * inner + b0;
-      A* dst = out + o * n_out * inner + b0;
-      if (prefilter) {
-        for (index_t i = 0; i < n_in; ++i)
-          for (index_t b = 0; b < width; ++b) slab[i * kBlock + b] = static_cast<A>(src[i * inner + b]);
-        bspline_prefilter_lines(slab.data(), n_in, kBlock, width, init.data());
-      }
-      for (index_t m = 0; m < n_out; ++m) {
-        for (index_t b = 0; b < width; ++b) acc[b] = 0;
-        for (int t = 0; t < taps; ++t) {
-          const A wt = w[m * taps + t];
-          const index_t i = idx[m * taps + t];
-          if (prefilter) {
-            const A* s = slab.data() + i * kBlock;
-            for (index_t b = 0; b < width; ++b) acc[b] += wt * s[b];
-          } else {
-            const T* s = src + i * inner;
-            for (index_t b = 0; b < width; ++b) acc[b] += wt * static_cast<A>(s[b]);
-          }
+  if (prefilter) {
+    // Coefficients of the lines along this (strided) axis first, then plain taps from them.
+    const index_t n = outer * n_in * inner;
+    std::unique_ptr<A[]> coef(new A[static_cast<std::size_t>(n)]);
+#pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
+    for (index_t v = 0; v < n; ++v) coef[v] = static_cast<A>(in[v]);
+    bspline_prefilter_axis(coef.get(), outer, n_in, inner, n_threads);
+    resample_axis_pass(static_cast<const A*>(coef.get()), out, outer, n_in, inner, n_out, idx, w,
+                       taps, false, n_threads);
+    return;
+  }
+  constexpr index_t kBlock = 512;  // accumulator lanes: stays in L1 while the taps stream in
+#pragma omp parallel for collapse(2) schedule(static) num_threads(clamp_threads(n_threads))
+  for (index_t o = 0; o < outer; ++o) {
+    for (index_t m = 0; m < n_out; ++m) {
+      A acc[kBlock];
+      const T* src = in + o * n_in * inner;
+      A* dst = out + (o * n_out + m) * inner;
+      for (index_t b0 = 0; b0 < inner; b0 += kBlock) {
+        const index_t width = std::min(kBlock, inner - b0);
+        {
+          const A w0 = w[m * taps];
+          const T* s = src + idx[m * taps] * inner + b0;
+          for (index_t b = 0; b < width; ++b) acc[b] = w0 * static_cast<A>(s[b]);
         }
-        for (index_t b = 0; b < width; ++b) dst[m * inner + b] = acc[b];
+        for (int t = 1; t < taps; ++t) {
+          const A wt = w[m * taps + t];
+          const T* s = src + idx[m * taps + t] * inner + b0;
+          for (index_t b = 0; b < width; ++b) acc[b] += wt * static_cast<A>(s[b]);
+        }
+        for (index_t b = 0; b < width; ++b) dst[b0 + b] = acc[b];
       }
     }
   }
@@ -165,41 +232,84 @@ struct AxisTaps {
   const std::uint8_t* valid;  // n_out flags: 0 where the output coordinate is outside the input
 };
 
+// In-plane passes (axes 1 and/or 2, in the given order) applied slice by slice, so a slice and
+// its intermediate stay in cache instead of making a round trip through memory per pass.
+template <class S, class A>
+void resample_plane_passes(const S* src, A* dst, const index_t shape[3], const int* plane_order,
+                           int n_passes, const AxisTaps<A> axes[3], bool prefilter, int n_threads) {
+  index_t out_plane[2] = {shape[1], shape[2]};
+  for (int q = 0; q < n_passes; ++q) out_plane[plane_order[q] - 1] = axes[plane_order[q]].n_out;
+  const index_t in_size = shape[1] * shape[2], out_size = out_plane[0] * out_plane[1];
+#pragma omp parallel num_threads(clamp_threads(n_threads))
+  {
+    std::vector<A> mid;
+#pragma omp for schedule(static)
+    for (index_t k = 0; k < shape[0]; ++k) {
+      index_t sh[2] = {shape[1], shape[2]};
+      auto run = [&](const auto* from, A* to, int a) {
+        const AxisTaps<A>& ax = axes[a];
+        // the passes run inside this thread: the slice is the unit of parallel work
+        if (a == 1)
+          resample_axis_pass(from, to, 1, sh[0], sh[1], ax.n_out, ax.idx, ax.w, ax.taps, prefilter, 1);
+        else
+          resample_axis_pass(from, to, sh[0], sh[1], 1, ax.n_out, ax.idx, ax.w, ax.taps, prefilter, 1);
+        sh[a - 1] = ax.n_out;
+      };
+      if (n_passes == 1) {
+        run(src + k * in_size, dst + k * out_size, plane_order[0]);
+      } else {
+        const int a0 = plane_order[0];
+        mid.resize(static_cast<std::size_t>(a0 == 1 ? axes[1].n_out * shape[2] : shape[1] * axes[2].n_out));
+        run(src + k * in_size, mid.data(), a0);
+        run(static_cast<const A*>(mid.data()), dst + k * out_size, plane_order[1]);
+      }
+    }
+  }
+}
+
 // Separable resampling of a 3D array whose output->input index map is axis-aligned: one pass per
 // axis listed in `order` (n_passes of them; the other axes keep their size and values), shrinking
-// axes first to keep the intermediates small, then `fill` on the output slabs whose coordinate
-// fell outside the input on any axis.
+// axes first to keep the intermediates small; consecutive in-plane passes run slice by slice.
+// Then `fill` goes on the output slabs whose coordinate fell outside the input on any axis.
 template <class T, class A>
 void resample_separable(const T* in, const index_t shape_in[3], A* out, const AxisTaps<A> axes[3],
                         const int* order, int n_passes, bool prefilter, A fill, int n_threads) {
   index_t shape[3] = {shape_in[0], shape_in[1], shape_in[2]};
-  std::vector<A> buf[2];
-  const void* src = in;
-  bool src_is_input = true;
-  for (int p = 0; p < n_passes; ++p) {
-    const int a = order[p];
-    const AxisTaps<A>& ax = axes[a];
-    index_t outer = 1, inner = 1;
-    for (int d = 0; d < a; ++d) outer *= shape[d];
-    for (int d = a + 1; d < 3; ++d) inner *= shape[d];
-    A* dst;
-    if (p == n_passes - 1) {
-      dst = out;
-    } else {
-      buf[p % 2].resize(static_cast<std::size_t>(outer * ax.n_out * inner));
-      dst = buf[p % 2].data();
+  std::unique_ptr<A[]> buf[2];  // uninitialised: every element is written by the next pass
+  const A* inter = nullptr;     // current intermediate, null while reading the input
+  int n_groups = 0;
+  for (int p = 0; p < n_passes;) {
+    int end = p + 1;
+    if (order[p] != 0)
+      while (end < n_passes && order[end] != 0) ++end;
+    index_t next[3] = {shape[0], shape[1], shape[2]};
+    for (int q = p; q < end; ++q) next[order[q]] = axes[order[q]].n_out;
+    A* dst = out;
+    if (end < n_passes) {
+      auto& b = buf[n_groups % 2];
+      b.reset(new A[static_cast<std::size_t>(next[0] * next[1] * next[2])]);
+      dst = b.get();
     }
-    if (src_is_input)
-      resample_axis_pass(static_cast<const T*>(src), dst, outer, shape[a], inner, ax.n_out, ax.idx,
-                         ax.w, ax.taps, prefilter, n_threads);
-    else
-      resample_axis_pass(static_cast<const A*>(src), dst, outer, shape[a], inner, ax.n_out, ax.idx,
-                         ax.w, ax.taps, prefilter, n_threads);
-    shape[a] = ax.n_out;
-    src = dst;
-    src_is_input = false;
+    auto group = [&](const auto* src) {
+      if (order[p] == 0) {
+        const AxisTaps<A>& ax = axes[0];
+        resample_axis_pass(src, dst, 1, shape[0], shape[1] * shape[2], ax.n_out, ax.idx, ax.w, ax.taps,
+                           prefilter, n_threads);
+      } else {
+        resample_plane_passes(src, dst, shape, order + p, end - p, axes, prefilter, n_threads);
+      }
+    };
+    if (inter) group(inter); else group(in);
+    for (int d = 0; d < 3; ++d) shape[d] = next[d];
+    inter = dst;
+    ++n_groups;
+    p = end;
   }
   // Exact fill (not a weighted sum of fills) wherever any axis was outside the input.
+  bool any_invalid = false;
+  for (int a = 0; a < 3; ++a)
+    for (index_t v = 0; v < axes[a].n_out; ++v) any_invalid = any_invalid || !axes[a].valid[v];
+  if (!any_invalid) return;
   const index_t n1 = shape[1], n2 = shape[2];
 #pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
   for (index_t k = 0; k < shape[0]; ++k) {
@@ -244,29 +354,34 @@ void gather_nearest(const T* in, const index_t shape_in[3], T* out, const index_
 // Whole-volume B-spline coefficients (the prefilter of every axis), for the per-voxel cubic path.
 template <class T, class A>
 void bspline_coefficients(const T* in, const index_t shape[3], A* out, int n_threads) {
-  constexpr index_t kBlock = 256;
   const index_t n = shape[0] * shape[1] * shape[2];
 #pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
   for (index_t v = 0; v < n; ++v) out[v] = static_cast<A>(in[v]);
-  for (int a = 0; a < 3; ++a) {
-    index_t outer = 1, inner = 1;
-    for (int d = 0; d < a; ++d) outer *= shape[d];
-    for (int d = a + 1; d < 3; ++d) inner *= shape[d];
-    const index_t n_blocks = (inner + kBlock - 1) / kBlock;
-#pragma omp parallel num_threads(clamp_threads(n_threads))
-    {
-      std::vector<double> init(kBlock);
-#pragma omp for schedule(static)
-      for (index_t item = 0; item < outer * n_blocks; ++item) {
-        const index_t o = item / n_blocks, b0 = (item % n_blocks) * kBlock;
-        bspline_prefilter_lines(out + o * shape[a] * inner + b0, shape[a], inner,
-                                std::min(kBlock, inner - b0), init.data());
-      }
-    }
-  }
+  bspline_prefilter_axis(out, 1, shape[0], shape[1] * shape[2], n_threads);
+  bspline_prefilter_axis(out, shape[0], shape[1], shape[2], n_threads);
+  bspline_prefilter_axis(out, shape[0] * shape[1], shape[2], 1, n_threads);
 }
 
 // ------------------------------------------------------------------ point samplers
+constexpr index_t kWarpBlock = 64;  // points per interior_block call
+
+// 0 <= c < n - 1 on every axis: floor(c) and floor(c) + 1 (or the rounded index) are inside.
+// A length-1 slice axis (a 2D image, c0 == 0 exactly) is stepped over with stride 0.
+inline void unit_step_box(const index_t n[3], double lo[3], double hi[3]) {
+  for (int a = 0; a < 3; ++a) {
+    lo[a] = 0.0;
+    hi[a] = static_cast<double>(n[a] - 1);
+  }
+  if (n[0] == 1) hi[0] = 0.25;
+}
+
+// interior() point by point, for samplers without a blocked version.
+template <class S, class V>
+void interior_points(const S& sampler, const double* c0, const double* c1, const double* c2,
+                     index_t count, V* out) {
+  for (index_t v = 0; v < count; ++v) out[v] = sampler.interior(c0[v], c1[v], c2[v]);
+}
+
 // Each sampler evaluates one continuous index (c0, c1, c2) of a C-ordered [n0][n1][n2] array.
 
 template <class T>
@@ -275,12 +390,22 @@ struct NearestSampler {
   const T* data;
   index_t n[3];
   T fill;
-  T operator()(double c0, double c1, double c2) const {
+  MEDKERN_HD T operator()(double c0, double c1, double c2) const {
     if (!inside(c0, n[0]) || !inside(c1, n[1]) || !inside(c2, n[2])) return fill;
-    const index_t i0 = clamp_index(static_cast<index_t>(std::floor(c0 + 0.5)), n[0]);
-    const index_t i1 = clamp_index(static_cast<index_t>(std::floor(c1 + 0.5)), n[1]);
-    const index_t i2 = clamp_index(static_cast<index_t>(std::floor(c2 + 0.5)), n[2]);
+    const index_t i0 = clamp_index(floor_index(c0 + 0.5), n[0]);
+    const index_t i1 = clamp_index(floor_index(c1 + 0.5), n[1]);
+    const index_t i2 = clamp_index(floor_index(c2 + 0.5), n[2]);
     return data[(i0 * n[1] + i1) * n[2] + i2];
+  }
+  // Where rounding cannot leave the image, so no clamping is needed.
+  void interior_box(double lo[3], double hi[3]) const { unit_step_box(n, lo, hi); }
+  T interior(double c0, double c1, double c2) const {
+    const index_t i0 = static_cast<index_t>(c0 + 0.5), i1 = static_cast<index_t>(c1 + 0.5),
+                  i2 = static_cast<index_t>(c2 + 0.5);  // non-negative: truncation is floor
+    return data[(i0 * n[1] + i1) * n[2] + i2];
+  }
+  void interior_block(const double* c0, const double* c1, const double* c2, index_t count, T* out) const {
+    interior_points(*this, c0, c1, c2, count, out);
   }
 };
 
@@ -288,13 +413,13 @@ struct NearestSampler {
 struct LinearTaps {
   index_t lo[3], hi[3];
   double t[3];
-  LinearTaps(const index_t n[3], double c0, double c1, double c2) {
+  MEDKERN_HD LinearTaps(const index_t n[3], double c0, double c1, double c2) {
     const double c[3] = {c0, c1, c2};
     for (int a = 0; a < 3; ++a) {
-      const double f = std::floor(c[a]);
-      t[a] = c[a] - f;
-      lo[a] = clamp_index(static_cast<index_t>(f), n[a]);
-      hi[a] = clamp_index(static_cast<index_t>(f) + 1, n[a]);
+      const index_t f = floor_index(c[a]);
+      t[a] = c[a] - static_cast<double>(f);
+      lo[a] = clamp_index(f, n[a]);
+      hi[a] = clamp_index(f + 1, n[a]);
     }
   }
 };
@@ -305,17 +430,74 @@ struct LinearSampler {
   const T* data;
   index_t n[3];
   A fill;
-  A operator()(double c0, double c1, double c2) const {
+  MEDKERN_HD A operator()(double c0, double c1, double c2) const {
     if (!inside(c0, n[0]) || !inside(c1, n[1]) || !inside(c2, n[2])) return fill;
+    const index_t s1 = n[2], s0 = n[1] * n[2];
     const LinearTaps p(n, c0, c1, c2);
-    const A t0 = static_cast<A>(p.t[0]), t1 = static_cast<A>(p.t[1]), t2 = static_cast<A>(p.t[2]);
-    const T* r00 = data + (p.lo[0] * n[1] + p.lo[1]) * n[2];
-    const T* r01 = data + (p.lo[0] * n[1] + p.hi[1]) * n[2];
-    const T* r10 = data + (p.hi[0] * n[1] + p.lo[1]) * n[2];
-    const T* r11 = data + (p.hi[0] * n[1] + p.hi[1]) * n[2];
-    auto lerp = [t2, &p](const T* r) {
-      const A a = static_cast<A>(r[p.lo[2]]);
-      return a + t2 * (static_cast<A>(r[p.hi[2]]) - a);
+    const T* r00 = data + p.lo[0] * s0 + p.lo[1] * s1;
+    const T* r01 = data + p.lo[0] * s0 + p.hi[1] * s1;
+    const T* r10 = data + p.hi[0] * s0 + p.lo[1] * s1;
+    const T* r11 = data + p.hi[0] * s0 + p.hi[1] * s1;
+    return blend(r00 + p.lo[2], r01 + p.lo[2], r10 + p.lo[2], r11 + p.lo[2], p.hi[2] - p.lo[2],
+                 static_cast<A>(p.t[0]), static_cast<A>(p.t[1]), static_cast<A>(p.t[2]));
+  }
+  // Where all 8 neighbours exist, so no clamping is needed (same arithmetic as operator()).
+  void interior_box(double lo[3], double hi[3]) const { unit_step_box(n, lo, hi); }
+  A interior(double c0, double c1, double c2) const {
+    const index_t s1 = n[2], s0 = n[1] * n[2];
+    const index_t f0 = static_cast<index_t>(c0), f1 = static_cast<index_t>(c1),
+                  f2 = static_cast<index_t>(c2);  // non-negative: truncation is floor
+    const A t0 = static_cast<A>(c0 - static_cast<double>(f0));
+    const A t1 = static_cast<A>(c1 - static_cast<double>(f1));
+    const A t2 = static_cast<A>(c2 - static_cast<double>(f2));
+    const T* p = data + f0 * s0 + f1 * s1 + f2;
+    const index_t d0 = n[0] > 1 ? s0 : 0;  // a length-1 slice axis steps by 0
+    return blend(p, p + s1, p + d0, p + d0 + s1, 1, t0, t1, t2);
+  }
+  // interior() for `count` points at once, in three loops the compiler vectorises (coordinates to
+  // offsets and fractions; the eight neighbour loads; the blends). Needs 32-bit offsets.
+  void interior_block(const double* c0, const double* c1, const double* c2, index_t count, A* out) const {
+    constexpr index_t kMax = kWarpBlock;
+    const index_t s1 = n[2], s0 = n[1] * n[2];
+    if (s0 * n[0] >= (index_t{1} << 31) || count > kMax) {
+      for (index_t v = 0; v < count; ++v) out[v] = interior(c0[v], c1[v], c2[v]);
+      return;
+    }
+    const std::int32_t is0 = static_cast<std::int32_t>(s0), is1 = static_cast<std::int32_t>(s1);
+    const std::int32_t d0 = n[0] > 1 ? is0 : 0;
+    std::int32_t off[kMax];
+    A t0[kMax], t1[kMax], t2[kMax], v[8][kMax];
+    for (index_t q = 0; q < count; ++q) {
+      const std::int32_t f0 = static_cast<std::int32_t>(c0[q]), f1 = static_cast<std::int32_t>(c1[q]),
+                         f2 = static_cast<std::int32_t>(c2[q]);
+      t0[q] = static_cast<A>(c0[q] - f0);
+      t1[q] = static_cast<A>(c1[q] - f1);
+      t2[q] = static_cast<A>(c2[q] - f2);
+      off[q] = f0 * is0 + f1 * is1 + f2;
+    }
+    for (index_t q = 0; q < count; ++q) {
+      const T* p = data + off[q];
+      v[0][q] = static_cast<A>(p[0]);
+      v[1][q] = static_cast<A>(p[1]);
+      v[2][q] = static_cast<A>(p[is1]);
+      v[3][q] = static_cast<A>(p[is1 + 1]);
+      v[4][q] = static_cast<A>(p[d0]);
+      v[5][q] = static_cast<A>(p[d0 + 1]);
+      v[6][q] = static_cast<A>(p[d0 + is1]);
+      v[7][q] = static_cast<A>(p[d0 + is1 + 1]);
+    }
+    for (index_t q = 0; q < count; ++q) {
+      const A v00 = v[0][q] + t2[q] * (v[1][q] - v[0][q]), v01 = v[2][q] + t2[q] * (v[3][q] - v[2][q]);
+      const A v10 = v[4][q] + t2[q] * (v[5][q] - v[4][q]), v11 = v[6][q] + t2[q] * (v[7][q] - v[6][q]);
+      const A a0 = v00 + t1[q] * (v01 - v00), a1 = v10 + t1[q] * (v11 - v10);
+      out[q] = a0 + t0[q] * (a1 - a0);
+    }
+  }
+  // Trilinear blend of the four rows' (x, x + d2) pairs, as nested lerps.
+  MEDKERN_HD static A blend(const T* r00, const T* r01, const T* r10, const T* r11, index_t d2, A t0, A t1, A t2) {
+    auto lerp = [t2, d2](const T* r) {
+      const A a = static_cast<A>(r[0]);
+      return a + t2 * (static_cast<A>(r[d2]) - a);
     };
     const A v00 = lerp(r00), v01 = lerp(r01), v10 = lerp(r10), v11 = lerp(r11);
     const A v0 = v00 + t1 * (v01 - v00), v1 = v10 + t1 * (v11 - v10);
@@ -331,7 +513,7 @@ struct CubicSampler {
   const A* coef;
   index_t n[3];
   A fill;
-  A operator()(double c0, double c1, double c2) const {
+  MEDKERN_HD A operator()(double c0, double c1, double c2) const {
     if (!inside(c0, n[0]) || !inside(c1, n[1]) || !inside(c2, n[2])) return fill;
     const double c[3] = {c0, c1, c2};
     index_t idx[3][4];
@@ -345,11 +527,12 @@ struct CubicSampler {
         continue;
       }
       count[a] = 4;
-      const double f = std::floor(c[a]);
+      const index_t f = floor_index(c[a]);
       double wd[4];
-      cubic_bspline_weights(c[a] - f, wd);
+      cubic_bspline_weights(c[a] - static_cast<double>(f), wd);
       for (int k = 0; k < 4; ++k) {
-        idx[a][k] = mirror_index(static_cast<index_t>(f) - 1 + k, n[a]);
+        const index_t i = f - 1 + k;
+        idx[a][k] = i >= 0 && i < n[a] ? i : mirror_index(i, n[a]);  // modulo only at the edges
         w[a][k] = static_cast<A>(wd[k]);
       }
     }
@@ -366,6 +549,17 @@ struct CubicSampler {
     }
     return acc0;
   }
+  // Where every tap lies inside the image, so no mirroring is needed; evaluation is the same.
+  void interior_box(double lo[3], double hi[3]) const {
+    for (int a = 0; a < 3; ++a) {
+      lo[a] = n[a] == 1 ? 0.0 : 1.0;
+      hi[a] = n[a] == 1 ? 0.25 : static_cast<double>(n[a] - 2);
+    }
+  }
+  A interior(double c0, double c1, double c2) const { return (*this)(c0, c1, c2); }
+  void interior_block(const double* c0, const double* c1, const double* c2, index_t count, A* out) const {
+    interior_points(*this, c0, c1, c2, count, out);
+  }
 };
 
 // Segmentation resampling: the label whose summed trilinear weight over the 8 neighbours is
@@ -378,7 +572,7 @@ struct LabelSampler {
   const T* data;
   index_t n[3];
   T fill;
-  T operator()(double c0, double c1, double c2) const {
+  MEDKERN_HD T operator()(double c0, double c1, double c2) const {
     if (!inside(c0, n[0]) || !inside(c1, n[1]) || !inside(c2, n[2])) return fill;
     const LinearTaps p(n, c0, c1, c2);
     T labels[8];
@@ -407,6 +601,16 @@ struct LabelSampler {
       if (votes[s] > votes[best]) best = s;
     return labels[best];
   }
+  void interior_box(double lo[3], double hi[3]) const {
+    for (int a = 0; a < 3; ++a) {
+      lo[a] = -0.5;
+      hi[a] = static_cast<double>(n[a]) - 0.5;
+    }
+  }
+  T interior(double c0, double c1, double c2) const { return (*this)(c0, c1, c2); }
+  void interior_block(const double* c0, const double* c1, const double* c2, index_t count, T* out) const {
+    interior_points(*this, c0, c1, c2, count, out);
+  }
 };
 
 // ------------------------------------------------------------------ per-voxel warps
@@ -416,31 +620,105 @@ struct LabelSampler {
 // displacement field on the output grid (n_comp world-mm components per voxel, R the 3 x n_comp
 // map from world vectors to input index steps). Rows of the output are independent, so any
 // thread count gives the same bits.
+// Output index range [first, last) of one row c(i) = b + d * i that stays inside the box
+// lo <= c < hi on every axis. The range is solved per axis, then its ends are checked with the
+// exact row arithmetic, so the interior samplers only ever see interior points.
+inline void row_interior(const double b[3], const double d[3], const double lo[3], const double hi[3],
+                         index_t n, index_t& first, index_t& last) {
+  double f = 0.0, l = static_cast<double>(n);
+  for (int a = 0; a < 3; ++a) {
+    if (d[a] == 0.0) {
+      if (!(b[a] >= lo[a] && b[a] < hi[a])) l = 0.0;
+      continue;
+    }
+    const double t_lo = (lo[a] - b[a]) / d[a], t_hi = (hi[a] - b[a]) / d[a];
+    f = std::max(f, std::ceil(std::min(t_lo, t_hi)));
+    l = std::min(l, std::floor(std::max(t_lo, t_hi)) + 1.0);
+  }
+  f = std::min(f, static_cast<double>(n));  // clamp before converting: the solve can overshoot
+  first = static_cast<index_t>(f);
+  last = std::max(first, static_cast<index_t>(std::max(l, 0.0)));
+  auto in_box = [&](index_t i) {
+    const double ii = static_cast<double>(i);
+    for (int a = 0; a < 3; ++a) {
+      const double c = b[a] + d[a] * ii;
+      if (!(c >= lo[a] && c < hi[a])) return false;
+    }
+    return true;
+  };
+  while (first < last && !in_box(first)) ++first;
+  while (last > first && !in_box(last - 1)) --last;
+}
+
+// General output->input map for every output voxel (k, j, i):
+//   c = M @ (k, j, i, 1) + R @ d[k][j][i],
+// with M the 3x4 index map (output index -> world -> transform -> input index) and d an optional
+// displacement field on the output grid (n_comp world-mm components per voxel, R the 3 x n_comp
+// map from world vectors to input index steps). Rows of the output are independent, so any
+// thread count gives the same bits. Interior points take the sampler's check-free path, which
+// computes the same value.
 template <class S>
 void warp(const S& sampler, typename S::value_type* out, const index_t shape_out[3], const double m[12],
           const float* disp, int n_comp, const double* r, int n_threads) {
   const index_t m1 = shape_out[1], m2 = shape_out[2];
+  double lo[3], hi[3];
+  sampler.interior_box(lo, hi);
+  const double d[3] = {m[2], m[6], m[10]};
+  // Output tiles of kTileRows rows x kWarpBlock columns: an oblique map reads a compact input
+  // footprint per tile that stays in L1, where whole rows would sweep a long band through L2.
+  constexpr index_t kTileRows = 8;
+  const index_t n_tiles = (m1 + kTileRows - 1) / kTileRows;
 #pragma omp parallel for collapse(2) schedule(static) num_threads(clamp_threads(n_threads))
   for (index_t k = 0; k < shape_out[0]; ++k) {
-    for (index_t j = 0; j < m1; ++j) {
-      const double kk = static_cast<double>(k), jj = static_cast<double>(j);
-      const double b0 = m[0] * kk + m[1] * jj + m[3];
-      const double b1 = m[4] * kk + m[5] * jj + m[7];
-      const double b2 = m[8] * kk + m[9] * jj + m[11];
-      auto* dst = out + (k * m1 + j) * m2;
-      const float* d = disp ? disp + (k * m1 + j) * m2 * n_comp : nullptr;
-      for (index_t i = 0; i < m2; ++i) {
-        const double ii = static_cast<double>(i);
-        double c0 = b0 + m[2] * ii, c1 = b1 + m[6] * ii, c2 = b2 + m[10] * ii;
-        if (d) {
-          const float* u = d + i * n_comp;
-          for (int q = 0; q < n_comp; ++q) {
-            c0 += r[q] * u[q];
-            c1 += r[n_comp + q] * u[q];
-            c2 += r[2 * n_comp + q] * u[q];
+    for (index_t tile = 0; tile < n_tiles; ++tile) {
+      const index_t j0 = tile * kTileRows, rows = std::min(kTileRows, m1 - j0);
+      double base[kTileRows][3];
+      index_t first[kTileRows], last[kTileRows];
+      for (index_t q = 0; q < rows; ++q) {
+        const double kk = static_cast<double>(k), jj = static_cast<double>(j0 + q);
+        base[q][0] = m[0] * kk + m[1] * jj + m[3];
+        base[q][1] = m[4] * kk + m[5] * jj + m[7];
+        base[q][2] = m[8] * kk + m[9] * jj + m[11];
+        if (!disp) row_interior(base[q], d, lo, hi, m2, first[q], last[q]);
+      }
+      double c0[kWarpBlock], c1[kWarpBlock], c2[kWarpBlock];
+      for (index_t i0 = 0; i0 < m2; i0 += kWarpBlock) {
+        const index_t i1 = std::min(m2, i0 + kWarpBlock);
+        for (index_t q = 0; q < rows; ++q) {
+          const double* b = base[q];
+          auto* dst = out + (k * m1 + j0 + q) * m2;
+          auto at = [&](index_t i, int a) { return b[a] + d[a] * static_cast<double>(i); };
+          if (!disp) {
+            const index_t a = std::min(std::max(first[q], i0), i1);
+            const index_t e = std::max(a, std::min(last[q], i1));
+            for (index_t i = i0; i < a; ++i) dst[i] = sampler(at(i, 0), at(i, 1), at(i, 2));
+            for (index_t i = a; i < e; ++i) {
+              c0[i - a] = at(i, 0);
+              c1[i - a] = at(i, 1);
+              c2[i - a] = at(i, 2);
+            }
+            if (e > a) sampler.interior_block(c0, c1, c2, e - a, dst + a);
+            for (index_t i = e; i < i1; ++i) dst[i] = sampler(at(i, 0), at(i, 1), at(i, 2));
+            continue;
+          }
+          const float* u = disp + ((k * m1 + j0 + q) * m2 + i0) * n_comp;
+          bool all_interior = true;
+          for (index_t i = i0; i < i1; ++i, u += n_comp) {
+            double c[3] = {at(i, 0), at(i, 1), at(i, 2)};
+            for (int a = 0; a < 3; ++a)
+              for (int p = 0; p < n_comp; ++p) c[a] += r[a * n_comp + p] * u[p];
+            c0[i - i0] = c[0];
+            c1[i - i0] = c[1];
+            c2[i - i0] = c[2];
+            all_interior = all_interior && c[0] >= lo[0] && c[0] < hi[0] && c[1] >= lo[1] &&
+                           c[1] < hi[1] && c[2] >= lo[2] && c[2] < hi[2];
+          }
+          if (all_interior) {
+            sampler.interior_block(c0, c1, c2, i1 - i0, dst + i0);
+          } else {
+            for (index_t i = i0; i < i1; ++i) dst[i] = sampler(c0[i - i0], c1[i - i0], c2[i - i0]);
           }
         }
-        dst[i] = sampler(c0, c1, c2);
       }
     }
   }

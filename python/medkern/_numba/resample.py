@@ -79,7 +79,7 @@ def _axis_pass(x, out, idx, w, prefilter):
 
 def resample_separable(x, taps, order, prefilter, fill):
     set_threads()
-    cur = np.ascontiguousarray(x)
+    cur = np.ascontiguousarray(x, dtype=np.float64)  # one compiled specialisation for every dtype
     for a in order:
         idx, w, _ = taps[a]
         shape = cur.shape
@@ -88,14 +88,9 @@ def resample_separable(x, taps, order, prefilter, fill):
         _axis_pass(cur.reshape(outer, shape[a], inner), nxt, np.ascontiguousarray(idx, dtype=np.int64),
                    np.ascontiguousarray(w, dtype=np.float64), bool(prefilter))
         cur = nxt.reshape(shape[:a] + (idx.shape[0],) + shape[a + 1:])
-    out = cur.astype(_interp_dtype(x.dtype))
-    for a in range(3):
-        invalid = taps[a][2] == 0
-        if invalid.any():
-            sl = [slice(None)] * 3
-            sl[a] = invalid
-            out[tuple(sl)] = fill
-    return out
+    from medkern.resample import fill_outside
+
+    return fill_outside(cur.astype(_interp_dtype(x.dtype)), taps, fill)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -119,6 +114,13 @@ def gather_nearest(x, idx0, idx1, idx2, fill_bits):
 
 
 @numba.njit(cache=True)
+def _bspline(t):
+    u = 1.0 - t
+    return (u * u * u / 6.0, (3.0 * t ** 3 - 6.0 * t * t + 4.0) / 6.0,
+            (-3.0 * t ** 3 + 3.0 * t * t + 3.0 * t + 1.0) / 6.0, t ** 3 / 6.0)
+
+
+@numba.njit(cache=True)
 def _sample_interp(x, code, c0, c1, c2, fill):
     """Linear (code 1) or cubic (code 2, x holds B-spline coefficients) sample at (c0, c1, c2)."""
     n0, n1, n2 = x.shape
@@ -128,43 +130,32 @@ def _sample_interp(x, code, c0, c1, c2, fill):
     t0, t1, t2 = c0 - f0, c1 - f1, c2 - f2
     i0, i1, i2 = int(f0), int(f1), int(f2)
     if code == 2:
+        w0, w1, w2 = _bspline(t0), _bspline(t1), _bspline(t2)
         acc = 0.0
-        w0 = _bspline(t0)
-        w1 = _bspline(t1)
-        w2 = _bspline(t2)
-        k0n = 1 if n0 == 1 else 4
-        k1n = 1 if n1 == 1 else 4
-        k2n = 1 if n2 == 1 else 4
-        for a in range(k0n):
+        for a in range(1 if n0 == 1 else 4):
             wa = 1.0 if n0 == 1 else w0[a]
             ia = _mirror(i0 - 1 + a, n0)
             acc1 = 0.0
-            for b in range(k1n):
+            for b in range(1 if n1 == 1 else 4):
                 wb = 1.0 if n1 == 1 else w1[b]
                 ib = _mirror(i1 - 1 + b, n1)
                 acc2 = 0.0
-                for c in range(k2n):
+                for c in range(1 if n2 == 1 else 4):
                     wc = 1.0 if n2 == 1 else w2[c]
                     acc2 += wc * x[ia, ib, _mirror(i2 - 1 + c, n2)]
                 acc1 += wb * acc2
             acc += wa * acc1
         return acc
-    lo = (_clamp(i0, n0), _clamp(i1, n1), _clamp(i2, n2))
-    hi = (_clamp(i0 + 1, n0), _clamp(i1 + 1, n1), _clamp(i2 + 1, n2))
-    ts = (t0, t1, t2)
-    acc = 0.0
-    for corner in range(8):
-        w = 1.0
-        ii = [0, 0, 0]
-        for a in range(3):
-            if (corner >> a) & 1:
-                ii[a] = hi[a]
-                w *= ts[a]
-            else:
-                ii[a] = lo[a]
-                w *= 1.0 - ts[a]
-        acc += w * x[ii[0], ii[1], ii[2]]
-    return acc
+    a0, b0 = _clamp(i0, n0), _clamp(i0 + 1, n0)
+    a1, b1 = _clamp(i1, n1), _clamp(i1 + 1, n1)
+    a2, b2 = _clamp(i2, n2), _clamp(i2 + 1, n2)
+    v00 = x[a0, a1, a2] + t2 * (x[a0, a1, b2] - x[a0, a1, a2])
+    v01 = x[a0, b1, a2] + t2 * (x[a0, b1, b2] - x[a0, b1, a2])
+    v10 = x[b0, a1, a2] + t2 * (x[b0, a1, b2] - x[b0, a1, a2])
+    v11 = x[b0, b1, a2] + t2 * (x[b0, b1, b2] - x[b0, b1, a2])
+    v0 = v00 + t1 * (v01 - v00)
+    v1 = v10 + t1 * (v11 - v10)
+    return v0 + t0 * (v1 - v0)
 
 
 @numba.njit(cache=True)
@@ -177,21 +168,19 @@ def _sample_copy(x, code, c0, c1, c2, fill, labels, votes):
         return x[_clamp(int(np.floor(c0 + 0.5)), n0), _clamp(int(np.floor(c1 + 0.5)), n1),
                  _clamp(int(np.floor(c2 + 0.5)), n2)]
     f0, f1, f2 = np.floor(c0), np.floor(c1), np.floor(c2)
+    t0, t1, t2 = c0 - f0, c1 - f1, c2 - f2
     i0, i1, i2 = int(f0), int(f1), int(f2)
-    lo = (_clamp(i0, n0), _clamp(i1, n1), _clamp(i2, n2))
-    hi = (_clamp(i0 + 1, n0), _clamp(i1 + 1, n1), _clamp(i2 + 1, n2))
-    ts = (c0 - f0, c1 - f1, c2 - f2)
     # largest summed linear weight, nearest corner visited first (see LabelSampler)
     n_labels = 0
     for corner in range(8):
+        h0 = ((corner & 1) != 0) != (t0 >= 0.5)
+        h1 = ((corner & 2) != 0) != (t1 >= 0.5)
+        h2 = ((corner & 4) != 0) != (t2 >= 0.5)
         w = 1.0
-        ii = [0, 0, 0]
-        for a in range(3):
-            near_hi = ts[a] >= 0.5
-            use_hi = (((corner >> a) & 1) != 0) != near_hi
-            ii[a] = hi[a] if use_hi else lo[a]
-            w *= ts[a] if use_hi else 1.0 - ts[a]
-        v = x[ii[0], ii[1], ii[2]]
+        w *= t0 if h0 else 1.0 - t0
+        w *= t1 if h1 else 1.0 - t1
+        w *= t2 if h2 else 1.0 - t2
+        v = x[_clamp(i0 + h0, n0), _clamp(i1 + h1, n1), _clamp(i2 + h2, n2)]
         s = 0
         while s < n_labels and labels[s] != v:
             s += 1
@@ -208,73 +197,89 @@ def _sample_copy(x, code, c0, c1, c2, fill, labels, votes):
 
 
 @numba.njit(cache=True)
-def _bspline(t):
-    u = 1.0 - t
-    return (u * u * u / 6.0, (3.0 * t ** 3 - 6.0 * t * t + 4.0) / 6.0,
-            (-3.0 * t ** 3 + 3.0 * t * t + 3.0 * t + 1.0) / 6.0, t ** 3 / 6.0)
+def _coordinate(m, disp, r, use_disp, a, k, j, i):
+    c = m[a, 0] * k + m[a, 1] * j + m[a, 3] + m[a, 2] * i
+    if use_disp:
+        for q in range(disp.shape[3]):
+            c += r[a, q] * disp[k, j, i, q]
+    return c
 
 
 @numba.njit(parallel=True, cache=True)
-def _warp(x, code, out, m, disp, r, use_disp, fill):
+def _warp_interp(x, code, out, m, disp, r, use_disp, fill):
     m0, m1, m2 = out.shape
-    n_comp = disp.shape[3]
     for kj in numba.prange(m0 * m1):
-        k = kj // m1
-        j = kj % m1
+        k, j = kj // m1, kj % m1
+        for i in range(m2):
+            out[k, j, i] = _sample_interp(x, code, _coordinate(m, disp, r, use_disp, 0, k, j, i),
+                                          _coordinate(m, disp, r, use_disp, 1, k, j, i),
+                                          _coordinate(m, disp, r, use_disp, 2, k, j, i), fill)
+
+
+@numba.njit(parallel=True, cache=True)
+def _warp_copy(x, code, out, m, disp, r, use_disp, fill):
+    m0, m1, m2 = out.shape
+    for kj in numba.prange(m0 * m1):
+        k, j = kj // m1, kj % m1
         labels = np.empty(8, dtype=x.dtype)
         votes = np.empty(8)
         for i in range(m2):
-            c = [m[a, 0] * k + m[a, 1] * j + m[a, 3] + m[a, 2] * i for a in range(3)]
-            if use_disp:
-                for a in range(3):
-                    for q in range(n_comp):
-                        c[a] += r[a, q] * disp[k, j, i, q]
-            if code == 0 or code == 3:
-                out[k, j, i] = _sample_copy(x, code, c[0], c[1], c[2], fill, labels, votes)
-            else:
-                out[k, j, i] = _sample_interp(x, code, c[0], c[1], c[2], fill)
+            out[k, j, i] = _sample_copy(x, code, _coordinate(m, disp, r, use_disp, 0, k, j, i),
+                                        _coordinate(m, disp, r, use_disp, 1, k, j, i),
+                                        _coordinate(m, disp, r, use_disp, 2, k, j, i), fill, labels, votes)
 
 
 def _out_and_fill(x, code, fill):
     if code in (0, 3):
         return x.dtype, x.dtype.type(fill)
-    dtype = _interp_dtype(x.dtype)
-    return dtype, float(fill)
+    return _interp_dtype(x.dtype), float(fill)
+
+
+def _as_sampled(x, code):
+    """Copies (nearest, label) keep the element bits; linear and cubic read float64, so each loop
+    compiles once for them."""
+    return np.ascontiguousarray(x, dtype=None if code in (0, 3) else np.float64)
 
 
 def warp(x, code, out_shape, matrix, disp, disp_matrix, fill):
     set_threads()
-    x = np.ascontiguousarray(x)
     dtype, fill = _out_and_fill(x, code, fill)
+    x = _as_sampled(x, code)
     out = np.empty(tuple(out_shape), dtype=dtype)
     use_disp = disp is not None
     d = np.ascontiguousarray(disp, dtype=np.float32) if use_disp else np.zeros((1, 1, 1, 1), np.float32)
     r = np.asarray(disp_matrix, dtype=np.float64) if use_disp else np.zeros((3, 1))
-    _warp(x, code, out, np.asarray(matrix, dtype=np.float64).reshape(3, 4), d, r, use_disp, fill)
+    m = np.asarray(matrix, dtype=np.float64).reshape(3, 4)
+    loop = _warp_copy if code in (0, 3) else _warp_interp
+    loop(x, code, out, m, d, r, use_disp, fill)
     return out
 
 
 @numba.njit(parallel=True, cache=True)
-def _points(x, code, coords, out, fill):
+def _points_interp(x, code, coords, out, fill):
+    ndim, n = coords.shape
+    for p in numba.prange(n):
+        c0 = coords[0, p] if ndim == 3 else 0.0
+        out[p] = _sample_interp(x, code, c0, coords[ndim - 2, p], coords[ndim - 1, p], fill)
+
+
+@numba.njit(parallel=True, cache=True)
+def _points_copy(x, code, coords, out, fill):
     ndim, n = coords.shape
     for p in numba.prange(n):
         labels = np.empty(8, dtype=x.dtype)
         votes = np.empty(8)
         c0 = coords[0, p] if ndim == 3 else 0.0
-        c1 = coords[ndim - 2, p]
-        c2 = coords[ndim - 1, p]
-        if code == 0 or code == 3:
-            out[p] = _sample_copy(x, code, c0, c1, c2, fill, labels, votes)
-        else:
-            out[p] = _sample_interp(x, code, c0, c1, c2, fill)
+        out[p] = _sample_copy(x, code, c0, coords[ndim - 2, p], coords[ndim - 1, p], fill, labels, votes)
 
 
 def map_coordinates(x, code, coords, fill):
     set_threads()
-    x = np.ascontiguousarray(x)
     dtype, fill = _out_and_fill(x, code, fill)
+    x = _as_sampled(x, code)
     out = np.empty(coords.shape[1], dtype=dtype)
-    _points(x, code, np.ascontiguousarray(coords, dtype=np.float64), out, fill)
+    loop = _points_copy if code in (0, 3) else _points_interp
+    loop(x, code, np.ascontiguousarray(coords, dtype=np.float64), out, fill)
     return out
 
 
