@@ -41,6 +41,7 @@ template <class T>
 std::string bilateral_filter(const T* in, float* out, const std::int64_t* shape, const float* wd,
                              const int* radius, float cutoff, float to_bin, float bin_width,
                              float nhiv, stream_t stream);
+
 // Resampling (resample.cu); conventions of cpp/include/medkern/resample.hpp. Shapes are 3D (a 2D
 // image has shape[0] == 1). Nearest and label take the elements as unsigned integers of their
 // size and fill_bits as the fill's bit pattern; linear and cubic write interp_t<T> and use fill.
