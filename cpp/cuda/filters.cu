@@ -164,12 +164,7 @@ std::string bilateral_filter(const T* in, float* out, const std::int64_t* shape,
                                         stream_t);                                             \
   template std::string bilateral_filter<T>(const T*, float*, const std::int64_t*, const float*, \
                                            const int*, float, float, float, float, stream_t);
-MEDKERN_INSTANTIATE(std::uint8_t)
-MEDKERN_INSTANTIATE(std::int16_t)
-MEDKERN_INSTANTIATE(std::uint16_t)
-MEDKERN_INSTANTIATE(std::int32_t)
-MEDKERN_INSTANTIATE(float)
-MEDKERN_INSTANTIATE(double)
+MEDKERN_FOR_EACH_DTYPE(MEDKERN_INSTANTIATE)
 #undef MEDKERN_INSTANTIATE
 
 }  // namespace medkern::cuda

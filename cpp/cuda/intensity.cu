@@ -44,12 +44,7 @@ std::string affine_intensity(const T* x, float* out, std::int64_t n, double scal
 #define MEDKERN_INSTANTIATE(T)                                                              \
   template std::string affine_intensity<T>(const T*, float*, std::int64_t, double, double, \
                                            double, double, stream_t);
-MEDKERN_INSTANTIATE(std::uint8_t)
-MEDKERN_INSTANTIATE(std::int16_t)
-MEDKERN_INSTANTIATE(std::uint16_t)
-MEDKERN_INSTANTIATE(std::int32_t)
-MEDKERN_INSTANTIATE(float)
-MEDKERN_INSTANTIATE(double)
+MEDKERN_FOR_EACH_DTYPE(MEDKERN_INSTANTIATE)
 #undef MEDKERN_INSTANTIATE
 
 int device_count() {

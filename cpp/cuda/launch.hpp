@@ -4,6 +4,10 @@
 #include <cstdint>
 #include <string>
 
+// Expands X(T) for every dtype medkern::bind::visit_dtype dispatches to (explicit instantiations).
+#define MEDKERN_FOR_EACH_DTYPE(X) \
+  X(std::uint8_t) X(std::int16_t) X(std::uint16_t) X(std::int32_t) X(float) X(double)
+
 namespace medkern::cuda {
 
 using stream_t = std::uintptr_t;  // a cudaStream_t, passed as CuPy's stream.ptr

@@ -102,9 +102,8 @@ MEDKERN_ALWAYS_INLINE vf8 sqrt8(vf8 x) {
 // Cephes expf minimax polynomial, relative error < 2 ulp; x below -87 gives exp(-87).
 MEDKERN_ALWAYS_INLINE vf8 exp_neg8(vf8 x) {
   x = select8(x < -87.0f, vf8{} - 87.0f, x);
-  const vf8 fx = x * 1.44269504088896341f + 0.5f;
-  vi8 n = __builtin_convertvector(fx, vi8);
-  n += (__builtin_convertvector(n, vf8) > fx);  // floor for negative fx (true lanes are -1)
+  // n = round(x / ln2): truncation toward zero of x / ln2 - 0.5 rounds to nearest as x <= 0.
+  const vi8 n = __builtin_convertvector(x * 1.44269504088896341f - 0.5f, vi8);
   const vf8 nf = __builtin_convertvector(n, vf8);
   const vf8 r = (x - nf * 0.693359375f) + nf * 2.12194440e-4f;
   vf8 p = vf8{} + 1.9875691500e-4f;

@@ -166,12 +166,9 @@ def median_filter(x, radius, mode):
 
 @numba.njit(cache=True)
 def _exp_neg(x):
-    """medkern::exp_neg in float32 arithmetic (same reduction and polynomial)."""
+    """medkern::exp_neg8 on one lane, in float32 arithmetic (same reduction and polynomial)."""
     x = max(x, np.float32(-87.0))
-    fx = x * np.float32(1.44269504088896341) + np.float32(0.5)
-    n = np.int32(fx)
-    if np.float32(n) > fx:
-        n -= 1
+    n = np.int32(x * np.float32(1.44269504088896341) - np.float32(0.5))  # round, x <= 0
     nf = np.float32(n)
     r = (x - nf * np.float32(0.693359375)) + nf * np.float32(2.12194440e-4)
     p = np.float32(1.9875691500e-4)
