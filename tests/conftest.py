@@ -84,9 +84,9 @@ def serial_and_threaded(fn):
 @pytest.fixture
 def helpers():
     class H:
+        serial_and_threaded = staticmethod(serial_and_threaded)
         on_backend = staticmethod(on_backend)
         to_numpy = staticmethod(to_numpy)
         random_direction = staticmethod(random_direction)
-        serial_and_threaded = staticmethod(serial_and_threaded)
 
     return H
