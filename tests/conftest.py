@@ -68,10 +68,23 @@ def random_direction(rng: np.random.Generator, ndim: int = 3, flip: bool = True)
     return q
 
 
+def serial_and_threaded(fn):
+    """``(fn() on 1 thread, fn() on 3 threads)``, the caller's thread setting restored."""
+    previous = mk.get_num_threads()
+    try:
+        mk.set_num_threads(1)
+        serial = fn()
+        mk.set_num_threads(3)
+        return serial, fn()
+    finally:
+        mk.set_num_threads(previous)
+
+
 # Import helpers by name from tests with --import-mode=importlib: expose them as fixtures.
 @pytest.fixture
 def helpers():
     class H:
+        serial_and_threaded = staticmethod(serial_and_threaded)
         on_backend = staticmethod(on_backend)
         to_numpy = staticmethod(to_numpy)
         random_direction = staticmethod(random_direction)

@@ -103,17 +103,16 @@ def test_mesh_of_one_voxel_and_of_a_cube():
     assert volume < 8 * 5 * 3 and volume == pytest.approx(_skimage_area_volume(cube, (2, 1, .5))[1])
 
 
-def test_mesh_serial_equals_threaded(rng):
-    mask = _ball((30, 31, 29), (12, 9, 13)) ^ (rng.random((30, 31, 29)) > 0.97)
-    mk.set_num_threads(1)
-    try:
-        serial = measure.mesh_area_volume(mask, (1.0, 0.7, 0.7)), measure.surface_mesh(mask)
-    finally:
-        mk.set_num_threads(4)
-    threaded = measure.mesh_area_volume(mask, (1.0, 0.7, 0.7)), measure.surface_mesh(mask)
+def test_mesh_serial_equals_threaded(rng, helpers):
+    # Large enough (> 2**18 voxels, > 2048 points) for the kernels to use their thread team.
+    mask = _ball((70, 71, 69), (30, 25, 32)) ^ (rng.random((70, 71, 69)) > 0.97)
+    serial, threaded = helpers.serial_and_threaded(
+        lambda: (measure.mesh_area_volume(mask, (1.0, 0.7, 0.7)), measure.surface_mesh(mask),
+                 mk.regions(mask.astype(np.uint8))[0].max_diameter_mm))
     assert serial[0] == threaded[0]
     np.testing.assert_array_equal(serial[1][0], threaded[1][0])
     np.testing.assert_array_equal(serial[1][1], threaded[1][1])
+    assert serial[2] == threaded[2]
 
 
 def test_mesh_of_empty_mask_and_image_spacing():

@@ -87,15 +87,9 @@ def test_label_real_masks_and_quantised_ct(shared_data):
     np.testing.assert_array_equal(labels, _scan_order(ref))
 
 
-def test_label_serial_equals_threaded(rng):
+def test_label_serial_equals_threaded(rng, helpers):
     mask = _blobs(rng, (40, 33, 35), 0.5, 1.0)
-    mk.set_num_threads(1)
-    try:
-        serial = mk.label(mask)
-    finally:
-        mk.set_num_threads(3)
-    threaded = mk.label(mask)
-    mk.set_num_threads(2)
+    serial, threaded = helpers.serial_and_threaded(lambda: mk.label(mask))
     assert serial[1] == threaded[1]
     np.testing.assert_array_equal(serial[0], threaded[0])
 
@@ -162,15 +156,9 @@ def test_distance_transform_without_background_is_inf(cpu_backend):
     assert np.all(np.isinf(out))
 
 
-def test_distance_transform_serial_equals_threaded(rng):
+def test_distance_transform_serial_equals_threaded(rng, helpers):
     mask = _blobs(rng, (30, 40, 35), 0.6, 1.5)
-    mk.set_num_threads(1)
-    try:
-        serial = mk.distance_transform(mask, (3.0, 0.8, 0.8))
-    finally:
-        mk.set_num_threads(3)
-    threaded = mk.distance_transform(mask, (3.0, 0.8, 0.8))
-    mk.set_num_threads(2)
+    serial, threaded = helpers.serial_and_threaded(lambda: mk.distance_transform(mask, (3.0, 0.8, 0.8)))
     np.testing.assert_array_equal(serial, threaded)
 
 
@@ -202,6 +190,16 @@ def test_morphology_direct_and_distance_paths_agree(rng, monkeypatch):
     via_edt = [mk.binary_dilate(img, 2.2).array, mk.binary_erode(img, 2.2).array]
     np.testing.assert_array_equal(direct[0], via_edt[0])
     np.testing.assert_array_equal(direct[1], via_edt[1])
+
+
+def test_morphology_and_fill_serial_equal_threaded(rng, helpers):
+    mask = _blobs(rng, (24, 30, 28), 0.5, 1.2)
+    img = mk.Image(mask, spacing=(2.0, 0.9, 0.9))
+    ops = (lambda: mk.binary_dilate(img, 2.5).array, lambda: mk.binary_erode(img, 6.0).array,
+           lambda: mk.fill_holes(mask), lambda: mk.threshold_otsu(mask.astype(np.float32) + mask.sum()))
+    serial, threaded = helpers.serial_and_threaded(lambda: [op() for op in ops])
+    for a, b in zip(serial, threaded):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_ball_offsets_include_the_sphere():

@@ -37,40 +37,35 @@ inline label_t find_root(label_t* parent, label_t x) {
   return x;
 }
 
+// A run carries its value so that joining never reads the image again.
+template <class T>
 struct Run {
   std::int32_t start, end;  // inclusive column range
+  T value;
 };
 
-// True when the kBytes bytes at p are all zero (one or two vector compares).
-template <std::size_t kBytes>
-inline bool all_zero_bytes(const void* p) {
-  std::uint64_t w[kBytes / 8];
-  std::memcpy(w, p, kBytes);
-  std::uint64_t any = 0;
-  for (std::size_t b = 0; b < kBytes / 8; ++b) any |= w[b];
-  return any == 0;
-}
-
-// Appends the runs of row `row` (length ni) to `out`. Background is skipped a 32-byte aligned
-// block at a time where possible, so empty space costs little more than reading it (a zero
-// integer label is all-zero bytes).
+// Appends the runs of row `row` (length ni) to `out`. A vectorised pass marks where the value
+// changes (edge, ni + 8 bytes of scratch); boundaries are then found eight bytes at a time, so
+// long runs and long gaps cost a word test per eight voxels and a run costs a few operations.
 template <class T>
-void row_runs(const T* row, index_t ni, std::vector<Run>& out) {
-  constexpr index_t kBlock = 32 / sizeof(T);
-  index_t i = 0;
-  while (i < ni) {
-    while (i < ni && row[i] == T(0)) {
-      if (i % kBlock == 0 && i + kBlock <= ni && all_zero_bytes<32>(row + i))
-        i += kBlock;
-      else
-        ++i;
+void row_runs(const T* row, index_t ni, std::vector<Run<T>>& out, std::uint8_t* edge) {
+  edge[0] = row[0] != T(0);
+  for (index_t i = 1; i < ni; ++i) edge[i] = row[i] != row[i - 1];
+  std::memset(edge + ni, 1, 8);  // sentinel: the row ends at a boundary
+  auto next_boundary = [edge](index_t i) {
+    for (;;) {
+      std::uint64_t w;
+      std::memcpy(&w, edge + i, 8);
+      // Little-endian: the lowest set byte is the first boundary at or after i.
+      if (w) return i + static_cast<index_t>(__builtin_ctzll(w) >> 3);
+      i += 8;
     }
-    if (i >= ni) break;
-    const T v = row[i];
-    const index_t s = i;
-    while (i + 1 < ni && row[i + 1] == v) ++i;
-    out.push_back({static_cast<std::int32_t>(s), static_cast<std::int32_t>(i)});
-    ++i;
+  };
+  index_t s = next_boundary(0);
+  while (s < ni) {
+    const index_t e = next_boundary(s + 1);
+    if (row[s] != T(0)) out.push_back({static_cast<std::int32_t>(s), static_cast<std::int32_t>(e - 1), row[s]});
+    s = e;
   }
 }
 
@@ -92,11 +87,10 @@ inline std::vector<RowNeighbour> row_neighbours(int connectivity) {
   return out;
 }
 
-// One earlier row a run may touch: its runs, their first label, its voxels, how far to widen.
+// One earlier row a run may touch: its runs, their first label, how far to widen.
 template <class T>
 struct RowView {
-  const T* voxels;
-  const Run* runs;
+  const Run<T>* runs;
   index_t n;
   label_t label0;  // run y of the row has label label0 + y + 1
   int widen;
@@ -107,12 +101,11 @@ struct RowView {
 // is visited for the first time: its runs start as singletons here (no other run has seen them
 // yet), so a run's root is tracked instead of searched for.
 template <class T>
-void join_row(const T* voxels, const Run* a, index_t na, label_t la0, RowView<T>* nb, int n_nb,
+void join_row(const Run<T>* a, index_t na, label_t la0, RowView<T>* nb, int n_nb,
               bool fresh, label_t* parent) {
   index_t ptr[4] = {0, 0, 0, 0};
   for (index_t x = 0; x < na; ++x) {
-    const Run ra = a[x];
-    const T v = voxels[ra.start];
+    const Run<T> ra = a[x];
     const label_t la = la0 + static_cast<label_t>(x) + 1;
     if (fresh) parent[la] = la;
     label_t root = fresh ? 0 : find_root(parent, la);
@@ -121,7 +114,7 @@ void join_row(const T* voxels, const Run* a, index_t na, label_t la0, RowView<T>
       index_t& p = ptr[r];
       while (p < b.n && b.runs[p].end < ra.start - b.widen) ++p;
       for (index_t y = p; y < b.n && b.runs[y].start <= ra.end + b.widen; ++y) {
-        if (b.voxels[b.runs[y].start] != v) continue;
+        if (b.runs[y].value != ra.value) continue;
         const label_t rb = find_root(parent, b.label0 + static_cast<label_t>(y) + 1);
         if (root == 0) {
           root = rb;
@@ -150,17 +143,21 @@ index_t label_components(const T* in, std::int32_t* out, index_t nk, index_t nj,
   if (nk * plane == 0) return 0;
   const int threads = clamp_threads(n_threads);
   // Pass 1: the runs of each plane, rows in order (row_begin is local to the plane).
-  std::vector<std::vector<cc::Run>> runs(static_cast<std::size_t>(nk));
+  std::vector<std::vector<cc::Run<T>>> runs(static_cast<std::size_t>(nk));
   std::vector<std::vector<index_t>> row_begin(static_cast<std::size_t>(nk));
-#pragma omp parallel for schedule(dynamic, 4) num_threads(threads)
-  for (index_t k = 0; k < nk; ++k) {
-    auto& rb = row_begin[k];
-    rb.resize(static_cast<std::size_t>(nj + 1));
-    runs[k].reserve(static_cast<std::size_t>(4 * nj));
-    rb[0] = 0;
-    for (index_t j = 0; j < nj; ++j) {
-      cc::row_runs(in + (k * nj + j) * ni, ni, runs[k]);
-      rb[j + 1] = static_cast<index_t>(runs[k].size());
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<std::uint8_t> edge(static_cast<std::size_t>(ni + 8));
+#pragma omp for schedule(dynamic, 4)
+    for (index_t k = 0; k < nk; ++k) {
+      auto& rb = row_begin[k];
+      rb.resize(static_cast<std::size_t>(nj + 1));
+      runs[k].reserve(static_cast<std::size_t>(4 * nj));
+      rb[0] = 0;
+      for (index_t j = 0; j < nj; ++j) {
+        cc::row_runs(in + (k * nj + j) * ni, ni, runs[k], edge.data());
+        rb[j + 1] = static_cast<index_t>(runs[k].size());
+      }
     }
   }
   // Runs are numbered in scan order: plane k's labels start after plane_label[k].
@@ -183,10 +180,10 @@ index_t label_components(const T* in, std::int32_t* out, index_t nk, index_t nj,
       const index_t kb = k + nb.dk, jb = j + nb.dj;
       if (jb < 0 || jb >= nj || kb < 0) continue;
       const index_t b0 = row_begin[kb][jb];
-      views[n_views++] = {in + (kb * nj + jb) * ni, runs[kb].data() + b0, row_begin[kb][jb + 1] - b0,
+      views[n_views++] = {runs[kb].data() + b0, row_begin[kb][jb + 1] - b0,
                           static_cast<cc::label_t>(plane_label[kb] + b0), nb.widen};
     }
-    cc::join_row(in + (k * nj + j) * ni, runs[k].data() + a0, a1 - a0,
+    cc::join_row(runs[k].data() + a0, a1 - a0,
                  static_cast<cc::label_t>(plane_label[k] + a0), views, n_views, fresh, p);
   };
   const index_t n_slabs = std::min<index_t>(threads, nk);
@@ -209,7 +206,7 @@ index_t label_components(const T* in, std::int32_t* out, index_t nk, index_t nj,
     for (index_t j = 0; j < nj; ++j) {
       std::int32_t* o = out + (k * nj + j) * ni;
       for (index_t a = row_begin[k][j]; a < row_begin[k][j + 1]; ++a) {
-        const cc::Run run = runs[k][a];
+        const cc::Run<T> run = runs[k][a];
         const auto label = static_cast<std::int32_t>(lab[a]);
         std::fill(o + run.start, o + run.end + 1, label);
       }
