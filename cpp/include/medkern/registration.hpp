@@ -1,0 +1,404 @@
+// Image registration kernels: similarity metrics with analytic gradients, the smoothing pyramid
+// and the dense-field operations of diffeomorphic registration. No Python in here.
+//
+// Geometry. The fixed image is sampled at voxel centres x = (k, j, i) (array order). A 3x4
+// row-major matrix `to_moving` maps (k, j, i, 1) to the continuous moving index at which the
+// moving image is read; Python builds it as world_to_index(moving) @ T @ index_to_world(fixed),
+// T being the fixed -> moving world transform (ITK convention). Metric gradients are returned with
+// respect to the 12 entries of `to_moving` (dV/dM[r][c] = sum coef * dm/dc_r * x_c); the caller
+// chains them to any transform parameterisation, so one kernel serves rigid and affine models.
+#pragma once
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "medkern/common.hpp"
+
+namespace medkern {
+
+// A float volume read with trilinear interpolation. Points are inside when every continuous
+// index lies in [-0.5, n - 0.5) (ITK's InterpolateImageFunction::IsInsideBuffer); neighbours
+// beyond the last voxel are clamped to it, so the border half-voxel is constant outward.
+struct LinearVolume {
+  const float* data;
+  index_t nk, nj, ni;
+
+  bool inside(double ck, double cj, double ci) const {
+    return ck >= -0.5 && ck < nk - 0.5 && cj >= -0.5 && cj < nj - 0.5 && ci >= -0.5 &&
+           ci < ni - 0.5;
+  }
+
+  // Value and its exact derivative along (k, j, i) of the trilinear interpolant.
+  double sample(double ck, double cj, double ci, double grad[3]) const {
+    const double fk = std::floor(ck), fj = std::floor(cj), fi = std::floor(ci);
+    const double tk = ck - fk, tj = cj - fj, ti = ci - fi;
+    const index_t k0 = clamp_index(static_cast<index_t>(fk), nk), k1 = clamp_index(k0 + 1, nk);
+    const index_t j0 = clamp_index(static_cast<index_t>(fj), nj), j1 = clamp_index(j0 + 1, nj);
+    const index_t i0 = clamp_index(static_cast<index_t>(fi), ni), i1 = clamp_index(i0 + 1, ni);
+    // Below voxel 0 the lower neighbour is clamped too, so the interpolant is flat there.
+    const double wk = fk < 0 ? 0.0 : tk, wj = fj < 0 ? 0.0 : tj, wi = fi < 0 ? 0.0 : ti;
+    const float* p = data;
+    const index_t sj = ni, sk = nj * ni;
+    const double v000 = p[k0 * sk + j0 * sj + i0], v001 = p[k0 * sk + j0 * sj + i1];
+    const double v010 = p[k0 * sk + j1 * sj + i0], v011 = p[k0 * sk + j1 * sj + i1];
+    const double v100 = p[k1 * sk + j0 * sj + i0], v101 = p[k1 * sk + j0 * sj + i1];
+    const double v110 = p[k1 * sk + j1 * sj + i0], v111 = p[k1 * sk + j1 * sj + i1];
+    const double a00 = v000 + wi * (v001 - v000), a01 = v010 + wi * (v011 - v010);
+    const double a10 = v100 + wi * (v101 - v100), a11 = v110 + wi * (v111 - v110);
+    const double b0 = a00 + wj * (a01 - a00), b1 = a10 + wj * (a11 - a10);
+    grad[0] = b1 - b0;
+    grad[1] = (a01 - a00) + wk * ((a11 - a10) - (a01 - a00));
+    const double di0 = (v001 - v000) + wj * ((v011 - v010) - (v001 - v000));
+    const double di1 = (v101 - v100) + wj * ((v111 - v110) - (v101 - v100));
+    grad[2] = di0 + wk * (di1 - di0);
+    return b0 + wk * (b1 - b0);
+  }
+
+  std::uint8_t nearest(const std::uint8_t* mask, double ck, double cj, double ci) const {
+    const index_t k = clamp_index(static_cast<index_t>(std::floor(ck + 0.5)), nk);
+    const index_t j = clamp_index(static_cast<index_t>(std::floor(cj + 0.5)), nj);
+    const index_t i = clamp_index(static_cast<index_t>(std::floor(ci + 0.5)), ni);
+    return mask[(k * nj + j) * ni + i];
+  }
+
+  static index_t clamp_index(index_t v, index_t n) { return v < 0 ? 0 : (v >= n ? n - 1 : v); }
+};
+
+// The fixed side of a metric: the image, which voxels are samples, and where they land.
+struct MetricSamples {
+  const float* fixed;
+  const float* fixed_values;  // fixed[indices[n]] gathered once per level; null: read `fixed`
+  index_t nk, nj, ni;
+  const std::int64_t* indices;  // linear indices of the sample voxels; null: every voxel
+  index_t count;
+  const std::uint8_t* moving_mask;  // null: no moving mask
+  std::array<double, 12> to_moving;
+};
+
+// Calls visit(f, m, grad_m, k, j, i, n) for every sample whose mapped point lies inside the moving
+// image (and its mask) among samples [begin, end).
+template <class Visit>
+void for_each_sample(const MetricSamples& s, const LinearVolume& mov, index_t begin, index_t end,
+                     Visit&& visit) {
+  const auto& M = s.to_moving;
+  for (index_t n = begin; n < end; ++n) {
+    const index_t lin = s.indices ? static_cast<index_t>(s.indices[n]) : n;
+    const index_t i = lin % s.ni, kj = lin / s.ni;
+    const index_t j = kj % s.nj, k = kj / s.nj;
+    const double dk = static_cast<double>(k), dj = static_cast<double>(j),
+                 di = static_cast<double>(i);
+    const double ck = M[0] * dk + M[1] * dj + M[2] * di + M[3];
+    const double cj = M[4] * dk + M[5] * dj + M[6] * di + M[7];
+    const double ci = M[8] * dk + M[9] * dj + M[10] * di + M[11];
+    if (!mov.inside(ck, cj, ci)) continue;
+    if (s.moving_mask && !mov.nearest(s.moving_mask, ck, cj, ci)) continue;
+    double g[3];
+    const double m = mov.sample(ck, cj, ci, g);
+    visit(static_cast<double>(s.fixed_values ? s.fixed_values[n] : s.fixed[lin]), m, g, dk, dj,
+          di, n);
+  }
+}
+
+// dV/dM accumulated as coef * grad_m (outer) (k, j, i, 1).
+inline void add_gradient(double* H, double coef, const double g[3], double k, double j, double i) {
+  for (int r = 0; r < 3; ++r) {
+    const double c = coef * g[r];
+    H[4 * r + 0] += c * k;
+    H[4 * r + 1] += c * j;
+    H[4 * r + 2] += c * i;
+    H[4 * r + 3] += c;
+  }
+}
+
+// Blocks depend on the sample count only, so partial sums (and their ordered total) are the
+// same for any number of threads.
+inline index_t metric_blocks(index_t n) {
+  return std::max<index_t>(1, std::min<index_t>(128, (n + 2047) / 2048));
+}
+
+template <class Body>
+void for_each_block(index_t n, int n_threads, Body&& body) {
+  const index_t nb = metric_blocks(n);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(clamp_threads(n_threads))
+  for (index_t b = 0; b < nb; ++b) body(b, n * b / nb, n * (b + 1) / nb);
+}
+
+struct MetricResult {
+  double value = 0;
+  std::array<double, 12> gradient{};  // dV / d to_moving, row-major 3x4
+  double count = 0;                   // samples that landed inside the moving image
+};
+
+// Mean squares (ITK MeanSquaresImageToImageMetricv4): V = mean over valid samples of (m - f)^2.
+inline MetricResult mean_squares(const MetricSamples& s, const LinearVolume& mov, int n_threads) {
+  const index_t nb = metric_blocks(s.count);
+  std::vector<std::array<double, 14>> part(static_cast<std::size_t>(nb));
+  for_each_block(s.count, n_threads, [&](index_t b, index_t begin, index_t end) {
+    std::array<double, 14> acc{};
+    for_each_sample(s, mov, begin, end, [&](double f, double m, const double* g, double k,
+                                             double j, double i, index_t) {
+      const double d = m - f;
+      acc[12] += d * d;
+      acc[13] += 1;
+      add_gradient(acc.data(), 2 * d, g, k, j, i);
+    });
+    part[static_cast<std::size_t>(b)] = acc;
+  });
+  std::array<double, 14> tot{};
+  for (const auto& p : part)
+    for (int c = 0; c < 14; ++c) tot[c] += p[c];
+  MetricResult r;
+  r.count = tot[13];
+  if (r.count == 0) return r;
+  r.value = tot[12] / r.count;
+  for (int c = 0; c < 12; ++c) r.gradient[c] = tot[c] / r.count;
+  return r;
+}
+
+// Global normalised cross-correlation as ITK's CorrelationImageToImageMetricv4:
+// V = -sfm^2 / (sff * smm) with the sums centred on the means over the valid samples, so
+// V = -1 for a perfect (positive or negative) linear relation and 0 for none.
+inline MetricResult correlation(const MetricSamples& s, const LinearVolume& mov, int n_threads) {
+  // per block: n, Sf, Sm, Sff, Smm, Sfm, then d(Sm), d(Sfm), d(Smm)/2 as 12-vectors.
+  constexpr int kStats = 6, kSize = kStats + 36;
+  const index_t nb = metric_blocks(s.count);
+  std::vector<std::array<double, kSize>> part(static_cast<std::size_t>(nb));
+  for_each_block(s.count, n_threads, [&](index_t b, index_t begin, index_t end) {
+    std::array<double, kSize> acc{};
+    for_each_sample(s, mov, begin, end, [&](double f, double m, const double* g, double k,
+                                             double j, double i, index_t) {
+      acc[0] += 1;
+      acc[1] += f;
+      acc[2] += m;
+      acc[3] += f * f;
+      acc[4] += m * m;
+      acc[5] += f * m;
+      add_gradient(acc.data() + kStats, 1.0, g, k, j, i);
+      add_gradient(acc.data() + kStats + 12, f, g, k, j, i);
+      add_gradient(acc.data() + kStats + 24, m, g, k, j, i);
+    });
+    part[static_cast<std::size_t>(b)] = acc;
+  });
+  std::array<double, kSize> t{};
+  for (const auto& p : part)
+    for (int c = 0; c < kSize; ++c) t[c] += p[c];
+  MetricResult r;
+  r.count = t[0];
+  if (r.count == 0) return r;
+  const double n = t[0];
+  const double sff = t[3] - t[1] * t[1] / n, smm = t[4] - t[2] * t[2] / n;
+  const double sfm = t[5] - t[1] * t[2] / n;
+  if (!(sff > 0 && smm > 0)) return r;
+  r.value = -sfm * sfm / (sff * smm);
+  for (int c = 0; c < 12; ++c) {
+    const double d_sm = t[kStats + c], d_sfm = t[kStats + 12 + c] - t[1] / n * d_sm;
+    const double d_smm = 2 * (t[kStats + 24 + c] - t[2] / n * d_sm);
+    r.gradient[c] = -(2 * sfm * d_sfm * smm - sfm * sfm * d_smm) / (sff * smm * smm);
+  }
+  return r;
+}
+
+// Mattes et al. 2003 mutual information with the binning of ITK's
+// MattesMutualInformationImageToImageMetricv4: zero-order (box) Parzen window on the fixed
+// intensity, cubic B-spline on the moving one, two padding bins at each end, intensities mapped
+// from [min, max] of each image. V = -MI (smaller is better), like ITK.
+struct MattesBins {
+  int nbins;
+  double fixed_bin_size, fixed_norm_min, moving_bin_size, moving_norm_min;
+
+  MattesBins(int n, double fmin, double fmax, double mmin, double mmax) : nbins(n) {
+    constexpr int kPadding = 2;
+    fixed_bin_size = (fmax - fmin) / (n - 2 * kPadding);
+    moving_bin_size = (mmax - mmin) / (n - 2 * kPadding);
+    if (!(fixed_bin_size > 0)) fixed_bin_size = 1;
+    if (!(moving_bin_size > 0)) moving_bin_size = 1;
+    fixed_norm_min = fmin / fixed_bin_size - kPadding;
+    moving_norm_min = mmin / moving_bin_size - kPadding;
+  }
+  int clamp_bin(double term) const {
+    const auto b = static_cast<std::int64_t>(term);
+    return static_cast<int>(b < 2 ? 2 : (b > nbins - 3 ? nbins - 3 : b));
+  }
+  int fixed_bin(double f) const { return clamp_bin(f / fixed_bin_size - fixed_norm_min); }
+  double moving_term(double m) const { return m / moving_bin_size - moving_norm_min; }
+};
+
+inline double cubic_bspline(double u) {
+  u = std::fabs(u);
+  if (u < 1) return (4 - 6 * u * u + 3 * u * u * u) / 6;
+  if (u < 2) return (2 - u) * (2 - u) * (2 - u) / 6;
+  return 0;
+}
+
+inline double cubic_bspline_derivative(double u) {
+  const double a = std::fabs(u), sign = u < 0 ? -1.0 : 1.0;
+  if (a < 1) return -2 * u + 1.5 * u * a;
+  if (a < 2) return -0.5 * sign * (2 - a) * (2 - a);
+  return 0;
+}
+
+inline MetricResult mattes_mutual_information(const MetricSamples& s, const LinearVolume& mov,
+                                              const MattesBins& bins, int n_threads) {
+  const int nb2 = bins.nbins * bins.nbins;
+  const index_t nblocks = metric_blocks(s.count);
+  // Pass 1: the joint histogram p(fixed bin, moving bin). The moving value and gradient of each
+  // sample are kept for pass 2 (NaN marks samples outside the moving image).
+  std::vector<double> part(static_cast<std::size_t>(nblocks) * nb2, 0.0);
+  std::vector<float> cache(static_cast<std::size_t>(s.count) * 5);
+  for_each_block(s.count, n_threads, [&](index_t b, index_t begin, index_t end) {
+    double* h = part.data() + b * nb2;
+    for (index_t n = begin; n < end; ++n) cache[5 * n] = NAN;
+    for_each_sample(s, mov, begin, end, [&](double f, double m, const double* g, double, double,
+                                             double, index_t n) {
+      const double term = bins.moving_term(m);
+      const int start = bins.clamp_bin(term) - 1;
+      const int fbin = bins.fixed_bin(f);
+      double* row = h + fbin * bins.nbins;
+      for (int q = 0; q < 4; ++q) row[start + q] += cubic_bspline(start + q - term);
+      float* c = cache.data() + 5 * n;
+      c[0] = static_cast<float>(term - start);
+      c[1] = static_cast<float>(fbin * bins.nbins + start);
+      c[2] = static_cast<float>(g[0]);
+      c[3] = static_cast<float>(g[1]);
+      c[4] = static_cast<float>(g[2]);
+    });
+  });
+  std::vector<double> joint(static_cast<std::size_t>(nb2), 0.0);
+  for (index_t b = 0; b < nblocks; ++b)
+    for (int c = 0; c < nb2; ++c) joint[c] += part[b * nb2 + c];
+  double total = 0;
+  for (double v : joint) total += v;
+  MetricResult r;
+  if (!(total > 0)) return r;
+  std::vector<double> pf(bins.nbins, 0.0), pm(bins.nbins, 0.0);
+  for (int a = 0; a < bins.nbins; ++a)
+    for (int c = 0; c < bins.nbins; ++c) {
+      const double p = joint[a * bins.nbins + c] / total;
+      joint[a * bins.nbins + c] = p;
+      pf[a] += p;
+      pm[c] += p;
+    }
+  // dMI/dp(a, c) = log(p / pm) (the log pf term sums to zero over c for each fixed bin).
+  constexpr double kTiny = 2.220446049250313e-16;  // ITK's closeToZero (double epsilon)
+  std::vector<double> log_ratio(static_cast<std::size_t>(nb2), 0.0);
+  double mi = 0;
+  for (int a = 0; a < bins.nbins; ++a)
+    for (int c = 0; c < bins.nbins; ++c) {
+      const double p = joint[a * bins.nbins + c];
+      if (p > kTiny && pm[c] > kTiny) {
+        log_ratio[a * bins.nbins + c] = std::log(p / pm[c]);
+        if (pf[a] > kTiny) mi += p * (log_ratio[a * bins.nbins + c] - std::log(pf[a]));
+      }
+    }
+  r.value = -mi;
+  // Pass 2: dV/dm per sample = sum_c log_ratio * beta3'(c - term) / (total * bin size).
+  const double scale = 1.0 / (total * bins.moving_bin_size);
+  std::vector<std::array<double, 13>> gpart(static_cast<std::size_t>(nblocks));
+  for_each_block(s.count, n_threads, [&](index_t b, index_t begin, index_t end) {
+    std::array<double, 13> acc{};
+    for (index_t n = begin; n < end; ++n) {
+      const float* c = cache.data() + 5 * n;
+      if (std::isnan(c[0])) continue;
+      const double frac = c[0];  // moving Parzen term minus the first bin it touches
+      const double* lr = log_ratio.data() + static_cast<index_t>(c[1]);
+      double dv = 0;
+      for (int q = 0; q < 4; ++q) dv += lr[q] * cubic_bspline_derivative(q - frac);
+      const index_t lin = s.indices ? static_cast<index_t>(s.indices[n]) : n;
+      const index_t i = lin % s.ni, kj = lin / s.ni;
+      const double g[3] = {c[2], c[3], c[4]};
+      add_gradient(acc.data(), dv * scale, g, static_cast<double>(kj / s.nj),
+                   static_cast<double>(kj % s.nj), static_cast<double>(i));
+      acc[12] += 1;
+    }
+    gpart[static_cast<std::size_t>(b)] = acc;
+  });
+  for (const auto& p : gpart) {
+    for (int c = 0; c < 12; ++c) r.gradient[c] += p[c];
+    r.count += p[12];
+  }
+  return r;
+}
+
+// ---------------------------------------------------------------- pyramid
+// Separable Gaussian smoothing with decimation along one axis: output o is centred at input
+// position o * shrink + (shrink - 1) / 2 (so the field of view keeps its centre), weights are a
+// Gaussian of sigma_vox truncated at 3 sigma and renormalised, borders clamped. sigma_vox below
+// 0.2 falls back to linear interpolation (no smoothing).
+struct AxisTaps {
+  std::vector<index_t> first;  // first input index of each output
+  std::vector<int> count;
+  std::vector<double> weights;  // count[o] weights for output o, packed at offset[o]
+  std::vector<index_t> offset;
+
+  AxisTaps(index_t n_out, int shrink, double sigma_vox) {
+    first.resize(n_out);
+    count.resize(n_out);
+    offset.resize(n_out);
+    const double radius = sigma_vox < 0.2 ? 1.0 : std::ceil(3 * sigma_vox);
+    for (index_t o = 0; o < n_out; ++o) {
+      const double centre = o * shrink + 0.5 * (shrink - 1);
+      const auto lo = static_cast<index_t>(std::ceil(centre - radius - 1e-9));
+      const auto hi = static_cast<index_t>(std::floor(centre + radius + 1e-9));
+      first[o] = lo;
+      count[o] = static_cast<int>(hi - lo + 1);
+      offset[o] = static_cast<index_t>(weights.size());
+      double sum = 0;
+      for (index_t t = lo; t <= hi; ++t) {
+        const double d = t - centre;
+        const double w = sigma_vox < 0.2 ? std::max(0.0, 1 - std::fabs(d))
+                                         : std::exp(-0.5 * d * d / (sigma_vox * sigma_vox));
+        weights.push_back(w);
+        sum += w;
+      }
+      for (index_t t = offset[o]; t < static_cast<index_t>(weights.size()); ++t) weights[t] /= sum;
+    }
+  }
+};
+
+// One pass along the axis of stride `stride` and input length n_in: in has shape
+// (outer, n_in, inner) in effect, out (outer, n_out, inner).
+template <class T>
+void smooth_axis(const T* in, float* out, index_t outer, index_t n_in, index_t inner,
+                 const AxisTaps& taps, int n_threads) {
+  const index_t n_out = static_cast<index_t>(taps.first.size());
+#pragma omp parallel num_threads(clamp_threads(n_threads))
+  {
+    std::vector<double> acc(static_cast<std::size_t>(inner));
+#pragma omp for collapse(2) schedule(static)
+    for (index_t a = 0; a < outer; ++a)
+      for (index_t o = 0; o < n_out; ++o) {
+        const T* src = in + a * n_in * inner;
+        float* dst = out + (a * n_out + o) * inner;
+        const double* w = taps.weights.data() + taps.offset[o];
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (int t = 0; t < taps.count[o]; ++t) {
+          index_t p = taps.first[o] + t;
+          p = p < 0 ? 0 : (p >= n_in ? n_in - 1 : p);
+          const T* row = src + p * inner;
+          const double wt = w[t];
+          for (index_t b = 0; b < inner; ++b) acc[b] += wt * static_cast<double>(row[b]);
+        }
+        for (index_t b = 0; b < inner; ++b) dst[b] = static_cast<float>(acc[b]);
+      }
+  }
+}
+
+// Smooth with per-axis sigma (voxels) and shrink by integer factors, 3D (k, j, i).
+template <class T>
+void smooth_shrink(const T* in, float* out, const index_t shape[3], const int shrink[3],
+                   const double sigma_vox[3], int n_threads) {
+  index_t n_out[3];
+  for (int a = 0; a < 3; ++a) n_out[a] = std::max<index_t>(1, shape[a] / shrink[a]);
+  // Along i first: the largest reduction comes first when the array is big.
+  std::vector<float> t1(static_cast<std::size_t>(shape[0] * shape[1] * n_out[2]));
+  std::vector<float> t2(static_cast<std::size_t>(shape[0] * n_out[1] * n_out[2]));
+  smooth_axis(in, t1.data(), shape[0] * shape[1], shape[2], 1,
+              AxisTaps(n_out[2], shrink[2], sigma_vox[2]), n_threads);
+  smooth_axis(t1.data(), t2.data(), shape[0], shape[1], n_out[2],
+              AxisTaps(n_out[1], shrink[1], sigma_vox[1]), n_threads);
+  smooth_axis(t2.data(), out, 1, shape[0], n_out[1] * n_out[2],
+              AxisTaps(n_out[0], shrink[0], sigma_vox[0]), n_threads);
+}
+
+}  // namespace medkern
