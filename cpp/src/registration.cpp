@@ -94,12 +94,118 @@ py::array_t<float> smooth_shrink(const py::array& x, std::array<int, 3> shrink,
   });
 }
 
+medkern::Grid grid_of(const carray<float>& fixed, const py::array& index_to_world) {
+  return medkern::Grid{fixed.shape(0), fixed.shape(1), fixed.shape(2), matrix3x4(index_to_world)};
+}
+
+// A (3, nk, nj, ni) float32 field on the grid of `like`, or null when `field` is None.
+const float* field_ptr(const py::object& field, carray<float>& holder, const carray<float>& like,
+                       const char* name) {
+  if (field.is_none()) return nullptr;
+  holder = carray<float>::ensure(field);
+  if (!holder || holder.ndim() != 4 || holder.shape(0) != 3 || holder.shape(1) != like.shape(0) ||
+      holder.shape(2) != like.shape(1) || holder.shape(3) != like.shape(2))
+    throw py::value_error(std::string(name) + " must be a (3, nk, nj, ni) float32 field on the fixed grid");
+  return holder.data();
+}
+
+py::array_t<float> new_field(const carray<float>& like) {
+  return py::array_t<float>({py::ssize_t{3}, like.shape(0), like.shape(1), like.shape(2)});
+}
+
+py::tuple warp_with_gradient(const py::array& moving, const py::array& to_moving,
+                             const py::array& fixed_like, const py::array& index_to_world,
+                             const py::object& displacement, bool with_gradient, int n_threads) {
+  auto m = volume(moving, "moving");
+  auto like = volume(fixed_like, "fixed");
+  const medkern::Grid grid = grid_of(like, index_to_world);
+  carray<float> disp_holder;
+  const float* disp = field_ptr(displacement, disp_holder, like, "displacement");
+  py::array_t<float> out({like.shape(0), like.shape(1), like.shape(2)});
+  py::object grad_obj = py::none();
+  float* grad = nullptr;
+  if (with_gradient) {
+    auto g = new_field(like);
+    grad = g.mutable_data();
+    grad_obj = g;
+  }
+  const medkern::LinearVolume mov{m.data(), m.shape(0), m.shape(1), m.shape(2)};
+  const auto M = matrix3x4(to_moving);
+  float* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;  // all buffers are owned by arrays held in this frame
+    medkern::warp_with_gradient(mov, M, grid, disp, dst, grad, n_threads);
+  }
+  return py::make_tuple(out, grad_obj);
+}
+
+py::array_t<float> compose_displacements(const py::array& outer, const py::array& inner,
+                                         const py::array& fixed_like,
+                                         const py::array& index_to_world,
+                                         const py::array& world_to_index, int n_threads) {
+  auto like = volume(fixed_like, "fixed");
+  carray<float> oh, ih;
+  const float* o = field_ptr(outer, oh, like, "outer");
+  const float* in = field_ptr(inner, ih, like, "inner");
+  const medkern::Grid grid = grid_of(like, index_to_world);
+  const auto w2i = matrix3x4(world_to_index);
+  auto out = new_field(like);
+  float* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;  // raw pointers into arrays held by this frame
+    medkern::compose_displacements(o, in, grid, w2i, dst, n_threads);
+  }
+  return out;
+}
+
+py::tuple deformable_force(const std::string& kind, const py::array& fixed, const py::array& warped,
+                           const py::array& gradient, const py::object& fixed_gradient,
+                           const py::object& mask, std::array<int, 3> radius, double max_step,
+                           int n_threads) {
+  auto f = volume(fixed, "fixed");
+  auto w = volume(warped, "warped");
+  if (w.size() != f.size()) throw py::value_error("warped must have the fixed image's shape");
+  carray<float> gh, fgh;
+  const float* g = field_ptr(gradient, gh, f, "gradient");
+  carray<std::uint8_t> mask_holder;
+  const std::uint8_t* mk = medkern::bind::mask_ptr(mask, mask_holder, f.size());
+  const float* fg = nullptr;
+  if (kind == "mse") {
+    if (fixed_gradient.is_none()) throw py::value_error("the demons force needs fixed_gradient");
+    fg = field_ptr(fixed_gradient, fgh, f, "fixed_gradient");
+  } else if (kind != "lncc") {
+    throw py::value_error("deformable metric must be 'lncc' or 'mse', got '" + kind + "'");
+  }
+  for (int a = 0; a < 3; ++a)
+    if (radius[a] < 0) throw py::value_error("radius must be >= 0");
+  auto force = new_field(f);
+  float* dst = force.mutable_data();
+  const medkern::index_t shape[3] = {f.shape(0), f.shape(1), f.shape(2)};
+  double value;
+  {
+    py::gil_scoped_release release;  // raw pointers into arrays held by this frame
+    value = kind == "mse"
+                ? medkern::demons_force(f.data(), w.data(), fg, g, mk, f.size(), max_step, dst, n_threads)
+                : medkern::lncc_force(f.data(), w.data(), g, mk, shape, radius.data(), dst, n_threads);
+  }
+  return py::make_tuple(value, force);
+}
+
 }  // namespace
 
 void register_registration(py::module_& m) {
   m.def("registration_metric", &metric, py::arg("fixed"), py::arg("moving"), py::arg("indices"),
         py::arg("fixed_values"), py::arg("moving_mask"), py::arg("to_moving"), py::arg("kind"), py::arg("bins"),
         py::arg("ranges"), py::arg("n_threads"));
+  m.def("warp_with_gradient", &warp_with_gradient, py::arg("moving"), py::arg("to_moving"),
+        py::arg("fixed"), py::arg("index_to_world"), py::arg("displacement"),
+        py::arg("with_gradient"), py::arg("n_threads"));
+  m.def("compose_displacements", &compose_displacements, py::arg("outer"), py::arg("inner"),
+        py::arg("fixed"), py::arg("index_to_world"), py::arg("world_to_index"),
+        py::arg("n_threads"));
+  m.def("deformable_force", &deformable_force, py::arg("kind"), py::arg("fixed"),
+        py::arg("warped"), py::arg("gradient"), py::arg("fixed_gradient"), py::arg("mask"),
+        py::arg("radius"), py::arg("max_step"), py::arg("n_threads"));
   m.def("smooth_shrink", &smooth_shrink, py::arg("x"), py::arg("shrink"), py::arg("sigma_vox"),
         py::arg("n_threads"));
 }

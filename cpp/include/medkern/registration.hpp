@@ -55,6 +55,30 @@ struct LinearVolume {
     return b0 + wk * (b1 - b0);
   }
 
+  // Trilinear values of `count` component planes (plane c at data + c * plane_size).
+  void sample_components(double ck, double cj, double ci, int count, index_t plane_size,
+                         double* out) const {
+    const double fk = std::floor(ck), fj = std::floor(cj), fi = std::floor(ci);
+    const index_t k0 = clamp_index(static_cast<index_t>(fk), nk), k1 = clamp_index(k0 + 1, nk);
+    const index_t j0 = clamp_index(static_cast<index_t>(fj), nj), j1 = clamp_index(j0 + 1, nj);
+    const index_t i0 = clamp_index(static_cast<index_t>(fi), ni), i1 = clamp_index(i0 + 1, ni);
+    const double wk = fk < 0 ? 0.0 : ck - fk, wj = fj < 0 ? 0.0 : cj - fj, wi = fi < 0 ? 0.0 : ci - fi;
+    const index_t sj = ni, sk = nj * ni;
+    const index_t off[8] = {k0 * sk + j0 * sj + i0, k0 * sk + j0 * sj + i1, k0 * sk + j1 * sj + i0,
+                            k0 * sk + j1 * sj + i1, k1 * sk + j0 * sj + i0, k1 * sk + j0 * sj + i1,
+                            k1 * sk + j1 * sj + i0, k1 * sk + j1 * sj + i1};
+    const double w[8] = {(1 - wk) * (1 - wj) * (1 - wi), (1 - wk) * (1 - wj) * wi,
+                         (1 - wk) * wj * (1 - wi),       (1 - wk) * wj * wi,
+                         wk * (1 - wj) * (1 - wi),       wk * (1 - wj) * wi,
+                         wk * wj * (1 - wi),             wk * wj * wi};
+    for (int c = 0; c < count; ++c) {
+      const float* p = data + c * plane_size;
+      double acc = 0;
+      for (int q = 0; q < 8; ++q) acc += w[q] * p[off[q]];
+      out[c] = acc;
+    }
+  }
+
   std::uint8_t nearest(const std::uint8_t* mask, double ck, double cj, double ci) const {
     const index_t k = clamp_index(static_cast<index_t>(std::floor(ck + 0.5)), nk);
     const index_t j = clamp_index(static_cast<index_t>(std::floor(cj + 0.5)), nj);
@@ -356,32 +380,65 @@ struct AxisTaps {
   }
 };
 
-// One pass along the axis of stride `stride` and input length n_in: in has shape
-// (outer, n_in, inner) in effect, out (outer, n_out, inner).
+// Runs body(a, b0, b1) over the lines of an (outer, len, inner) array: line a, columns
+// [b0, b1) of the inner axis. Column blocks keep inner loops contiguous and give every pass,
+// including the one along the slowest axis (outer == 1), enough parallel work.
+template <class Body>
+void for_each_line_block(index_t outer, index_t inner, int n_threads, Body&& body) {
+  constexpr index_t kColumns = 512;
+  const index_t nb = (inner + kColumns - 1) / kColumns;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(clamp_threads(n_threads))
+  for (index_t a = 0; a < outer; ++a)
+    for (index_t blk = 0; blk < nb; ++blk)
+      body(a, blk * kColumns, std::min(inner, (blk + 1) * kColumns));
+}
+
+// One smoothing pass along the middle axis of an (outer, n_in, inner) array -> (outer, n_out,
+// inner).
 template <class T>
 void smooth_axis(const T* in, float* out, index_t outer, index_t n_in, index_t inner,
                  const AxisTaps& taps, int n_threads) {
   const index_t n_out = static_cast<index_t>(taps.first.size());
-#pragma omp parallel num_threads(clamp_threads(n_threads))
-  {
-    std::vector<double> acc(static_cast<std::size_t>(inner));
-#pragma omp for collapse(2) schedule(static)
-    for (index_t a = 0; a < outer; ++a)
+  if (inner == 1) {
+    // Along the contiguous axis: one dot product per output, no clamping in the interior.
+#pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
+    for (index_t a = 0; a < outer; ++a) {
+      const T* src = in + a * n_in;
+      float* dst = out + a * n_out;
       for (index_t o = 0; o < n_out; ++o) {
-        const T* src = in + a * n_in * inner;
-        float* dst = out + (a * n_out + o) * inner;
         const double* w = taps.weights.data() + taps.offset[o];
-        std::fill(acc.begin(), acc.end(), 0.0);
-        for (int t = 0; t < taps.count[o]; ++t) {
-          index_t p = taps.first[o] + t;
-          p = p < 0 ? 0 : (p >= n_in ? n_in - 1 : p);
-          const T* row = src + p * inner;
-          const double wt = w[t];
-          for (index_t b = 0; b < inner; ++b) acc[b] += wt * static_cast<double>(row[b]);
+        const index_t first = taps.first[o];
+        const int count = taps.count[o];
+        double acc = 0;
+        if (first >= 0 && first + count <= n_in) {
+          for (int t = 0; t < count; ++t) acc += w[t] * static_cast<double>(src[first + t]);
+        } else {
+          for (int t = 0; t < count; ++t) {
+            const index_t p = std::min(std::max<index_t>(first + t, 0), n_in - 1);
+            acc += w[t] * static_cast<double>(src[p]);
+          }
         }
-        for (index_t b = 0; b < inner; ++b) dst[b] = static_cast<float>(acc[b]);
+        dst[o] = static_cast<float>(acc);
       }
+    }
+    return;
   }
+  for_each_line_block(outer, inner, n_threads, [&](index_t a, index_t b0, index_t b1) {
+    double acc[512];
+    const index_t width = b1 - b0;
+    for (index_t o = 0; o < n_out; ++o) {
+      const double* w = taps.weights.data() + taps.offset[o];
+      std::fill(acc, acc + width, 0.0);
+      for (int t = 0; t < taps.count[o]; ++t) {
+        const index_t p = std::min(std::max<index_t>(taps.first[o] + t, 0), n_in - 1);
+        const T* row = in + (a * n_in + p) * inner + b0;
+        const double wt = w[t];
+        for (index_t b = 0; b < width; ++b) acc[b] += wt * static_cast<double>(row[b]);
+      }
+      float* dst = out + (a * n_out + o) * inner + b0;
+      for (index_t b = 0; b < width; ++b) dst[b] = static_cast<float>(acc[b]);
+    }
+  });
 }
 
 // Smooth with per-axis sigma (voxels) and shrink by integer factors, 3D (k, j, i).
@@ -399,6 +456,199 @@ void smooth_shrink(const T* in, float* out, const index_t shape[3], const int sh
               AxisTaps(n_out[1], shrink[1], sigma_vox[1]), n_threads);
   smooth_axis(t2.data(), out, 1, shape[0], n_out[1] * n_out[2],
               AxisTaps(n_out[0], shrink[0], sigma_vox[0]), n_threads);
+}
+
+// ---------------------------------------------------------------- dense fields
+// A dense vector field on the fixed grid is stored as three component planes (x, y, z in LPS mm),
+// each of the grid's shape: component c of voxel n at field[c * n_voxels + n].
+struct Grid {
+  index_t nk, nj, ni;
+  std::array<double, 12> index_to_world;  // 3x4, row-major
+  index_t size() const { return nk * nj * ni; }
+  void world(index_t k, index_t j, index_t i, double p[3]) const {
+    const auto& A = index_to_world;
+    for (int r = 0; r < 3; ++r)
+      p[r] = A[4 * r] * k + A[4 * r + 1] * j + A[4 * r + 2] * i + A[4 * r + 3];
+  }
+};
+
+inline void apply3x4(const std::array<double, 12>& M, const double p[3], double out[3]) {
+  for (int r = 0; r < 3; ++r)
+    out[r] = M[4 * r] * p[0] + M[4 * r + 1] * p[1] + M[4 * r + 2] * p[2] + M[4 * r + 3];
+}
+
+// Moving image read at to_moving(x + d(x)) for every fixed voxel x (d: a displacement field on
+// the fixed grid, or null), with the gradient of that value with respect to the displaced point
+// in world coordinates (d's own derivative left out, as in demons forces). `to_moving` maps world
+// to the moving continuous index and folds any affine transform in; points outside the moving
+// image read the clamped border.
+inline void warp_with_gradient(const LinearVolume& mov, const std::array<double, 12>& to_moving,
+                               const Grid& grid, const float* displacement, float* out,
+                               float* gradient, int n_threads) {
+  const index_t n = grid.size();
+#pragma omp parallel for collapse(2) schedule(static) num_threads(clamp_threads(n_threads))
+  for (index_t k = 0; k < grid.nk; ++k)
+    for (index_t j = 0; j < grid.nj; ++j)
+      for (index_t i = 0; i < grid.ni; ++i) {
+        const index_t v = (k * grid.nj + j) * grid.ni + i;
+        double p[3], c[3], g[3];
+        grid.world(k, j, i, p);
+        if (displacement)
+          for (int r = 0; r < 3; ++r) p[r] += displacement[r * n + v];
+        apply3x4(to_moving, p, c);
+        const bool inside = mov.inside(c[0], c[1], c[2]);
+        out[v] = static_cast<float>(mov.sample(c[0], c[1], c[2], g));
+        if (!gradient) continue;
+        for (int r = 0; r < 3; ++r) {
+          const double gw = to_moving[r] * g[0] + to_moving[4 + r] * g[1] + to_moving[8 + r] * g[2];
+          gradient[r * n + v] = inside ? static_cast<float>(gw) : 0.0f;
+        }
+      }
+}
+
+// out(x) = inner(x) + outer(x + inner(x)): the displacement of outer o inner (inner applied
+// first), outer read with trilinear interpolation on the same grid (clamped at the border).
+// Scaling and squaring (Arsigny et al. 2006) calls it with outer == inner.
+inline void compose_displacements(const float* outer, const float* inner, const Grid& grid,
+                                  const std::array<double, 12>& world_to_index, float* out,
+                                  int n_threads) {
+  const index_t n = grid.size();
+  const LinearVolume comp{outer, grid.nk, grid.nj, grid.ni};
+#pragma omp parallel for collapse(2) schedule(static) num_threads(clamp_threads(n_threads))
+  for (index_t k = 0; k < grid.nk; ++k)
+    for (index_t j = 0; j < grid.nj; ++j)
+      for (index_t i = 0; i < grid.ni; ++i) {
+        const index_t v = (k * grid.nj + j) * grid.ni + i;
+        double p[3], c[3], o[3];
+        grid.world(k, j, i, p);
+        for (int r = 0; r < 3; ++r) p[r] += inner[r * n + v];
+        apply3x4(world_to_index, p, c);
+        comp.sample_components(c[0], c[1], c[2], 3, n, o);
+        for (int r = 0; r < 3; ++r) out[r * n + v] = static_cast<float>(inner[r * n + v] + o[r]);
+      }
+}
+
+// Mean over a (2r+1)^3 box, separable running sums, border voxels replicated.
+inline void box_mean_axis(const float* in, float* out, index_t outer, index_t len, index_t inner,
+                          index_t radius, int n_threads) {
+  const double norm = 1.0 / static_cast<double>(2 * radius + 1);
+  for_each_line_block(outer, inner, n_threads, [&](index_t a, index_t b0, index_t b1) {
+    double sum[512];
+    const index_t width = b1 - b0;
+    auto row = [&](index_t t) {
+      return in + (a * len + std::min(std::max<index_t>(t, 0), len - 1)) * inner + b0;
+    };
+    std::fill(sum, sum + width, 0.0);
+    for (index_t t = -radius; t <= radius; ++t) {
+      const float* r = row(t);
+      for (index_t b = 0; b < width; ++b) sum[b] += r[b];
+    }
+    for (index_t t = 0; t < len; ++t) {
+      float* dst = out + (a * len + t) * inner + b0;
+      const float* add = row(t + radius + 1);
+      const float* sub = row(t - radius);
+      for (index_t b = 0; b < width; ++b) {
+        dst[b] = static_cast<float>(sum[b] * norm);
+        sum[b] += static_cast<double>(add[b]) - sub[b];
+      }
+    }
+  });
+}
+
+inline void box_mean(float* data, float* scratch, const index_t shape[3], const int radius[3],
+                     int n_threads) {
+  box_mean_axis(data, scratch, shape[0] * shape[1], shape[2], 1, radius[2], n_threads);
+  box_mean_axis(scratch, data, shape[0], shape[1], shape[2], radius[1], n_threads);
+  box_mean_axis(data, scratch, 1, shape[0], shape[1] * shape[2], radius[0], n_threads);
+  std::copy(scratch, scratch + shape[0] * shape[1] * shape[2], data);
+}
+
+// Local normalised cross-correlation over (2r+1)^3 windows and its force (Avants et al. 2008,
+// "Symmetric diffeomorphic image registration", eq. for the CC gradient): with local means and
+// centred moments sff, smm, sfm at x, cc = sfm^2 / (sff smm) and
+// d cc / d m(x) = 2 sfm / (sff smm) (f~ - sfm / smm m~), f~ = f - mean f, m~ = m - mean m.
+// force = that derivative times grad m (the direction that increases cc). Returns mean cc over
+// the voxels (mask != 0 when a mask is given).
+inline double lncc_force(const float* fixed, const float* warped, const float* gradient,
+                         const std::uint8_t* mask, const index_t shape[3], const int radius[3],
+                         float* force, int n_threads) {
+  const index_t n = shape[0] * shape[1] * shape[2];
+  std::vector<float> stats(static_cast<std::size_t>(5 * n)), scratch(static_cast<std::size_t>(n));
+#pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
+  for (index_t v = 0; v < n; ++v) {
+    const float f = fixed[v], m = warped[v];
+    stats[v] = f;
+    stats[n + v] = m;
+    stats[2 * n + v] = f * f;
+    stats[3 * n + v] = m * m;
+    stats[4 * n + v] = f * m;
+  }
+  for (int q = 0; q < 5; ++q) box_mean(stats.data() + q * n, scratch.data(), shape, radius, n_threads);
+  constexpr double kEps = 1e-5;
+  const index_t nb = metric_blocks(n);
+  std::vector<double> part(static_cast<std::size_t>(2 * nb), 0.0);
+  for_each_block(n, n_threads, [&](index_t b, index_t begin, index_t end) {
+    double sum = 0, count = 0;
+    for (index_t v = begin; v < end; ++v) {
+      const double mf = stats[v], mm = stats[n + v];
+      const double sff = stats[2 * n + v] - mf * mf, smm = stats[3 * n + v] - mm * mm;
+      const double sfm = stats[4 * n + v] - mf * mm;
+      double coef = 0;
+      const bool use = !mask || mask[v];
+      if (use && sff > kEps && smm > kEps) {
+        sum += sfm * sfm / (sff * smm);
+        coef = 2 * sfm / (sff * smm) * ((fixed[v] - mf) - sfm / smm * (warped[v] - mm));
+      }
+      if (use) count += 1;
+      for (int r = 0; r < 3; ++r) force[r * n + v] = static_cast<float>(coef * gradient[r * n + v]);
+    }
+    part[2 * b] = sum;
+    part[2 * b + 1] = count;
+  });
+  double sum = 0, count = 0;
+  for (index_t b = 0; b < nb; ++b) {
+    sum += part[2 * b];
+    count += part[2 * b + 1];
+  }
+  return count > 0 ? sum / count : 0.0;
+}
+
+// Demons force for mean squares (Vercauteren et al. 2009, diffeomorphic demons, symmetric
+// "ESM" gradient g = (grad f + grad m) / 2): u = (f - m) g / (|g|^2 + (f - m)^2 / sigma_x^2),
+// with sigma_x the maximal step length (mm). Returns the mean of (f - m)^2.
+inline double demons_force(const float* fixed, const float* warped, const float* fixed_gradient,
+                           const float* gradient, const std::uint8_t* mask, index_t n,
+                           double max_step, float* force, int n_threads) {
+  const index_t nb = metric_blocks(n);
+  const double inv_sx2 = 1.0 / (max_step * max_step);
+  std::vector<double> part(static_cast<std::size_t>(2 * nb), 0.0);
+  for_each_block(n, n_threads, [&](index_t b, index_t begin, index_t end) {
+    double sum = 0, count = 0;
+    for (index_t v = begin; v < end; ++v) {
+      const double diff = static_cast<double>(fixed[v]) - warped[v];
+      double g[3], g2 = 0;
+      for (int r = 0; r < 3; ++r) {
+        g[r] = 0.5 * (fixed_gradient[r * n + v] + gradient[r * n + v]);
+        g2 += g[r] * g[r];
+      }
+      const bool use = !mask || mask[v];
+      const double denom = g2 + diff * diff * inv_sx2;
+      const double coef = use && denom > 1e-12 ? diff / denom : 0.0;
+      for (int r = 0; r < 3; ++r) force[r * n + v] = static_cast<float>(coef * g[r]);
+      if (use) {
+        sum += diff * diff;
+        count += 1;
+      }
+    }
+    part[2 * b] = sum;
+    part[2 * b + 1] = count;
+  });
+  double sum = 0, count = 0;
+  for (index_t b = 0; b < nb; ++b) {
+    sum += part[2 * b];
+    count += part[2 * b + 1];
+  }
+  return count > 0 ? sum / count : 0.0;
 }
 
 }  // namespace medkern
