@@ -158,24 +158,16 @@ py::array_t<float> compose_displacements(const py::array& outer, const py::array
   return out;
 }
 
-py::tuple deformable_force(const std::string& kind, const py::array& fixed, const py::array& warped,
-                           const py::array& gradient, const py::object& fixed_gradient,
-                           const py::object& mask, std::array<int, 3> radius, double max_step,
-                           int n_threads) {
+py::tuple lncc_force(const py::array& fixed, const py::array& warped, const py::array& gradient,
+                     const py::object& mask, std::array<int, 3> radius, int n_threads) {
   auto f = volume(fixed, "fixed");
   auto w = volume(warped, "warped");
   if (w.size() != f.size()) throw py::value_error("warped must have the fixed image's shape");
-  carray<float> gh, fgh;
+  carray<float> gh;
   const float* g = field_ptr(gradient, gh, f, "gradient");
+  if (!g) throw py::value_error("lncc_force needs the gradient of the warped image");
   carray<std::uint8_t> mask_holder;
   const std::uint8_t* mk = medkern::bind::mask_ptr(mask, mask_holder, f.size());
-  const float* fg = nullptr;
-  if (kind == "mse") {
-    if (fixed_gradient.is_none()) throw py::value_error("the demons force needs fixed_gradient");
-    fg = field_ptr(fixed_gradient, fgh, f, "fixed_gradient");
-  } else if (kind != "lncc") {
-    throw py::value_error("deformable metric must be 'lncc' or 'mse', got '" + kind + "'");
-  }
   for (int a = 0; a < 3; ++a)
     if (radius[a] < 0) throw py::value_error("radius must be >= 0");
   auto force = new_field(f);
@@ -184,9 +176,7 @@ py::tuple deformable_force(const std::string& kind, const py::array& fixed, cons
   double value;
   {
     py::gil_scoped_release release;  // raw pointers into arrays held by this frame
-    value = kind == "mse"
-                ? medkern::demons_force(f.data(), w.data(), fg, g, mk, f.size(), max_step, dst, n_threads)
-                : medkern::lncc_force(f.data(), w.data(), g, mk, shape, radius.data(), dst, n_threads);
+    value = medkern::lncc_force(f.data(), w.data(), g, mk, shape, radius.data(), dst, n_threads);
   }
   return py::make_tuple(value, force);
 }
@@ -203,9 +193,8 @@ void register_registration(py::module_& m) {
   m.def("compose_displacements", &compose_displacements, py::arg("outer"), py::arg("inner"),
         py::arg("fixed"), py::arg("index_to_world"), py::arg("world_to_index"),
         py::arg("n_threads"));
-  m.def("deformable_force", &deformable_force, py::arg("kind"), py::arg("fixed"),
-        py::arg("warped"), py::arg("gradient"), py::arg("fixed_gradient"), py::arg("mask"),
-        py::arg("radius"), py::arg("max_step"), py::arg("n_threads"));
+  m.def("lncc_force", &lncc_force, py::arg("fixed"), py::arg("warped"), py::arg("gradient"),
+        py::arg("mask"), py::arg("radius"), py::arg("n_threads"));
   m.def("smooth_shrink", &smooth_shrink, py::arg("x"), py::arg("shrink"), py::arg("sigma_vox"),
         py::arg("n_threads"));
 }

@@ -11,6 +11,7 @@ from medkern.errors import DicomError, MedkernError, ModelError
 from medkern.image import Image
 from medkern.intensity import normalize, window
 from medkern.io import read, write
+from medkern.registration import RegistrationResult, register
 
 __version__ = "0.1.0"
 
@@ -23,6 +24,8 @@ __all__ = [
     "get_num_threads",
     "normalize",
     "read",
+    "register",
+    "RegistrationResult",
     "set_num_threads",
     "window",
     "write",

@@ -74,11 +74,11 @@ def _cpp_compose(outer, inner, fixed_like, index_to_world, world_to_index):
                                        get_num_threads())
 
 
-def _cpp_force(kind, fixed, warped, gradient, fixed_gradient, mask, radius, max_step):
+def _cpp_force(fixed, warped, gradient, mask, radius):
     from medkern import _core
 
-    return _core.deformable_force(kind, fixed, warped, gradient, fixed_gradient, mask,
-                                  tuple(int(r) for r in radius), float(max_step), get_num_threads())
+    return _core.lncc_force(fixed, warped, gradient, mask, tuple(int(r) for r in radius),
+                            get_num_threads())
 
 
 metric_kernel = Kernel("registration_metric", cpp=_cpp_metric,
@@ -87,7 +87,7 @@ smooth_shrink = Kernel("smooth_shrink", cpp=_cpp_smooth_shrink,
                        cuda="medkern._cupy.registration:smooth_shrink")
 warp_kernel = Kernel("warp_with_gradient", cpp=_cpp_warp)
 compose_kernel = Kernel("compose_displacements", cpp=_cpp_compose)
-force_kernel = Kernel("deformable_force", cpp=_cpp_force)
+force_kernel = Kernel("lncc_force", cpp=_cpp_force)
 
 
 # ---------------------------------------------------------------------------- result
@@ -327,6 +327,8 @@ def _moments(img: Image, array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _initial_transform(initial: Any, fixed: Image, moving: Image) -> np.ndarray:
     if isinstance(initial, str):
         T = np.eye(4)
+        if initial == "identity":
+            return T
         if initial == "geometry":
             T[:3, 3] = _centre(moving) - _centre(fixed)
             return T
@@ -343,8 +345,8 @@ def _initial_transform(initial: Any, fixed: Image, moving: Image) -> np.ndarray:
             T[:3, :3] = best
             T[:3, 3] = cm - best @ cf
             return T
-        raise ValueError(f"initial must be 'geometry', 'moments', an Affine or a 4x4 matrix, "
-                         f"got {initial!r}")
+        raise ValueError(f"initial must be 'geometry', 'moments', 'identity', an Affine or a 4x4 "
+                         f"matrix, got {initial!r}")
     matrix = getattr(initial, "matrix", initial)
     T = np.asarray(matrix, dtype=np.float64)
     if T.shape != (4, 4) or not np.all(np.isfinite(T)) or abs(np.linalg.det(T[:3, :3])) < 1e-12:
@@ -393,13 +395,14 @@ def register(fixed: Any, moving: Any, transform: str = "rigid", metric: str | No
     transform : ``"rigid"`` (6 parameters), ``"affine"`` (12) or ``"deformable"`` (an affine
         stage followed by a diffeomorphic field, see :func:`medkern.registration` docs).
     metric : ``"mi"`` (Mattes mutual information, default for rigid/affine, works across
-        modalities), ``"ncc"``, ``"mse"``; ``"lncc"`` (local NCC, default) or ``"mse"`` for the
-        deformable stage. Values are minimised; see the module docstring for their definitions.
+        modalities), ``"ncc"``, ``"mse"``; ``"lncc"`` (local NCC, the deformable stage's metric;
+        its reported value is minus the mean local squared correlation). Values are minimised; see the module docstring for their definitions.
     levels : pyramid shrink factors, coarse to fine. Level ``s`` resamples both images to about
         ``s x`` the finest fixed spacing (mm) after a Gaussian of sigma ``s x spacing / 2`` mm
         (no smoothing at ``s = 1``).
     initial : ``"geometry"`` (align the image centres), ``"moments"`` (centres of mass and
-        principal axes), or an ``Affine`` / 4x4 matrix (fixed -> moving).
+        principal axes), ``"identity"`` (images already roughly aligned in world space, e.g. PET
+        and CT of one scanner), or an ``Affine`` / 4x4 matrix (fixed -> moving).
     mask, moving_mask : only fixed voxels in ``mask`` are samples; samples landing outside
         ``moving_mask`` (nearest voxel) are ignored.
     sampling : None (at most 65536 random samples per level), ``"full"`` (every voxel), a fraction
@@ -421,9 +424,8 @@ def register(fixed: Any, moving: Any, transform: str = "rigid", metric: str | No
         raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
     if transform == "deformable":
         metric = "lncc" if metric is None else metric
-        if metric not in ("lncc", "mse"):
-            raise ValueError(f"metric must be 'lncc' or 'mse' for a deformable registration, got "
-                             f"{metric!r}")
+        if metric != "lncc":
+            raise ValueError(f"metric must be 'lncc' for a deformable registration, got {metric!r}")
     else:
         metric = "mi" if metric is None else metric
         if metric not in ("mse", "ncc", "mi"):
@@ -481,7 +483,7 @@ def register(fixed: Any, moving: Any, transform: str = "rigid", metric: str | No
                                   metric_name=metric, iterations=tuple(iterations), levels=levels,
                                   history=history)
     v, vlevel, value, f_its, f_hist = _deformable_stage(fixed_img, moving_img, fa, ma, fmask, T,
-                                                        levels, metric, cfg, backend)
+                                                        levels, cfg, backend)
     full = _Level(fa, fixed_img.affine)
     d = _field_exp(v, vlevel, backend)
     d_inv = _field_exp(-v, vlevel, backend)
@@ -510,7 +512,7 @@ def _field_exp(v: np.ndarray, level: _Level, backend: str) -> np.ndarray:
     """exp(v) by scaling and squaring (Arsigny et al. 2006): halve v until every vector is under
     half a voxel, then compose the small displacement with itself as many times."""
     spacing = float(np.min(np.linalg.norm(level.affine[:3, :3], axis=0)))
-    vmax = float(np.sqrt((v.astype(np.float64) ** 2).sum(axis=0)).max())
+    vmax = float(np.sqrt(np.max(np.einsum("c...,c...->...", v, v))))
     n = max(0, int(np.ceil(np.log2(max(vmax, 1e-12) / (0.5 * spacing))))) + 1
     d = (v * np.float32(0.5**n)).astype(np.float32)
     i2w = np.ascontiguousarray(level.affine[:3])
@@ -538,8 +540,8 @@ class _DeformableSettings:
 
 
 def _deformable_stage(fixed_img: Image, moving_img: Image, fa: Any, ma: Any, fmask: Any,
-                      T: np.ndarray, levels: tuple[int, ...], metric: str,
-                      cfg: _DeformableSettings, backend: str):
+                      T: np.ndarray, levels: tuple[int, ...], cfg: _DeformableSettings,
+                      backend: str):
     """Stationary velocity field v on the fixed grid (log-domain diffeomorphic registration,
     Vercauteren et al. 2008): at each iteration the metric force is smoothed (fluid-like
     regularisation), scaled to ``step_vox`` voxels at its largest, added to v, and v is smoothed
@@ -559,24 +561,21 @@ def _deformable_stage(fixed_img: Image, moving_img: Image, fa: Any, ma: Any, fma
             v = _resample_field(v, prev_level, flev, backend)
         to_moving = np.ascontiguousarray((mlev.world_to_index @ T)[:3])
         i2w = np.ascontiguousarray(flev.affine[:3])
-        fgrad = None
-        if metric == "mse":
-            fgrad = warp_kernel(flev.array, np.ascontiguousarray(flev.world_to_index[:3]),
-                                flev.array, i2w, None, True, backend=backend)[1]
         spacing = float(np.min(np.linalg.norm(flev.affine[:3, :3], axis=0)))
         step_mm = cfg.step_vox * spacing
+        fixed_level = np.ascontiguousarray(flev.array)
         hist: list[float] = []
         it = 0
         for it in range(1, n_iter + 1):
             d = _field_exp(v, flev, backend)
             warped, grad = warp_kernel(mlev.array, to_moving, flev.array, i2w, d, True,
                                        backend=backend)
-            value, u = force_kernel(metric, flev.array, warped, grad, fgrad, flev.mask,
-                                    (cfg.radius_vox,) * 3, step_mm, backend=backend)
-            value = -value if metric == "lncc" else value
+            value, u = force_kernel(flev.array, warped, grad, flev.mask, (cfg.radius_vox,) * 3,
+                                    backend=backend)
+            value = -value
             hist.append(float(value))
             u = _smooth_field(u, cfg.sigma_update_vox, backend)
-            umax = float(np.sqrt((u.astype(np.float64) ** 2).sum(axis=0)).max())
+            umax = float(np.sqrt(np.max(np.einsum("c...,c...->...", u, u))))
             if umax == 0.0:
                 break
             v = v + u * np.float32(step_mm / umax)

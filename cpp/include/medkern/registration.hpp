@@ -20,6 +20,14 @@ namespace medkern {
 // A float volume read with trilinear interpolation. Points are inside when every continuous
 // index lies in [-0.5, n - 0.5) (ITK's InterpolateImageFunction::IsInsideBuffer); neighbours
 // beyond the last voxel are clamped to it, so the border half-voxel is constant outward.
+// Threads worth starting for `work` items: a team costs a barrier per parallel region, which
+// dominates on the small volumes of coarse pyramid levels. The results do not depend on it.
+inline int threads_for(index_t work, int n_threads) {
+  constexpr index_t kItemsPerThread = 32768;
+  return static_cast<int>(std::max<index_t>(
+      1, std::min<index_t>(clamp_threads(n_threads), work / kItemsPerThread)));
+}
+
 struct LinearVolume {
   const float* data;
   index_t nk, nj, ni;
@@ -144,7 +152,7 @@ inline index_t metric_blocks(index_t n) {
 template <class Body>
 void for_each_block(index_t n, int n_threads, Body&& body) {
   const index_t nb = metric_blocks(n);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(clamp_threads(n_threads))
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_for(n, n_threads))
   for (index_t b = 0; b < nb; ++b) body(b, n * b / nb, n * (b + 1) / nb);
 }
 
@@ -387,7 +395,7 @@ template <class Body>
 void for_each_line_block(index_t outer, index_t inner, int n_threads, Body&& body) {
   constexpr index_t kColumns = 512;
   const index_t nb = (inner + kColumns - 1) / kColumns;
-#pragma omp parallel for collapse(2) schedule(static) num_threads(clamp_threads(n_threads))
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads_for(outer * inner, n_threads))
   for (index_t a = 0; a < outer; ++a)
     for (index_t blk = 0; blk < nb; ++blk)
       body(a, blk * kColumns, std::min(inner, (blk + 1) * kColumns));
@@ -401,7 +409,7 @@ void smooth_axis(const T* in, float* out, index_t outer, index_t n_in, index_t i
   const index_t n_out = static_cast<index_t>(taps.first.size());
   if (inner == 1) {
     // Along the contiguous axis: one dot product per output, no clamping in the interior.
-#pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
+#pragma omp parallel for schedule(static) num_threads(threads_for(outer * n_in, n_threads))
     for (index_t a = 0; a < outer; ++a) {
       const T* src = in + a * n_in;
       float* dst = out + a * n_out;
@@ -486,7 +494,7 @@ inline void warp_with_gradient(const LinearVolume& mov, const std::array<double,
                                const Grid& grid, const float* displacement, float* out,
                                float* gradient, int n_threads) {
   const index_t n = grid.size();
-#pragma omp parallel for collapse(2) schedule(static) num_threads(clamp_threads(n_threads))
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads_for(n, n_threads))
   for (index_t k = 0; k < grid.nk; ++k)
     for (index_t j = 0; j < grid.nj; ++j)
       for (index_t i = 0; i < grid.ni; ++i) {
@@ -574,7 +582,7 @@ inline double lncc_force(const float* fixed, const float* warped, const float* g
                          float* force, int n_threads) {
   const index_t n = shape[0] * shape[1] * shape[2];
   std::vector<float> stats(static_cast<std::size_t>(5 * n)), scratch(static_cast<std::size_t>(n));
-#pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
+#pragma omp parallel for schedule(static) num_threads(threads_for(n, n_threads))
   for (index_t v = 0; v < n; ++v) {
     const float f = fixed[v], m = warped[v];
     stats[v] = f;
@@ -601,44 +609,6 @@ inline double lncc_force(const float* fixed, const float* warped, const float* g
       }
       if (use) count += 1;
       for (int r = 0; r < 3; ++r) force[r * n + v] = static_cast<float>(coef * gradient[r * n + v]);
-    }
-    part[2 * b] = sum;
-    part[2 * b + 1] = count;
-  });
-  double sum = 0, count = 0;
-  for (index_t b = 0; b < nb; ++b) {
-    sum += part[2 * b];
-    count += part[2 * b + 1];
-  }
-  return count > 0 ? sum / count : 0.0;
-}
-
-// Demons force for mean squares (Vercauteren et al. 2009, diffeomorphic demons, symmetric
-// "ESM" gradient g = (grad f + grad m) / 2): u = (f - m) g / (|g|^2 + (f - m)^2 / sigma_x^2),
-// with sigma_x the maximal step length (mm). Returns the mean of (f - m)^2.
-inline double demons_force(const float* fixed, const float* warped, const float* fixed_gradient,
-                           const float* gradient, const std::uint8_t* mask, index_t n,
-                           double max_step, float* force, int n_threads) {
-  const index_t nb = metric_blocks(n);
-  const double inv_sx2 = 1.0 / (max_step * max_step);
-  std::vector<double> part(static_cast<std::size_t>(2 * nb), 0.0);
-  for_each_block(n, n_threads, [&](index_t b, index_t begin, index_t end) {
-    double sum = 0, count = 0;
-    for (index_t v = begin; v < end; ++v) {
-      const double diff = static_cast<double>(fixed[v]) - warped[v];
-      double g[3], g2 = 0;
-      for (int r = 0; r < 3; ++r) {
-        g[r] = 0.5 * (fixed_gradient[r * n + v] + gradient[r * n + v]);
-        g2 += g[r] * g[r];
-      }
-      const bool use = !mask || mask[v];
-      const double denom = g2 + diff * diff * inv_sx2;
-      const double coef = use && denom > 1e-12 ? diff / denom : 0.0;
-      for (int r = 0; r < 3; ++r) force[r * n + v] = static_cast<float>(coef * g[r]);
-      if (use) {
-        sum += diff * diff;
-        count += 1;
-      }
     }
     part[2 * b] = sum;
     part[2 * b + 1] = count;
