@@ -8,5 +8,7 @@ PYBIND11_MODULE(_core, m) {
   m.attr("openmp") = false;
 #endif
   register_intensity(m);
+  register_measure(m);
+  register_resample(m);
   register_registration(m);
 }

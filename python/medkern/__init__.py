@@ -11,11 +11,15 @@ from medkern.errors import DicomError, MedkernError, ModelError
 from medkern.image import Image
 from medkern.intensity import normalize, window
 from medkern.io import read, write
+from medkern.resample import resample, resample_to, warp
+from medkern.transforms import Affine, DisplacementField
 from medkern.registration import RegistrationResult, register
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Affine",
+    "DisplacementField",
     "DicomError",
     "Image",
     "MedkernError",
@@ -24,9 +28,12 @@ __all__ = [
     "get_num_threads",
     "normalize",
     "read",
+    "resample",
+    "resample_to",
     "register",
     "RegistrationResult",
     "set_num_threads",
+    "warp",
     "window",
     "write",
 ]
