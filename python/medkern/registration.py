@@ -36,6 +36,7 @@ import numpy as np
 from medkern._dispatch import Kernel, get_num_threads, is_cupy_array
 from medkern._util import as_image, check_mask
 from medkern.image import Image
+from medkern.transforms import Affine, DisplacementField, Transform
 
 __all__ = ["register", "RegistrationResult", "metric_value"]
 
@@ -95,10 +96,13 @@ force_kernel = Kernel("lncc_force", cpp=_cpp_force)
 class RegistrationResult:
     """What :func:`register` found.
 
-    ``transform`` maps fixed world points to moving world points (use it with ``warp``);
-    ``matrix`` is its affine part as a 4x4 LPS matrix. ``metric`` is the final value of the metric
-    on the finest level (sign convention in the module docstring), ``iterations`` the number of
-    optimiser steps per pyramid level, coarse to fine.
+    ``transform`` maps fixed world points to moving world points (use it with ``warp``): an
+    :class:`~medkern.Affine` for rigid/affine registrations, ``Affine @ DisplacementField`` (the
+    field applied first) for deformable ones. ``matrix`` is the affine part as a 4x4 LPS matrix.
+    ``metric`` is the final value of the metric on the finest level (sign convention in the
+    module docstring), ``iterations`` the number of optimiser steps per pyramid level, coarse to
+    fine (affine levels, then field levels for deformable registrations). ``field`` and
+    ``inverse_field`` are the diffeomorphic part exp(v) and its inverse exp(-v) on the fixed grid.
     """
 
     transform: Any
@@ -108,8 +112,15 @@ class RegistrationResult:
     iterations: tuple[int, ...]
     levels: tuple[int, ...]
     history: list[list[float]] = dc_field(default_factory=list, repr=False)
-    field: Any = None
-    inverse_field: Any = None
+    field: DisplacementField | None = None
+    inverse_field: DisplacementField | None = None
+
+    @property
+    def inverse_transform(self) -> Transform:
+        """The moving -> fixed world transform (``warp(fixed, res.inverse_transform,
+        reference=moving)`` brings the fixed image onto the moving grid)."""
+        inv = Affine(np.linalg.inv(self.matrix))
+        return inv if self.inverse_field is None else self.inverse_field @ inv
 
 
 # ---------------------------------------------------------------------------- pyramid
@@ -347,7 +358,10 @@ def _initial_transform(initial: Any, fixed: Image, moving: Image) -> np.ndarray:
             return T
         raise ValueError(f"initial must be 'geometry', 'moments', 'identity', an Affine or a 4x4 "
                          f"matrix, got {initial!r}")
-    matrix = getattr(initial, "matrix", initial)
+    if isinstance(initial, Transform) and not isinstance(initial, Affine):
+        raise ValueError("initial must be an Affine (a displacement field cannot start a "
+                         "rigid/affine optimisation)")
+    matrix = initial.matrix if isinstance(initial, Affine) else initial
     T = np.asarray(matrix, dtype=np.float64)
     if T.shape != (4, 4) or not np.all(np.isfinite(T)) or abs(np.linalg.det(T[:3, :3])) < 1e-12:
         raise ValueError("initial must be 'geometry', 'moments', an Affine or an invertible "
@@ -479,7 +493,7 @@ def register(fixed: Any, moving: Any, transform: str = "rigid", metric: str | No
         iterations.append(n_it)
         history.append(hist)
     if cfg is None:
-        return RegistrationResult(transform=_as_affine(T), matrix=T, metric=float(value),
+        return RegistrationResult(transform=Affine(T), matrix=T, metric=float(value),
                                   metric_name=metric, iterations=tuple(iterations), levels=levels,
                                   history=history)
     v, vlevel, value, f_its, f_hist = _deformable_stage(fixed_img, moving_img, fa, ma, fmask, T,
@@ -490,13 +504,12 @@ def register(fixed: Any, moving: Any, transform: str = "rigid", metric: str | No
     if vlevel.array.shape != fa.shape or not np.allclose(vlevel.affine, full.affine):
         d = _resample_field(d, vlevel, full, backend)
         d_inv = _resample_field(d_inv, vlevel, full, backend)
-    field_img = _vector_image(fixed_img, d)
-    inverse_img = _vector_image(fixed_img, d_inv)
-    total = _vector_image(fixed_img, _affine_plus_field(T, d, full))
-    return RegistrationResult(transform=_as_field(total), matrix=T, metric=float(value),
+    field = DisplacementField(_vector_image(fixed_img, d))
+    inverse_field = DisplacementField(_vector_image(fixed_img, d_inv))
+    return RegistrationResult(transform=Affine(T) @ field, matrix=T, metric=float(value),
                               metric_name=metric, iterations=tuple(iterations) + tuple(f_its),
-                              levels=levels, history=history + f_hist,
-                              field=_as_field(field_img), inverse_field=_as_field(inverse_img))
+                              levels=levels, history=history + f_hist, field=field,
+                              inverse_field=inverse_field)
 
 
 # ---------------------------------------------------------------------------- diffeomorphic stage
@@ -620,26 +633,11 @@ def _sample_centre_radius(level: _Level, idx: Any) -> tuple[np.ndarray, float]:
     return centre, max(radius, 1.0)
 
 
-def _as_affine(T: np.ndarray) -> Any:
-    return T
-
-
-def _as_field(img: Image) -> Any:
-    return img
 
 
 def _vector_image(ref: Image, d: np.ndarray) -> Image:
     """(3, nk, nj, ni) components (x, y, z) -> a vector Image (nk, nj, ni, 3) on ref's grid."""
     return Image(np.ascontiguousarray(np.moveaxis(d, 0, -1)), vector=True, **ref.geometry)
-
-
-def _affine_plus_field(T: np.ndarray, d: np.ndarray, level: _Level) -> np.ndarray:
-    """Displacement of x -> T(x + d(x)) on the level grid, components (x, y, z)."""
-    shape = d.shape[1:]
-    idx = np.indices(shape, dtype=np.float64).reshape(3, -1)
-    p = level.affine[:3, :3] @ idx + level.affine[:3, 3:4]
-    q = T[:3, :3] @ (p + d.reshape(3, -1)) + T[:3, 3:4]
-    return (q - p).astype(np.float32).reshape(d.shape)
 
 
 def _deformable_settings(levels, field_iterations, lncc_radius_vox, field_sigmas_vox,

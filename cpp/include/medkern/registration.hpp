@@ -15,6 +15,14 @@
 
 #include "medkern/common.hpp"
 
+// The interpolation and Parzen-window helpers below also run inside the CUDA kernels
+// (cpp/cuda/registration.cu), so both backends evaluate the very same arithmetic.
+#ifdef __CUDACC__
+#define MEDKERN_HD __host__ __device__
+#else
+#define MEDKERN_HD
+#endif
+
 namespace medkern {
 
 // A float volume read with trilinear interpolation. Points are inside when every continuous
@@ -32,13 +40,13 @@ struct LinearVolume {
   const float* data;
   index_t nk, nj, ni;
 
-  bool inside(double ck, double cj, double ci) const {
+  MEDKERN_HD bool inside(double ck, double cj, double ci) const {
     return ck >= -0.5 && ck < nk - 0.5 && cj >= -0.5 && cj < nj - 0.5 && ci >= -0.5 &&
            ci < ni - 0.5;
   }
 
   // Value and its exact derivative along (k, j, i) of the trilinear interpolant.
-  double sample(double ck, double cj, double ci, double grad[3]) const {
+  MEDKERN_HD double sample(double ck, double cj, double ci, double grad[3]) const {
     const double fk = std::floor(ck), fj = std::floor(cj), fi = std::floor(ci);
     const double tk = ck - fk, tj = cj - fj, ti = ci - fi;
     const index_t k0 = clamp_index(static_cast<index_t>(fk), nk), k1 = clamp_index(k0 + 1, nk);
@@ -87,14 +95,14 @@ struct LinearVolume {
     }
   }
 
-  std::uint8_t nearest(const std::uint8_t* mask, double ck, double cj, double ci) const {
+  MEDKERN_HD std::uint8_t nearest(const std::uint8_t* mask, double ck, double cj, double ci) const {
     const index_t k = clamp_index(static_cast<index_t>(std::floor(ck + 0.5)), nk);
     const index_t j = clamp_index(static_cast<index_t>(std::floor(cj + 0.5)), nj);
     const index_t i = clamp_index(static_cast<index_t>(std::floor(ci + 0.5)), ni);
     return mask[(k * nj + j) * ni + i];
   }
 
-  static index_t clamp_index(index_t v, index_t n) { return v < 0 ? 0 : (v >= n ? n - 1 : v); }
+  MEDKERN_HD static index_t clamp_index(index_t v, index_t n) { return v < 0 ? 0 : (v >= n ? n - 1 : v); }
 };
 
 // The fixed side of a metric: the image, which voxels are samples, and where they land.
@@ -108,32 +116,36 @@ struct MetricSamples {
   std::array<double, 12> to_moving;
 };
 
+// Fixed voxel `lin` -> its index x = (k, j, i) and the continuous moving index c = M (x, 1).
+MEDKERN_HD inline void map_sample(const double* M, index_t lin, index_t nj, index_t ni, double x[3],
+                                  double c[3]) {
+  const index_t kj = lin / ni;
+  x[0] = static_cast<double>(kj / nj);
+  x[1] = static_cast<double>(kj % nj);
+  x[2] = static_cast<double>(lin % ni);
+  for (int r = 0; r < 3; ++r) c[r] = M[4 * r] * x[0] + M[4 * r + 1] * x[1] + M[4 * r + 2] * x[2] + M[4 * r + 3];
+}
+
 // Calls visit(f, m, grad_m, k, j, i, n) for every sample whose mapped point lies inside the moving
 // image (and its mask) among samples [begin, end).
 template <class Visit>
 void for_each_sample(const MetricSamples& s, const LinearVolume& mov, index_t begin, index_t end,
                      Visit&& visit) {
-  const auto& M = s.to_moving;
   for (index_t n = begin; n < end; ++n) {
     const index_t lin = s.indices ? static_cast<index_t>(s.indices[n]) : n;
-    const index_t i = lin % s.ni, kj = lin / s.ni;
-    const index_t j = kj % s.nj, k = kj / s.nj;
-    const double dk = static_cast<double>(k), dj = static_cast<double>(j),
-                 di = static_cast<double>(i);
-    const double ck = M[0] * dk + M[1] * dj + M[2] * di + M[3];
-    const double cj = M[4] * dk + M[5] * dj + M[6] * di + M[7];
-    const double ci = M[8] * dk + M[9] * dj + M[10] * di + M[11];
-    if (!mov.inside(ck, cj, ci)) continue;
-    if (s.moving_mask && !mov.nearest(s.moving_mask, ck, cj, ci)) continue;
+    double x[3], c[3];
+    map_sample(s.to_moving.data(), lin, s.nj, s.ni, x, c);
+    if (!mov.inside(c[0], c[1], c[2])) continue;
+    if (s.moving_mask && !mov.nearest(s.moving_mask, c[0], c[1], c[2])) continue;
     double g[3];
-    const double m = mov.sample(ck, cj, ci, g);
-    visit(static_cast<double>(s.fixed_values ? s.fixed_values[n] : s.fixed[lin]), m, g, dk, dj,
-          di, n);
+    const double m = mov.sample(c[0], c[1], c[2], g);
+    visit(static_cast<double>(s.fixed_values ? s.fixed_values[n] : s.fixed[lin]), m, g, x[0], x[1],
+          x[2], n);
   }
 }
 
 // dV/dM accumulated as coef * grad_m (outer) (k, j, i, 1).
-inline void add_gradient(double* H, double coef, const double g[3], double k, double j, double i) {
+MEDKERN_HD inline void add_gradient(double* H, double coef, const double g[3], double k, double j, double i) {
   for (int r = 0; r < 3; ++r) {
     const double c = coef * g[r];
     H[4 * r + 0] += c * k;
@@ -163,6 +175,18 @@ struct MetricResult {
 };
 
 // Mean squares (ITK MeanSquaresImageToImageMetricv4): V = mean over valid samples of (m - f)^2.
+// Sums: d(sum (m - f)^2) as 12 values, sum (m - f)^2, count.
+constexpr int kMeanSquaresSums = 14;
+
+inline MetricResult finish_mean_squares(const double* tot) {
+  MetricResult r;
+  r.count = tot[13];
+  if (r.count == 0) return r;
+  r.value = tot[12] / r.count;
+  for (int c = 0; c < 12; ++c) r.gradient[c] = tot[c] / r.count;
+  return r;
+}
+
 inline MetricResult mean_squares(const MetricSamples& s, const LinearVolume& mov, int n_threads) {
   const index_t nb = metric_blocks(s.count);
   std::vector<std::array<double, 14>> part(static_cast<std::size_t>(nb));
@@ -177,23 +201,38 @@ inline MetricResult mean_squares(const MetricSamples& s, const LinearVolume& mov
     });
     part[static_cast<std::size_t>(b)] = acc;
   });
-  std::array<double, 14> tot{};
+  std::array<double, kMeanSquaresSums> tot{};
   for (const auto& p : part)
-    for (int c = 0; c < 14; ++c) tot[c] += p[c];
-  MetricResult r;
-  r.count = tot[13];
-  if (r.count == 0) return r;
-  r.value = tot[12] / r.count;
-  for (int c = 0; c < 12; ++c) r.gradient[c] = tot[c] / r.count;
-  return r;
+    for (int c = 0; c < kMeanSquaresSums; ++c) tot[c] += p[c];
+  return finish_mean_squares(tot.data());
 }
 
 // Global normalised cross-correlation as ITK's CorrelationImageToImageMetricv4:
 // V = -sfm^2 / (sff * smm) with the sums centred on the means over the valid samples, so
 // V = -1 for a perfect (positive or negative) linear relation and 0 for none.
+// Sums: n, Sf, Sm, Sff, Smm, Sfm, then d(Sm), d(Sfm), d(Smm)/2 as 12-vectors.
+constexpr int kCorrelationStats = 6, kCorrelationSums = kCorrelationStats + 36;
+
+inline MetricResult finish_correlation(const double* t) {
+  constexpr int kStats = kCorrelationStats;
+  MetricResult r;
+  r.count = t[0];
+  if (r.count == 0) return r;
+  const double n = t[0];
+  const double sff = t[3] - t[1] * t[1] / n, smm = t[4] - t[2] * t[2] / n;
+  const double sfm = t[5] - t[1] * t[2] / n;
+  if (!(sff > 0 && smm > 0)) return r;
+  r.value = -sfm * sfm / (sff * smm);
+  for (int c = 0; c < 12; ++c) {
+    const double d_sm = t[kStats + c], d_sfm = t[kStats + 12 + c] - t[1] / n * d_sm;
+    const double d_smm = 2 * (t[kStats + 24 + c] - t[2] / n * d_sm);
+    r.gradient[c] = -(2 * sfm * d_sfm * smm - sfm * sfm * d_smm) / (sff * smm * smm);
+  }
+  return r;
+}
+
 inline MetricResult correlation(const MetricSamples& s, const LinearVolume& mov, int n_threads) {
-  // per block: n, Sf, Sm, Sff, Smm, Sfm, then d(Sm), d(Sfm), d(Smm)/2 as 12-vectors.
-  constexpr int kStats = 6, kSize = kStats + 36;
+  constexpr int kStats = kCorrelationStats, kSize = kCorrelationSums;
   const index_t nb = metric_blocks(s.count);
   std::vector<std::array<double, kSize>> part(static_cast<std::size_t>(nb));
   for_each_block(s.count, n_threads, [&](index_t b, index_t begin, index_t end) {
@@ -215,20 +254,7 @@ inline MetricResult correlation(const MetricSamples& s, const LinearVolume& mov,
   std::array<double, kSize> t{};
   for (const auto& p : part)
     for (int c = 0; c < kSize; ++c) t[c] += p[c];
-  MetricResult r;
-  r.count = t[0];
-  if (r.count == 0) return r;
-  const double n = t[0];
-  const double sff = t[3] - t[1] * t[1] / n, smm = t[4] - t[2] * t[2] / n;
-  const double sfm = t[5] - t[1] * t[2] / n;
-  if (!(sff > 0 && smm > 0)) return r;
-  r.value = -sfm * sfm / (sff * smm);
-  for (int c = 0; c < 12; ++c) {
-    const double d_sm = t[kStats + c], d_sfm = t[kStats + 12 + c] - t[1] / n * d_sm;
-    const double d_smm = 2 * (t[kStats + 24 + c] - t[2] / n * d_sm);
-    r.gradient[c] = -(2 * sfm * d_sfm * smm - sfm * sfm * d_smm) / (sff * smm * smm);
-  }
-  return r;
+  return finish_correlation(t.data());
 }
 
 // Mattes et al. 2003 mutual information with the binning of ITK's
@@ -248,26 +274,76 @@ struct MattesBins {
     fixed_norm_min = fmin / fixed_bin_size - kPadding;
     moving_norm_min = mmin / moving_bin_size - kPadding;
   }
-  int clamp_bin(double term) const {
+  MEDKERN_HD int clamp_bin(double term) const {
     const auto b = static_cast<std::int64_t>(term);
     return static_cast<int>(b < 2 ? 2 : (b > nbins - 3 ? nbins - 3 : b));
   }
-  int fixed_bin(double f) const { return clamp_bin(f / fixed_bin_size - fixed_norm_min); }
-  double moving_term(double m) const { return m / moving_bin_size - moving_norm_min; }
+  MEDKERN_HD int fixed_bin(double f) const { return clamp_bin(f / fixed_bin_size - fixed_norm_min); }
+  MEDKERN_HD double moving_term(double m) const { return m / moving_bin_size - moving_norm_min; }
+  // The sample's first joint-histogram cell (fixed bin row, first of the 4 moving bins its cubic
+  // window touches) and its Parzen term minus that first moving bin.
+  MEDKERN_HD double parzen(double f, double m, int& cell) const {
+    const double term = moving_term(m);
+    const int start = clamp_bin(term) - 1;
+    cell = fixed_bin(f) * nbins + start;
+    return term - start;
+  }
 };
 
-inline double cubic_bspline(double u) {
+MEDKERN_HD inline double cubic_bspline(double u) {
   u = std::fabs(u);
   if (u < 1) return (4 - 6 * u * u + 3 * u * u * u) / 6;
   if (u < 2) return (2 - u) * (2 - u) * (2 - u) / 6;
   return 0;
 }
 
-inline double cubic_bspline_derivative(double u) {
+MEDKERN_HD inline double cubic_bspline_derivative(double u) {
   const double a = std::fabs(u), sign = u < 0 ? -1.0 : 1.0;
   if (a < 1) return -2 * u + 1.5 * u * a;
   if (a < 2) return -0.5 * sign * (2 - a) * (2 - a);
   return 0;
+}
+
+// From the joint histogram (unnormalised, nbins x nbins): V = -MI, the histogram total, and
+// dMI/dp(a, c) = log(p / pm) (the log pf term sums to zero over c for each fixed bin), ITK's
+// closeToZero guard included.
+inline std::vector<double> mattes_log_ratio(std::vector<double> joint, int nbins, double& value,
+                                            double& total) {
+  total = 0;
+  for (double v : joint) total += v;
+  value = 0;
+  std::vector<double> log_ratio(joint.size(), 0.0);
+  if (!(total > 0)) return log_ratio;
+  std::vector<double> pf(nbins, 0.0), pm(nbins, 0.0);
+  for (int a = 0; a < nbins; ++a)
+    for (int c = 0; c < nbins; ++c) {
+      const double p = joint[a * nbins + c] / total;
+      joint[a * nbins + c] = p;
+      pf[a] += p;
+      pm[c] += p;
+    }
+  constexpr double kTiny = 2.220446049250313e-16;  // ITK's closeToZero (double epsilon)
+  double mi = 0;
+  for (int a = 0; a < nbins; ++a)
+    for (int c = 0; c < nbins; ++c) {
+      const double p = joint[a * nbins + c];
+      if (p > kTiny && pm[c] > kTiny) {
+        log_ratio[a * nbins + c] = std::log(p / pm[c]);
+        if (pf[a] > kTiny) mi += p * (log_ratio[a * nbins + c] - std::log(pf[a]));
+      }
+    }
+  value = -mi;
+  return log_ratio;
+}
+
+// Per-sample derivative of V with respect to the moving value, from the pass-1 cache entry
+// (Parzen term minus the first bin, first joint-histogram cell): sum_c log_ratio beta3'(c - term)
+// divided by the histogram total and the moving bin size by the caller.
+MEDKERN_HD inline double mattes_sample_derivative(const double* log_ratio, double frac, index_t cell) {
+  const double* lr = log_ratio + cell;
+  double dv = 0;
+  for (int q = 0; q < 4; ++q) dv += lr[q] * cubic_bspline_derivative(q - frac);
+  return dv;
 }
 
 inline MetricResult mattes_mutual_information(const MetricSamples& s, const LinearVolume& mov,
@@ -283,14 +359,12 @@ inline MetricResult mattes_mutual_information(const MetricSamples& s, const Line
     for (index_t n = begin; n < end; ++n) cache[5 * n] = NAN;
     for_each_sample(s, mov, begin, end, [&](double f, double m, const double* g, double, double,
                                              double, index_t n) {
-      const double term = bins.moving_term(m);
-      const int start = bins.clamp_bin(term) - 1;
-      const int fbin = bins.fixed_bin(f);
-      double* row = h + fbin * bins.nbins;
-      for (int q = 0; q < 4; ++q) row[start + q] += cubic_bspline(start + q - term);
+      int cell;
+      const double frac = bins.parzen(f, m, cell);
+      for (int q = 0; q < 4; ++q) h[cell + q] += cubic_bspline(q - frac);
       float* c = cache.data() + 5 * n;
-      c[0] = static_cast<float>(term - start);
-      c[1] = static_cast<float>(fbin * bins.nbins + start);
+      c[0] = static_cast<float>(frac);
+      c[1] = static_cast<float>(cell);
       c[2] = static_cast<float>(g[0]);
       c[3] = static_cast<float>(g[1]);
       c[4] = static_cast<float>(g[2]);
@@ -299,31 +373,10 @@ inline MetricResult mattes_mutual_information(const MetricSamples& s, const Line
   std::vector<double> joint(static_cast<std::size_t>(nb2), 0.0);
   for (index_t b = 0; b < nblocks; ++b)
     for (int c = 0; c < nb2; ++c) joint[c] += part[b * nb2 + c];
-  double total = 0;
-  for (double v : joint) total += v;
   MetricResult r;
+  double total = 0;
+  const std::vector<double> log_ratio = mattes_log_ratio(joint, bins.nbins, r.value, total);
   if (!(total > 0)) return r;
-  std::vector<double> pf(bins.nbins, 0.0), pm(bins.nbins, 0.0);
-  for (int a = 0; a < bins.nbins; ++a)
-    for (int c = 0; c < bins.nbins; ++c) {
-      const double p = joint[a * bins.nbins + c] / total;
-      joint[a * bins.nbins + c] = p;
-      pf[a] += p;
-      pm[c] += p;
-    }
-  // dMI/dp(a, c) = log(p / pm) (the log pf term sums to zero over c for each fixed bin).
-  constexpr double kTiny = 2.220446049250313e-16;  // ITK's closeToZero (double epsilon)
-  std::vector<double> log_ratio(static_cast<std::size_t>(nb2), 0.0);
-  double mi = 0;
-  for (int a = 0; a < bins.nbins; ++a)
-    for (int c = 0; c < bins.nbins; ++c) {
-      const double p = joint[a * bins.nbins + c];
-      if (p > kTiny && pm[c] > kTiny) {
-        log_ratio[a * bins.nbins + c] = std::log(p / pm[c]);
-        if (pf[a] > kTiny) mi += p * (log_ratio[a * bins.nbins + c] - std::log(pf[a]));
-      }
-    }
-  r.value = -mi;
   // Pass 2: dV/dm per sample = sum_c log_ratio * beta3'(c - term) / (total * bin size).
   const double scale = 1.0 / (total * bins.moving_bin_size);
   std::vector<std::array<double, 13>> gpart(static_cast<std::size_t>(nblocks));
@@ -332,10 +385,7 @@ inline MetricResult mattes_mutual_information(const MetricSamples& s, const Line
     for (index_t n = begin; n < end; ++n) {
       const float* c = cache.data() + 5 * n;
       if (std::isnan(c[0])) continue;
-      const double frac = c[0];  // moving Parzen term minus the first bin it touches
-      const double* lr = log_ratio.data() + static_cast<index_t>(c[1]);
-      double dv = 0;
-      for (int q = 0; q < 4; ++q) dv += lr[q] * cubic_bspline_derivative(q - frac);
+      const double dv = mattes_sample_derivative(log_ratio.data(), c[0], static_cast<index_t>(c[1]));
       const index_t lin = s.indices ? static_cast<index_t>(s.indices[n]) : n;
       const index_t i = lin % s.ni, kj = lin / s.ni;
       const double g[3] = {c[2], c[3], c[4]};
