@@ -82,10 +82,31 @@ def _cpp_force(fixed, warped, gradient, mask, radius):
                             get_num_threads())
 
 
-metric_kernel = Kernel("registration_metric", cpp=_cpp_metric,
-                       cuda="medkern._cupy.registration:metric")
+_METRIC_CODES = {"mse": 0, "ncc": 1, "mi": 2}
+
+
+def _cuda_metric(fixed, moving, indices, fixed_values, moving_mask, to_moving, kind, bins, ranges):
+    import cupy
+
+    from medkern import _cuda
+
+    def ptr(a):
+        return 0 if a is None else a.data.ptr
+
+    count = fixed.size if indices is None else int(indices.size)
+    accumulator = cupy.empty(bins * bins + 64, dtype=cupy.float64)
+    cache = cupy.empty(max(1, 5 * count) if kind == "mi" else 1, dtype=cupy.float32)
+    return _cuda.registration_metric(
+        _METRIC_CODES[kind], fixed.data.ptr, ptr(fixed_values), ptr(indices), count,
+        tuple(fixed.shape), moving.data.ptr, tuple(moving.shape), ptr(moving_mask),
+        [float(v) for v in np.asarray(to_moving).ravel()], bins, tuple(ranges), accumulator.data.ptr,
+        cache.data.ptr, cupy.cuda.get_current_stream().ptr)
+
+
+metric_kernel = Kernel("registration_metric", cpp=_cpp_metric, cuda=_cuda_metric)
 smooth_shrink = Kernel("smooth_shrink", cpp=_cpp_smooth_shrink,
-                       cuda="medkern._cupy.registration:smooth_shrink")
+                       cuda="medkern._cupy.registration:smooth_shrink",
+                       cupy="medkern._cupy.registration:smooth_shrink")
 warp_kernel = Kernel("warp_with_gradient", cpp=_cpp_warp)
 compose_kernel = Kernel("compose_displacements", cpp=_cpp_compose)
 force_kernel = Kernel("lncc_force", cpp=_cpp_force)
@@ -344,8 +365,8 @@ def _initial_transform(initial: Any, fixed: Image, moving: Image) -> np.ndarray:
             T[:3, 3] = _centre(moving) - _centre(fixed)
             return T
         if initial == "moments":
-            cf, ef = _moments(fixed, np.asarray(fixed.array))
-            cm, em = _moments(moving, np.asarray(moving.array))
+            cf, ef = _moments(fixed, np.asarray(fixed))
+            cm, em = _moments(moving, np.asarray(moving))
             # Eigenvectors have arbitrary signs: of the proper rotations mapping the fixed axes
             # onto the moving ones, take the one closest to the identity.
             best = None
@@ -460,6 +481,9 @@ def register(fixed: Any, moving: Any, transform: str = "rigid", metric: str | No
         raise ValueError(f"max_iterations must be a positive integer, got {max_iterations!r}")
     cfg = None
     if transform == "deformable":
+        if is_cupy_array(fixed_img.array):
+            raise ValueError("deformable registration runs on NumPy arrays; pass fixed.get() and "
+                             "moving.get() (rigid and affine registration run on CuPy arrays)")
         cfg = _deformable_settings(levels, field_iterations, lncc_radius_vox, field_sigmas_vox,
                                    field_step_vox)
     fmask = check_mask(mask, fixed_img.shape, "mask")
