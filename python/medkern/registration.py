@@ -450,7 +450,7 @@ def register(fixed: Any, moving: Any, transform: str = "rigid", metric: str | No
     each iteration adds the metric force, smoothed by a Gaussian of ``field_sigmas_vox[0]``
     voxels and scaled to ``field_step_vox`` voxels at most, to the velocity, which is then smoothed
     by ``field_sigmas_vox[1]`` voxels. ``field_iterations`` caps the iterations per level (default
-    60, 40, 20, ... coarse to fine); a level also stops when 10 iterations gained less than
+    30, 20, 10, 10, ... coarse to fine); a level also stops when 10 iterations gained less than
     0.05 %. ``lncc_radius_vox``: the local NCC window is ``2 r + 1`` voxels wide. The displacement
     is the exponential of the velocity (scaling and squaring), so it is invertible with a
     positive Jacobian determinant; ``res.inverse_field`` is exp(-v).
@@ -667,7 +667,7 @@ def _vector_image(ref: Image, d: np.ndarray) -> Image:
 def _deformable_settings(levels, field_iterations, lncc_radius_vox, field_sigmas_vox,
                          field_step_vox) -> _DeformableSettings:
     if field_iterations is None:
-        field_iterations = tuple(max(10, 60 - 20 * i) for i in range(len(levels)))
+        field_iterations = tuple(max(10, 30 - 10 * i) for i in range(len(levels)))
     field_iterations = tuple(field_iterations)
     if len(field_iterations) != len(levels) or not all(
             isinstance(n, (int, np.integer)) and n >= 0 for n in field_iterations):
