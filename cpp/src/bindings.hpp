@@ -83,4 +83,9 @@ inline const std::uint8_t* mask_ptr(const py::object& mask, carray<std::uint8_t>
 void register_intensity(py::module_& m);
 void register_measure(py::module_& m);
 void register_resample(py::module_& m);
+void register_dicom(py::module_& m);
+void register_rtstruct(py::module_& m);
+void register_filters(py::module_& m);
+void register_contrast(py::module_& m);
+void register_segment(py::module_& m);
 void register_registration(py::module_& m);

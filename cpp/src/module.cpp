@@ -11,4 +11,9 @@ PYBIND11_MODULE(_core, m) {
   register_measure(m);
   register_resample(m);
   register_registration(m);
+  register_dicom(m);
+  register_rtstruct(m);
+  register_filters(m);
+  register_contrast(m);
+  register_segment(m);
 }

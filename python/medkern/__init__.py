@@ -8,11 +8,36 @@ from __future__ import annotations
 
 from medkern._dispatch import backends, get_num_threads, set_num_threads
 from medkern.errors import DicomError, MedkernError, ModelError
+from medkern.filters import (
+    anisotropic_diffusion,
+    bilateral,
+    gaussian,
+    log_filter,
+    mean_filter,
+    median,
+    unsharp_mask,
+)
+from medkern.contrast import clahe, equalize_hist, n4_bias_correction
 from medkern.image import Image
 from medkern.intensity import normalize, window
 from medkern.io import read, write
 from medkern.resample import resample, resample_to, warp
 from medkern.transforms import Affine, DisplacementField
+from medkern.io.dicom import DicomSeries, list_dicom_series, read_dicom_file, read_dicom_series
+from medkern.io.rtstruct import read_rtstruct
+from medkern.measure import Region, regions
+from medkern.segment import (
+    binary_close,
+    binary_dilate,
+    binary_erode,
+    binary_open,
+    distance_transform,
+    fill_holes,
+    label,
+    largest_component,
+    remove_small_components,
+    threshold_otsu,
+)
 from medkern.registration import RegistrationResult, register
 
 __version__ = "0.1.0"
@@ -21,19 +46,52 @@ __all__ = [
     "Affine",
     "DisplacementField",
     "DicomError",
+    "DicomSeries",
     "Image",
     "MedkernError",
     "ModelError",
+    "anisotropic_diffusion",
+    "binary_close",
+    "binary_dilate",
+    "binary_erode",
+    "binary_open",
+    "distance_transform",
+    "fill_holes",
+    "Image",
+    "MedkernError",
+    "ModelError",
+    "Region",
     "backends",
+    "bilateral",
+    "gaussian",
     "get_num_threads",
+    "list_dicom_series",
+    "log_filter",
+    "mean_filter",
+    "median",
+    "clahe",
+    "equalize_hist",
+    "get_num_threads",
+    "n4_bias_correction",
     "normalize",
     "read",
     "resample",
     "resample_to",
+    "read_dicom_file",
+    "read_dicom_series",
+    "read_rtstruct",
+    "label",
+    "largest_component",
+    "remove_small_components",
+    "threshold_otsu",
+    "normalize",
+    "read",
+    "regions",
     "register",
     "RegistrationResult",
     "set_num_threads",
     "warp",
+    "unsharp_mask",
     "window",
     "write",
 ]

@@ -38,6 +38,7 @@ def _info_args(p: argparse.ArgumentParser) -> None:
 
 @command("info", _info_args)
 def info(args: argparse.Namespace) -> int:
+    """List the DICOM series under PATH with their geometry, or describe one image file."""
     import medkern as mk
 
     path = Path(args.path)
@@ -58,13 +59,18 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="DICOM directory or file, or NIfTI file")
     p.add_argument("output", help="output file (.nii or .nii.gz), written atomically")
     p.add_argument("--series-uid", help="which DICOM series, when the directory holds several")
+    p.add_argument("--allow-irregular", action="store_true",
+                   help="recover irregular DICOM series (duplicates, gaps, tilt) instead of failing")
 
 
 @command("convert", _convert_args)
 def convert(args: argparse.Namespace) -> int:
+    """Convert a DICOM series or file, or a NIfTI file, to NIfTI (written atomically)."""
     import medkern as mk
 
-    kwargs = {"series_uid": args.series_uid} if args.series_uid else {}
+    kwargs: dict[str, Any] = {"series_uid": args.series_uid} if args.series_uid else {}
+    if args.allow_irregular:
+        kwargs["allow_irregular"] = True
     img = mk.read(args.input, **kwargs)
     mk.write(img, args.output)
     print(f"wrote {args.output}: shape {img.shape}, spacing {tuple(round(s, 4) for s in img.spacing)}")

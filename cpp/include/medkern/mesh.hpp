@@ -373,9 +373,9 @@ inline Mesh surface_mesh(const std::uint8_t* mask, index_t nk, index_t nj, index
 // Largest distance between two points (the maximum Feret diameter), in mm. Points are given on
 // the half-voxel lattice as integers (twice the index, array-axis order) with the grid spacing.
 // Only convex-hull vertices can be the ends of a diameter, and a point strictly between two
-// others on a lattice line is not one: per axis, only the two extremes of every line parallel
-// to it are kept. The remaining pairs are searched exhaustively (max is exact, so the result
-// does not depend on the thread count).
+// others on a line is not one: for each of the 13 lattice directions (axes, face and body
+// diagonals) only the two extremes of every line along it are kept. The surviving pairs are
+// searched exhaustively (max is exact, so the result does not depend on the thread count).
 struct Diameter {
   double length = 0;
   index_t a = -1, b = -1;  // indices into the input points
@@ -387,56 +387,70 @@ inline Diameter max_diameter(const std::int32_t* pts, index_t n, const double sp
   if (n == 0) return best;
   std::vector<index_t> keep(static_cast<std::size_t>(n));
   for (index_t p = 0; p < n; ++p) keep[p] = p;
-  for (int axis = 0; axis < 3 && keep.size() > 2; ++axis) {
-    const int u = (axis + 1) % 3, v = (axis + 2) % 3;
-    std::sort(keep.begin(), keep.end(), [&](index_t x, index_t y) {
-      const std::int32_t* a = pts + 3 * x;
-      const std::int32_t* b = pts + 3 * y;
-      if (a[u] != b[u]) return a[u] < b[u];
-      if (a[v] != b[v]) return a[v] < b[v];
-      if (a[axis] != b[axis]) return a[axis] < b[axis];
-      return x < y;
+  static constexpr int directions[13][3] = {{1, 0, 0},  {0, 1, 0},  {0, 0, 1},  {1, 1, 0},  {1, -1, 0},
+                                            {1, 0, 1},  {1, 0, -1}, {0, 1, 1},  {0, 1, -1}, {1, 1, 1},
+                                            {1, 1, -1}, {1, -1, 1}, {1, -1, -1}};
+  struct Keyed {
+    std::int64_t line[3];  // p x v: the same for every point of a line along v
+    std::int64_t along;    // p . v: the position on it
+    index_t id;
+  };
+  std::vector<Keyed> keyed;
+  for (const auto& v : directions) {
+    if (keep.size() <= 2) break;
+    keyed.clear();
+    for (index_t id : keep) {
+      const std::int64_t x = pts[3 * id], y = pts[3 * id + 1], z = pts[3 * id + 2];
+      keyed.push_back({{y * v[2] - z * v[1], z * v[0] - x * v[2], x * v[1] - y * v[0]},
+                       x * v[0] + y * v[1] + z * v[2], id});
+    }
+    std::sort(keyed.begin(), keyed.end(), [](const Keyed& a, const Keyed& b) {
+      if (a.line[0] != b.line[0]) return a.line[0] < b.line[0];
+      if (a.line[1] != b.line[1]) return a.line[1] < b.line[1];
+      if (a.line[2] != b.line[2]) return a.line[2] < b.line[2];
+      return a.along < b.along || (a.along == b.along && a.id < b.id);
     });
-    std::vector<index_t> out;
-    out.reserve(keep.size());
-    for (std::size_t s = 0; s < keep.size();) {
+    keep.clear();
+    for (std::size_t s = 0; s < keyed.size();) {
       std::size_t e = s + 1;
-      const std::int32_t* a = pts + 3 * keep[s];
-      while (e < keep.size() && pts[3 * keep[e] + u] == a[u] && pts[3 * keep[e] + v] == a[v]) ++e;
-      out.push_back(keep[s]);
-      if (e - 1 > s) out.push_back(keep[e - 1]);
+      while (e < keyed.size() && keyed[e].line[0] == keyed[s].line[0] &&
+             keyed[e].line[1] == keyed[s].line[1] && keyed[e].line[2] == keyed[s].line[2])
+        ++e;
+      keep.push_back(keyed[s].id);
+      if (e - 1 > s) keep.push_back(keyed[e - 1].id);
       s = e;
     }
-    keep.swap(out);
   }
   std::sort(keep.begin(), keep.end());
   const index_t m = static_cast<index_t>(keep.size());
-  std::vector<double> xyz(static_cast<std::size_t>(3 * m));
-  for (index_t r = 0; r < m; ++r)
-    for (int a = 0; a < 3; ++a) xyz[3 * r + a] = 0.5 * pts[3 * keep[r] + a] * spacing[a];
-  std::vector<Diameter> per_row(static_cast<std::size_t>(m));
+  std::vector<double> x(static_cast<std::size_t>(m)), y(x.size()), z(x.size()), row_max(x.size());
+  for (index_t r = 0; r < m; ++r) {
+    x[r] = 0.5 * pts[3 * keep[r]] * spacing[0];
+    y[r] = 0.5 * pts[3 * keep[r] + 1] * spacing[1];
+    z[r] = 0.5 * pts[3 * keep[r] + 2] * spacing[2];
+  }
+  // First the largest squared distance per row (a vectorisable max), then the pair itself.
 #pragma omp parallel for schedule(dynamic, 16) num_threads(clamp_threads(n_threads))
   for (index_t r = 0; r < m; ++r) {
-    double d2 = -1;
-    index_t arg = r;
-    for (index_t s = r; s < m; ++s) {
-      const double dx = xyz[3 * r] - xyz[3 * s], dy = xyz[3 * r + 1] - xyz[3 * s + 1],
-                   dz = xyz[3 * r + 2] - xyz[3 * s + 2];
-      const double q = dx * dx + dy * dy + dz * dz;
-      if (q > d2) {
-        d2 = q;
-        arg = s;
-      }
+    double d2 = 0;
+    for (index_t s = r + 1; s < m; ++s) {
+      const double dx = x[r] - x[s], dy = y[r] - y[s], dz = z[r] - z[s];
+      d2 = std::max(d2, dx * dx + dy * dy + dz * dz);
     }
-    per_row[r] = {d2, keep[r], keep[arg]};
+    row_max[r] = d2;
   }
-  double d2 = -1;
-  for (const auto& d : per_row)
-    if (d.length > d2) {
-      d2 = d.length;
-      best = d;
+  const index_t r = static_cast<index_t>(std::max_element(row_max.begin(), row_max.end()) - row_max.begin());
+  index_t partner = r;
+  for (index_t s = r + 1; s < m; ++s) {
+    const double dx = x[r] - x[s], dy = y[r] - y[s], dz = z[r] - z[s];
+    if (dx * dx + dy * dy + dz * dz == row_max[r]) {
+      partner = s;
+      break;
     }
-  best.length = std::sqrt(d2);
+  }
+  best.length = std::sqrt(row_max[r]);
+  best.a = keep[r];
+  best.b = keep[partner];
   return best;
 }
 

@@ -14,16 +14,6 @@ __all__ = ["read", "write"]
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
-def _is_dicom_file(path: Path) -> bool:
-    # Part 10 files carry 'DICM' after a 128-byte preamble; that is what pydicom checks too.
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
 def read(path: str | os.PathLike, **kwargs: Any) -> Image:
     """Read an image by content and suffix.
 
@@ -43,7 +33,9 @@ def read(path: str | os.PathLike, **kwargs: Any) -> Image:
         from medkern.io.nifti import read_nifti
 
         return read_nifti(p, **kwargs)
-    if _is_dicom_file(p) or p.suffix.lower() == ".dcm":
+    from medkern.io.dicom import has_preamble
+
+    if has_preamble(p) or p.suffix.lower() == ".dcm":
         from medkern.io import dicom
 
         return dicom.read_dicom_file(p, **kwargs)

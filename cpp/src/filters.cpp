@@ -1,0 +1,143 @@
+#include <pybind11/stl.h>
+
+#include <array>
+
+#include "bindings.hpp"
+#include "medkern/bilateral.hpp"
+#include "medkern/diffusion.hpp"
+#include "medkern/filters.hpp"
+#include "medkern/median.hpp"
+
+namespace {
+
+using medkern::index_t;
+using medkern::Shape3;
+using medkern::bind::carray;
+
+// 2D arrays are filtered as one-slice volumes: (ny, nx) -> (1, ny, nx).
+Shape3 shape3(const py::array& x) {
+  if (x.ndim() == 3) return {x.shape(0), x.shape(1), x.shape(2)};
+  if (x.ndim() == 2) return {1, x.shape(0), x.shape(1)};
+  throw py::value_error("expected a 2D or 3D array, got " + std::to_string(x.ndim()) + " dimensions");
+}
+
+std::vector<py::ssize_t> dims(const py::array& x) {
+  return std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim());
+}
+
+// Per-array-axis values given for the image's axes, padded to three (axis 0 of a 2D image first).
+template <class V>
+std::array<V, 3> per_axis3(const std::vector<V>& v, const py::array& x, V pad, const char* name) {
+  if (static_cast<py::ssize_t>(v.size()) != x.ndim())
+    throw py::value_error(std::string(name) + " needs one value per array axis");
+  std::array<V, 3> out{pad, pad, pad};
+  std::copy(v.begin(), v.end(), out.begin() + (3 - v.size()));
+  return out;
+}
+
+// Runs kernel(src, dst) for the array's dtype on a new float32 array of the same shape.
+template <class F>
+py::array_t<float> float_result(const py::array& x, F&& kernel) {
+  return medkern::bind::visit_dtype(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    auto in = carray<T>::ensure(x);
+    py::array_t<float> out(dims(x));
+    const T* src = in.data();
+    float* dst = out.mutable_data();
+    py::gil_scoped_release release;  // only raw buffers of arrays owned by this frame are used
+    kernel(src, dst);
+    return out;
+  });
+}
+
+medkern::Boundary boundary(int b) {
+  if (b < 0 || b > 4) throw py::value_error("boundary code out of range");
+  return static_cast<medkern::Boundary>(b);
+}
+
+py::array_t<float> separable_correlate(const py::array& x, const std::vector<std::vector<float>>& w,
+                                       int mode, float cval, int n_threads) {
+  const Shape3 s = shape3(x);
+  const auto kernels = per_axis3<std::vector<float>>(w, x, {}, "kernels");
+  for (const auto& k : kernels)
+    if (!k.empty() && k.size() % 2 == 0) throw py::value_error("kernels must have odd length");
+  const auto b = boundary(mode);
+  return float_result(x, [&](const auto* src, float* dst) {
+    medkern::separable_correlate(src, dst, s, kernels.data(), b, cval, n_threads);
+  });
+}
+
+py::array_t<float> recursive_gaussian(const py::array& x, const std::vector<double>& sigma_vox,
+                                      int n_threads) {
+  const Shape3 s = shape3(x);
+  const auto sigma = per_axis3<double>(sigma_vox, x, 0.0, "sigma_vox");
+  const bool is_3d = x.ndim() == 3;
+  return float_result(x, [&](const auto* src, float* dst) {
+    medkern::recursive_gaussian(src, dst, s, sigma.data(), is_3d, n_threads);
+  });
+}
+
+py::array median_filter(const py::array& x, const std::vector<index_t>& radius, int mode,
+                        int n_threads) {
+  const Shape3 s = shape3(x);
+  const auto r = per_axis3<index_t>(radius, x, 0, "radius");
+  const auto b = boundary(mode);
+  return medkern::bind::visit_dtype(x.dtype(), [&](auto tag) -> py::array {
+    using T = decltype(tag);
+    auto in = carray<T>::ensure(x);
+    py::array_t<T> out(dims(x));
+    const T* src = in.data();
+    T* dst = out.mutable_data();
+    py::gil_scoped_release release;  // only raw buffers of arrays owned by this frame are used
+    medkern::median_filter(src, dst, s, r.data(), b, n_threads);
+    return out;
+  });
+}
+
+py::array_t<float> bilateral_filter(const py::array& x, const std::vector<double>& spacing,
+                                    const std::vector<double>& sigma_mm,
+                                    const std::vector<index_t>& radius, double sigma_range,
+                                    double cutoff_sigmas, int samples, int n_threads) {
+  const Shape3 s = shape3(x);
+  const auto sp = per_axis3<double>(spacing, x, 1.0, "spacing");
+  const auto sg = per_axis3<double>(sigma_mm, x, 1.0, "sigma_mm");
+  const auto r = per_axis3<index_t>(radius, x, 0, "radius");
+  const medkern::RangeKernel rk(sigma_range, cutoff_sigmas, samples);
+  return float_result(x, [&](const auto* src, float* dst) {
+    medkern::bilateral_filter(src, dst, s, sp.data(), sg.data(), r.data(), rk, n_threads);
+  });
+}
+
+py::array_t<float> anisotropic_diffusion(const py::array& x, const std::vector<double>& spacing,
+                                         int iterations, double time_step, double conductance,
+                                         int kind, int n_threads) {
+  const Shape3 s = shape3(x);
+  const auto sp = per_axis3<double>(spacing, x, 1.0, "spacing");
+  if (kind != 0 && kind != 1) throw py::value_error("diffusion kind must be 0 or 1");
+  // Works in place on a float32 copy of the input, which is also the result.
+  py::array_t<float> out = carray<float>::ensure(x);
+  if (out.ptr() == x.ptr()) out = py::array_t<float>(py::array(x).attr("copy")());
+  float* data = out.mutable_data();
+  const bool is_3d = x.ndim() == 3;
+  py::gil_scoped_release release;  // `out` is owned by this frame; no Python object is touched
+  medkern::anisotropic_diffusion(data, s, sp.data(), is_3d, iterations, time_step, conductance,
+                                 static_cast<medkern::Diffusion>(kind), n_threads);
+  return out;
+}
+
+}  // namespace
+
+void register_filters(py::module_& m) {
+  m.def("separable_correlate", &separable_correlate, py::arg("x"), py::arg("kernels"),
+        py::arg("mode"), py::arg("cval"), py::arg("n_threads"));
+  m.def("recursive_gaussian", &recursive_gaussian, py::arg("x"), py::arg("sigma_vox"),
+        py::arg("n_threads"));
+  m.def("median_filter", &median_filter, py::arg("x"), py::arg("radius"), py::arg("mode"),
+        py::arg("n_threads"));
+  m.def("bilateral_filter", &bilateral_filter, py::arg("x"), py::arg("spacing"),
+        py::arg("sigma_mm"), py::arg("radius"), py::arg("sigma_range"), py::arg("cutoff_sigmas"),
+        py::arg("samples"), py::arg("n_threads"));
+  m.def("anisotropic_diffusion", &anisotropic_diffusion, py::arg("x"), py::arg("spacing"),
+        py::arg("iterations"), py::arg("time_step"), py::arg("conductance"), py::arg("kind"),
+        py::arg("n_threads"));
+}

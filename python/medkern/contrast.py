@@ -1,0 +1,324 @@
+"""Contrast enhancement: histogram equalisation, CLAHE and N4 bias-field correction.
+
+- :func:`equalize_hist` is scikit-image's ``exposure.equalize_hist`` (same bins, same
+  interpolation of the cumulative histogram), optionally restricted to a mask.
+- :func:`clahe` is scikit-image's ``exposure.equalize_adapthist`` in 2D and 3D
+  (``method="skimage"``), or OpenCV's ``createCLAHE(...).apply`` for uint8/uint16 images
+  (``method="opencv"``); both reproduce their reference bit for bit on the same input.
+- :func:`n4_bias_correction` is N4 (Tustison et al., IEEE TMI 2010) as in ITK's
+  ``N4BiasFieldCorrectionImageFilter``, fitted on a subsampled grid.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Sequence
+
+import numpy as np
+
+from medkern._dispatch import Kernel, get_num_threads
+from medkern._util import check_mask, unwrap
+from medkern.intensity import moments
+
+__all__ = ["equalize_hist", "clahe", "n4_bias_correction"]
+
+# scikit-image's NR_OF_GRAY: CLAHE works on 14-bit grey levels.
+CLAHE_GRAY_LEVELS = 2**14
+# Integer images get one histogram bin per grey value (as scikit-image); beyond this many values
+# the table would not fit comfortably in memory.
+MAX_INTEGER_BINS = 2**24
+
+
+def _core():
+    from medkern import _core
+
+    return _core
+
+
+def _cpp_histogram_edges(x, mask, edges):
+    return _core().histogram_edges(x, mask, edges, get_num_threads())
+
+
+def _cpp_interp_map(x, xp, fp):
+    return _core().interp_map(x, xp, fp, get_num_threads())
+
+
+def _cpp_clahe_skimage(x, kernel, x_min, x_max, unit_float, nbins, clip_limit):
+    return _core().clahe_skimage(x, kernel, x_min, x_max, unit_float, nbins, clip_limit,
+                                 get_num_threads())
+
+
+def _cpp_clahe_opencv(x, tiles_y, tiles_x, clip_limit):
+    return _core().clahe_opencv(x, tiles_y, tiles_x, clip_limit, get_num_threads())
+
+
+def _cuda_clahe_skimage(x, kernel, x_min, x_max, unit_float, nbins, clip_limit):
+    from medkern._cupy.contrast import clahe_skimage_cuda
+
+    return clahe_skimage_cuda(x, kernel, x_min, x_max, unit_float, nbins, clip_limit)
+
+
+def _cpp_n4_shrink(x, mask, factor):
+    return _core().n4_shrink(x, mask, factor, get_num_threads())
+
+
+def _cpp_n4_fit(log_image, mask, u, control_points, refine, iterations, bins, fwhm, noise, tol):
+    return _core().n4_fit(log_image, mask, u, control_points, refine, iterations, bins, fwhm, noise,
+                          tol, get_num_threads())
+
+
+def _cpp_n4_apply(x, lattice, u, want_field):
+    return _core().n4_apply(x, lattice, u, want_field, get_num_threads())
+
+
+histogram_edges = Kernel(
+    "histogram_edges", cpp=_cpp_histogram_edges, numba="medkern._numba.contrast:histogram_edges")
+interp_map = Kernel("interp_map", cpp=_cpp_interp_map, numba="medkern._numba.contrast:interp_map")
+clahe_skimage = Kernel(
+    "clahe",
+    cpp=_cpp_clahe_skimage,
+    numba="medkern._numba.contrast:clahe_skimage",
+    cuda=_cuda_clahe_skimage,
+    cupy="medkern._cupy.contrast:clahe_skimage",
+)
+clahe_opencv = Kernel(
+    "clahe(method='opencv')", cpp=_cpp_clahe_opencv, numba="medkern._numba.contrast:clahe_opencv")
+n4_shrink = Kernel("n4_bias_correction", cpp=_cpp_n4_shrink)
+n4_fit = Kernel("n4_bias_correction", cpp=_cpp_n4_fit)
+n4_apply = Kernel("n4_bias_correction", cpp=_cpp_n4_apply)
+
+
+def clahe_level_table(r_min: int, r_max: int) -> np.ndarray:
+    """float32 output of each CLAHE result level: scikit-image's final rescale_intensity onto
+    [0, 1] in double (a constant result is clipped to [0, 1] instead)."""
+    r = np.arange(CLAHE_GRAY_LEVELS, dtype=np.float64)
+    if r_max > r_min:
+        return ((r - r_min) / (r_max - r_min)).astype(np.float32)
+    return np.clip(r, 0.0, 1.0).astype(np.float32)
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _per_axis_int(value: Any, ndim: int, name: str) -> tuple[int, ...]:
+    if isinstance(value, numbers.Number):
+        values = (value,) * ndim
+    else:
+        values = tuple(value)
+        if len(values) != ndim:
+            raise ValueError(f"{name} needs 1 or {ndim} values (array-axis order), got {len(values)}")
+    return tuple(_positive_int(v, name) for v in values)
+
+
+def _extremes(x: Any, mask: Any, backend: str, name: str) -> tuple[float, float]:
+    """(min, max) over the mask; refuses empty images, NaN and empty masks."""
+    if x.size == 0:
+        raise ValueError(f"{name}: the image is empty (zero voxels)")
+    st = moments(x, mask, backend=backend)
+    if st["nan_count"]:
+        raise ValueError(f"{name}: image has {st['nan_count']} NaN voxel(s); replace them first")
+    if st["count"] == 0:
+        raise ValueError(f"{name}: mask selects no voxel")
+    return float(st["min"]), float(st["max"])
+
+
+def equalize_hist(img: Any, nbins: int = 256, mask: Any = None, *, backend: str = "auto") -> Any:
+    """Global histogram equalisation: each voxel mapped through the cumulative histogram.
+
+    The definition of scikit-image's ``exposure.equalize_hist``: float images get ``nbins``
+    equal-width bins over their [min, max] (``numpy.histogram``); integer images get one bin per
+    grey value between min and max and ``nbins`` is ignored, exactly as scikit-image does. The
+    cumulative histogram, normalised to end at 1, is interpolated linearly between bin centres
+    (``numpy.interp``). With ``mask``, the histogram is taken over the masked voxels only and the
+    mapping is applied to every voxel. Returns float32 in (0, 1] with the input's geometry.
+    """
+    x, _, rewrap = unwrap(img)
+    nbins = _positive_int(nbins, "nbins")
+    m = check_mask(mask, x.shape)
+    lo, hi = _extremes(x, m, backend, "equalize_hist")
+    if x.dtype.kind in "iu":
+        n_values = int(hi) - int(lo) + 1
+        if n_values > MAX_INTEGER_BINS:
+            raise ValueError(
+                f"equalize_hist: the integer image spans {n_values} grey values (one bin each, as "
+                f"scikit-image); convert it to float32 to bin it into nbins bins instead")
+        edges = np.arange(n_values + 1, dtype=np.float64) + (int(lo) - 0.5)
+        centers = np.arange(int(lo), int(hi) + 1, dtype=np.float64)
+        cdf_dtype = np.float64
+    else:
+        first, last = x.dtype.type(lo), x.dtype.type(hi)
+        if first == last:  # numpy.histogram widens an empty range by half a unit each side
+            first, last = first - x.dtype.type(0.5), last + x.dtype.type(0.5)
+        bin_edges = np.linspace(first, last, nbins + 1, endpoint=True, dtype=x.dtype)
+        edges = bin_edges.astype(np.float64)
+        centers = ((bin_edges[:-1] + bin_edges[1:]) / x.dtype.type(2.0)).astype(np.float64)
+        cdf_dtype = x.dtype
+    counts = histogram_edges(x, m, edges, backend=backend)
+    cdf = np.cumsum(counts)
+    cdf = (cdf / float(cdf[-1])).astype(cdf_dtype).astype(np.float64)
+    return rewrap(interp_map(x, centers, cdf, backend=backend))
+
+
+def clahe(img: Any, clip_limit: float | None = None, kernel_size: Any = None, nbins: int = 256, *,
+          method: str = "skimage", tile_grid: Sequence[int] | None = None,
+          backend: str = "auto") -> Any:
+    """Contrast-limited adaptive histogram equalisation (Zuiderveld 1994), 2D and 3D.
+
+    ``method="skimage"`` (default) is scikit-image's ``exposure.equalize_adapthist``:
+
+    - ``kernel_size``: contextual-region shape in voxels (int or one per axis, array order);
+      default 1/8 of each axis (at least 1).
+    - ``clip_limit``: normalised clip limit in [0, 1] (default 0.01); the histogram of each
+      region is clipped at ``max(1, int(clip_limit * region voxels))`` and the excess spread over
+      the bins; 0 means no clipping (plain AHE).
+    - ``nbins``: histogram bins over the 14-bit grey range.
+    - Grey levels: the image is rescaled from its [min, max] to 14 bits as scikit-image does.
+      Float images within [0, 1] are first quantised to 16 bits exactly like scikit-image's
+      ``img_as_uint``. Where scikit-image differs from a plain min-max rescale (it clips
+      negative signed integers to 0 and rejects floats outside [-1, 1]) medkern rescales the
+      image's own range instead, so CT in HU keeps its negative values.
+    - Output float32 in [0, 1], equal to scikit-image's result (its float64 output rounded).
+
+    ``method="opencv"`` is OpenCV's ``cv2.createCLAHE(clipLimit, tileGridSize).apply`` for
+    uint8 and uint16 images (3D: each slice along axis 0 on its own):
+
+    - ``tile_grid``: number of tiles (rows, columns) in array order, default (8, 8) (OpenCV's
+      ``tileGridSize`` is (columns, rows)).
+    - ``clip_limit``: OpenCV's clip limit (default 40.0; 0 means no clipping).
+    - Output has the input's dtype and equals OpenCV's output.
+
+    NaN voxels raise ValueError. Returns the input's geometry (an Image in, an Image out).
+    """
+    x, _, rewrap = unwrap(img)
+    if method == "skimage":
+        if tile_grid is not None:
+            raise ValueError("tile_grid belongs to method='opencv'; with method='skimage' set "
+                             "kernel_size (region shape in voxels) instead")
+        return rewrap(_clahe_skimage(x, 0.01 if clip_limit is None else clip_limit, kernel_size,
+                                     nbins, backend))
+    if method == "opencv":
+        if kernel_size is not None or nbins != 256:
+            raise ValueError("kernel_size and nbins belong to method='skimage'; with "
+                             "method='opencv' set tile_grid (tiles per axis) instead")
+        return rewrap(_clahe_opencv(x, 40.0 if clip_limit is None else clip_limit,
+                                    (8, 8) if tile_grid is None else tile_grid, backend))
+    raise ValueError(f"clahe: method must be 'skimage' or 'opencv', got {method!r}")
+
+
+def _clip_value(clip_limit: Any) -> float:
+    if isinstance(clip_limit, bool) or not isinstance(clip_limit, numbers.Real) \
+            or not np.isfinite(clip_limit) or clip_limit < 0:
+        raise ValueError(f"clip_limit must be a finite number >= 0, got {clip_limit!r}")
+    return float(clip_limit)
+
+
+def _clahe_skimage(x, clip_limit, kernel_size, nbins, backend):
+    clip_limit = _clip_value(clip_limit)
+    nbins = _positive_int(nbins, "nbins")
+    if kernel_size is None:
+        kernel = tuple(max(s // 8, 1) for s in x.shape)
+    else:
+        kernel = _per_axis_int(kernel_size, x.ndim, "kernel_size")
+    lo, hi = _extremes(x, None, backend, "clahe")
+    region = int(np.prod(kernel))
+    # scikit-image: int(np.clip(clip_limit * kernel_elements, 1, None)); 0 disables clipping.
+    clim = max(int(clip_limit * region), 1) if clip_limit > 0 else region
+    unit_float = x.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0
+    if x.ndim == 2:
+        kernel = (1,) + kernel
+    x3 = x.reshape((1,) * (3 - x.ndim) + x.shape)
+    out = clahe_skimage(x3, kernel, lo, hi, unit_float, nbins, clim, backend=backend)
+    return out.reshape(x.shape)
+
+
+def _clahe_opencv(x, clip_limit, tile_grid, backend):
+    if x.dtype not in (np.uint8, np.uint16):
+        raise TypeError(f"clahe(method='opencv') takes uint8 or uint16 images (as OpenCV), got "
+                        f"{x.dtype}; use method='skimage' for other dtypes")
+    clip_limit = _clip_value(clip_limit)
+    tiles = _per_axis_int(tile_grid, 2, "tile_grid")
+    if x.size == 0:
+        raise ValueError("clahe: the image is empty (zero voxels)")
+    x3 = x.reshape((1,) * (3 - x.ndim) + x.shape)
+    return clahe_opencv(x3, tiles[0], tiles[1], clip_limit, backend=backend).reshape(x.shape)
+
+
+def _axis_positions(size: int, factor: int) -> np.ndarray:
+    """Normalised positions (0 at the first voxel, 1 at the last) of the voxels N4 samples along
+    an axis: the centre voxel of each block of ``factor`` (n4_shrink in n4.hpp)."""
+    if size == 1:
+        return np.full(1, 0.5)
+    start = np.arange(0, size, factor)
+    centre = start + (np.minimum(factor, size - start) - 1) // 2
+    return centre / (size - 1)
+
+
+def n4_bias_correction(img: Any, mask: Any = None, *, shrink_factor: Any = 4,
+                       iterations: Sequence[int] = (50, 50, 50, 50), control_points: Any = 4,
+                       convergence_threshold: float = 0.001, histogram_bins: int = 200,
+                       fwhm: float = 0.15, wiener_noise: float = 0.01,
+                       return_bias_field: bool = False, backend: str = "auto") -> Any:
+    """N4 bias-field correction (Tustison et al., IEEE TMI 29(6) 2010), 2D or 3D.
+
+    The algorithm and defaults of ITK's ``N4BiasFieldCorrectionImageFilter``: the log bias field
+    is a cubic B-spline with ``control_points`` per axis at the first fitting level; at each
+    iteration the histogram of the log-corrected image (``histogram_bins`` bins) is sharpened by
+    Wiener deconvolution (noise ``wiener_noise``) of a Gaussian of ``fwhm`` (log units) and the
+    residual is fitted by B-spline approximation and added to the field, until the coefficient of
+    variation of the field change is below ``convergence_threshold`` or ``iterations[level]``
+    iterations ran; each of the ``len(iterations)`` levels doubles the lattice resolution.
+
+    The fit runs on the grid subsampled by ``shrink_factor`` (int or per axis, array order; the
+    centre voxel of each block), as SimpleITK users ``Shrink`` before N4, over the same physical
+    domain as the full image; the field is then evaluated on the full grid.
+    Only voxels inside ``mask`` (all voxels when None) with positive intensity take part.
+
+    Returns the corrected image ``img / bias`` (float32, every voxel), and with
+    ``return_bias_field=True`` the tuple ``(corrected, bias)`` where ``bias`` is the
+    multiplicative field (float32). Images in, Images out with the input's geometry.
+    """
+    x, _, rewrap = unwrap(img)
+    m = check_mask(mask, x.shape)
+    levels = tuple(int(_positive_int(n, "iterations")) for n in iterations)
+    if not levels:
+        raise ValueError("iterations needs one count per fitting level, got an empty sequence")
+    factor = _per_axis_int(shrink_factor, x.ndim, "shrink_factor")
+    cps = _per_axis_int(control_points, x.ndim, "control_points")
+    if min(cps) < 4:
+        raise ValueError(f"control_points must be >= 4 per axis (cubic B-spline), got {control_points}")
+    histogram_bins = _positive_int(histogram_bins, "histogram_bins")
+    if histogram_bins < 2:
+        raise ValueError("histogram_bins must be >= 2")
+    if not (np.isfinite(fwhm) and fwhm > 0):
+        raise ValueError(f"fwhm must be a finite number > 0 (log-intensity units), got {fwhm!r}")
+    for name, value in (("wiener_noise", wiener_noise), ("convergence_threshold", convergence_threshold)):
+        if not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    lo, hi = _extremes(x, m, backend, "n4_bias_correction")
+    if hi <= 0:
+        raise ValueError("n4_bias_correction: no positive intensity inside the mask; N4 works on "
+                         "log intensities and needs a positive image")
+    pad = (1,) * (3 - x.ndim)
+    x3 = x.reshape(pad + x.shape)
+    m3 = None if m is None else m.reshape(x3.shape)
+    factor3 = pad + factor
+    log_small, shrunk_mask = n4_shrink(x3, m3, factor3, backend=backend)
+    if int(shrunk_mask.sum()) < 64:
+        raise ValueError(f"n4_bias_correction: only {int(shrunk_mask.sum())} block(s) of the mask "
+                         f"remain at shrink_factor={shrink_factor}; lower shrink_factor or widen "
+                         "the mask")
+    flat = tuple(s == 1 for s in x3.shape)
+    cps3 = tuple(4 if f else c for f, c in zip(flat, pad + cps))
+    u_small = [_axis_positions(s, f) for s, f in zip(x3.shape, factor3)]
+    fit = n4_fit(log_small, shrunk_mask, u_small, cps3, tuple(not f for f in flat), list(levels),
+                 histogram_bins, float(fwhm), float(wiener_noise), float(convergence_threshold),
+                 backend=backend)
+    u_full = [_axis_positions(s, 1) for s in x3.shape]
+    corrected, bias = n4_apply(x3, fit["lattice"], u_full, return_bias_field, backend=backend)
+    corrected = rewrap(corrected.reshape(x.shape))
+    if return_bias_field:
+        return corrected, rewrap(bias.reshape(x.shape))
+    return corrected

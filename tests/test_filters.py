@@ -1,0 +1,319 @@
+"""Enhancement filters against scipy.ndimage, SimpleITK and scikit-image, on every backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import SimpleITK as sitk
+
+import medkern as mk
+
+DTYPES = [np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64]
+MODES = ["reflect", "nearest", "mirror", "wrap", "constant"]
+
+
+def _random(rng, dtype, shape):
+    if np.dtype(dtype).kind == "f":
+        return (rng.normal(size=shape) * 100).astype(dtype)
+    info = np.iinfo(dtype)
+    return rng.integers(max(info.min, -1000), min(info.max, 1000), size=shape).astype(dtype)
+
+
+def _sitk(a, spacing=None):
+    s = sitk.GetImageFromArray(a)
+    if spacing is not None:
+        s.SetSpacing(tuple(float(v) for v in spacing[::-1]))
+    return s
+
+
+def _skip_gpu_only_cpu(backend, kernel_has_gpu: bool):
+    if backend in ("cuda", "cupy") and not kernel_has_gpu:
+        pytest.skip("CPU-only kernel")
+
+
+@pytest.fixture(scope="module")
+def mni():
+    """A 48^3 crop of the MNI152 T1 template (real anatomy, float32, 1 mm)."""
+    nilearn_datasets = pytest.importorskip("nilearn.datasets")
+    img = nilearn_datasets.load_mni152_template(resolution=1)
+    a = np.asarray(img.get_fdata(), dtype=np.float32)
+    return np.ascontiguousarray(a[70:118, 90:138, 60:108])
+
+
+@pytest.fixture(scope="module")
+def chest():
+    """A 256^2 crop of the pydicom-data chest radiograph (uint16)."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("RG1_UNCR.dcm")
+    if path is None:
+        pytest.skip("pydicom-data chest radiograph not installed")
+    return np.ascontiguousarray(pydicom.dcmread(path).pixel_array[800:1056, 800:1056])
+
+
+# ------------------------------------------------------------------ gaussian (FIR)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_gaussian_fir_matches_scipy(rng, backend, helpers, dtype, ndim):
+    a = _random(rng, dtype, (11, 19, 23)[-ndim:])
+    sigma = (1.0, 2.0, 0.7)[-ndim:]
+    out = helpers.to_numpy(mk.gaussian(helpers.on_backend(a, backend), sigma_vox=sigma, backend=backend))
+    ref = ndi.gaussian_filter(a.astype(np.float64), sigma, mode="reflect", truncate=4.0)
+    assert out.dtype == np.float32
+    # float32 weights and accumulation against scipy's double: a few float32 ulps of the data scale.
+    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-6 * np.abs(ref).max() + 1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gaussian_modes_and_truncate(rng, backend, helpers, mode):
+    a = _random(rng, np.float32, (9, 12, 7))  # shorter than the kernel on axis 2: wrap-arounds
+    out = helpers.to_numpy(mk.gaussian(helpers.on_backend(a, backend), sigma_vox=(1.5, 0, 2.5),
+                                       truncate=3.0, mode=mode, cval=2.5, backend=backend))
+    ref = ndi.gaussian_filter(a.astype(np.float64), (1.5, 0, 2.5), mode=mode, cval=2.5, truncate=3.0)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4)
+
+
+def test_gaussian_sigma_mm_uses_spacing(rng, backend, helpers):
+    a = _random(rng, np.float32, (10, 16, 16))
+    img = mk.Image(helpers.on_backend(a, backend), spacing=(3.0, 0.5, 1.0), origin=(1, 2, 3))
+    out = mk.gaussian(img, 1.5, backend=backend)
+    assert isinstance(out, mk.Image) and out.spacing == img.spacing
+    np.testing.assert_array_equal(out.origin, img.origin)
+    ref = ndi.gaussian_filter(a.astype(np.float64), (0.5, 3.0, 1.5))
+    np.testing.assert_allclose(helpers.to_numpy(out), ref, atol=1e-4)
+
+
+def test_gaussian_on_mni(mni, cpu_backend):
+    out = mk.gaussian(mni, sigma_vox=2.0, backend=cpu_backend)
+    ref = ndi.gaussian_filter(mni.astype(np.float64), 2.0)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-6 * np.abs(ref).max())
+
+
+# ------------------------------------------------------------------ gaussian (recursive)
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("dtype", [np.float32, np.int16])
+def test_gaussian_recursive_matches_sitk(rng, cpu_backend, dtype, ndim):
+    a = _random(rng, dtype, (9, 21, 17)[-ndim:])
+    spacing = (2.0, 0.8, 1.1)[-ndim:]
+    img = mk.Image(a, spacing=spacing)
+    out = mk.gaussian(img, 1.7, method="recursive", backend=cpu_backend).array
+    ref = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(
+        sitk.Cast(_sitk(a, spacing), sitk.sitkFloat32), 1.7))
+    # Same Deriche coefficients, pass order and float storage between passes as ITK.
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+def test_gaussian_recursive_on_mni(mni, cpu_backend):
+    out = mk.gaussian(mni, sigma_vox=2.0, method="recursive", backend=cpu_backend)
+    ref = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(_sitk(mni), 2.0))
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-6 * np.abs(ref).max())
+
+
+# ------------------------------------------------------------------ mean, LoG, unsharp
+@pytest.mark.parametrize("mode", MODES)
+def test_mean_filter_matches_scipy(rng, backend, helpers, mode):
+    a = _random(rng, np.int16, (8, 13, 11))
+    out = helpers.to_numpy(mk.mean_filter(helpers.on_backend(a, backend), (1, 2, 3), mode=mode,
+                                          backend=backend))
+    ref = ndi.uniform_filter(a.astype(np.float64), (3, 5, 7), mode=mode)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-3)  # float32 sums of values up to 1000
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_log_matches_scipy(rng, backend, helpers, ndim):
+    a = _random(rng, np.float32, (12, 15, 14)[-ndim:])
+    out = helpers.to_numpy(mk.log_filter(helpers.on_backend(a, backend), sigma_vox=1.5, backend=backend))
+    ref = ndi.gaussian_laplace(a.astype(np.float64), 1.5)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+def test_log_physical_units(rng):
+    a = _random(rng, np.float32, (12, 14, 16))
+    img = mk.Image(a, spacing=(2.0, 1.0, 0.5))
+    out = mk.log_filter(img, 2.0).array
+    sv = (1.0, 2.0, 4.0)
+    ref = sum(ndi.gaussian_filter(a.astype(np.float64), sv, order=[2 if b == ax else 0 for b in range(3)])
+              / img.spacing[ax] ** 2 for ax in range(3))
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+def test_unsharp_mask_matches_sitk_and_scipy(mni, cpu_backend):
+    ref = sitk.GetArrayFromImage(sitk.UnsharpMask(_sitk(mni), [1.5] * 3, 0.8, 0.0))
+    out = mk.unsharp_mask(mni, 1.5, 0.8, method="recursive", backend=cpu_backend)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    out = mk.unsharp_mask(mni, 1.5, 0.8, mode="nearest", backend=cpu_backend)
+    x = mni.astype(np.float64)
+    ref = x + 0.8 * (x - ndi.gaussian_filter(x, 1.5, mode="nearest"))
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+# ------------------------------------------------------------------ IBSI 2 phantoms
+@pytest.mark.parametrize("phantom", ["checkerboard", "impulse", "sphere"])
+def test_ibsi2_phantoms_mean_and_log(shared_data, phantom):
+    nib = pytest.importorskip("nibabel")
+    folder = shared_data / "ibsi" / "ibsi_2_digital_phantom" / "nifti" / phantom / "image"
+    a = np.asarray(nib.load(next(folder.glob("*.nii*"))).get_fdata(), dtype=np.float32)
+    # IBSI 2 test 1 (mean filter, size 15) and test 3 (LoG, sigma 1.5 mm at 2 mm voxels in
+    # test 3.a, truncate 4): the published definitions are scipy's uniform_filter / the separable
+    # gaussian_laplace, under each of the padding options the manual lists.
+    for mode in ("constant", "nearest", "wrap", "reflect"):
+        out = mk.mean_filter(a, 7, mode=mode)
+        np.testing.assert_allclose(out, ndi.uniform_filter(a.astype(np.float64), 15, mode=mode),
+                                   rtol=0, atol=1e-5 * max(1.0, np.abs(a).max()))
+    out = mk.log_filter(a, sigma_vox=0.75, mode="reflect")
+    ref = ndi.gaussian_laplace(a.astype(np.float64), 0.75, mode="reflect")
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * max(1.0, np.abs(ref).max()))
+
+
+# ------------------------------------------------------------------ median
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_median_matches_scipy_and_sitk(rng, backend, helpers, dtype, ndim):
+    if backend == "numba" and dtype not in (np.float32, np.int16):
+        pytest.skip("numba compiles per dtype; two dtypes cover its code path")
+    a = _random(rng, dtype, (9, 17, 21)[-ndim:])
+    x = helpers.on_backend(a, backend)
+    out = helpers.to_numpy(mk.median(x, 1, backend=backend))
+    assert out.dtype == a.dtype
+    np.testing.assert_array_equal(out, sitk.GetArrayFromImage(sitk.Median(_sitk(a), [1] * ndim)))
+    np.testing.assert_array_equal(out, ndi.median_filter(a, 3, mode="nearest"))
+    radius = (2, 1, 3)[-ndim:]
+    out = helpers.to_numpy(mk.median(x, radius, mode="reflect", backend=backend))
+    np.testing.assert_array_equal(out, ndi.median_filter(a, [2 * r + 1 for r in radius]))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_median_modes(rng, backend, helpers, mode):
+    a = _random(rng, np.float32, (7, 6, 9))
+    out = helpers.to_numpy(mk.median(helpers.on_backend(a, backend), (1, 2, 0), mode=mode, backend=backend))
+    np.testing.assert_array_equal(out, ndi.median_filter(a, (3, 5, 1), mode=mode, cval=0.0))
+
+
+def test_median_on_chest_radiograph(chest):
+    out = mk.median(chest, 2)
+    np.testing.assert_array_equal(out, sitk.GetArrayFromImage(sitk.Median(_sitk(chest), [2, 2])))
+
+
+# ------------------------------------------------------------------ bilateral
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_bilateral_matches_sitk(rng, cpu_backend, ndim):
+    a = rng.random((10, 20, 24)[-ndim:], dtype=np.float32)
+    spacing = (1.5, 0.9, 1.2)[-ndim:]
+    out = mk.bilateral(mk.Image(a, spacing=spacing), 1.6, 0.15, backend=cpu_backend).array
+    ref = sitk.GetArrayFromImage(sitk.Bilateral(_sitk(a, spacing), 1.6, 0.15))
+    # float32 accumulation of ~10^3 weights; a distance exactly on a table-bin edge may fall in the
+    # neighbouring bin under float vs ITK's double rounding (rare, bounded by one weight's share).
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4)
+    assert np.abs(out - ref).mean() < 1e-6
+
+
+def test_bilateral_on_mni(mni, cpu_backend):
+    a = np.ascontiguousarray(mni[:24, :32, :32])
+    out = mk.bilateral(a, 1.0, 20.0, backend=cpu_backend)
+    ref = sitk.GetArrayFromImage(sitk.Bilateral(_sitk(a), 1.0, 20.0))
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+
+
+def test_bilateral_int_input(rng, cpu_backend):
+    a = rng.integers(0, 200, (8, 12, 12)).astype(np.uint8)
+    out = mk.bilateral(a, 1.0, 30.0, backend=cpu_backend)
+    ref = sitk.GetArrayFromImage(sitk.Bilateral(sitk.Cast(_sitk(a), sitk.sitkFloat32), 1.0, 30.0))
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-3)  # float32 of values up to 200
+
+
+# ------------------------------------------------------------------ anisotropic diffusion
+@pytest.mark.parametrize("method", ["gradient", "curvature"])
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_diffusion_matches_sitk(rng, cpu_backend, method, ndim):
+    a = rng.random((9, 18, 20)[-ndim:], dtype=np.float32)
+    spacing = (2.0, 1.0, 0.8)[-ndim:]
+    out = mk.anisotropic_diffusion(mk.Image(a, spacing=spacing), 4, conductance=1.5, method=method,
+                                   backend=cpu_backend).array
+    fn = sitk.GradientAnisotropicDiffusion if method == "gradient" else sitk.CurvatureAnisotropicDiffusion
+    step = min(spacing) / 2 ** (ndim + 1)
+    ref = sitk.GetArrayFromImage(fn(_sitk(a, spacing), timeStep=step, conductanceParameter=1.5,
+                                    numberOfIterations=4))
+    assert np.abs(ref - a).max() > 0.05  # the comparison is not trivially identity
+    # float32 arithmetic and a polynomial exp against ITK's double: ~1e-6 per iteration.
+    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-5)
+
+
+def test_diffusion_on_mni(mni, cpu_backend):
+    a = np.ascontiguousarray(mni[:20, :24, :24])
+    out = mk.anisotropic_diffusion(a, 5, method="curvature", backend=cpu_backend)
+    ref = sitk.GetArrayFromImage(sitk.CurvatureAnisotropicDiffusion(
+        _sitk(a), timeStep=0.0625, conductanceParameter=1.0, numberOfIterations=5))
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+def test_diffusion_large_step_warns():
+    with pytest.warns(RuntimeWarning, match="stable step"):
+        mk.anisotropic_diffusion(np.ones((6, 6, 6), np.float32), 1, time_step=0.2)
+
+
+# ------------------------------------------------------------------ threads, geometry
+@pytest.mark.parametrize("call", [
+    lambda a, b: mk.gaussian(a, sigma_vox=1.3, backend=b),
+    lambda a, b: mk.gaussian(a, sigma_vox=1.3, method="recursive", backend=b),
+    lambda a, b: mk.median(a, 1, backend=b),
+    lambda a, b: mk.bilateral(a, 1.0, 50.0, backend=b),
+    lambda a, b: mk.anisotropic_diffusion(a, 2, method="curvature", backend=b),
+    lambda a, b: mk.log_filter(a, sigma_vox=1.0, backend=b),
+], ids=["gaussian", "recursive", "median", "bilateral", "curvature", "log"])
+def test_serial_equals_threaded(rng, cpu_backend, call):
+    a = _random(rng, np.float32, (13, 20, 35))
+    mk.set_num_threads(1)
+    try:
+        one = call(a, cpu_backend)
+    finally:
+        mk.set_num_threads(2)
+    np.testing.assert_array_equal(one, call(a, cpu_backend))
+
+
+def test_cpp_equals_numba(rng):
+    if not (mk.backends()["cpp"] and mk.backends()["numba"]):
+        pytest.skip("needs both CPU backends")
+    a = _random(rng, np.float32, (6, 9, 10))
+    for fn in (lambda b: mk.median(a, 1, backend=b),
+               lambda b: mk.gaussian(a, sigma_vox=1.0, method="recursive", backend=b)):
+        np.testing.assert_array_equal(fn("cpp"), fn("numba"))
+
+
+# ------------------------------------------------------------------ errors
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (lambda a: mk.gaussian(a), ValueError, "exactly one of sigma_mm"),
+        (lambda a: mk.gaussian(a, 1.0, sigma_vox=1.0), ValueError, "exactly one of sigma_mm"),
+        (lambda a: mk.gaussian(a, -1.0), ValueError, "sigma_mm must be >= 0"),
+        (lambda a: mk.gaussian(a, (1, 2)), ValueError, "sigma_mm needs 1 or 3 values"),
+        (lambda a: mk.gaussian(a, 1.0, truncate=0), ValueError, "truncate"),
+        (lambda a: mk.gaussian(a, 1.0, mode="edge"), ValueError, "mode must be one of"),
+        (lambda a: mk.gaussian(a, 1.0, method="box"), ValueError, "method must be 'fir' or 'recursive'"),
+        (lambda a: mk.gaussian(a, 1.0, method="recursive", mode="wrap"), ValueError, "needs method='fir'"),
+        (lambda a: mk.gaussian(a[:2], 1.0, method="recursive"), ValueError, ">= 4 voxels"),
+        (lambda a: mk.gaussian(np.zeros((0, 4), np.float32), 1.0), ValueError, "empty"),
+        (lambda a: mk.gaussian(a.astype(np.complex64), 1.0), TypeError, "dtype"),
+        (lambda a: mk.gaussian(np.zeros(5, np.float32), 1.0), ValueError, "2D or 3D"),
+        (lambda a: mk.median(a, 1.5), ValueError, "non-negative integers"),
+        (lambda a: mk.median(a, -1), ValueError, "non-negative integers"),
+        (lambda a: mk.median(np.full((4, 4), np.nan, np.float32)), ValueError, "NaN"),
+        (lambda a: mk.median(a, 1, backend="cupy"), ValueError, "cannot run"),
+        (lambda a: mk.mean_filter(a, 1, mode="bad"), ValueError, "mode must be one of"),
+        (lambda a: mk.log_filter(a, (1, 0, 1)), ValueError, "sigma must be > 0"),
+        (lambda a: mk.bilateral(a, 0.0, 1.0), ValueError, "sigma_spatial_mm must be > 0"),
+        (lambda a: mk.bilateral(a, 1.0, 0.0), ValueError, "sigma_range must be positive"),
+        (lambda a: mk.bilateral(a, 1.0, np.inf), ValueError, "sigma_range must be positive"),
+        (lambda a: mk.anisotropic_diffusion(a, method="heat"), ValueError, "method must be"),
+        (lambda a: mk.anisotropic_diffusion(a, -1), ValueError, "iterations"),
+        (lambda a: mk.anisotropic_diffusion(a, 2.5), ValueError, "iterations"),
+        (lambda a: mk.anisotropic_diffusion(a, conductance=0), ValueError, "conductance"),
+        (lambda a: mk.anisotropic_diffusion(a, time_step=-1), ValueError, "time_step"),
+        (lambda a: mk.unsharp_mask(a, 1.0, np.nan), ValueError, "amount"),
+    ],
+)
+def test_bad_input(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call(np.arange(5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7))
