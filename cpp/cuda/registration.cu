@@ -50,37 +50,40 @@ __device__ void flush(double (&acc)[K], double* out) {
   }
 }
 
-__global__ void mean_squares_kernel(DeviceSamples s, LinearVolume mov, double* out) {
-  double acc[kMeanSquaresSums] = {};
+std::string error_string(cudaError_t err) {
+  return err == cudaSuccess ? std::string() : std::string(cudaGetErrorString(err));
+}
+
+#define MEDKERN_CUDA_CHECK(expr)                          \
+  do {                                                    \
+    const cudaError_t err_ = (expr);                      \
+    if (err_ != cudaSuccess) return error_string(err_);   \
+  } while (0)
+
+// Per-sample sums of a metric (Sums: MeanSquaresSums or CorrelationSums, registration.hpp).
+template <class Sums>
+__global__ void sums_kernel(DeviceSamples s, LinearVolume mov, double* out) {
+  double acc[Sums::kSize] = {};
   for (std::int64_t n = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; n < s.count;
        n += std::int64_t(gridDim.x) * blockDim.x) {
     double f, m, g[3], x[3];
-    if (!load_sample(s, mov, n, f, m, g, x)) continue;
-    const double d = m - f;
-    acc[12] += d * d;
-    acc[13] += 1;
-    add_gradient(acc, 2 * d, g, x[0], x[1], x[2]);
+    if (load_sample(s, mov, n, f, m, g, x)) Sums::add(acc, f, m, g, x);
   }
   flush(acc, out);
 }
 
-__global__ void correlation_kernel(DeviceSamples s, LinearVolume mov, double* out) {
-  double acc[kCorrelationSums] = {};
-  for (std::int64_t n = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; n < s.count;
-       n += std::int64_t(gridDim.x) * blockDim.x) {
-    double f, m, g[3], x[3];
-    if (!load_sample(s, mov, n, f, m, g, x)) continue;
-    acc[0] += 1;
-    acc[1] += f;
-    acc[2] += m;
-    acc[3] += f * f;
-    acc[4] += m * m;
-    acc[5] += f * m;
-    add_gradient(acc + kCorrelationStats, 1.0, g, x[0], x[1], x[2]);
-    add_gradient(acc + kCorrelationStats + 12, f, g, x[0], x[1], x[2]);
-    add_gradient(acc + kCorrelationStats + 24, m, g, x[0], x[1], x[2]);
-  }
-  flush(acc, out);
+template <class Sums>
+std::string run_sums(const DeviceSamples& s, const LinearVolume& mov, int grid, int block,
+                     double* accumulator, cudaStream_t st, MetricResult& r) {
+  std::vector<double> sums(Sums::kSize);
+  MEDKERN_CUDA_CHECK(cudaMemsetAsync(accumulator, 0, Sums::kSize * sizeof(double), st));
+  sums_kernel<Sums><<<grid, block, 0, st>>>(s, mov, accumulator);
+  MEDKERN_CUDA_CHECK(cudaGetLastError());
+  MEDKERN_CUDA_CHECK(cudaMemcpyAsync(sums.data(), accumulator, Sums::kSize * sizeof(double),
+                                     cudaMemcpyDeviceToHost, st));
+  MEDKERN_CUDA_CHECK(cudaStreamSynchronize(st));
+  r = Sums::finish(sums.data());
+  return {};
 }
 
 // Pass 1 of Mattes MI: joint histogram (atomics into `joint`) and the per-sample cache.
@@ -124,16 +127,6 @@ __global__ void mattes_gradient_kernel(DeviceSamples s, const double* log_ratio,
   flush(acc, out);
 }
 
-std::string error_string(cudaError_t err) {
-  return err == cudaSuccess ? std::string() : std::string(cudaGetErrorString(err));
-}
-
-#define MEDKERN_CUDA_CHECK(expr)                          \
-  do {                                                    \
-    const cudaError_t err_ = (expr);                      \
-    if (err_ != cudaSuccess) return error_string(err_);   \
-  } while (0)
-
 }  // namespace
 
 std::string registration_metric(int kind, const float* fixed, const float* fixed_values,
@@ -158,18 +151,10 @@ std::string registration_metric(int kind, const float* fixed, const float* fixed
     return {};
   }
   if (kind == 0 || kind == 1) {
-    const int n_sums = kind == 0 ? kMeanSquaresSums : kCorrelationSums;
-    std::vector<double> sums(static_cast<std::size_t>(n_sums));
-    MEDKERN_CUDA_CHECK(cudaMemsetAsync(accumulator, 0, n_sums * sizeof(double), st));
-    if (kind == 0)
-      mean_squares_kernel<<<grid, block, 0, st>>>(s, mov, accumulator);
-    else
-      correlation_kernel<<<grid, block, 0, st>>>(s, mov, accumulator);
-    MEDKERN_CUDA_CHECK(cudaGetLastError());
-    MEDKERN_CUDA_CHECK(cudaMemcpyAsync(sums.data(), accumulator, n_sums * sizeof(double),
-                                       cudaMemcpyDeviceToHost, st));
-    MEDKERN_CUDA_CHECK(cudaStreamSynchronize(st));
-    r = kind == 0 ? finish_mean_squares(sums.data()) : finish_correlation(sums.data());
+    const std::string err = kind == 0
+                                ? run_sums<MeanSquaresSums>(s, mov, grid, block, accumulator, st, r)
+                                : run_sums<CorrelationSums>(s, mov, grid, block, accumulator, st, r);
+    if (!err.empty()) return err;
   } else {
     const MattesBins b(bins, ranges[0], ranges[1], ranges[2], ranges[3]);
     const int nb2 = bins * bins;

@@ -58,9 +58,9 @@ py::tuple metric(const py::array& fixed, const py::array& moving, const py::obje
     // Every array is held by this frame; the kernels see raw pointers only.
     py::gil_scoped_release release;
     if (kind == "mse") {
-      r = medkern::mean_squares(s, mov, n_threads);
+      r = medkern::sums_metric<medkern::MeanSquaresSums>(s, mov, n_threads);
     } else if (kind == "ncc") {
-      r = medkern::correlation(s, mov, n_threads);
+      r = medkern::sums_metric<medkern::CorrelationSums>(s, mov, n_threads);
     } else {
       const medkern::MattesBins b(bins, ranges[0], ranges[1], ranges[2], ranges[3]);
       r = medkern::mattes_mutual_information(s, mov, b, n_threads);

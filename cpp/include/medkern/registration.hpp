@@ -176,85 +176,77 @@ struct MetricResult {
 
 // Mean squares (ITK MeanSquaresImageToImageMetricv4): V = mean over valid samples of (m - f)^2.
 // Sums: d(sum (m - f)^2) as 12 values, sum (m - f)^2, count.
-constexpr int kMeanSquaresSums = 14;
-
-inline MetricResult finish_mean_squares(const double* tot) {
-  MetricResult r;
-  r.count = tot[13];
-  if (r.count == 0) return r;
-  r.value = tot[12] / r.count;
-  for (int c = 0; c < 12; ++c) r.gradient[c] = tot[c] / r.count;
-  return r;
-}
-
-inline MetricResult mean_squares(const MetricSamples& s, const LinearVolume& mov, int n_threads) {
-  const index_t nb = metric_blocks(s.count);
-  std::vector<std::array<double, 14>> part(static_cast<std::size_t>(nb));
-  for_each_block(s.count, n_threads, [&](index_t b, index_t begin, index_t end) {
-    std::array<double, 14> acc{};
-    for_each_sample(s, mov, begin, end, [&](double f, double m, const double* g, double k,
-                                             double j, double i, index_t) {
-      const double d = m - f;
-      acc[12] += d * d;
-      acc[13] += 1;
-      add_gradient(acc.data(), 2 * d, g, k, j, i);
-    });
-    part[static_cast<std::size_t>(b)] = acc;
-  });
-  std::array<double, kMeanSquaresSums> tot{};
-  for (const auto& p : part)
-    for (int c = 0; c < kMeanSquaresSums; ++c) tot[c] += p[c];
-  return finish_mean_squares(tot.data());
-}
+struct MeanSquaresSums {
+  static constexpr int kSize = 14;
+  MEDKERN_HD static void add(double* acc, double f, double m, const double g[3], const double x[3]) {
+    const double d = m - f;
+    acc[12] += d * d;
+    acc[13] += 1;
+    add_gradient(acc, 2 * d, g, x[0], x[1], x[2]);
+  }
+  static MetricResult finish(const double* tot) {
+    MetricResult r;
+    r.count = tot[13];
+    if (r.count == 0) return r;
+    r.value = tot[12] / r.count;
+    for (int c = 0; c < 12; ++c) r.gradient[c] = tot[c] / r.count;
+    return r;
+  }
+};
 
 // Global normalised cross-correlation as ITK's CorrelationImageToImageMetricv4:
 // V = -sfm^2 / (sff * smm) with the sums centred on the means over the valid samples, so
 // V = -1 for a perfect (positive or negative) linear relation and 0 for none.
 // Sums: n, Sf, Sm, Sff, Smm, Sfm, then d(Sm), d(Sfm), d(Smm)/2 as 12-vectors.
-constexpr int kCorrelationStats = 6, kCorrelationSums = kCorrelationStats + 36;
-
-inline MetricResult finish_correlation(const double* t) {
-  constexpr int kStats = kCorrelationStats;
-  MetricResult r;
-  r.count = t[0];
-  if (r.count == 0) return r;
-  const double n = t[0];
-  const double sff = t[3] - t[1] * t[1] / n, smm = t[4] - t[2] * t[2] / n;
-  const double sfm = t[5] - t[1] * t[2] / n;
-  if (!(sff > 0 && smm > 0)) return r;
-  r.value = -sfm * sfm / (sff * smm);
-  for (int c = 0; c < 12; ++c) {
-    const double d_sm = t[kStats + c], d_sfm = t[kStats + 12 + c] - t[1] / n * d_sm;
-    const double d_smm = 2 * (t[kStats + 24 + c] - t[2] / n * d_sm);
-    r.gradient[c] = -(2 * sfm * d_sfm * smm - sfm * sfm * d_smm) / (sff * smm * smm);
+struct CorrelationSums {
+  static constexpr int kStats = 6, kSize = kStats + 36;
+  MEDKERN_HD static void add(double* acc, double f, double m, const double g[3], const double x[3]) {
+    acc[0] += 1;
+    acc[1] += f;
+    acc[2] += m;
+    acc[3] += f * f;
+    acc[4] += m * m;
+    acc[5] += f * m;
+    add_gradient(acc + kStats, 1.0, g, x[0], x[1], x[2]);
+    add_gradient(acc + kStats + 12, f, g, x[0], x[1], x[2]);
+    add_gradient(acc + kStats + 24, m, g, x[0], x[1], x[2]);
   }
-  return r;
-}
+  static MetricResult finish(const double* t) {
+    MetricResult r;
+    r.count = t[0];
+    if (r.count == 0) return r;
+    const double n = t[0];
+    const double sff = t[3] - t[1] * t[1] / n, smm = t[4] - t[2] * t[2] / n;
+    const double sfm = t[5] - t[1] * t[2] / n;
+    if (!(sff > 0 && smm > 0)) return r;
+    r.value = -sfm * sfm / (sff * smm);
+    for (int c = 0; c < 12; ++c) {
+      const double d_sm = t[kStats + c], d_sfm = t[kStats + 12 + c] - t[1] / n * d_sm;
+      const double d_smm = 2 * (t[kStats + 24 + c] - t[2] / n * d_sm);
+      r.gradient[c] = -(2 * sfm * d_sfm * smm - sfm * sfm * d_smm) / (sff * smm * smm);
+    }
+    return r;
+  }
+};
 
-inline MetricResult correlation(const MetricSamples& s, const LinearVolume& mov, int n_threads) {
-  constexpr int kStats = kCorrelationStats, kSize = kCorrelationSums;
+// A metric that is a function of per-sample sums (Sums: MeanSquaresSums or CorrelationSums).
+template <class Sums>
+MetricResult sums_metric(const MetricSamples& s, const LinearVolume& mov, int n_threads) {
   const index_t nb = metric_blocks(s.count);
-  std::vector<std::array<double, kSize>> part(static_cast<std::size_t>(nb));
+  std::vector<std::array<double, Sums::kSize>> part(static_cast<std::size_t>(nb));
   for_each_block(s.count, n_threads, [&](index_t b, index_t begin, index_t end) {
-    std::array<double, kSize> acc{};
+    std::array<double, Sums::kSize> acc{};
     for_each_sample(s, mov, begin, end, [&](double f, double m, const double* g, double k,
                                              double j, double i, index_t) {
-      acc[0] += 1;
-      acc[1] += f;
-      acc[2] += m;
-      acc[3] += f * f;
-      acc[4] += m * m;
-      acc[5] += f * m;
-      add_gradient(acc.data() + kStats, 1.0, g, k, j, i);
-      add_gradient(acc.data() + kStats + 12, f, g, k, j, i);
-      add_gradient(acc.data() + kStats + 24, m, g, k, j, i);
+      const double x[3] = {k, j, i};
+      Sums::add(acc.data(), f, m, g, x);
     });
     part[static_cast<std::size_t>(b)] = acc;
   });
-  std::array<double, kSize> t{};
+  std::array<double, Sums::kSize> tot{};
   for (const auto& p : part)
-    for (int c = 0; c < kSize; ++c) t[c] += p[c];
-  return finish_correlation(t.data());
+    for (int c = 0; c < Sums::kSize; ++c) tot[c] += p[c];
+  return Sums::finish(tot.data());
 }
 
 // Mattes et al. 2003 mutual information with the binning of ITK's
@@ -535,6 +527,25 @@ inline void apply3x4(const std::array<double, 12>& M, const double p[3], double 
     out[r] = M[4 * r] * p[0] + M[4 * r + 1] * p[1] + M[4 * r + 2] * p[2] + M[4 * r + 3];
 }
 
+// Calls body(v, p) for every voxel v of the grid with p its world position plus displacement[v]
+// (when a displacement field is given).
+template <class Body>
+void for_each_displaced_voxel(const Grid& grid, const float* displacement, int n_threads,
+                              Body&& body) {
+  const index_t n = grid.size();
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads_for(n, n_threads))
+  for (index_t k = 0; k < grid.nk; ++k)
+    for (index_t j = 0; j < grid.nj; ++j)
+      for (index_t i = 0; i < grid.ni; ++i) {
+        const index_t v = (k * grid.nj + j) * grid.ni + i;
+        double p[3];
+        grid.world(k, j, i, p);
+        if (displacement)
+          for (int r = 0; r < 3; ++r) p[r] += displacement[r * n + v];
+        body(v, p);
+      }
+}
+
 // Moving image read at to_moving(x + d(x)) for every fixed voxel x (d: a displacement field on
 // the fixed grid, or null), with the gradient of that value with respect to the displaced point
 // in world coordinates (d's own derivative left out, as in demons forces). `to_moving` maps world
@@ -544,24 +555,17 @@ inline void warp_with_gradient(const LinearVolume& mov, const std::array<double,
                                const Grid& grid, const float* displacement, float* out,
                                float* gradient, int n_threads) {
   const index_t n = grid.size();
-#pragma omp parallel for collapse(2) schedule(static) num_threads(threads_for(n, n_threads))
-  for (index_t k = 0; k < grid.nk; ++k)
-    for (index_t j = 0; j < grid.nj; ++j)
-      for (index_t i = 0; i < grid.ni; ++i) {
-        const index_t v = (k * grid.nj + j) * grid.ni + i;
-        double p[3], c[3], g[3];
-        grid.world(k, j, i, p);
-        if (displacement)
-          for (int r = 0; r < 3; ++r) p[r] += displacement[r * n + v];
-        apply3x4(to_moving, p, c);
-        const bool inside = mov.inside(c[0], c[1], c[2]);
-        out[v] = static_cast<float>(mov.sample(c[0], c[1], c[2], g));
-        if (!gradient) continue;
-        for (int r = 0; r < 3; ++r) {
-          const double gw = to_moving[r] * g[0] + to_moving[4 + r] * g[1] + to_moving[8 + r] * g[2];
-          gradient[r * n + v] = inside ? static_cast<float>(gw) : 0.0f;
-        }
-      }
+  for_each_displaced_voxel(grid, displacement, n_threads, [&](index_t v, const double* p) {
+    double c[3], g[3];
+    apply3x4(to_moving, p, c);
+    const bool inside = mov.inside(c[0], c[1], c[2]);
+    out[v] = static_cast<float>(mov.sample(c[0], c[1], c[2], g));
+    if (!gradient) return;
+    for (int r = 0; r < 3; ++r) {
+      const double gw = to_moving[r] * g[0] + to_moving[4 + r] * g[1] + to_moving[8 + r] * g[2];
+      gradient[r * n + v] = inside ? static_cast<float>(gw) : 0.0f;
+    }
+  });
 }
 
 // out(x) = inner(x) + outer(x + inner(x)): the displacement of outer o inner (inner applied
@@ -572,18 +576,12 @@ inline void compose_displacements(const float* outer, const float* inner, const 
                                   int n_threads) {
   const index_t n = grid.size();
   const LinearVolume comp{outer, grid.nk, grid.nj, grid.ni};
-#pragma omp parallel for collapse(2) schedule(static) num_threads(clamp_threads(n_threads))
-  for (index_t k = 0; k < grid.nk; ++k)
-    for (index_t j = 0; j < grid.nj; ++j)
-      for (index_t i = 0; i < grid.ni; ++i) {
-        const index_t v = (k * grid.nj + j) * grid.ni + i;
-        double p[3], c[3], o[3];
-        grid.world(k, j, i, p);
-        for (int r = 0; r < 3; ++r) p[r] += inner[r * n + v];
-        apply3x4(world_to_index, p, c);
-        comp.sample_components(c[0], c[1], c[2], 3, n, o);
-        for (int r = 0; r < 3; ++r) out[r * n + v] = static_cast<float>(inner[r * n + v] + o[r]);
-      }
+  for_each_displaced_voxel(grid, inner, n_threads, [&](index_t v, const double* p) {
+    double c[3], o[3];
+    apply3x4(world_to_index, p, c);
+    comp.sample_components(c[0], c[1], c[2], 3, n, o);
+    for (int r = 0; r < 3; ++r) out[r * n + v] = static_cast<float>(inner[r * n + v] + o[r]);
+  });
 }
 
 // Mean over a (2r+1)^3 box, separable running sums, border voxels replicated.
