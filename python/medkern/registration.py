@@ -41,7 +41,6 @@ from medkern.transforms import Affine, DisplacementField, Transform
 __all__ = ["register", "RegistrationResult", "metric_value"]
 
 TRANSFORMS = ("rigid", "affine", "deformable")
-METRICS = ("mse", "ncc", "mi", "lncc")
 MI_BINS = 50
 AUTO_SAMPLES = 1 << 16
 
