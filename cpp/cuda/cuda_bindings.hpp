@@ -29,3 +29,4 @@ void register_cuda_intensity(py::module_& m);
 void register_cuda_contrast(py::module_& m);
 void register_cuda_filters(py::module_& m);
 void register_cuda_resample(py::module_& m);
+void register_cuda_registration(py::module_& m);

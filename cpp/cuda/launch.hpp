@@ -16,6 +16,17 @@ template <class T>
 std::string affine_intensity(const T* x, float* out, std::int64_t n, double scale, double offset,
                              double lo, double hi, stream_t stream);
 
+// Registration metric (kind 0: mean squares, 1: correlation, 2: Mattes MI) over `count` fixed
+// samples; value, 12 gradient entries and the valid-sample count land in host `result`.
+// `accumulator` is device scratch of bins * bins + 64 doubles, `cache` of 5 * count floats
+// (used by MI only).
+std::string registration_metric(int kind, const float* fixed, const float* fixed_values,
+                                const std::int64_t* indices, std::int64_t count,
+                                const std::int64_t fixed_shape[3], const float* moving,
+                                const std::int64_t moving_shape[3], const std::uint8_t* moving_mask,
+                                const double to_moving[12], int bins, const double ranges[4],
+                                double* accumulator, float* cache, double result[14],
+                                stream_t stream);
 // Contextual-region layout of a 3D image for CLAHE (tiles = ceil(shape / kernel)).
 struct ClaheShape {
   std::int64_t shape[3], kernel[3], tiles[3];

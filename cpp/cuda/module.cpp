@@ -9,4 +9,5 @@ PYBIND11_MODULE(_cuda, m) {
   register_cuda_contrast(m);
   register_cuda_filters(m);
   register_cuda_resample(m);
+  register_cuda_registration(m);
 }

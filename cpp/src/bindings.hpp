@@ -89,3 +89,4 @@ void register_rtstruct(py::module_& m);
 void register_filters(py::module_& m);
 void register_contrast(py::module_& m);
 void register_segment(py::module_& m);
+void register_registration(py::module_& m);

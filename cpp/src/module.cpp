@@ -11,6 +11,7 @@ PYBIND11_MODULE(_core, m) {
   register_measure(m);
   register_radiomics(m);
   register_resample(m);
+  register_registration(m);
   register_dicom(m);
   register_rtstruct(m);
   register_filters(m);

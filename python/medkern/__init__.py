@@ -40,6 +40,7 @@ from medkern.segment import (
     remove_small_components,
     threshold_otsu,
 )
+from medkern.registration import RegistrationResult, register
 
 __version__ = "0.1.0"
 
@@ -90,6 +91,8 @@ __all__ = [
     "normalize",
     "read",
     "regions",
+    "register",
+    "RegistrationResult",
     "set_num_threads",
     "warp",
     "unsharp_mask",

@@ -1,0 +1,672 @@
+// Image registration kernels: similarity metrics with analytic gradients, the smoothing pyramid
+// and the dense-field operations of diffeomorphic registration. No Python in here.
+//
+// Geometry. The fixed image is sampled at voxel centres x = (k, j, i) (array order). A 3x4
+// row-major matrix `to_moving` maps (k, j, i, 1) to the continuous moving index at which the
+// moving image is read; Python builds it as world_to_index(moving) @ T @ index_to_world(fixed),
+// T being the fixed -> moving world transform (ITK convention). Metric gradients are returned with
+// respect to the 12 entries of `to_moving` (dV/dM[r][c] = sum coef * dm/dc_r * x_c); the caller
+// chains them to any transform parameterisation, so one kernel serves rigid and affine models.
+#pragma once
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "medkern/common.hpp"
+
+// The interpolation and Parzen-window helpers below also run inside the CUDA kernels
+// (cpp/cuda/registration.cu), so both backends evaluate the very same arithmetic.
+#ifdef __CUDACC__
+#define MEDKERN_HD __host__ __device__
+#else
+#define MEDKERN_HD
+#endif
+
+namespace medkern {
+
+// A float volume read with trilinear interpolation. Points are inside when every continuous
+// index lies in [-0.5, n - 0.5) (ITK's InterpolateImageFunction::IsInsideBuffer); neighbours
+// beyond the last voxel are clamped to it, so the border half-voxel is constant outward.
+// Threads worth starting for `work` items: a team costs a barrier per parallel region, which
+// dominates on the small volumes of coarse pyramid levels. The results do not depend on it.
+inline int threads_for(index_t work, int n_threads) {
+  constexpr index_t kItemsPerThread = 32768;
+  return static_cast<int>(std::max<index_t>(
+      1, std::min<index_t>(clamp_threads(n_threads), work / kItemsPerThread)));
+}
+
+struct LinearVolume {
+  const float* data;
+  index_t nk, nj, ni;
+
+  MEDKERN_HD bool inside(double ck, double cj, double ci) const {
+    return ck >= -0.5 && ck < nk - 0.5 && cj >= -0.5 && cj < nj - 0.5 && ci >= -0.5 &&
+           ci < ni - 0.5;
+  }
+
+  // Value and its exact derivative along (k, j, i) of the trilinear interpolant.
+  MEDKERN_HD double sample(double ck, double cj, double ci, double grad[3]) const {
+    const double fk = std::floor(ck), fj = std::floor(cj), fi = std::floor(ci);
+    const double tk = ck - fk, tj = cj - fj, ti = ci - fi;
+    const index_t k0 = clamp_index(static_cast<index_t>(fk), nk), k1 = clamp_index(k0 + 1, nk);
+    const index_t j0 = clamp_index(static_cast<index_t>(fj), nj), j1 = clamp_index(j0 + 1, nj);
+    const index_t i0 = clamp_index(static_cast<index_t>(fi), ni), i1 = clamp_index(i0 + 1, ni);
+    // Below voxel 0 the lower neighbour is clamped too, so the interpolant is flat there.
+    const double wk = fk < 0 ? 0.0 : tk, wj = fj < 0 ? 0.0 : tj, wi = fi < 0 ? 0.0 : ti;
+    const float* p = data;
+    const index_t sj = ni, sk = nj * ni;
+    const double v000 = p[k0 * sk + j0 * sj + i0], v001 = p[k0 * sk + j0 * sj + i1];
+    const double v010 = p[k0 * sk + j1 * sj + i0], v011 = p[k0 * sk + j1 * sj + i1];
+    const double v100 = p[k1 * sk + j0 * sj + i0], v101 = p[k1 * sk + j0 * sj + i1];
+    const double v110 = p[k1 * sk + j1 * sj + i0], v111 = p[k1 * sk + j1 * sj + i1];
+    const double a00 = v000 + wi * (v001 - v000), a01 = v010 + wi * (v011 - v010);
+    const double a10 = v100 + wi * (v101 - v100), a11 = v110 + wi * (v111 - v110);
+    const double b0 = a00 + wj * (a01 - a00), b1 = a10 + wj * (a11 - a10);
+    grad[0] = b1 - b0;
+    grad[1] = (a01 - a00) + wk * ((a11 - a10) - (a01 - a00));
+    const double di0 = (v001 - v000) + wj * ((v011 - v010) - (v001 - v000));
+    const double di1 = (v101 - v100) + wj * ((v111 - v110) - (v101 - v100));
+    grad[2] = di0 + wk * (di1 - di0);
+    return b0 + wk * (b1 - b0);
+  }
+
+  // Trilinear values of `count` component planes (plane c at data + c * plane_size).
+  void sample_components(double ck, double cj, double ci, int count, index_t plane_size,
+                         double* out) const {
+    const double fk = std::floor(ck), fj = std::floor(cj), fi = std::floor(ci);
+    const index_t k0 = clamp_index(static_cast<index_t>(fk), nk), k1 = clamp_index(k0 + 1, nk);
+    const index_t j0 = clamp_index(static_cast<index_t>(fj), nj), j1 = clamp_index(j0 + 1, nj);
+    const index_t i0 = clamp_index(static_cast<index_t>(fi), ni), i1 = clamp_index(i0 + 1, ni);
+    const double wk = fk < 0 ? 0.0 : ck - fk, wj = fj < 0 ? 0.0 : cj - fj, wi = fi < 0 ? 0.0 : ci - fi;
+    const index_t sj = ni, sk = nj * ni;
+    const index_t off[8] = {k0 * sk + j0 * sj + i0, k0 * sk + j0 * sj + i1, k0 * sk + j1 * sj + i0,
+                            k0 * sk + j1 * sj + i1, k1 * sk + j0 * sj + i0, k1 * sk + j0 * sj + i1,
+                            k1 * sk + j1 * sj + i0, k1 * sk + j1 * sj + i1};
+    const double w[8] = {(1 - wk) * (1 - wj) * (1 - wi), (1 - wk) * (1 - wj) * wi,
+                         (1 - wk) * wj * (1 - wi),       (1 - wk) * wj * wi,
+                         wk * (1 - wj) * (1 - wi),       wk * (1 - wj) * wi,
+                         wk * wj * (1 - wi),             wk * wj * wi};
+    for (int c = 0; c < count; ++c) {
+      const float* p = data + c * plane_size;
+      double acc = 0;
+      for (int q = 0; q < 8; ++q) acc += w[q] * p[off[q]];
+      out[c] = acc;
+    }
+  }
+
+  MEDKERN_HD std::uint8_t nearest(const std::uint8_t* mask, double ck, double cj, double ci) const {
+    const index_t k = clamp_index(static_cast<index_t>(std::floor(ck + 0.5)), nk);
+    const index_t j = clamp_index(static_cast<index_t>(std::floor(cj + 0.5)), nj);
+    const index_t i = clamp_index(static_cast<index_t>(std::floor(ci + 0.5)), ni);
+    return mask[(k * nj + j) * ni + i];
+  }
+
+  MEDKERN_HD static index_t clamp_index(index_t v, index_t n) { return v < 0 ? 0 : (v >= n ? n - 1 : v); }
+};
+
+// The fixed side of a metric: the image, which voxels are samples, and where they land.
+struct MetricSamples {
+  const float* fixed;
+  const float* fixed_values;  // fixed[indices[n]] gathered once per level; null: read `fixed`
+  index_t nk, nj, ni;
+  const std::int64_t* indices;  // linear indices of the sample voxels; null: every voxel
+  index_t count;
+  const std::uint8_t* moving_mask;  // null: no moving mask
+  std::array<double, 12> to_moving;
+};
+
+// Fixed voxel `lin` -> its index x = (k, j, i) and the continuous moving index c = M (x, 1).
+MEDKERN_HD inline void map_sample(const double* M, index_t lin, index_t nj, index_t ni, double x[3],
+                                  double c[3]) {
+  const index_t kj = lin / ni;
+  x[0] = static_cast<double>(kj / nj);
+  x[1] = static_cast<double>(kj % nj);
+  x[2] = static_cast<double>(lin % ni);
+  for (int r = 0; r < 3; ++r) c[r] = M[4 * r] * x[0] + M[4 * r + 1] * x[1] + M[4 * r + 2] * x[2] + M[4 * r + 3];
+}
+
+// Calls visit(f, m, grad_m, k, j, i, n) for every sample whose mapped point lies inside the moving
+// image (and its mask) among samples [begin, end).
+template <class Visit>
+void for_each_sample(const MetricSamples& s, const LinearVolume& mov, index_t begin, index_t end,
+                     Visit&& visit) {
+  for (index_t n = begin; n < end; ++n) {
+    const index_t lin = s.indices ? static_cast<index_t>(s.indices[n]) : n;
+    double x[3], c[3];
+    map_sample(s.to_moving.data(), lin, s.nj, s.ni, x, c);
+    if (!mov.inside(c[0], c[1], c[2])) continue;
+    if (s.moving_mask && !mov.nearest(s.moving_mask, c[0], c[1], c[2])) continue;
+    double g[3];
+    const double m = mov.sample(c[0], c[1], c[2], g);
+    visit(static_cast<double>(s.fixed_values ? s.fixed_values[n] : s.fixed[lin]), m, g, x[0], x[1],
+          x[2], n);
+  }
+}
+
+// dV/dM accumulated as coef * grad_m (outer) (k, j, i, 1).
+MEDKERN_HD inline void add_gradient(double* H, double coef, const double g[3], double k, double j, double i) {
+  for (int r = 0; r < 3; ++r) {
+    const double c = coef * g[r];
+    H[4 * r + 0] += c * k;
+    H[4 * r + 1] += c * j;
+    H[4 * r + 2] += c * i;
+    H[4 * r + 3] += c;
+  }
+}
+
+// Blocks depend on the sample count only, so partial sums (and their ordered total) are the
+// same for any number of threads.
+inline index_t metric_blocks(index_t n) {
+  return std::max<index_t>(1, std::min<index_t>(128, (n + 2047) / 2048));
+}
+
+template <class Body>
+void for_each_block(index_t n, int n_threads, Body&& body) {
+  const index_t nb = metric_blocks(n);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_for(n, n_threads))
+  for (index_t b = 0; b < nb; ++b) body(b, n * b / nb, n * (b + 1) / nb);
+}
+
+struct MetricResult {
+  double value = 0;
+  std::array<double, 12> gradient{};  // dV / d to_moving, row-major 3x4
+  double count = 0;                   // samples that landed inside the moving image
+};
+
+// Mean squares (ITK MeanSquaresImageToImageMetricv4): V = mean over valid samples of (m - f)^2.
+// Sums: d(sum (m - f)^2) as 12 values, sum (m - f)^2, count.
+struct MeanSquaresSums {
+  static constexpr int kSize = 14;
+  MEDKERN_HD static void add(double* acc, double f, double m, const double g[3], const double x[3]) {
+    const double d = m - f;
+    acc[12] += d * d;
+    acc[13] += 1;
+    add_gradient(acc, 2 * d, g, x[0], x[1], x[2]);
+  }
+  static MetricResult finish(const double* tot) {
+    MetricResult r;
+    r.count = tot[13];
+    if (r.count == 0) return r;
+    r.value = tot[12] / r.count;
+    for (int c = 0; c < 12; ++c) r.gradient[c] = tot[c] / r.count;
+    return r;
+  }
+};
+
+// Global normalised cross-correlation as ITK's CorrelationImageToImageMetricv4:
+// V = -sfm^2 / (sff * smm) with the sums centred on the means over the valid samples, so
+// V = -1 for a perfect (positive or negative) linear relation and 0 for none.
+// Sums: n, Sf, Sm, Sff, Smm, Sfm, then d(Sm), d(Sfm), d(Smm)/2 as 12-vectors.
+struct CorrelationSums {
+  static constexpr int kStats = 6, kSize = kStats + 36;
+  MEDKERN_HD static void add(double* acc, double f, double m, const double g[3], const double x[3]) {
+    acc[0] += 1;
+    acc[1] += f;
+    acc[2] += m;
+    acc[3] += f * f;
+    acc[4] += m * m;
+    acc[5] += f * m;
+    add_gradient(acc + kStats, 1.0, g, x[0], x[1], x[2]);
+    add_gradient(acc + kStats + 12, f, g, x[0], x[1], x[2]);
+    add_gradient(acc + kStats + 24, m, g, x[0], x[1], x[2]);
+  }
+  static MetricResult finish(const double* t) {
+    MetricResult r;
+    r.count = t[0];
+    if (r.count == 0) return r;
+    const double n = t[0];
+    const double sff = t[3] - t[1] * t[1] / n, smm = t[4] - t[2] * t[2] / n;
+    const double sfm = t[5] - t[1] * t[2] / n;
+    if (!(sff > 0 && smm > 0)) return r;
+    r.value = -sfm * sfm / (sff * smm);
+    for (int c = 0; c < 12; ++c) {
+      const double d_sm = t[kStats + c], d_sfm = t[kStats + 12 + c] - t[1] / n * d_sm;
+      const double d_smm = 2 * (t[kStats + 24 + c] - t[2] / n * d_sm);
+      r.gradient[c] = -(2 * sfm * d_sfm * smm - sfm * sfm * d_smm) / (sff * smm * smm);
+    }
+    return r;
+  }
+};
+
+// A metric that is a function of per-sample sums (Sums: MeanSquaresSums or CorrelationSums).
+template <class Sums>
+MetricResult sums_metric(const MetricSamples& s, const LinearVolume& mov, int n_threads) {
+  const index_t nb = metric_blocks(s.count);
+  std::vector<std::array<double, Sums::kSize>> part(static_cast<std::size_t>(nb));
+  for_each_block(s.count, n_threads, [&](index_t b, index_t begin, index_t end) {
+    std::array<double, Sums::kSize> acc{};
+    for_each_sample(s, mov, begin, end, [&](double f, double m, const double* g, double k,
+                                             double j, double i, index_t) {
+      const double x[3] = {k, j, i};
+      Sums::add(acc.data(), f, m, g, x);
+    });
+    part[static_cast<std::size_t>(b)] = acc;
+  });
+  std::array<double, Sums::kSize> tot{};
+  for (const auto& p : part)
+    for (int c = 0; c < Sums::kSize; ++c) tot[c] += p[c];
+  return Sums::finish(tot.data());
+}
+
+// Mattes et al. 2003 mutual information with the binning of ITK's
+// MattesMutualInformationImageToImageMetricv4: zero-order (box) Parzen window on the fixed
+// intensity, cubic B-spline on the moving one, two padding bins at each end, intensities mapped
+// from [min, max] of each image. V = -MI (smaller is better), like ITK.
+struct MattesBins {
+  int nbins;
+  double fixed_bin_size, fixed_norm_min, moving_bin_size, moving_norm_min;
+
+  MattesBins(int n, double fmin, double fmax, double mmin, double mmax) : nbins(n) {
+    constexpr int kPadding = 2;
+    fixed_bin_size = (fmax - fmin) / (n - 2 * kPadding);
+    moving_bin_size = (mmax - mmin) / (n - 2 * kPadding);
+    if (!(fixed_bin_size > 0)) fixed_bin_size = 1;
+    if (!(moving_bin_size > 0)) moving_bin_size = 1;
+    fixed_norm_min = fmin / fixed_bin_size - kPadding;
+    moving_norm_min = mmin / moving_bin_size - kPadding;
+  }
+  MEDKERN_HD int clamp_bin(double term) const {
+    const auto b = static_cast<std::int64_t>(term);
+    return static_cast<int>(b < 2 ? 2 : (b > nbins - 3 ? nbins - 3 : b));
+  }
+  MEDKERN_HD int fixed_bin(double f) const { return clamp_bin(f / fixed_bin_size - fixed_norm_min); }
+  MEDKERN_HD double moving_term(double m) const { return m / moving_bin_size - moving_norm_min; }
+  // The sample's first joint-histogram cell (fixed bin row, first of the 4 moving bins its cubic
+  // window touches) and its Parzen term minus that first moving bin.
+  MEDKERN_HD double parzen(double f, double m, int& cell) const {
+    const double term = moving_term(m);
+    const int start = clamp_bin(term) - 1;
+    cell = fixed_bin(f) * nbins + start;
+    return term - start;
+  }
+};
+
+MEDKERN_HD inline double cubic_bspline(double u) {
+  u = std::fabs(u);
+  if (u < 1) return (4 - 6 * u * u + 3 * u * u * u) / 6;
+  if (u < 2) return (2 - u) * (2 - u) * (2 - u) / 6;
+  return 0;
+}
+
+MEDKERN_HD inline double cubic_bspline_derivative(double u) {
+  const double a = std::fabs(u), sign = u < 0 ? -1.0 : 1.0;
+  if (a < 1) return -2 * u + 1.5 * u * a;
+  if (a < 2) return -0.5 * sign * (2 - a) * (2 - a);
+  return 0;
+}
+
+// From the joint histogram (unnormalised, nbins x nbins): V = -MI, the histogram total, and
+// dMI/dp(a, c) = log(p / pm) (the log pf term sums to zero over c for each fixed bin), ITK's
+// closeToZero guard included.
+inline std::vector<double> mattes_log_ratio(std::vector<double> joint, int nbins, double& value,
+                                            double& total) {
+  total = 0;
+  for (double v : joint) total += v;
+  value = 0;
+  std::vector<double> log_ratio(joint.size(), 0.0);
+  if (!(total > 0)) return log_ratio;
+  std::vector<double> pf(nbins, 0.0), pm(nbins, 0.0);
+  for (int a = 0; a < nbins; ++a)
+    for (int c = 0; c < nbins; ++c) {
+      const double p = joint[a * nbins + c] / total;
+      joint[a * nbins + c] = p;
+      pf[a] += p;
+      pm[c] += p;
+    }
+  constexpr double kTiny = 2.220446049250313e-16;  // ITK's closeToZero (double epsilon)
+  double mi = 0;
+  for (int a = 0; a < nbins; ++a)
+    for (int c = 0; c < nbins; ++c) {
+      const double p = joint[a * nbins + c];
+      if (p > kTiny && pm[c] > kTiny) {
+        log_ratio[a * nbins + c] = std::log(p / pm[c]);
+        if (pf[a] > kTiny) mi += p * (log_ratio[a * nbins + c] - std::log(pf[a]));
+      }
+    }
+  value = -mi;
+  return log_ratio;
+}
+
+// Per-sample derivative of V with respect to the moving value, from the pass-1 cache entry
+// (Parzen term minus the first bin, first joint-histogram cell): sum_c log_ratio beta3'(c - term)
+// divided by the histogram total and the moving bin size by the caller.
+MEDKERN_HD inline double mattes_sample_derivative(const double* log_ratio, double frac, index_t cell) {
+  const double* lr = log_ratio + cell;
+  double dv = 0;
+  for (int q = 0; q < 4; ++q) dv += lr[q] * cubic_bspline_derivative(q - frac);
+  return dv;
+}
+
+inline MetricResult mattes_mutual_information(const MetricSamples& s, const LinearVolume& mov,
+                                              const MattesBins& bins, int n_threads) {
+  const int nb2 = bins.nbins * bins.nbins;
+  const index_t nblocks = metric_blocks(s.count);
+  // Pass 1: the joint histogram p(fixed bin, moving bin). The moving value and gradient of each
+  // sample are kept for pass 2 (NaN marks samples outside the moving image).
+  std::vector<double> part(static_cast<std::size_t>(nblocks) * nb2, 0.0);
+  std::vector<float> cache(static_cast<std::size_t>(s.count) * 5);
+  for_each_block(s.count, n_threads, [&](index_t b, index_t begin, index_t end) {
+    double* h = part.data() + b * nb2;
+    for (index_t n = begin; n < end; ++n) cache[5 * n] = NAN;
+    for_each_sample(s, mov, begin, end, [&](double f, double m, const double* g, double, double,
+                                             double, index_t n) {
+      int cell;
+      const double frac = bins.parzen(f, m, cell);
+      for (int q = 0; q < 4; ++q) h[cell + q] += cubic_bspline(q - frac);
+      float* c = cache.data() + 5 * n;
+      c[0] = static_cast<float>(frac);
+      c[1] = static_cast<float>(cell);
+      c[2] = static_cast<float>(g[0]);
+      c[3] = static_cast<float>(g[1]);
+      c[4] = static_cast<float>(g[2]);
+    });
+  });
+  std::vector<double> joint(static_cast<std::size_t>(nb2), 0.0);
+  for (index_t b = 0; b < nblocks; ++b)
+    for (int c = 0; c < nb2; ++c) joint[c] += part[b * nb2 + c];
+  MetricResult r;
+  double total = 0;
+  const std::vector<double> log_ratio = mattes_log_ratio(joint, bins.nbins, r.value, total);
+  if (!(total > 0)) return r;
+  // Pass 2: dV/dm per sample = sum_c log_ratio * beta3'(c - term) / (total * bin size).
+  const double scale = 1.0 / (total * bins.moving_bin_size);
+  std::vector<std::array<double, 13>> gpart(static_cast<std::size_t>(nblocks));
+  for_each_block(s.count, n_threads, [&](index_t b, index_t begin, index_t end) {
+    std::array<double, 13> acc{};
+    for (index_t n = begin; n < end; ++n) {
+      const float* c = cache.data() + 5 * n;
+      if (std::isnan(c[0])) continue;
+      const double dv = mattes_sample_derivative(log_ratio.data(), c[0], static_cast<index_t>(c[1]));
+      const index_t lin = s.indices ? static_cast<index_t>(s.indices[n]) : n;
+      const index_t i = lin % s.ni, kj = lin / s.ni;
+      const double g[3] = {c[2], c[3], c[4]};
+      add_gradient(acc.data(), dv * scale, g, static_cast<double>(kj / s.nj),
+                   static_cast<double>(kj % s.nj), static_cast<double>(i));
+      acc[12] += 1;
+    }
+    gpart[static_cast<std::size_t>(b)] = acc;
+  });
+  for (const auto& p : gpart) {
+    for (int c = 0; c < 12; ++c) r.gradient[c] += p[c];
+    r.count += p[12];
+  }
+  return r;
+}
+
+// ---------------------------------------------------------------- pyramid
+// Separable Gaussian smoothing with decimation along one axis: output o is centred at input
+// position o * shrink + (shrink - 1) / 2 (so the field of view keeps its centre), weights are a
+// Gaussian of sigma_vox truncated at 3 sigma and renormalised, borders clamped. sigma_vox below
+// 0.2 falls back to linear interpolation (no smoothing).
+struct AxisTaps {
+  std::vector<index_t> first;  // first input index of each output
+  std::vector<int> count;
+  std::vector<double> weights;  // count[o] weights for output o, packed at offset[o]
+  std::vector<index_t> offset;
+
+  AxisTaps(index_t n_out, int shrink, double sigma_vox) {
+    first.resize(n_out);
+    count.resize(n_out);
+    offset.resize(n_out);
+    const double radius = sigma_vox < 0.2 ? 1.0 : std::ceil(3 * sigma_vox);
+    for (index_t o = 0; o < n_out; ++o) {
+      const double centre = o * shrink + 0.5 * (shrink - 1);
+      const auto lo = static_cast<index_t>(std::ceil(centre - radius - 1e-9));
+      const auto hi = static_cast<index_t>(std::floor(centre + radius + 1e-9));
+      first[o] = lo;
+      count[o] = static_cast<int>(hi - lo + 1);
+      offset[o] = static_cast<index_t>(weights.size());
+      double sum = 0;
+      for (index_t t = lo; t <= hi; ++t) {
+        const double d = t - centre;
+        const double w = sigma_vox < 0.2 ? std::max(0.0, 1 - std::fabs(d))
+                                         : std::exp(-0.5 * d * d / (sigma_vox * sigma_vox));
+        weights.push_back(w);
+        sum += w;
+      }
+      for (index_t t = offset[o]; t < static_cast<index_t>(weights.size()); ++t) weights[t] /= sum;
+    }
+  }
+};
+
+// Runs body(a, b0, b1) over the lines of an (outer, len, inner) array: line a, columns
+// [b0, b1) of the inner axis. Column blocks keep inner loops contiguous and give every pass,
+// including the one along the slowest axis (outer == 1), enough parallel work.
+template <class Body>
+void for_each_line_block(index_t outer, index_t inner, int n_threads, Body&& body) {
+  constexpr index_t kColumns = 512;
+  const index_t nb = (inner + kColumns - 1) / kColumns;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads_for(outer * inner, n_threads))
+  for (index_t a = 0; a < outer; ++a)
+    for (index_t blk = 0; blk < nb; ++blk)
+      body(a, blk * kColumns, std::min(inner, (blk + 1) * kColumns));
+}
+
+// One smoothing pass along the middle axis of an (outer, n_in, inner) array -> (outer, n_out,
+// inner).
+template <class T>
+void smooth_axis(const T* in, float* out, index_t outer, index_t n_in, index_t inner,
+                 const AxisTaps& taps, int n_threads) {
+  const index_t n_out = static_cast<index_t>(taps.first.size());
+  if (inner == 1) {
+    // Along the contiguous axis: one dot product per output, no clamping in the interior.
+#pragma omp parallel for schedule(static) num_threads(threads_for(outer * n_in, n_threads))
+    for (index_t a = 0; a < outer; ++a) {
+      const T* src = in + a * n_in;
+      float* dst = out + a * n_out;
+      for (index_t o = 0; o < n_out; ++o) {
+        const double* w = taps.weights.data() + taps.offset[o];
+        const index_t first = taps.first[o];
+        const int count = taps.count[o];
+        double acc = 0;
+        if (first >= 0 && first + count <= n_in) {
+          for (int t = 0; t < count; ++t) acc += w[t] * static_cast<double>(src[first + t]);
+        } else {
+          for (int t = 0; t < count; ++t) {
+            const index_t p = std::min(std::max<index_t>(first + t, 0), n_in - 1);
+            acc += w[t] * static_cast<double>(src[p]);
+          }
+        }
+        dst[o] = static_cast<float>(acc);
+      }
+    }
+    return;
+  }
+  for_each_line_block(outer, inner, n_threads, [&](index_t a, index_t b0, index_t b1) {
+    double acc[512];
+    const index_t width = b1 - b0;
+    for (index_t o = 0; o < n_out; ++o) {
+      const double* w = taps.weights.data() + taps.offset[o];
+      std::fill(acc, acc + width, 0.0);
+      for (int t = 0; t < taps.count[o]; ++t) {
+        const index_t p = std::min(std::max<index_t>(taps.first[o] + t, 0), n_in - 1);
+        const T* row = in + (a * n_in + p) * inner + b0;
+        const double wt = w[t];
+        for (index_t b = 0; b < width; ++b) acc[b] += wt * static_cast<double>(row[b]);
+      }
+      float* dst = out + (a * n_out + o) * inner + b0;
+      for (index_t b = 0; b < width; ++b) dst[b] = static_cast<float>(acc[b]);
+    }
+  });
+}
+
+// Smooth with per-axis sigma (voxels) and shrink by integer factors, 3D (k, j, i).
+template <class T>
+void smooth_shrink(const T* in, float* out, const index_t shape[3], const int shrink[3],
+                   const double sigma_vox[3], int n_threads) {
+  index_t n_out[3];
+  for (int a = 0; a < 3; ++a) n_out[a] = std::max<index_t>(1, shape[a] / shrink[a]);
+  // Along i first: the largest reduction comes first when the array is big.
+  std::vector<float> t1(static_cast<std::size_t>(shape[0] * shape[1] * n_out[2]));
+  std::vector<float> t2(static_cast<std::size_t>(shape[0] * n_out[1] * n_out[2]));
+  smooth_axis(in, t1.data(), shape[0] * shape[1], shape[2], 1,
+              AxisTaps(n_out[2], shrink[2], sigma_vox[2]), n_threads);
+  smooth_axis(t1.data(), t2.data(), shape[0], shape[1], n_out[2],
+              AxisTaps(n_out[1], shrink[1], sigma_vox[1]), n_threads);
+  smooth_axis(t2.data(), out, 1, shape[0], n_out[1] * n_out[2],
+              AxisTaps(n_out[0], shrink[0], sigma_vox[0]), n_threads);
+}
+
+// ---------------------------------------------------------------- dense fields
+// A dense vector field on the fixed grid is stored as three component planes (x, y, z in LPS mm),
+// each of the grid's shape: component c of voxel n at field[c * n_voxels + n].
+struct Grid {
+  index_t nk, nj, ni;
+  std::array<double, 12> index_to_world;  // 3x4, row-major
+  index_t size() const { return nk * nj * ni; }
+  void world(index_t k, index_t j, index_t i, double p[3]) const {
+    const auto& A = index_to_world;
+    for (int r = 0; r < 3; ++r)
+      p[r] = A[4 * r] * k + A[4 * r + 1] * j + A[4 * r + 2] * i + A[4 * r + 3];
+  }
+};
+
+inline void apply3x4(const std::array<double, 12>& M, const double p[3], double out[3]) {
+  for (int r = 0; r < 3; ++r)
+    out[r] = M[4 * r] * p[0] + M[4 * r + 1] * p[1] + M[4 * r + 2] * p[2] + M[4 * r + 3];
+}
+
+// Calls body(v, p) for every voxel v of the grid with p its world position plus displacement[v]
+// (when a displacement field is given).
+template <class Body>
+void for_each_displaced_voxel(const Grid& grid, const float* displacement, int n_threads,
+                              Body&& body) {
+  const index_t n = grid.size();
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads_for(n, n_threads))
+  for (index_t k = 0; k < grid.nk; ++k)
+    for (index_t j = 0; j < grid.nj; ++j)
+      for (index_t i = 0; i < grid.ni; ++i) {
+        const index_t v = (k * grid.nj + j) * grid.ni + i;
+        double p[3];
+        grid.world(k, j, i, p);
+        if (displacement)
+          for (int r = 0; r < 3; ++r) p[r] += displacement[r * n + v];
+        body(v, p);
+      }
+}
+
+// Moving image read at to_moving(x + d(x)) for every fixed voxel x (d: a displacement field on
+// the fixed grid, or null), with the gradient of that value with respect to the displaced point
+// in world coordinates (d's own derivative left out, as in demons forces). `to_moving` maps world
+// to the moving continuous index and folds any affine transform in; points outside the moving
+// image read the clamped border.
+inline void warp_with_gradient(const LinearVolume& mov, const std::array<double, 12>& to_moving,
+                               const Grid& grid, const float* displacement, float* out,
+                               float* gradient, int n_threads) {
+  const index_t n = grid.size();
+  for_each_displaced_voxel(grid, displacement, n_threads, [&](index_t v, const double* p) {
+    double c[3], g[3];
+    apply3x4(to_moving, p, c);
+    const bool inside = mov.inside(c[0], c[1], c[2]);
+    out[v] = static_cast<float>(mov.sample(c[0], c[1], c[2], g));
+    if (!gradient) return;
+    for (int r = 0; r < 3; ++r) {
+      const double gw = to_moving[r] * g[0] + to_moving[4 + r] * g[1] + to_moving[8 + r] * g[2];
+      gradient[r * n + v] = inside ? static_cast<float>(gw) : 0.0f;
+    }
+  });
+}
+
+// out(x) = inner(x) + outer(x + inner(x)): the displacement of outer o inner (inner applied
+// first), outer read with trilinear interpolation on the same grid (clamped at the border).
+// Scaling and squaring (Arsigny et al. 2006) calls it with outer == inner.
+inline void compose_displacements(const float* outer, const float* inner, const Grid& grid,
+                                  const std::array<double, 12>& world_to_index, float* out,
+                                  int n_threads) {
+  const index_t n = grid.size();
+  const LinearVolume comp{outer, grid.nk, grid.nj, grid.ni};
+  for_each_displaced_voxel(grid, inner, n_threads, [&](index_t v, const double* p) {
+    double c[3], o[3];
+    apply3x4(world_to_index, p, c);
+    comp.sample_components(c[0], c[1], c[2], 3, n, o);
+    for (int r = 0; r < 3; ++r) out[r * n + v] = static_cast<float>(inner[r * n + v] + o[r]);
+  });
+}
+
+// Mean over a (2r+1)^3 box, separable running sums, border voxels replicated.
+inline void box_mean_axis(const float* in, float* out, index_t outer, index_t len, index_t inner,
+                          index_t radius, int n_threads) {
+  const double norm = 1.0 / static_cast<double>(2 * radius + 1);
+  for_each_line_block(outer, inner, n_threads, [&](index_t a, index_t b0, index_t b1) {
+    double sum[512];
+    const index_t width = b1 - b0;
+    auto row = [&](index_t t) {
+      return in + (a * len + std::min(std::max<index_t>(t, 0), len - 1)) * inner + b0;
+    };
+    std::fill(sum, sum + width, 0.0);
+    for (index_t t = -radius; t <= radius; ++t) {
+      const float* r = row(t);
+      for (index_t b = 0; b < width; ++b) sum[b] += r[b];
+    }
+    for (index_t t = 0; t < len; ++t) {
+      float* dst = out + (a * len + t) * inner + b0;
+      const float* add = row(t + radius + 1);
+      const float* sub = row(t - radius);
+      for (index_t b = 0; b < width; ++b) {
+        dst[b] = static_cast<float>(sum[b] * norm);
+        sum[b] += static_cast<double>(add[b]) - sub[b];
+      }
+    }
+  });
+}
+
+inline void box_mean(float* data, float* scratch, const index_t shape[3], const int radius[3],
+                     int n_threads) {
+  box_mean_axis(data, scratch, shape[0] * shape[1], shape[2], 1, radius[2], n_threads);
+  box_mean_axis(scratch, data, shape[0], shape[1], shape[2], radius[1], n_threads);
+  box_mean_axis(data, scratch, 1, shape[0], shape[1] * shape[2], radius[0], n_threads);
+  std::copy(scratch, scratch + shape[0] * shape[1] * shape[2], data);
+}
+
+// Local normalised cross-correlation over (2r+1)^3 windows and its force (Avants et al. 2008,
+// "Symmetric diffeomorphic image registration", eq. for the CC gradient): with local means and
+// centred moments sff, smm, sfm at x, cc = sfm^2 / (sff smm) and
+// d cc / d m(x) = 2 sfm / (sff smm) (f~ - sfm / smm m~), f~ = f - mean f, m~ = m - mean m.
+// force = that derivative times grad m (the direction that increases cc). Returns mean cc over
+// the voxels (mask != 0 when a mask is given).
+inline double lncc_force(const float* fixed, const float* warped, const float* gradient,
+                         const std::uint8_t* mask, const index_t shape[3], const int radius[3],
+                         float* force, int n_threads) {
+  const index_t n = shape[0] * shape[1] * shape[2];
+  std::vector<float> stats(static_cast<std::size_t>(5 * n)), scratch(static_cast<std::size_t>(n));
+#pragma omp parallel for schedule(static) num_threads(threads_for(n, n_threads))
+  for (index_t v = 0; v < n; ++v) {
+    const float f = fixed[v], m = warped[v];
+    stats[v] = f;
+    stats[n + v] = m;
+    stats[2 * n + v] = f * f;
+    stats[3 * n + v] = m * m;
+    stats[4 * n + v] = f * m;
+  }
+  for (int q = 0; q < 5; ++q) box_mean(stats.data() + q * n, scratch.data(), shape, radius, n_threads);
+  constexpr double kEps = 1e-5;
+  const index_t nb = metric_blocks(n);
+  std::vector<double> part(static_cast<std::size_t>(2 * nb), 0.0);
+  for_each_block(n, n_threads, [&](index_t b, index_t begin, index_t end) {
+    double sum = 0, count = 0;
+    for (index_t v = begin; v < end; ++v) {
+      const double mf = stats[v], mm = stats[n + v];
+      const double sff = stats[2 * n + v] - mf * mf, smm = stats[3 * n + v] - mm * mm;
+      const double sfm = stats[4 * n + v] - mf * mm;
+      double coef = 0;
+      const bool use = !mask || mask[v];
+      if (use && sff > kEps && smm > kEps) {
+        sum += sfm * sfm / (sff * smm);
+        coef = 2 * sfm / (sff * smm) * ((fixed[v] - mf) - sfm / smm * (warped[v] - mm));
+      }
+      if (use) count += 1;
+      for (int r = 0; r < 3; ++r) force[r * n + v] = static_cast<float>(coef * gradient[r * n + v]);
+    }
+    part[2 * b] = sum;
+    part[2 * b + 1] = count;
+  });
+  double sum = 0, count = 0;
+  for (index_t b = 0; b < nb; ++b) {
+    sum += part[2 * b];
+    count += part[2 * b + 1];
+  }
+  return count > 0 ? sum / count : 0.0;
+}
+
+}  // namespace medkern
