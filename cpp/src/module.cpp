@@ -8,4 +8,5 @@ PYBIND11_MODULE(_core, m) {
   m.attr("openmp") = false;
 #endif
   register_intensity(m);
+  register_inference(m);
 }
