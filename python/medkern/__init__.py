@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from medkern._dispatch import backends, get_num_threads, set_num_threads
 from medkern.errors import DicomError, MedkernError, ModelError
+from medkern import models
 from medkern.image import Image
+from medkern.inference import Model, Prediction, sliding_window, validate_metadata, write_model_metadata
 from medkern.intensity import normalize, window
 from medkern.io import read, write
 
@@ -18,12 +20,18 @@ __all__ = [
     "DicomError",
     "Image",
     "MedkernError",
+    "Model",
     "ModelError",
+    "Prediction",
     "backends",
     "get_num_threads",
+    "models",
     "normalize",
     "read",
     "set_num_threads",
+    "sliding_window",
+    "validate_metadata",
     "window",
     "write",
+    "write_model_metadata",
 ]

@@ -18,6 +18,9 @@ namespace medkern {
 
 using shape3 = std::array<index_t, 3>;
 
+// Below this many voxels a kernel runs on the calling thread: waking a team costs more.
+constexpr index_t kParallelMin = 1 << 15;
+
 // MONAI compute_importance_map: a separable Gaussian with sigma = patch_size * sigma_scale,
 // centred between the middle voxels, built as float32 outer products in axis order, then clamped
 // from below at max(min(map), 1e-3) so far corners still carry weight; "constant" mode is all ones.
@@ -62,7 +65,8 @@ void gather_patches(const T* src, const shape3& shape, index_t channels, const s
                     int n_threads) {
   const index_t spatial = shape[0] * shape[1] * shape[2];
   const index_t rows = n_patches * channels * roi[0] * roi[1];
-#pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
+#pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads)) \
+    if (rows * roi[2] > kParallelMin)
   for (index_t r = 0; r < rows; ++r) {
     const index_t j = r % roi[1];
     const index_t k = (r / roi[1]) % roi[0];
@@ -77,29 +81,38 @@ void gather_patches(const T* src, const shape3& shape, index_t channels, const s
 }
 
 // out (n_batch, channels, shape) += pred * weight for each patch, patches in the given order.
-// Within one patch every voxel is written once, so rows run in parallel and the per-voxel sum
-// order (patch order) does not depend on the thread count.
+// Threads own distinct output rows (z, y) and visit the patches in order, so each voxel's sum is
+// formed in patch order whatever the thread count, with one parallel region per batch.
 inline void accumulate_patches(float* out, const shape3& shape, index_t channels,
                                const float* pred, const float* weight, const std::int64_t* batch,
                                const std::int64_t* start, index_t n_patches, const shape3& roi,
                                int n_threads) {
+  if (n_patches == 0) return;
   const index_t spatial = shape[0] * shape[1] * shape[2];
-  const index_t rows_per_patch = channels * roi[0] * roi[1];
+  index_t z0 = shape[0], z1 = 0, y0 = shape[1], y1 = 0;
   for (index_t p = 0; p < n_patches; ++p) {
-    const std::int64_t* s = start + 3 * p;
-    const float* pp = pred + p * rows_per_patch * roi[2];
-#pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
-    for (index_t r = 0; r < rows_per_patch; ++r) {
-      const index_t j = r % roi[1];
-      const index_t k = (r / roi[1]) % roi[0];
-      const index_t c = r / (roi[1] * roi[0]);
-      float* o = out + (batch[p] * channels + c) * spatial +
-                 ((s[0] + k) * shape[1] + (s[1] + j)) * shape[2] + s[2];
+    z0 = std::min<index_t>(z0, start[3 * p]);
+    z1 = std::max<index_t>(z1, start[3 * p] + roi[0]);
+    y0 = std::min<index_t>(y0, start[3 * p + 1]);
+    y1 = std::max<index_t>(y1, start[3 * p + 1] + roi[1]);
+  }
+  const index_t height = y1 - y0, rows = (z1 - z0) * height;
+  const index_t work = n_patches * channels * roi[0] * roi[1] * roi[2];
+#pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads)) if (work > kParallelMin)
+  for (index_t r = 0; r < rows; ++r) {
+    const index_t z = z0 + r / height, y = y0 + r % height;
+    for (index_t p = 0; p < n_patches; ++p) {
+      const std::int64_t* s = start + 3 * p;
+      const index_t k = z - s[0], j = y - s[1];
+      if (k < 0 || k >= roi[0] || j < 0 || j >= roi[1]) continue;
       const float* w = weight + (k * roi[1] + j) * roi[2];
-      const float* q = pp + r * roi[2];
-      for (index_t i = 0; i < roi[2]; ++i) {
-        const float weighted = q[i] * w[i];
-        o[i] += weighted;
+      for (index_t c = 0; c < channels; ++c) {
+        float* o = out + (batch[p] * channels + c) * spatial + (z * shape[1] + y) * shape[2] + s[2];
+        const float* q = pred + (((p * channels + c) * roi[0] + k) * roi[1] + j) * roi[2];
+        for (index_t i = 0; i < roi[2]; ++i) {
+          const float weighted = q[i] * w[i];
+          o[i] += weighted;
+        }
       }
     }
   }
@@ -136,7 +149,7 @@ inline void normalize_by_weight_sum(float* out, index_t n_images, const shape3& 
   for (int a = 0; a < 3; ++a) cover[a] = covering_patches(starts[a], n_starts[a], shape[a], roi[a]);
   const index_t spatial = shape[0] * shape[1] * shape[2];
   const index_t rows = shape[0] * shape[1];
-#pragma omp parallel num_threads(clamp_threads(n_threads))
+#pragma omp parallel num_threads(clamp_threads(n_threads)) if (spatial > kParallelMin)
   {
     std::vector<float> sum(static_cast<std::size_t>(shape[2]));
 #pragma omp for schedule(static)
