@@ -130,7 +130,8 @@ def test_sliding_window_matches_monai_onnx_unet(torch_unet, rng, shape, roi, ove
 
 
 def test_sliding_window_blending_is_bit_exact_with_monai(torch_unet, rng):
-    """Same predictor (PyTorch) on both sides: the blending must agree to the last bit."""
+    """Same predictor (PyTorch) on both sides: the blending agrees to the last bit (these patch
+    sizes have identical weight maps; see test_importance_map_equals_monai)."""
     torch, _, _ = torch_unet
     conv = torch.nn.Conv3d(2, 3, 3, padding=1)
     x = rng.normal(size=(2, 2, 21, 34, 27)).astype(np.float32)
@@ -161,13 +162,16 @@ def test_sliding_window_2d_and_reflect_padding_match_monai(torch_unet, rng):
 
 
 def test_importance_map_equals_monai(torch_unet):
+    """Same float32 operations as MONAI; only exp differs (libm vs PyTorch's SLEEF): <= 1 ulp."""
     from monai.data.utils import compute_importance_map
 
     from medkern.inference.sliding import _weight_map
 
     for roi, sigma in (((96, 96, 96), 0.125), ((1, 17, 32), 0.2), ((5, 8, 3), 0.125)):
         ref = compute_importance_map(roi, "gaussian", sigma).numpy()
-        np.testing.assert_array_equal(_weight_map(roi, "gaussian", (sigma,) * 3), ref)
+        got = _weight_map(roi, "gaussian", (sigma,) * 3)
+        np.testing.assert_allclose(got, ref, rtol=2.5e-7, atol=0)
+        assert got.min() == ref.min()  # the clamp floor, max(min, 1e-3), is the same value
 
 
 def test_pytorch_export_parity(torch_unet, rng):
@@ -537,3 +541,57 @@ def test_cupy_input_uses_io_binding(seg_model):
     out = model.run(cupy.asarray(x))[0]
     assert isinstance(out, cupy.ndarray)
     np.testing.assert_allclose(out.get(), model.run(x)[0], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- shipped models
+
+
+def test_shipped_models_load_offline_with_full_metadata():
+    assert mk.models.available() == ["brain-lesion", "sarcoma-ct"]
+    for name in mk.models.available():
+        path = mk.models.path(name)
+        assert path.stat().st_size <= 5_000_000
+        model = mk.models.load(name, providers="cpu")
+        meta = model.metadata
+        assert meta["name"] == name and meta["task"] == "segmentation"
+        assert "research" in meta["intended_use"] and meta["licence"] and meta["training_data"]
+        assert meta["input"]["spacing"] and meta["input"]["orientation"] == "SPL"
+        assert meta["metrics"]["training"]["steps"] > 0
+    assert "dice_median" in mk.models.load("brain-lesion").metadata["metrics"]
+    assert "validation_dice_median" in mk.models.load("sarcoma-ct").metadata["metrics"]
+    with pytest.raises(ValueError, match="no shipped model named 'liver'"):
+        mk.models.path("liver")
+
+
+def test_sarcoma_ct_reproduces_its_card_on_a_real_patient(shared_data):
+    """A validation patient of the card (real CT, GTV mask): same Dice as recorded at export."""
+    model = mk.models.load("sarcoma-ct")
+    folder = shared_data / "ibsi" / "ibsi_validation" / "nifti" / "STS_038"
+    ct = mk.read(folder / "CT_image.nii.gz")
+    gtv = mk.read(folder / "CT_mask.nii.gz").array > 0
+    pred = model.predict(ct)
+    assert pred.labels.same_geometry(ct) and pred.probabilities.shape == ct.shape
+    found = pred.labels.array == 1
+    dice = 2 * (found & gtv).sum() / (found.sum() + gtv.sum())
+    assert dice == pytest.approx(model.metadata["metrics"]["validation_dice"]["STS_038"], abs=2e-3)
+
+
+def test_brain_lesion_finds_lesions_in_the_mni152_template():
+    """Real T1 template at 1 mm (resampled to the model's 2 mm and back) with two inserted lesions."""
+    datasets = pytest.importorskip("nilearn.datasets")
+    t1 = mk.Image.from_nibabel(datasets.load_mni152_template(resolution=1))
+    x = np.asarray(t1.array, dtype=np.float32).copy()
+    centres = [np.array(s) // 2 + d for s, d in zip([x.shape] * 2, [(0, 20, 15), (10, -25, -20)])]
+    grid = np.indices(x.shape)
+    lesions = np.zeros(x.shape, bool)
+    for c, radius, contrast in zip(centres, (6.0, 4.0), (1.7, 0.45)):
+        ball = sum((grid[a] - c[a]) ** 2 for a in range(3)) <= radius ** 2
+        x[ball] *= contrast
+        lesions |= ball
+    model = mk.models.load("brain-lesion")
+    pred = model.predict(t1.with_array(x))
+    found = pred.labels.array > 0
+    assert pred.labels.same_geometry(t1)
+    for c in centres:
+        assert found[tuple(c)], "an inserted lesion was missed"
+    assert found.sum() < 4 * lesions.sum()
