@@ -454,6 +454,23 @@ def test_predict_reorients_preprocesses_and_returns_on_input_grid(seg_model, hel
         pred.probability("tumour")
 
 
+def test_predict_resamples_to_model_spacing_and_back(rng):
+    """Model at 2 mm, image at 1 x 0.8 x 0.8 mm: a smooth image gives the probabilities of the
+    same model run on the native grid, up to linear-interpolation error of a smooth field."""
+    native = mk.Model(mk.write_model_metadata(pointwise_model(), metadata()))
+    coarse = mk.Model(mk.write_model_metadata(pointwise_model(), metadata(input__spacing=[2.0, 2.0, 2.0])))
+    k, j, i = np.meshgrid(*(np.linspace(-1, 1, n) for n in (24, 40, 35)), indexing="ij")
+    img = mk.Image((150 * np.sin(2 * k + j) * np.cos(i)).astype(np.float32), (1.0, 0.8, 0.8), (4, 5, 6),
+                   np.diag([-1.0, 1.0, 1.0])[:, ::-1])
+    ref = native.predict(img)
+    pred = coarse.predict(img)
+    assert pred.probabilities.same_geometry(img) and pred.labels.same_geometry(img)
+    diff = np.abs(pred.probabilities.array - ref.probabilities.array)
+    assert diff.max() < 0.05 and diff.mean() < 0.005
+    np.testing.assert_allclose(pred.probabilities.array.sum(-1), 1, atol=1e-5)
+    assert (pred.labels.array != ref.labels.array).mean() < 0.01
+
+
 def test_predict_tta_and_predict_many(seg_model, ct_image, rng):
     other = mk.Image(rng.normal(0, 50, (9, 20, 25)).astype(np.int16), (1.0, 1.0, 1.0))
     single = [seg_model.predict(ct_image), seg_model.predict(other)]
@@ -541,6 +558,11 @@ def test_cupy_input_uses_io_binding(seg_model):
     out = model.run(cupy.asarray(x))[0]
     assert isinstance(out, cupy.ndarray)
     np.testing.assert_allclose(out.get(), model.run(x)[0], atol=1e-6)
+    volume = np.random.default_rng(1).normal(size=(1, 1, 21, 30, 17)).astype(np.float32)
+    on_gpu = mk.sliding_window(cupy.asarray(volume), model, (8, 16, 16), batch_size=3)
+    assert isinstance(on_gpu, cupy.ndarray)
+    np.testing.assert_allclose(on_gpu.get(), mk.sliding_window(volume, model, (8, 16, 16), batch_size=3),
+                               rtol=0, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- shipped models

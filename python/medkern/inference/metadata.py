@@ -11,6 +11,7 @@ Version 1 (key ``"medkern"``). Per-axis values are in array-axis order, millimet
         "channels": 1,                   # optional, must equal len(modalities)
         "spatial_dims": 3,
         "spacing": [3.0, 2.0, 2.0],      # model grid in mm; null: use the image's own grid
+        "antialias": false,              # Gaussian pre-smoothing when downsampling (mk.resample)
         "orientation": "SPL"             # null: keep the image's axes (see below)
       },
       "preprocessing": [                 # applied in order; "channels": [..] restricts an op
@@ -33,6 +34,8 @@ Version 1 (key ``"medkern"``). Per-axis values are in array-axis order, millimet
 SimpleITK's identity direction) is ``"SPL"`` in 3D and ``"PL"`` in 2D. For classification models
 ``patch_size`` is the fixed network input: the preprocessed image is centre-cropped or padded to it.
 Detection models are dense (a heat map per class) and are blended like segmentation.
+Resampling to ``spacing`` is linear and keeps the field of view (``mk.resample``); ``antialias``
+defaults to false, as MONAI's ``Spacing`` and nnU-Net prepare their training data.
 """
 
 from __future__ import annotations
@@ -136,6 +139,8 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
         raise _fail("input.spatial_dims", f"must be 2 or 3, got {nsp!r}")
     if inp.setdefault("spacing", None) is not None:
         inp["spacing"] = _per_axis(inp["spacing"], nsp, "input.spacing", "float")
+    if not isinstance(inp.setdefault("antialias", False), bool):
+        raise _fail("input.antialias", f"must be true or false, got {inp['antialias']!r}")
     code = inp.setdefault("orientation", None)
     if code is not None:
         axes = [ORIENTATION_LETTERS.get(c, (None,))[0] for c in code] if isinstance(code, str) else []

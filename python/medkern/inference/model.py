@@ -259,7 +259,7 @@ class Model:
         grid = None
         arrays = []
         for n, img in enumerate(imgs):
-            img = _to_model_grid(img, inp["orientation"], inp["spacing"])
+            img = _to_model_grid(img, inp["orientation"], inp["spacing"], inp["antialias"])
             grid = img
             x = np.asarray(img.array)
             for op in meta["preprocessing"]:
@@ -401,13 +401,14 @@ def reorient(img: Image, code: str) -> Image:
                  img.index_to_world(origin_index), direction)
 
 
-def _to_model_grid(img: Image, orientation: str | None, spacing: Sequence[float] | None) -> Image:
+def _to_model_grid(img: Image, orientation: str | None, spacing: Sequence[float] | None,
+                   antialias: bool) -> Image:
     if orientation is not None:
         img = reorient(img, orientation)
     if spacing is not None and not np.allclose(img.spacing, spacing, rtol=1e-4, atol=0):
         from medkern import resample
 
-        img = resample(img, spacing, interpolation="linear")
+        img = resample(img, spacing, interpolation="linear", antialias=antialias)
     return img
 
 
@@ -421,7 +422,11 @@ def _back_to_input(img: Image, reference: Image, interpolation: str) -> Image:
         return reference.with_array(back.array)
     from medkern import resample_to
 
-    return resample_to(img, reference, interpolation=interpolation)
+    # The model grid covers the input's field of view only up to half a model voxel (its shape is
+    # rounded): one replicated voxel around it keeps every input voxel centre inside.
+    edge = Image(np.pad(np.asarray(img.array), 1, mode="edge"), img.spacing,
+                 img.index_to_world(-np.ones(img.ndim)), img.direction)
+    return resample_to(edge, reference, interpolation=interpolation)
 
 
 def _orientation_code(direction: np.ndarray) -> str:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from medkern._dispatch import get_num_threads
+from medkern._dispatch import get_num_threads, is_cupy_array
 
 __all__ = ["sliding_window"]
 
@@ -74,10 +74,11 @@ def sliding_window(array: Any, fn: Callable[[np.ndarray], Any], roi_size: Sequen
         ``"replicate"``, ``"circular"``; the output is cropped back.
 
     Returns float32 ``(C_out, *spatial)``, or ``(N, C_out, *spatial)`` when ``array`` had a batch
-    axis. Equals ``monai.inferers.sliding_window_inference`` with the same settings to float32
+    axis. A CuPy ``array`` is blended on the GPU (same order of operations) and gives CuPy back. Equals ``monai.inferers.sliding_window_inference`` with the same settings to float32
     rounding. Memory: the input, the output and one batch of patches.
     """
-    x = np.asarray(array)
+    on_gpu = is_cupy_array(array)
+    x = array if on_gpu else np.asarray(array)
     if x.dtype == np.bool_ or x.dtype.kind not in "iuf":
         raise TypeError(f"sliding_window: array must be numeric, got dtype {x.dtype}")
     if x.dtype.name not in ("uint8", "int16", "uint16", "int32", "float32", "float64"):
@@ -117,9 +118,19 @@ def sliding_window(array: Any, fn: Callable[[np.ndarray], Any], roi_size: Sequen
     pad = [(d // 2, d - d // 2) for d in diff]
     if any(diff):
         extra = {"constant_values": cval} if padding == "constant" else {}
-        x = np.pad(x, [(0, 0), (0, 0)] + pad, mode=_PADDING[padding], **extra)
+        xp = np
+        if on_gpu:
+            import cupy as xp
+        x = xp.pad(x, [(0, 0), (0, 0)] + pad, mode=_PADDING[padding], **extra)
     size = x.shape[2:]
     starts = [_scan_starts(s, r, o) for s, r, o in zip(size, roi, ov)]
+    if on_gpu:
+        from medkern._cupy.sliding_window import run_windows
+
+        grid = np.stack(np.meshgrid(*starts, indexing="ij"), axis=-1).reshape(-1, nsp)
+        out = run_windows(x, fn, grid, roi, _weight_map((1,) * (3 - nsp) + roi, blend,
+                                                        (1.0,) * (3 - nsp) + sig), batch_size)
+        return _crop(out, pad, in_size, diff, batched)
     # 2D runs through the 3D kernels with a leading spatial axis of length 1.
     if nsp == 2:
         x = x[:, :, None]
@@ -135,9 +146,13 @@ def sliding_window(array: Any, fn: Callable[[np.ndarray], Any], roi_size: Sequen
     _core.normalize_by_weight_sum(out, starts3, weight, get_num_threads())
     if nsp == 2:
         out = out[:, :, 0]
+    return _crop(out, pad, in_size, diff, batched)
+
+
+def _crop(out: Any, pad: list, in_size: tuple[int, ...], diff: list[int], batched: bool) -> Any:
+    """Remove the padding added for volumes smaller than the patch; drop an implicit batch axis."""
     if any(diff):
-        out = out[(slice(None), slice(None)) + tuple(slice(b, b + s) for (b, _), s in zip(pad, in_size))]
-        out = np.ascontiguousarray(out)
+        out = out[(slice(None), slice(None)) + tuple(slice(b, b + s) for (b, _), s in zip(pad, in_size))].copy()
     return out if batched else out[0]
 
 
