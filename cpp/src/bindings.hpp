@@ -50,6 +50,21 @@ decltype(auto) visit_label_dtype(const py::dtype& dt, F&& f) {
                        "; expected an integer or bool array");
 }
 
+// For kernels that only copy or compare elements (nearest neighbour, label votes): calls f(U{})
+// with the unsigned integer type of the element size, so one instantiation serves every dtype.
+template <class F>
+decltype(auto) visit_itemsize(const py::dtype& dt, F&& f) {
+  switch (dt.itemsize()) {
+    case 1: return f(std::uint8_t{});
+    case 2: return f(std::uint16_t{});
+    case 4: return f(std::uint32_t{});
+    case 8: return f(std::uint64_t{});
+    default:
+      throw py::type_error("unsupported dtype " + std::string(py::str(dt)) +
+                           "; expected an element size of 1, 2, 4 or 8 bytes");
+  }
+}
+
 // Optional uint8 mask with the same number of elements as the image.
 inline const std::uint8_t* mask_ptr(const py::object& mask, carray<std::uint8_t>& holder,
                                     py::ssize_t expected_size) {
@@ -67,3 +82,5 @@ inline const std::uint8_t* mask_ptr(const py::object& mask, carray<std::uint8_t>
 // One declaration per family; defined in <family>.cpp.
 void register_intensity(py::module_& m);
 void register_inference(py::module_& m);
+void register_measure(py::module_& m);
+void register_resample(py::module_& m);

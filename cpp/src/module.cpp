@@ -9,4 +9,6 @@ PYBIND11_MODULE(_core, m) {
 #endif
   register_intensity(m);
   register_inference(m);
+  register_measure(m);
+  register_resample(m);
 }

@@ -13,10 +13,14 @@ from medkern.image import Image
 from medkern.inference import Model, Prediction, sliding_window, validate_metadata, write_model_metadata
 from medkern.intensity import normalize, window
 from medkern.io import read, write
+from medkern.resample import resample, resample_to, warp
+from medkern.transforms import Affine, DisplacementField
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Affine",
+    "DisplacementField",
     "DicomError",
     "Image",
     "MedkernError",
@@ -28,9 +32,12 @@ __all__ = [
     "models",
     "normalize",
     "read",
+    "resample",
+    "resample_to",
     "set_num_threads",
     "sliding_window",
     "validate_metadata",
+    "warp",
     "window",
     "write",
     "write_model_metadata",

@@ -1,0 +1,388 @@
+"""resample / resample_to / warp / map_coordinates against scipy.ndimage and SimpleITK.
+
+Tolerances: linear and cubic results are float32 (float64 for float64 input) while scipy and ITK
+compute in double, so results agree to float32 rounding of the data range: 1e-5 relative to the
+input's largest magnitude. Nearest and label results are exact, except where a sample point sits
+on a rounding tie within float rounding of the coordinates (those voxels are excluded).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import SimpleITK as sitk
+
+import medkern as mk
+from medkern.resample import map_coordinates
+
+DTYPES = [np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64]
+ORDER = {"nearest": 0, "linear": 1, "cubic": 3}
+# scipy boundary mode that equals medkern's rule inside [-0.5, n - 0.5)
+MODE = {"nearest": "nearest", "linear": "nearest", "cubic": "mirror"}
+SITK_INTERP = {"nearest": sitk.sitkNearestNeighbor, "linear": sitk.sitkLinear, "cubic": sitk.sitkBSpline}
+
+
+def _random(rng, dtype, shape, smooth=1.0):
+    a = ndi.gaussian_filter(rng.normal(size=shape), smooth) * 400 + 100
+    if np.dtype(dtype).kind == "f":
+        return a.astype(dtype)
+    info = np.iinfo(dtype)
+    return np.clip(a, info.min, info.max).astype(dtype)
+
+
+def _tol(x):
+    return 1e-5 * max(1.0, float(np.abs(x.astype(np.float64)).max()))
+
+
+def _zoom_map(n_in, n_out, old, new):
+    n_in, n_out = np.asarray(n_in), np.asarray(n_out)
+    scale = np.asarray(new, float) / np.asarray(old, float)
+    return scale, (n_in - 1) / 2 - (n_out - 1) / 2 * scale
+
+
+def _not_tie(coords):
+    """Mask of sample points not within 1e-6 of a nearest-neighbour rounding tie."""
+    frac = np.abs(np.asarray(coords) - np.floor(coords) - 0.5)
+    return np.all(frac > 1e-6, axis=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("interpolation", ["linear", "cubic"])
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_resample_matches_scipy(rng, cpu_backend, dtype, interpolation, ndim):
+    shape = (11, 19, 23)[-ndim:]
+    spacing = (2.5, 0.7, 0.9)[-ndim:]
+    new = (1.0, 1.3, 0.6)[-ndim:]
+    x = _random(rng, dtype, shape)
+    out = mk.resample(mk.Image(x, spacing=spacing), new, interpolation, antialias=True, backend=cpu_backend)
+    assert out.dtype == (np.float64 if dtype == np.float64 else np.float32)
+    assert out.spacing == new
+    scale, offset = _zoom_map(shape, out.shape, spacing, new)
+    smoothed = ndi.gaussian_filter(x.astype(np.float64), np.maximum(0, (scale - 1) / 2), mode="mirror")
+    ref = ndi.affine_transform(smoothed, scale, offset, output_shape=out.shape,
+                               order=ORDER[interpolation], mode=MODE[interpolation])
+    np.testing.assert_allclose(out.array, ref, rtol=0, atol=_tol(x))
+
+
+@pytest.mark.parametrize("interpolation", ["linear", "cubic"])
+def test_resample_is_zoom_grid_mode(rng, cpu_backend, interpolation):
+    # 24 * 1.5 mm = 36 mm = 18 * 2 mm: whole extent, so resample == zoom(grid_mode=True).
+    x = _random(rng, np.float32, (10, 24, 30))
+    out = mk.resample(mk.Image(x, spacing=(2.0, 1.5, 1.0)), (1.0, 2.0, 1.5), interpolation,
+                      antialias=False, backend=cpu_backend)
+    assert out.shape == (20, 18, 20)
+    ref = ndi.zoom(x.astype(np.float64), np.array(out.shape) / np.array(x.shape), order=ORDER[interpolation],
+                   mode="grid-mirror" if interpolation == "cubic" else "nearest", grid_mode=True)
+    if interpolation == "cubic":
+        ref = ndi.affine_transform(x.astype(np.float64), np.array(x.shape) / np.array(out.shape),
+                                   (np.array(x.shape) / np.array(out.shape) - 1) / 2,
+                                   output_shape=out.shape, order=3, mode="mirror")
+    np.testing.assert_allclose(out.array, ref, rtol=0, atol=_tol(x))
+    # the field of view is kept: first and last voxel edges coincide, centre too
+    img = mk.Image(x, spacing=(2.0, 1.5, 1.0), origin=(5, -3, 2))
+    r = mk.resample(img, (1.0, 2.0, 1.5), interpolation, backend=cpu_backend)
+    lo_in = img.index_to_world(np.full(3, -0.5))
+    lo_out = r.index_to_world(np.full(3, -0.5))
+    np.testing.assert_allclose(lo_out, lo_in, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32, np.int64, np.bool_])
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_resample_nearest_keeps_dtype_and_matches_scipy(rng, cpu_backend, dtype, ndim):
+    shape = (9, 17, 21)[-ndim:]
+    x = (rng.random(shape) * 50).astype(dtype)
+    spacing, new = (3.0, 0.8, 0.9)[-ndim:], (1.1, 1.7, 0.45)[-ndim:]
+    out = mk.resample(mk.Image(x, spacing=spacing), new, "nearest", backend=cpu_backend)
+    assert out.dtype == x.dtype
+    scale, offset = _zoom_map(shape, out.shape, spacing, new)
+    coords = np.stack(np.meshgrid(*[np.arange(n) for n in out.shape], indexing="ij")).astype(float)
+    coords = coords * scale.reshape((-1,) + (1,) * ndim) + offset.reshape((-1,) + (1,) * ndim)
+    ref = ndi.map_coordinates(x.astype(np.float64), coords, order=0, mode="nearest")
+    ok = _not_tie(coords)
+    assert ok.mean() > 0.5
+    np.testing.assert_array_equal(out.array[ok].astype(np.float64), ref[ok])
+
+
+def test_resample_bare_array_uses_unit_spacing(rng, cpu_backend):
+    x = _random(rng, np.float32, (8, 12, 10))
+    out = mk.resample(x, 2.0, antialias=False, backend=cpu_backend)
+    assert isinstance(out, np.ndarray) and out.shape == (4, 6, 5)
+    ref = ndi.zoom(x.astype(np.float64), 0.5, order=1, mode="nearest", grid_mode=True)
+    np.testing.assert_allclose(out, ref, atol=_tol(x))
+
+
+def _oblique_pair(rng, helpers, shape=(14, 18, 16), ref_shape=(12, 15, 17)):
+    x = _random(rng, np.float32, shape, smooth=1.5)
+    img = mk.Image(x, spacing=(1.5, 1.1, 0.9), origin=(3, -2, 5), direction=helpers.random_direction(rng))
+    centre = img.index_to_world((np.array(shape) - 1) / 2)
+    d2 = helpers.random_direction(rng, flip=False)
+    sp = np.array((1.2, 1.0, 1.3))
+    origin = centre - d2 @ (sp * (np.array(ref_shape) - 1) / 2)
+    ref = mk.Image(np.zeros(ref_shape, np.uint8), spacing=sp, origin=origin, direction=d2)
+    return img, ref, centre
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "linear", "cubic"])
+def test_resample_to_oblique_matches_sitk(rng, helpers, cpu_backend, interpolation):
+    img, ref, centre = _oblique_pair(rng, helpers)
+    t = mk.Affine.rotation((5, -7, 10), center=centre) @ mk.Affine.from_parts(np.eye(3) * 1.05, (1, 2, -1))
+    out = mk.resample_to(img, ref, t, interpolation, fill=-5, backend=cpu_backend)
+    s = sitk.Resample(img.to_sitk(), ref.to_sitk(), t.to_sitk(), SITK_INTERP[interpolation], -5.0,
+                      sitk.sitkFloat32)
+    expected = mk.Image.from_sitk(s)
+    assert out.same_geometry(expected, atol=1e-9)
+    assert (out.array == -5).mean() > 0.05  # part of the output lies outside the input
+    np.testing.assert_allclose(out.array, expected.array, rtol=0, atol=1e-4 * np.abs(img.array).max())
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "linear", "cubic"])
+def test_resample_to_flipped_axis_aligned_matches_sitk(rng, cpu_backend, interpolation):
+    # flipped axes and a spacing change: the separable path
+    x = _random(rng, np.int16, (12, 20, 18))
+    img = mk.Image(x, spacing=(2.0, 0.8, 0.7), origin=(10, 20, -30), direction=np.diag([-1.0, 1.0, -1.0]))
+    ref = mk.Image(np.zeros((20, 13, 15), np.uint8), spacing=(1.1, 1.3, 0.9), origin=(5, 18, -28),
+                   direction=np.diag([-1.0, -1.0, 1.0]))
+    out = mk.resample_to(img, ref, interpolation=interpolation, fill=3, backend=cpu_backend)
+    s = sitk.Resample(img.to_sitk(), ref.to_sitk(), sitk.Transform(), SITK_INTERP[interpolation], 3.0,
+                      sitk.sitkFloat64)
+    np.testing.assert_allclose(out.array, sitk.GetArrayFromImage(s), rtol=0, atol=1e-4 * np.abs(x).max())
+    assert out.dtype == (np.int16 if interpolation == "nearest" else np.float32)
+
+
+def test_warp_displacement_field_and_composites_match_sitk(rng, helpers, cpu_backend):
+    img, ref, centre = _oblique_pair(rng, helpers)
+    u = ndi.gaussian_filter(rng.normal(size=ref.shape + (3,)), (2, 2, 2, 0)) * 20
+    field = mk.DisplacementField(ref.with_array(u, vector=True))
+    t = mk.Affine.rotation((3, 4, -6), center=centre)
+    cases = [(field, field.to_sitk()),
+             (t @ field, sitk.CompositeTransform([t.to_sitk(), field.to_sitk()])),
+             (field @ t, sitk.CompositeTransform([field.to_sitk(), t.to_sitk()]))]
+    for transform, sitk_transform in cases:
+        out = mk.warp(img, transform, reference=ref, backend=cpu_backend)
+        s = sitk.Resample(img.to_sitk(), ref.to_sitk(), sitk_transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        np.testing.assert_allclose(out.array, sitk.GetArrayFromImage(s), rtol=0,
+                                   atol=1e-4 * np.abs(img.array).max())
+
+
+def test_displacement_field_on_another_grid(rng, helpers, cpu_backend):
+    img, ref, _ = _oblique_pair(rng, helpers)
+    coarse = mk.resample(ref, (3.0, 3.0, 3.0), "nearest")
+    u = ndi.gaussian_filter(rng.normal(size=coarse.shape + (3,)), (1, 1, 1, 0)) * 10
+    field = mk.DisplacementField(coarse.with_array(u, vector=True))
+    out = mk.warp(img, field, reference=ref, backend=cpu_backend)
+    s = sitk.Resample(img.to_sitk(), ref.to_sitk(), field.to_sitk(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    np.testing.assert_allclose(out.array, sitk.GetArrayFromImage(s), rtol=0, atol=1e-4 * np.abs(img.array).max())
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "linear", "cubic"])
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_map_coordinates_matches_scipy(rng, cpu_backend, interpolation, ndim):
+    x = _random(rng, np.float32, (9, 13, 11)[-ndim:])
+    n = np.array(x.shape)
+    coords = rng.uniform(-0.15, 1.1, size=(ndim, 400)) * n[:, None]
+    out = map_coordinates(x, coords, interpolation, fill=-7.0, backend=cpu_backend)
+    ref = ndi.map_coordinates(x.astype(np.float64), coords, order=ORDER[interpolation], mode=MODE[interpolation])
+    inside = np.all((coords >= -0.5) & (coords < n[:, None] - 0.5), axis=0)
+    assert 0.2 < inside.mean() < 0.9
+    ok = inside & (_not_tie(coords) if interpolation == "nearest" else True)
+    np.testing.assert_allclose(out[ok], ref[ok], rtol=0, atol=_tol(x))
+    np.testing.assert_array_equal(out[~inside], -7.0)
+    assert out.shape == (400,)
+    assert map_coordinates(x, coords.reshape(ndim, 20, 20), interpolation).shape == (20, 20)
+
+
+def test_label_interpolation_is_largest_summed_weight(rng, cpu_backend):
+    x = (ndi.gaussian_filter(rng.normal(size=(12, 14, 16)), 1.5) > 0.05).astype(np.uint8) * 7
+    spacing, new = (2.0, 1.0, 1.0), (0.7, 0.6, 1.3)
+    out = mk.resample(mk.Image(x, spacing=spacing), new, "label", backend=cpu_backend)
+    assert out.dtype == np.uint8 and set(np.unique(out.array)) <= {0, 7}
+    scale, offset = _zoom_map(x.shape, out.shape, spacing, new)
+    lin = ndi.affine_transform((x == 7).astype(np.float64), scale, offset, output_shape=out.shape, order=1,
+                               mode="nearest")
+    clear = np.abs(lin - 0.5) > 1e-9
+    np.testing.assert_array_equal(out.array[clear] == 7, lin[clear] > 0.5)
+
+
+def test_label_interpolation_keeps_thin_structures(rng, cpu_backend):
+    lab = np.zeros((20, 40, 40), np.int32)
+    lab[5:15, 10:30, 10:30] = 1
+    lab[5:15, 19:21, 10:30] = 2  # two voxels thin plate inside label 1
+    lab[8:10, 12:14, 12:14] = 300
+    img = mk.Image(lab, spacing=(1.0, 1.0, 1.0))
+    out = mk.resample(img, (1.0, 1.3, 1.3), "label", backend=cpu_backend)
+    assert out.dtype == np.int32
+    assert set(np.unique(out.array)) <= {0, 1, 2, 300}
+    assert set(np.unique(out.array)) == {0, 1, 2, 300}
+    back = mk.resample_to(out, img, interpolation="label", backend=cpu_backend)
+    assert set(np.unique(back.array)) == {0, 1, 2, 300}
+    assert np.mean(back.array == lab) > 0.97
+
+
+def test_warp_round_trip(rng, cpu_backend):
+    x = _random(rng, np.float32, (24, 28, 26), smooth=3)
+    img = mk.Image(x, spacing=(1.2, 1.0, 0.9))
+    centre = img.index_to_world((np.array(x.shape) - 1) / 2)
+    t = mk.Affine.rotation((4, -3, 8), center=centre) @ mk.Affine.from_parts(np.eye(3), (1.5, -1, 0.5))
+    back = mk.warp(mk.warp(img, t, backend=cpu_backend), t.inverse(), backend=cpu_backend)
+    inner = (slice(6, -6),) * 3
+    err = np.abs(back.array[inner] - x[inner]).max()
+    assert err < 0.05 * (x.max() - x.min())
+
+
+def test_displacement_field_inverse(rng):
+    ref = mk.Image(np.zeros((16, 18, 20), np.uint8), spacing=(2.0, 1.5, 1.5))
+    u = ndi.gaussian_filter(rng.normal(size=ref.shape + (3,)), (3, 3, 3, 0)) * 6
+    field = mk.DisplacementField(ref.with_array(u, vector=True))
+    inv = field.inverse()
+    pts = ref.index_to_world(rng.uniform(4, 11, size=(200, 3)))
+    np.testing.assert_allclose(field.apply(inv.apply(pts)), pts, atol=0.02)
+    np.testing.assert_allclose((field @ inv).apply(pts), pts, atol=0.02)
+
+
+def test_serial_equals_threaded(rng, helpers, cpu_backend):
+    img, ref, centre = _oblique_pair(rng, helpers, (20, 30, 26), (22, 24, 28))
+    t = mk.Affine.rotation((10, 0, 5), center=centre)
+    lab = mk.Image((img.array > 100).astype(np.uint8), **img.geometry)
+    runs = []
+    for n in (1, 2):
+        mk.set_num_threads(n)
+        try:
+            runs.append([
+                mk.resample(img, (0.7, 1.9, 1.1), "cubic", backend=cpu_backend).array,
+                mk.resample(img, (0.7, 1.9, 1.1), "linear", backend=cpu_backend).array,
+                mk.resample_to(img, ref, t, "cubic", backend=cpu_backend).array,
+                mk.resample_to(img, ref, t, "linear", backend=cpu_backend).array,
+                mk.resample_to(lab, ref, t, "label", backend=cpu_backend).array,
+            ])
+        finally:
+            mk.set_num_threads(2)
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_real_mni152(cpu_backend):
+    nilearn = pytest.importorskip("nilearn.datasets")
+    img = mk.Image.from_nibabel(nilearn.load_mni152_template(resolution=1))[40:120, 60:140, 50:130]
+    x = np.asarray(img.array, dtype=np.float32)
+    img = img.with_array(x)
+    out = mk.resample(img, (2.0, 2.5, 3.0), "linear", antialias=False, backend=cpu_backend)
+    scale, offset = _zoom_map(x.shape, out.shape, img.spacing, (2.0, 2.5, 3.0))
+    ref = ndi.affine_transform(x.astype(np.float64), scale, offset, output_shape=out.shape, order=1, mode="nearest")
+    np.testing.assert_allclose(out.array, ref, rtol=0, atol=_tol(x))
+    s = sitk.Resample(img.to_sitk(), out.to_sitk(), sitk.Transform(), sitk.sitkBSpline, 0.0, sitk.sitkFloat64)
+    cub = mk.resample_to(img, out, interpolation="cubic", backend=cpu_backend)
+    np.testing.assert_allclose(cub.array, sitk.GetArrayFromImage(s), rtol=0, atol=1e-4 * np.abs(x).max())
+
+
+def test_real_ibsi_ct(shared_data, helpers, cpu_backend):
+    ct = mk.read(shared_data / "ibsi" / "ibsi_1_ct_radiomics_phantom" / "nifti" / "image" / "phantom.nii.gz")
+    ct = ct[10:40, 40:140, 50:150]
+    x = np.asarray(ct.array)
+    out = mk.resample(ct, (1.0, 1.0, 1.0), "cubic", antialias=False, backend=cpu_backend)
+    scale, offset = _zoom_map(x.shape, out.shape, ct.spacing, (1.0, 1.0, 1.0))
+    ref = ndi.affine_transform(x.astype(np.float64), scale, offset, output_shape=out.shape, order=3, mode="mirror")
+    np.testing.assert_allclose(out.array, ref, rtol=0, atol=_tol(x))
+    t = mk.Affine.rotation((0, 0, 10), center=ct.index_to_world((np.array(x.shape) - 1) / 2))
+    lin = mk.resample_to(ct, out, t, "linear", fill=-1000, backend=cpu_backend)
+    s = sitk.Resample(ct.to_sitk(), out.to_sitk(), t.to_sitk(), sitk.sitkLinear, -1000.0, sitk.sitkFloat32)
+    np.testing.assert_allclose(lin.array, sitk.GetArrayFromImage(s), rtol=0, atol=1e-4 * np.abs(x).max())
+
+
+# ---------------------------------------------------------------------- transforms
+def test_affine_algebra(rng):
+    a = mk.Affine.rotation((10, 20, 30), center=(1, 2, 3)) @ mk.Affine.from_parts(np.diag([1, 2, 3.0]), (4, 5, 6))
+    b = mk.Affine.rotation(15, center=(1, 1))
+    pts = rng.normal(size=(10, 3))
+    np.testing.assert_allclose(a.inverse().apply(a.apply(pts)), pts, atol=1e-12)
+    np.testing.assert_allclose((a @ a.inverse()).matrix, np.eye(4), atol=1e-12)
+    np.testing.assert_allclose((a @ a).apply(pts), a.apply(a.apply(pts)), atol=1e-12)
+    assert b.ndim == 2 and a.ndim == 3
+    np.testing.assert_allclose(b.apply([[2.0, 1.0]]), [[1 + np.cos(np.pi / 12), 1 + np.sin(np.pi / 12)]])
+
+
+def test_affine_sitk_and_files(rng, tmp_path):
+    e = sitk.Euler3DTransform((1.0, 2.0, 3.0), 0.1, -0.2, 0.3, (4.0, 5.0, 6.0))
+    a = mk.Affine.from_sitk(e)
+    pts = rng.normal(size=(5, 3)) * 10
+    np.testing.assert_allclose(a.apply(pts), [e.TransformPoint(tuple(p)) for p in pts], atol=1e-10)
+    np.testing.assert_allclose(a.to_sitk().TransformPoint((1.0, 2.0, 3.0)), e.TransformPoint((1.0, 2.0, 3.0)))
+    for t in (e, sitk.VersorRigid3DTransform((0.1, 0.2, 0.3, float(np.sqrt(0.86))), (1.0, 2.0, 3.0), (0.5, 0.5, 0.5)),
+              sitk.Similarity3DTransform(1.2, (0, 0, 1), 0.3, (1.0, -2.0, 0.5), (3.0, 2.0, 1.0)),
+              sitk.TranslationTransform(3, (1.0, 2.0, 3.0))):
+        for suffix in (".txt", ".mat", ".tfm"):
+            path = tmp_path / f"t{suffix}"
+            sitk.WriteTransform(t, str(path))
+            got = mk.Affine.read(path)
+            np.testing.assert_allclose(got.apply(pts), [t.TransformPoint(tuple(p)) for p in pts], atol=1e-9)
+    for suffix in (".txt", ".mat"):
+        path = tmp_path / f"mine{suffix}"
+        a.write(path)
+        back = sitk.ReadTransform(str(path))
+        np.testing.assert_allclose([back.TransformPoint(tuple(p)) for p in pts], a.apply(pts), atol=1e-9)
+        assert mk.Affine.read(path).allclose(a)
+    comp = sitk.CompositeTransform([e, sitk.TranslationTransform(3, (1.0, 0.0, 0.0))])
+    np.testing.assert_allclose(mk.Affine.from_sitk(comp).apply(pts),
+                               [comp.TransformPoint(tuple(p)) for p in pts], atol=1e-10)
+
+
+def test_displacement_field_sitk_round_trip(rng):
+    ref = mk.Image(np.zeros((5, 6, 7), np.uint8), spacing=(2.0, 1.0, 1.5), origin=(1, 2, 3))
+    u = rng.normal(size=ref.shape + (3,))
+    f = mk.DisplacementField(ref.with_array(u, vector=True))
+    st = f.to_sitk()
+    pts = ref.index_to_world(rng.uniform(0, 4, size=(20, 3)))
+    np.testing.assert_allclose(f.apply(pts), [st.TransformPoint(tuple(p)) for p in pts], atol=1e-6)
+    g = mk.DisplacementField.from_sitk(st)
+    np.testing.assert_allclose(g.field.array, u)
+
+
+# ---------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (lambda img: mk.resample(img, 1.0, "bilinear"), ValueError, "interpolation"),
+        (lambda img: mk.resample(img, (1.0, 2.0)), ValueError, "spacing needs"),
+        (lambda img: mk.resample(img, 0.0), ValueError, "spacing must be finite and positive"),
+        (lambda img: mk.resample(img, "a"), TypeError, "spacing"),
+        (lambda img: mk.resample(img, 1.0, antialias="yes"), TypeError, "antialias"),
+        (lambda img: mk.resample(img, 1.0, "label"), TypeError, "label"),
+        (lambda img: mk.resample(img.astype(np.uint8), 1.0, "nearest", fill=2.5), ValueError, "fill"),
+        (lambda img: mk.resample(img.astype(np.uint8), 1.0, "nearest", fill=300), ValueError, "fill"),
+        (lambda img: mk.resample(img, 1.0, fill="x"), TypeError, "fill"),
+        (lambda img: mk.resample(img.array[:0], 1.0), ValueError, "empty"),
+        (lambda img: mk.resample(img.array.astype(np.complex64), 1.0), TypeError, "dtype"),
+        (lambda img: mk.resample_to(img, img.array), TypeError, "reference"),
+        (lambda img: mk.resample_to(img, mk.Image(np.zeros((4, 5)))), ValueError, "same ndim"),
+        (lambda img: mk.resample_to(img, img, transform=np.eye(4)), TypeError, "transform"),
+        (lambda img: mk.resample_to(img, img, transform=mk.Affine.identity(2)), ValueError, "2D"),
+        (lambda img: mk.warp(img, None), TypeError, "transform"),
+        (lambda img: mk.resample(img, 1.0, backend="cuda"), ValueError, "cuda"),
+        (lambda img: map_coordinates(img.array, np.zeros((2, 5))), ValueError, "coordinates"),
+        (lambda img: mk.Affine(np.eye(5)), ValueError, "4x4"),
+        (lambda img: mk.Affine(np.zeros((4, 4))), ValueError, "last row"),
+        (lambda img: mk.Affine(np.diag([1, 1, 0, 1.0])), ValueError, "singular"),
+        (lambda img: mk.Affine(np.full((4, 4), np.nan)), ValueError, "finite"),
+        (lambda img: mk.Affine.identity(3).apply(np.zeros((4, 2))), ValueError, "trailing axis"),
+        (lambda img: mk.Affine.identity(3) @ mk.Affine.identity(2), ValueError, "compose"),
+        (lambda img: mk.DisplacementField(img), TypeError, "vector"),
+        (lambda img: mk.DisplacementField(mk.Image(np.zeros((3, 4, 5, 2)), vector=True)), ValueError,
+         "components"),
+        (lambda img: mk.Affine.read("/nonexistent/t.txt"), FileNotFoundError, "not found"),
+    ],
+)
+def test_bad_input(call, exc, match):
+    img = mk.Image(np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6))
+    with pytest.raises(exc, match=match):
+        call(img)
+
+
+def test_bad_transform_files(tmp_path):
+    p = tmp_path / "bad.txt"
+    p.write_text("hello\n")
+    with pytest.raises(ValueError, match="Insight Transform File"):
+        mk.Affine.read(p)
+    p.write_text("#Insight Transform File V1.0\n#Transform 0\nTransform: BSplineTransform_double_3_3\n"
+                 "Parameters: 1 2 3\nFixedParameters: 0 0 0\n")
+    with pytest.raises(ValueError, match="unsupported ITK transform"):
+        mk.Affine.read(p)
