@@ -2,13 +2,14 @@
 
 No patient data: every case is the MNI152 2009a T1 template shipped with nilearn, augmented
 (random affine + elastic deformation, bias field, contrast change, noise) with simulated
-metastases (soft-edged ellipsoids, 3-20 mm, darker or brighter than the surrounding tissue)
-inserted at random positions inside the brain. Held-out cases come from separate seeds.
+enhancing metastases (soft-edged ellipsoids, 3-20 mm, 1.5-2.3x brighter than the tissue around
+them, ring-shaped with a darker necrotic core above 10 mm) inserted at random positions in the
+brain, as they appear on contrast-enhanced T1. Held-out cases come from separate seeds.
 
     python models/train_brain_lesion.py                 # train + export + evaluate + model card
     python models/train_brain_lesion.py --stage evaluate
 
-Reproducible: seed 0, one PyTorch thread, deterministic kernels, a fixed number of steps
+Reproducible: seed 0, two PyTorch threads, deterministic kernels, a fixed number of steps
 (about 10-15 minutes on a shared two-core machine).
 """
 
@@ -29,7 +30,8 @@ NAME = "brain-lesion"
 SPACING = [2.0, 2.0, 2.0]     # mm, array order
 PATCH = [32, 32, 32]
 SEED = 0
-STEPS = 500
+STEPS = 700
+THREADS = 2
 N_TRAIN, N_VALIDATION = 30, 12
 SMALL_MM = 5.0                # "small" lesion: diameter <= 5 mm
 
@@ -37,7 +39,7 @@ METADATA = {
     "schema_version": 1,
     "name": NAME,
     "version": "1.0",
-    "description": "Brain lesions (metastasis-like) on T1-weighted MR, skull-stripped input",
+    "description": "Enhancing brain lesions (metastasis-like) on contrast T1 MR, skull-stripped input",
     "task": "segmentation",
     "input": {"modalities": ["T1"], "spatial_dims": 3, "spacing": SPACING, "orientation": "SPL"},
     "preprocessing": [{"op": "zscore", "mask": "nonzero"}],
@@ -121,8 +123,11 @@ def simulate(base: np.ndarray, rng: np.random.Generator) -> Case:
             inside[np.unravel_index(np.argmax(fraction + (dist == dist.min())), inside.shape)] = True
         lesions[box][inside & (lesions[box] == 0)] = len(diameters) + 1
         diameters.append(float(d_mm))
-        contrast = rng.uniform(0.35, 0.65) if rng.random() < 0.5 else rng.uniform(1.4, 1.9)
-        img[box] *= 1 + (contrast - 1) * fraction.astype(np.float32)
+        # Enhancing metastases: solid when small, a ring around a necrotic core above 10 mm.
+        gain = np.full(dist.shape, rng.uniform(1.5, 2.3), np.float32)
+        if d_mm > 10:
+            gain[dist < rng.uniform(0.4, 0.7)] = rng.uniform(0.5, 0.8)
+        img[box] *= 1 + (gain - 1) * fraction.astype(np.float32)
     inside_head = img > 0
     # Bias field (smooth multiplicative, +-20 %), contrast (gamma), Rician-like noise inside the head.
     img *= np.exp(_smooth_noise(rng, shape, (3, 3, 3), 0.12)).astype(np.float32)
@@ -144,7 +149,7 @@ def sampler(cases: list[Case], rng: np.random.Generator, batch: int = 2):
 
     def crop(n):
         x, y = inputs[n], cases[n].lesions > 0
-        if rng.random() < 0.66:  # centre on a lesion: most are small and rare
+        if rng.random() < 0.75:  # centre on a lesion: most are small and rare
             fg = np.argwhere(cases[n].lesions == rng.integers(1, len(cases[n].diameters) + 1))
             if len(fg) == 0:
                 fg = np.argwhere(y)
@@ -168,7 +173,7 @@ def sampler(cases: list[Case], rng: np.random.Generator, batch: int = 2):
 
 
 def stage_train() -> None:
-    rng = seed_everything(SEED)
+    rng = seed_everything(SEED, THREADS)
     base, _ = template()
     t0 = time.perf_counter()
     cases = [simulate(base, np.random.default_rng([SEED, n])) for n in range(N_TRAIN)]
@@ -225,7 +230,8 @@ def write_card(m: dict) -> None:
     size = (SHIPPED / f"{NAME}.onnx").stat().st_size / 1e6
     card = f"""# Model card: `{NAME}`
 
-**Task**: segmentation of focal brain lesions (metastasis-like) on skull-stripped T1-weighted MR.
+**Task**: segmentation of enhancing focal brain lesions (metastasis-like) on skull-stripped,
+contrast-enhanced T1-weighted MR.
 Output: sigmoid lesion probability; labels = probability >= 0.5.
 `mk.models.load("{NAME}").predict(t1)` returns both on the T1's own grid.
 
@@ -240,7 +246,8 @@ resection cavity or a skull. Not a medical device.
   attribution; read offline from the nilearn package.
 - Cases: random affine and elastic deformation, smooth multiplicative bias field, gamma contrast
   change and Rician-like noise; 2-6 soft-edged ellipsoids per case, diameter 3-20 mm (half of them
-  <= {SMALL_MM:g} mm), 35-65 % darker or 40-90 % brighter than the tissue around them. {N_TRAIN}
+  <= {SMALL_MM:g} mm), 1.5-2.3x brighter than the tissue around them, those above 10 mm as a ring
+  around a darker necrotic core, with partial volume at the 2 mm model grid. {N_TRAIN}
   training cases (seeds 0..{N_TRAIN - 1}), {N_VALIDATION} held-out cases from separate seeds.
 - Model weights: Apache-2.0, like medkern.
 
@@ -248,7 +255,7 @@ resection cavity or a skull. Not a medical device.
 3D U-Net (channels 8/16/32, instance norm, leaky ReLU), {size:.2f} MB ONNX. Input: T1 reoriented to
 SPL, resampled to {SPACING} mm, z-score over the non-zero (brain) voxels. Sliding window {PATCH}
 voxels, overlap 0.5, Gaussian blending. Dice + binary cross-entropy, Adam, lesion-centred
-oversampling, flips; seed {SEED}, one thread ({m["training"]["steps"]} steps,
+oversampling, flips; seed {SEED}, {THREADS} threads ({m["training"]["steps"]} steps,
 {m["training"]["seconds"]} s). Reproduce with `python models/train_brain_lesion.py`.
 
 ## Validation ({N_VALIDATION} held-out simulated cases, {m["lesions"]} lesions)

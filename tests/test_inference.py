@@ -455,20 +455,24 @@ def test_predict_reorients_preprocesses_and_returns_on_input_grid(seg_model, hel
 
 
 def test_predict_resamples_to_model_spacing_and_back(rng):
-    """Model at 2 mm, image at 1 x 0.8 x 0.8 mm: a smooth image gives the probabilities of the
-    same model run on the native grid, up to linear-interpolation error of a smooth field."""
-    native = mk.Model(mk.write_model_metadata(pointwise_model(), metadata()))
-    coarse = mk.Model(mk.write_model_metadata(pointwise_model(), metadata(input__spacing=[2.0, 2.0, 2.0])))
-    k, j, i = np.meshgrid(*(np.linspace(-1, 1, n) for n in (24, 40, 35)), indexing="ij")
-    img = mk.Image((150 * np.sin(2 * k + j) * np.cos(i)).astype(np.float32), (1.0, 0.8, 0.8), (4, 5, 6),
+    """Model at 2 mm, oblique-free flipped image at 1 x 0.8 x 0.8 mm. With no activation the
+    pointwise model is linear, and linear resampling down and back reproduces a linear ramp
+    exactly away from the outer band where the edge value is extended: so any shift, flip or
+    scaling error in the round trip shows up."""
+    meta = metadata(input__spacing=[2.0, 2.0, 2.0], output={"activation": "none", "labels": ["a", "b"]})
+    coarse = mk.Model(mk.write_model_metadata(pointwise_model(), meta))
+    k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in (24, 40, 35)), indexing="ij")
+    img = mk.Image((3 * k - 2 * j + 1.5 * i).astype(np.float32), (1.0, 0.8, 0.8), (4, 5, 6),
                    np.diag([-1.0, 1.0, 1.0])[:, ::-1])
-    ref = native.predict(img)
     pred = coarse.predict(img)
     assert pred.probabilities.same_geometry(img) and pred.labels.same_geometry(img)
-    diff = np.abs(pred.probabilities.array - ref.probabilities.array)
-    assert diff.max() < 0.05 and diff.mean() < 0.005
-    np.testing.assert_allclose(pred.probabilities.array.sum(-1), 1, atol=1e-5)
-    assert (pred.labels.array != ref.labels.array).mean() < 0.01
+    inner = (slice(3, -3), slice(4, -4), slice(4, -4))
+    expected = 0.01 * img.array[inner]
+    np.testing.assert_allclose(pred.probabilities.array[inner + (0,)], expected, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(pred.probabilities.array[inner + (1,)], -expected, rtol=0, atol=1e-4)
+    # Softmax probabilities resampled linearly still sum to one everywhere, edges included.
+    softmax = mk.Model(mk.write_model_metadata(pointwise_model(), metadata(input__spacing=[2.0, 2.0, 2.0])))
+    np.testing.assert_allclose(softmax.predict(img).probabilities.array.sum(-1), 1, atol=1e-5)
 
 
 def test_predict_tta_and_predict_many(seg_model, ct_image, rng):
@@ -599,16 +603,17 @@ def test_sarcoma_ct_reproduces_its_card_on_a_real_patient(shared_data):
 
 
 def test_brain_lesion_finds_lesions_in_the_mni152_template():
-    """Real T1 template at 1 mm (resampled to the model's 2 mm and back) with two inserted lesions."""
+    """Real T1 template at 1 mm (cropped; resampled to the model's 2 mm and back) with two
+    inserted enhancing lesions of 12 and 8 mm: both found, little else."""
     datasets = pytest.importorskip("nilearn.datasets")
-    t1 = mk.Image.from_nibabel(datasets.load_mni152_template(resolution=1))
+    t1 = mk.Image.from_nibabel(datasets.load_mni152_template(resolution=1))[40:150, 50:180, 40:150]
     x = np.asarray(t1.array, dtype=np.float32).copy()
-    centres = [np.array(s) // 2 + d for s, d in zip([x.shape] * 2, [(0, 20, 15), (10, -25, -20)])]
+    centres = [np.array([55, 60, 40]), np.array([70, 85, 75])]
     grid = np.indices(x.shape)
     lesions = np.zeros(x.shape, bool)
-    for c, radius, contrast in zip(centres, (6.0, 4.0), (1.7, 0.45)):
+    for c, radius in zip(centres, (6.0, 4.0)):
         ball = sum((grid[a] - c[a]) ** 2 for a in range(3)) <= radius ** 2
-        x[ball] *= contrast
+        x[ball] *= 2.0
         lesions |= ball
     model = mk.models.load("brain-lesion")
     pred = model.predict(t1.with_array(x))
@@ -616,4 +621,4 @@ def test_brain_lesion_finds_lesions_in_the_mni152_template():
     assert pred.labels.same_geometry(t1)
     for c in centres:
         assert found[tuple(c)], "an inserted lesion was missed"
-    assert found.sum() < 4 * lesions.sum()
+    assert found.sum() < 3 * lesions.sum()

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from medkern._dispatch import get_num_threads, is_cupy_array
+from medkern._util import per_axis
 
 __all__ = ["sliding_window"]
 
@@ -41,13 +42,6 @@ def _weight_map(roi: tuple[int, int, int], blend: str, sigma_scale: tuple[float,
     w = _core.importance_map(roi, sigma_scale, blend == "gaussian")
     w.setflags(write=False)
     return w
-
-
-def _per_axis(value: Any, n: int, name: str) -> tuple:
-    values = (value,) * n if np.isscalar(value) else tuple(value)
-    if len(values) != n:
-        raise ValueError(f"{name} needs 1 or {n} values (one per spatial axis), got {len(values)}")
-    return values
 
 
 def sliding_window(array: Any, fn: Callable[[np.ndarray], Any], roi_size: Sequence[int] | int,
@@ -91,16 +85,17 @@ def sliding_window(array: Any, fn: Callable[[np.ndarray], Any], roi_size: Sequen
     if lead not in (0, 1, 2):
         raise ValueError(f"sliding_window: array must be (*spatial), (C, *spatial) or (N, C, *spatial) "
                          f"with {nsp} spatial axes, got shape {x.shape}")
-    roi = tuple(int(r) for r in _per_axis(roi_size, nsp, "roi_size"))
-    if any(r < 1 for r in roi):
-        raise ValueError(f"sliding_window: roi_size must be positive, got {roi}")
-    ov = tuple(float(o) for o in _per_axis(overlap, nsp, "overlap"))
+    roi_float = per_axis(roi_size, nsp, "roi_size")
+    roi = tuple(int(r) for r in roi_float)
+    if any(r < 1 or r != f for r, f in zip(roi, roi_float)):
+        raise ValueError(f"sliding_window: roi_size must be positive integers, got {roi_size}")
+    ov = per_axis(overlap, nsp, "overlap")
     if not all(0.0 <= o < 1.0 for o in ov):
         raise ValueError(f"sliding_window: overlap must be in [0, 1), got {overlap}")
     if blend not in ("gaussian", "constant"):
         raise ValueError(f"sliding_window: blend must be 'gaussian' or 'constant', got {blend!r}")
-    sig = tuple(float(s) for s in _per_axis(sigma_scale, nsp, "sigma_scale"))
-    if blend == "gaussian" and not all(np.isfinite(s) and s > 0 for s in sig):
+    sig = per_axis(sigma_scale, nsp, "sigma_scale")
+    if blend == "gaussian" and not all(s > 0 for s in sig):
         raise ValueError(f"sliding_window: sigma_scale must be positive, got {sigma_scale}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"sliding_window: batch_size must be a positive integer, got {batch_size!r}")
