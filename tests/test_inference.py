@@ -361,6 +361,13 @@ def test_model_error_not_onnx_truncated_empty(tmp_path):
         mk.Model(raw[: len(raw) // 2])
     with pytest.raises(mk.ModelError, match="is empty"):
         mk.Model(b"")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    with pytest.raises(mk.ModelError, match="empty.onnx is empty"):
+        mk.Model(tmp_path / "empty.onnx")
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(raw[: len(raw) - 7])
+    with pytest.raises(mk.ModelError, match="truncated.onnx is not a readable ONNX model"):
+        mk.Model(truncated)
     with pytest.raises(mk.ModelError, match="not a readable ONNX model"):
         mk.write_model_metadata(b"\x00garbage" * 10, metadata())
     with pytest.raises(FileNotFoundError, match="no model file"):

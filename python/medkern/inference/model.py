@@ -104,14 +104,17 @@ class Model:
         import onnxruntime as ort
 
         if isinstance(source, (bytes, bytearray, memoryview)):
-            data, self.name = bytes(source), "model bytes"
+            model, self.name, empty = bytes(source), "model bytes", len(source) == 0
         elif isinstance(source, (str, os.PathLike)):
             path = Path(source)
             if not path.is_file():
                 raise FileNotFoundError(f"Model: no model file at {path}")
-            data, self.name = path.read_bytes(), str(path)
+            # A path (not its bytes) lets ONNX Runtime find external weight files beside it.
+            model, self.name, empty = str(path), str(path), path.stat().st_size == 0
         else:
             raise TypeError(f"Model: source must be a path or bytes, got {type(source).__name__}")
+        if empty:
+            raise ModelError(f"{self.name} is empty: not an ONNX model")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"Model: threads must be a positive integer or None, got {threads!r}")
         self.providers = _resolve_providers(providers)
@@ -120,10 +123,8 @@ class Model:
         options.intra_op_num_threads = threads or get_num_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # warnings about unused initialisers are not the user's concern
-        if not data:
-            raise ModelError(f"{self.name} is empty: not an ONNX model")
         try:
-            self._session = ort.InferenceSession(data, options, providers=self.providers)
+            self._session = ort.InferenceSession(model, options, providers=self.providers)
         except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf / InvalidGraph
             raise ModelError(f"{self.name} is not a readable ONNX model (not ONNX, truncated or "
                              f"corrupted): {str(exc).strip()}") from None
