@@ -101,6 +101,22 @@ def train(net: nn.Module, sample: Callable[[], tuple[np.ndarray, np.ndarray]], s
     return {"steps": steps, "seconds": round(time.perf_counter() - t0), "final_loss": float(np.mean(losses[-50:]))}
 
 
+def crop_and_flip(x: np.ndarray, y: np.ndarray, patch: list[int], centre: Any,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A training patch around ``centre`` (kept inside the volume; None: uniformly random), with a
+    random flip of each axis."""
+    if centre is None:
+        lo = [int(rng.integers(0, n - p + 1)) for p, n in zip(patch, x.shape)]
+    else:
+        lo = [int(np.clip(c - p // 2, 0, n - p)) for c, p, n in zip(centre, patch, x.shape)]
+    sl = tuple(slice(a, a + p) for a, p in zip(lo, patch))
+    xs, ys = x[sl], y[sl]
+    for axis in range(3):
+        if rng.random() < 0.5:
+            xs, ys = np.flip(xs, axis), np.flip(ys, axis)
+    return xs, ys
+
+
 def export(net: nn.Module, in_channels: int, patch: tuple[int, ...], metadata: dict[str, Any], name: str) -> Path:
     """ONNX (opset 17, dynamic batch and spatial axes) with medkern metadata, into the package."""
     import medkern as mk
@@ -135,3 +151,21 @@ def save_metrics(name: str, metrics: dict[str, Any]) -> None:
     meta = json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}["medkern"])
     meta["metrics"] = metrics
     mk.write_model_metadata(path, meta)
+
+
+def write_card(name: str, card: str, metrics: dict[str, Any]) -> None:
+    """models/<name>.md beside the training scripts."""
+    (REPO / "models" / f"{name}.md").write_text(card)
+    print(json.dumps(metrics, indent=1))
+
+
+def main(doc: str, stage_train: Callable[[], None], stage_evaluate: Callable[[], Any]) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", choices=["all", "train", "evaluate"], default="all")
+    args = parser.parse_args()
+    if args.stage in ("all", "train"):
+        stage_train()
+    if args.stage in ("all", "evaluate"):
+        stage_evaluate()

@@ -15,16 +15,15 @@ Reproducible: seed 0, two PyTorch threads, deterministic kernels, a fixed number
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import json
 import time
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
-from _common import SHIPPED, UNet, dice, export, save_metrics, seed_everything, train
+from _common import (SHIPPED, UNet, crop_and_flip, dice, export, main, save_metrics, seed_everything,
+                     train, write_card)
 
 NAME = "brain-lesion"
 SPACING = [2.0, 2.0, 2.0]     # mm, array order
@@ -153,16 +152,10 @@ def sampler(cases: list[Case], rng: np.random.Generator, batch: int = 2):
             fg = np.argwhere(cases[n].lesions == rng.integers(1, len(cases[n].diameters) + 1))
             if len(fg) == 0:
                 fg = np.argwhere(y)
-            c = fg[rng.integers(len(fg))] + rng.integers(-10, 11, 3)
-            lo = [int(np.clip(ci - p // 2, 0, s - p)) for ci, p, s in zip(c, PATCH, x.shape)]
+            centre = fg[rng.integers(len(fg))] + rng.integers(-10, 11, 3)
         else:
-            lo = [int(rng.integers(0, s - p + 1)) for p, s in zip(PATCH, x.shape)]
-        sl = tuple(slice(a, a + p) for a, p in zip(lo, PATCH))
-        xs, ys = x[sl], y[sl]
-        for axis in range(3):
-            if rng.random() < 0.5:
-                xs, ys = np.flip(xs, axis), np.flip(ys, axis)
-        return xs, ys
+            centre = None
+        return crop_and_flip(x, y, PATCH, centre, rng)
 
     def sample():
         pairs = [crop(int(rng.integers(len(cases)))) for _ in range(batch)]
@@ -270,15 +263,8 @@ oversampling, flips; seed {SEED}, {THREADS} threads ({m["training"]["steps"]} st
 
 A lesion counts as detected when any predicted voxel falls inside it.
 """
-    (SHIPPED.parents[2] / "models" / f"{NAME}.md").write_text(card)
-    print(json.dumps(m, indent=1))
+    write_card(NAME, card, m)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--stage", choices=["all", "train", "evaluate"], default="all")
-    args = parser.parse_args()
-    if args.stage in ("all", "train"):
-        stage_train()
-    if args.stage in ("all", "evaluate"):
-        stage_evaluate()
+    main(__doc__, stage_train, stage_evaluate)

@@ -12,14 +12,13 @@ Reproducible: seed 0, two PyTorch threads, deterministic kernels, a fixed number
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import json
 
 import numpy as np
 from scipy import ndimage
 
-from _common import SHARED_DATA, SHIPPED, UNet, dice, export, save_metrics, seed_everything, train
+from _common import (SHARED_DATA, SHIPPED, UNet, crop_and_flip, dice, export, main, save_metrics, seed_everything,
+                     train, write_card)
 
 NAME = "sarcoma-ct"
 DATA = SHARED_DATA / "ibsi" / "ibsi_validation" / "nifti"
@@ -77,14 +76,9 @@ def sampler(cases: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator
         if rng.random() < 0.5:  # foreground oversampling (nnU-Net style)
             fg = np.argwhere(y)
             centre = fg[rng.integers(len(fg))]
-            lo = [int(np.clip(c - p // 2, 0, n - p)) for c, p, n in zip(centre, PATCH, x.shape)]
         else:
-            lo = [int(rng.integers(0, n - p + 1)) for p, n in zip(PATCH, x.shape)]
-        sl = tuple(slice(a, a + p) for a, p in zip(lo, PATCH))
-        xs, ys = x[sl], y[sl]
-        for axis in range(3):
-            if rng.random() < 0.5:
-                xs, ys = np.flip(xs, axis), np.flip(ys, axis)
+            centre = None
+        xs, ys = crop_and_flip(x, y, PATCH, centre, rng)
         xs = xs * rng.uniform(0.9, 1.1) + rng.uniform(-0.05, 0.05)
         return xs, ys
 
@@ -168,15 +162,8 @@ cross-entropy, Adam, foreground oversampling, flips; seed {SEED}, {THREADS} thre
 
 **Median Dice: {metrics["validation_dice_median"]:.3f}**
 """
-    (SHIPPED.parents[2] / "models" / f"{NAME}.md").write_text(card)
-    print(json.dumps(metrics, indent=1))
+    write_card(NAME, card, metrics)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--stage", choices=["all", "train", "evaluate"], default="all")
-    args = parser.parse_args()
-    if args.stage in ("all", "train"):
-        stage_train()
-    if args.stage in ("all", "evaluate"):
-        stage_evaluate()
+    main(__doc__, stage_train, stage_evaluate)
