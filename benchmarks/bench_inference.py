@@ -53,14 +53,20 @@ def volume() -> np.ndarray:
     return rng.normal(size=(1, 1, *SHAPE)).astype(np.float32)
 
 
+def _peak_rss_mb() -> float:
+    """VmHWM: this process image's peak RSS (getrusage's ru_maxrss would include the forking parent)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 # Run in a subprocess: `python bench_inference.py rss medkern|monai MODEL.onnx`.
 def _rss_child(which: str, onnx_path: str) -> None:
-    import resource
-
     x = volume()
     if which == "medkern":
         model = mk.Model(onnx_path)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        before = _peak_rss_mb()
         mk.sliding_window(x, model, ROI, 0.5, "gaussian", 0.125, BATCH)
     else:
         import torch
@@ -68,11 +74,11 @@ def _rss_child(which: str, onnx_path: str) -> None:
 
         net = build_unet()
         t = torch.from_numpy(x)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        before = _peak_rss_mb()
         with torch.no_grad():
             sliding_window_inference(t, ROI, BATCH, net, overlap=0.5, mode="gaussian", sigma_scale=0.125)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"increase_mb": (after - before) / 1024}))
+    after = _peak_rss_mb()
+    print(json.dumps({"increase_mb": after - before}))
 
 
 def peak_rss_increase(which: str, onnx_path: Path) -> float:

@@ -9,7 +9,7 @@ brain, as they appear on contrast-enhanced T1. Held-out cases come from separate
     python models/train_brain_lesion.py                 # train + export + evaluate + model card
     python models/train_brain_lesion.py --stage evaluate
 
-Reproducible: seed 0, two PyTorch threads, deterministic kernels, a fixed number of steps
+Reproducible: seed 0, one PyTorch thread, deterministic kernels, a fixed number of steps
 (about 10-15 minutes on a shared two-core machine).
 """
 
@@ -29,8 +29,8 @@ NAME = "brain-lesion"
 SPACING = [2.0, 2.0, 2.0]     # mm, array order
 PATCH = [32, 32, 32]
 SEED = 0
-STEPS = 700
-THREADS = 2
+STEPS = 600
+THREADS = 1
 N_TRAIN, N_VALIDATION = 30, 12
 SMALL_MM = 5.0                # "small" lesion: diameter <= 5 mm
 
@@ -248,7 +248,7 @@ resection cavity or a skull. Not a medical device.
 3D U-Net (channels 8/16/32, instance norm, leaky ReLU), {size:.2f} MB ONNX. Input: T1 reoriented to
 SPL, resampled to {SPACING} mm, z-score over the non-zero (brain) voxels. Sliding window {PATCH}
 voxels, overlap 0.5, Gaussian blending. Dice + binary cross-entropy, Adam, lesion-centred
-oversampling, flips; seed {SEED}, {THREADS} threads ({m["training"]["steps"]} steps,
+oversampling, flips; seed {SEED}, {THREADS} thread(s) ({m["training"]["steps"]} steps,
 {m["training"]["seconds"]} s). Reproduce with `python models/train_brain_lesion.py`.
 
 ## Validation ({N_VALIDATION} held-out simulated cases, {m["lesions"]} lesions)

@@ -6,7 +6,7 @@ ibsi_validation/nifti; Vallières et al. 2015, TCIA, CC BY 3.0), split by patien
     python models/train_sarcoma_ct.py                 # train + export + evaluate + model card
     python models/train_sarcoma_ct.py --stage evaluate
 
-Reproducible: seed 0, two PyTorch threads, deterministic kernels, a fixed number of steps
+Reproducible: seed 0, one PyTorch thread, deterministic kernels, a fixed number of steps
 (about 10-15 minutes on a shared two-core machine).
 """
 
@@ -26,8 +26,8 @@ DATA = SHARED_DATA / "ibsi" / "ibsi_validation" / "nifti"
 VALIDATION = ["STS_004", "STS_012", "STS_019", "STS_025", "STS_029", "STS_034", "STS_038", "STS_043"]
 SPACING = [3.0, 3.0, 3.0]          # mm, array order (k, j, i)
 PATCH = [32, 48, 48]
-STEPS = 600
-THREADS = 2
+STEPS = 360
+THREADS = 1
 WINDOW = {"op": "window", "center": 40.0, "width": 500.0}   # soft tissue, mapped to [0, 1]
 SEED = 0
 
@@ -150,7 +150,7 @@ represented (cropped CTs 5 cm around the tumour, extremities only).
 3D U-Net (channels 8/16/32, instance norm, leaky ReLU), {size:.2f} MB ONNX. Input: CT reoriented to
 SPL, resampled to {SPACING} mm (array order, linear), soft-tissue window centre 40 HU width 500 HU
 mapped to [0, 1]. Sliding window {PATCH} voxels, overlap 0.5, Gaussian blending. Trained with Dice +
-cross-entropy, Adam, foreground oversampling, flips; seed {SEED}, {THREADS} threads
+cross-entropy, Adam, foreground oversampling, flips; seed {SEED}, {THREADS} thread(s)
 ({metrics["training"]["steps"]} steps, {metrics["training"]["seconds"]} s). Reproduce with
 `python models/train_sarcoma_ct.py`.
 
