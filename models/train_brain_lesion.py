@@ -215,11 +215,11 @@ def stage_evaluate() -> dict:
         "evaluation": "mk.Model.predict on held-out simulated cases (seeds 1000+n), 2 mm grid",
     }
     save_metrics(NAME, metrics)
-    write_card(metrics)
+    model_card(metrics)
     return metrics
 
 
-def write_card(m: dict) -> None:
+def model_card(m: dict) -> None:
     size = (SHIPPED / f"{NAME}.onnx").stat().st_size / 1e6
     card = f"""# Model card: `{NAME}`
 

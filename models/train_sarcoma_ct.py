@@ -26,7 +26,7 @@ DATA = SHARED_DATA / "ibsi" / "ibsi_validation" / "nifti"
 VALIDATION = ["STS_004", "STS_012", "STS_019", "STS_025", "STS_029", "STS_034", "STS_038", "STS_043"]
 SPACING = [3.0, 3.0, 3.0]          # mm, array order (k, j, i)
 PATCH = [32, 48, 48]
-STEPS = 360
+STEPS = 600
 THREADS = 1
 WINDOW = {"op": "window", "center": 40.0, "width": 500.0}   # soft tissue, mapped to [0, 1]
 SEED = 0
@@ -119,11 +119,11 @@ def stage_evaluate() -> dict:
                "evaluated": dt.date.today().isoformat(),
                "evaluation": "mk.Model.predict on the original CT grid vs the GTV mask"}
     save_metrics(NAME, metrics)
-    write_card(metrics)
+    model_card(metrics)
     return metrics
 
 
-def write_card(metrics: dict) -> None:
+def model_card(metrics: dict) -> None:
     rows = "\n".join(f"| {p} | {d:.3f} |" for p, d in metrics["validation_dice"].items())
     size = (SHIPPED / f"{NAME}.onnx").stat().st_size / 1e6
     card = f"""# Model card: `{NAME}`
