@@ -323,9 +323,18 @@ class Model:
             above = prob >= np.float32(out["threshold"])
             labels = np.where(above.any(axis=0), np.argmax(np.where(above, prob, -np.inf), axis=0) + 1, 0
                               ).astype(np.uint8)
-        prob_images = [_back_to_input(case.grid.with_array(p), case.reference, "linear") for p in prob]
+        def linear_back(p: np.ndarray) -> np.ndarray:
+            moved = _back_to_input(case.grid.with_array(p), case.reference, "linear")
+            return np.asarray(moved.array, dtype=np.float32)
+
+        # Linear interpolation weights sum to one, so with softmax the first class is one minus the
+        # others on the input grid too: one resampling pass saved.
+        complement = out["activation"] == "softmax" and len(prob) > 1
+        channels = [linear_back(p) for p in prob[int(complement):]]
+        if complement:
+            channels.insert(0, np.float32(1) - np.sum(channels, axis=0, dtype=np.float32))
         label_image = _back_to_input(case.grid.with_array(labels), case.reference, "label")
-        stacked = np.stack([np.asarray(p.array, dtype=np.float32) for p in prob_images], axis=-1)
+        stacked = np.stack(channels, axis=-1)
         return Prediction(label_names=list(out["labels"]),
                           probabilities=Image(stacked, **case.reference.geometry, vector=True),
                           labels=label_image)
