@@ -161,6 +161,11 @@ cross-entropy, Adam, foreground oversampling, flips; seed {SEED}, {THREADS} thre
 {rows}
 
 **Median Dice: {metrics["validation_dice_median"]:.3f}**
+
+**Limitations**: a deliberately tiny network at 3 mm, trained for a few hundred steps on one CPU
+core so that it ships in the package and retrains in minutes; it over-segments surrounding soft
+tissue and misses small tumours. It demonstrates the pipeline (metadata, resampling, sliding
+window, return to the CT grid), not state-of-the-art GTV delineation.
 """
     write_card(NAME, card, metrics)
 
