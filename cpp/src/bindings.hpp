@@ -81,6 +81,7 @@ inline const std::uint8_t* mask_ptr(const py::object& mask, carray<std::uint8_t>
 
 // One declaration per family; defined in <family>.cpp.
 void register_intensity(py::module_& m);
+void register_inference(py::module_& m);
 void register_measure(py::module_& m);
 void register_radiomics(py::module_& m);
 void register_resample(py::module_& m);

@@ -8,6 +8,7 @@ PYBIND11_MODULE(_core, m) {
   m.attr("openmp") = false;
 #endif
   register_intensity(m);
+  register_inference(m);
   register_measure(m);
   register_radiomics(m);
   register_resample(m);

@@ -18,7 +18,9 @@ from medkern.filters import (
     unsharp_mask,
 )
 from medkern.contrast import clahe, equalize_hist, n4_bias_correction
+from medkern import models
 from medkern.image import Image
+from medkern.inference import Model, Prediction, sliding_window, validate_metadata, write_model_metadata
 from medkern.intensity import normalize, window
 from medkern.io import read, write
 from medkern.radiomics import radiomics
@@ -51,6 +53,7 @@ __all__ = [
     "DicomSeries",
     "Image",
     "MedkernError",
+    "Model",
     "ModelError",
     "anisotropic_diffusion",
     "binary_close",
@@ -63,6 +66,7 @@ __all__ = [
     "MedkernError",
     "ModelError",
     "Region",
+    "Prediction",
     "backends",
     "bilateral",
     "gaussian",
@@ -76,6 +80,7 @@ __all__ = [
     "get_num_threads",
     "n4_bias_correction",
     "map_coordinates",
+    "models",
     "normalize",
     "radiomics",
     "read",
@@ -94,8 +99,11 @@ __all__ = [
     "register",
     "RegistrationResult",
     "set_num_threads",
+    "sliding_window",
+    "validate_metadata",
     "warp",
     "unsharp_mask",
     "window",
     "write",
+    "write_model_metadata",
 ]

@@ -1,0 +1,159 @@
+"""Sliding-window inference: medkern (ONNX Runtime + C++ blending) vs MONAI (PyTorch CPU).
+
+Same network (a monai UNet exported to ONNX), same 192x192x128 volume, roi 96^3, overlap 0.5,
+Gaussian blending, same patch batch size. Peak RSS increase is measured in fresh subprocesses
+(one per library) from just before the call to its end, so imports and weights do not count.
+Needs torch and monai (benchmark/test-only dependencies).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+import medkern as mk
+from _harness import Case
+
+SHAPE = (128, 192, 192)
+ROI = (96, 96, 96)
+BATCH = 2
+HERE = Path(__file__).resolve().parent
+
+
+def build_unet():
+    import torch
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(0)
+    return UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(8, 16, 32, 64), strides=(2, 2, 2),
+                num_res_units=1).eval()
+
+
+def export_onnx(net, path: Path) -> None:
+    import torch
+
+    axes = {0: "b", 2: "z", 3: "y", 4: "x"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.zeros(1, 1, *ROI),), str(path), input_names=["image"],
+                          output_names=["logits"], opset_version=17, dynamo=False,
+                          dynamic_axes={"image": axes, "logits": axes})
+
+
+def volume() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(1, 1, *SHAPE)).astype(np.float32)
+
+
+def _peak_rss_mb() -> float:
+    """VmHWM: this process image's peak RSS (getrusage's ru_maxrss would include the forking parent)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+# Run in a subprocess: `python bench_inference.py rss medkern|monai MODEL.onnx`.
+def _rss_child(which: str, onnx_path: str) -> None:
+    x = volume()
+    if which == "medkern":
+        model = mk.Model(onnx_path)
+        before = _peak_rss_mb()
+        mk.sliding_window(x, model, ROI, 0.5, "gaussian", 0.125, BATCH)
+    else:
+        import torch
+        from monai.inferers import sliding_window_inference
+
+        net = build_unet()
+        t = torch.from_numpy(x)
+        before = _peak_rss_mb()
+        with torch.no_grad():
+            sliding_window_inference(t, ROI, BATCH, net, overlap=0.5, mode="gaussian", sigma_scale=0.125)
+    after = _peak_rss_mb()
+    print(json.dumps({"increase_mb": after - before}))
+
+
+def peak_rss_increase(which: str, onnx_path: Path) -> float:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent / "python"), str(HERE)]))
+    out = subprocess.run([sys.executable, __file__, "rss", which, str(onnx_path)], env=env,
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["increase_mb"]
+
+
+def cases(quick: bool) -> list[Case]:
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    net = build_unet()
+    tmp = Path(tempfile.mkdtemp(prefix="medkern_bench_"))
+    onnx_path = tmp / "unet.onnx"
+    export_onnx(net, onnx_path)
+    model = mk.Model(onnx_path)
+    x = volume()
+    t = torch.from_numpy(x)
+
+    def monai_run():
+        with torch.no_grad():
+            return sliding_window_inference(t, ROI, BATCH, net, overlap=0.5, mode="gaussian", sigma_scale=0.125)
+
+    mk_mb, monai_mb = peak_rss_increase("medkern", onnx_path), peak_rss_increase("monai", onnx_path)
+    ref = monai_run().numpy()
+    err = float(np.abs(mk.sliding_window(x, model, ROI, 0.5, "gaussian", 0.125, BATCH) - ref).max())
+    name = (f"sliding_window UNet {SHAPE} roi 96^3 ov 0.5 gaussian, batch {BATCH} "
+            f"(max |diff| {err:.1e}; peak RSS increase {mk_mb:.0f} MB vs MONAI {monai_mb:.0f} MB "
+            f"= {mk_mb / monai_mb:.2f}x)")
+    out = [Case(name, lambda: mk.sliding_window(x, model, ROI, 0.5, "gaussian", 0.125, BATCH),
+                {f"MONAI sliding_window_inference (torch {torch.__version__}, {torch.get_num_threads()} threads)":
+                 monai_run}, target=">= 1.5x, RSS <= 0.5x", repeats=2 if quick else 3)]
+    out += predict_cases(onnx_path, tmp)
+    return out
+
+
+def predict_cases(onnx_path: Path, tmp: Path) -> list[Case]:
+    """model.predict on a CT-like image that needs reorientation and resampling."""
+    meta = {"schema_version": 1, "name": "bench-unet", "task": "segmentation",
+            "input": {"modalities": ["CT"], "spatial_dims": 3, "spacing": [1.5, 1.5, 1.5], "orientation": "SPL"},
+            "preprocessing": [{"op": "window", "center": 40, "width": 400}],
+            "inference": {"patch_size": list(ROI), "overlap": 0.5, "batch_size": BATCH},
+            "output": {"activation": "softmax", "labels": ["background", "foreground"]}}
+    path = mk.write_model_metadata(onnx_path, meta, out=tmp / "unet_meta.onnx")
+    model = mk.Model(path)
+    network = [0.0]
+    run = model.run
+
+    def timed_run(*arrays):
+        t0 = time.perf_counter()
+        try:
+            return run(*arrays)
+        finally:
+            network[0] += time.perf_counter() - t0
+
+    model.run = timed_run
+    rng = np.random.default_rng(1)
+    # 1.2 mm in-plane, 2 mm slices, flipped rows: resampled to 1.5 mm isotropic, 192x192x128-ish.
+    ct = mk.Image(rng.integers(-1000, 1000, size=(96, 240, 240), dtype=np.int16), (2.0, 1.2, 1.2),
+                  direction=np.diag([1.0, -1.0, 1.0])[:, ::-1])
+    model.predict(ct)  # warm-up: first-call costs (thread pools, ONNX Runtime arena) are not overhead
+    shares, totals = [], []
+    for _ in range(2):
+        network[0] = 0.0
+        t0 = time.perf_counter()
+        model.predict(ct)
+        totals.append(time.perf_counter() - t0)
+        shares.append(1 - network[0] / totals[-1])
+    share, total = min(shares), totals[shares.index(min(shares))]
+    return [Case(f"model.predict CT {ct.shape} -> 1.5 mm, window, sliding window, back "
+                 f"(overhead beyond the network {share:.1%} of {total:.1f} s)",
+                 lambda: model.predict(ct), target="overhead <= 10%", repeats=1)]
+
+
+if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "rss":
+    _rss_child(sys.argv[2], sys.argv[3])

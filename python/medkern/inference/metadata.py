@@ -1,0 +1,304 @@
+"""The medkern model-metadata schema, stored as one JSON entry in an ONNX file's metadata_props.
+
+Version 1 (key ``"medkern"``). Per-axis values are in array-axis order, millimetres::
+
+    {
+      "schema_version": 1,
+      "name": "sarcoma-ct", "version": "1.0", "description": "...",
+      "task": "segmentation" | "classification" | "detection",
+      "input": {
+        "modalities": ["CT"],            # one entry per input channel
+        "channels": 1,                   # optional, must equal len(modalities)
+        "spatial_dims": 3,
+        "spacing": [3.0, 2.0, 2.0],      # model grid in mm; null: use the image's own grid
+        "antialias": false,              # Gaussian pre-smoothing when downsampling (mk.resample)
+        "orientation": "SPL"             # null: keep the image's axes (see below)
+      },
+      "preprocessing": [                 # applied in order; "channels": [..] restricts an op
+        {"op": "clip", "low": -1000, "high": 1000},
+        {"op": "window", "center": 40, "width": 400},              # -> [0, 1] (mk.window)
+        {"op": "zscore", "mask": "all" | "nonzero"},               # mk.normalize "zscore"
+        {"op": "percentile", "low": 0.5, "high": 99.5, "clip": false},
+        {"op": "scale", "scale": 0.001, "offset": 0.0}             # x * scale + offset
+      ],
+      "inference": {"patch_size": [64, 64, 64], "overlap": 0.5, "blend": "gaussian",
+                    "sigma_scale": 0.125, "batch_size": 4, "padding": "constant"},
+      "output": {"activation": "softmax" | "sigmoid" | "none",
+                 "labels": ["background", "tumour"], "threshold": 0.5},
+      "training_data": "...", "licence": "...", "intended_use": "...",
+      "metrics": {"dice_median": 0.8, ...}
+    }
+
+``orientation`` names, for each array axis in order, the LPS direction it increases toward
+(``L``/``R`` for x, ``P``/``A`` for y, ``S``/``I`` for z). medkern's default orientation (and
+SimpleITK's identity direction) is ``"SPL"`` in 3D and ``"PL"`` in 2D. For classification models
+``patch_size`` is the fixed network input: the preprocessed image is centre-cropped or padded to it.
+Detection models are dense (a heat map per class) and are blended like segmentation.
+Resampling to ``spacing`` is linear and keeps the field of view (``mk.resample``); ``antialias``
+defaults to false, as MONAI's ``Spacing`` and nnU-Net prepare their training data.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from medkern.errors import ModelError
+
+__all__ = ["METADATA_KEY", "SCHEMA_VERSION", "validate_metadata", "write_model_metadata"]
+
+METADATA_KEY = "medkern"
+SCHEMA_VERSION = 1
+
+TASKS = ("segmentation", "classification", "detection")
+ACTIVATIONS = ("softmax", "sigmoid", "none")
+BLENDS = ("gaussian", "constant")
+PADDINGS = ("constant", "reflect", "replicate", "circular")
+ORIENTATION_LETTERS = {"L": (0, 1), "R": (0, -1), "P": (1, 1), "A": (1, -1), "S": (2, 1), "I": (2, -1)}
+# op -> (required fields, optional fields with defaults)
+PREPROCESSING_OPS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "clip": (("low", "high"), {}),
+    "window": (("center", "width"), {"output_range": [0.0, 1.0]}),
+    "zscore": ((), {"mask": "all"}),
+    "percentile": ((), {"low": 0.5, "high": 99.5, "clip": False}),
+    "scale": (("scale",), {"offset": 0.0}),
+}
+INFERENCE_DEFAULTS = {"overlap": 0.5, "blend": "gaussian", "sigma_scale": 0.125, "batch_size": 4,
+                      "padding": "constant"}
+NOTES = ("name", "version", "description", "training_data", "licence", "intended_use")
+
+
+def _fail(field: str, problem: str) -> ModelError:
+    return ModelError(f"medkern model metadata: {field} {problem}")
+
+
+def _number(value: Any, field: str, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _fail(field, f"must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise _fail(field, f"must be positive, got {value!r}")
+    return float(value)
+
+
+def _int(value: Any, field: str, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise _fail(field, f"must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _choice(value: Any, options: tuple[str, ...], field: str) -> str:
+    if value not in options:
+        raise _fail(field, f"must be one of {', '.join(map(repr, options))}, got {value!r}")
+    return value
+
+
+def _per_axis(value: Any, n: int, field: str, kind: str) -> list:
+    if not isinstance(value, (list, tuple)) or len(value) != n:
+        raise _fail(field, f"must be a list of {n} values (one per spatial axis, array order), got {value!r}")
+    if kind == "int":
+        return [_int(v, f"{field}[{i}]") for i, v in enumerate(value)]
+    return [_number(v, f"{field}[{i}]", positive=True) for i, v in enumerate(value)]
+
+
+def validate_metadata(metadata: Any) -> dict[str, Any]:
+    """Check a metadata dict against schema version 1; return it with defaults filled in.
+
+    Raises :class:`medkern.ModelError` naming the first missing or malformed field.
+    """
+    if not isinstance(metadata, dict):
+        raise ModelError(f"medkern model metadata must be a JSON object (dict), got {type(metadata).__name__}")
+    meta = copy.deepcopy(metadata)
+    version = meta.get("schema_version")
+    if version is None:
+        raise _fail("schema_version", f"is missing (this medkern writes version {SCHEMA_VERSION})")
+    if version != SCHEMA_VERSION:
+        raise _fail("schema_version", f"is {version!r}; this medkern reads version {SCHEMA_VERSION} "
+                                      "(upgrade medkern or re-export the model)")
+    _choice(meta.get("task"), TASKS, "task")
+    for note in NOTES:
+        if note in meta and not isinstance(meta[note], str):
+            raise _fail(note, f"must be a string, got {type(meta[note]).__name__}")
+    if not isinstance(meta.get("name"), str) or not meta["name"]:
+        raise _fail("name", "is missing (a short model name)")
+
+    inp = meta.get("input")
+    if not isinstance(inp, dict):
+        raise _fail("input", "is missing (modalities, spatial_dims, spacing, orientation)")
+    modalities = inp.get("modalities")
+    if not isinstance(modalities, list) or not modalities or not all(isinstance(m, str) for m in modalities):
+        raise _fail("input.modalities", f"must be a non-empty list of names, one per channel, got {modalities!r}")
+    channels = inp.setdefault("channels", len(modalities))
+    if _int(channels, "input.channels") != len(modalities):
+        raise _fail("input.channels", f"is {channels} but input.modalities names {len(modalities)} channels")
+    nsp = inp.get("spatial_dims")
+    if nsp not in (2, 3):
+        raise _fail("input.spatial_dims", f"must be 2 or 3, got {nsp!r}")
+    if inp.setdefault("spacing", None) is not None:
+        inp["spacing"] = _per_axis(inp["spacing"], nsp, "input.spacing", "float")
+    if not isinstance(inp.setdefault("antialias", False), bool):
+        raise _fail("input.antialias", f"must be true or false, got {inp['antialias']!r}")
+    code = inp.setdefault("orientation", None)
+    if code is not None:
+        axes = [ORIENTATION_LETTERS.get(c, (None,))[0] for c in code] if isinstance(code, str) else []
+        if len(axes) != nsp or None in axes or len(set(axes)) != nsp or (nsp == 2 and 2 in axes):
+            raise _fail("input.orientation", f"must name one LPS direction per array axis "
+                                             f"(letters L/R, P/A{', S/I' if nsp == 3 else ''}, "
+                                             f"each world axis once, e.g. {'SPL' if nsp == 3 else 'PL'}), "
+                                             f"got {code!r}")
+
+    ops = meta.setdefault("preprocessing", [])
+    if not isinstance(ops, list):
+        raise _fail("preprocessing", f"must be a list of operations, got {type(ops).__name__}")
+    for n, op in enumerate(ops):
+        field = f"preprocessing[{n}]"
+        if not isinstance(op, dict) or op.get("op") not in PREPROCESSING_OPS:
+            raise _fail(field, f"must be an object whose 'op' is one of {', '.join(PREPROCESSING_OPS)}, got {op!r}")
+        required, optional = PREPROCESSING_OPS[op["op"]]
+        for key in required:
+            if key not in op:
+                raise _fail(f"{field}.{key}", f"is missing (needed by op {op['op']!r})")
+            _number(op[key], f"{field}.{key}")
+        for key, default in optional.items():
+            op.setdefault(key, copy.deepcopy(default))
+        unknown = set(op) - {"op", "channels", *required, *optional}
+        if unknown:
+            raise _fail(field, f"has unknown field(s) {sorted(unknown)} for op {op['op']!r}")
+        if "channels" in op and (not isinstance(op["channels"], list) or
+                                 not all(isinstance(c, int) and 0 <= c < channels for c in op["channels"])):
+            raise _fail(f"{field}.channels", f"must list channel indices in [0, {channels}), got {op['channels']!r}")
+        if op["op"] == "window":
+            _number(op["width"], f"{field}.width", positive=True)
+        if op["op"] == "clip" and not op["low"] < op["high"]:
+            raise _fail(field, f"needs low < high, got {op['low']} and {op['high']}")
+        if op["op"] == "zscore":
+            _choice(op["mask"], ("all", "nonzero"), f"{field}.mask")
+        if op["op"] == "percentile" and not 0 <= _number(op["low"], f"{field}.low") < _number(op["high"], f"{field}.high") <= 100:
+            raise _fail(field, f"needs 0 <= low < high <= 100, got {op['low']} and {op['high']}")
+
+    inf = meta.get("inference")
+    if not isinstance(inf, dict):
+        raise _fail("inference", "is missing (at least patch_size)")
+    if "patch_size" not in inf:
+        raise _fail("inference.patch_size", "is missing")
+    inf["patch_size"] = _per_axis(inf["patch_size"], nsp, "inference.patch_size", "int")
+    for key, default in INFERENCE_DEFAULTS.items():
+        inf.setdefault(key, default)
+    overlap = _number(inf["overlap"], "inference.overlap")
+    if not 0 <= overlap < 1:
+        raise _fail("inference.overlap", f"must be in [0, 1), got {overlap}")
+    _choice(inf["blend"], BLENDS, "inference.blend")
+    _number(inf["sigma_scale"], "inference.sigma_scale", positive=True)
+    _int(inf["batch_size"], "inference.batch_size")
+    _choice(inf["padding"], PADDINGS, "inference.padding")
+
+    out = meta.get("output")
+    if not isinstance(out, dict):
+        raise _fail("output", "is missing (activation and labels)")
+    _choice(out.get("activation"), ACTIVATIONS, "output.activation")
+    labels = out.get("labels")
+    if not isinstance(labels, list) or not labels or not all(isinstance(v, str) for v in labels):
+        raise _fail("output.labels", f"must be a non-empty list of names, one per output channel, got {labels!r}")
+    threshold = _number(out.setdefault("threshold", 0.5), "output.threshold")
+    if not 0 < threshold < 1:
+        raise _fail("output.threshold", f"must be in (0, 1), got {threshold}")
+
+    metrics = meta.setdefault("metrics", {})
+    if not isinstance(metrics, dict):
+        raise _fail("metrics", f"must be an object (name -> value), got {type(metrics).__name__}")
+    try:
+        json.dumps(meta, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"medkern model metadata is not JSON-serialisable: {exc}") from None
+    return meta
+
+
+def parse_metadata(text: str | None) -> dict[str, Any] | None:
+    """The validated metadata of a ``metadata_props["medkern"]`` entry (None when absent)."""
+    if text is None:
+        return None
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"medkern model metadata is not valid JSON ({exc}); rewrite it with "
+                         "mk.write_model_metadata") from None
+    return validate_metadata(meta)
+
+
+def write_model_metadata(model: Any, metadata: dict[str, Any], out: str | os.PathLike | None = None) -> Any:
+    """Attach validated medkern metadata to an ONNX model (replacing an earlier entry).
+
+    ``model`` is a path, the serialised bytes or an ``onnx.ModelProto``. A path is rewritten
+    atomically (to ``out`` when given, else in place) and the written path is returned; bytes give
+    bytes back, a ModelProto a new ModelProto. The metadata's channel count and spatial rank are
+    checked against the graph's first input where its shape is static.
+    """
+    import onnx
+
+    meta = validate_metadata(metadata)
+    if isinstance(model, onnx.ModelProto):
+        proto = copy.deepcopy(model)
+    elif isinstance(model, (bytes, bytearray)):
+        proto = _load_proto(bytes(model), "model bytes")
+    elif isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.is_file():
+            raise FileNotFoundError(f"write_model_metadata: no model file at {path}")
+        proto = _load_proto(path.read_bytes(), str(path))
+    else:
+        raise TypeError(f"write_model_metadata: model must be a path, bytes or onnx.ModelProto, "
+                        f"got {type(model).__name__}")
+    graph_inputs = [(i.name, [d.dim_value if d.HasField("dim_value") else None
+                              for d in i.type.tensor_type.shape.dim]) for i in _graph_inputs(proto)]
+    check_graph_against_metadata(meta, graph_inputs)
+    for prop in [p for p in proto.metadata_props if p.key == METADATA_KEY]:
+        proto.metadata_props.remove(prop)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta, sort_keys=True)
+    if isinstance(model, onnx.ModelProto):
+        return proto
+    if isinstance(model, (bytes, bytearray)):
+        return proto.SerializeToString()
+    from medkern.io._atomic import atomic_path
+
+    target = Path(out) if out is not None else Path(model)
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(proto.SerializeToString())
+    return target
+
+
+def _load_proto(data: bytes, name: str):
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        proto = onnx.load_model_from_string(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise ModelError(f"{name} is not a readable ONNX model (not ONNX, truncated or corrupted): {exc}") from None
+    if not proto.graph.node and not proto.graph.input:
+        raise ModelError(f"{name} is not a readable ONNX model: it holds no graph")
+    return proto
+
+
+def _graph_inputs(proto):
+    initializers = {t.name for t in proto.graph.initializer}
+    return [i for i in proto.graph.input if i.name not in initializers]
+
+
+def check_graph_against_metadata(meta: dict[str, Any], inputs: list[tuple[str, list]]) -> None:
+    """The graph's image input must be (batch, channels, *spatial) with the metadata's sizes."""
+    if len(inputs) != 1:
+        raise ModelError(f"medkern metadata describes one image input, but the graph has {len(inputs)} "
+                         f"inputs ({', '.join(n for n, _ in inputs)})")
+    name, shape = inputs[0]
+    nsp, channels = meta["input"]["spatial_dims"], meta["input"]["channels"]
+    if len(shape) != 2 + nsp:
+        raise ModelError(f"graph input {name!r} has rank {len(shape)}, but the metadata describes "
+                         f"{nsp}D images: expected (batch, channels, {'z, y, x' if nsp == 3 else 'y, x'}) "
+                         f"= rank {2 + nsp}")
+    if isinstance(shape[1], int) and shape[1] > 0 and shape[1] != channels:
+        raise ModelError(f"graph input {name!r} takes {shape[1]} channel(s), but the metadata lists "
+                         f"{channels} modality/modalities ({', '.join(meta['input']['modalities'])})")

@@ -1,0 +1,452 @@
+"""mk.Model: an ONNX Runtime session plus the preprocessing its medkern metadata describes."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from medkern._dispatch import get_num_threads, is_cupy_array
+from medkern.errors import ModelError
+from medkern.image import Image
+from medkern.inference.metadata import (
+    METADATA_KEY,
+    ORIENTATION_LETTERS,
+    check_graph_against_metadata,
+    parse_metadata,
+)
+from medkern.inference.sliding import sliding_window
+
+__all__ = ["Model", "Prediction", "TensorInfo"]
+
+_PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A graph input or output: name, shape (None for a dynamic axis) and ONNX element type."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    type: str
+
+
+@dataclass
+class Prediction:
+    """What :meth:`Model.predict` returns, on the grid of the image that was given.
+
+    ``probabilities``: vector Image, one component per output channel (float32), for dense tasks.
+    ``labels``: uint8 Image, the argmax class (softmax) or the most probable channel above the
+    threshold, numbered from 1 (sigmoid), for dense tasks. ``scores``: class name -> probability,
+    for classification. ``label_names``: the model's output names.
+    """
+
+    label_names: list[str]
+    probabilities: Image | None = None
+    labels: Image | None = None
+    scores: dict[str, float] | None = field(default=None)
+
+    def probability(self, name: str) -> Image:
+        """The probability map of one output channel, by its label name."""
+        if self.probabilities is None:
+            raise ValueError("this prediction has class scores, not probability maps")
+        if name not in self.label_names:
+            raise KeyError(f"no output named {name!r}; the model's labels are {self.label_names}")
+        c = self.label_names.index(name)
+        return Image(np.ascontiguousarray(self.probabilities.array[..., c]), **self.probabilities.geometry)
+
+
+def _resolve_providers(providers: Any) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if providers == "auto":
+        return [p for p in _PROVIDERS["cuda"] if p in available] or ["CPUExecutionProvider"]
+    if isinstance(providers, str):
+        if providers not in _PROVIDERS:
+            raise ValueError(f"Model: providers must be 'auto', 'cpu', 'cuda', 'tensorrt' or a list of "
+                             f"ONNX Runtime provider names, got {providers!r}")
+        providers = _PROVIDERS[providers]
+    providers = list(providers)
+    missing = [p for p in providers if p not in available]
+    if missing:
+        raise ValueError(f"Model: execution provider(s) {missing} are not available in this onnxruntime "
+                         f"(available: {available}); install onnxruntime-gpu for CUDA/TensorRT or use "
+                         "providers='cpu'")
+    return providers
+
+
+class Model:
+    """An exported model (ONNX) ready to run, with the preprocessing recorded in its metadata.
+
+    Parameters
+    ----------
+    source : path to an ``.onnx`` file, or its bytes.
+    providers : ``"auto"`` (CUDA when onnxruntime-gpu sees a device, else CPU), ``"cpu"``,
+        ``"cuda"``, ``"tensorrt"``, or a list of ONNX Runtime provider names.
+    threads : intra-op threads of the CPU provider; default :func:`medkern.get_num_threads`.
+
+    ``model.metadata`` is the validated medkern metadata (None for a bare ONNX file, which still
+    runs through :meth:`run` and as the ``fn`` of :func:`medkern.sliding_window`);
+    ``model.inputs`` / ``model.outputs`` describe the graph. One Model may be used from several
+    threads at once (ONNX Runtime sessions are thread-safe; medkern keeps no per-call state on it).
+    """
+
+    def __init__(self, source: str | os.PathLike | bytes, providers: Any = "auto", threads: int | None = None):
+        import onnxruntime as ort
+
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            model, self.name, empty = bytes(source), "model bytes", len(source) == 0
+        elif isinstance(source, (str, os.PathLike)):
+            path = Path(source)
+            if not path.is_file():
+                raise FileNotFoundError(f"Model: no model file at {path}")
+            # A path (not its bytes) lets ONNX Runtime find external weight files beside it.
+            model, self.name, empty = str(path), str(path), path.stat().st_size == 0
+        else:
+            raise TypeError(f"Model: source must be a path or bytes, got {type(source).__name__}")
+        if empty:
+            raise ModelError(f"{self.name} is empty: not an ONNX model")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"Model: threads must be a positive integer or None, got {threads!r}")
+        self.providers = _resolve_providers(providers)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or get_num_threads()
+        options.inter_op_num_threads = 1
+        # Memory patterns pre-plan one block for every intermediate of a shape; the arena alone
+        # reuses freed blocks and keeps the peak lower (measured in benchmarks/bench_inference.py).
+        options.enable_mem_pattern = False
+        options.log_severity_level = 3  # warnings about unused initialisers are not the user's concern
+        try:
+            self._session = ort.InferenceSession(model, options, providers=self.providers)
+        except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf / InvalidGraph
+            raise ModelError(f"{self.name} is not a readable ONNX model (not ONNX, truncated or "
+                             f"corrupted): {str(exc).strip()}") from None
+        self.inputs = [TensorInfo(i.name, _shape(i.shape), i.type) for i in self._session.get_inputs()]
+        self.outputs = [TensorInfo(o.name, _shape(o.shape), o.type) for o in self._session.get_outputs()]
+        props = self._session.get_modelmeta().custom_metadata_map
+        self.metadata = parse_metadata(props.get(METADATA_KEY))
+        if self.metadata is not None:
+            check_graph_against_metadata(self.metadata, [(i.name, list(i.shape)) for i in self.inputs])
+
+    def __repr__(self) -> str:
+        task = self.metadata["task"] if self.metadata else "no medkern metadata"
+        name = self.metadata["name"] if self.metadata else self.name
+        return f"Model({name!r}, {task}, providers={self.providers})"
+
+    # ------------------------------------------------------------------ raw execution
+    def run(self, *arrays: Any) -> list[Any]:
+        """Run the graph on its inputs (positional, in graph order); returns every output.
+
+        NumPy inputs give NumPy outputs. CuPy inputs on a CUDA session are bound on the device
+        (ONNX Runtime IO binding) and give CuPy outputs, with no host round trip.
+        """
+        if len(arrays) != len(self.inputs):
+            raise ValueError(f"Model.run: the graph takes {len(self.inputs)} input(s) "
+                             f"({', '.join(i.name for i in self.inputs)}), got {len(arrays)}")
+        if any(is_cupy_array(a) for a in arrays):
+            return self._run_on_device(arrays)
+        feeds = {}
+        for info, a in zip(self.inputs, arrays):
+            a = np.asarray(a)
+            if len(info.shape) != a.ndim:
+                raise ModelError(f"{self.name}: input {info.name!r} has rank {len(info.shape)} "
+                                 f"{info.shape}, got an array of shape {a.shape}")
+            for axis, (want, got) in enumerate(zip(info.shape, a.shape)):
+                if want is not None and want != got:
+                    raise ModelError(f"{self.name}: input {info.name!r} needs size {want} on axis {axis} "
+                                     f"(shape {info.shape}), got shape {a.shape}")
+            feeds[info.name] = np.ascontiguousarray(a, dtype=_NUMPY_TYPES.get(info.type, a.dtype))
+        return self._session.run(None, feeds)
+
+    def __call__(self, batch: Any) -> Any:
+        """First output for one input: the ``fn`` that :func:`medkern.sliding_window` calls."""
+        return self.run(batch)[0]
+
+    def _run_on_device(self, arrays: Sequence[Any]) -> list[Any]:
+        import cupy
+
+        if "CUDAExecutionProvider" not in self._session.get_providers():
+            raise ValueError("Model.run: CuPy input needs a CUDA session (onnxruntime-gpu and "
+                             "providers='cuda'); pass NumPy arrays to run on the CPU")
+        binding = self._session.io_binding()
+        device = cupy.cuda.Device().id
+        bound = []  # the bound device buffers must outlive the run
+        for info, a in zip(self.inputs, arrays):
+            a = cupy.ascontiguousarray(cupy.asarray(a), dtype=_NUMPY_TYPES.get(info.type, a.dtype))
+            bound.append(a)
+            binding.bind_input(info.name, "cuda", device, a.dtype, list(a.shape), a.data.ptr)
+        for info in self.outputs:
+            binding.bind_output(info.name, "cuda", device)
+        cupy.cuda.get_current_stream().synchronize()
+        self._session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        results = []
+        for value in binding.get_outputs():
+            # Device-to-device copy into CuPy-owned memory: the OrtValue is freed with the binding.
+            n_bytes = int(np.prod(value.shape())) * np.dtype(_NUMPY_TYPES[value.data_type()]).itemsize
+            src = cupy.cuda.MemoryPointer(cupy.cuda.UnownedMemory(value.data_ptr(), n_bytes, value), 0)
+            out = cupy.empty(value.shape(), dtype=_NUMPY_TYPES[value.data_type()])
+            out.data.copy_from_device(src, n_bytes)
+            results.append(out)
+        return results
+
+    # ------------------------------------------------------------------ image prediction
+    def _require_metadata(self) -> dict[str, Any]:
+        if self.metadata is None:
+            raise ModelError(f"{self.name} has no medkern metadata (metadata_props[{METADATA_KEY!r}]), so "
+                             "predict() does not know its preprocessing; attach it with "
+                             "mk.write_model_metadata, or call model.run / mk.sliding_window directly")
+        return self.metadata
+
+    def predict(self, *images: Any, tta: bool = False) -> Prediction:
+        """Predict on one image (or one image per input channel, in the metadata's order).
+
+        Steps, all from the metadata: reorient to the model's orientation (axis permutation and
+        flips, exact), resample to its spacing (linear; the field of view is kept), preprocess,
+        sliding window (dense tasks) or one centre-cropped pass (classification), activation, then
+        back onto the given image's grid: probabilities with linear interpolation, labels with
+        ``label`` interpolation. ``tta=True`` averages the probabilities over all flips of the
+        spatial axes (2^ndim passes). Returns a :class:`Prediction`.
+        """
+        return self.predict_many([images[0] if len(images) == 1 else tuple(images)], tta=tta)[0]
+
+    def predict_many(self, images: Sequence[Any], tta: bool = False) -> list[Prediction]:
+        """:meth:`predict` over several cases; cases whose model-grid shapes agree share patch batches.
+
+        Each element of ``images`` is an Image or a tuple of per-channel Images.
+        """
+        meta = self._require_metadata()
+        cases = [self._prepare(case if isinstance(case, (tuple, list)) else (case,), meta) for case in images]
+        if meta["task"] == "classification":
+            return [self._classify(c, meta, tta) for c in cases]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for n, c in enumerate(cases):
+            groups.setdefault(c.array.shape, []).append(n)
+        results: list[Prediction | None] = [None] * len(cases)
+        for members in groups.values():
+            stack = np.stack([cases[n].array for n in members])
+            probabilities = self._dense(stack, meta, tta)
+            for n, prob in zip(members, probabilities):
+                results[n] = self._dense_prediction(cases[n], prob, meta)
+        return results  # type: ignore[return-value]
+
+    def _prepare(self, channel_images: Sequence[Any], meta: dict[str, Any]) -> "_Case":
+        from medkern.intensity import normalize, window
+
+        inp = meta["input"]
+        if len(channel_images) != inp["channels"]:
+            raise ModelError(f"{meta['name']} takes {inp['channels']} channel image(s) "
+                             f"({', '.join(inp['modalities'])}), got {len(channel_images)}")
+        imgs = []
+        for n, img in enumerate(channel_images):
+            if not isinstance(img, Image):
+                raise TypeError(f"predict: channel {n} must be an mk.Image (geometry is needed to reach the "
+                                f"model's spacing), got {type(img).__name__}")
+            if img.is_vector or img.ndim != inp["spatial_dims"]:
+                raise ModelError(f"{meta['name']} takes {inp['spatial_dims']}D scalar images, channel {n} "
+                                 f"({inp['modalities'][n]}) is {img.ndim}D{' vector' if img.is_vector else ''}")
+            if n and not img.same_geometry(imgs[0], atol=1e-3):
+                raise ModelError(f"channel images must share one grid, but {inp['modalities'][n]} differs "
+                                 f"from {inp['modalities'][0]} (spacing {img.spacing} vs {imgs[0].spacing}, "
+                                 f"shape {img.shape} vs {imgs[0].shape}); resample it with mk.resample_to first")
+            imgs.append(img)
+        reference = imgs[0]
+        grid = None
+        arrays = []
+        for n, img in enumerate(imgs):
+            img = _to_model_grid(img, inp["orientation"], inp["spacing"], inp["antialias"])
+            grid = img
+            x = np.asarray(img.array)
+            for op in meta["preprocessing"]:
+                if "channels" in op and n not in op["channels"]:
+                    continue
+                kind = op["op"]
+                if kind == "clip":
+                    x = np.clip(x, op["low"], op["high"]).astype(np.float32)
+                elif kind == "window":
+                    x = window(x, op["center"], op["width"], tuple(op["output_range"]))
+                elif kind == "zscore":
+                    x = normalize(x, "zscore", mask=(x != 0) if op["mask"] == "nonzero" else None)
+                elif kind == "percentile":
+                    x = normalize(x, "percentile", percentiles=(op["low"], op["high"]), clip=op["clip"])
+                else:
+                    x = (x * np.float32(op["scale"]) + np.float32(op["offset"])).astype(np.float32)
+            arrays.append(np.asarray(x, dtype=np.float32))
+        return _Case(reference, grid, np.stack(arrays))
+
+    def _activate(self, logits: np.ndarray, meta: dict[str, Any], axis: int) -> np.ndarray:
+        activation = meta["output"]["activation"]
+        if activation == "softmax":
+            e = np.exp(logits - logits.max(axis=axis, keepdims=True))
+            return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
+        if activation == "sigmoid":
+            return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+        return logits.astype(np.float32, copy=False)
+
+    def _dense(self, stack: np.ndarray, meta: dict[str, Any], tta: bool) -> np.ndarray:
+        inf = meta["inference"]
+        nsp = meta["input"]["spatial_dims"]
+        flips = _flip_sets(nsp) if tta else [()]
+        total = None
+        for axes in flips:
+            axes_arr = tuple(2 + a for a in axes)
+            x = np.ascontiguousarray(np.flip(stack, axes_arr)) if axes else stack
+            logits = sliding_window(x, self, inf["patch_size"], inf["overlap"], inf["blend"],
+                                    inf["sigma_scale"], inf["batch_size"], inf["padding"],
+                                    spatial_dims=nsp)
+            prob = self._activate(logits, meta, axis=1)
+            prob = np.flip(prob, axes_arr) if axes else prob
+            total = prob.copy() if total is None else np.add(total, prob, out=total)
+        if len(flips) > 1:
+            total /= np.float32(len(flips))
+        labels = meta["output"]["labels"]
+        if total.shape[1] != len(labels):
+            raise ModelError(f"{meta['name']} produced {total.shape[1]} output channel(s), but its metadata "
+                             f"names {len(labels)} labels ({', '.join(labels)})")
+        return total
+
+    def _dense_prediction(self, case: "_Case", prob: np.ndarray, meta: dict[str, Any]) -> Prediction:
+        out = meta["output"]
+        if out["activation"] == "softmax":
+            labels = np.argmax(prob, axis=0).astype(np.uint8)
+        else:
+            above = prob >= np.float32(out["threshold"])
+            labels = np.where(above.any(axis=0), np.argmax(np.where(above, prob, -np.inf), axis=0) + 1, 0
+                              ).astype(np.uint8)
+        def linear_back(p: np.ndarray) -> np.ndarray:
+            moved = _back_to_input(case.grid.with_array(p), case.reference, "linear")
+            return np.asarray(moved.array, dtype=np.float32)
+
+        # Linear interpolation weights sum to one, so with softmax the first class is one minus the
+        # others on the input grid too: one resampling pass saved.
+        complement = out["activation"] == "softmax" and len(prob) > 1
+        channels = [linear_back(p) for p in prob[int(complement):]]
+        if complement:
+            channels.insert(0, np.float32(1) - np.sum(channels, axis=0, dtype=np.float32))
+        label_image = _back_to_input(case.grid.with_array(labels), case.reference, "label")
+        stacked = np.stack(channels, axis=-1)
+        return Prediction(label_names=list(out["labels"]),
+                          probabilities=Image(stacked, **case.reference.geometry, vector=True),
+                          labels=label_image)
+
+    def _classify(self, case: "_Case", meta: dict[str, Any], tta: bool) -> Prediction:
+        size = meta["inference"]["patch_size"]
+        x = _center_crop_or_pad(case.array, size)[None]
+        flips = _flip_sets(len(size)) if tta else [()]
+        scores = np.zeros(len(meta["output"]["labels"]), dtype=np.float64)
+        for axes in flips:
+            xf = np.ascontiguousarray(np.flip(x, tuple(2 + a for a in axes))) if axes else x
+            logits = np.asarray(self(xf), dtype=np.float32).reshape(1, -1)
+            if logits.shape[1] != scores.size:
+                raise ModelError(f"{meta['name']} produced {logits.shape[1]} class score(s), but its metadata "
+                                 f"names {scores.size} labels")
+            scores += self._activate(logits, meta, axis=1)[0]
+        scores /= len(flips)
+        labels = meta["output"]["labels"]
+        return Prediction(label_names=list(labels), scores={k: float(v) for k, v in zip(labels, scores)})
+
+
+@dataclass
+class _Case:
+    reference: Image     # the first channel image as given: the output grid
+    grid: Image          # the model grid (reoriented, resampled) with any array
+    array: np.ndarray    # (channels, *spatial) preprocessed float32
+
+
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+                "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8,
+                "tensor(int8)": np.int8, "tensor(bool)": np.bool_}
+
+
+def _shape(dims: Sequence[Any]) -> tuple[int | None, ...]:
+    return tuple(d if isinstance(d, int) and d > 0 else None for d in dims)
+
+
+def _flip_sets(ndim: int) -> list[tuple[int, ...]]:
+    return [axes for r in range(ndim + 1) for axes in itertools.combinations(range(ndim), r)]
+
+
+def _center_crop_or_pad(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Centre (channels, *spatial) on a window of ``size``, zero-padding where it is larger."""
+    out = np.zeros((x.shape[0], *size), dtype=np.float32)
+    src, dst = [slice(None)], [slice(None)]
+    for n, s in zip(x.shape[1:], size):
+        lo = (n - s) // 2
+        if lo >= 0:
+            src.append(slice(lo, lo + s))
+            dst.append(slice(None))
+        else:
+            src.append(slice(None))
+            dst.append(slice(-lo, -lo + n))
+    out[tuple(dst)] = x[tuple(src)]
+    return out
+
+
+def reorient(img: Image, code: str) -> Image:
+    """The same voxels with array axes permuted and flipped to point toward ``code`` (exact).
+
+    ``code`` names per array axis the LPS direction it should increase toward (``"SPL"`` is
+    medkern's default orientation). Oblique images get the closest axis-aligned match.
+    """
+    target = [ORIENTATION_LETTERS[c] for c in code]
+    d = img.direction
+    best = max(itertools.permutations(range(img.ndim)),
+               key=lambda perm: sum(abs(d[w, a]) for (w, _), a in zip(target, perm)))
+    flips = [int(np.sign(d[w, a]) != s) for (w, s), a in zip(target, best)]
+    if list(best) == list(range(img.ndim)) and not any(flips):
+        return img
+    index0 = np.array([img.shape[a] - 1 if f else 0 for a, f in zip(best, flips)], dtype=np.float64)
+    origin_index = np.zeros(img.ndim)
+    origin_index[list(best)] = index0
+    direction = np.stack([d[:, a] * (-1 if f else 1) for a, f in zip(best, flips)], axis=1)
+    array = np.transpose(img.array, best)
+    array = np.flip(array, [t for t, f in enumerate(flips) if f])
+    return Image(np.ascontiguousarray(array), [img.spacing[a] for a in best],
+                 img.index_to_world(origin_index), direction)
+
+
+def _to_model_grid(img: Image, orientation: str | None, spacing: Sequence[float] | None,
+                   antialias: bool) -> Image:
+    if orientation is not None:
+        img = reorient(img, orientation)
+    if spacing is not None and not np.allclose(img.spacing, spacing, rtol=1e-4, atol=0):
+        from medkern import resample
+
+        img = resample(img, spacing, interpolation="linear", antialias=antialias)
+    return img
+
+
+def _back_to_input(img: Image, reference: Image, interpolation: str) -> Image:
+    """An Image on the model grid brought onto ``reference``'s grid (exactly when only reoriented)."""
+    if img.same_geometry(reference, atol=1e-6):
+        return reference.with_array(np.asarray(img.array))
+    code = _orientation_code(reference.direction)
+    back = reorient(img, code)
+    if back.same_geometry(reference, atol=1e-6):
+        return reference.with_array(back.array)
+    from medkern import resample_to
+
+    # The model grid covers the input's field of view only up to half a model voxel (its shape is
+    # rounded): one replicated voxel around it keeps every input voxel centre inside.
+    edge = Image(np.pad(np.asarray(img.array), 1, mode="edge"), img.spacing,
+                 img.index_to_world(-np.ones(img.ndim)), img.direction)
+    return resample_to(edge, reference, interpolation=interpolation)
+
+
+def _orientation_code(direction: np.ndarray) -> str:
+    letters = {v: k for k, v in ORIENTATION_LETTERS.items()}
+    code = ""
+    for a in range(direction.shape[1]):
+        w = int(np.argmax(np.abs(direction[:, a])))
+        code += letters[(w, 1 if direction[w, a] > 0 else -1)]
+    return code

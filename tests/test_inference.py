@@ -1,0 +1,631 @@
+"""Inference: sliding window vs MONAI, exported-model parity, metadata schema, Model errors.
+
+Tolerances: the sliding-window blending itself is compared bit for bit (same float32 operations in
+the same order as MONAI); through ONNX Runtime the network outputs differ from PyTorch's by float32
+rounding of a different convolution algorithm (~1e-6), hence 1e-5. scikit-learn models are
+exported with double inputs, so their probabilities agree to 1e-6.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import warnings
+
+import numpy as np
+import pytest
+
+import medkern as mk
+from medkern.inference import reorient
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper  # noqa: E402
+
+# ----------------------------------------------------------------------------- small ONNX graphs
+
+
+def pointwise_model(in_channels: int = 1, spatial_dims: int = 3, rank: int | None = None) -> bytes:
+    """logits = [x, -x] summed over input channels: softmax class 1 = sigmoid(-2 x)."""
+    rank = rank or spatial_dims + 2
+    w = np.zeros((2, in_channels) + (1,) * spatial_dims, np.float32)
+    w[0], w[1] = 1.0, -1.0
+    shape = ["b", in_channels] + [None] * (rank - 2)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["logits"])], "pointwise",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", 2] + [None] * (rank - 2))],
+        [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def classifier_model(in_channels: int = 1) -> bytes:
+    """Class logits = (mean intensity, -mean intensity) of the patch."""
+    w = np.array([[1.0] * in_channels, [-1.0] * in_channels], np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+         helper.make_node("Flatten", ["pooled"], ["flat"]),
+         helper.make_node("Gemm", ["flat", "w"], ["logits"], transB=1)], "classifier",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["b", in_channels, None, None, None])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", 2])],
+        [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def metadata(**changes) -> dict:
+    meta = {
+        "schema_version": 1, "name": "test-seg", "task": "segmentation",
+        "input": {"modalities": ["CT"], "spatial_dims": 3, "spacing": None, "orientation": "SPL"},
+        "preprocessing": [{"op": "scale", "scale": 0.01}],
+        "inference": {"patch_size": [8, 16, 16], "overlap": 0.5, "batch_size": 3},
+        "output": {"activation": "softmax", "labels": ["background", "object"]},
+        "licence": "test", "intended_use": "tests",
+    }
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        if field:
+            meta[section][field] = value
+        else:
+            meta[section] = value
+    return meta
+
+
+@pytest.fixture(scope="module")
+def seg_model() -> mk.Model:
+    return mk.Model(mk.write_model_metadata(pointwise_model(), metadata()))
+
+
+@pytest.fixture
+def ct_image(rng) -> mk.Image:
+    direction = np.eye(3)[:, ::-1]
+    return mk.Image(rng.normal(0, 100, (13, 29, 22)).astype(np.float32), (2.0, 1.5, 1.5), (5, -3, 7), direction)
+
+
+# ----------------------------------------------------------------------------- torch / MONAI
+
+
+@pytest.fixture(scope="module")
+def torch_unet(tmp_path_factory):
+    """A monai UNet (seeded) and its ONNX export, shared by the module (torch import is slow)."""
+    torch = pytest.importorskip("torch")
+    nets = pytest.importorskip("monai.networks.nets")
+    torch.manual_seed(0)
+    net = nets.UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(4, 8, 16), strides=(2, 2),
+                    num_res_units=1).eval()
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(net, (torch.zeros(1, 1, 16, 16, 16),), buf, input_names=["image"],
+                          output_names=["logits"], opset_version=17, dynamo=False,
+                          dynamic_axes={"image": {0: "b", 2: "z", 3: "y", 4: "x"},
+                                        "logits": {0: "b", 2: "z", 3: "y", 4: "x"}})
+    return torch, net, buf.getvalue()
+
+
+def _monai(torch, net, x, roi, **kwargs):
+    from monai.inferers import sliding_window_inference
+
+    with torch.no_grad():
+        return sliding_window_inference(torch.from_numpy(x), roi, predictor=net, **kwargs).numpy()
+
+
+@pytest.mark.parametrize("shape, roi, overlap, blend, padding, batch", [
+    ((2, 1, 37, 45, 30), (16, 24, 16), 0.5, "gaussian", "constant", 4),
+    ((1, 1, 12, 50, 21), (16, 24, 24), 0.25, "constant", "constant", 3),
+    ((1, 1, 20, 14, 33), (16, 16, 16), 0.6, "gaussian", "replicate", 1),
+])
+def test_sliding_window_matches_monai_onnx_unet(torch_unet, rng, shape, roi, overlap, blend, padding, batch):
+    torch, net, onnx_bytes = torch_unet
+    x = rng.normal(size=shape).astype(np.float32)
+    ref = _monai(torch, net, x, roi, sw_batch_size=batch, overlap=overlap, mode=blend,
+                 sigma_scale=0.125, padding_mode=padding)
+    got = mk.sliding_window(x, mk.Model(onnx_bytes), roi, overlap, blend, 0.125, batch, padding)
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+
+
+def test_sliding_window_blending_is_bit_exact_with_monai(torch_unet, rng):
+    """Same predictor (PyTorch) on both sides: the blending agrees to the last bit (these patch
+    sizes have identical weight maps; see test_importance_map_equals_monai)."""
+    torch, _, _ = torch_unet
+    conv = torch.nn.Conv3d(2, 3, 3, padding=1)
+    x = rng.normal(size=(2, 2, 21, 34, 27)).astype(np.float32)
+
+    def fn(batch):
+        with torch.no_grad():
+            return conv(torch.from_numpy(batch)).numpy()
+
+    for blend, sigma in (("gaussian", 0.125), ("gaussian", (0.2, 0.1, 0.3)), ("constant", 0.125)):
+        ref = _monai(torch, conv, x, (12, 20, 16), sw_batch_size=3, overlap=0.4, mode=blend, sigma_scale=sigma)
+        got = mk.sliding_window(x, fn, (12, 20, 16), 0.4, blend, sigma, batch_size=3)
+        np.testing.assert_array_equal(got, ref)
+
+
+def test_sliding_window_2d_and_reflect_padding_match_monai(torch_unet, rng):
+    torch, _, _ = torch_unet
+    conv = torch.nn.Conv2d(1, 2, 3, padding=1)
+
+    def fn(batch):
+        with torch.no_grad():
+            return conv(torch.from_numpy(batch)).numpy()
+
+    x = rng.normal(size=(1, 1, 70, 19)).astype(np.float32)
+    ref = _monai(torch, conv, x, (32, 24), sw_batch_size=4, overlap=0.5, mode="gaussian", padding_mode="reflect")
+    got = mk.sliding_window(x[0, 0], fn, (32, 24), padding="reflect")
+    assert got.shape == (2, 70, 19)
+    np.testing.assert_array_equal(got, ref[0])
+
+
+def test_importance_map_equals_monai(torch_unet):
+    """Same float32 operations as MONAI; only exp differs (libm vs PyTorch's SLEEF): <= 1 ulp."""
+    from monai.data.utils import compute_importance_map
+
+    from medkern.inference.sliding import _weight_map
+
+    for roi, sigma in (((96, 96, 96), 0.125), ((1, 17, 32), 0.2), ((5, 8, 3), 0.125)):
+        ref = compute_importance_map(roi, "gaussian", sigma).numpy()
+        got = _weight_map(roi, "gaussian", (sigma,) * 3)
+        np.testing.assert_allclose(got, ref, rtol=2.5e-7, atol=0)
+        assert got.min() == ref.min()  # the clamp floor, max(min, 1e-3), is the same value
+
+
+def test_pytorch_export_parity(torch_unet, rng):
+    torch, net, onnx_bytes = torch_unet
+    x = rng.normal(size=(2, 1, 24, 32, 16)).astype(np.float32)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)).numpy()
+    got = mk.Model(onnx_bytes).run(x)[0]
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- scikit-learn
+
+
+@pytest.fixture(scope="module")
+def radiomics_features():
+    """Radiomics-like features: volume, intensity moments, texture and shape proxies, 2 classes."""
+    rng = np.random.default_rng(7)
+    n = 160
+    label = rng.integers(0, 2, n)
+    volume = rng.lognormal(3 + label, 0.5)
+    mean = rng.normal(40 + 15 * label, 10)
+    std = rng.gamma(4 + 2 * label, 5)
+    entropy = rng.normal(4 + 0.5 * label, 0.4)
+    sphericity = np.clip(rng.normal(0.8 - 0.1 * label, 0.08), 0.3, 1)
+    contrast = rng.gamma(2 + label, 3)
+    x = np.stack([np.log(volume), mean, std, entropy, sphericity, contrast], axis=1)
+    return x, label
+
+
+# scikit-learn 1.9 deprecates SVC(probability=True) in favour of CalibratedClassifierCV; Platt
+# scaling inside the SVC is still what deployed radiomics models use, and what skl2onnx converts.
+@pytest.mark.filterwarnings("ignore:.*(probability|probA_|probB_).*deprecated:FutureWarning")
+@pytest.mark.parametrize("kind", ["svc", "random_forest"])
+def test_sklearn_export_predict_proba(radiomics_features, kind):
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from skl2onnx.common.data_types import DoubleTensorType
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    x, y = radiomics_features
+    clf = (make_pipeline(StandardScaler(), SVC(probability=True, random_state=0)) if kind == "svc"
+           else RandomForestClassifier(n_estimators=25, max_depth=6, random_state=0))
+    clf.fit(x[:120], y[:120])
+    proto = skl2onnx.convert_sklearn(clf, initial_types=[("features", DoubleTensorType([None, x.shape[1]]))],
+                                     options={id(clf): {"zipmap": False}}, target_opset={"": 17, "ai.onnx.ml": 3})
+    model = mk.Model(proto.SerializeToString(), providers="cpu")
+    assert model.metadata is None and [o.name for o in model.outputs] == ["label", "probabilities"]
+    labels, proba = model.run(x[120:])
+    np.testing.assert_allclose(proba, clf.predict_proba(x[120:]), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(labels, clf.predict(x[120:]))
+
+
+# ----------------------------------------------------------------------------- sliding window
+
+
+def test_sliding_window_serial_equals_threaded(rng):
+    x = rng.normal(size=(2, 23, 40, 31)).astype(np.float32)
+
+    def fn(b):
+        return np.concatenate([b.sum(1, keepdims=True), np.tanh(b[:, :1])], axis=1)
+
+    before = mk.get_num_threads()
+    try:
+        mk.set_num_threads(1)
+        serial = mk.sliding_window(x, fn, (16, 16, 16))
+        mk.set_num_threads(4)
+        threaded = mk.sliding_window(x, fn, (16, 16, 16))
+    finally:
+        mk.set_num_threads(before)
+    np.testing.assert_array_equal(serial, threaded)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "uint16", "int32", "float32", "float64"])
+def test_sliding_window_identity_is_exact_for_every_dtype(rng, dtype):
+    """Blending copies of the input gives the input back (weights sum to 1 up to rounding)."""
+    x = rng.integers(0, 200, size=(19, 33, 26)).astype(dtype)
+    out = mk.sliding_window(x, lambda b: b, (8, 16, 12), overlap=0.5)
+    assert out.shape == (1,) + x.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out[0], x.astype(np.float32), rtol=1e-6, atol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs, exc, message", [
+    ({"roi_size": (0, 8, 8)}, ValueError, "roi_size must be positive"),
+    ({"roi_size": (8, 8, 8, 8)}, ValueError, "spatial_dims must be 2 or 3"),
+    ({"roi_size": (8, 8), "spatial_dims": 3}, ValueError, "1 or 3 values"),
+    ({"overlap": 1.0}, ValueError, r"overlap must be in \[0, 1\)"),
+    ({"blend": "linear"}, ValueError, "blend must be 'gaussian' or 'constant'"),
+    ({"sigma_scale": 0.0}, ValueError, "sigma_scale must be positive"),
+    ({"batch_size": 0}, ValueError, "batch_size must be a positive integer"),
+    ({"padding": "zeros"}, ValueError, "padding must be one of"),
+    ({"fn": 3}, TypeError, "fn must be callable"),
+    ({"fn": lambda b: b[:, :, :4]}, ValueError, r"expected \(batch, channels, \*roi_size\)"),
+])
+def test_sliding_window_errors(rng, kwargs, exc, message):
+    args = {"array": rng.normal(size=(10, 12, 14)), "fn": lambda b: b, "roi_size": (8, 8, 8)}
+    args.update(kwargs)
+    if "spatial_dims" in args and "roi_size" in kwargs:
+        args["spatial_dims"] = kwargs["spatial_dims"]
+    with pytest.raises(exc, match=message):
+        mk.sliding_window(**args)
+
+
+def test_sliding_window_array_errors():
+    with pytest.raises(TypeError, match="must be numeric"):
+        mk.sliding_window(np.zeros((4, 4, 4), bool), lambda b: b, (2, 2, 2))
+    with pytest.raises(ValueError, match="empty"):
+        mk.sliding_window(np.zeros((0, 4, 4), np.float32), lambda b: b, (2, 2, 2))
+    with pytest.raises(ValueError, match=r"\(N, C, \*spatial\)"):
+        mk.sliding_window(np.zeros((1, 1, 1, 4, 4, 4), np.float32), lambda b: b, (2, 2, 2))
+
+
+# ----------------------------------------------------------------------------- metadata
+
+
+def test_metadata_round_trip_path_bytes_proto(tmp_path):
+    raw = pointwise_model()
+    path = tmp_path / "m.onnx"
+    path.write_bytes(raw)
+    assert mk.write_model_metadata(path, metadata()) == path
+    from_path = mk.Model(path).metadata
+    from_bytes = mk.Model(mk.write_model_metadata(raw, metadata())).metadata
+    proto = mk.write_model_metadata(onnx.load_model_from_string(raw), metadata())
+    assert from_path == from_bytes == mk.Model(proto.SerializeToString()).metadata
+    assert from_path == mk.validate_metadata(metadata())
+    assert from_path["inference"]["blend"] == "gaussian" and from_path["output"]["threshold"] == 0.5
+    # Writing again replaces the entry instead of adding a second one.
+    mk.write_model_metadata(path, metadata(name="renamed"))
+    assert [p.key for p in onnx.load(str(path)).metadata_props] == ["medkern"]
+    assert mk.Model(path).metadata["name"] == "renamed"
+
+
+@pytest.mark.parametrize("meta, message", [
+    ([], "must be a JSON object"),
+    ({k: v for k, v in metadata().items() if k != "schema_version"}, "schema_version is missing"),
+    (metadata(schema_version=2), "schema_version is 2; this medkern reads version 1"),
+    (metadata(task="regression"), "task must be one of"),
+    (metadata(name=""), "name is missing"),
+    ({k: v for k, v in metadata().items() if k != "input"}, "input is missing"),
+    (metadata(input__modalities=[]), "input.modalities must be a non-empty list"),
+    (metadata(input__channels=2), "input.channels is 2 but input.modalities names 1"),
+    (metadata(input__spatial_dims=4), "input.spatial_dims must be 2 or 3"),
+    (metadata(input__spacing=[1.0, 1.0]), r"input.spacing must be a list of 3 values"),
+    (metadata(input__spacing=[1.0, -1.0, 1.0]), r"input.spacing\[1\] must be positive"),
+    (metadata(input__orientation="SPP"), "input.orientation must name one LPS direction"),
+    (metadata(preprocessing=[{"op": "gamma"}]), r"preprocessing\[0\] must be an object whose 'op'"),
+    (metadata(preprocessing=[{"op": "window", "center": 40}]), r"preprocessing\[0\].width is missing"),
+    (metadata(preprocessing=[{"op": "window", "center": 40, "width": -1}]), "width must be positive"),
+    (metadata(preprocessing=[{"op": "clip", "low": 5, "high": 1}]), "needs low < high"),
+    (metadata(preprocessing=[{"op": "zscore", "mask": "brain"}]), "mask must be one of"),
+    (metadata(preprocessing=[{"op": "scale", "scale": 1, "channel": 0}]), "unknown field"),
+    (metadata(preprocessing=[{"op": "scale", "scale": 1, "channels": [1]}]), "channel indices in"),
+    (metadata(inference={"overlap": 0.5}), "inference.patch_size is missing"),
+    (metadata(inference={"patch_size": [8, 8]}), "inference.patch_size must be a list of 3"),
+    (metadata(inference={"patch_size": [8, 8, 8], "overlap": 1.5}), r"overlap must be in \[0, 1\)"),
+    (metadata(inference={"patch_size": [8, 8, 8], "padding": "zeros"}), "inference.padding must be one of"),
+    (metadata(output={"activation": "relu", "labels": ["a"]}), "output.activation must be one of"),
+    (metadata(output={"activation": "sigmoid", "labels": "lesion"}), "output.labels must be a non-empty list"),
+    (metadata(output={"activation": "sigmoid", "labels": ["l"], "threshold": 1.5}), r"threshold must be in \(0, 1\)"),
+    (metadata(metrics=[0.9]), "metrics must be an object"),
+    (metadata(metrics={"dice": float("nan")}), "not JSON-serialisable"),
+])
+def test_metadata_validation_errors(meta, message):
+    with pytest.raises(mk.ModelError, match=message):
+        mk.validate_metadata(meta)
+    if isinstance(meta, dict):
+        with pytest.raises(mk.ModelError, match=message):
+            mk.write_model_metadata(pointwise_model(), meta)
+
+
+def _with_raw_metadata(raw: bytes, text: str) -> bytes:
+    proto = onnx.load_model_from_string(raw)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "medkern", text
+    return proto.SerializeToString()
+
+
+def test_model_error_not_onnx_truncated_empty(tmp_path):
+    text = tmp_path / "notes.onnx"
+    text.write_text("this is not a model\n" * 20)
+    with pytest.raises(mk.ModelError, match="not a readable ONNX model"):
+        mk.Model(text)
+    raw = mk.write_model_metadata(pointwise_model(), metadata())
+    with pytest.raises(mk.ModelError, match="not a readable ONNX model"):
+        mk.Model(raw[: len(raw) // 2])
+    with pytest.raises(mk.ModelError, match="is empty"):
+        mk.Model(b"")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    with pytest.raises(mk.ModelError, match="empty.onnx is empty"):
+        mk.Model(tmp_path / "empty.onnx")
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(raw[: len(raw) - 7])
+    with pytest.raises(mk.ModelError, match="truncated.onnx is not a readable ONNX model"):
+        mk.Model(truncated)
+    with pytest.raises(mk.ModelError, match="not a readable ONNX model"):
+        mk.write_model_metadata(b"\x00garbage" * 10, metadata())
+    with pytest.raises(FileNotFoundError, match="no model file"):
+        mk.Model(tmp_path / "absent.onnx")
+    with pytest.raises(TypeError, match="path or bytes"):
+        mk.Model(42)
+
+
+def test_model_error_metadata_in_file_is_checked():
+    with pytest.raises(mk.ModelError, match="not valid JSON"):
+        mk.Model(_with_raw_metadata(pointwise_model(), "{not json"))
+    with pytest.raises(mk.ModelError, match="output is missing"):
+        bad = {k: v for k, v in metadata().items() if k != "output"}
+        mk.Model(_with_raw_metadata(pointwise_model(), json.dumps(bad)))
+
+
+def test_model_error_wrong_rank_and_channels():
+    with pytest.raises(mk.ModelError, match="has rank 4, but the metadata describes 3D images"):
+        mk.write_model_metadata(pointwise_model(spatial_dims=2), metadata())
+    with pytest.raises(mk.ModelError, match="has rank 4, but the metadata describes 3D images"):
+        mk.Model(_with_raw_metadata(pointwise_model(spatial_dims=2), json.dumps(metadata())))
+    two = metadata(input__modalities=["T1", "T2"])
+    with pytest.raises(mk.ModelError, match=r"takes 1 channel\(s\), but the metadata lists 2"):
+        mk.write_model_metadata(pointwise_model(in_channels=1), two)
+    with pytest.raises(mk.ModelError, match=r"takes 1 channel\(s\), but the metadata lists 2"):
+        mk.Model(_with_raw_metadata(pointwise_model(in_channels=1), json.dumps(two)))
+
+
+def test_model_error_missing_metadata_on_predict(ct_image):
+    bare = mk.Model(pointwise_model())
+    assert bare.metadata is None
+    with pytest.raises(mk.ModelError, match="has no medkern metadata"):
+        bare.predict(ct_image)
+
+
+def test_model_error_wrong_inputs_to_predict_and_run(seg_model, ct_image, rng):
+    with pytest.raises(mk.ModelError, match=r"takes 1 channel image\(s\) \(CT\), got 2"):
+        seg_model.predict(ct_image, ct_image)
+    with pytest.raises(mk.ModelError, match="takes 3D scalar images"):
+        seg_model.predict(mk.Image(np.zeros((8, 8), np.float32)))
+    with pytest.raises(TypeError, match="must be an mk.Image"):
+        seg_model.predict(np.zeros((8, 8, 8), np.float32))
+    with pytest.raises(mk.ModelError, match=r"input 'image' has rank 5"):
+        seg_model.run(np.zeros((1, 8, 8, 8), np.float32))
+    with pytest.raises(mk.ModelError, match="needs size 1 on axis 1"):
+        seg_model.run(np.zeros((1, 2, 8, 8, 8), np.float32))
+    with pytest.raises(ValueError, match=r"takes 1 input\(s\)"):
+        seg_model.run()
+
+
+def test_model_error_spacing_mismatch_between_channels(rng):
+    two = mk.Model(mk.write_model_metadata(pointwise_model(in_channels=2),
+                                           metadata(input__modalities=["T1", "T2"])))
+    t1 = mk.Image(rng.normal(size=(10, 12, 12)).astype(np.float32), (2.0, 1.0, 1.0))
+    t2 = mk.Image(rng.normal(size=(10, 12, 12)).astype(np.float32), (2.0, 1.2, 1.0))
+    with pytest.raises(mk.ModelError, match="channel images must share one grid"):
+        two.predict(t1, t2)
+    out = two.predict(t1, t1.with_array(-t1.array))  # [x, -x] channels: logits cancel
+    np.testing.assert_allclose(out.probabilities.array, 0.5, atol=1e-6)
+
+
+def test_model_providers_and_threads():
+    with pytest.raises(ValueError, match="providers must be 'auto'"):
+        mk.Model(pointwise_model(), providers="gpu")
+    with pytest.raises(ValueError, match="not available in this onnxruntime"):
+        mk.Model(pointwise_model(), providers=["NoSuchExecutionProvider"])
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        mk.Model(pointwise_model(), threads=0)
+    m = mk.Model(pointwise_model(), providers="cpu", threads=1)
+    assert m.providers == ["CPUExecutionProvider"]
+    assert m.inputs[0].name == "image" and m.inputs[0].shape[1] == 1
+    assert m.outputs[0].shape[1] == 2
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+def test_predict_reorients_preprocesses_and_returns_on_input_grid(seg_model, helpers, rng):
+    """Oblique, flipped input: the pointwise model's answer is known voxel by voxel."""
+    direction = helpers.random_direction(rng)
+    img = mk.Image(rng.normal(0, 100, (11, 17, 14)).astype(np.float32), (2.0, 1.0, 1.5), (3, 4, 5), direction)
+    pred = seg_model.predict(img)
+    expected = 1 / (1 + np.exp(2 * 0.01 * img.array.astype(np.float64)))
+    assert pred.probabilities.is_vector and pred.probabilities.shape == img.shape
+    assert pred.probabilities.same_geometry(img) and pred.labels.same_geometry(img)
+    np.testing.assert_allclose(pred.probability("object").array, expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(pred.probabilities.array.sum(-1), 1, atol=1e-6)
+    np.testing.assert_array_equal(pred.labels.array, (expected > 0.5).astype(np.uint8))
+    assert pred.labels.dtype == np.uint8 and pred.scores is None
+    with pytest.raises(KeyError, match="no output named"):
+        pred.probability("tumour")
+
+
+def test_predict_resamples_to_model_spacing_and_back(rng):
+    """Model at 2 mm, oblique-free flipped image at 1 x 0.8 x 0.8 mm. With no activation the
+    pointwise model is linear, and linear resampling down and back reproduces a linear ramp
+    exactly away from the outer band where the edge value is extended: so any shift, flip or
+    scaling error in the round trip shows up."""
+    meta = metadata(input__spacing=[2.0, 2.0, 2.0], output={"activation": "none", "labels": ["a", "b"]})
+    coarse = mk.Model(mk.write_model_metadata(pointwise_model(), meta))
+    k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in (24, 40, 35)), indexing="ij")
+    img = mk.Image((3 * k - 2 * j + 1.5 * i).astype(np.float32), (1.0, 0.8, 0.8), (4, 5, 6),
+                   np.diag([-1.0, 1.0, 1.0])[:, ::-1])
+    pred = coarse.predict(img)
+    assert pred.probabilities.same_geometry(img) and pred.labels.same_geometry(img)
+    inner = (slice(3, -3), slice(4, -4), slice(4, -4))
+    expected = 0.01 * img.array[inner]
+    np.testing.assert_allclose(pred.probabilities.array[inner + (0,)], expected, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(pred.probabilities.array[inner + (1,)], -expected, rtol=0, atol=1e-4)
+    # Softmax probabilities resampled linearly still sum to one everywhere, edges included.
+    softmax = mk.Model(mk.write_model_metadata(pointwise_model(), metadata(input__spacing=[2.0, 2.0, 2.0])))
+    np.testing.assert_allclose(softmax.predict(img).probabilities.array.sum(-1), 1, atol=1e-5)
+
+
+def test_predict_tta_and_predict_many(seg_model, ct_image, rng):
+    other = mk.Image(rng.normal(0, 50, (9, 20, 25)).astype(np.int16), (1.0, 1.0, 1.0))
+    single = [seg_model.predict(ct_image), seg_model.predict(other)]
+    many = seg_model.predict_many([ct_image, other, ct_image])
+    for a, b in zip(single + single[:1], many):
+        np.testing.assert_array_equal(a.probabilities.array, b.probabilities.array)
+    # A pointwise model commutes with flips: test-time augmentation changes nothing but rounding.
+    np.testing.assert_allclose(seg_model.predict(ct_image, tta=True).probabilities.array,
+                               single[0].probabilities.array, atol=1e-6)
+
+
+def test_predict_sigmoid_threshold_labels(rng):
+    meta = metadata(output={"activation": "sigmoid", "labels": ["pos", "neg"], "threshold": 0.7},
+                    preprocessing=[])
+    model = mk.Model(mk.write_model_metadata(pointwise_model(), meta))
+    img = mk.Image(np.linspace(-3, 3, 6 * 8 * 8, dtype=np.float32).reshape(6, 8, 8))
+    pred = model.predict(img)
+    p = 1 / (1 + np.exp(-img.array.astype(np.float64)))
+    expected = np.where(p >= 0.7, 1, np.where(1 - p >= 0.7, 2, 0))
+    np.testing.assert_array_equal(pred.labels.array, expected)
+
+
+def test_predict_classification_scores(rng):
+    meta = metadata(task="classification", output={"activation": "softmax", "labels": ["high", "low"]},
+                    inference={"patch_size": [6, 10, 10]}, preprocessing=[])
+    model = mk.Model(mk.write_model_metadata(classifier_model(), meta))
+    img = mk.Image(rng.normal(0.3, 1, (8, 8, 14)).astype(np.float32))
+    pred = model.predict(img)
+    crop = np.zeros((6, 10, 10), np.float32)
+    crop[:, 1:9, :] = img.array[1:7, :, 2:12]
+    m = crop.mean(dtype=np.float64)
+    assert pred.probabilities is None and pred.labels is None
+    assert pred.scores["high"] == pytest.approx(1 / (1 + np.exp(-2 * m)), abs=1e-6)
+    assert sum(pred.scores.values()) == pytest.approx(1, abs=1e-6)
+    with pytest.raises(ValueError, match="class scores, not probability maps"):
+        pred.probability("high")
+
+
+def test_one_model_from_several_threads(seg_model, rng):
+    images = [mk.Image(rng.normal(0, 100, (9 + n, 20, 17)).astype(np.float32)) for n in range(6)]
+    serial = [seg_model.predict(img).probabilities.array for img in images]
+    results: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def work(n):
+        try:
+            for _ in range(3):
+                results[n] = seg_model.predict(images[n]).probabilities.array
+        except BaseException as exc:  # reported below: a thread's exception would be lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(len(images))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for n, ref in enumerate(serial):
+        np.testing.assert_array_equal(results[n], ref)
+
+
+def test_reorient_is_exact_and_keeps_world_positions(helpers, rng):
+    direction = helpers.random_direction(rng)
+    img = mk.Image(rng.normal(size=(5, 6, 7)).astype(np.float32), (1.0, 2.0, 3.0), (1, 2, 3), direction)
+    out = reorient(img, "SPL")
+    assert sorted(out.shape) == sorted(img.shape)
+    # Every voxel keeps its value and world position.
+    idx = np.argwhere(np.ones(out.shape, bool))
+    src = np.rint(img.world_to_index(out.index_to_world(idx))).astype(int)
+    np.testing.assert_array_equal(out.array[tuple(idx.T)], img.array[tuple(src.T)])
+    np.testing.assert_allclose(img.index_to_world(src), out.index_to_world(idx), atol=1e-9)
+    default = mk.Image(np.zeros((2, 3, 4)))
+    assert reorient(default, "SPL") is default
+
+
+@pytest.mark.gpu
+def test_cupy_input_uses_io_binding(seg_model):
+    cupy = pytest.importorskip("cupy")
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers() or not mk.backends()["cupy"]:
+        pytest.skip("needs onnxruntime-gpu and a CUDA device")
+    model = mk.Model(pointwise_model(), providers="cuda")
+    x = np.random.default_rng(0).normal(size=(2, 1, 8, 8, 8)).astype(np.float32)
+    out = model.run(cupy.asarray(x))[0]
+    assert isinstance(out, cupy.ndarray)
+    np.testing.assert_allclose(out.get(), model.run(x)[0], atol=1e-6)
+    volume = np.random.default_rng(1).normal(size=(1, 1, 21, 30, 17)).astype(np.float32)
+    on_gpu = mk.sliding_window(cupy.asarray(volume), model, (8, 16, 16), batch_size=3)
+    assert isinstance(on_gpu, cupy.ndarray)
+    np.testing.assert_allclose(on_gpu.get(), mk.sliding_window(volume, model, (8, 16, 16), batch_size=3),
+                               rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- shipped models
+
+
+def test_shipped_models_load_offline_with_full_metadata():
+    assert mk.models.available() == ["brain-lesion", "sarcoma-ct"]
+    for name in mk.models.available():
+        path = mk.models.path(name)
+        assert path.stat().st_size <= 5_000_000
+        model = mk.models.load(name, providers="cpu")
+        meta = model.metadata
+        assert meta["name"] == name and meta["task"] == "segmentation"
+        assert "research" in meta["intended_use"] and meta["licence"] and meta["training_data"]
+        assert meta["input"]["spacing"] and meta["input"]["orientation"] == "SPL"
+        assert meta["metrics"]["training"]["steps"] > 0
+    assert "dice_median" in mk.models.load("brain-lesion").metadata["metrics"]
+    assert "validation_dice_median" in mk.models.load("sarcoma-ct").metadata["metrics"]
+    with pytest.raises(ValueError, match="no shipped model named 'liver'"):
+        mk.models.path("liver")
+
+
+def test_sarcoma_ct_reproduces_its_card_on_a_real_patient(shared_data):
+    """A validation patient of the card (real CT, GTV mask): same Dice as recorded at export."""
+    model = mk.models.load("sarcoma-ct")
+    folder = shared_data / "ibsi" / "ibsi_validation" / "nifti" / "STS_038"
+    ct = mk.read(folder / "CT_image.nii.gz")
+    gtv = mk.read(folder / "CT_mask.nii.gz").array > 0
+    pred = model.predict(ct)
+    assert pred.labels.same_geometry(ct) and pred.probabilities.shape == ct.shape
+    found = pred.labels.array == 1
+    dice = 2 * (found & gtv).sum() / (found.sum() + gtv.sum())
+    assert dice == pytest.approx(model.metadata["metrics"]["validation_dice"]["STS_038"], abs=2e-3)
+
+
+def test_brain_lesion_finds_lesions_in_the_mni152_template():
+    """Real T1 template at 1 mm (cropped; resampled to the model's 2 mm and back) with two
+    inserted enhancing lesions of 12 and 8 mm: both found, little else."""
+    datasets = pytest.importorskip("nilearn.datasets")
+    t1 = mk.Image.from_nibabel(datasets.load_mni152_template(resolution=1))[40:150, 50:180, 40:150]
+    x = np.asarray(t1.array, dtype=np.float32).copy()
+    centres = [np.array([55, 60, 40]), np.array([70, 85, 75])]
+    grid = np.indices(x.shape)
+    lesions = np.zeros(x.shape, bool)
+    for c, radius in zip(centres, (6.0, 4.0)):
+        ball = sum((grid[a] - c[a]) ** 2 for a in range(3)) <= radius ** 2
+        x[ball] *= 2.0
+        lesions |= ball
+    model = mk.models.load("brain-lesion")
+    pred = model.predict(t1.with_array(x))
+    found = pred.labels.array > 0
+    assert pred.labels.same_geometry(t1)
+    for c in centres:
+        assert found[tuple(c)], "an inserted lesion was missed"
+    assert found.sum() < 3 * lesions.sum()
