@@ -6,7 +6,9 @@ Conventions (see the README): numpy axis order ``[k, j, i]``, LPS world millimet
 
 from __future__ import annotations
 
+from medkern import models
 from medkern._dispatch import backends, get_num_threads, set_num_threads
+from medkern.contrast import clahe, equalize_hist, n4_bias_correction
 from medkern.errors import DicomError, MedkernError, ModelError
 from medkern.filters import (
     anisotropic_diffusion,
@@ -17,19 +19,16 @@ from medkern.filters import (
     median,
     unsharp_mask,
 )
-from medkern.contrast import clahe, equalize_hist, n4_bias_correction
-from medkern import models
 from medkern.image import Image
 from medkern.inference import Model, Prediction, sliding_window, validate_metadata, write_model_metadata
 from medkern.intensity import normalize, window
 from medkern.io import read, write
-from medkern.radiomics import radiomics
-from medkern.resample import resample, resample_to, warp
-from medkern.resample import map_coordinates, resample, resample_to, warp
-from medkern.transforms import Affine, DisplacementField
 from medkern.io.dicom import DicomSeries, list_dicom_series, read_dicom_file, read_dicom_series
 from medkern.io.rtstruct import read_rtstruct
 from medkern.measure import Region, regions
+from medkern.radiomics import radiomics
+from medkern.registration import RegistrationResult, register
+from medkern.resample import map_coordinates, resample, resample_to, warp
 from medkern.segment import (
     binary_close,
     binary_dilate,
@@ -42,67 +41,61 @@ from medkern.segment import (
     remove_small_components,
     threshold_otsu,
 )
-from medkern.registration import RegistrationResult, register
+from medkern.transforms import Affine, DisplacementField
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Affine",
-    "DisplacementField",
-    "DicomError",
-    "DicomSeries",
-    "Image",
-    "MedkernError",
-    "Model",
-    "ModelError",
     "anisotropic_diffusion",
+    "backends",
+    "bilateral",
     "binary_close",
     "binary_dilate",
     "binary_erode",
     "binary_open",
+    "clahe",
+    "DicomError",
+    "DicomSeries",
+    "DisplacementField",
     "distance_transform",
+    "equalize_hist",
     "fill_holes",
-    "Image",
-    "MedkernError",
-    "ModelError",
-    "Region",
-    "Prediction",
-    "backends",
-    "bilateral",
     "gaussian",
     "get_num_threads",
+    "Image",
+    "label",
+    "largest_component",
     "list_dicom_series",
     "log_filter",
+    "map_coordinates",
     "mean_filter",
     "median",
-    "clahe",
-    "equalize_hist",
-    "get_num_threads",
-    "n4_bias_correction",
-    "map_coordinates",
+    "MedkernError",
+    "Model",
+    "ModelError",
     "models",
+    "n4_bias_correction",
     "normalize",
+    "Prediction",
     "radiomics",
     "read",
-    "resample",
-    "resample_to",
     "read_dicom_file",
     "read_dicom_series",
     "read_rtstruct",
-    "label",
-    "largest_component",
-    "remove_small_components",
-    "threshold_otsu",
-    "normalize",
-    "read",
+    "Region",
     "regions",
     "register",
     "RegistrationResult",
+    "remove_small_components",
+    "resample",
+    "resample_to",
     "set_num_threads",
     "sliding_window",
+    "threshold_otsu",
+    "unsharp_mask",
     "validate_metadata",
     "warp",
-    "unsharp_mask",
     "window",
     "write",
     "write_model_metadata",

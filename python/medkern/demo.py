@@ -11,7 +11,6 @@ Simulated data, a model trained on simulated lesions: a demonstration, not a dia
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from dataclasses import dataclass
@@ -29,16 +28,13 @@ LESIONS = ((3.0, 1.9), (5.0, 1.8), (8.0, 1.7))
 
 
 def mni152_t1() -> mk.Image:
-    """The 1 mm MNI152 2009a symmetric T1 template, read offline from the nilearn package."""
-    spec = importlib.util.find_spec("nilearn")
-    if spec is None or not spec.submodule_search_locations:
+    """The 1 mm MNI152 2009a symmetric T1 template, skull-stripped, read offline by nilearn."""
+    try:
+        from nilearn.datasets import load_mni152_template
+    except ImportError as exc:
         raise RuntimeError("medkern demo needs the MNI152 template shipped with nilearn: "
-                           "pip install 'medkern[demo]'")
-    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / \
-        "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
-    if not path.is_file():
-        raise RuntimeError(f"nilearn is installed but its MNI152 template is missing ({path})")
-    return mk.read(path)
+                           "pip install 'medkern[demo]'") from exc
+    return mk.Image.from_nibabel(load_mni152_template(resolution=1))
 
 
 @dataclass
@@ -74,12 +70,13 @@ def simulate_patient(template: mk.Image, seed: int = 0) -> tuple[mk.Image, mk.Im
         weight = np.clip(radius + 0.5 - dist, 0.0, 1.0)  # one-voxel soft edge: partial volume
         out *= 1.0 + (contrast - 1.0) * weight
         lesions.append(TrueLesion(tuple(centre), tuple(template.index_to_world(centre)), radius))
-    # Smooth multiplicative bias (+-15 % across the head) and Rician-like noise, as in MR.
+    # Skull-stripped T1 with a smooth multiplicative bias (+-15 % across the head) and Rician-like noise, as in MR.
     span = np.asarray(t1.shape, dtype=np.float32)
     bias = np.exp(0.15 * (2 * grid[0] / span[0] - 1) - 0.1 * (2 * grid[2] / span[2] - 1))
     out = out * bias
     noise = 0.02 * float(t1[brain].mean())
     out = np.hypot(out + rng.normal(0, noise, t1.shape), rng.normal(0, noise, t1.shape))
+    out[~brain] = 0.0  # skull-stripped input, as the model expects: background exactly 0
     return template.with_array(out.astype(np.float32)), brain_img, lesions
 
 
@@ -128,13 +125,13 @@ def run_demo(out_dir: str | Path, seed: int = 0, progress: bool = False) -> dict
     found = mk.regions(labels, corrected)
     step("measure")
     findings = []
-    detected = set()
+    detected: dict[int, int] = {}
     for r in found:
         centre = np.asarray(r.centroid)
         nearest = min(truth, key=lambda t: np.linalg.norm(centre - t.centre_lps))
         hit = np.linalg.norm(centre - nearest.centre_lps) <= nearest.radius_mm + 2.0
         if hit:
-            detected.add(truth.index(nearest))
+            detected[truth.index(nearest)] = r.label
         findings.append({
             "label": r.label,
             "volume_mm3": round(float(r.volume_mm3), 1),
@@ -149,8 +146,9 @@ def run_demo(out_dir: str | Path, seed: int = 0, progress: bool = False) -> dict
         "input": str(out / "patient_t1.nii.gz"),
         "model": model.metadata.get("name", "brain-lesion"),
         "inserted_lesions": [
-            {"radius_mm": t.radius_mm, "centre_lps_mm": [round(float(c), 1) for c in t.centre_lps],
-             "detected": i in detected} for i, t in enumerate(truth)],
+            {"radius_mm": t.radius_mm, "volume_mm3": round(4 / 3 * np.pi * t.radius_mm ** 3, 1),
+             "centre_lps_mm": [round(float(c), 1) for c in t.centre_lps],
+             "detected": i in detected, "found_label": detected.get(i)} for i, t in enumerate(truth)],
         "findings": findings,
         "sensitivity": round(len(detected) / len(truth), 3),
         "false_positive_components": sum(not f["matches_inserted_lesion"] for f in findings),
