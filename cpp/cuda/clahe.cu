@@ -5,22 +5,12 @@
 
 #include <cstdint>
 
-#include "launch.hpp"
+#include "cuda_common.cuh"
 
 namespace medkern::cuda {
 namespace {
 
 constexpr int kGrayLevels = 1 << 14;  // scikit-image's NR_OF_GRAY
-
-std::string launch_error() {
-  cudaError_t err = cudaGetLastError();
-  return err == cudaSuccess ? std::string() : std::string(cudaGetErrorString(err));
-}
-
-int grid_for(std::int64_t n, int block) {
-  const std::int64_t want = (n + block - 1) / block;
-  return static_cast<int>(want < 65535 * 8 ? want : 65535 * 8);
-}
 
 // 16-bit level scikit-image's img_as_uint gives a float in [0, 1] (in the input's precision).
 template <class T>

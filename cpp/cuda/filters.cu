@@ -5,7 +5,7 @@
 
 #include <cstdint>
 
-#include "launch.hpp"
+#include "cuda_common.cuh"
 #include "medkern/boundary.hpp"
 
 namespace medkern::cuda {
@@ -111,11 +111,6 @@ __global__ void bilateral_kernel(const T* __restrict__ in, float* __restrict__ o
   out[v] = num / den;
 }
 
-std::string last_error() {
-  cudaError_t err = cudaGetLastError();
-  return err == cudaSuccess ? std::string() : std::string(cudaGetErrorString(err));
-}
-
 Dims dims_of(const std::int64_t* shape) { return {shape[0], shape[1], shape[2]}; }
 
 int grid_for(const Dims& d, int block) {
@@ -131,7 +126,7 @@ std::string correlate_axis(const T* in, float* out, const std::int64_t* shape, i
   if (d.n0 * d.n1 * d.n2 == 0) return {};
   correlate_axis_kernel<T><<<grid_for(d, 256), 256, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
       in, out, d, axis, w, taps, mode, cval);
-  return last_error();
+  return launch_error();
 }
 
 template <class T>
@@ -143,7 +138,7 @@ std::string median_filter(const T* in, T* out, const std::int64_t* shape, const 
   if (d.n0 * d.n1 * d.n2 == 0) return {};
   median_kernel<T><<<grid_for(d, 128), 128, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
       in, out, d, radius[0], radius[1], radius[2], mode);
-  return last_error();
+  return launch_error();
 }
 
 template <class T>
@@ -154,7 +149,7 @@ std::string bilateral_filter(const T* in, float* out, const std::int64_t* shape,
   if (d.n0 * d.n1 * d.n2 == 0) return {};
   bilateral_kernel<T><<<grid_for(d, 128), 128, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
       in, out, d, wd, radius[0], radius[1], radius[2], cutoff, to_bin, bin_width, nhiv);
-  return last_error();
+  return launch_error();
 }
 
 #define MEDKERN_INSTANTIATE(T)                                                                 \

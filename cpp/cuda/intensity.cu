@@ -2,7 +2,7 @@
 
 #include <cstdint>
 
-#include "launch.hpp"
+#include "cuda_common.cuh"
 
 namespace medkern::cuda {
 namespace {
@@ -22,23 +22,15 @@ __global__ void affine_intensity_kernel(const T* __restrict__ x, float* __restri
   }
 }
 
-std::string last_error() {
-  cudaError_t err = cudaGetLastError();
-  return err == cudaSuccess ? std::string() : std::string(cudaGetErrorString(err));
-}
-
 }  // namespace
 
 template <class T>
 std::string affine_intensity(const T* x, float* out, std::int64_t n, double scale, double offset,
                              double lo, double hi, stream_t stream) {
   if (n == 0) return {};
-  const int block = 256;
-  const std::int64_t want = (n + block - 1) / block;
-  const int grid = static_cast<int>(want < 65535 * 8 ? want : 65535 * 8);
-  affine_intensity_kernel<T><<<grid, block, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
-      x, out, n, scale, offset, lo, hi);
-  return last_error();
+  affine_intensity_kernel<T><<<grid_for(n, 256), 256, 0, as_stream(stream)>>>(x, out, n, scale, offset,
+                                                                           lo, hi);
+  return launch_error();
 }
 
 #define MEDKERN_INSTANTIATE(T)                                                              \

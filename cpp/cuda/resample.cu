@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "launch.hpp"
+#include "cuda_common.cuh"
 #include "medkern/resample.hpp"
 
 namespace medkern::cuda {
@@ -20,18 +20,6 @@ struct Mat34 {
 struct Mat3 {
   double r[9];
 };
-
-std::string last_error() {
-  cudaError_t err = cudaGetLastError();
-  return err == cudaSuccess ? std::string() : std::string(cudaGetErrorString(err));
-}
-
-int grid_for(std::int64_t n) {
-  const std::int64_t want = (n + kThreads - 1) / kThreads;
-  return static_cast<int>(want < 65535 * 8 ? (want < 1 ? 1 : want) : 65535 * 8);
-}
-
-cudaStream_t as_stream(stream_t s) { return reinterpret_cast<cudaStream_t>(s); }
 
 // Same map as medkern::warp: c = M (k, j, i, 1) + R u[k][j][i].
 template <class S>
@@ -152,9 +140,9 @@ std::string resample_warp(int interpolation, const T* x, const std::int64_t shap
   const std::int64_t total = shape_out[0] * shape_out[1] * shape_out[2];
   return with_sampler(interpolation, x, shape_in, fill, fill_bits, [&](auto sampler) {
     using V = typename decltype(sampler)::value_type;
-    warp_kernel<<<grid_for(total), kThreads, 0, as_stream(stream)>>>(
+    warp_kernel<<<grid_for(total, kThreads), kThreads, 0, as_stream(stream)>>>(
         sampler, static_cast<V*>(out), shape_out[0], shape_out[1], shape_out[2], mat, disp, n_comp, rmat);
-    return last_error();
+    return launch_error();
   });
 }
 
@@ -165,9 +153,9 @@ std::string resample_points(int interpolation, const T* x, const std::int64_t sh
   if (n_points == 0) return {};
   return with_sampler(interpolation, x, shape_in, fill, fill_bits, [&](auto sampler) {
     using V = typename decltype(sampler)::value_type;
-    points_kernel<<<grid_for(n_points), kThreads, 0, as_stream(stream)>>>(
+    points_kernel<<<grid_for(n_points, kThreads), kThreads, 0, as_stream(stream)>>>(
         sampler, static_cast<V*>(out), coords, n_points, ndim);
-    return last_error();
+    return launch_error();
   });
 }
 
@@ -183,14 +171,14 @@ std::string resample_axis_pass(const T* in, void* out, std::int64_t outer, std::
   if (prefilter) {
     A* coef = static_cast<A*>(scratch);
     const std::int64_t n = outer * n_in * inner;
-    convert_kernel<<<grid_for(n), kThreads, 0, s>>>(in, coef, n);
-    prefilter_kernel<<<grid_for(outer * inner), kThreads, 0, s>>>(coef, outer, n_in, inner);
-    axis_pass_kernel<<<grid_for(total), kThreads, 0, s>>>(static_cast<const A*>(coef), dst, outer, n_in,
+    convert_kernel<<<grid_for(n, kThreads), kThreads, 0, s>>>(in, coef, n);
+    prefilter_kernel<<<grid_for(outer * inner, kThreads), kThreads, 0, s>>>(coef, outer, n_in, inner);
+    axis_pass_kernel<<<grid_for(total, kThreads), kThreads, 0, s>>>(static_cast<const A*>(coef), dst, outer, n_in,
                                                           inner, n_out, idx, wa, taps);
   } else {
-    axis_pass_kernel<<<grid_for(total), kThreads, 0, s>>>(in, dst, outer, n_in, inner, n_out, idx, wa, taps);
+    axis_pass_kernel<<<grid_for(total, kThreads), kThreads, 0, s>>>(in, dst, outer, n_in, inner, n_out, idx, wa, taps);
   }
-  return last_error();
+  return launch_error();
 }
 
 template <class T>
@@ -199,11 +187,11 @@ std::string bspline_coefficients(const T* in, const std::int64_t shape[3], void*
   const cudaStream_t s = as_stream(stream);
   A* coef = static_cast<A*>(out);
   const std::int64_t n = shape[0] * shape[1] * shape[2];
-  convert_kernel<<<grid_for(n), kThreads, 0, s>>>(in, coef, n);
-  prefilter_kernel<<<grid_for(shape[1] * shape[2]), kThreads, 0, s>>>(coef, 1, shape[0], shape[1] * shape[2]);
-  prefilter_kernel<<<grid_for(shape[0] * shape[2]), kThreads, 0, s>>>(coef, shape[0], shape[1], shape[2]);
-  prefilter_kernel<<<grid_for(shape[0] * shape[1]), kThreads, 0, s>>>(coef, shape[0] * shape[1], shape[2], 1);
-  return last_error();
+  convert_kernel<<<grid_for(n, kThreads), kThreads, 0, s>>>(in, coef, n);
+  prefilter_kernel<<<grid_for(shape[1] * shape[2], kThreads), kThreads, 0, s>>>(coef, 1, shape[0], shape[1] * shape[2]);
+  prefilter_kernel<<<grid_for(shape[0] * shape[2], kThreads), kThreads, 0, s>>>(coef, shape[0], shape[1], shape[2]);
+  prefilter_kernel<<<grid_for(shape[0] * shape[1], kThreads), kThreads, 0, s>>>(coef, shape[0] * shape[1], shape[2], 1);
+  return launch_error();
 }
 
 template <class U>
@@ -212,10 +200,10 @@ std::string gather_nearest(const U* in, const std::int64_t shape_in[3], U* out,
                            const std::int64_t* idx1, const std::int64_t* idx2, std::uint64_t fill_bits,
                            stream_t stream) {
   const std::int64_t total = shape_out[0] * shape_out[1] * shape_out[2];
-  gather_kernel<<<grid_for(total), kThreads, 0, as_stream(stream)>>>(
+  gather_kernel<<<grid_for(total, kThreads), kThreads, 0, as_stream(stream)>>>(
       in, shape_in[1], shape_in[2], out, shape_out[0], shape_out[1], shape_out[2], idx0, idx1, idx2,
       static_cast<U>(fill_bits));
-  return last_error();
+  return launch_error();
 }
 
 #define MEDKERN_INSTANTIATE_SAMPLING(T)                                                            \
