@@ -10,6 +10,14 @@
 #include <omp.h>
 #endif
 
+// Functions marked MEDKERN_HD also compile as CUDA device code (cpp/cuda/*.cu), so the CPU and
+// GPU backends evaluate the very same arithmetic.
+#ifdef __CUDACC__
+#define MEDKERN_HD __host__ __device__
+#else
+#define MEDKERN_HD
+#endif
+
 namespace medkern {
 
 using index_t = std::ptrdiff_t;

@@ -16,12 +16,7 @@
 #include "medkern/common.hpp"
 
 // The interpolation and Parzen-window helpers below also run inside the CUDA kernels
-// (cpp/cuda/registration.cu), so both backends evaluate the very same arithmetic.
-#ifdef __CUDACC__
-#define MEDKERN_HD __host__ __device__
-#else
-#define MEDKERN_HD
-#endif
+// (cpp/cuda/registration.cu), so both backends evaluate the very same arithmetic. (MEDKERN_HD, common.hpp)
 
 namespace medkern {
 

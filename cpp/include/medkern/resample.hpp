@@ -18,12 +18,7 @@
 #include "medkern/common.hpp"
 
 // The point samplers and their helpers also compile as CUDA device code (cpp/cuda/resample.cu),
-// so CPU and GPU evaluate the same arithmetic.
-#ifdef __CUDACC__
-#define MEDKERN_HD __host__ __device__
-#else
-#define MEDKERN_HD
-#endif
+// so CPU and GPU evaluate the same arithmetic. (MEDKERN_HD, common.hpp)
 
 namespace medkern {
 

@@ -1,6 +1,6 @@
 """IBSI 1 compliance: medkern's features against the published reference values.
 
-    python -m medkern.radiomics.compliance [--data ../shared/data] [--out docs/ibsi_compliance.md]
+    python -m medkern.radiomics.compliance [--data ../shared/data] [--out docs/radiomics_compliance.md]
 
 (``--data`` defaults to $MEDKERN_SHARED_DATA, else ../shared/data beside the checkout)
 
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     default = os.environ.get("MEDKERN_SHARED_DATA",
                              str(Path(__file__).resolve().parents[3].parent / "shared" / "data"))
     ap.add_argument("--data", default=default, help="the shared data folder (holds ibsi/)")
-    ap.add_argument("--out", default="docs/ibsi_compliance.md")
+    ap.add_argument("--out", default="docs/radiomics_compliance.md")
     args = ap.parse_args(argv)
     rows = run(Path(args.data))
     out = Path(args.out)
