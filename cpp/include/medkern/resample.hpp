@@ -9,6 +9,7 @@
 //   voxel over the last half voxel (ITK, scipy mode="nearest"), cubic B-spline coefficients are
 //   mirrored (scipy mode="mirror", ITK BSplineInterpolateImageFunction).
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -325,23 +326,67 @@ void resample_separable(const T* in, const index_t shape_in[3], A* out, const Ax
   }
 }
 
+// Maximal runs of equal consecutive entries of an index table, as [start, end) pairs.
+inline std::vector<index_t> index_runs(const index_t* idx, index_t n) {
+  std::vector<index_t> runs;
+  for (index_t v = 0; v < n;) {
+    index_t e = v + 1;
+    while (e < n && idx[e] == idx[v]) ++e;
+    runs.push_back(v);
+    runs.push_back(e);
+    v = e;
+  }
+  return runs;
+}
+
 // Axis-aligned nearest neighbour: out[k][j][i] = in[idx0[k]][idx1[j]][idx2[i]], fill where any
 // index is -1. Values are copied bit for bit, so T only needs the element size.
+// Upsampling along k repeats whole planes: each block of rows is gathered once into the first
+// plane of its k run and then copied, while still in cache, as one contiguous span to the other
+// planes of the run, so the input is read once and the repeated planes cost only their stores.
+// The inner gather runs over the valid span of idx2 without per-voxel tests when the -1 entries
+// lie only at its two ends (any monotone map).
 template <class T>
 void gather_nearest(const T* in, const index_t shape_in[3], T* out, const index_t shape_out[3],
                     const index_t* idx0, const index_t* idx1, const index_t* idx2, T fill,
                     int n_threads) {
   const index_t m1 = shape_out[1], m2 = shape_out[2];
+  std::vector<index_t> run_start;  // first k of each run of equal idx0
+  for (index_t k = 0; k < shape_out[0]; ++k)
+    if (k == 0 || idx0[k] != idx0[k - 1]) run_start.push_back(k);
+  run_start.push_back(shape_out[0]);
+  const index_t n_runs = static_cast<index_t>(run_start.size()) - 1;
+  // Rows per block: about 32 KiB of output, so a block stays in L1/L2 between gather and copies.
+  const index_t block = std::max<index_t>(1, static_cast<index_t>(32768 / (sizeof(T) * std::max<index_t>(m2, 1))));
+  const index_t n_blocks = (m1 + block - 1) / block;
+  index_t lo = 0, hi = m2;
+  while (lo < hi && idx2[lo] < 0) ++lo;
+  while (hi > lo && idx2[hi - 1] < 0) --hi;
+  bool contiguous_valid = true;
+  for (index_t i = lo; i < hi; ++i) contiguous_valid = contiguous_valid && idx2[i] >= 0;
 #pragma omp parallel for collapse(2) schedule(static) num_threads(clamp_threads(n_threads))
-  for (index_t k = 0; k < shape_out[0]; ++k) {
-    for (index_t j = 0; j < m1; ++j) {
-      T* dst = out + (k * m1 + j) * m2;
-      if (idx0[k] < 0 || idx1[j] < 0) {
-        for (index_t i = 0; i < m2; ++i) dst[i] = fill;
-        continue;
+  for (index_t r = 0; r < n_runs; ++r) {
+    for (index_t b = 0; b < n_blocks; ++b) {
+      const index_t k0 = run_start[r], k1 = run_start[r + 1];
+      const index_t j0 = b * block, j1 = std::min(m1, j0 + block);
+      T* first = out + (k0 * m1 + j0) * m2;
+      for (index_t j = j0; j < j1; ++j) {
+        T* dst = out + (k0 * m1 + j) * m2;
+        if (idx0[k0] < 0 || idx1[j] < 0) {
+          for (index_t i = 0; i < m2; ++i) dst[i] = fill;
+          continue;
+        }
+        const T* row = in + (idx0[k0] * shape_in[1] + idx1[j]) * shape_in[2];
+        if (contiguous_valid) {
+          for (index_t i = 0; i < lo; ++i) dst[i] = fill;
+          for (index_t i = lo; i < hi; ++i) dst[i] = row[idx2[i]];
+          for (index_t i = hi; i < m2; ++i) dst[i] = fill;
+        } else {
+          for (index_t i = 0; i < m2; ++i) dst[i] = idx2[i] < 0 ? fill : row[idx2[i]];
+        }
       }
-      const T* row = in + (idx0[k] * shape_in[1] + idx1[j]) * shape_in[2];
-      for (index_t i = 0; i < m2; ++i) dst[i] = idx2[i] < 0 ? fill : row[idx2[i]];
+      const std::size_t bytes = static_cast<std::size_t>((j1 - j0) * m2) * sizeof(T);
+      for (index_t k = k0 + 1; k < k1; ++k) std::memcpy(out + (k * m1 + j0) * m2, first, bytes);
     }
   }
 }
