@@ -286,12 +286,19 @@ class Model:
 
     def _activate(self, logits: np.ndarray, meta: dict[str, Any], axis: int) -> np.ndarray:
         activation = meta["output"]["activation"]
+        # In place on one float32 buffer: the full-size logits are the largest arrays of a
+        # prediction, and each temporary costs a fresh allocation and a pass over memory.
+        e = np.array(logits, dtype=np.float32, copy=None)
         if activation == "softmax":
-            e = np.exp(logits - logits.max(axis=axis, keepdims=True))
-            return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
-        if activation == "sigmoid":
-            return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
-        return logits.astype(np.float32, copy=False)
+            np.subtract(e, e.max(axis=axis, keepdims=True), out=e)
+            np.exp(e, out=e)
+            np.divide(e, e.sum(axis=axis, keepdims=True), out=e)
+        elif activation == "sigmoid":
+            np.negative(e, out=e)
+            np.exp(e, out=e)
+            np.add(e, np.float32(1), out=e)
+            np.reciprocal(e, out=e)
+        return e
 
     def _dense(self, stack: np.ndarray, meta: dict[str, Any], tta: bool) -> np.ndarray:
         inf = meta["inference"]
@@ -306,7 +313,8 @@ class Model:
                                     spatial_dims=nsp)
             prob = self._activate(logits, meta, axis=1)
             prob = np.flip(prob, axes_arr) if axes else prob
-            total = prob.copy() if total is None else np.add(total, prob, out=total)
+            # The activation returns a fresh buffer owned here unless it was flipped back (a view).
+            total = (prob if not axes else prob.copy()) if total is None else np.add(total, prob, out=total)
         if len(flips) > 1:
             total /= np.float32(len(flips))
         labels = meta["output"]["labels"]
