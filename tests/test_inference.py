@@ -286,6 +286,21 @@ def test_sliding_window_array_errors():
         mk.sliding_window(np.zeros((1, 1, 1, 4, 4, 4), np.float32), lambda b: b, (2, 2, 2))
 
 
+@pytest.mark.parametrize("channels", [1, 2, 5])
+def test_channel_argmax_matches_numpy(rng, channels):
+    from medkern import _core
+
+    # Quantised values make ties common: the first channel must win them, as in numpy.argmax.
+    prob = np.round(rng.random((channels, 7, 33, 65)) * 4).astype(np.float32) / 4
+    for threads in (1, 2):
+        np.testing.assert_array_equal(_core.channel_argmax(prob, None, threads), np.argmax(prob, axis=0))
+        above = prob >= 0.5
+        expected = np.where(above.any(0), np.argmax(np.where(above, prob, -np.inf), axis=0) + 1, 0)
+        np.testing.assert_array_equal(_core.channel_argmax(prob, 0.5, threads), expected)
+    with pytest.raises(ValueError, match="at least one channel"):
+        _core.channel_argmax(np.zeros((0, 4), np.float32), None, 1)
+
+
 # ----------------------------------------------------------------------------- metadata
 
 

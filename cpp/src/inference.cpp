@@ -1,8 +1,11 @@
+#include <optional>
 #include <string>
+#include <vector>
 
 #include <pybind11/stl.h>
 
 #include "bindings.hpp"
+#include "medkern/prediction.hpp"
 #include "medkern/sliding_window.hpp"
 
 namespace {
@@ -137,6 +140,26 @@ void normalize_by_weight_sum(const py::array& out_, const std::array<py::array, 
   medkern::normalize_by_weight_sum(o, n_images, shape, ptr, n_starts, weight.data(), roi, n_threads);
 }
 
+py::array_t<std::uint8_t> channel_argmax(const py::array& x_, std::optional<float> threshold,
+                                         int n_threads) {
+  auto x = carray<float>::ensure(x_);
+  if (!x || x.ndim() < 1 || x.shape(0) < 1)
+    throw py::value_error("x must be a float array (channels, *spatial) with at least one channel");
+  const index_t channels = x.shape(0);
+  if (channels > (threshold ? 255 : 256))
+    throw py::value_error("at most 255 channels (256 without threshold) fit uint8 labels");
+  std::vector<py::ssize_t> shape(x.shape() + 1, x.shape() + x.ndim());
+  py::array_t<std::uint8_t> out(shape);
+  const index_t n = out.size();
+  const float* src = x.data();
+  std::uint8_t* dst = out.mutable_data();
+  // Arrays held by this frame; only raw pointers are used without the GIL.
+  py::gil_scoped_release release;
+  medkern::channel_argmax(src, channels, n, threshold.has_value(), threshold.value_or(0.0f), dst,
+                          n_threads);
+  return out;
+}
+
 }  // namespace
 
 void register_inference(py::module_& m) {
@@ -148,4 +171,5 @@ void register_inference(py::module_& m) {
         py::arg("weight"), py::arg("batch"), py::arg("start"), py::arg("n_threads"));
   m.def("normalize_by_weight_sum", &normalize_by_weight_sum, py::arg("out"), py::arg("starts"),
         py::arg("weight"), py::arg("n_threads"));
+  m.def("channel_argmax", &channel_argmax, py::arg("x"), py::arg("threshold"), py::arg("n_threads"));
 }

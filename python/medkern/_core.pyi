@@ -6,7 +6,7 @@ import collections.abc
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['accumulate_patches', 'affine_intensity', 'anisotropic_diffusion', 'bilateral_filter', 'binary_morphology', 'bspline_coefficients', 'clahe_opencv', 'clahe_skimage', 'compose_displacements', 'convex_hull', 'distance_transform', 'fill_polygons', 'gather_nearest', 'gather_patches', 'histogram_edges', 'importance_map', 'interp_map', 'label', 'lncc_force', 'map_coordinates', 'max_diameter', 'median_filter', 'mesh_area_volume', 'modality_lut', 'moments', 'n4_apply', 'n4_fit', 'n4_shrink', 'normalize_by_weight_sum', 'offset_means', 'openmp', 'recursive_gaussian', 'registration_metric', 'resample_separable', 'separable_correlate', 'smooth_shrink', 'surface_mesh', 'texture_glcm', 'texture_glrlm', 'texture_ngldm', 'texture_ngtdm', 'texture_zones', 'value_range', 'warp', 'warp_with_gradient']
+__all__: list[str] = ['accumulate_patches', 'affine_intensity', 'anisotropic_diffusion', 'bilateral_filter', 'binary_morphology', 'bspline_coefficients', 'channel_argmax', 'clahe_opencv', 'clahe_skimage', 'compose_displacements', 'convex_hull', 'distance_transform', 'fill_polygons', 'gather_nearest', 'gather_patches', 'histogram_edges', 'importance_map', 'interp_map', 'label', 'lncc_force', 'map_coordinates', 'max_diameter', 'median_filter', 'mesh_area_volume', 'modality_lut', 'moments', 'n4_apply', 'n4_fit', 'n4_shrink', 'normalize_by_weight_sum', 'offset_means', 'openmp', 'recursive_gaussian', 'registration_metric', 'resample_separable', 'separable_correlate', 'smooth_shrink', 'surface_mesh', 'texture_glcm', 'texture_glrlm', 'texture_ngldm', 'texture_ngtdm', 'texture_zones', 'value_range', 'warp', 'warp_with_gradient']
 def accumulate_patches(out: numpy.ndarray, pred: numpy.ndarray, weight: numpy.ndarray, batch: numpy.ndarray, start: numpy.ndarray, n_threads: typing.SupportsInt | typing.SupportsIndex) -> None:
     ...
 def affine_intensity(x: numpy.ndarray, scale: typing.SupportsFloat | typing.SupportsIndex, offset: typing.SupportsFloat | typing.SupportsIndex, lo: typing.SupportsFloat | typing.SupportsIndex, hi: typing.SupportsFloat | typing.SupportsIndex, n_threads: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.float32]:
@@ -18,6 +18,8 @@ def bilateral_filter(x: numpy.ndarray, spacing: collections.abc.Sequence[typing.
 def binary_morphology(x: numpy.ndarray, rows: numpy.ndarray, erode: bool, n_threads: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.uint8]:
     ...
 def bspline_coefficients(x: numpy.ndarray, n_threads: typing.SupportsInt | typing.SupportsIndex) -> numpy.ndarray:
+    ...
+def channel_argmax(x: numpy.ndarray, threshold: typing.SupportsFloat | typing.SupportsIndex | None, n_threads: typing.SupportsInt | typing.SupportsIndex) -> numpy.typing.NDArray[numpy.uint8]:
     ...
 def clahe_opencv(x: numpy.ndarray, tiles_y: typing.SupportsInt | typing.SupportsIndex, tiles_x: typing.SupportsInt | typing.SupportsIndex, clip_limit: typing.SupportsFloat | typing.SupportsIndex, n_threads: typing.SupportsInt | typing.SupportsIndex) -> numpy.ndarray:
     ...

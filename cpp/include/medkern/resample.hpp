@@ -623,26 +623,56 @@ struct LabelSampler {
   MEDKERN_HD T operator()(double c0, double c1, double c2) const {
     if (!inside(c0, n[0]) || !inside(c1, n[1]) || !inside(c2, n[2])) return fill;
     const LinearTaps p(n, c0, c1, c2);
-    T labels[8];
-    double votes[8];
-    int n_labels = 0;
+    // Inside a structure all 8 neighbours agree and the vote is decided without weights; that
+    // is most of any label map, so it is checked first.
+    const index_t s1 = n[2], s0 = n[1] * n[2];
+    const T* r00 = data + p.lo[0] * s0 + p.lo[1] * s1;
+    const T* r01 = data + p.lo[0] * s0 + p.hi[1] * s1;
+    const T* r10 = data + p.hi[0] * s0 + p.lo[1] * s1;
+    const T* r11 = data + p.hi[0] * s0 + p.hi[1] * s1;
+    const T first = r00[p.lo[2]];
+    if (r00[p.hi[2]] == first && r01[p.lo[2]] == first && r01[p.hi[2]] == first &&
+        r10[p.lo[2]] == first && r10[p.hi[2]] == first && r11[p.lo[2]] == first &&
+        r11[p.hi[2]] == first)
+      return first;
+    T v[8];
+    double w[8];
     for (int corner = 0; corner < 8; ++corner) {
       index_t i[3];
-      double w = 1.0;
+      double wc = 1.0;
       for (int a = 0; a < 3; ++a) {
         const bool near_hi = p.t[a] >= 0.5;
         const bool use_hi = (((corner >> a) & 1) != 0) != near_hi;
         i[a] = use_hi ? p.hi[a] : p.lo[a];
-        w *= use_hi ? p.t[a] : 1.0 - p.t[a];
+        wc *= use_hi ? p.t[a] : 1.0 - p.t[a];
       }
-      const T v = data[(i[0] * n[1] + i[1]) * n[2] + i[2]];
+      v[corner] = data[(i[0] * n[1] + i[1]) * n[2] + i[2]];
+      w[corner] = wc;
+    }
+    // Two labels meet at most boundaries: both sums are formed branch-free, each in visiting
+    // order (the zeros added for the other label leave the bits unchanged).
+    const T a_label = v[0];
+    T b_label = a_label;
+    for (int c = 7; c > 0; --c) b_label = v[c] != a_label ? v[c] : b_label;  // first other label
+    bool two = true;
+    double a_vote = 0.0, b_vote = 0.0;
+    for (int c = 0; c < 8; ++c) {
+      two &= v[c] == a_label || v[c] == b_label;
+      a_vote += v[c] == a_label ? w[c] : 0.0;
+      b_vote += v[c] == b_label ? w[c] : 0.0;
+    }
+    if (two) return b_vote > a_vote ? b_label : a_label;
+    T labels[8];
+    double votes[8];
+    int n_labels = 0;
+    for (int c = 0; c < 8; ++c) {
       int s = 0;
-      while (s < n_labels && labels[s] != v) ++s;
+      while (s < n_labels && labels[s] != v[c]) ++s;
       if (s == n_labels) {
-        labels[n_labels] = v;
+        labels[n_labels] = v[c];
         votes[n_labels++] = 0.0;
       }
-      votes[s] += w;
+      votes[s] += w[c];
     }
     int best = 0;
     for (int s = 1; s < n_labels; ++s)

@@ -140,13 +140,14 @@ inline Cover covering_patches(const std::int64_t* starts, index_t n_starts, inde
 
 // Divides out (n_images, shape) by each voxel's weight sum over the patch grid given by the
 // per-axis sorted starts (the grid is their Cartesian product, scanned with the last axis
-// fastest, as MONAI's dense_patch_slices). The sum is rebuilt in that scan order.
+// fastest, as MONAI's dense_patch_slices). Per output row, the covering patches' weight rows are
+// added in that scan order, so every voxel's sum has MONAI's order of additions.
 inline void normalize_by_weight_sum(float* out, index_t n_images, const shape3& shape,
                                     const std::array<const std::int64_t*, 3>& starts,
                                     const shape3& n_starts, const float* weight,
                                     const shape3& roi, int n_threads) {
   std::array<Cover, 3> cover;
-  for (int a = 0; a < 3; ++a) cover[a] = covering_patches(starts[a], n_starts[a], shape[a], roi[a]);
+  for (int a = 0; a < 2; ++a) cover[a] = covering_patches(starts[a], n_starts[a], shape[a], roi[a]);
   const index_t spatial = shape[0] * shape[1] * shape[2];
   const index_t rows = shape[0] * shape[1];
 #pragma omp parallel num_threads(clamp_threads(n_threads)) if (spatial > kParallelMin)
@@ -156,16 +157,15 @@ inline void normalize_by_weight_sum(float* out, index_t n_images, const shape3& 
     for (index_t r = 0; r < rows; ++r) {
       const index_t k = r / shape[1], j = r % shape[1];
       const auto ks = static_cast<std::size_t>(k), js = static_cast<std::size_t>(j);
-      for (index_t i = 0; i < shape[2]; ++i) {
-        const auto is = static_cast<std::size_t>(i);
-        float total = 0.0f;
-        for (index_t a = cover[0].first[ks]; a < cover[0].last[ks]; ++a)
-          for (index_t b = cover[1].first[js]; b < cover[1].last[js]; ++b)
-            for (index_t c = cover[2].first[is]; c < cover[2].last[is]; ++c)
-              total += weight[((k - starts[0][a]) * roi[1] + (j - starts[1][b])) * roi[2] +
-                              (i - starts[2][c])];
-        sum[is] = total;
-      }
+      std::fill(sum.begin(), sum.end(), 0.0f);
+      for (index_t a = cover[0].first[ks]; a < cover[0].last[ks]; ++a)
+        for (index_t b = cover[1].first[js]; b < cover[1].last[js]; ++b) {
+          const float* w = weight + ((k - starts[0][a]) * roi[1] + (j - starts[1][b])) * roi[2];
+          for (index_t c = 0; c < n_starts[2]; ++c) {
+            float* s = sum.data() + starts[2][c];
+            for (index_t i = 0; i < roi[2]; ++i) s[i] += w[i];
+          }
+        }
       for (index_t n = 0; n < n_images; ++n) {
         float* o = out + n * spatial + r * shape[2];
         for (index_t i = 0; i < shape[2]; ++i) o[i] /= sum[static_cast<std::size_t>(i)];

@@ -324,13 +324,11 @@ class Model:
         return total
 
     def _dense_prediction(self, case: "_Case", prob: np.ndarray, meta: dict[str, Any]) -> Prediction:
+        from medkern import _core
+
         out = meta["output"]
-        if out["activation"] == "softmax":
-            labels = np.argmax(prob, axis=0).astype(np.uint8)
-        else:
-            above = prob >= np.float32(out["threshold"])
-            labels = np.where(above.any(axis=0), np.argmax(np.where(above, prob, -np.inf), axis=0) + 1, 0
-                              ).astype(np.uint8)
+        threshold = None if out["activation"] == "softmax" else float(out["threshold"])
+        labels = _core.channel_argmax(prob, threshold, get_num_threads())
         def linear_back(p: np.ndarray) -> np.ndarray:
             moved = _back_to_input(case.grid.with_array(p), case.reference, "linear")
             return np.asarray(moved.array, dtype=np.float32)
