@@ -284,6 +284,19 @@ def test_sliding_window_array_errors():
         mk.sliding_window(np.zeros((0, 4, 4), np.float32), lambda b: b, (2, 2, 2))
     with pytest.raises(ValueError, match=r"\(N, C, \*spatial\)"):
         mk.sliding_window(np.zeros((1, 1, 1, 4, 4, 4), np.float32), lambda b: b, (2, 2, 2))
+    x = np.zeros((6, 6, 6), np.float32)
+    with pytest.raises(ValueError, match=r"fn returned shape \(2, 1, 4, 4\)"):
+        mk.sliding_window(x, lambda b: b[:, :, 0], (4, 4, 4), batch_size=2)
+    with pytest.raises(ValueError, match=r"fn returned 1 patch predictions for a batch of shape \(2, 1, 4, 4, 4\)"):
+        mk.sliding_window(x, lambda b: b[:1], (4, 4, 4), batch_size=2)
+    calls = []
+
+    def growing(b):  # one more output channel on every call
+        calls.append(1)
+        return np.concatenate([b] * len(calls), axis=1)
+
+    with pytest.raises(ValueError, match="fn returned 2 channels, earlier 1"):
+        mk.sliding_window(x, growing, (4, 4, 4), batch_size=1)
 
 
 @pytest.mark.parametrize("channels", [1, 2, 5])
@@ -299,6 +312,85 @@ def test_channel_argmax_matches_numpy(rng, channels):
         np.testing.assert_array_equal(_core.channel_argmax(prob, 0.5, threads), expected)
     with pytest.raises(ValueError, match="at least one channel"):
         _core.channel_argmax(np.zeros((0, 4), np.float32), None, 1)
+
+
+# ----------------------------------------------------------------------------- graph rewrites
+
+
+def prelu_model() -> bytes:
+    """PRelu slopes in every form an exporter writes: one-element initializer, the same behind
+    an Identity, a Constant node, a per-channel slope and an overridable (graph input) slope."""
+    init = [helper.make_tensor("s1", TensorProto.FLOAT, [1, 1, 1, 1], [0.25]),
+            helper.make_tensor("s_pc", TensorProto.FLOAT, [2, 1, 1], [0.1, 0.3]),
+            helper.make_tensor("s_in", TensorProto.FLOAT, [1], [0.7])]
+    nodes = [helper.make_node("Identity", ["s1"], ["s1_shared"]),
+             helper.make_node("Constant", [], ["s_const"], value=helper.make_tensor("v", TensorProto.FLOAT, [], [0.5])),
+             helper.make_node("PRelu", ["x", "s1"], ["a"]),
+             helper.make_node("PRelu", ["a", "s1_shared"], ["b"]),
+             helper.make_node("PRelu", ["b", "s_const"], ["c"]),
+             helper.make_node("PRelu", ["c", "s_pc"], ["d"]),
+             helper.make_node("PRelu", ["d", "s_in"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "prelu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 2, None, None]),
+         helper.make_tensor_value_info("s_in", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 2, None, None])], init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def test_prelu_with_one_slope_becomes_leaky_relu_bit_exactly(rng):
+    import onnxruntime as ort
+
+    from medkern.inference.graph import optimize_graph
+
+    proto = onnx.load_model_from_string(prelu_model())
+    assert optimize_graph(proto) == 3
+    assert [n.op_type for n in proto.graph.node if "Relu" in n.op_type] == ["LeakyRelu"] * 3 + ["PRelu"] * 2
+    onnx.checker.check_model(proto)
+    x = rng.normal(size=(3, 2, 9, 11)).astype(np.float32) * 10
+    x.flat[:5] = [0.0, -0.0, np.inf, -np.inf, np.nan]
+    x.flat[5:8] = [1e-40, -1e-40, -3.4e38]  # subnormals and the float32 extreme
+    feeds = {"x": x, "s_in": np.array([0.7], np.float32)}
+    original = ort.InferenceSession(prelu_model(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    rewritten = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_array_equal(rewritten.view(np.uint32), original.view(np.uint32))
+    # The overridable slope stays a PRelu input: feeding another value still changes the output.
+    other = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x, "s_in": np.array([0.5], np.float32)})[0]
+    assert not np.array_equal(other, original, equal_nan=True)
+    model = mk.Model(prelu_model())
+    assert isinstance(model._source, bytes)
+    np.testing.assert_array_equal(model.run(x)[0].view(np.uint32), original.view(np.uint32))
+
+
+def test_models_without_rewrites_load_untouched(tmp_path):
+    path = tmp_path / "pointwise.onnx"
+    path.write_bytes(pointwise_model())
+    assert mk.Model(path)._source == str(path)
+    assert mk.Model(pointwise_model())._source == pointwise_model()
+
+
+def test_monai_unet_export_is_rewritten(torch_unet):
+    """MONAI's UNet uses torch.nn.PReLU() throughout: every activation gets the faster kernel."""
+    from medkern.inference.graph import optimize_graph
+
+    proto = onnx.load_model_from_string(torch_unet[2])
+    n_prelu = sum(n.op_type == "PRelu" for n in proto.graph.node)
+    assert n_prelu > 0 and optimize_graph(proto) == n_prelu
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_run_independent_equals_one_batched_run(torch_unet, rng, threads):
+    model = mk.Model(torch_unet[2], threads=threads)
+    for items in (1, 2, 3, 5):
+        x = rng.normal(size=(items, 1, 16, 16, 24)).astype(np.float32)
+        # Equal up to float32 rounding: ONNX Runtime's convolutions split the work differently
+        # for other thread counts and batch sizes, as model(x) itself does for another `threads`.
+        np.testing.assert_allclose(model.run_independent(x), model(x), rtol=0, atol=1e-5)
+    with pytest.raises(mk.ModelError, match="needs size 1 on axis 1"):
+        model.run_independent(np.zeros((4, 2, 16, 16, 16), np.float32))
 
 
 # ----------------------------------------------------------------------------- metadata

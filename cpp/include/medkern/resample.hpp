@@ -623,34 +623,58 @@ struct LabelSampler {
   MEDKERN_HD T operator()(double c0, double c1, double c2) const {
     if (!inside(c0, n[0]) || !inside(c1, n[1]) || !inside(c2, n[2])) return fill;
     const LinearTaps p(n, c0, c1, c2);
-    // Inside a structure all 8 neighbours agree and the vote is decided without weights; that
-    // is most of any label map, so it is checked first.
+    const T* rows[4];
+    double w01[4];
+    neighbour_rows(p, rows, w01);
+    return along_row(rows, w01, c2);
+  }
+  // The four rows of the (axis 0, axis 1) neighbours in visiting order, and their weights.
+  MEDKERN_HD void neighbour_rows(const LinearTaps& p, const T* rows[4], double w01[4]) const {
     const index_t s1 = n[2], s0 = n[1] * n[2];
-    const T* r00 = data + p.lo[0] * s0 + p.lo[1] * s1;
-    const T* r01 = data + p.lo[0] * s0 + p.hi[1] * s1;
-    const T* r10 = data + p.hi[0] * s0 + p.lo[1] * s1;
-    const T* r11 = data + p.hi[0] * s0 + p.hi[1] * s1;
-    const T first = r00[p.lo[2]];
-    if (r00[p.hi[2]] == first && r01[p.lo[2]] == first && r01[p.hi[2]] == first &&
-        r10[p.lo[2]] == first && r10[p.hi[2]] == first && r11[p.lo[2]] == first &&
-        r11[p.hi[2]] == first)
-      return first;
+    for (int c = 0; c < 4; ++c) {
+      const bool hi0 = ((c & 1) != 0) != (p.t[0] >= 0.5), hi1 = ((c & 2) != 0) != (p.t[1] >= 0.5);
+      rows[c] = data + (hi0 ? p.hi[0] : p.lo[0]) * s0 + (hi1 ? p.hi[1] : p.lo[1]) * s1;
+      w01[c] = (hi0 ? p.t[0] : 1.0 - p.t[0]) * (hi1 ? p.t[1] : 1.0 - p.t[1]);
+    }
+  }
+  // Axis 2's two taps at continuous index c: nearest first, with their weights.
+  struct RowTaps {
+    index_t first, second;
+    double w_first, w_second;
+  };
+  MEDKERN_HD RowTaps row_taps(double c) const {
+    const index_t f = floor_index(c);
+    const double t = c - static_cast<double>(f);
+    const bool near_hi = t >= 0.5;
+    const index_t lo = clamp_index(f, n[2]), hi = clamp_index(f + 1, n[2]);
+    return {near_hi ? hi : lo, near_hi ? lo : hi, near_hi ? t : 1.0 - t, near_hi ? 1.0 - t : t};
+  }
+  MEDKERN_HD T along_row(const T* const rows[4], const double w01[4], double c2) const {
+    return along_row(rows, w01, row_taps(c2));
+  }
+  // The vote over the four neighbour rows at axis-2 taps q. Each corner weight is the product
+  // of its per-axis weights in axis order.
+  MEDKERN_HD static T along_row(const T* const rows[4], const double w01[4], const RowTaps& q) {
     T v[8];
     double w[8];
-    for (int corner = 0; corner < 8; ++corner) {
-      index_t i[3];
-      double wc = 1.0;
-      for (int a = 0; a < 3; ++a) {
-        const bool near_hi = p.t[a] >= 0.5;
-        const bool use_hi = (((corner >> a) & 1) != 0) != near_hi;
-        i[a] = use_hi ? p.hi[a] : p.lo[a];
-        wc *= use_hi ? p.t[a] : 1.0 - p.t[a];
-      }
-      v[corner] = data[(i[0] * n[1] + i[1]) * n[2] + i[2]];
-      w[corner] = wc;
+    for (int c = 0; c < 4; ++c) {
+      v[c] = rows[c][q.first];
+      v[c + 4] = rows[c][q.second];
+      w[c] = w01[c] * q.w_first;
+      w[c + 4] = w01[c] * q.w_second;
     }
-    // Two labels meet at most boundaries: both sums are formed branch-free, each in visiting
-    // order (the zeros added for the other label leave the bits unchanged).
+    return vote(v, w);
+  }
+  // The label with the largest summed weight. Corners are visited nearest first, and only a
+  // strictly larger sum replaces the current winner, so ties go to the nearest voxel's label
+  // (then to the first in visiting order). Each label's sum is formed in visiting order.
+  MEDKERN_HD static T vote(const T v[8], const double w[8]) {
+    // Inside a structure all 8 neighbours agree: most of any label map, so checked first.
+    bool same = true;
+    for (int c = 1; c < 8; ++c) same &= v[c] == v[0];
+    if (same) return v[0];
+    // Two labels meet at most boundaries: both sums are formed branch-free (the zeros added
+    // for the other label leave the bits unchanged).
     const T a_label = v[0];
     T b_label = a_label;
     for (int c = 7; c > 0; --c) b_label = v[c] != a_label ? v[c] : b_label;  // first other label
@@ -686,10 +710,55 @@ struct LabelSampler {
     }
   }
   T interior(double c0, double c1, double c2) const { return (*this)(c0, c1, c2); }
+  // Axis-aligned maps (resampling to another spacing) keep c0 and c1 fixed along a row: the
+  // four row pointers and their weights are then found once for the whole block.
   void interior_block(const double* c0, const double* c1, const double* c2, index_t count, T* out) const {
-    interior_points(*this, c0, c1, c2, count, out);
+    bool fixed = true;
+    for (index_t v = 1; v < count; ++v) fixed &= c0[v] == c0[0] && c1[v] == c1[0];
+    if (!fixed || count < 2) {
+      interior_points(*this, c0, c1, c2, count, out);
+      return;
+    }
+    const T* rows[4];
+    double w01[4];
+    neighbour_rows(LinearTaps(n, c0[0], c1[0], c2[0]), rows, w01);
+    for (index_t v = 0; v < count; ++v) out[v] = along_row(rows, w01, c2[v]);
+  }
+  // Axis-aligned map without displacement (m diagonal: resampling to another spacing): axis 2's
+  // taps are found once per column and the neighbour rows once per output row. The index
+  // arithmetic is the per-voxel warp's, so both give the same bits.
+  void aligned_rows(T* out, const index_t shape_out[3], const double m[12], int n_threads) const {
+    const index_t m1 = shape_out[1], m2 = shape_out[2];
+    std::vector<RowTaps> taps(static_cast<std::size_t>(m2));
+    std::vector<unsigned char> valid(static_cast<std::size_t>(m2));
+    for (index_t i = 0; i < m2; ++i) {
+      const double c = m[11] + m[10] * static_cast<double>(i);
+      valid[static_cast<std::size_t>(i)] = inside(c, n[2]);
+      taps[static_cast<std::size_t>(i)] = row_taps(c);
+    }
+#pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
+    for (index_t r = 0; r < shape_out[0] * m1; ++r) {
+      const double c0 = m[0] * static_cast<double>(r / m1) + m[3];
+      const double c1 = m[5] * static_cast<double>(r % m1) + m[7];
+      T* dst = out + r * m2;
+      if (!inside(c0, n[0]) || !inside(c1, n[1])) {
+        std::fill(dst, dst + m2, fill);
+        continue;
+      }
+      const T* rows[4];
+      double w01[4];
+      neighbour_rows(LinearTaps(n, c0, c1, 0.0), rows, w01);
+      for (index_t i = 0; i < m2; ++i)
+        dst[i] = valid[static_cast<std::size_t>(i)] ? along_row(rows, w01, taps[static_cast<std::size_t>(i)]) : fill;
+    }
   }
 };
+
+// Samplers with an `aligned_rows` member take over axis-aligned warps without displacement.
+template <class S, class = void>
+struct has_aligned_rows : std::false_type {};
+template <class S>
+struct has_aligned_rows<S, std::void_t<decltype(&S::aligned_rows)>> : std::true_type {};
 
 // ------------------------------------------------------------------ per-voxel warps
 // General output->input map for every output voxel (k, j, i):
@@ -738,6 +807,12 @@ inline void row_interior(const double b[3], const double d[3], const double lo[3
 template <class S>
 void warp(const S& sampler, typename S::value_type* out, const index_t shape_out[3], const double m[12],
           const float* disp, int n_comp, const double* r, int n_threads) {
+  if constexpr (has_aligned_rows<S>::value) {
+    if (!disp && m[1] == 0.0 && m[2] == 0.0 && m[4] == 0.0 && m[6] == 0.0 && m[8] == 0.0 && m[9] == 0.0) {
+      sampler.aligned_rows(out, shape_out, m, n_threads);
+      return;
+    }
+  }
   const index_t m1 = shape_out[1], m2 = shape_out[2];
   double lo[3], hi[3];
   sampler.interior_box(lo, hi);

@@ -155,7 +155,11 @@ def _run_windows(x: np.ndarray, fn: Callable, grid: np.ndarray, roi3: tuple[int,
                  weight: np.ndarray, batch_size: int, roi: tuple[int, ...]) -> np.ndarray:
     """Accumulate weighted predictions of every window, batch after batch, image-major order."""
     from medkern import _core
+    from medkern.inference.model import Model  # here: model.py imports this module
 
+    # Patches never interact, so a Model may run the patches of a batch concurrently; it hands
+    # back consecutive pieces of the batch, each accumulated as it is (no joining copy).
+    infer = fn._run_parts if isinstance(fn, Model) else (lambda b: [fn(b)])
     n_threads = get_num_threads()
     n_win = len(grid)
     total = x.shape[0] * n_win
@@ -164,15 +168,22 @@ def _run_windows(x: np.ndarray, fn: Callable, grid: np.ndarray, roi3: tuple[int,
         idx = np.arange(first, min(first + batch_size, total), dtype=np.int64)
         batch, start = idx // n_win, np.ascontiguousarray(grid[idx % n_win])
         patches = _core.gather_patches(x, batch, start, roi3, n_threads)
-        pred = fn(patches.reshape((len(idx), x.shape[1]) + roi))
-        pred = np.asarray(pred.get() if hasattr(pred, "get") and not isinstance(pred, np.ndarray) else pred)
-        if pred.ndim != 2 + len(roi) or pred.shape[0] != len(idx) or pred.shape[2:] != roi:
-            raise ValueError(f"sliding_window: fn returned shape {pred.shape} for a batch of shape "
-                             f"{(len(idx), x.shape[1]) + roi}; expected (batch, channels, *roi_size)")
-        if out is None:
-            out = np.zeros((x.shape[0], pred.shape[1]) + x.shape[2:], dtype=np.float32)
-        elif pred.shape[1] != out.shape[1]:
-            raise ValueError(f"sliding_window: fn returned {pred.shape[1]} channels, earlier {out.shape[1]}")
-        pred = np.ascontiguousarray(pred, dtype=np.float32).reshape((len(idx), out.shape[1]) + roi3)
-        _core.accumulate_patches(out, pred, weight, batch, start, n_threads)
+        done = 0
+        shape = (len(idx), x.shape[1]) + roi
+        for pred in infer(patches.reshape(shape)):
+            pred = np.asarray(pred.get() if hasattr(pred, "get") and not isinstance(pred, np.ndarray) else pred)
+            if pred.ndim != 2 + len(roi) or not 0 < len(pred) <= len(idx) - done or pred.shape[2:] != roi:
+                raise ValueError(f"sliding_window: fn returned shape {pred.shape} for a batch of shape "
+                                 f"{shape}; expected (batch, channels, *roi_size)")
+            if out is None:
+                out = np.zeros((x.shape[0], pred.shape[1]) + x.shape[2:], dtype=np.float32)
+            elif pred.shape[1] != out.shape[1]:
+                raise ValueError(f"sliding_window: fn returned {pred.shape[1]} channels, earlier {out.shape[1]}")
+            n = len(pred)
+            pred = np.ascontiguousarray(pred, dtype=np.float32).reshape((n, out.shape[1]) + roi3)
+            _core.accumulate_patches(out, pred, weight, batch[done:done + n], start[done:done + n], n_threads)
+            done += n
+        if done != len(idx):
+            raise ValueError(f"sliding_window: fn returned {done} patch predictions for a batch of shape "
+                             f"{shape}; expected (batch, channels, *roi_size)")
     return out
