@@ -314,6 +314,31 @@ def test_channel_argmax_matches_numpy(rng, channels):
         _core.channel_argmax(np.zeros((0, 4), np.float32), None, 1)
 
 
+@pytest.mark.parametrize("channels", [1, 2, 5])
+def test_softmax_and_sigmoid_kernels_match_float64(rng, channels):
+    from medkern import _core
+
+    logits = (rng.normal(size=(channels, 5, 40, 70)) * 30).astype(np.float32)
+    logits.flat[:4] = [0.0, -87.5, 88.0, 1e-30]
+    ref = np.exp(logits - logits.max(0)) / np.exp(logits.astype(np.float64) - logits.max(0)).sum(0)
+    got = logits.copy()
+    _core.activate(got, "softmax", 2)
+    np.testing.assert_allclose(got, ref, rtol=2e-6, atol=1e-30)
+    x = np.concatenate([np.linspace(-120, 120, 20001, dtype=np.float32),
+                        np.array([0.0, -0.0, np.inf, -np.inf, 1e-8, -1e-8], np.float32)])[None]
+    expected = 1 / (1 + np.exp(-x.astype(np.float64)))
+    got = x.copy()
+    _core.activate(got, "sigmoid", 1)
+    np.testing.assert_allclose(got, expected, rtol=2e-6, atol=1e-37)
+    nan = np.full((2, 3), np.nan, np.float32)
+    _core.activate(nan, "softmax", 1)
+    assert np.isnan(nan).all()
+    with pytest.raises(TypeError, match="writable C-contiguous float32"):
+        _core.activate(np.zeros((2, 4)), "softmax", 1)
+    with pytest.raises(ValueError, match="activation must be"):
+        _core.activate(np.zeros((2, 4), np.float32), "relu", 1)
+
+
 # ----------------------------------------------------------------------------- graph rewrites
 
 

@@ -160,6 +160,21 @@ py::array_t<std::uint8_t> channel_argmax(const py::array& x_, std::optional<floa
   return out;
 }
 
+void activate(const py::array& x_, const std::string& activation, int n_threads) {
+  auto x = inplace_float32(x_, "x");
+  if (x.ndim() < 1) throw py::value_error("x must have a channel axis");
+  float* d = x.mutable_data();
+  const index_t channels = x.shape(0), n = channels ? x.size() / channels : 0;
+  if (activation != "softmax" && activation != "sigmoid")
+    throw py::value_error("activation must be 'softmax' or 'sigmoid'");
+  // The array is held by this frame; only its raw memory is used without the GIL.
+  py::gil_scoped_release release;
+  if (activation == "softmax")
+    medkern::softmax_channels(d, channels, n, n_threads);
+  else
+    medkern::sigmoid(d, x.size(), n_threads);
+}
+
 }  // namespace
 
 void register_inference(py::module_& m) {
@@ -172,4 +187,5 @@ void register_inference(py::module_& m) {
   m.def("normalize_by_weight_sum", &normalize_by_weight_sum, py::arg("out"), py::arg("starts"),
         py::arg("weight"), py::arg("n_threads"));
   m.def("channel_argmax", &channel_argmax, py::arg("x"), py::arg("threshold"), py::arg("n_threads"));
+  m.def("activate", &activate, py::arg("x"), py::arg("activation"), py::arg("n_threads"));
 }

@@ -1,13 +1,73 @@
-// Label maps from dense network outputs: channels first, `n` voxels per channel.
-//
-// One pass over the channels per voxel replaces numpy's argmax along the slowest axis, which
-// walks the voxels once per channel with a large stride.
+// Dense network outputs, channels first with `n` voxels per channel: activations in place and
+// label maps. Voxels are processed in blocks, channel by channel inside a block, so every read
+// is contiguous and the loops vectorise; numpy would sweep the whole volume once per operation.
 #pragma once
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 #include "medkern/common.hpp"
 
 namespace medkern {
+
+constexpr index_t kVoxelBlock = 4096;
+
+// exp(x) for x <= 0 (Cephes expf: x = k ln2 + r, |r| <= ln2 / 2, a degree-6 polynomial in r,
+// then 2^k from the exponent bits), within 2 ulp of the exact value, 0 below the normal range,
+// NaN for NaN. Branch-free and without library calls, so a loop over it vectorises.
+inline float exp_nonpositive(float x) {
+  const float t = x * 1.44269504088896341f + 0.5f;
+  const auto whole = static_cast<std::int32_t>(t);  // truncation; floor for negative t below
+  const float k = static_cast<float>(whole) - (static_cast<float>(whole) > t ? 1.0f : 0.0f);
+  const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  const std::int32_t bits = (std::max(static_cast<std::int32_t>(k), -126) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return x < -87.33654f ? 0.0f : p * scale;
+}
+
+// Softmax over the channels, in place: exp(x - max) / sum, the max subtracted for range.
+inline void softmax_channels(float* x, index_t channels, index_t n, int n_threads) {
+  const index_t n_blocks = (n + kVoxelBlock - 1) / kVoxelBlock;
+#pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads)) if (n > (1 << 16))
+  for (index_t b = 0; b < n_blocks; ++b) {
+    const index_t v0 = b * kVoxelBlock, len = std::min(kVoxelBlock, n - v0);
+    float top[kVoxelBlock], sum[kVoxelBlock];
+    std::copy(x + v0, x + v0 + len, top);
+    for (index_t c = 1; c < channels; ++c) {
+      const float* xc = x + c * n + v0;
+      for (index_t v = 0; v < len; ++v) top[v] = xc[v] > top[v] ? xc[v] : top[v];
+    }
+    std::fill(sum, sum + len, 0.0f);
+    for (index_t c = 0; c < channels; ++c) {
+      float* xc = x + c * n + v0;
+      for (index_t v = 0; v < len; ++v) {
+        xc[v] = exp_nonpositive(xc[v] - top[v]);
+        sum[v] += xc[v];
+      }
+    }
+    for (index_t c = 0; c < channels; ++c) {
+      float* xc = x + c * n + v0;
+      for (index_t v = 0; v < len; ++v) xc[v] /= sum[v];
+    }
+  }
+}
+
+// Logistic sigmoid in place, from exp(-|x|) so that neither tail overflows.
+inline void sigmoid(float* x, index_t n, int n_threads) {
+#pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads)) if (n > (1 << 16))
+  for (index_t v = 0; v < n; ++v) {
+    const float e = exp_nonpositive(-std::fabs(x[v]));
+    x[v] = (x[v] >= 0.0f ? 1.0f : e) / (1.0f + e);
+  }
+}
 
 // The first channel holding the largest value (numpy.argmax along the channel axis, except
 // that NaN never wins); with `threshold` set, the channel among those >= threshold, numbered
@@ -15,7 +75,7 @@ namespace medkern {
 inline void channel_argmax(const float* x, index_t channels, index_t n, bool use_threshold,
                            float threshold, std::uint8_t* labels, int n_threads) {
   const std::uint8_t offset = use_threshold ? 1 : 0;
-  constexpr index_t block = 4096;
+  constexpr index_t block = kVoxelBlock;
   const index_t n_blocks = (n + block - 1) / block;
 #pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads)) if (n > (1 << 16))
   for (index_t b = 0; b < n_blocks; ++b) {

@@ -325,7 +325,7 @@ class Model:
             groups.setdefault(c.array.shape, []).append(n)
         results: list[Prediction | None] = [None] * len(cases)
         for members in groups.values():
-            stack = np.stack([cases[n].array for n in members])
+            stack = cases[members[0]].array[None] if len(members) == 1 else np.stack([cases[n].array for n in members])
             probabilities = self._dense(stack, meta, tta)
             for n, prob in zip(members, probabilities):
                 results[n] = self._dense_prediction(cases[n], prob, meta)
@@ -373,22 +373,18 @@ class Model:
                 else:
                     x = (x * np.float32(op["scale"]) + np.float32(op["offset"])).astype(np.float32)
             arrays.append(np.asarray(x, dtype=np.float32))
-        return _Case(reference, grid, np.stack(arrays))
+        return _Case(reference, grid, arrays[0][None] if len(arrays) == 1 else np.stack(arrays))
 
-    def _activate(self, logits: np.ndarray, meta: dict[str, Any], axis: int) -> np.ndarray:
+    def _activate(self, logits: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
+        """Softmax or sigmoid over the channels of ``(N, C, ...)`` logits, in place on one float32
+        buffer: the full-size logits are the largest arrays of a prediction."""
+        from medkern import _core
+
         activation = meta["output"]["activation"]
-        # In place on one float32 buffer: the full-size logits are the largest arrays of a
-        # prediction, and each temporary costs a fresh allocation and a pass over memory.
-        e = np.array(logits, dtype=np.float32, copy=None)
-        if activation == "softmax":
-            np.subtract(e, e.max(axis=axis, keepdims=True), out=e)
-            np.exp(e, out=e)
-            np.divide(e, e.sum(axis=axis, keepdims=True), out=e)
-        elif activation == "sigmoid":
-            np.negative(e, out=e)
-            np.exp(e, out=e)
-            np.add(e, np.float32(1), out=e)
-            np.reciprocal(e, out=e)
+        e = np.require(logits, np.float32, ["C_CONTIGUOUS", "WRITEABLE"])
+        if activation != "none":
+            for case in e:
+                _core.activate(case, activation, get_num_threads())
         return e
 
     def _dense(self, stack: np.ndarray, meta: dict[str, Any], tta: bool) -> np.ndarray:
@@ -402,7 +398,7 @@ class Model:
             logits = sliding_window(x, self, inf["patch_size"], inf["overlap"], inf["blend"],
                                     inf["sigma_scale"], inf["batch_size"], inf["padding"],
                                     spatial_dims=nsp)
-            prob = self._activate(logits, meta, axis=1)
+            prob = self._activate(logits, meta)
             prob = np.flip(prob, axes_arr) if axes else prob
             # The activation returns a fresh buffer owned here unless it was flipped back (a view).
             total = (prob if not axes else prob.copy()) if total is None else np.add(total, prob, out=total)
@@ -429,7 +425,8 @@ class Model:
         complement = out["activation"] == "softmax" and len(prob) > 1
         channels = [linear_back(p) for p in prob[int(complement):]]
         if complement:
-            channels.insert(0, np.float32(1) - np.sum(channels, axis=0, dtype=np.float32))
+            others = channels[0] if len(channels) == 1 else np.sum(channels, axis=0, dtype=np.float32)
+            channels.insert(0, np.float32(1) - others)
         label_image = _back_to_input(case.grid.with_array(labels), case.reference, "label")
         stacked = np.stack(channels, axis=-1)
         return Prediction(label_names=list(out["labels"]),
@@ -447,7 +444,7 @@ class Model:
             if logits.shape[1] != scores.size:
                 raise ModelError(f"{meta['name']} produced {logits.shape[1]} class score(s), but its metadata "
                                  f"names {scores.size} labels")
-            scores += self._activate(logits, meta, axis=1)[0]
+            scores += self._activate(logits, meta)[0]
         scores /= len(flips)
         labels = meta["output"]["labels"]
         return Prediction(label_names=list(labels), scores={k: float(v) for k, v in zip(labels, scores)})
@@ -495,6 +492,12 @@ def reorient(img: Image, code: str) -> Image:
     ``code`` names per array axis the LPS direction it should increase toward (``"SPL"`` is
     medkern's default orientation). Oblique images get the closest axis-aligned match.
     """
+    out = _reoriented_view(img, code)
+    return out if out is img else out.with_array(np.ascontiguousarray(out.array))
+
+
+def _reoriented_view(img: Image, code: str) -> Image:
+    """:func:`reorient` with the array left as a (possibly non-contiguous) view."""
     target = [ORIENTATION_LETTERS[c] for c in code]
     d = img.direction
     best = max(itertools.permutations(range(img.ndim)),
@@ -508,8 +511,7 @@ def reorient(img: Image, code: str) -> Image:
     direction = np.stack([d[:, a] * (-1 if f else 1) for a, f in zip(best, flips)], axis=1)
     array = np.transpose(img.array, best)
     array = np.flip(array, [t for t, f in enumerate(flips) if f])
-    return Image(np.ascontiguousarray(array), [img.spacing[a] for a in best],
-                 img.index_to_world(origin_index), direction)
+    return Image(array, [img.spacing[a] for a in best], img.index_to_world(origin_index), direction)
 
 
 def _to_model_grid(img: Image, orientation: str | None, spacing: Sequence[float] | None,
@@ -527,16 +529,16 @@ def _back_to_input(img: Image, reference: Image, interpolation: str) -> Image:
     """An Image on the model grid brought onto ``reference``'s grid (exactly when only reoriented)."""
     if img.same_geometry(reference, atol=1e-6):
         return reference.with_array(np.asarray(img.array))
-    code = _orientation_code(reference.direction)
-    back = reorient(img, code)
+    back = _reoriented_view(img, _orientation_code(reference.direction))
     if back.same_geometry(reference, atol=1e-6):
-        return reference.with_array(back.array)
+        return reference.with_array(np.ascontiguousarray(back.array))
     from medkern import resample_to
 
     # The model grid covers the input's field of view only up to half a model voxel (its shape is
-    # rounded): one replicated voxel around it keeps every input voxel centre inside.
-    edge = Image(np.pad(np.asarray(img.array), 1, mode="edge"), img.spacing,
-                 img.index_to_world(-np.ones(img.ndim)), img.direction)
+    # rounded): one replicated voxel around it keeps every input voxel centre inside. Padding the
+    # reoriented view is the one copy, and leaves an axis-aligned map for the separable kernels.
+    edge = Image(np.pad(back.array, 1, mode="edge"), back.spacing,
+                 back.index_to_world(-np.ones(back.ndim)), back.direction)
     return resample_to(edge, reference, interpolation=interpolation)
 
 
