@@ -140,28 +140,42 @@ def predict_cases(onnx_path: Path, tmp: Path) -> list[Case]:
             "output": {"activation": "softmax", "labels": ["background", "foreground"]}}
     path = mk.write_model_metadata(onnx_path, meta, out=tmp / "unet_meta.onnx")
     model = mk.Model(path)
-    network = [0.0]
-    run = model._run_parts  # every network run of a sliding window goes through here
+    # Network time is the union of the intervals in which any ONNX Runtime session of the model
+    # runs (batch items run concurrently on single-threaded sessions): everything else is overhead.
+    spans: list[tuple[float, float]] = []
 
-    def timed_run(batch):
-        t0 = time.perf_counter()
-        try:
-            return run(batch)
-        finally:
-            network[0] += time.perf_counter() - t0
+    class Timed:
+        def __init__(self, session):
+            self.session = session
 
-    model._run_parts = timed_run
+        def run(self, *args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return self.session.run(*args, **kwargs)
+            finally:
+                spans.append((t0, time.perf_counter()))
+
+    model._session = Timed(model._session)
+    model._lanes = [Timed(s) for s in model._lane_sessions(model.threads)]
+
+    def network_time() -> float:
+        total, reach = 0.0, -np.inf
+        for t0, t1 in sorted(spans):
+            total += max(0.0, t1 - max(t0, reach))
+            reach = max(reach, t1)
+        return total
+
     # 1.2 mm in-plane, 2 mm slices, flipped rows: resampled to 1.5 mm isotropic, 192x192x128-ish.
     ct = mk.Image(ct_phantom((96, 240, 240)), (2.0, 1.2, 1.2), direction=np.diag([1.0, -1.0, 1.0])[:, ::-1])
     model.predict(ct)  # warm-up: first-call costs (thread pools, ONNX Runtime arena) are not overhead
     shares, totals = [], []
-    for _ in range(2):
-        network[0] = 0.0
+    for _ in range(3):
+        spans.clear()
         t0 = time.perf_counter()
         model.predict(ct)
         totals.append(time.perf_counter() - t0)
-        shares.append(1 - network[0] / totals[-1])
-    share, total = min(shares), totals[shares.index(min(shares))]
+        shares.append(1 - network_time() / totals[-1])
+    share, total = float(np.median(shares)), float(np.median(totals))  # 3 runs: both are actual runs
     return [Case(f"model.predict CT {ct.shape} -> 1.5 mm, window, sliding window, back "
                  f"(overhead beyond the network {share:.1%} of {total:.1f} s)",
                  lambda: model.predict(ct), target="overhead <= 10%", repeats=1)]

@@ -656,10 +656,17 @@ struct LabelSampler {
   // of its per-axis weights in axis order.
   MEDKERN_HD static T along_row(const T* const rows[4], const double w01[4], const RowTaps& q) {
     T v[8];
-    double w[8];
     for (int c = 0; c < 4; ++c) {
       v[c] = rows[c][q.first];
       v[c + 4] = rows[c][q.second];
+    }
+    // Inside a structure all 8 neighbours agree: most of any label map, so checked before
+    // any weight is formed.
+    bool same = true;
+    for (int c = 1; c < 8; ++c) same &= v[c] == v[0];
+    if (same) return v[0];
+    double w[8];
+    for (int c = 0; c < 4; ++c) {
       w[c] = w01[c] * q.w_first;
       w[c + 4] = w01[c] * q.w_second;
     }
@@ -669,10 +676,6 @@ struct LabelSampler {
   // strictly larger sum replaces the current winner, so ties go to the nearest voxel's label
   // (then to the first in visiting order). Each label's sum is formed in visiting order.
   MEDKERN_HD static T vote(const T v[8], const double w[8]) {
-    // Inside a structure all 8 neighbours agree: most of any label map, so checked first.
-    bool same = true;
-    for (int c = 1; c < 8; ++c) same &= v[c] == v[0];
-    if (same) return v[0];
     // Two labels meet at most boundaries: both sums are formed branch-free (the zeros added
     // for the other label leave the bits unchanged).
     const T a_label = v[0];

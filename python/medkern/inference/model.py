@@ -8,7 +8,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -226,16 +226,18 @@ class Model:
         another order for another thread count); this is what :func:`medkern.sliding_window`
         calls.
         """
-        parts = self._run_parts(batch)
+        parts = [part for part, _ in self._run_parts(batch)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def _run_parts(self, batch: Any) -> list[Any]:
-        """:meth:`run_independent` as consecutive pieces of the batch, left unjoined."""
+    def _run_parts(self, batch: Any) -> Iterator[tuple[Any, int]]:
+        """:meth:`run_independent` as consecutive pieces of the batch, each handed out with the
+        number of cores still running later pieces, so the caller can use the others on it."""
         lanes = self.threads if self.providers == ["CPUExecutionProvider"] and not is_cupy_array(batch) else 1
         items = len(batch) if getattr(batch, "ndim", 0) >= 1 else 0
         per_lane = items // lanes
         if lanes == 1 or per_lane == 0 or len(self.inputs) != 1:
-            return [self(batch)]
+            yield self(batch), 0
+            return
         name = self.inputs[0].name
         x = self._feeds([batch])[name]
         sessions = self._lane_sessions(lanes)
@@ -245,11 +247,12 @@ class Model:
 
         pool = self._thread_pool(lanes - 1)
         futures = [pool.submit(run_lane, n) for n in range(1, lanes)]
-        parts = [run_lane(0)] + [f.result() for f in futures]
+        yield run_lane(0), lanes - 1
+        for n, future in enumerate(futures, 2):
+            yield future.result(), lanes - n
         done = lanes * per_lane
         if done < items:
-            parts.append(self._session.run(None, {name: x[done:]})[0])
-        return parts
+            yield self._session.run(None, {name: x[done:]})[0], 0
 
     def _lane_sessions(self, lanes: int) -> list[Any]:
         with self._lane_lock:

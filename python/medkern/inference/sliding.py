@@ -158,8 +158,9 @@ def _run_windows(x: np.ndarray, fn: Callable, grid: np.ndarray, roi3: tuple[int,
     from medkern.inference.model import Model  # here: model.py imports this module
 
     # Patches never interact, so a Model may run the patches of a batch concurrently; it hands
-    # back consecutive pieces of the batch, each accumulated as it is (no joining copy).
-    infer = fn._run_parts if isinstance(fn, Model) else (lambda b: [fn(b)])
+    # back consecutive pieces of the batch, each accumulated as it is (no joining copy) on the
+    # cores not still busy with the later pieces.
+    infer = fn._run_parts if isinstance(fn, Model) else (lambda b: [(fn(b), 0)])
     n_threads = get_num_threads()
     n_win = len(grid)
     total = x.shape[0] * n_win
@@ -170,7 +171,7 @@ def _run_windows(x: np.ndarray, fn: Callable, grid: np.ndarray, roi3: tuple[int,
         patches = _core.gather_patches(x, batch, start, roi3, n_threads)
         done = 0
         shape = (len(idx), x.shape[1]) + roi
-        for pred in infer(patches.reshape(shape)):
+        for pred, busy in infer(patches.reshape(shape)):
             pred = np.asarray(pred.get() if hasattr(pred, "get") and not isinstance(pred, np.ndarray) else pred)
             if pred.ndim != 2 + len(roi) or not 0 < len(pred) <= len(idx) - done or pred.shape[2:] != roi:
                 raise ValueError(f"sliding_window: fn returned shape {pred.shape} for a batch of shape "
@@ -181,7 +182,8 @@ def _run_windows(x: np.ndarray, fn: Callable, grid: np.ndarray, roi3: tuple[int,
                 raise ValueError(f"sliding_window: fn returned {pred.shape[1]} channels, earlier {out.shape[1]}")
             n = len(pred)
             pred = np.ascontiguousarray(pred, dtype=np.float32).reshape((n, out.shape[1]) + roi3)
-            _core.accumulate_patches(out, pred, weight, batch[done:done + n], start[done:done + n], n_threads)
+            _core.accumulate_patches(out, pred, weight, batch[done:done + n], start[done:done + n],
+                                     max(1, n_threads - busy))
             done += n
         if done != len(idx):
             raise ValueError(f"sliding_window: fn returned {done} patch predictions for a batch of shape "
