@@ -398,12 +398,65 @@ def test_models_without_rewrites_load_untouched(tmp_path):
 
 
 def test_monai_unet_export_is_rewritten(torch_unet):
-    """MONAI's UNet uses torch.nn.PReLU() throughout: every activation gets the faster kernel."""
+    """MONAI's UNet uses torch.nn.PReLU() throughout: every activation gets the faster kernel,
+    and both up-convolutions (4 and 2 output channels here) their sub-pixel form."""
     from medkern.inference.graph import optimize_graph
 
     proto = onnx.load_model_from_string(torch_unet[2])
     n_prelu = sum(n.op_type == "PRelu" for n in proto.graph.node)
-    assert n_prelu > 0 and optimize_graph(proto) == n_prelu
+    n_up = sum(n.op_type == "ConvTranspose" for n in proto.graph.node)
+    assert n_prelu > 0 and n_up == 2 and optimize_graph(proto) == n_prelu + n_up
+    assert not {"PRelu", "ConvTranspose"} & {n.op_type for n in proto.graph.node}
+    names = {t.name for t in proto.graph.initializer}
+    assert all(i in names or i == "" or any(i in n.output for n in proto.graph.node) or i == "image"
+               for n in proto.graph.node for i in n.input)
+
+
+def conv_transpose_model(rng, ndim, c_in, c_out, kernel, stride, pad, out_pad, bias) -> bytes:
+    w = rng.normal(size=(c_in, c_out) + (kernel,) * ndim).astype(np.float32)
+    inits = [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel())]
+    if bias:
+        inits.append(helper.make_tensor("b", TensorProto.FLOAT, [c_out], rng.normal(size=c_out).astype(np.float32)))
+    node = helper.make_node("ConvTranspose", ["x", "w"] + (["b"] if bias else []), ["y"],
+                            kernel_shape=[kernel] * ndim, strides=[stride] * ndim, pads=[pad] * (2 * ndim),
+                            output_padding=[out_pad] * ndim)
+    graph = helper.make_graph(
+        [node], "up", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", c_in] + [None] * ndim)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", c_out] + [None] * ndim)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize("ndim, c_in, c_out, kernel, stride, pad, out_pad, bias, rewritten", [
+    (3, 16, 2, 3, 2, 1, 1, True, True),    # MONAI UNet head
+    (3, 5, 3, 2, 2, 0, 0, False, True),    # nnU-Net / UNETR style k = s = 2
+    (2, 4, 1, 4, 2, 1, 0, True, True),
+    (2, 3, 2, 3, 3, 0, 0, True, True),     # stride 3
+    (1, 6, 4, 5, 2, 2, 1, False, True),
+    (3, 4, 8, 3, 2, 1, 1, True, False),    # too many output channels
+    (2, 3, 2, 3, 2, 0, 0, True, False),    # output not stride x input
+    (2, 3, 2, 3, 1, 1, 0, True, False),    # not strided
+])
+def test_conv_transpose_subpixel_rewrite(rng, ndim, c_in, c_out, kernel, stride, pad, out_pad, bias, rewritten):
+    import onnxruntime as ort
+
+    from medkern.inference.graph import optimize_graph
+
+    source = conv_transpose_model(rng, ndim, c_in, c_out, kernel, stride, pad, out_pad, bias)
+    proto = onnx.load_model_from_string(source)
+    assert optimize_graph(proto) == int(rewritten)
+    if not rewritten:
+        return
+    onnx.checker.check_model(proto)
+    assert "ConvTranspose" not in {n.op_type for n in proto.graph.node}
+    for shape in [(2, c_in, 7, 9, 6), (1, c_in, 1, 4, 11)]:
+        x = rng.normal(size=shape[:2 + ndim]).astype(np.float32)
+        ref = ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        assert got.shape == ref.shape
+        # Same products, summed in another order: float32 rounding of sums of size ~c_in * kernel**ndim.
+        np.testing.assert_allclose(got, ref, rtol=0, atol=2e-6 * np.abs(ref).max())
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])

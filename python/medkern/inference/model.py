@@ -91,7 +91,7 @@ _REWRITE_MAX_BYTES = 1 << 30
 
 
 def _rewritten(model: str | bytes) -> str | bytes:
-    """The model with medkern's exact graph rewrites (:mod:`medkern.inference.graph`) applied, as
+    """The model with medkern's graph rewrites (:mod:`medkern.inference.graph`) applied, as
     bytes; the source unchanged when nothing applies, when its weights live in external files
     (they are found relative to the path) or when it does not parse (ONNX Runtime then reports)."""
     import onnx
