@@ -419,19 +419,17 @@ class Model:
         out = meta["output"]
         threshold = None if out["activation"] == "softmax" else float(out["threshold"])
         labels = _core.channel_argmax(prob, threshold, get_num_threads())
-        def linear_back(p: np.ndarray) -> np.ndarray:
-            moved = _back_to_input(case.grid.with_array(p), case.reference, "linear")
-            return np.asarray(moved.array, dtype=np.float32)
-
         # Linear interpolation weights sum to one, so with softmax the first class is one minus the
-        # others on the input grid too: one resampling pass saved.
+        # others on the input grid too: one resampling pass saved. Channels are written straight
+        # into the vector image.
         complement = out["activation"] == "softmax" and len(prob) > 1
-        channels = [linear_back(p) for p in prob[int(complement):]]
+        stacked = np.empty(case.reference.shape + (len(prob),), dtype=np.float32)
+        for c in range(int(complement), len(prob)):
+            stacked[..., c] = _back_to_input(case.grid.with_array(prob[c]), case.reference, "linear").array
         if complement:
-            others = channels[0] if len(channels) == 1 else np.sum(channels, axis=0, dtype=np.float32)
-            channels.insert(0, np.float32(1) - others)
+            others = stacked[..., 1] if len(prob) == 2 else stacked[..., 1:].sum(axis=-1, dtype=np.float32)
+            np.subtract(np.float32(1), others, out=stacked[..., 0])
         label_image = _back_to_input(case.grid.with_array(labels), case.reference, "label")
-        stacked = np.stack(channels, axis=-1)
         return Prediction(label_names=list(out["labels"]),
                           probabilities=Image(stacked, **case.reference.geometry, vector=True),
                           labels=label_image)
@@ -537,12 +535,21 @@ def _back_to_input(img: Image, reference: Image, interpolation: str) -> Image:
         return reference.with_array(np.ascontiguousarray(back.array))
     from medkern import resample_to
 
+    # Flips alone keep the index map diagonal: the model-grid array is resampled as it is. An
+    # axis permutation is undone first (one copy), so the map stays axis-aligned for the
+    # separable kernels.
+    lin = (np.linalg.inv(reference.affine) @ img.affine)[:img.ndim, :img.ndim]
+    source = img if np.allclose(lin, np.diag(np.diag(lin)), rtol=0, atol=1e-9) else \
+        back.with_array(np.ascontiguousarray(back.array))
     # The model grid covers the input's field of view only up to half a model voxel (its shape is
-    # rounded): one replicated voxel around it keeps every input voxel centre inside. Padding the
-    # reoriented view is the one copy, and leaves an axis-aligned map for the separable kernels.
-    edge = Image(np.pad(back.array, 1, mode="edge"), back.spacing,
-                 back.index_to_world(-np.ones(back.ndim)), back.direction)
-    return resample_to(edge, reference, interpolation=interpolation)
+    # rounded): where an input voxel centre falls outside it, one replicated voxel around it keeps
+    # every centre inside. The extreme centres are the grid's corners.
+    corners = np.array(list(itertools.product(*[(0, n - 1) for n in reference.shape])), dtype=np.float64)
+    reach = source.world_to_index(reference.index_to_world(corners))
+    if not np.all((reach >= -0.5 + 1e-6) & (reach < np.array(source.shape) - 0.5 - 1e-6)):
+        source = Image(np.pad(source.array, 1, mode="edge"), source.spacing,
+                       source.index_to_world(-np.ones(source.ndim)), source.direction)
+    return resample_to(source, reference, interpolation=interpolation)
 
 
 def _orientation_code(direction: np.ndarray) -> str:
