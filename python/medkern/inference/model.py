@@ -121,12 +121,15 @@ class Model:
     source : path to an ``.onnx`` file, or its bytes.
     providers : ``"auto"`` (CUDA when onnxruntime-gpu sees a device, else CPU), ``"cpu"``,
         ``"cuda"``, ``"tensorrt"``, or a list of ONNX Runtime provider names.
-    threads : intra-op threads of the CPU provider; default :func:`medkern.get_num_threads`.
+    threads : CPU cores to use: the intra-op threads of one run, and the number of batch items
+        :meth:`run_independent` runs at once; default :func:`medkern.get_num_threads`.
 
     ``model.metadata`` is the validated medkern metadata (None for a bare ONNX file, which still
     runs through :meth:`run` and as the ``fn`` of :func:`medkern.sliding_window`);
-    ``model.inputs`` / ``model.outputs`` describe the graph. One Model may be used from several
-    threads at once (ONNX Runtime sessions are thread-safe; medkern keeps no per-call state on it).
+    ``model.inputs`` / ``model.outputs`` describe the graph. The graph is loaded with the
+    rewrites of :mod:`medkern.inference.graph` (faster activations, sub-pixel output heads).
+    One Model may be used from several threads at once (ONNX Runtime sessions are thread-safe;
+    medkern keeps no per-call state on it).
     """
 
     def __init__(self, source: str | os.PathLike | bytes, providers: Any = "auto", threads: int | None = None):
