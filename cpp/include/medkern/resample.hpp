@@ -611,37 +611,51 @@ struct CubicSampler {
 };
 
 // Segmentation resampling: the label whose summed trilinear weight over the 8 neighbours is
-// largest. Neighbours are visited nearest first, and only a strictly larger sum replaces the
-// current winner, so ties go to the nearest voxel's label (then to the first in visiting order).
-// Labels are compared for equality only, so T only needs the element size.
+// largest. Corners are visited nearest first (axis 0 fastest, axis 2 slowest), and only a
+// strictly larger sum replaces the current winner, so ties go to the nearest voxel's label
+// (then to the first in visiting order). A label's sum is formed per axis-2 tap: the (axis 0,
+// axis 1) weights of its corners in that column, added in visiting order, times the axis-2
+// weight. Those column sums depend only on which of the 4 corners hold the label, so they are
+// tabulated per output row (16 subsets). Labels are compared for equality only, so T only needs
+// the element size.
 template <class T>
 struct LabelSampler {
   using value_type = T;
   const T* data;
   index_t n[3];
   T fill;
-  MEDKERN_HD T operator()(double c0, double c1, double c2) const {
-    if (!inside(c0, n[0]) || !inside(c1, n[1]) || !inside(c2, n[2])) return fill;
-    const LinearTaps p(n, c0, c1, c2);
-    const T* rows[4];
-    double w01[4];
-    neighbour_rows(p, rows, w01);
-    return along_row(rows, w01, c2);
-  }
-  // The four rows of the (axis 0, axis 1) neighbours in visiting order, and their weights.
-  MEDKERN_HD void neighbour_rows(const LinearTaps& p, const T* rows[4], double w01[4]) const {
-    const index_t s1 = n[2], s0 = n[1] * n[2];
-    for (int c = 0; c < 4; ++c) {
-      const bool hi0 = ((c & 1) != 0) != (p.t[0] >= 0.5), hi1 = ((c & 2) != 0) != (p.t[1] >= 0.5);
-      rows[c] = data + (hi0 ? p.hi[0] : p.lo[0]) * s0 + (hi1 ? p.hi[1] : p.lo[1]) * s1;
-      w01[c] = (hi0 ? p.t[0] : 1.0 - p.t[0]) * (hi1 ? p.t[1] : 1.0 - p.t[1]);
-    }
-  }
-  // Axis 2's two taps at continuous index c: nearest first, with their weights.
+  // Axis 2's two taps at one continuous index: nearest first, with their weights.
   struct RowTaps {
     index_t first, second;
     double w_first, w_second;
   };
+  // The four rows of the (axis 0, axis 1) neighbours in visiting order, and for each subset of
+  // them (bit c: row c) the sum of their weights in visiting order.
+  struct Rows {
+    const T* row[4];
+    double subset[16];
+  };
+  MEDKERN_HD T operator()(double c0, double c1, double c2) const {
+    if (!inside(c0, n[0]) || !inside(c1, n[1]) || !inside(c2, n[2])) return fill;
+    const LinearTaps p(n, c0, c1, c2);
+    return along_row(neighbour_rows(p), row_taps(c2));
+  }
+  MEDKERN_HD Rows neighbour_rows(const LinearTaps& p) const {
+    const index_t s1 = n[2], s0 = n[1] * n[2];
+    Rows r;
+    double w[4];
+    for (int c = 0; c < 4; ++c) {
+      const bool hi0 = ((c & 1) != 0) != (p.t[0] >= 0.5), hi1 = ((c & 2) != 0) != (p.t[1] >= 0.5);
+      r.row[c] = data + (hi0 ? p.hi[0] : p.lo[0]) * s0 + (hi1 ? p.hi[1] : p.lo[1]) * s1;
+      w[c] = (hi0 ? p.t[0] : 1.0 - p.t[0]) * (hi1 ? p.t[1] : 1.0 - p.t[1]);
+    }
+    for (int m = 0; m < 16; ++m) {
+      double sum = 0.0;
+      for (int c = 0; c < 4; ++c) sum += (m >> c) & 1 ? w[c] : 0.0;  // zeros leave the bits as they are
+      r.subset[m] = sum;
+    }
+    return r;
+  }
   MEDKERN_HD RowTaps row_taps(double c) const {
     const index_t f = floor_index(c);
     const double t = c - static_cast<double>(f);
@@ -649,62 +663,31 @@ struct LabelSampler {
     const index_t lo = clamp_index(f, n[2]), hi = clamp_index(f + 1, n[2]);
     return {near_hi ? hi : lo, near_hi ? lo : hi, near_hi ? t : 1.0 - t, near_hi ? 1.0 - t : t};
   }
-  MEDKERN_HD T along_row(const T* const rows[4], const double w01[4], double c2) const {
-    return along_row(rows, w01, row_taps(c2));
-  }
-  // The vote over the four neighbour rows at axis-2 taps q. Each corner weight is the product
-  // of its per-axis weights in axis order.
-  MEDKERN_HD static T along_row(const T* const rows[4], const double w01[4], const RowTaps& q) {
+  MEDKERN_HD static T along_row(const Rows& r, const RowTaps& q) {
     T v[8];
     for (int c = 0; c < 4; ++c) {
-      v[c] = rows[c][q.first];
-      v[c + 4] = rows[c][q.second];
+      v[c] = r.row[c][q.first];
+      v[c + 4] = r.row[c][q.second];
     }
-    // Inside a structure all 8 neighbours agree: most of any label map, so checked before
-    // any weight is formed.
-    bool same = true;
-    for (int c = 1; c < 8; ++c) same &= v[c] == v[0];
-    if (same) return v[0];
-    double w[8];
-    for (int c = 0; c < 4; ++c) {
-      w[c] = w01[c] * q.w_first;
-      w[c + 4] = w01[c] * q.w_second;
-    }
-    return vote(v, w);
-  }
-  // The label with the largest summed weight. Corners are visited nearest first, and only a
-  // strictly larger sum replaces the current winner, so ties go to the nearest voxel's label
-  // (then to the first in visiting order). Each label's sum is formed in visiting order.
-  MEDKERN_HD static T vote(const T v[8], const double w[8]) {
-    // Two labels meet at most boundaries: both sums are formed branch-free (the zeros added
-    // for the other label leave the bits unchanged).
-    const T a_label = v[0];
-    T b_label = a_label;
-    for (int c = 7; c > 0; --c) b_label = v[c] != a_label ? v[c] : b_label;  // first other label
-    bool two = true;
-    double a_vote = 0.0, b_vote = 0.0;
-    for (int c = 0; c < 8; ++c) {
-      two &= v[c] == a_label || v[c] == b_label;
-      a_vote += v[c] == a_label ? w[c] : 0.0;
-      b_vote += v[c] == b_label ? w[c] : 0.0;
-    }
-    if (two) return b_vote > a_vote ? b_label : a_label;
-    T labels[8];
-    double votes[8];
-    int n_labels = 0;
-    for (int c = 0; c < 8; ++c) {
-      int s = 0;
-      while (s < n_labels && labels[s] != v[c]) ++s;
-      if (s == n_labels) {
-        labels[n_labels] = v[c];
-        votes[n_labels++] = 0.0;
+    unsigned same = 0;
+    for (int c = 0; c < 8; ++c) same |= static_cast<unsigned>(v[c] == v[0]) << c;
+    // Inside a structure all 8 neighbours agree: most of any label map, decided without weights.
+    if (same == 0xFFu) return v[0];
+    T best = v[0];
+    double best_vote = q.w_first * r.subset[same & 15u] + q.w_second * r.subset[same >> 4];
+    unsigned seen = same;
+    for (int c = 1; c < 8; ++c) {
+      if ((seen >> c) & 1u) continue;
+      unsigned mask = 0;
+      for (int d = c; d < 8; ++d) mask |= static_cast<unsigned>(v[d] == v[c]) << d;
+      seen |= mask;
+      const double vote = q.w_first * r.subset[mask & 15u] + q.w_second * r.subset[mask >> 4];
+      if (vote > best_vote) {
+        best = v[c];
+        best_vote = vote;
       }
-      votes[s] += w[c];
     }
-    int best = 0;
-    for (int s = 1; s < n_labels; ++s)
-      if (votes[s] > votes[best]) best = s;
-    return labels[best];
+    return best;
   }
   void interior_box(double lo[3], double hi[3]) const {
     for (int a = 0; a < 3; ++a) {
@@ -714,7 +697,7 @@ struct LabelSampler {
   }
   T interior(double c0, double c1, double c2) const { return (*this)(c0, c1, c2); }
   // Axis-aligned maps (resampling to another spacing) keep c0 and c1 fixed along a row: the
-  // four row pointers and their weights are then found once for the whole block.
+  // neighbour rows and their subset sums are then found once for the whole block.
   void interior_block(const double* c0, const double* c1, const double* c2, index_t count, T* out) const {
     bool fixed = true;
     for (index_t v = 1; v < count; ++v) fixed &= c0[v] == c0[0] && c1[v] == c1[0];
@@ -722,10 +705,8 @@ struct LabelSampler {
       interior_points(*this, c0, c1, c2, count, out);
       return;
     }
-    const T* rows[4];
-    double w01[4];
-    neighbour_rows(LinearTaps(n, c0[0], c1[0], c2[0]), rows, w01);
-    for (index_t v = 0; v < count; ++v) out[v] = along_row(rows, w01, c2[v]);
+    const Rows r = neighbour_rows(LinearTaps(n, c0[0], c1[0], c2[0]));
+    for (index_t v = 0; v < count; ++v) out[v] = along_row(r, row_taps(c2[v]));
   }
   // Axis-aligned map without displacement (m diagonal: resampling to another spacing): axis 2's
   // taps are found once per column and the neighbour rows once per output row. The index
@@ -739,20 +720,35 @@ struct LabelSampler {
       valid[static_cast<std::size_t>(i)] = inside(c, n[2]);
       taps[static_cast<std::size_t>(i)] = row_taps(c);
     }
-#pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
-    for (index_t r = 0; r < shape_out[0] * m1; ++r) {
-      const double c0 = m[0] * static_cast<double>(r / m1) + m[3];
-      const double c1 = m[5] * static_cast<double>(r % m1) + m[7];
-      T* dst = out + r * m2;
-      if (!inside(c0, n[0]) || !inside(c1, n[1])) {
-        std::fill(dst, dst + m2, fill);
-        continue;
+#pragma omp parallel num_threads(clamp_threads(n_threads))
+    {
+      // Input columns where the four neighbour rows agree: an output voxel between two such
+      // columns of the same label is decided by one comparison (one vectorised pass per row).
+      std::vector<unsigned char> agree(static_cast<std::size_t>(n[2]));
+#pragma omp for schedule(static)
+      for (index_t r = 0; r < shape_out[0] * m1; ++r) {
+        const double c0 = m[0] * static_cast<double>(r / m1) + m[3];
+        const double c1 = m[5] * static_cast<double>(r % m1) + m[7];
+        T* dst = out + r * m2;
+        if (!inside(c0, n[0]) || !inside(c1, n[1])) {
+          std::fill(dst, dst + m2, fill);
+          continue;
+        }
+        const Rows rows = neighbour_rows(LinearTaps(n, c0, c1, 0.0));
+        const T *a = rows.row[0], *b = rows.row[1], *c = rows.row[2], *d = rows.row[3];
+        for (index_t x = 0; x < n[2]; ++x)
+          agree[static_cast<std::size_t>(x)] = (a[x] == b[x]) & (a[x] == c[x]) & (a[x] == d[x]);
+        for (index_t i = 0; i < m2; ++i) {
+          const auto& q = taps[static_cast<std::size_t>(i)];
+          const auto f = static_cast<std::size_t>(q.first), g = static_cast<std::size_t>(q.second);
+          if (!valid[static_cast<std::size_t>(i)])
+            dst[i] = fill;
+          else if (agree[f] & agree[g] & (a[f] == a[g]))
+            dst[i] = a[f];
+          else
+            dst[i] = along_row(rows, q);
+        }
       }
-      const T* rows[4];
-      double w01[4];
-      neighbour_rows(LinearTaps(n, c0, c1, 0.0), rows, w01);
-      for (index_t i = 0; i < m2; ++i)
-        dst[i] = valid[static_cast<std::size_t>(i)] ? along_row(rows, w01, taps[static_cast<std::size_t>(i)]) : fill;
     }
   }
 };
