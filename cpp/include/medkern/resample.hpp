@@ -673,6 +673,16 @@ struct LabelSampler {
     for (int c = 0; c < 8; ++c) same |= static_cast<unsigned>(v[c] == v[0]) << c;
     // Inside a structure all 8 neighbours agree: most of any label map, decided without weights.
     if (same == 0xFFu) return v[0];
+    // Two labels meet at most boundaries: decided without data-dependent branches.
+    T other = v[0];
+    for (int c = 7; c > 0; --c) other = v[c] != v[0] ? v[c] : other;  // first label after v[0]
+    unsigned mask = 0;
+    for (int c = 0; c < 8; ++c) mask |= static_cast<unsigned>(v[c] == other) << c;
+    if ((same | mask) == 0xFFu) {
+      const double vote_first = q.w_first * r.subset[same & 15u] + q.w_second * r.subset[same >> 4];
+      const double vote_other = q.w_first * r.subset[mask & 15u] + q.w_second * r.subset[mask >> 4];
+      return vote_other > vote_first ? other : v[0];
+    }
     T best = v[0];
     double best_vote = q.w_first * r.subset[same & 15u] + q.w_second * r.subset[same >> 4];
     unsigned seen = same;
