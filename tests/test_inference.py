@@ -390,11 +390,24 @@ def test_prelu_with_one_slope_becomes_leaky_relu_bit_exactly(rng):
     np.testing.assert_array_equal(model.run(x)[0].view(np.uint32), original.view(np.uint32))
 
 
-def test_models_without_rewrites_load_untouched(tmp_path):
+def test_models_without_rewrites_load_untouched(tmp_path, rng):
     path = tmp_path / "pointwise.onnx"
     path.write_bytes(pointwise_model())
     assert mk.Model(path)._source == str(path)
     assert mk.Model(pointwise_model())._source == pointwise_model()
+    # Weights in an external file are found relative to the model's path, so such a model is
+    # handed to ONNX Runtime by path, as it is, and still runs.
+    from onnx import numpy_helper
+
+    proto = onnx.load_model_from_string(prelu_model())
+    for t in proto.graph.initializer:  # only raw-data tensors can move to an external file
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t), t.name))
+    onnx.save_model(proto, tmp_path / "external.onnx", save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="external.bin", size_threshold=0)
+    model = mk.Model(tmp_path / "external.onnx")
+    assert (tmp_path / "external.bin").is_file() and model._source == str(tmp_path / "external.onnx")
+    x = rng.normal(size=(1, 2, 3, 4)).astype(np.float32)
+    np.testing.assert_array_equal(model.run(x)[0], mk.Model(prelu_model()).run(x)[0])
 
 
 def test_monai_unet_export_is_rewritten(torch_unet):
