@@ -153,7 +153,7 @@ def predict_overhead(model: mk.Model, image: mk.Image, runs: int = 3) -> tuple[f
                 spans.append((t0, time.perf_counter()))
 
     model._session = Timed(model._session)
-    model._lanes = [Timed(s) for s in model._lane_sessions(model.threads)]
+    model._single = Timed(model._single_threaded())
     model.predict(image)
     shares, totals = [], []
     for _ in range(runs):

@@ -155,7 +155,7 @@ class Model:
         except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf / InvalidGraph
             raise ModelError(f"{self.name} is not a readable ONNX model (not ONNX, truncated or "
                              f"corrupted): {str(exc).strip()}") from None
-        self._lanes: list[Any] = []
+        self._single: Any = None  # single-threaded session shared by concurrent batch items
         self._lane_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._pool_size = 0
@@ -220,8 +220,8 @@ class Model:
     def run_independent(self, batch: Any) -> Any:
         """First output for a batch whose items do not interact (patches, separate cases).
 
-        On the CPU the items run concurrently, ``threads`` at a time, each on a single-threaded
-        session: one whole-network run per core has no per-operator thread synchronisation,
+        On the CPU the items run concurrently, ``threads`` at a time, each as a single-threaded
+        run (of one extra session that holds the weights once more): one whole-network run per core has no per-operator thread synchronisation,
         which on small-channel 3D networks is a large part of a multi-threaded run (the
         benchmark UNet: about 10 % faster). Items left over after whole rounds, and batches on a
         GPU, run as :meth:`__call__`. For any network that treats batch items separately the
@@ -243,10 +243,10 @@ class Model:
             return
         name = self.inputs[0].name
         x = self._feeds([batch])[name]
-        sessions = self._lane_sessions(lanes)
+        session = self._single_threaded()
 
         def run_lane(n: int) -> np.ndarray:
-            return sessions[n].run(None, {name: x[n * per_lane:(n + 1) * per_lane]})[0]
+            return session.run(None, {name: x[n * per_lane:(n + 1) * per_lane]})[0]
 
         pool = self._thread_pool(lanes - 1)
         futures = [pool.submit(run_lane, n) for n in range(1, lanes)]
@@ -257,11 +257,13 @@ class Model:
         if done < items:
             yield self._session.run(None, {name: x[done:]})[0], 0
 
-    def _lane_sessions(self, lanes: int) -> list[Any]:
+    def _single_threaded(self) -> Any:
+        """One single-threaded session that every lane runs on: ONNX Runtime sessions take
+        concurrent runs, and the weights are held once more, not once per lane."""
         with self._lane_lock:
-            while len(self._lanes) < lanes:
-                self._lanes.append(self._new_session(1))
-            return self._lanes[:lanes]
+            if self._single is None:
+                self._single = self._new_session(1)
+            return self._single
 
     def _thread_pool(self, workers: int) -> ThreadPoolExecutor:
         with self._lane_lock:
