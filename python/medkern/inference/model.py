@@ -221,10 +221,10 @@ class Model:
         """First output for a batch whose items do not interact (patches, separate cases).
 
         On the CPU the items run concurrently, ``threads`` at a time, each as a single-threaded
-        run (of one extra session that holds the weights once more): one whole-network run per core has no per-operator thread synchronisation,
-        which on small-channel 3D networks is a large part of a multi-threaded run (the
-        benchmark UNet: about 10 % faster). Items left over after whole rounds, and batches on a
-        GPU, run as :meth:`__call__`. For any network that treats batch items separately the
+        run of one extra session (which holds the weights once more). One whole-network run per
+        core has no per-operator thread synchronisation, a large part of a multi-threaded run of
+        a small-channel 3D network (the benchmark UNet: 10-20 % faster). Items left over after
+        whole rounds, and batches on a GPU, run as :meth:`__call__`. For any network that treats batch items separately the
         values equal ``model(batch)`` up to float32 rounding (ONNX Runtime's convolutions sum in
         another order for another thread count); this is what :func:`medkern.sliding_window`
         calls.
