@@ -16,7 +16,9 @@ constexpr index_t kVoxelBlock = 4096;
 // then 2^k from the exponent bits), within 2 ulp of the exact value, 0 below the normal range,
 // NaN for NaN. Branch-free and without library calls, so a loop over it vectorises.
 inline float exp_nonpositive(float x) {
-  const float t = x * 1.44269504088896341f + 0.5f;
+  // Clamped so the conversion below is defined for -inf and NaN (their results come from x).
+  const float scaled = x * 1.44269504088896341f + 0.5f;
+  const float t = scaled > -130.0f ? scaled : -130.0f;
   const auto whole = static_cast<std::int32_t>(t);  // truncation; floor for negative t below
   const float k = static_cast<float>(whole) - (static_cast<float>(whole) > t ? 1.0f : 0.0f);
   const float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
