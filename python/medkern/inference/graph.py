@@ -164,6 +164,9 @@ def optimize_graph(model) -> int:
     of nodes rewritten."""
     graph = model.graph
     values = _constant_values(graph)
+    # The sub-pixel form's Reshape takes its shape as an input (opset 5 on); opset 13 is what
+    # current exporters write and what it is tested with.
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     taken = {n.name for n in graph.node} | {t.name for t in graph.initializer}
 
     def unique(base: str) -> str:
@@ -180,7 +183,7 @@ def optimize_graph(model) -> int:
         if node.domain in ("", "ai.onnx"):
             if node.op_type == "PRelu":
                 new = (_leaky_relu(node, values), [])
-            elif node.op_type == "ConvTranspose":
+            elif node.op_type == "ConvTranspose" and opset >= 13:
                 new = _subpixel(node, values, unique)
         if new is None or new[0] is None:
             rewritten.append(node)
