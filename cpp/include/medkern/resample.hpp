@@ -515,14 +515,34 @@ struct LinearSampler {
       t2[q] = static_cast<A>(c2[q] - f2);
       off[q] = f0 * is0 + f1 * is1 + f2;
     }
+    // In-plane maps (a rotation about axis 0, any 2D image) put every point of a block on one
+    // axis-0 plane: the second plane has weight 0 and is not read. (The full blend would add
+    // 0 * (a1 - a0); only a non-finite value on the unread plane, which would turn that into
+    // NaN, or the sign of a zero result can differ.)
+    bool planar = true;
+    for (index_t q = 0; q < count; ++q) planar &= t0[q] == A(0);
 #if defined(__GNUC__)
     // An oblique row enters a new input row every few voxels, a pattern the hardware prefetcher
     // does not follow: request the block's leading rows together so their misses overlap.
     for (index_t q = 0; q < count; ++q) {
       __builtin_prefetch(data + off[q] + is1);
-      __builtin_prefetch(data + off[q] + d0 + is1);
+      if (!planar) __builtin_prefetch(data + off[q] + d0 + is1);
     }
 #endif
+    if (planar) {
+      for (index_t q = 0; q < count; ++q) {
+        const T* p = data + off[q];
+        v[0][q] = static_cast<A>(p[0]);
+        v[1][q] = static_cast<A>(p[1]);
+        v[2][q] = static_cast<A>(p[is1]);
+        v[3][q] = static_cast<A>(p[is1 + 1]);
+      }
+      for (index_t q = 0; q < count; ++q) {
+        const A v00 = v[0][q] + t2[q] * (v[1][q] - v[0][q]), v01 = v[2][q] + t2[q] * (v[3][q] - v[2][q]);
+        out[q] = v00 + t1[q] * (v01 - v00);
+      }
+      return;
+    }
     for (index_t q = 0; q < count; ++q) {
       const T* p = data + off[q];
       v[0][q] = static_cast<A>(p[0]);
