@@ -506,7 +506,7 @@ struct LinearSampler {
     const std::int32_t is0 = static_cast<std::int32_t>(s0), is1 = static_cast<std::int32_t>(s1);
     const std::int32_t d0 = n[0] > 1 ? is0 : 0;
     std::int32_t off[kMax];
-    A t0[kMax], t1[kMax], t2[kMax], v[8][kMax];
+    A t0[kMax], t1[kMax], t2[kMax], v[4][kMax];
     for (index_t q = 0; q < count; ++q) {
       const std::int32_t f0 = static_cast<std::int32_t>(c0[q]), f1 = static_cast<std::int32_t>(c1[q]),
                          f2 = static_cast<std::int32_t>(c2[q]);
@@ -529,9 +529,10 @@ struct LinearSampler {
       if (!planar) __builtin_prefetch(data + off[q] + d0 + is1);
     }
 #endif
-    if (planar) {
+    // Per axis-0 plane (offset 0 or d0): the four neighbours of each point, blended in-plane.
+    auto in_plane = [&](std::int32_t base, A* blended) {
       for (index_t q = 0; q < count; ++q) {
-        const T* p = data + off[q];
+        const T* p = data + off[q] + base;
         v[0][q] = static_cast<A>(p[0]);
         v[1][q] = static_cast<A>(p[1]);
         v[2][q] = static_cast<A>(p[is1]);
@@ -539,27 +540,17 @@ struct LinearSampler {
       }
       for (index_t q = 0; q < count; ++q) {
         const A v00 = v[0][q] + t2[q] * (v[1][q] - v[0][q]), v01 = v[2][q] + t2[q] * (v[3][q] - v[2][q]);
-        out[q] = v00 + t1[q] * (v01 - v00);
+        blended[q] = v00 + t1[q] * (v01 - v00);
       }
+    };
+    if (planar) {
+      in_plane(0, out);
       return;
     }
-    for (index_t q = 0; q < count; ++q) {
-      const T* p = data + off[q];
-      v[0][q] = static_cast<A>(p[0]);
-      v[1][q] = static_cast<A>(p[1]);
-      v[2][q] = static_cast<A>(p[is1]);
-      v[3][q] = static_cast<A>(p[is1 + 1]);
-      v[4][q] = static_cast<A>(p[d0]);
-      v[5][q] = static_cast<A>(p[d0 + 1]);
-      v[6][q] = static_cast<A>(p[d0 + is1]);
-      v[7][q] = static_cast<A>(p[d0 + is1 + 1]);
-    }
-    for (index_t q = 0; q < count; ++q) {
-      const A v00 = v[0][q] + t2[q] * (v[1][q] - v[0][q]), v01 = v[2][q] + t2[q] * (v[3][q] - v[2][q]);
-      const A v10 = v[4][q] + t2[q] * (v[5][q] - v[4][q]), v11 = v[6][q] + t2[q] * (v[7][q] - v[6][q]);
-      const A a0 = v00 + t1[q] * (v01 - v00), a1 = v10 + t1[q] * (v11 - v10);
-      out[q] = a0 + t0[q] * (a1 - a0);
-    }
+    A a0[kMax], a1[kMax];
+    in_plane(0, a0);
+    in_plane(d0, a1);
+    for (index_t q = 0; q < count; ++q) out[q] = a0[q] + t0[q] * (a1[q] - a0[q]);
   }
   // Trilinear blend of the four rows' (x, x + d2) pairs, as nested lerps.
   MEDKERN_HD static A blend(const T* r00, const T* r01, const T* r10, const T* r11, index_t d2, A t0, A t1, A t2) {
