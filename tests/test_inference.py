@@ -312,6 +312,8 @@ def test_channel_argmax_matches_numpy(rng, channels):
         np.testing.assert_array_equal(_core.channel_argmax(prob, 0.5, threads), expected)
     with pytest.raises(ValueError, match="at least one channel"):
         _core.channel_argmax(np.zeros((0, 4), np.float32), None, 1)
+    with pytest.raises(ValueError, match="fit uint8 labels"):
+        _core.channel_argmax(np.zeros((256, 4), np.float32), 0.5, 1)
 
 
 @pytest.mark.parametrize("channels", [1, 2, 5])
