@@ -15,6 +15,7 @@ import warnings
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 import medkern as mk
 from medkern.inference import reorient
@@ -538,6 +539,14 @@ def test_metadata_round_trip_path_bytes_proto(tmp_path):
     (metadata(output={"activation": "sigmoid", "labels": "lesion"}), "output.labels must be a non-empty list"),
     (metadata(output={"activation": "sigmoid", "labels": ["l"], "threshold": 1.5}), r"threshold must be in \(0, 1\)"),
     (metadata(metrics=[0.9]), "metrics must be an object"),
+    (metadata(postprocessing={"op": "remove_small"}), "postprocessing must be a list"),
+    (metadata(postprocessing=[{"op": "dilate"}]), r"postprocessing\[0\] must be an object whose 'op'"),
+    (metadata(postprocessing=[{"op": "remove_small"}]), r"postprocessing\[0\].min_volume_mm3 is missing"),
+    (metadata(postprocessing=[{"op": "remove_small", "min_volume_mm3": -1}]), "must be >= 0"),
+    (metadata(postprocessing=[{"op": "keep_top", "n": 0}]), r"postprocessing\[0\].n must be an integer >= 1"),
+    (metadata(postprocessing=[{"op": "keep_top", "n": 1, "by": "size"}]), "by must be one of"),
+    (metadata(postprocessing=[{"op": "keep_top", "n": 1, "k": 2}]), "unknown field"),
+    (metadata(task="classification", postprocessing=[{"op": "keep_top", "n": 1}]), "dense"),
     (metadata(metrics={"dice": float("nan")}), "not JSON-serialisable"),
 ])
 def test_metadata_validation_errors(meta, message):
@@ -706,6 +715,70 @@ def test_predict_sigmoid_threshold_labels(rng):
     p = 1 / (1 + np.exp(-img.array.astype(np.float64)))
     expected = np.where(p >= 0.7, 1, np.where(1 - p >= 0.7, 2, 0))
     np.testing.assert_array_equal(pred.labels.array, expected)
+
+
+def _postprocess_reference(labels, prob, spacing, ops, first_channel):
+    """scipy.ndimage.label per label value, volumes and probability sums by brute force."""
+    out = labels.copy()
+    for op in ops:
+        comps = []
+        for v in np.unique(out[out > 0]):
+            lab, n = ndimage.label(out == v, np.ones((3,) * out.ndim))
+            for c in range(1, n + 1):
+                region = lab == c
+                comps.append((region, region.sum() * np.prod(spacing), prob[..., v - first_channel][region].sum()))
+        if op["op"] == "remove_small":
+            drop = [r for r, vol, _ in comps if vol < op["min_volume_mm3"]]
+        else:
+            key = 1 if op["by"] == "volume" else 2
+            ranked = sorted(comps, key=lambda c: -c[key])
+            drop = [c[0] for c in ranked[op["n"]:]]
+        for r in drop:
+            out[r] = 0
+    return out
+
+
+@pytest.mark.parametrize("ops", [
+    [{"op": "remove_small", "min_volume_mm3": 6.0}],
+    [{"op": "keep_top", "n": 1, "by": "probability"}],
+    [{"op": "keep_top", "n": 2, "by": "volume"}],
+    [{"op": "remove_small", "min_volume_mm3": 3.0}, {"op": "keep_top", "n": 3, "by": "probability"}],
+])
+@pytest.mark.parametrize("first_channel", [0, 1])
+def test_postprocess_labels_matches_scipy_components(rng, ops, first_channel):
+    from medkern.inference.model import postprocess_labels
+
+    spacing = (2.0, 1.0, 0.5)
+    labels = (rng.random((10, 12, 14)) > 0.8).astype(np.uint8) * rng.integers(1, 3, (10, 12, 14)).astype(np.uint8)
+    # Distinct probabilities so that rankings have no ties.
+    prob = rng.random((10, 12, 14, 3)).astype(np.float32)
+    got = postprocess_labels(labels, prob, spacing, ops, first_channel)
+    expected = _postprocess_reference(labels, prob, spacing, ops, first_channel)
+    np.testing.assert_array_equal(got, expected)
+    assert got.dtype == labels.dtype and (got != labels).any()
+
+
+def test_predict_applies_the_declared_postprocessing():
+    """A faint blob of 12 voxels (class probability 0.6, sum 7.2) and a sure one of 8 (sum ~8):
+    remove_small(10 mm3) keeps the faint one, keep_top by probability the sure one, by volume the
+    faint one; postprocess=False returns both."""
+    faint, sure = np.zeros((8, 16, 16), bool), np.zeros((8, 16, 16), bool)
+    faint[1:3, 1:3, 1:4] = True
+    sure[5:7, 10:12, 10:12] = True
+    # The pointwise model's class 1 is sigmoid(-2 x).
+    x = np.where(faint, -np.log(1.5) / 2, np.where(sure, -8.0, 5.0)).astype(np.float32)
+    img = mk.Image(x)
+
+    def labels(ops, **kwargs):
+        meta = metadata(preprocessing=[], postprocessing=ops)
+        return mk.Model(mk.write_model_metadata(pointwise_model(), meta)).predict(img, **kwargs).labels.array > 0
+
+    np.testing.assert_array_equal(labels([], postprocess=False), faint | sure)
+    np.testing.assert_array_equal(labels([{"op": "remove_small", "min_volume_mm3": 10.0}]), faint)
+    np.testing.assert_array_equal(labels([{"op": "keep_top", "n": 1, "by": "probability"}]), sure)
+    np.testing.assert_array_equal(labels([{"op": "keep_top", "n": 1, "by": "volume"}]), faint)
+    np.testing.assert_array_equal(labels([{"op": "remove_small", "min_volume_mm3": 10.0}], postprocess=False),
+                                  faint | sure)
 
 
 def test_predict_classification_scores(rng):

@@ -25,6 +25,10 @@ Version 1 (key ``"medkern"``). Per-axis values are in array-axis order, millimet
                     "sigma_scale": 0.125, "batch_size": 4, "padding": "constant"},
       "output": {"activation": "softmax" | "sigmoid" | "none",
                  "labels": ["background", "tumour"], "threshold": 0.5},
+      "postprocessing": [                # optional; applied in order to the label map on the
+        {"op": "remove_small", "min_volume_mm3": 20.0},            # input grid (26-/8-connected
+        {"op": "keep_top", "n": 1, "by": "probability" | "volume"} # components of each label)
+      ],
       "training_data": "...", "licence": "...", "intended_use": "...",
       "metrics": {"dice_median": 0.8, ...}
     }
@@ -34,6 +38,10 @@ Version 1 (key ``"medkern"``). Per-axis values are in array-axis order, millimet
 SimpleITK's identity direction) is ``"SPL"`` in 3D and ``"PL"`` in 2D. For classification models
 ``patch_size`` is the fixed network input: the preprocessed image is centre-cropped or padded to it.
 Detection models are dense (a heat map per class) and are blended like segmentation.
+``postprocessing`` is the model's declared clean-up, part of the model as its authors validated it
+(dense tasks only): ``remove_small`` drops components smaller than a physical volume (area in 2D),
+``keep_top`` keeps the ``n`` components with the largest summed probability of their own class
+(``"probability"``) or the largest volume (``"volume"``).
 Resampling to ``spacing`` is linear and keeps the field of view (``mk.resample``); ``antialias``
 defaults to false, as MONAI's ``Spacing`` and nnU-Net prepare their training data.
 """
@@ -66,6 +74,10 @@ PREPROCESSING_OPS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "zscore": ((), {"mask": "all"}),
     "percentile": ((), {"low": 0.5, "high": 99.5, "clip": False}),
     "scale": (("scale",), {"offset": 0.0}),
+}
+POSTPROCESSING_OPS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "remove_small": (("min_volume_mm3",), {}),
+    "keep_top": (("n",), {"by": "probability"}),
 }
 INFERENCE_DEFAULTS = {"overlap": 0.5, "blend": "gaussian", "sigma_scale": 0.125, "batch_size": 4,
                       "padding": "constant"}
@@ -206,6 +218,8 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
     if not 0 < threshold < 1:
         raise _fail("output.threshold", f"must be in (0, 1), got {threshold}")
 
+    _validate_postprocessing(meta)
+
     metrics = meta.setdefault("metrics", {})
     if not isinstance(metrics, dict):
         raise _fail("metrics", f"must be an object (name -> value), got {type(metrics).__name__}")
@@ -214,6 +228,32 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise ModelError(f"medkern model metadata is not JSON-serialisable: {exc}") from None
     return meta
+
+
+def _validate_postprocessing(meta: dict[str, Any]) -> None:
+    ops = meta.setdefault("postprocessing", [])
+    if not isinstance(ops, list):
+        raise _fail("postprocessing", f"must be a list of operations, got {type(ops).__name__}")
+    if ops and meta["task"] == "classification":
+        raise _fail("postprocessing", "applies to dense (segmentation, detection) models only")
+    for n, op in enumerate(ops):
+        field = f"postprocessing[{n}]"
+        if not isinstance(op, dict) or op.get("op") not in POSTPROCESSING_OPS:
+            raise _fail(field, f"must be an object whose 'op' is one of {', '.join(POSTPROCESSING_OPS)}, got {op!r}")
+        required, optional = POSTPROCESSING_OPS[op["op"]]
+        for key in required:
+            if key not in op:
+                raise _fail(f"{field}.{key}", f"is missing (needed by op {op['op']!r})")
+        for key, default in optional.items():
+            op.setdefault(key, default)
+        unknown = set(op) - {"op", *required, *optional}
+        if unknown:
+            raise _fail(field, f"has unknown field(s) {sorted(unknown)} for op {op['op']!r}")
+        if op["op"] == "remove_small" and _number(op["min_volume_mm3"], f"{field}.min_volume_mm3") < 0:
+            raise _fail(f"{field}.min_volume_mm3", f"must be >= 0, got {op['min_volume_mm3']}")
+        if op["op"] == "keep_top":
+            _int(op["n"], f"{field}.n")
+            _choice(op["by"], ("probability", "volume"), f"{field}.by")
 
 
 def parse_metadata(text: str | None) -> dict[str, Any] | None:

@@ -307,7 +307,7 @@ class Model:
                              "mk.write_model_metadata, or call model.run / mk.sliding_window directly")
         return self.metadata
 
-    def predict(self, *images: Any, tta: bool = False) -> Prediction:
+    def predict(self, *images: Any, tta: bool = False, postprocess: bool = True) -> Prediction:
         """Predict on one image (or one image per input channel, in the metadata's order).
 
         Steps, all from the metadata: reorient to the model's orientation (axis permutation and
@@ -315,11 +315,15 @@ class Model:
         sliding window (dense tasks) or one centre-cropped pass (classification), activation, then
         back onto the given image's grid: probabilities with linear interpolation, labels with
         ``label`` interpolation. ``tta=True`` averages the probabilities over all flips of the
-        spatial axes (2^ndim passes). Returns a :class:`Prediction`.
+        spatial axes (2^ndim passes). Last, the metadata's ``postprocessing`` (the model's declared
+        clean-up: small components removed, the top-n components kept) is applied to the labels;
+        ``postprocess=False`` returns the raw labels. Probabilities are never altered. Returns a
+        :class:`Prediction`.
         """
-        return self.predict_many([images[0] if len(images) == 1 else tuple(images)], tta=tta)[0]
+        return self.predict_many([images[0] if len(images) == 1 else tuple(images)], tta=tta,
+                                 postprocess=postprocess)[0]
 
-    def predict_many(self, images: Sequence[Any], tta: bool = False) -> list[Prediction]:
+    def predict_many(self, images: Sequence[Any], tta: bool = False, postprocess: bool = True) -> list[Prediction]:
         """:meth:`predict` over several cases; cases whose model-grid shapes agree share patch batches.
 
         Each element of ``images`` is an Image or a tuple of per-channel Images.
@@ -336,7 +340,7 @@ class Model:
             stack = cases[members[0]].array[None] if len(members) == 1 else np.stack([cases[n].array for n in members])
             probabilities = self._dense(stack, meta, tta)
             for n, prob in zip(members, probabilities):
-                results[n] = self._dense_prediction(cases[n], prob, meta)
+                results[n] = self._dense_prediction(cases[n], prob, meta, postprocess)
         return results  # type: ignore[return-value]
 
     def _prepare(self, channel_images: Sequence[Any], meta: dict[str, Any]) -> "_Case":
@@ -418,7 +422,8 @@ class Model:
                              f"names {len(labels)} labels ({', '.join(labels)})")
         return total
 
-    def _dense_prediction(self, case: "_Case", prob: np.ndarray, meta: dict[str, Any]) -> Prediction:
+    def _dense_prediction(self, case: "_Case", prob: np.ndarray, meta: dict[str, Any],
+                          postprocess: bool = True) -> Prediction:
         from medkern import _core
 
         out = meta["output"]
@@ -435,6 +440,10 @@ class Model:
             others = stacked[..., 1] if len(prob) == 2 else stacked[..., 1:].sum(axis=-1, dtype=np.float32)
             np.subtract(np.float32(1), others, out=stacked[..., 0])
         label_image = _back_to_input(case.grid.with_array(labels), case.reference, "label")
+        if postprocess and meta["postprocessing"]:
+            label_image = label_image.with_array(postprocess_labels(
+                np.asarray(label_image.array), stacked, label_image.spacing, meta["postprocessing"],
+                first_channel=0 if out["activation"] == "softmax" else 1))
         return Prediction(label_names=list(out["labels"]),
                           probabilities=Image(stacked, **case.reference.geometry, vector=True),
                           labels=label_image)
@@ -454,6 +463,45 @@ class Model:
         scores /= len(flips)
         labels = meta["output"]["labels"]
         return Prediction(label_names=list(labels), scores={k: float(v) for k, v in zip(labels, scores)})
+
+
+def postprocess_labels(labels: np.ndarray, probabilities: np.ndarray, spacing: Sequence[float],
+                       ops: Sequence[dict[str, Any]], first_channel: int = 0) -> np.ndarray:
+    """Apply validated ``postprocessing`` operations to a label map (new array, same dtype).
+
+    Components are those of each label value separately (full neighbourhood: 26 in 3D, 8 in 2D),
+    so touching lesions of different classes stay apart. ``probabilities`` holds one channel per
+    output on the last axis; label ``v`` reads channel ``v - first_channel`` (0 for softmax, whose
+    channel 0 is the background; 1 for sigmoid, whose labels count from 1).
+    """
+    from medkern.segment import label as connected
+
+    out = np.array(labels, copy=True)
+    voxel = float(np.prod(spacing))
+    for op in ops:
+        components, n = connected(out)
+        components = np.asarray(components).ravel()
+        if n == 0:
+            break
+        volume = np.bincount(components, minlength=n + 1) * voxel
+        if op["op"] == "remove_small":
+            keep = volume >= float(op["min_volume_mm3"])
+        else:
+            if op["by"] == "volume":
+                score = volume
+            else:
+                flat = out.ravel()
+                channel = np.clip(flat.astype(np.int64) - first_channel, 0, probabilities.shape[-1] - 1)
+                own = probabilities.reshape(-1, probabilities.shape[-1])[np.arange(flat.size), channel]
+                score = np.bincount(components, weights=np.where(flat > 0, own, 0.0), minlength=n + 1)
+            score[0] = -np.inf
+            # Stable order: ties keep the earlier component in scan order.
+            top = np.argsort(-score[1:], kind="stable")[: int(op["n"])] + 1
+            keep = np.zeros(n + 1, bool)
+            keep[top] = True
+        keep[0] = False
+        out.ravel()[~keep[components]] = 0
+    return out
 
 
 @dataclass
