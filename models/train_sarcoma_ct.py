@@ -34,7 +34,7 @@ SEED = 0
 METADATA = {
     "schema_version": 1,
     "name": NAME,
-    "version": "1.0",
+    "version": "1.1",
     "description": "Gross tumour volume of soft-tissue sarcoma of the extremities on CT",
     "task": "segmentation",
     "input": {"modalities": ["CT"], "spatial_dims": 3, "spacing": SPACING, "orientation": "SPL"},
@@ -42,6 +42,9 @@ METADATA = {
     "inference": {"patch_size": PATCH, "overlap": 0.5, "blend": "gaussian", "sigma_scale": 0.125,
                   "batch_size": 2, "padding": "constant"},
     "output": {"activation": "softmax", "labels": ["background", "gtv"]},
+    # One primary tumour per study: the fragments the network adds around it would inflate the
+    # maximum tumour dimension that the AJCC T category is read from.
+    "postprocessing": [{"op": "keep_top", "n": 1, "by": "probability"}],
     "training_data": "IBSI soft-tissue sarcoma CTs with GTV_Mass contours, 24 training patients "
                      "(Vallieres et al., Phys. Med. Biol. 60 (2015) 5471; TCIA "
                      "doi:10.7937/K9/TCIA.2015.7GO2GSKS), CT cropped 5 cm around the tumour",
