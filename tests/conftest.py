@@ -46,12 +46,22 @@ def to_numpy(x):
     return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
 
 
-@pytest.fixture
-def shared_data() -> Path:
-    """../shared/data (real patient and IBSI data); tests skip when it is absent."""
+def _shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder not found at {SHARED_DATA} (set MEDKERN_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data (real patient and IBSI data); tests skip when it is absent."""
+    return _shared_data()
+
+
+@pytest.fixture(scope="module")
+def shared_data_module() -> Path:
+    """The same, for module-scoped fixtures that analyse a real study once."""
+    return _shared_data()
 
 
 @pytest.fixture

@@ -93,3 +93,35 @@ def test_module_runs_as_a_subprocess(series_dir):
     done = subprocess.run([sys.executable, "-m", "medkern.cli", "info", str(series_dir / "absent")],
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2 and "no such file or directory" in done.stderr
+
+
+def test_analyze_writes_the_report(shared_data, tmp_path, capsys):
+    study = shared_data / "ibsi" / "ibsi_validation" / "dicom" / "STS_003" / "CT" / "image"
+    patient = tmp_path / "patient.json"
+    patient.write_text(json.dumps({"schema_version": 1, "grade": "G2", "n_status": "N0", "m_status": "M0"}))
+    out = tmp_path / "out"
+    assert main(["analyze", str(study), "--patient", str(patient), "--out", str(out), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((out / "report.json").read_text())
+    assert printed["model"]["name"] == "sarcoma-ct" and printed["guideline"]["name"] == "sarcoma-extremity"
+    stage = next(item for item in printed["guideline"]["derived"] if item["id"] == "stage")
+    assert stage["inputs"]["patient.grade"] == "G2"
+    assert main(["analyze", str(study), "--guideline", "none", "--out", str(tmp_path / "plain")]) == 0
+    text = capsys.readouterr().out
+    assert "sarcoma-ct" in text and "not a medical device" in text and "report.html" in text
+
+
+def test_analyze_errors_are_clear_and_leave_nothing(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["analyze", str(empty), "--out", str(tmp_path / "out")]) == 2
+    assert "no DICOM image series" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def test_guidelines_lists_the_shipped_ones(capsys):
+    assert main(["guidelines", "--json"]) == 0
+    names = {g["name"] for g in json.loads(capsys.readouterr().out)}
+    assert {"sarcoma-extremity", "brain-metastases"} <= names
+    assert main(["guidelines"]) == 0
+    assert "brain-metastases" in capsys.readouterr().out
