@@ -82,12 +82,29 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, sigmoid: bool) -> t
 
 
 def train(net: nn.Module, sample: Callable[[], tuple[np.ndarray, np.ndarray]], steps: int,
-          sigmoid: bool, lr: float = 3e-3) -> dict[str, Any]:
-    """Adam with nnU-Net's poly learning-rate decay over a fixed number of steps (reproducible)."""
+          sigmoid: bool, lr: float = 3e-3, checkpoint: Path | None = None, every: int = 250,
+          sampler_state: tuple[Callable[[], Any], Callable[[Any], None]] | None = None,
+          resume: bool = False) -> dict[str, Any]:
+    """Adam with nnU-Net's poly learning-rate decay over a fixed number of steps (reproducible).
+
+    With ``checkpoint``, the weights, optimiser, step, losses and random states (PyTorch's and,
+    through ``sampler_state = (get, set)``, the sampler's) are saved there every ``every`` steps
+    and training resumes from it when it exists: an interrupted run continues to the same weights.
+    """
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    t0 = time.perf_counter()
-    losses = []
-    for step in range(1, steps + 1):
+    losses: list[float] = []
+    first, spent = 1, 0.0
+    if resume and checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=False)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        torch.set_rng_state(state["torch_rng"])
+        if sampler_state is not None:
+            sampler_state[1](state["sampler"])
+        losses, first, spent = state["losses"], state["step"] + 1, state["seconds"]
+        print(f"resumed at step {first} from {checkpoint}", flush=True)
+    t0 = time.perf_counter() - spent
+    for step in range(first, steps + 1):
         for group in opt.param_groups:
             group["lr"] = lr * (1 - (step - 1) / steps) ** 0.9
         x, y = sample()
@@ -98,6 +115,15 @@ def train(net: nn.Module, sample: Callable[[], tuple[np.ndarray, np.ndarray]], s
         losses.append(loss.item())
         if step % 50 == 0:
             print(f"step {step}: loss {np.mean(losses[-50:]):.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        if checkpoint is not None and (step % every == 0 or step == steps):
+            state = {"net": net.state_dict(), "opt": opt.state_dict(), "torch_rng": torch.get_rng_state(),
+                     "sampler": sampler_state[0]() if sampler_state is not None else None,
+                     "losses": losses, "step": step, "seconds": time.perf_counter() - t0}
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            # Written beside and renamed: a run killed while saving keeps the previous checkpoint.
+            partial = checkpoint.with_suffix(".partial")
+            torch.save(state, partial)
+            os.replace(partial, checkpoint)
     return {"steps": steps, "seconds": round(time.perf_counter() - t0), "final_loss": float(np.mean(losses[-50:]))}
 
 
@@ -117,8 +143,10 @@ def crop_and_flip(x: np.ndarray, y: np.ndarray, patch: list[int], centre: Any,
     return xs, ys
 
 
-def export(net: nn.Module, in_channels: int, patch: tuple[int, ...], metadata: dict[str, Any], name: str) -> Path:
-    """ONNX (opset 17, dynamic batch and spatial axes) with medkern metadata, into the package."""
+def export(net: nn.Module, in_channels: int, patch: tuple[int, ...], metadata: dict[str, Any], name: str,
+           out: Path | None = None) -> Path:
+    """ONNX (opset 17, dynamic batch and spatial axes) with medkern metadata, into the package
+    (or to ``out``, e.g. a candidate to evaluate before it replaces the shipped model)."""
     import medkern as mk
 
     net.eval()
@@ -128,7 +156,7 @@ def export(net: nn.Module, in_channels: int, patch: tuple[int, ...], metadata: d
     axes = {0: "batch", 2: "z", 3: "y", 4: "x"}
     torch.onnx.export(net, (dummy,), str(tmp), input_names=["image"], output_names=["logits"],
                       dynamic_axes={"image": axes, "logits": axes}, opset_version=17, dynamo=False)
-    out = SHIPPED / f"{name}.onnx"
+    out = SHIPPED / f"{name}.onnx" if out is None else out
     mk.write_model_metadata(tmp, metadata, out=out)
     tmp.unlink()
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
@@ -141,13 +169,13 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * (a & b).sum() / denom) if denom else 1.0
 
 
-def save_metrics(name: str, metrics: dict[str, Any]) -> None:
-    """Record the measured metrics in the shipped model's metadata."""
+def save_metrics(name: str, metrics: dict[str, Any], path: Path | None = None) -> None:
+    """Record the measured metrics in the shipped model's metadata (or in the model at ``path``)."""
     import onnx
 
     import medkern as mk
 
-    path = SHIPPED / f"{name}.onnx"
+    path = SHIPPED / f"{name}.onnx" if path is None else path
     meta = json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}["medkern"])
     meta["metrics"] = metrics
     mk.write_model_metadata(path, meta)
@@ -159,13 +187,19 @@ def write_card(name: str, card: str, metrics: dict[str, Any]) -> None:
     print(json.dumps(metrics, indent=1))
 
 
-def main(doc: str, stage_train: Callable[[], None], stage_evaluate: Callable[[], Any]) -> None:
+def main(doc: str, stage_train: Callable[..., None], stage_evaluate: Callable[[], Any],
+         resumable: bool = False) -> None:
+    """Command line of a training script; ``resumable`` scripts take ``--resume`` (passed to
+    ``stage_train(resume=...)``): continue from the last checkpoint instead of starting over."""
     import argparse
 
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", choices=["all", "train", "evaluate"], default="all")
+    if resumable:
+        parser.add_argument("--resume", action="store_true",
+                            help="continue from the last checkpoint (same seed: same final weights)")
     args = parser.parse_args()
     if args.stage in ("all", "train"):
-        stage_train()
+        stage_train(resume=args.resume) if resumable else stage_train()
     if args.stage in ("all", "evaluate"):
         stage_evaluate()

@@ -1,0 +1,319 @@
+"""Evaluate the `brain-lesion` model on held-out simulated patients; choose its minimum lesion
+size; write the metrics into the model and the model card `models/brain-lesion.md`.
+
+    python models/evaluate_brain_lesion.py              # the candidate from training, if any
+    python models/evaluate_brain_lesion.py --shipped    # the model in the package
+
+Patients come from :mod:`medkern.phantoms` with seeds training never used, five per acquisition
+(1.5 T and 3 T, 1 mm isotropic and 1 x 1 x 3 mm). Everything is measured as a user would: the
+T1 on its own grid goes through ``Model.predict`` (declared post-processing included), lesions are
+its 26-connected components and their sizes come from ``mk.regions``.
+
+* A lesion is **detected** when a predicted component overlaps its voxels; a component that
+  overlaps no lesion is a **false lesion**.
+* The size of a detected lesion is that of the component overlapping it most; errors are against
+  the simulator's analytic size (ellipsoid volume, longest axis).
+* The minimum lesion volume of the declared ``remove_small`` is chosen on separate tuning
+  patients: the largest candidate that drops none of their detected lesions.
+
+A candidate replaces the shipped model only when it has fewer false lesions per patient and a
+sensitivity at least as high in both size classes on the same patients.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import pickle
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from _common import SHIPPED, dice, save_metrics, write_card
+
+from train_brain_lesion import CANDIDATE, CHANNELS, NAME, PATCH, SPACING, TRAIN_SEEDS, WORKDIR
+
+EVALUATION_SEEDS = [5_000_000 + n for n in range(20)]
+TUNING_SEEDS = [4_000_000 + n for n in range(8)]
+DEMO_SEED, DEMO_DIAMETERS_MM = 0, (6.0, 10.0, 16.0)
+SMALL_MM = 6.0                                  # size classes: 3-6 mm and >= 6 mm
+MIN_VOLUME_CANDIDATES_MM3 = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0)
+
+
+def cases(seeds: list[int], diameters_mm: tuple[float, ...] | None = None) -> list[Any]:
+    """Simulated patients, acquisitions in turn, cached under WORKDIR/eval (not in the repository)."""
+    from medkern.analysis.location import mni_template
+    from medkern.phantoms import ACQUISITIONS, simulate_brain_metastases
+
+    cache = WORKDIR / "eval"
+    cache.mkdir(parents=True, exist_ok=True)
+    template = None
+    out = []
+    for n, seed in enumerate(seeds):
+        acquisition = None if diameters_mm else list(ACQUISITIONS)[n % len(ACQUISITIONS)]
+        path = cache / f"{seed}-{acquisition}-{diameters_mm}.pkl"
+        if not path.is_file():
+            template = template or mni_template()
+            case = simulate_brain_metastases(template, seed, diameters_mm=diameters_mm, acquisition=acquisition)
+            partial = path.with_suffix(".partial")
+            partial.write_bytes(pickle.dumps(case, protocol=5))
+            os.replace(partial, path)
+        out.append(pickle.loads(path.read_bytes()))
+    return out
+
+
+def score(case: Any, labels: np.ndarray) -> dict[str, Any]:
+    """Lesion-level detection and measurement of one predicted label map (input grid)."""
+    import medkern as mk
+
+    components, n = mk.label(labels > 0, connectivity=26)
+    truth = case.lesions.array
+    rows, hit = [], set()
+    for lesion in case.truth:
+        ids, counts = np.unique(components[(truth == lesion.label) & (components > 0)], return_counts=True)
+        hit.update(int(i) for i in ids)
+        row = {"diameter_mm": lesion.diameter_mm, "volume_mm3": lesion.volume_mm3, "kind": lesion.kind,
+               "detected": bool(len(ids))}
+        if len(ids):
+            region = mk.regions(case.image.with_array((components == ids[np.argmax(counts)]).astype(np.uint8)))[0]
+            row.update(found_volume_mm3=region.volume_mm3, found_diameter_mm=region.max_diameter_mm)
+        rows.append(row)
+    volumes = np.bincount(components.ravel(), minlength=n + 1)[1:] * float(np.prod(case.image.spacing))
+    false = [float(v) for i, v in enumerate(volumes, start=1) if i not in hit]
+    return {"lesions": rows, "false_lesion_volumes_mm3": false, "dice": dice(labels > 0, truth > 0),
+            "acquisition": case.acquisition["name"]}
+
+
+def summary(scores: list[dict[str, Any]]) -> dict[str, Any]:
+    rows = [r for s in scores for r in s["lesions"]]
+    small = [r for r in rows if r["diameter_mm"] < SMALL_MM]
+    large = [r for r in rows if r["diameter_mm"] >= SMALL_MM]
+    measured = [r for r in large if r["detected"]]
+    volume_error = [abs(r["found_volume_mm3"] - r["volume_mm3"]) / r["volume_mm3"] for r in measured]
+    volume_bias = [(r["found_volume_mm3"] - r["volume_mm3"]) / r["volume_mm3"] for r in measured]
+    diameter_error = [abs(r["found_diameter_mm"] - r["diameter_mm"]) for r in measured]
+    by_acquisition = {}
+    for name in sorted({s["acquisition"] for s in scores}):
+        part = [s for s in scores if s["acquisition"] == name]
+        part_rows = [r for s in part for r in s["lesions"]]
+        by_acquisition[name] = {
+            "sensitivity": round(float(np.mean([r["detected"] for r in part_rows])), 3) if part_rows else None,
+            "false_lesions_per_patient": round(float(np.mean([len(s["false_lesion_volumes_mm3"]) for s in part])), 2)}
+
+    def rate(rs: list[dict[str, Any]]) -> float | None:
+        return round(float(np.mean([r["detected"] for r in rs])), 4) if rs else None
+
+    def median(v: list[float], digits: int) -> float | None:
+        return round(float(np.median(v)), digits) if v else None
+
+    return {"patients": len(scores), "lesions": len(rows), "lesions_3_6mm": len(small), "lesions_ge_6mm": len(large),
+            "sensitivity_3_6mm": rate(small), "sensitivity_ge_6mm": rate(large),
+            "false_lesions_per_patient": round(float(np.mean([len(s["false_lesion_volumes_mm3"]) for s in scores])), 3),
+            "volume_error_median_ge_6mm": median(volume_error, 4),
+            "volume_bias_median_ge_6mm": median(volume_bias, 4),
+            "diameter_error_median_mm_ge_6mm": median(diameter_error, 2),
+            "dice_median": round(float(np.median([s["dice"] for s in scores])), 4),
+            "by_acquisition": by_acquisition}
+
+
+def predict_all(model: Any, patients: list[Any], postprocess: bool = True) -> tuple[list[Any], list[float]]:
+    """Predictions and, for the 1 mm patients (the MNI152 grid, 197 x 233 x 189), the seconds
+    each ``predict`` took."""
+    predictions, seconds = [], []
+    for case in patients:
+        t0 = time.perf_counter()
+        predictions.append(model.predict(case.image, postprocess=postprocess))
+        if np.allclose(case.image.spacing, 1.0):
+            seconds.append(time.perf_counter() - t0)
+    return predictions, seconds
+
+
+def choose_min_volume(model: Any) -> tuple[float, dict[str, Any]]:
+    """The largest candidate minimum volume that drops none of the tuning patients' detected lesions."""
+    import medkern as mk
+
+    patients = cases(TUNING_SEEDS)
+    raw, _ = predict_all(model, patients, postprocess=False)
+    table = {}
+    for threshold in MIN_VOLUME_CANDIDATES_MM3:
+        scores = [score(c, np.asarray(mk.remove_small_components(p.labels, threshold).array))
+                  for c, p in zip(patients, raw)]
+        found = sum(r["detected"] for s in scores for r in s["lesions"])
+        table[threshold] = {"detected": found, "false_lesions": sum(len(s["false_lesion_volumes_mm3"]) for s in scores)}
+    best = max(t for t in MIN_VOLUME_CANDIDATES_MM3 if table[t]["detected"] == table[0.0]["detected"])
+    print("minimum volume on the tuning patients:", table, "->", best, flush=True)
+    return best, {str(k): v for k, v in table.items()}
+
+
+def demo_check(model: Any) -> dict[str, Any]:
+    case = cases([DEMO_SEED], DEMO_DIAMETERS_MM)[0]
+    result = score(case, np.asarray(model.predict(case.image).labels.array))
+    rows = result["lesions"]
+    return {"seed": DEMO_SEED, "acquisition": case.acquisition["name"],
+            "lesions": [{"diameter_mm": round(r["diameter_mm"], 1), "volume_mm3": round(r["volume_mm3"], 1),
+                         "found": r["detected"],
+                         "found_volume_mm3": round(r.get("found_volume_mm3", 0.0), 1),
+                         "found_diameter_mm": round(r.get("found_diameter_mm", 0.0), 1)} for r in rows],
+            "false_lesions": len(result["false_lesion_volumes_mm3"])}
+
+
+def beats(new: dict[str, Any], old: dict[str, Any]) -> bool:
+    return (new["false_lesions_per_patient"] < old["false_lesions_per_patient"]
+            and new["sensitivity_3_6mm"] >= old["sensitivity_3_6mm"]
+            and new["sensitivity_ge_6mm"] >= old["sensitivity_ge_6mm"])
+
+
+def evaluate(candidate: Path | None) -> dict[str, Any]:
+    """Evaluate ``candidate`` (None: the shipped model) against the shipped model; install it when
+    it is better; write the card and the metrics."""
+    import medkern as mk
+
+    shipped = SHIPPED / f"{NAME}.onnx"
+    path = candidate or shipped
+    meta = mk.Model(path).metadata
+    min_volume, tuning = choose_min_volume(mk.Model(path))
+    meta["postprocessing"] = [{"op": "remove_small", "min_volume_mm3": min_volume}]
+    mk.write_model_metadata(path, meta)
+
+    patients = cases(EVALUATION_SEEDS)
+    model = mk.Model(path)
+    predictions, seconds = predict_all(model, patients)
+    metrics = summary([score(c, np.asarray(p.labels.array)) for c, p in zip(patients, predictions)])
+    metrics.update(predict_seconds_median_1mm=round(float(np.median(seconds)), 2),
+                   predict_threads=model.threads, demo=demo_check(model), min_volume_tuning=tuning,
+                   training=meta["metrics"].get("training"), evaluated=dt.date.today().isoformat(),
+                   evaluation_seeds=[EVALUATION_SEEDS[0], EVALUATION_SEEDS[-1]],
+                   evaluation="mk.Model.predict on held-out simulated patients (medkern.phantoms), "
+                              "input grid, mk.label (26-connected) and mk.regions")
+    previous = None
+    if candidate is not None:
+        old_predictions, _ = predict_all(mk.Model(shipped), patients)
+        previous = summary([score(c, np.asarray(p.labels.array)) for c, p in zip(patients, old_predictions)])
+        previous["version"] = mk.Model(shipped).metadata.get("version")
+        metrics["previous_model"] = previous
+    save_metrics(NAME, metrics, path=path)
+    print(metrics, flush=True)
+    if candidate is not None:
+        if not beats(metrics, previous):
+            print("the candidate does not beat the shipped model: package and card left as they are", flush=True)
+            return metrics
+        partial = shipped.with_suffix(".partial")
+        shutil.copyfile(candidate, partial)
+        os.replace(partial, shipped)
+        print(f"installed {shipped}", flush=True)
+    model_card(metrics, mk.Model(shipped).metadata)
+    return metrics
+
+
+def _fmt(value: Any, digits: int = 2, percent: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{100 * value:.0f} %" if percent else f"{value:.{digits}f}"
+
+
+def model_card(m: dict[str, Any], meta: dict[str, Any]) -> None:
+    from medkern.phantoms import ACQUISITIONS
+
+    size = (SHIPPED / f"{NAME}.onnx").stat().st_size / 1e6
+    p = m.get("previous_model") or {}
+    min_volume = meta["postprocessing"][0]["min_volume_mm3"]
+    rows = [
+        ("lesion-level sensitivity, lesions >= 6 mm", "sensitivity_ge_6mm", 3, False, ">= 0.95"),
+        ("lesion-level sensitivity, lesions 3-6 mm", "sensitivity_3_6mm", 3, False, ">= 0.80"),
+        ("false lesions per patient", "false_lesions_per_patient", 2, False, "<= 0.3"),
+        ("median volume error, lesions >= 6 mm", "volume_error_median_ge_6mm", 0, True, "<= 15 %"),
+        ("median volume bias (signed), lesions >= 6 mm", "volume_bias_median_ge_6mm", 0, True, ""),
+        ("median max-diameter error, lesions >= 6 mm (mm)", "diameter_error_median_mm_ge_6mm", 2, False, "<= 1.5"),
+        ("median Dice per patient", "dice_median", 3, False, ""),
+    ]
+    table = "\n".join(f"| {label} | {_fmt(m[key], d, pct)} | {_fmt(p.get(key), d, pct)} | {target} |"
+                      for label, key, d, pct, target in rows)
+    acquisitions = "\n".join(f"| {name} | {v['sensitivity']} | {v['false_lesions_per_patient']} |"
+                             for name, v in m["by_acquisition"].items())
+    demo = "; ".join(f"{r['diameter_mm']:g} mm ({r['volume_mm3']:.0f} mm3): "
+                     + (f"found, {r['found_volume_mm3']:.0f} mm3, {r['found_diameter_mm']:.1f} mm" if r["found"] else "missed")
+                     for r in m["demo"]["lesions"])
+    presets = ", ".join(f"{k} ({v['field_strength_T']:g} T, {' x '.join(f'{s:g}' for s in v['spacing_mm'])} mm)"
+                        for k, v in ACQUISITIONS.items())
+    card = f"""# Model card: `{NAME}` {meta.get("version", "")}
+
+**Task**: segmentation of enhancing focal brain lesions (metastasis-like) on skull-stripped,
+contrast-enhanced T1-weighted MR.
+Output: sigmoid lesion probability; labels = probability >= 0.5, then the declared
+post-processing: connected components (26-connectivity) under **{min_volume:g} mm3** are removed
+(the model's minimum lesion size, chosen on tuning patients; see Validation).
+`mk.models.load("{NAME}").predict(t1)` returns both on the T1's own grid.
+
+**Intended use**: research, demonstrations (the `medkern demo`) and decision support only.
+Not a medical device.
+
+## Data, licence and attribution
+- MNI152 2009a symmetric T1 template (Fonov V. et al., "Unbiased average age-appropriate atlases
+  for pediatric studies", NeuroImage 54 (2011) 313; Fonov et al., NeuroImage 47 (2009) S102),
+  copyright McConnell Brain Imaging Centre, Montreal Neurological Institute, freely usable with
+  attribution; read offline from the nilearn package.
+- Simulated patients (`medkern.phantoms.simulate_brain_metastases`): random affine and elastic
+  deformation of the template; enhancing superior sagittal and transverse sinuses, cortical veins
+  and choroid plexus (as bright as the lesions); 1-6 lesions per patient, 3-25 mm (about half of
+  them 3-6 mm), solid spheres, ellipsoids, ring-enhancing lesions around a necrotic core (>= 10
+  mm) and lesions touching the cortex, with partial volume, heterogeneous enhancement and
+  T1-hypointense oedema around some of the larger ones; acquisitions {presets}, each with its
+  own bias-field and noise level. {len(TRAIN_SEEDS)} training patients (seeds
+  {TRAIN_SEEDS[0]}..{TRAIN_SEEDS[-1]}), {len(TUNING_SEEDS)} tuning patients (seeds
+  {TUNING_SEEDS[0]}..), {m["patients"]} evaluation patients (seeds {m["evaluation_seeds"][0]}..{m["evaluation_seeds"][1]}),
+  five per acquisition.
+- Model weights: Apache-2.0, like medkern.
+
+## Model
+3D U-Net (channels {"/".join(map(str, CHANNELS))}, instance norm, leaky ReLU), {size:.2f} MB ONNX. Input: T1
+reoriented to SPL, resampled to {SPACING} mm, z-score over the non-zero (brain) voxels. Sliding
+window {PATCH} voxels, overlap {meta["inference"]["overlap"]}, Gaussian blending. Dice + binary
+cross-entropy, Adam with poly decay; patches centred on lesions (1/2), on bright non-lesion
+structures such as vessels (1/4) or anywhere in the brain (1/4); flips, intensity scale and shift.
+Seed 0, one thread, {m["training"]["steps"]} steps ({m["training"]["seconds"]} s). Reproduce with
+`python models/train_brain_lesion.py` (`--resume` continues an interrupted run).
+
+## Validation ({m["patients"]} held-out simulated patients, {m["lesions"]} lesions: {m["lesions_3_6mm"]} of 3-6 mm, {m["lesions_ge_6mm"]} of >= 6 mm)
+
+Measured as a user would: `predict` on the T1's own grid (1 mm or 1 x 1 x 3 mm), components
+with `mk.label`, sizes with `mk.regions`. A lesion is detected when a predicted component overlaps
+it; a component overlapping no lesion is a false lesion. Size errors compare the component over
+the lesion with the simulator's analytic size (ellipsoid volume, longest axis). The previous
+model ({p.get("version", "1.0")}: 8/16/32 channels, 2 mm, 600 steps) is evaluated on the same patients.
+
+| metric | this model | previous model | target |
+|---|---|---|---|
+{table}
+
+`predict` on a 1 mm MNI-sized brain (197 x 233 x 189): median {m["predict_seconds_median_1mm"]:.1f} s with
+{m["predict_threads"]} threads (ONNX Runtime, CPU).
+
+| acquisition | sensitivity | false lesions per patient |
+|---|---|---|
+{acquisitions}
+
+Minimum lesion size: on the tuning patients, the largest of {list(MIN_VOLUME_CANDIDATES_MM3)} mm3 that
+drops none of the lesions found without it (detections and false lesions per candidate are stored
+in the model's metrics, `min_volume_tuning`).
+
+`medkern demo` patient (seed {m["demo"]["seed"]}, {m["demo"]["acquisition"]}): {demo}; {m["demo"]["false_lesions"]} false lesion(s).
+
+## Limitations
+- It has never seen a real metastasis, a real vessel, a resection cavity, haemorrhage,
+  leptomeningeal or dural disease, motion or a skull: every figure above is on simulated
+  patients built from one template brain, and real-patient performance is unknown.
+- Lesions below about 3 mm, and lesions on 3 mm slices whose volume falls under the minimum
+  size, are not reported.
+- Sizes on 3 mm slices carry the slice thickness: diameters along the slice axis are quantised.
+- Enhancement is assumed at least 1.3 times the white matter; faintly enhancing lesions were not
+  simulated.
+"""
+    write_card(NAME, card, m)
+
+
+if __name__ == "__main__":
+    evaluate(None if "--shipped" in sys.argv[1:] else (CANDIDATE if CANDIDATE.is_file() else None))
