@@ -390,6 +390,18 @@ def test_without_guideline_and_without_lesions():
     assert list(doc.images()) == [(None, "axial-fov")]  # the middle slice, to show the study was read
 
 
+def test_non_finite_voxels_show_as_no_data():
+    report, image, labels, _, _ = _study(DIRECTIONS["x flipped"], modality="MR")
+    array = np.asarray(image.array, np.float32) + 100.0
+    array[:, :, :40] = np.nan  # the patient's left half of the grid (axis i runs toward R)
+    array[0, 0, 45] = np.inf
+    rgb = _Document(render_html(report, image.with_array(array), labels)).images()[("1", "axial-fov")]
+    width = rgb.shape[1]
+    no_data = np.all(rgb == (28, 32, 44), axis=-1)
+    # the viewer's right half, but for the lesion outline drawn over it
+    assert no_data[:, width // 2 + 2:].mean() > 0.95 and not no_data[:, : width // 2 - 2].any()
+
+
 def test_two_dimensional_image_is_explained():
     report, *_ = _study(DIRECTIONS["x flipped"])
     image = mk.Image(np.zeros((8, 9), np.float32))
@@ -402,6 +414,31 @@ def test_figures_without_labels_say_so():
     doc = _Document(render_html(report, image))
     assert "no label map was given, so the lesion is not outlined" in doc.visible
     assert not np.all(doc.images()[("1", "axial")] == LESION_RGB, axis=-1).any()
+
+
+def test_outline_notes_for_a_lesion_missing_from_its_slices():
+    report, image, labels, _, _ = _study(DIRECTIONS["x flipped"])
+    # lesion 1 cut into two caps above and below its centroid: the axial plane through the
+    # centroid misses it, the coronal and sagittal planes cross both caps
+    split = np.array(labels.array)
+    world = image.index_to_world(np.moveaxis(np.indices(SHAPE), 0, -1).astype(np.float64))
+    centre_z = report["findings"]["lesions"][0]["centroid_lps_mm"][2]
+    split[(split == 1) & (np.abs(world[..., 2] - centre_z) < 4.0)] = 0
+    report["findings"]["lesions"][1]["id"] = 7  # no voxel carries this id
+    text = _Document(render_html(report, image, labels.with_array(split))).visible
+    assert "the lesion does not cross its centroid in the axial slice" in text
+    assert "the label map has no voxel of lesion 7, so it is not outlined" in text
+
+
+def test_oblique_acquisition_is_noted_and_views_stay_anatomical():
+    angle = np.radians(20.0)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]])
+    report, image, labels, _, _ = _study(rotation @ DIRECTIONS["x flipped"])
+    page = render_html(report, image, labels)
+    assert "The acquisition is oblique: the views follow the nearest anatomical axes (up to 20° off)." in \
+        _Document(page).visible
+    block = re.search(r'data-view="axial" data-lesion="1">(.*?)</div>', page).group(1)
+    assert "".join(re.findall(r'class="o (?:top|bottom|left|right)">(\w)<', block)) == "APRL"
 
 
 def test_lesion_without_a_usable_centroid_is_explained():

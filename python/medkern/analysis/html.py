@@ -181,7 +181,7 @@ class _Volume:
     """The study laid out for display (DISPLAY_ORIENTATION), with its window and orientation."""
 
     grid: Image            # geometry of the display layout (maps LPS points to its indices)
-    image: np.ndarray      # float32 intensities
+    image: np.ndarray      # intensities in the study's dtype (a float copy of a CT would double it)
     labels: np.ndarray | None
     window: tuple[float, float]
     window_note: str
@@ -207,7 +207,7 @@ def _window(array: np.ndarray, modality: Any) -> tuple[tuple[float, float], str]
     if values.size == 0:
         return (0.0, 1.0), "the image has no non-zero voxel: shown as it is"
     lo, hi = (float(v) for v in np.percentile(values, PERCENTILE_WINDOW))
-    note = (f"{PERCENTILE_WINDOW[0]:g}st–{PERCENTILE_WINDOW[1]:g}th percentile of the non-zero voxels "
+    note = (f"percentiles {PERCENTILE_WINDOW[0]:g} to {PERCENTILE_WINDOW[1]:g} of the non-zero voxels "
             f"({_general(lo)} to {_general(hi)})")
     if hi <= lo:
         hi = lo + 1.0
@@ -218,7 +218,7 @@ def _volume(image: Image, labels: Image | None, modality: Any) -> _Volume:
     from medkern.inference import reorient
 
     grid = reorient(image, DISPLAY_ORIENTATION)
-    array = np.asarray(grid, dtype=np.float32)
+    array = np.asarray(grid)
     lab = None if labels is None else np.asarray(reorient(labels, DISPLAY_ORIENTATION))
     window, note = _window(array, modality)
     ends = [_axis_letters(grid.direction[:, a]) for a in range(3)]
@@ -284,8 +284,9 @@ def _plane(vol: _Volume, view: tuple[str, int, int, int], centre: np.ndarray, ex
     cols, cols_in = _axis_samples(centre[col_axis], extent_mm[1], spacing[col_axis], pixel_mm, shape[col_axis])
     inside = rows_in[:, None] & cols_in[None, :]
     lo, hi = vol.window
-    values = _bilinear(np.take(vol.image, index, axis=fixed), rows, cols)
-    grey = (np.clip((values - lo) / (hi - lo), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+    values = _bilinear(np.take(vol.image, index, axis=fixed).astype(np.float32), rows, cols)
+    inside &= np.isfinite(values)  # NaN voxels hold no measurement: shown like the space outside
+    grey = (np.clip((np.where(inside, values, lo) - lo) / (hi - lo), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
     rgb = np.repeat(grey[..., None], 3, axis=2)
     rgb[~inside] = OUTSIDE_RGB
     lesion_in_plane = False
@@ -322,7 +323,7 @@ def _img(fig: _Figure, view: str, alt: str, lesion_id: int | None) -> str:
     data = base64.b64encode(encode_png(fig.rgb)).decode("ascii")
     bar_mm = _nice_length(w * fig.pixel_mm)
     top, bottom, left, right = fig.letters
-    lesion_attr = "" if lesion_id is None else f' data-lesion="{int(lesion_id)}"'
+    lesion_attr = "" if lesion_id is None else f' data-lesion="{_esc(lesion_id)}"'
     return (f'<div class="view" style="width:{w}px"><img src="data:image/png;base64,{data}" width="{w}" '
             f'height="{h}" alt="{_esc(alt)}" data-view="{view}"{lesion_attr}>'
             f'<span class="o top">{top}</span><span class="o bottom">{bottom}</span>'
@@ -382,7 +383,9 @@ def _lesion_figures(vol: _Volume, lesion: dict[str, Any], lesion_count: int) -> 
     notes = []
     if vol.labels is None:
         notes.append("no label map was given, so the lesion is not outlined")
-    if missing:
+    if len(missing) == len(VIEWS) and not np.any(vol.labels == lesion_id):
+        notes.append(f"the label map has no voxel of lesion {lesion_id}, so it is not outlined")
+    elif missing:
         notes.append(f"the lesion does not cross its centroid in the {', '.join(missing)} slice "
                      "(a non-convex shape), so no outline shows there")
     location = (lesion.get("location") or {}).get("description")
@@ -654,8 +657,8 @@ def render_html(report: dict[str, Any], image: Image | None = None, labels: Imag
     body = (f'<div class="banner" role="note"><h1>{_esc(BANNER)}</h1><p>{_esc(disclaimer)}</p></div><main>'
             f'<header class="title"><h2>{_esc(title)}</h2>'
             f'<p class="note">Created {_value(report.get("created"))}. '
-            f'{_na("marks a value the report does not hold")} marks a value the report does not hold; its note '
-            f'(shown on hover) says why.</p></header>'
+            f'A dash ({_na("a value the report does not hold")}) marks a value the report does not hold; its '
+            f'note, shown on hover, says why.</p></header>'
             + _study_section(report) + _findings_section(report, figures) + _guideline_sections(report)
             + _timings_section(report) + _provenance_section(report) + "</main>")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
