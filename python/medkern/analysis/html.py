@@ -35,7 +35,8 @@ BANNER = "Research decision support — not a medical device"
 DISPLAY_ORIENTATION = "IPL"
 # (plane, fixed axis, row axis, column axis) in the DISPLAY_ORIENTATION layout
 VIEWS = (("axial", 0, 1, 2), ("coronal", 1, 0, 2), ("sagittal", 2, 0, 1))
-# CT soft-tissue display window (centre, width) in HU, as the analysis brief specifies for CT
+# CT soft-tissue display window (centre, width) in HU: lesions of soft tissue, fat and fluid stay
+# distinguishable, where a lung or bone window would flatten them
 CT_WINDOW = (40.0, 400.0)
 PERCENTILE_WINDOW = (1.0, 99.0)
 # The crop shows the lesion in its surroundings: a field this many times its diameter, never
