@@ -50,7 +50,8 @@ def study(tmp_path_factory):
 def written(study, tmp_path_factory):
     series, labels = study
     out = tmp_path_factory.mktemp("outputs")
-    seg_path = write_segmentation(labels, series.files, out / "seg.dcm", segments={1: "Lesion 1 (largest)"}, **ALGORITHM)
+    seg_path = write_segmentation(labels, series.files, out / "seg.dcm", segments={1: "Lesion 1 (largest)"},
+                                  **ALGORITHM)
     sr_path = write_measurement_report(seg_path, series.files, LESIONS, out / "sr.dcm", **ALGORITHM)
     return seg_path, sr_path
 
@@ -274,8 +275,10 @@ def test_report_bad_inputs(study, written, tmp_path):
         (ValueError, r"missing keys \['volume_mm3'\]", dict(lesions=[{"id": 1, "max_diameter_mm": 1.0,
                                                                        "axial_diameter_mm": 1.0}])),
         (ValueError, r"unknown keys \['diameter'\]", dict(lesions=[dict(LESIONS[0], diameter=3.0)])),
-        (ValueError, r"\['volume_mm3'\] must be a finite number >= 0", dict(lesions=[dict(LESIONS[0], volume_mm3=-1.0)])),
-        (ValueError, r"\['max_diameter_mm'\] must be a finite number", dict(lesions=[dict(LESIONS[0], max_diameter_mm=np.nan)])),
+        (ValueError, r"\['volume_mm3'\] must be a finite number >= 0",
+         dict(lesions=[dict(LESIONS[0], volume_mm3=-1.0)])),
+        (ValueError, r"\['max_diameter_mm'\] must be a finite number",
+         dict(lesions=[dict(LESIONS[0], max_diameter_mm=np.nan)])),
         (ValueError, r"\['id'\] must be a positive int", dict(lesions=[dict(LESIONS[0], id=True)])),
         (TypeError, r"\['location'\] must be a str or None", dict(lesions=[dict(LESIONS[0], location=7)])),
         (ValueError, "title must be a Measurement Report Document Title of DICOM CID 7021", dict(title="My report")),

@@ -133,7 +133,8 @@ def test_ct_keeps_hounsfield_units_with_the_scanner_intercept(tmp_path, rng):
     hu[0, 0, :2] = (-1024, 3071)
     files = write_dicom_series(mk.Image(hu), tmp_path / "ct", modality="CT")
     ds = pydicom.dcmread(files[0])
-    assert (ds.BitsStored, ds.PixelRepresentation, float(ds.RescaleIntercept), float(ds.RescaleSlope)) == (12, 0, -1024, 1)
+    stored = (ds.BitsStored, ds.PixelRepresentation, float(ds.RescaleIntercept), float(ds.RescaleSlope))
+    assert stored == (12, 0, -1024, 1)
     assert ds.pixel_array.min() >= 0 and ds.pixel_array.max() <= 4095
     back = mk.read(tmp_path / "ct")
     assert back.dtype == np.int16
@@ -237,8 +238,8 @@ def test_new_study_with_placeholder_identity(tmp_path, rng):
 def test_patient_and_study_are_written_as_given(tmp_path, rng):
     patient = {"PatientName": "Müller^Jürgen", "PatientID": "MK-0042", "PatientBirthDate": datetime.date(1961, 3, 9),
                "PatientSex": "M", "PatientAge": "063Y"}
-    study = {"StudyInstanceUID": "1.2.826.0.1.3680043.10.543.77", "FrameOfReferenceUID": "1.2.826.0.1.3680043.10.543.78",
-             "StudyDate": "20240131", "AccessionNumber": "A17"}
+    study = {"StudyInstanceUID": "1.2.826.0.1.3680043.10.543.77",
+             "FrameOfReferenceUID": "1.2.826.0.1.3680043.10.543.78", "StudyDate": "20240131", "AccessionNumber": "A17"}
     files = write_dicom_series(mk.Image(volume(np.int16, rng)), tmp_path / "s", patient=patient, study=study)
     ds = headers(files)[0]
     assert str(ds.PatientName) == "Müller^Jürgen" and ds.PatientID == "MK-0042"
@@ -341,6 +342,7 @@ def test_bad_inputs(tmp_path, rng, helpers, source_series):
     cases = [
         (TypeError, "img must be a medkern.Image", dict(img=good.array)),
         (ValueError, "vector image", dict(img=mk.Image(np.zeros((2, 3, 4, 3)), vector=True))),
+        (ValueError, "img has no voxels", dict(img=mk.Image(np.zeros((0, 3, 4))))),
         (ValueError, "NaN or infinite", dict(img=good.with_array(np.where(good.array > 500, np.nan, good.array)))),
         (ValueError, "NaN or infinite", dict(img=good.with_array(np.full(good.shape, np.inf, np.float32)))),
         (ValueError, "not orthonormal", dict(img=mk.Image(good.array, direction=[[1, 0.2, 0], [0, 1, 0], [0, 0, 1]]))),

@@ -26,8 +26,8 @@ Codes, and why these
   3.1.1: the longest diameter in the plane of measurement).
 * A lesion's location is free text (an atlas region name, not a coded anatomic concept), so it
   is a TEXT qualitative evaluation named SCT 363698007 "Finding Site" (the measurement group
-  templates TID 1501 / 1411 allow TEXT qualitative evaluations) rather than a coded finding site, which would need a code medkern
-  does not have.
+  templates TID 1501 / 1411 allow TEXT qualitative evaluations) rather than a coded finding
+  site, which would need a code medkern does not have.
 * Procedure reported (CID 100): "CT/MRI/PET unspecified body region" by the source modality,
   else "Imaging procedure"; document title from CID 7021 Measurement Report Document Titles.
 
@@ -152,8 +152,9 @@ def _labels_array(labels: Any) -> np.ndarray:
         raise TypeError(f"labels must be a medkern.Image, got {type(labels).__name__}")
     array = np.asarray(labels)
     if labels.is_vector or array.dtype.kind not in "biu":
-        raise TypeError(f"labels must be a scalar integer label image, got {'a vector image of ' if labels.is_vector else ''}"
-                        f"dtype {array.dtype}; convert with labels.astype(np.uint16)")
+        kind = "a vector image of " if labels.is_vector else ""
+        raise TypeError(f"labels must be a scalar integer label image, got {kind}dtype {array.dtype}; "
+                        "convert with labels.astype(np.uint16)")
     if array.dtype.kind == "i" and array.size and array.min() < 0:
         raise ValueError("labels holds negative values; label values are 0 (background) and positive integers")
     return array.astype(np.uint8) if array.dtype == bool else array

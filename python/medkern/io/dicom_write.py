@@ -537,6 +537,8 @@ def write_dicom_series(img: Image, directory: str | os.PathLike, *, modality: st
     if img.is_vector:
         raise ValueError("img is a vector image; DICOM MR/CT/SC slices hold one value per pixel: "
                          "write each component as its own series")
+    if img.size == 0:
+        raise ValueError(f"img has no voxels (shape {img.shape}); a DICOM image needs at least one pixel")
     if modality not in _SOP_CLASSES:
         raise ValueError(f"modality must be one of {', '.join(_SOP_CLASSES)}, got {modality!r}")
     if not isinstance(series_number, (int, np.integer)) or isinstance(series_number, bool) or series_number < 0:
