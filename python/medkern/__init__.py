@@ -23,7 +23,7 @@ from medkern.filters import (
 from medkern.image import Image
 from medkern.inference import Model, Prediction, sliding_window, validate_metadata, write_model_metadata
 from medkern.intensity import normalize, window
-from medkern.io import read, write
+from medkern.io import read, write, write_dicom_series
 from medkern.io.dicom import DicomSeries, list_dicom_series, read_dicom_file, read_dicom_series
 from medkern.io.rtstruct import read_rtstruct
 from medkern.measure import Region, regions
@@ -101,5 +101,6 @@ __all__ = [
     "warp",
     "window",
     "write",
+    "write_dicom_series",
     "write_model_metadata",
 ]

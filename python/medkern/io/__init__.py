@@ -8,8 +8,9 @@ from typing import Any
 
 from medkern.image import Image
 from medkern.io._atomic import full_suffix
+from medkern.io.dicom_write import write_dicom_series
 
-__all__ = ["read", "write"]
+__all__ = ["read", "write", "write_dicom_series"]
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -52,3 +53,4 @@ def write(img: Image, path: str | os.PathLike, **kwargs: Any) -> None:
 
         return write_nifti(img, p, **kwargs)
     raise ValueError(f"{p}: unsupported output format {full_suffix(p)!r}; use .nii or .nii.gz")
+
