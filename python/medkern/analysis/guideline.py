@@ -576,7 +576,7 @@ class Guideline:
                 groups[-1][0].append(piece)
             else:
                 groups.append(([piece], result))
-        return [{"value": members[0].representative, "range": _describe_range(kind, members), "outcome": result}
+        return [{"value": members[0].representative, "range": _describe_range(members), "outcome": result}
                 for members, result in groups]
 
     def _changes(self, base: _Run, trial: _Run, name: str, rules: list[str]) -> list[str]:
@@ -623,15 +623,15 @@ def _sorted(inputs: dict[str, Any]) -> dict[str, Any]:
 # ============================================================================= numeric alternatives
 @dataclass(frozen=True)
 class _Piece:
-    """A stretch of a numeric field's admissible values on which every rule threshold agrees."""
+    """A stretch of a numeric field's admissible values on which every rule threshold agrees
+    (``single``: one integer value of a field that is tried value by value)."""
 
     low: float
     low_closed: bool
     high: float
     high_closed: bool
     representative: float
-    first: float
-    last: float
+    single: bool = False
 
 
 def _pieces(kind: _Kind, thresholds: set[float]) -> list[_Piece]:
@@ -643,8 +643,8 @@ def _pieces(kind: _Kind, thresholds: set[float]) -> list[_Piece]:
         stop = high if math.isfinite(high) else max(thresholds, default=start) + step
         if (stop - start) / step < _ENUMERABLE_INTEGERS:
             values = [start + i * step for i in range(int(round((stop - start) / step)) + 1)]
-            return [_Piece(v, True, v, True, _number(v, kind), v, v) for v in values[:-1]] + \
-                   [_Piece(values[-1], True, high, True, _number(values[-1], kind), values[-1], high)]
+            return [_Piece(v, True, v, True, _number(v, kind), True) for v in values[:-1]] + \
+                   [_Piece(values[-1], True, high, True, _number(values[-1], kind), True)]
     cuts = sorted(t for t in thresholds if low <= t <= high)
     bounds = [(low, True)] + [(t, False) for t in cuts]
     spans: list[tuple[float, bool, float, bool]] = []
@@ -658,7 +658,7 @@ def _pieces(kind: _Kind, thresholds: set[float]) -> list[_Piece]:
     for a, a_closed, b, b_closed in spans:
         representative = _inside(a, a_closed, b, b_closed, kind)
         if representative is not None:
-            pieces.append(_Piece(a, a_closed, b, b_closed, representative, representative, representative))
+            pieces.append(_Piece(a, a_closed, b, b_closed, representative))
     return pieces
 
 
@@ -687,13 +687,13 @@ def _inside(a: float, a_closed: bool, b: float, b_closed: bool, kind: _Kind) -> 
     return (a + b) / 2.0
 
 
-def _describe_range(kind: _Kind, members: list[_Piece]) -> str:
+def _describe_range(members: list[_Piece]) -> str:
     first, last = members[0], members[-1]
-    if kind.integer and first.low_closed and last.high_closed and first.first == first.low:
-        low, high = _format(float(first.first)), last.high
-        if not math.isfinite(high):
+    if first.single:
+        low = _format(float(first.low))
+        if not math.isfinite(last.high):
             return f"≥ {low}"
-        return low if first.first == high else f"{low}-{_format(float(high))}"
+        return low if first.low == last.high else f"{low}-{_format(float(last.high))}"
     lower = None if not math.isfinite(first.low) else f"{'≥' if first.low_closed else '>'} {_format(first.low)}"
     upper = None if not math.isfinite(last.high) else f"{'≤' if last.high_closed else '<'} {_format(last.high)}"
     if first.low == last.high:
@@ -946,6 +946,7 @@ def _parse_json(text: str, path: Path) -> Any:
 _PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map")}
 
 
+@lru_cache(maxsize=1)
 def _loader_class() -> type:
     import yaml
 
