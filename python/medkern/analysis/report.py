@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
@@ -91,7 +92,8 @@ class Report:
         g = d.get("guideline")
         if g:
             for item in g["derived"]:
-                lines.append(f"  {item['name']}: {item['value']}")
+                value = "not determined (missing input)" if item["value"] is None else item["value"]
+                lines.append(f"  {item['name']}: {value}")
             for rec in g["recommendations"]:
                 lines.append(f"  - {rec['text']} [{_cite(rec['reference'])}]")
             for miss in g["missing"]:
@@ -136,9 +138,16 @@ class Report:
         if self.labels is not None:
             write(self.labels, tmp / "lesions.nii.gz")
             names["segmentation_nifti"] = "lesions.nii.gz"
-        dicom_note = self._write_dicom(tmp, data, names)
+        # pydicom warns about the source series' own non-conformant values (e.g. an over-long SH)
+        # as highdicom copies them; they belong in the report, not in the caller's warning stream.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            dicom_note = self._write_dicom(tmp, data, names)
         if dicom_note:
             outputs["dicom_not_written"] = dicom_note
+        notes = list(dict.fromkeys(str(w.message) for w in caught))
+        if notes:
+            outputs["dicom_warnings"] = "; ".join(notes)
         outputs.update({key: name for key, name in names.items()})
         outputs["report_json"] = "report.json"
         outputs["report_html"] = "report.html"
