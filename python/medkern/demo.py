@@ -20,10 +20,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DEMO_DIAMETERS_MM", "DEMO_PATIENT", "run_demo"]
+__all__ = ["DEMO_ACQUISITION", "DEMO_DIAMETERS_MM", "DEMO_PATIENT", "run_demo"]
 
 # One lesion at the 10 mm RECIST measurability limit, one below it, one in the SRS 24 Gy class.
 DEMO_DIAMETERS_MM = (6.0, 10.0, 16.0)
+# A 3 T 3D T1 with 1 mm voxels: the sequence brain-metastasis protocols ask for (consensus
+# recommendations, Kaufmann et al., Neuro-Oncology 22 (2020) 757).
+DEMO_ACQUISITION = "3T-3D-1mm"
 DEMO_PATIENT = {
     "schema_version": 1,
     "age": 63,
@@ -76,7 +79,8 @@ def run_demo(out_dir: str | Path = "medkern-demo", seed: int = 0, progress: bool
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    case = simulate_brain_metastases(mni_template(), seed, diameters_mm=DEMO_DIAMETERS_MM)
+    case = simulate_brain_metastases(mni_template(), seed, diameters_mm=DEMO_DIAMETERS_MM,
+                                     acquisition=DEMO_ACQUISITION)
     study = out / "study"
     write_dicom_series(case.image, study, modality="MR", overwrite=True,
                        series_description="T1 post-contrast, simulated (medkern demo)",
