@@ -162,23 +162,9 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
                                              f"each world axis once, e.g. {'SPL' if nsp == 3 else 'PL'}), "
                                              f"got {code!r}")
 
-    ops = meta.setdefault("preprocessing", [])
-    if not isinstance(ops, list):
-        raise _fail("preprocessing", f"must be a list of operations, got {type(ops).__name__}")
-    for n, op in enumerate(ops):
-        field = f"preprocessing[{n}]"
-        if not isinstance(op, dict) or op.get("op") not in PREPROCESSING_OPS:
-            raise _fail(field, f"must be an object whose 'op' is one of {', '.join(PREPROCESSING_OPS)}, got {op!r}")
-        required, optional = PREPROCESSING_OPS[op["op"]]
-        for key in required:
-            if key not in op:
-                raise _fail(f"{field}.{key}", f"is missing (needed by op {op['op']!r})")
+    for field, op in _operations(meta, "preprocessing", PREPROCESSING_OPS, ("channels",)):
+        for key in PREPROCESSING_OPS[op["op"]][0]:
             _number(op[key], f"{field}.{key}")
-        for key, default in optional.items():
-            op.setdefault(key, copy.deepcopy(default))
-        unknown = set(op) - {"op", "channels", *required, *optional}
-        if unknown:
-            raise _fail(field, f"has unknown field(s) {sorted(unknown)} for op {op['op']!r}")
         if "channels" in op and (not isinstance(op["channels"], list) or
                                  not all(isinstance(c, int) and 0 <= c < channels for c in op["channels"])):
             raise _fail(f"{field}.channels", f"must list channel indices in [0, {channels}), got {op['channels']!r}")
@@ -230,25 +216,36 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
     return meta
 
 
-def _validate_postprocessing(meta: dict[str, Any]) -> None:
-    ops = meta.setdefault("postprocessing", [])
+def _operations(meta: dict[str, Any], section: str, table: dict[str, tuple[tuple[str, ...], dict[str, Any]]],
+                extra: tuple[str, ...] = ()) -> list[tuple[str, dict[str, Any]]]:
+    """``(field, op)`` for each operation of a list section: known op, required fields present,
+    defaults filled in, no unknown field (``extra`` names fields any op may carry)."""
+    ops = meta.setdefault(section, [])
     if not isinstance(ops, list):
-        raise _fail("postprocessing", f"must be a list of operations, got {type(ops).__name__}")
-    if ops and meta["task"] == "classification":
-        raise _fail("postprocessing", "applies to dense (segmentation, detection) models only")
+        raise _fail(section, f"must be a list of operations, got {type(ops).__name__}")
+    out = []
     for n, op in enumerate(ops):
-        field = f"postprocessing[{n}]"
-        if not isinstance(op, dict) or op.get("op") not in POSTPROCESSING_OPS:
-            raise _fail(field, f"must be an object whose 'op' is one of {', '.join(POSTPROCESSING_OPS)}, got {op!r}")
-        required, optional = POSTPROCESSING_OPS[op["op"]]
+        field = f"{section}[{n}]"
+        if not isinstance(op, dict) or op.get("op") not in table:
+            raise _fail(field, f"must be an object whose 'op' is one of {', '.join(table)}, got {op!r}")
+        required, optional = table[op["op"]]
         for key in required:
             if key not in op:
                 raise _fail(f"{field}.{key}", f"is missing (needed by op {op['op']!r})")
         for key, default in optional.items():
-            op.setdefault(key, default)
-        unknown = set(op) - {"op", *required, *optional}
+            op.setdefault(key, copy.deepcopy(default))
+        unknown = set(op) - {"op", *extra, *required, *optional}
         if unknown:
             raise _fail(field, f"has unknown field(s) {sorted(unknown)} for op {op['op']!r}")
+        out.append((field, op))
+    return out
+
+
+def _validate_postprocessing(meta: dict[str, Any]) -> None:
+    ops = _operations(meta, "postprocessing", POSTPROCESSING_OPS)
+    if ops and meta["task"] == "classification":
+        raise _fail("postprocessing", "applies to dense (segmentation, detection) models only")
+    for field, op in ops:
         if op["op"] == "remove_small" and _number(op["min_volume_mm3"], f"{field}.min_volume_mm3") < 0:
             raise _fail(f"{field}.min_volume_mm3", f"must be >= 0, got {op['min_volume_mm3']}")
         if op["op"] == "keep_top":
