@@ -81,7 +81,8 @@ def main() -> None:
     for patient in sorted(p.name for p in (root / "dicom").iterdir()):
         ct_dir = root / "dicom" / patient / "CT"
         rs = next((ct_dir / "mask").glob("*.dcm"))
-        mask = mk.read_rtstruct(rs, ct_dir / "image")["GTV_Mass"]
+        rois = mk.read_rtstruct(rs, ct_dir / "image")
+        mask = next(m for name, m in rois.items() if name.startswith("GTV_Mass"))   # "GTV_Mass_CT"
         d_true, t_true = truth_t(rules, mask)
         report = mk.analyze(ct_dir / "image", model="sarcoma-ct", guideline="sarcoma-extremity",
                             radiomics=False).to_dict()
