@@ -1,5 +1,5 @@
-"""Evaluate the `brain-lesion` model on held-out simulated patients; choose its minimum lesion
-size; write the metrics into the model and the model card `models/brain-lesion.md`.
+"""Evaluate the `brain-lesion` model on held-out simulated patients; choose its label threshold
+and minimum lesion size; write the metrics into the model and the model card `models/brain-lesion.md`.
 
     python models/evaluate_brain_lesion.py              # the candidate from training, if any
     python models/evaluate_brain_lesion.py --shipped    # the model in the package
@@ -13,8 +13,8 @@ its 26-connected components and their sizes come from ``mk.regions``.
   overlaps no lesion is a **false lesion**.
 * The size of a detected lesion is that of the component overlapping it most; errors are against
   the simulator's analytic size (ellipsoid volume, longest axis).
-* The minimum lesion volume of the declared ``remove_small`` is chosen on separate tuning
-  patients: the largest candidate that drops none of their detected lesions.
+* The label threshold and the minimum lesion volume of the declared ``remove_small`` are chosen
+  on separate tuning patients (:func:`choose_postprocessing`), never on the evaluation patients.
 
 A candidate replaces the shipped model only when it has fewer false lesions per patient and a
 sensitivity at least as high in both size classes on the same patients.
@@ -41,7 +41,9 @@ EVALUATION_SEEDS = [5_000_000 + n for n in range(20)]
 TUNING_SEEDS = [4_000_000 + n for n in range(8)]
 DEMO_SEED, DEMO_DIAMETERS_MM = 0, (6.0, 10.0, 16.0)
 SMALL_MM = 6.0                                  # size classes: 3-6 mm and >= 6 mm
-MIN_VOLUME_CANDIDATES_MM3 = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0)
+MIN_VOLUME_CANDIDATES_MM3 = (5.0, 10.0, 15.0, 20.0, 30.0, 40.0)
+THRESHOLD_CANDIDATES = (0.2, 0.3, 0.4, 0.5)
+MAX_FALSE_PER_PATIENT = 0.3
 
 
 def cases(seeds: list[int], diameters_mm: tuple[float, ...] | None = None) -> list[Any]:
@@ -132,21 +134,36 @@ def predict_all(model: Any, patients: list[Any], postprocess: bool = True) -> tu
     return predictions, seconds
 
 
-def choose_min_volume(model: Any) -> tuple[float, dict[str, Any]]:
-    """The largest candidate minimum volume that drops none of the tuning patients' detected lesions."""
+def choose_postprocessing(path: Path) -> tuple[float, float, dict[str, Any]]:
+    """Label threshold and minimum lesion volume, chosen on the tuning patients: the most lesions
+    found with at most MAX_FALSE_PER_PATIENT false lesions per patient (fewest false lesions, then
+    the higher threshold and volume, on ties); when no pair stays under it, the fewest false lesions."""
     import medkern as mk
 
     patients = cases(TUNING_SEEDS)
-    raw, _ = predict_all(model, patients, postprocess=False)
+    meta = mk.Model(path).metadata
     table = {}
-    for threshold in MIN_VOLUME_CANDIDATES_MM3:
-        scores = [score(c, np.asarray(mk.remove_small_components(p.labels, threshold).array))
-                  for c, p in zip(patients, raw)]
-        found = sum(r["detected"] for s in scores for r in s["lesions"])
-        table[threshold] = {"detected": found, "false_lesions": sum(len(s["false_lesion_volumes_mm3"]) for s in scores)}
-    best = max(t for t in MIN_VOLUME_CANDIDATES_MM3 if table[t]["detected"] == table[0.0]["detected"])
-    print("minimum volume on the tuning patients:", table, "->", best, flush=True)
-    return best, {str(k): v for k, v in table.items()}
+    for threshold in THRESHOLD_CANDIDATES:
+        meta["output"]["threshold"] = threshold
+        meta["postprocessing"] = []
+        model = mk.Model(mk.write_model_metadata(Path(path).read_bytes(), meta))
+        raw, _ = predict_all(model, patients)
+        for volume in MIN_VOLUME_CANDIDATES_MM3:
+            scores = [score(c, np.asarray(mk.remove_small_components(p.labels, volume).array))
+                      for c, p in zip(patients, raw)]
+            table[(threshold, volume)] = (sum(r["detected"] for s in scores for r in s["lesions"]),
+                                          sum(len(s["false_lesion_volumes_mm3"]) for s in scores))
+    limit = MAX_FALSE_PER_PATIENT * len(patients)
+    feasible = [k for k, (_, false) in table.items() if false <= limit] or list(table)
+    if any(table[k][1] <= limit for k in table):
+        best = max(feasible, key=lambda k: (table[k][0], -table[k][1], k))
+    else:
+        best = min(feasible, key=lambda k: (table[k][1], -table[k][0], k))
+    summary_table = {f"threshold {t:g}, min {v:g} mm3": {"detected": d, "false_lesions": f}
+                     for (t, v), (d, f) in table.items()}
+    print("tuning patients:", summary_table, "->", best, flush=True)
+    return best[0], best[1], {"patients": len(patients), "lesions": sum(len(c.truth) for c in patients),
+                              "candidates": summary_table}
 
 
 def demo_check(model: Any) -> dict[str, Any]:
@@ -174,8 +191,9 @@ def evaluate(candidate: Path | None) -> dict[str, Any]:
 
     shipped = SHIPPED / f"{NAME}.onnx"
     path = candidate or shipped
+    threshold, min_volume, tuning = choose_postprocessing(path)
     meta = mk.Model(path).metadata
-    min_volume, tuning = choose_min_volume(mk.Model(path))
+    meta["output"]["threshold"] = threshold
     meta["postprocessing"] = [{"op": "remove_small", "min_volume_mm3": min_volume}]
     mk.write_model_metadata(path, meta)
 
@@ -184,7 +202,7 @@ def evaluate(candidate: Path | None) -> dict[str, Any]:
     predictions, seconds = predict_all(model, patients)
     metrics = summary([score(c, np.asarray(p.labels.array)) for c, p in zip(patients, predictions)])
     metrics.update(predict_seconds_median_1mm=round(float(np.median(seconds)), 2),
-                   predict_threads=model.threads, demo=demo_check(model), min_volume_tuning=tuning,
+                   predict_threads=model.threads, demo=demo_check(model), postprocessing_tuning=tuning,
                    training=meta["metrics"].get("training"), evaluated=dt.date.today().isoformat(),
                    evaluation_seeds=[EVALUATION_SEEDS[0], EVALUATION_SEEDS[-1]],
                    evaluation="mk.Model.predict on held-out simulated patients (medkern.phantoms), "
@@ -243,9 +261,10 @@ def model_card(m: dict[str, Any], meta: dict[str, Any]) -> None:
 
 **Task**: segmentation of enhancing focal brain lesions (metastasis-like) on skull-stripped,
 contrast-enhanced T1-weighted MR.
-Output: sigmoid lesion probability; labels = probability >= 0.5, then the declared
+Output: sigmoid lesion probability; labels = probability >= {meta["output"]["threshold"]:g}, then the declared
 post-processing: connected components (26-connectivity) under **{min_volume:g} mm3** are removed
-(the model's minimum lesion size, chosen on tuning patients; see Validation).
+(the model's minimum lesion size). Threshold and minimum size were chosen on tuning patients
+(see Validation).
 `mk.models.load("{NAME}").predict(t1)` returns both on the T1's own grid.
 
 **Intended use**: research, demonstrations (the `medkern demo`) and decision support only.
@@ -296,9 +315,11 @@ model ({p.get("version", "1.0")}: 8/16/32 channels, 2 mm, 600 steps) is evaluate
 |---|---|---|
 {acquisitions}
 
-Minimum lesion size: on the tuning patients, the largest of {list(MIN_VOLUME_CANDIDATES_MM3)} mm3 that
-drops none of the lesions found without it (detections and false lesions per candidate are stored
-in the model's metrics, `min_volume_tuning`).
+Threshold and minimum lesion size: on the {m["postprocessing_tuning"]["patients"]} tuning patients
+({m["postprocessing_tuning"]["lesions"]} lesions), among thresholds {list(THRESHOLD_CANDIDATES)} and
+minimum volumes {list(MIN_VOLUME_CANDIDATES_MM3)} mm3, the pair finding the most lesions with at most
+{MAX_FALSE_PER_PATIENT} false lesions per patient (detections and false lesions of every pair are
+stored in the model's metrics, `postprocessing_tuning`).
 
 `medkern demo` patient (seed {m["demo"]["seed"]}, {m["demo"]["acquisition"]}): {demo}; {m["demo"]["false_lesions"]} false lesion(s).
 

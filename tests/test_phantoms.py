@@ -108,6 +108,16 @@ def test_acquisition_grids(brain):
     assert set(ACQUISITIONS) == {"3T-3D-1mm", "1.5T-3D-1mm", "3T-2D-3mm", "1.5T-2D-3mm"}
 
 
+def test_every_lesion_keeps_a_voxel_on_thick_slices(brain):
+    """2 mm lesions on 3 mm slices fill no voxel half-way; each still owns its fullest voxel."""
+    case = simulate_brain_metastases(brain, 2, diameters_mm=(2.0, 2.0, 2.0, 2.0), acquisition="3T-2D-3mm")
+    assert sorted(np.unique(case.lesions.array)) == [0, 1, 2, 3, 4]
+    for t in case.truth:
+        voxel = np.argwhere(case.lesions.array == t.label)[0]
+        centre = case.image.world_to_index(np.array([t.centre_lps]))[0]
+        assert np.all(np.abs((voxel - centre) * case.image.spacing) <= [2.0, 1.5, 1.5])
+
+
 def test_same_seed_same_patient(brain, case):
     again = simulate_brain_metastases(brain, 3, diameters_mm=(6.0, 10.0, 16.0), acquisition="3T-3D-1mm")
     assert np.array_equal(again.image.array, case.image.array)

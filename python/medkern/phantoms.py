@@ -19,11 +19,12 @@ What a simulated study holds, in the order it is built:
 * **Acquisition**: a 3D 1 mm isotropic or a 2D 1 x 1 x 3 mm (axial slices) grid, the 2D slices
   averaging the 1 mm simulation over their thickness; a smooth multiplicative bias field, a tissue
   contrast change and Rician noise whose levels differ between 1.5 T and 3 T (SNR grows about
-  linearly with field strength; B1 inhomogeneity is larger at 3 T). Both grids are the ones
-  recommended for post-contrast T1 in brain metastases: "Consensus recommendations for a
-  standardized brain tumor imaging protocol for clinical trials in brain metastases"
-  (Kaufmann et al., Neuro-Oncology 22(6), 2020, protocol tables: 3D T1 at <= 1.5 mm isotropic,
-  2D alternative with <= 3 mm slices). Intensity ranges are simulation choices, not measurements.
+  linearly with field strength; B1 inhomogeneity is larger at 3 T). The two grids follow the
+  minimum-standard protocol of "Consensus recommendations for a standardized brain tumor imaging
+  protocol for clinical trials in brain metastases" (BTIP-BM; Kaufmann et al., Neuro-Oncology
+  22(6):757-772, 2020, recommended sequences and their 1.5 T / 3 T parameter tables): an
+  isotropic 3D T1 gradient echo and a post-contrast axial 2D T1 spin echo with thick slices.
+  1 mm and 3 mm, and all intensity ranges, are simulation choices, not measurements.
 
 Everything is on the template's grid reoriented to ``"SPL"`` and resampled to 1 mm first. One seed
 gives one patient, bit for bit. Needs scipy (``scipy.ndimage``), imported inside the functions:
@@ -171,7 +172,8 @@ def _sinus_paths(img: Image, brain: np.ndarray) -> tuple[np.ndarray, list[np.nda
     keep = tops > np.percentile(tops, 30)
     sss = np.stack([tops[keep] - 1.5, js[keep].astype(np.float64), np.full(keep.sum(), float(mid))], axis=1)
     back_k = sss[-1, 0]
-    # The confluence sits at the internal occipital protuberance, about a third of the way up.
+    # The sinus confluence (at the internal occipital protuberance), placed about a third of the
+    # way up the brain: an approximation, good enough for a confounder.
     ks = np.flatnonzero(brain.any(axis=(1, 2)))
     k_conf = int(ks.min() + 0.35 * (ks.max() - ks.min()))
     transverse = []
@@ -330,8 +332,8 @@ def _ellipsoid(grid: np.ndarray, centre: np.ndarray, rotation: np.ndarray, axes:
 
 
 def _draw_diameters(rng: np.random.Generator) -> list[float]:
-    # Metastases are mostly small: about half of them between 3 and 6 mm, the rest log-uniform
-    # up to 25 mm.
+    # A simulation choice weighted toward the small lesions that are hard to find: about half of
+    # them 3-6 mm, the rest log-uniform up to 25 mm.
     out = []
     for _ in range(int(rng.integers(1, 7))):
         out.append(float(rng.uniform(3.0, 6.0)) if rng.random() < 0.45 else float(np.exp(rng.uniform(np.log(6.0), np.log(25.0)))))
@@ -438,7 +440,8 @@ def simulate_brain_metastases(template: Image, seed: int, *, diameters_mm: Seque
 
     Returns a :class:`BrainCase` on the acquisition grid, oriented ``"SPL"`` (axis 0 toward
     superior: 3 mm slices are axial). ``truth`` lists the lesions in ``diameters_mm`` order with
-    their analytic size; the label map holds the voxels at least half inside each lesion.
+    their analytic size; the label map holds the voxels at least half inside each lesion (and at
+    least the one it fills most).
     Raises ValueError when the lesions cannot be placed apart from each other in the brain.
     """
     from scipy import ndimage
@@ -490,6 +493,12 @@ def simulate_brain_metastases(template: Image, seed: int, *, diameters_mm: Seque
         lesion_ids = lesion_ids[:n * thickness].reshape(n, thickness, *full[1:]).max(axis=1)
     brain_mask = brain >= 0.5
     labels = np.where((lesion_fraction >= 0.5) & brain_mask, lesion_ids, 0).astype(np.int32)
+    for p in placed:
+        # A small lesion between two thick slices fills no voxel half-way: it still exists, in the
+        # voxel it fills most.
+        own = lesion_ids == p["index"] + 1
+        if not (labels[own] != 0).any():
+            labels[np.unravel_index(np.argmax(np.where(own, lesion_fraction, -1)), labels.shape)] = p["index"] + 1
 
     wm = tpl.wm
     bias_amplitude = float(rng.uniform(*preset["bias"]))
