@@ -272,3 +272,20 @@ def test_bad_patient_and_guideline_inputs(shared_data, tmp_path):
     with pytest.raises(ValueError, match="neither a shipped model"):
         mk.analyze(folder, model="no-such-model")
     assert list(tmp_path.iterdir()) == [bad, evil] or set(tmp_path.iterdir()) == {bad, evil}
+
+
+def test_missing_file_in_a_dicom_file_list(tmp_path):
+    with pytest.raises(FileNotFoundError, match="1 file\\(s\\) of the list do not exist"):
+        load_candidates([str(tmp_path / "absent.dcm")])
+
+
+def test_second_input_needs_the_primary_frame_of_reference():
+    from medkern.analysis.analyze import _on_primary_grid
+
+    img = mk.Image(np.zeros((4, 5, 6), np.float32))
+    ct, pet = choose(load_candidates({"CT": img}), "CT"), choose(load_candidates({"PT": img}), "PT")
+    with pytest.raises(ValueError, match="does not share the CT series' frame of reference"):
+        _on_primary_grid(pet, ct)
+    ct.candidate.frame_of_reference_uid = pet.candidate.frame_of_reference_uid = "1.2.3"
+    moved = _on_primary_grid(pet, ct)
+    assert moved.same_geometry(ct.image)

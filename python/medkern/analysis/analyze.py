@@ -90,14 +90,16 @@ def _model_for(candidates: list, model: Any) -> Any:
     if model is not None:
         raise TypeError(f"model must be a shipped model name, an ONNX path or mk.Model, got {type(model).__name__}")
     present = {dicom_modality(c.modality) for c in candidates if c.modality}
+    tried = []
     for name in DEFAULT_MODELS:
         m = models.load(name)
+        tried.append(m)
         if not present or dicom_modality(m.metadata["input"]["modalities"][0]) in present:
             if not present and len(candidates) == 1:
                 raise ValueError("model: the study's image carries no modality (NIfTI or an array); "
                                  f"name the model to run (model=..., one of {', '.join(models.available())})")
             return m
-    reads = ", ".join(f"{n} ({models.load(n).metadata['input']['modalities'][0]})" for n in DEFAULT_MODELS)
+    reads = ", ".join(f"{m.metadata['name']} ({m.metadata['input']['modalities'][0]})" for m in tried)
     raise ValueError(f"no shipped model reads this study: it holds {', '.join(sorted(present))}, the shipped "
                      f"models read {reads}. Give model=... for this modality")
 
