@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["MedkernError", "DicomError", "ModelError"]
+__all__ = ["MedkernError", "DicomError", "ModelError", "Cancelled"]
 
 
 class MedkernError(Exception):
@@ -15,3 +15,9 @@ class DicomError(MedkernError, ValueError):
 
 class ModelError(MedkernError, ValueError):
     """An ONNX model file, its metadata or its inputs are unusable; the message says why."""
+
+
+class Cancelled(MedkernError):
+    """A long operation stopped because its ``progress`` callable returned False; the message
+    names the operation and the stage it stopped in. Nothing the operation would have produced
+    is left behind."""
