@@ -10,7 +10,7 @@ from medkern import models
 from medkern.analysis import Report, analyze
 from medkern._dispatch import backends, get_num_threads, set_num_threads
 from medkern.contrast import clahe, equalize_hist, n4_bias_correction
-from medkern.errors import DicomError, MedkernError, ModelError
+from medkern.errors import Cancelled, DicomError, MedkernError, ModelError
 from medkern.filters import (
     anisotropic_diffusion,
     bilateral,
@@ -46,16 +46,27 @@ from medkern.transforms import Affine, DisplacementField
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # mk.batch imports Dask: loaded on first use, so that `import medkern` stays light
+    if name == "batch":
+        import importlib
+
+        return importlib.import_module("medkern.batch")
+    raise AttributeError(f"module 'medkern' has no attribute {name!r}")
+
 __all__ = [
     "Affine",
     "analyze",
     "anisotropic_diffusion",
     "backends",
+    "batch",
     "bilateral",
     "binary_close",
     "binary_dilate",
     "binary_erode",
     "binary_open",
+    "Cancelled",
     "clahe",
     "DicomError",
     "DicomSeries",

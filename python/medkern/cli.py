@@ -157,6 +157,48 @@ def guidelines(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="study folders, NIfTI files, or folders whose sub-folders are studies "
+                        "(DICOM series are grouped per study by StudyInstanceUID)")
+    p.add_argument("--out", required=True, help="output folder (one sub-folder per study, summary tables)")
+    p.add_argument("--patients", help="patient records: a CSV (column 'study' plus patient-schema fields) or JSON")
+    p.add_argument("--scheduler", default="local",
+                   help="'local' (a LocalCluster on this machine, the default) or a scheduler address, "
+                        "e.g. tcp://host:8786")
+    p.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
+    p.add_argument("--threads", type=int, help="threads per study (default: cores / studies running at once)")
+    p.add_argument("--model", action="append",
+                   help="shipped model name or ONNX path; repeat to give several (the first that reads a "
+                        "study's modality runs); default: the shipped models")
+    p.add_argument("--guideline", help="shipped guideline name, a guideline file, or 'none'")
+    p.add_argument("--retry-failed", action="store_true", help="run again the studies that failed before")
+    p.add_argument("--include-identifiers", action="store_true",
+                   help="copy identifying DICOM fields and the patient_id into the reports")
+    p.add_argument("--json", action="store_true", help="print the study table as JSON")
+
+
+@command("batch", _batch_args)
+def batch(args: argparse.Namespace) -> int:
+    """Analyse many studies on a Dask cluster (resumable; failures recorded, never fatal)."""
+    from medkern.batch import analyze_many
+
+    model = None if not args.model else (args.model[0] if len(args.model) == 1 else args.model)
+    result = analyze_many(args.inputs, args.out, patients=args.patients, model=model, guideline=args.guideline,
+                          scheduler=args.scheduler, workers=args.workers, threads=args.threads,
+                          retry_failed=args.retry_failed, include_identifiers=args.include_identifiers,
+                          progress=not args.json and sys.stderr.isatty())
+    if args.json:
+        print(json.dumps({"studies": result.studies, "files": {k: str(v) for k, v in result.files.items()}},
+                         indent=2, default=str))
+    else:
+        print(repr(result))
+        for row in result.failed:
+            print(f"failed: {row['study']} ({row.get('failed_stage')}): {row.get('error_type')}: {row.get('error')}")
+        print(f"open {result.files['index_html']}")
+    return 1 if result.failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="medkern", description="medkern medical-imaging kernels")
     sub = parser.add_subparsers(dest="command", required=True)

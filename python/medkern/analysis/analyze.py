@@ -10,6 +10,7 @@ recommendation to its source.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import math
@@ -55,6 +56,11 @@ class _Stages:
         start = time.perf_counter()
         try:
             yield
+        except Exception as exc:
+            # Which stage failed travels with the exception (batch runs record it per study).
+            with contextlib.suppress(AttributeError):
+                exc.medkern_stage = name
+            raise
         finally:
             self.seconds[name] = round(time.perf_counter() - start, 3)
             if self._bar is not None:
@@ -79,6 +85,8 @@ def _model_for(candidates: list, model: Any) -> Any:
 
     if isinstance(model, Model):
         return model
+    if isinstance(model, (list, tuple)) and model and all(isinstance(m, Model) for m in model):
+        return model[0] if len(model) == 1 else _first_reading(candidates, list(model), "given model")
     if isinstance(model, (str, os.PathLike)):
         if isinstance(model, str) and model in models.available():
             return models.load(model)
@@ -88,11 +96,20 @@ def _model_for(candidates: list, model: Any) -> Any:
                              "nor an existing ONNX file")
         return Model(path)
     if model is not None:
-        raise TypeError(f"model must be a shipped model name, an ONNX path or mk.Model, got {type(model).__name__}")
+        raise TypeError("model must be a shipped model name, an ONNX path, mk.Model or a sequence of "
+                        f"mk.Model, got {type(model).__name__}")
+    return _first_reading(candidates, (models.load(name) for name in DEFAULT_MODELS), "shipped model")
+
+
+def _first_reading(candidates: list, nets: Any, kind: str) -> Any:
+    """The first of ``nets`` whose primary input modality the study holds."""
+    from medkern import models
+
     present = {dicom_modality(c.modality) for c in candidates if c.modality}
     tried = []
-    for name in DEFAULT_MODELS:
-        m = models.load(name)
+    for m in nets:
+        if m.metadata is None:
+            raise ModelError(f"{m.name} has no medkern metadata: its input modality is unknown")
         tried.append(m)
         if not present or dicom_modality(m.metadata["input"]["modalities"][0]) in present:
             if not present and len(candidates) == 1:
@@ -100,8 +117,8 @@ def _model_for(candidates: list, model: Any) -> Any:
                                  f"name the model to run (model=..., one of {', '.join(models.available())})")
             return m
     reads = ", ".join(f"{m.metadata['name']} ({m.metadata['input']['modalities'][0]})" for m in tried)
-    raise ValueError(f"no shipped model reads this study: it holds {', '.join(sorted(present))}, the shipped "
-                     f"models read {reads}. Give model=... for this modality")
+    raise ValueError(f"no {kind} reads this study: it holds {', '.join(sorted(present))}, the {kind}s "
+                     f"read {reads}. Give model=... for this modality")
 
 
 def _guideline_for(guideline: Any, model_name: str) -> Any:
@@ -173,8 +190,10 @@ def analyze(study: Any, patient: Any = None, model: Any = None, guideline: Any =
     patient : the patient's clinical context (dict, JSON text or path), validated against the
         patient schema (``medkern.analysis.patient_schema()``); None: every patient field is
         reported as missing where a guideline rule needs it.
-    model : a shipped model name, a path to an ONNX file with medkern metadata or an ``mk.Model``;
-        None: the first shipped model (``DEFAULT_MODELS``) that reads a modality of the study.
+    model : a shipped model name, a path to an ONNX file with medkern metadata, an ``mk.Model``, or
+        a sequence of ``mk.Model`` (the first that reads a modality of the study runs); None: the
+        first shipped model (``DEFAULT_MODELS``) that reads a modality of the study.
+        An exception raised by a stage carries the stage's name in ``exc.medkern_stage``.
     guideline : a shipped guideline name, a path to a guideline file (YAML/JSON), or False for
         none; None: the shipped guideline that applies to the model, if any.
     out_dir : when given, ``Report.write(out_dir)`` is called (atomic).
