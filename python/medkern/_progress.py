@@ -27,7 +27,9 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any
 
 from medkern.errors import Cancelled
 
@@ -110,7 +112,7 @@ class Progress:
         """Whether anything listens (False for ``progress=None``)."""
         return self._sink is not None
 
-    def span(self, lo: float, hi: float) -> "Progress":
+    def span(self, lo: float, hi: float) -> Progress:
         """The part ``[lo, hi]`` (fractions of this span) for a sub-step or a nested operation."""
         child = Progress.__new__(Progress)
         width = self._hi - self._lo
@@ -119,7 +121,7 @@ class Progress:
         child._hi = self._hi if hi >= 1.0 else self._lo + width * hi
         return child
 
-    def split(self, costs: Sequence[float]) -> list["Progress"]:
+    def split(self, costs: Sequence[float]) -> list[Progress]:
         """Consecutive spans, one per step, as wide as each step's share of the summed cost
         (equal shares when every cost is zero)."""
         costs = [max(float(c), 0.0) for c in costs]
@@ -162,10 +164,11 @@ class Progress:
         if self._sink is not None:
             self.update(self._sink.stage if stage is None else stage, 1.0)
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if self._sink is None:
             return
         if exc_type is None:

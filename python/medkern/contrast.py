@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from medkern._dispatch import Kernel, get_num_threads
+from medkern._progress import Progress
 from medkern._util import check_mask, unwrap
 
 __all__ = ["equalize_hist", "clahe", "n4_bias_correction"]
@@ -31,6 +32,10 @@ MAX_INTEGER_BINS = 2**24
 # kept below 2 GiB.
 MAX_CLAHE_BINS = 2**16
 MAX_CLAHE_TABLE = 2**28
+# Rough N4 costs (ns, 2-core CPU) that size the progress spans: one voxel of the shrunk grid per
+# fitting iteration, one voxel of the full grid for the field evaluation; and the iterations a
+# level is expected to run (most converge well before the cap).
+_N4_FIT_NS, _N4_APPLY_NS, _N4_EXPECTED_ITERATIONS = 30.0, 5.0, 15
 
 
 def _core():
@@ -282,7 +287,8 @@ def n4_bias_correction(img: Any, mask: Any = None, *, shrink_factor: Any = 4,
                        iterations: Sequence[int] = (50, 50, 50, 50), control_points: Any = 4,
                        convergence_threshold: float = 0.001, histogram_bins: int = 200,
                        fwhm: float = 0.15, wiener_noise: float = 0.01,
-                       return_bias_field: bool = False, backend: str = "auto") -> Any:
+                       return_bias_field: bool = False, backend: str = "auto",
+                       progress: Any = None) -> Any:
     """N4 bias-field correction (Tustison et al., IEEE TMI 29(6) 2010), 2D or 3D.
 
     The algorithm and defaults of ITK's ``N4BiasFieldCorrectionImageFilter``: the log bias field
@@ -301,6 +307,11 @@ def n4_bias_correction(img: Any, mask: Any = None, *, shrink_factor: Any = 4,
     Returns the corrected image ``img / bias`` (float32, every voxel), and with
     ``return_bias_field=True`` the tuple ``(corrected, bias)`` where ``bias`` is the
     multiplicative field (float32). Images in, Images out with the input's geometry.
+
+    ``progress``: None, True (a tqdm bar on stderr) or a callable ``progress(stage, fraction)``
+    (see :mod:`medkern._progress`), called at the stages ``"shrink"``, ``"fit"`` and ``"apply"``;
+    returning False raises :class:`medkern.Cancelled` at the next of them. The fit (every level
+    and iteration) is one compiled call, about a second at most at the default shrink factor.
     """
     x, _, rewrap = unwrap(img)
     m = check_mask(mask, x.shape)
@@ -327,20 +338,28 @@ def n4_bias_correction(img: Any, mask: Any = None, *, shrink_factor: Any = 4,
     x3 = x.reshape(pad + x.shape)
     m3 = None if m is None else m.reshape(x3.shape)
     factor3 = pad + factor
-    log_small, shrunk_mask = n4_shrink(x3, m3, factor3, backend=backend)
-    if int(shrunk_mask.sum()) < 64:
-        raise ValueError(f"n4_bias_correction: only {int(shrunk_mask.sum())} block(s) of the mask "
-                         f"remain at shrink_factor={shrink_factor}; lower shrink_factor or widen "
-                         "the mask")
-    flat = tuple(s == 1 for s in x3.shape)
-    cps3 = tuple(4 if f else c for f, c in zip(flat, pad + cps))
-    u_small = [_axis_positions(s, f) for s, f in zip(x3.shape, factor3)]
-    fit = n4_fit(log_small, shrunk_mask, u_small, cps3, tuple(not f for f in flat), list(levels),
-                 histogram_bins, float(fwhm), float(wiener_noise), float(convergence_threshold),
-                 backend=backend)
-    u_full = [_axis_positions(s, 1) for s in x3.shape]
-    corrected, bias = n4_apply(x3, fit["lattice"], u_full, return_bias_field, backend=backend)
-    corrected = rewrap(corrected.reshape(x.shape))
-    if return_bias_field:
-        return corrected, rewrap(bias.reshape(x.shape))
-    return corrected
+    n_small = math.prod(-(-n // f) for n, f in zip(x3.shape, factor3))
+    with Progress(progress, "n4_bias_correction") as prog:
+        shrink_span, fit_span, apply_span = prog.split(
+            (0.0, _N4_FIT_NS * n_small * sum(min(n, _N4_EXPECTED_ITERATIONS) for n in levels),
+             _N4_APPLY_NS * x3.size * (1 + return_bias_field)))
+        shrink_span.update("shrink", 0.0)
+        log_small, shrunk_mask = n4_shrink(x3, m3, factor3, backend=backend)
+        if int(shrunk_mask.sum()) < 64:
+            raise ValueError(f"n4_bias_correction: only {int(shrunk_mask.sum())} block(s) of the mask "
+                             f"remain at shrink_factor={shrink_factor}; lower shrink_factor or widen "
+                             "the mask")
+        flat = tuple(s == 1 for s in x3.shape)
+        cps3 = tuple(4 if f else c for f, c in zip(flat, pad + cps))
+        u_small = [_axis_positions(s, f) for s, f in zip(x3.shape, factor3)]
+        fit_span.update("fit", 0.0)
+        fit = n4_fit(log_small, shrunk_mask, u_small, cps3, tuple(not f for f in flat), list(levels),
+                     histogram_bins, float(fwhm), float(wiener_noise), float(convergence_threshold),
+                     backend=backend)
+        apply_span.update("apply", 0.0)
+        u_full = [_axis_positions(s, 1) for s in x3.shape]
+        corrected, bias = n4_apply(x3, fit["lattice"], u_full, return_bias_field, backend=backend)
+        corrected = rewrap(corrected.reshape(x.shape))
+        if return_bias_field:
+            return corrected, rewrap(bias.reshape(x.shape))
+        return corrected

@@ -1,4 +1,5 @@
-"""Exceptions raised for bad files. Bad arguments raise the builtin ValueError / TypeError."""
+"""Exceptions raised for bad files and cancelled operations. Bad arguments raise the builtin
+ValueError / TypeError."""
 
 from __future__ import annotations
 

@@ -28,12 +28,14 @@ small and there is no gimbal lock.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Sequence
 
 import numpy as np
 
 from medkern._dispatch import Kernel, get_num_threads, is_cupy_array
+from medkern._progress import Progress
 from medkern._util import as_image, check_mask
 from medkern.image import Image
 from medkern.transforms import Affine, DisplacementField, Transform
@@ -43,6 +45,12 @@ __all__ = ["register", "RegistrationResult", "metric_value"]
 TRANSFORMS = ("rigid", "affine", "deformable")
 MI_BINS = 50
 AUTO_SAMPLES = 1 << 16
+# Rough costs (ns, 2-core CPU) that size the progress span of each stage: one metric sample with
+# its gradient, one voxel of a level's smooth-and-shrink, one voxel of a field iteration (force,
+# two smoothings, exponential), one voxel of the final exponentials; and the optimiser steps a
+# level is expected to take (most stop well before max_iterations).
+_SAMPLE_NS, _SHRINK_NS, _FIELD_NS, _EXP_NS = 35.0, 3.0, 250.0, 80.0
+_EXPECTED_STEPS = 25
 
 
 # ---------------------------------------------------------------------------- compiled kernels
@@ -304,14 +312,20 @@ def _sample_indices(n_vox: int, mask: Any, sampling: Any, strategy: str, rng: np
 
 
 def _optimise(metric: _LevelMetric, model: _Model, T: np.ndarray, step_mm: float,
-              min_step_mm: float, max_iterations: int) -> tuple[np.ndarray, float, int, list[float]]:
-    """Regular-step gradient descent in physical units (see the module docstring)."""
+              min_step_mm: float, max_iterations: int, progress: Progress, stage: str
+              ) -> tuple[np.ndarray, float, int, list[float]]:
+    """Regular-step gradient descent in physical units (see the module docstring).
+
+    Progress is the larger of the share of ``max_iterations`` run and the share of the step
+    halvings (from ``step_mm`` down to ``min_step_mm``) made: whichever ends the level first."""
     best_T, best_v = T, np.inf
     prev = None
     step = step_mm
     history = []
     it = 0
+    halvings = math.log2(step_mm / min_step_mm)
     for it in range(1, max_iterations + 1):
+        progress.update(stage, max((it - 1) / max_iterations, math.log2(step_mm / step) / halvings))
         value, G, count = metric(T)
         if count == 0:
             raise RuntimeError("registration lost all overlap between the images; try "
@@ -420,7 +434,7 @@ def register(fixed: Any, moving: Any, transform: str = "rigid", metric: str | No
              seed: int = 0, max_iterations: int = 200, *,
              field_iterations: Sequence[int] | None = None, lncc_radius_vox: int = 2,
              field_sigmas_vox: tuple[float, float] = (1.5, 0.5), field_step_vox: float = 0.5,
-             backend: str = "auto") -> RegistrationResult:
+             backend: str = "auto", progress: Any = None) -> RegistrationResult:
     """Align ``moving`` onto ``fixed``; returns the fixed -> moving world transform.
 
     Parameters
@@ -453,6 +467,12 @@ def register(fixed: Any, moving: Any, transform: str = "rigid", metric: str | No
     0.05 %. ``lncc_radius_vox``: the local NCC window is ``2 r + 1`` voxels wide. The displacement
     is the exponential of the velocity (scaling and squaring), so it is invertible with a
     positive Jacobian determinant; ``res.inverse_field`` is exp(-v).
+
+    progress : None, True (a tqdm bar on stderr) or a callable ``progress(stage, fraction)``
+        (see :mod:`medkern._progress`), called once per optimiser step (stages ``"level 1/3"``...,
+        then ``"field level 1/3"``... and ``"field"`` for a deformable registration), with the
+        levels weighted by their expected cost (samples x steps, voxels x field iterations).
+        Returning False stops the registration with :class:`medkern.Cancelled`.
     """
     if transform not in TRANSFORMS:
         raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
@@ -491,6 +511,7 @@ def register(fixed: Any, moving: Any, transform: str = "rigid", metric: str | No
         raise ValueError("mask selects no voxel of the fixed image")
     if mmask is not None and not bool(mmask.any()):
         raise ValueError("moving_mask selects no voxel of the moving image")
+    prog = Progress(progress, "register")
     T = _initial_transform(initial, fixed_img, moving_img)
     fa = _as_float32(fixed_img, "fixed")
     ma = _as_float32(moving_img, "moving")
@@ -501,38 +522,76 @@ def register(fixed: Any, moving: Any, transform: str = "rigid", metric: str | No
     linear_metric = "mi" if transform == "deformable" else metric
     iterations, history = [], []
     value = np.nan
+    n_levels = len(levels)
+    with prog:
+        spans = prog.split(_stage_costs(fixed_img, moving_img, levels, sampling, int(max_iterations),
+                                        cfg))
+        for n, s in enumerate(levels):
+            target = s * base
+            smooth = s > 1
+            stage = f"level {n + 1}/{n_levels}"
+            spans[n].update(stage, 0.0)
+            flev = _level_image(fixed_img, fa, fmask, target, smooth, backend)
+            mlev = _level_image(moving_img, ma, mmask, target, smooth, backend)
+            idx = _sample_indices(int(np.prod(flev.array.shape)), flev.mask, sampling,
+                                  sampling_strategy, rng, xp)
+            lm = _LevelMetric(flev, mlev, idx, linear_metric, backend)
+            centre, radius = _sample_centre_radius(flev, idx)
+            model = _Model(linear_model, centre, radius)
+            T, value, n_it, hist = _optimise(lm, model, T, step_mm=target, min_step_mm=0.005 * target,
+                                             max_iterations=int(max_iterations), progress=spans[n],
+                                             stage=stage)
+            iterations.append(n_it)
+            history.append(hist)
+        if cfg is None:
+            return RegistrationResult(transform=Affine(T), matrix=T, metric=float(value),
+                                      metric_name=metric, iterations=tuple(iterations),
+                                      levels=levels, history=history)
+        v, vlevel, value, f_its, f_hist = _deformable_stage(fixed_img, moving_img, fa, ma, fmask, T,
+                                                            levels, cfg, backend,
+                                                            spans[n_levels:2 * n_levels])
+        spans[-1].update("field", 0.0)
+        full = _Level(fa, fixed_img.affine)
+        d = _field_exp(v, vlevel, backend)
+        d_inv = _field_exp(-v, vlevel, backend)
+        if vlevel.array.shape != fa.shape or not np.allclose(vlevel.affine, full.affine):
+            d = _resample_field(d, vlevel, full, backend)
+            d_inv = _resample_field(d_inv, vlevel, full, backend)
+        field = DisplacementField(_vector_image(fixed_img, d))
+        inverse_field = DisplacementField(_vector_image(fixed_img, d_inv))
+        return RegistrationResult(transform=Affine(T) @ field, matrix=T, metric=float(value),
+                                  metric_name=metric, iterations=tuple(iterations) + tuple(f_its),
+                                  levels=levels, history=history + f_hist, field=field,
+                                  inverse_field=inverse_field)
+
+
+def _stage_costs(fixed: Image, moving: Image, levels: tuple[int, ...], sampling: Any,
+                 max_iterations: int, cfg: _DeformableSettings | None) -> list[float]:
+    """Expected cost of each pyramid level (smooth-and-shrink of both images, then the metric
+    samples x expected optimiser steps), then for a deformable registration of each field level
+    (voxels x field iterations) and of the final exponentials: the widths of their progress
+    spans."""
+    base = float(min(fixed.spacing))
+    full = float(np.prod(fixed.shape))
+    costs, field_costs = [], []
     for s in levels:
-        target = s * base
-        smooth = s > 1
-        flev = _level_image(fixed_img, fa, fmask, target, smooth, backend)
-        mlev = _level_image(moving_img, ma, mmask, target, smooth, backend)
-        idx = _sample_indices(int(np.prod(flev.array.shape)), flev.mask, sampling,
-                              sampling_strategy, rng, xp)
-        lm = _LevelMetric(flev, mlev, idx, linear_metric, backend)
-        centre, radius = _sample_centre_radius(flev, idx)
-        model = _Model(linear_model, centre, radius)
-        T, value, n_it, hist = _optimise(lm, model, T, step_mm=target, min_step_mm=0.005 * target,
-                                         max_iterations=int(max_iterations))
-        iterations.append(n_it)
-        history.append(hist)
+        # The fixed level's voxels (smooth_shrink keeps shape // shrink).
+        shrink = np.maximum(1, np.round(s * base / np.asarray(fixed.spacing)))
+        n_vox = float(np.prod(np.maximum(1, np.asarray(fixed.shape) // shrink)))
+        if sampling == "full":
+            samples = n_vox
+        elif sampling is None:
+            samples = min(n_vox, AUTO_SAMPLES)
+        elif isinstance(sampling, float):
+            samples = sampling * n_vox
+        else:
+            samples = min(n_vox, float(sampling))
+        setup = _SHRINK_NS * (full + float(np.prod(moving.shape))) if s > 1 else 0.0
+        costs.append(setup + _SAMPLE_NS * samples * min(max_iterations, _EXPECTED_STEPS))
+        field_costs.append(_FIELD_NS * n_vox)
     if cfg is None:
-        return RegistrationResult(transform=Affine(T), matrix=T, metric=float(value),
-                                  metric_name=metric, iterations=tuple(iterations), levels=levels,
-                                  history=history)
-    v, vlevel, value, f_its, f_hist = _deformable_stage(fixed_img, moving_img, fa, ma, fmask, T,
-                                                        levels, cfg, backend)
-    full = _Level(fa, fixed_img.affine)
-    d = _field_exp(v, vlevel, backend)
-    d_inv = _field_exp(-v, vlevel, backend)
-    if vlevel.array.shape != fa.shape or not np.allclose(vlevel.affine, full.affine):
-        d = _resample_field(d, vlevel, full, backend)
-        d_inv = _resample_field(d_inv, vlevel, full, backend)
-    field = DisplacementField(_vector_image(fixed_img, d))
-    inverse_field = DisplacementField(_vector_image(fixed_img, d_inv))
-    return RegistrationResult(transform=Affine(T) @ field, matrix=T, metric=float(value),
-                              metric_name=metric, iterations=tuple(iterations) + tuple(f_its),
-                              levels=levels, history=history + f_hist, field=field,
-                              inverse_field=inverse_field)
+        return costs
+    return costs + [c * n for c, n in zip(field_costs, cfg.iterations)] + [_EXP_NS * full]
 
 
 # ---------------------------------------------------------------------------- diffeomorphic stage
@@ -577,18 +636,21 @@ class _DeformableSettings:
 
 def _deformable_stage(fixed_img: Image, moving_img: Image, fa: Any, ma: Any, fmask: Any,
                       T: np.ndarray, levels: tuple[int, ...], cfg: _DeformableSettings,
-                      backend: str):
+                      backend: str, spans: Sequence[Progress]):
     """Stationary velocity field v on the fixed grid (log-domain diffeomorphic registration,
     Vercauteren et al. 2008): at each iteration the metric force is smoothed (fluid-like
     regularisation), scaled to ``step_vox`` voxels at its largest, added to v, and v is smoothed
-    (diffusion-like regularisation). The displacement is exp(v); its inverse exp(-v)."""
+    (diffusion-like regularisation). The displacement is exp(v); its inverse exp(-v). ``spans``:
+    the progress span of each level."""
     base = float(min(fixed_img.spacing))
     v = prev_level = None
     value = np.nan
     iterations, history = [], []
-    for s, n_iter in zip(levels, cfg.iterations):
+    for n, (s, n_iter, span) in enumerate(zip(levels, cfg.iterations, spans)):
         target = s * base
         smooth = s > 1
+        stage = f"field level {n + 1}/{len(levels)}"
+        span.update(stage, 0.0)
         flev = _level_image(fixed_img, fa, fmask, target, smooth, backend)
         mlev = _level_image(moving_img, ma, None, target, smooth, backend)
         if v is None:
@@ -603,6 +665,7 @@ def _deformable_stage(fixed_img: Image, moving_img: Image, fa: Any, ma: Any, fma
         hist: list[float] = []
         it = 0
         for it in range(1, n_iter + 1):
+            span.update(stage, (it - 1) / n_iter)
             d = _field_exp(v, flev, backend)
             warped, grad = warp_kernel(mlev.array, to_moving, flev.array, i2w, d, True,
                                        backend=backend)

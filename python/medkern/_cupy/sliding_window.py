@@ -4,15 +4,16 @@ operation order as the C++ path (and MONAI), for CuPy volumes and a ``fn`` that 
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import cupy
 import numpy as np
 
 
 def run_windows(x, fn: Callable, grid: np.ndarray, roi: tuple[int, ...], weight: np.ndarray,
-                batch_size: int):
-    """x: (N, C, *spatial) CuPy float; returns the blended (N, C_out, *spatial) float32 output."""
+                batch_size: int, progress: Any):
+    """x: (N, C, *spatial) CuPy float; returns the blended (N, C_out, *spatial) float32 output.
+    ``progress``: a :class:`medkern._progress.Progress`, updated before each batch."""
     w = cupy.asarray(weight.reshape(roi))
     n_win = len(grid)
     total = x.shape[0] * n_win
@@ -21,6 +22,7 @@ def run_windows(x, fn: Callable, grid: np.ndarray, roi: tuple[int, ...], weight:
     for start in grid:
         weight_sum[tuple(slice(s, s + r) for s, r in zip(start, roi))] += w
     for first in range(0, total, batch_size):
+        progress.update("patches", first / total)
         idx = range(first, min(first + batch_size, total))
         windows = [(n // n_win, tuple(slice(s, s + r) for s, r in zip(grid[n % n_win], roi))) for n in idx]
         batch = cupy.stack([x[(b, slice(None)) + sl] for b, sl in windows]).astype(cupy.float32, copy=False)

@@ -13,6 +13,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from medkern._dispatch import get_num_threads, is_cupy_array
+from medkern._progress import Progress
 from medkern.errors import ModelError
 from medkern.image import Image
 from medkern.inference.metadata import (
@@ -85,6 +86,11 @@ def _resolve_providers(providers: Any) -> list[str]:
                          "providers='cpu'")
     return providers
 
+
+# Rough costs (ns, 2-core CPU, the shipped 3D UNets) that size the progress spans of a prediction:
+# preprocessing per input voxel and channel, one network pass per model-grid voxel (patch
+# overlap included), the way back to the input grid and post-processing per input voxel and label.
+_PREPARE_NS, _NETWORK_NS, _FINISH_NS = 20.0, 3000.0, 40.0
 
 # Larger files are handed to ONNX Runtime as they are: parsing them twice costs load time and memory.
 _REWRITE_MAX_BYTES = 1 << 30
@@ -307,7 +313,8 @@ class Model:
                              "mk.write_model_metadata, or call model.run / mk.sliding_window directly")
         return self.metadata
 
-    def predict(self, *images: Any, tta: bool = False, postprocess: bool = True) -> Prediction:
+    def predict(self, *images: Any, tta: bool = False, postprocess: bool = True,
+                progress: Any = None) -> Prediction:
         """Predict on one image (or one image per input channel, in the metadata's order).
 
         Steps, all from the metadata: reorient to the model's orientation (axis permutation and
@@ -319,29 +326,54 @@ class Model:
         clean-up: small components removed, the top-n components kept) is applied to the labels;
         ``postprocess=False`` returns the raw labels. Probabilities are never altered. Returns a
         :class:`Prediction`.
-        """
-        return self.predict_many([images[0] if len(images) == 1 else tuple(images)], tta=tta,
-                                 postprocess=postprocess)[0]
 
-    def predict_many(self, images: Sequence[Any], tta: bool = False, postprocess: bool = True) -> list[Prediction]:
+        ``progress``: None, True (a tqdm bar on stderr) or a callable ``progress(stage, fraction)``
+        (see :mod:`medkern._progress`) over the stages ``"preprocess"``, ``"patches"`` (the
+        sliding window, one call per batch of patches; ``"classify"`` for classification models)
+        and ``"postprocess"``; returning False raises :class:`medkern.Cancelled`.
+        """
+        with Progress(progress, "Model.predict") as prog:
+            return self.predict_many([images[0] if len(images) == 1 else tuple(images)], tta=tta,
+                                     postprocess=postprocess, progress=prog)[0]
+
+    def predict_many(self, images: Sequence[Any], tta: bool = False, postprocess: bool = True, *,
+                     progress: Any = None) -> list[Prediction]:
         """:meth:`predict` over several cases; cases whose model-grid shapes agree share patch batches.
 
-        Each element of ``images`` is an Image or a tuple of per-channel Images.
+        Each element of ``images`` is an Image or a tuple of per-channel Images. ``progress`` as
+        for :meth:`predict`, over all the cases.
         """
         meta = self._require_metadata()
-        cases = [self._prepare(case if isinstance(case, (tuple, list)) else (case,), meta) for case in images]
-        if meta["task"] == "classification":
-            return [self._classify(c, meta, tta) for c in cases]
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for n, c in enumerate(cases):
-            groups.setdefault(c.array.shape, []).append(n)
-        results: list[Prediction | None] = [None] * len(cases)
-        for members in groups.values():
-            stack = cases[members[0]].array[None] if len(members) == 1 else np.stack([cases[n].array for n in members])
-            probabilities = self._dense(stack, meta, tta)
-            for n, prob in zip(members, probabilities):
-                results[n] = self._dense_prediction(cases[n], prob, meta, postprocess)
-        return results  # type: ignore[return-value]
+        prog = Progress(progress, "Model.predict_many")
+        inputs = [case if isinstance(case, (tuple, list)) else (case,) for case in images]
+        passes = len(_flip_sets(meta["input"]["spatial_dims"])) if tta else 1
+        with prog:
+            prepare_span, rest = prog.split(_predict_costs(inputs, meta, passes))
+            cases = []
+            for case, span in zip(inputs, prepare_span.split([_voxels(c) for c in inputs])):
+                span.update("preprocess", 0.0)
+                cases.append(self._prepare(case, meta))
+            if meta["task"] == "classification":
+                return [self._classify(c, meta, tta, span)
+                        for c, span in zip(cases, rest.split([1] * len(cases)))]
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for n, c in enumerate(cases):
+                groups.setdefault(c.array.shape, []).append(n)
+            # Spans in the order the work runs: each group's patches, then its cases' way back.
+            n_labels = len(meta["output"]["labels"])
+            costs = []
+            for members in groups.values():
+                costs.append(_NETWORK_NS * passes * sum(cases[n].array[0].size for n in members))
+                costs.extend(_FINISH_NS * n_labels * cases[n].reference.size for n in members)
+            spans = iter(rest.split(costs))
+            results: list[Prediction | None] = [None] * len(cases)
+            for members in groups.values():
+                stack = cases[members[0]].array[None] if len(members) == 1 else \
+                    np.stack([cases[n].array for n in members])
+                probabilities = self._dense(stack, meta, tta, next(spans))
+                for n, prob in zip(members, probabilities):
+                    results[n] = self._dense_prediction(cases[n], prob, meta, postprocess, next(spans))
+            return results  # type: ignore[return-value]
 
     def _prepare(self, channel_images: Sequence[Any], meta: dict[str, Any]) -> "_Case":
         from medkern.intensity import normalize, window
@@ -399,17 +431,17 @@ class Model:
                 _core.activate(case, activation, get_num_threads())
         return e
 
-    def _dense(self, stack: np.ndarray, meta: dict[str, Any], tta: bool) -> np.ndarray:
+    def _dense(self, stack: np.ndarray, meta: dict[str, Any], tta: bool, progress: Progress) -> np.ndarray:
         inf = meta["inference"]
         nsp = meta["input"]["spatial_dims"]
         flips = _flip_sets(nsp) if tta else [()]
         total = None
-        for axes in flips:
+        for axes, span in zip(flips, progress.split([1] * len(flips))):
             axes_arr = tuple(2 + a for a in axes)
             x = np.ascontiguousarray(np.flip(stack, axes_arr)) if axes else stack
             logits = sliding_window(x, self, inf["patch_size"], inf["overlap"], inf["blend"],
                                     inf["sigma_scale"], inf["batch_size"], inf["padding"],
-                                    spatial_dims=nsp)
+                                    spatial_dims=nsp, progress=span)
             prob = self._activate(logits, meta)
             prob = np.flip(prob, axes_arr) if axes else prob
             # The activation returns a fresh buffer owned here unless it was flipped back (a view).
@@ -423,9 +455,10 @@ class Model:
         return total
 
     def _dense_prediction(self, case: "_Case", prob: np.ndarray, meta: dict[str, Any],
-                          postprocess: bool = True) -> Prediction:
+                          postprocess: bool, progress: Progress) -> Prediction:
         from medkern import _core
 
+        progress.update("postprocess", 0.0)
         out = meta["output"]
         threshold = None if out["activation"] == "softmax" else float(out["threshold"])
         labels = _core.channel_argmax(prob, threshold, get_num_threads())
@@ -435,10 +468,12 @@ class Model:
         complement = out["activation"] == "softmax" and len(prob) > 1
         stacked = np.empty(case.reference.shape + (len(prob),), dtype=np.float32)
         for c in range(int(complement), len(prob)):
+            progress.update("postprocess", c / (len(prob) + 1))
             stacked[..., c] = _back_to_input(case.grid.with_array(prob[c]), case.reference, "linear").array
         if complement:
             others = stacked[..., 1] if len(prob) == 2 else stacked[..., 1:].sum(axis=-1, dtype=np.float32)
             np.subtract(np.float32(1), others, out=stacked[..., 0])
+        progress.update("postprocess", len(prob) / (len(prob) + 1))
         label_image = _back_to_input(case.grid.with_array(labels), case.reference, "label")
         if postprocess and meta["postprocessing"]:
             label_image = label_image.with_array(postprocess_labels(
@@ -448,12 +483,13 @@ class Model:
                           probabilities=Image(stacked, **case.reference.geometry, vector=True),
                           labels=label_image)
 
-    def _classify(self, case: "_Case", meta: dict[str, Any], tta: bool) -> Prediction:
+    def _classify(self, case: "_Case", meta: dict[str, Any], tta: bool, progress: Progress) -> Prediction:
         size = meta["inference"]["patch_size"]
         x = _center_crop_or_pad(case.array, size)[None]
         flips = _flip_sets(len(size)) if tta else [()]
         scores = np.zeros(len(meta["output"]["labels"]), dtype=np.float64)
-        for axes in flips:
+        for n, axes in enumerate(flips):
+            progress.update("classify", n / len(flips))
             xf = np.ascontiguousarray(np.flip(x, tuple(2 + a for a in axes))) if axes else x
             logits = np.asarray(self(xf), dtype=np.float32).reshape(1, -1)
             if logits.shape[1] != scores.size:
@@ -514,6 +550,32 @@ class _Case:
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
                 "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8,
                 "tensor(int8)": np.int8, "tensor(bool)": np.bool_}
+
+
+def _voxels(channel_images: Sequence[Any]) -> float:
+    """Voxels of one case's channel images (0 for what :meth:`Model._prepare` will reject)."""
+    return float(sum(img.size for img in channel_images if isinstance(img, Image)))
+
+
+def _predict_costs(cases: Sequence[Sequence[Any]], meta: dict[str, Any], passes: int) -> tuple[float, float]:
+    """Expected cost of preprocessing all ``cases`` and of everything after (network passes on
+    the model grid, estimated from the physical volume, and the way back to each input grid)."""
+    inp = meta["input"]
+    prepare = network = finish = 0.0
+    for case in cases:
+        prepare += _PREPARE_NS * _voxels(case)
+        first = case[0] if case and isinstance(case[0], Image) else None
+        if first is None:
+            continue
+        if meta["task"] == "classification":
+            network += _NETWORK_NS * passes * float(np.prod(meta["inference"]["patch_size"]))
+            continue
+        grid = first.size
+        if inp["spacing"] is not None:
+            grid *= float(np.prod(first.spacing) / np.prod(inp["spacing"]))
+        network += _NETWORK_NS * passes * grid
+        finish += _FINISH_NS * len(meta["output"]["labels"]) * first.size
+    return prepare, network + finish
 
 
 def _shape(dims: Sequence[Any]) -> tuple[int | None, ...]:

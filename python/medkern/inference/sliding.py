@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from medkern._dispatch import get_num_threads, is_cupy_array
+from medkern._progress import Progress
 from medkern._util import per_axis
 
 __all__ = ["sliding_window"]
@@ -48,7 +49,7 @@ def sliding_window(array: Any, fn: Callable[[np.ndarray], Any], roi_size: Sequen
                    overlap: float | Sequence[float] = 0.5, blend: str = "gaussian",
                    sigma_scale: float | Sequence[float] = 0.125, batch_size: int = 4,
                    padding: str = "constant", cval: float = 0.0, *,
-                   spatial_dims: int | None = None) -> np.ndarray:
+                   spatial_dims: int | None = None, progress: Any = None) -> np.ndarray:
     """Run ``fn`` over overlapping patches of ``array`` and blend the outputs (MONAI semantics).
 
     Parameters
@@ -66,6 +67,10 @@ def sliding_window(array: Any, fn: Callable[[np.ndarray], Any], roi_size: Sequen
     padding : when the volume is smaller than ``roi_size`` it is padded symmetrically (extra voxel
         at the end) with torch's mode names ``"constant"`` (value ``cval``), ``"reflect"``,
         ``"replicate"``, ``"circular"``; the output is cropped back.
+    progress : None, True (a tqdm bar on stderr) or a callable ``progress(stage, fraction)``
+        (see :mod:`medkern._progress`), called before each batch with stage ``"patches"`` and the
+        share of patches done; returning False raises :class:`medkern.Cancelled` before the next
+        call of ``fn``.
 
     Returns float32 ``(C_out, *spatial)``, or ``(N, C_out, *spatial)`` when ``array`` had a batch
     axis. A CuPy ``array`` is blended on the GPU (same order of operations) and gives CuPy back. Equals ``monai.inferers.sliding_window_inference`` with the same settings to float32
@@ -103,6 +108,7 @@ def sliding_window(array: Any, fn: Callable[[np.ndarray], Any], roi_size: Sequen
         raise ValueError(f"sliding_window: padding must be one of {tuple(_PADDING)}, got {padding!r}")
     if not callable(fn):
         raise TypeError("sliding_window: fn must be callable (batch -> predictions)")
+    prog = Progress(progress, "sliding_window")
     if x.size == 0:
         raise ValueError(f"sliding_window: array is empty (shape {x.shape})")
 
@@ -117,31 +123,33 @@ def sliding_window(array: Any, fn: Callable[[np.ndarray], Any], roi_size: Sequen
         if on_gpu:
             import cupy as xp
         x = xp.pad(x, [(0, 0), (0, 0)] + pad, mode=_PADDING[padding], **extra)
-    size = x.shape[2:]
-    starts = [_scan_starts(s, r, o) for s, r, o in zip(size, roi, ov)]
-    if on_gpu:
-        from medkern._cupy.sliding_window import run_windows
+    with prog:
+        size = x.shape[2:]
+        starts = [_scan_starts(s, r, o) for s, r, o in zip(size, roi, ov)]
+        if on_gpu:
+            from medkern._cupy.sliding_window import run_windows
 
-        grid = np.stack(np.meshgrid(*starts, indexing="ij"), axis=-1).reshape(-1, nsp)
-        out = run_windows(x, fn, grid, roi, _weight_map((1,) * (3 - nsp) + roi, blend,
-                                                        (1.0,) * (3 - nsp) + sig), batch_size)
+            grid = np.stack(np.meshgrid(*starts, indexing="ij"), axis=-1).reshape(-1, nsp)
+            out = run_windows(x, fn, grid, roi, _weight_map((1,) * (3 - nsp) + roi, blend,
+                                                            (1.0,) * (3 - nsp) + sig), batch_size,
+                              prog)
+            return _crop(out, pad, in_size, diff, batched)
+        # 2D runs through the 3D kernels with a leading spatial axis of length 1.
+        if nsp == 2:
+            x = x[:, :, None]
+            roi3, sig3 = (1, *roi), (1.0, *sig)
+            starts3 = [np.zeros(1, np.int64), *starts]
+        else:
+            roi3, sig3, starts3 = roi, sig, starts
+        weight = _weight_map(roi3, blend, sig3)
+        grid = np.stack(np.meshgrid(*starts3, indexing="ij"), axis=-1).reshape(-1, 3)
+        out = _run_windows(x, fn, grid, roi3, weight, batch_size, roi, prog)
+        from medkern import _core
+
+        _core.normalize_by_weight_sum(out, starts3, weight, get_num_threads())
+        if nsp == 2:
+            out = out[:, :, 0]
         return _crop(out, pad, in_size, diff, batched)
-    # 2D runs through the 3D kernels with a leading spatial axis of length 1.
-    if nsp == 2:
-        x = x[:, :, None]
-        roi3, sig3 = (1, *roi), (1.0, *sig)
-        starts3 = [np.zeros(1, np.int64), *starts]
-    else:
-        roi3, sig3, starts3 = roi, sig, starts
-    weight = _weight_map(roi3, blend, sig3)
-    grid = np.stack(np.meshgrid(*starts3, indexing="ij"), axis=-1).reshape(-1, 3)
-    out = _run_windows(x, fn, grid, roi3, weight, batch_size, roi)
-    from medkern import _core
-
-    _core.normalize_by_weight_sum(out, starts3, weight, get_num_threads())
-    if nsp == 2:
-        out = out[:, :, 0]
-    return _crop(out, pad, in_size, diff, batched)
 
 
 def _crop(out: Any, pad: list, in_size: tuple[int, ...], diff: list[int], batched: bool) -> Any:
@@ -152,7 +160,8 @@ def _crop(out: Any, pad: list, in_size: tuple[int, ...], diff: list[int], batche
 
 
 def _run_windows(x: np.ndarray, fn: Callable, grid: np.ndarray, roi3: tuple[int, int, int],
-                 weight: np.ndarray, batch_size: int, roi: tuple[int, ...]) -> np.ndarray:
+                 weight: np.ndarray, batch_size: int, roi: tuple[int, ...], progress: Progress
+                 ) -> np.ndarray:
     """Accumulate weighted predictions of every window, batch after batch, image-major order."""
     from medkern import _core
     from medkern.inference.model import Model  # here: model.py imports this module
@@ -166,6 +175,7 @@ def _run_windows(x: np.ndarray, fn: Callable, grid: np.ndarray, roi3: tuple[int,
     total = x.shape[0] * n_win
     out = None
     for first in range(0, total, batch_size):
+        progress.update("patches", first / total)
         idx = np.arange(first, min(first + batch_size, total), dtype=np.int64)
         batch, start = idx // n_win, np.ascontiguousarray(grid[idx % n_win])
         patches = _core.gather_patches(x, batch, start, roi3, n_threads)

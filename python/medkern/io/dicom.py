@@ -73,6 +73,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from medkern._dispatch import Kernel, get_num_threads
+from medkern._progress import NO_PROGRESS, Progress
 from medkern.errors import DicomError
 from medkern.image import Image
 
@@ -474,9 +475,11 @@ class _Scan:
     skipped: int = 0
 
 
-def _scan(paths: Iterable[Path]) -> _Scan:
+def _scan(paths: Iterable[Path], progress: Progress = NO_PROGRESS) -> _Scan:
     scan = _Scan()
-    for p in paths:
+    paths = list(paths)
+    for n, p in enumerate(paths):
+        progress.update("scan", n / len(paths))
         try:
             header = _read_header(p)
         except _Unreadable as exc:
@@ -669,9 +672,11 @@ class DicomSeries(_Identity):
     def regular(self) -> bool:
         return not self.problems and not self.unreadable and self._layout.fatal is None
 
-    def read(self, allow_irregular: bool = False) -> Image:
-        """The series as an Image (see the module docstring for dtype and recovery rules)."""
-        return _read_layout(self, allow_irregular)
+    def read(self, allow_irregular: bool = False, *, progress: Any = None) -> Image:
+        """The series as an Image (see the module docstring for dtype and recovery rules).
+        ``progress`` as for :func:`read_dicom_series` (stages ``"read"`` and ``"values"``)."""
+        with Progress(progress, "DicomSeries.read") as prog:
+            return _read_layout(self, allow_irregular, prog)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-able description (what ``medkern info`` prints)."""
@@ -771,16 +776,23 @@ def _check_directory(directory: str | os.PathLike) -> Path:
     return d
 
 
-def list_dicom_series(directory: str | os.PathLike, recursive: bool = True) -> list[DicomSeries]:
+def list_dicom_series(directory: str | os.PathLike, recursive: bool = True, *,
+                      progress: Any = None) -> list[DicomSeries]:
     """The image series under ``directory`` (one entry per SeriesInstanceUID and part).
 
     Only headers are parsed. Non-DICOM files and DICOM objects without pixel data are skipped;
     unreadable DICOM files are attached to every series of the scan as ``unreadable`` (their
     series is unknown). Series are ordered by patient, study and SeriesNumber.
+
+    ``progress``: None, True (a tqdm bar on stderr) or a callable ``progress(stage, fraction)``
+    (see :mod:`medkern._progress`), called with stage ``"scan"`` before each file is parsed;
+    returning False raises :class:`medkern.Cancelled`.
     """
     d = _check_directory(directory)
-    scan = _scan(_iter_files(d, recursive))
-    series = _group(scan)
+    prog = Progress(progress, "list_dicom_series")
+    with prog:
+        scan = _scan(_iter_files(d, recursive), prog)
+        series = _group(scan)
     if scan.unreadable:
         for s in series:
             s.unreadable = tuple(scan.unreadable)
@@ -788,21 +800,30 @@ def list_dicom_series(directory: str | os.PathLike, recursive: bool = True) -> l
 
 
 def read_dicom_series(directory: str | os.PathLike, series_uid: str | None = None,
-                      allow_irregular: bool = False, recursive: bool = True) -> Image:
+                      allow_irregular: bool = False, recursive: bool = True, *,
+                      progress: Any = None) -> Image:
     """Read one DICOM series from ``directory`` as an Image.
 
     ``series_uid`` picks the series when the directory holds several (``"<uid>#<part>"`` for a
     part of a split series; :func:`list_dicom_series` gives the keys). ``allow_irregular=True``
     recovers irregular series as the module docstring describes instead of raising DicomError.
+
+    ``progress``: None, True (a tqdm bar on stderr) or a callable ``progress(stage, fraction)``
+    (see :mod:`medkern._progress`), called with stage ``"scan"`` before each file's header is
+    parsed (the first half), ``"read"`` before each file's pixel data is read and ``"values"``
+    before the modality LUT; returning False raises :class:`medkern.Cancelled`.
     """
     d = _check_directory(directory)
-    scan = _scan(_iter_files(d, recursive))
-    series = _group(scan)
-    if not series:
-        raise DicomError(_no_images_message(d, scan))
-    chosen = _choose(series, series_uid, d)
-    chosen.unreadable = tuple(scan.unreadable)
-    return chosen.read(allow_irregular=allow_irregular)
+    prog = Progress(progress, "read_dicom_series")
+    with prog:
+        scan_span, read_span = prog.split((1.0, 1.0))
+        scan = _scan(_iter_files(d, recursive), scan_span)
+        series = _group(scan)
+        if not series:
+            raise DicomError(_no_images_message(d, scan))
+        chosen = _choose(series, series_uid, d)
+        chosen.unreadable = tuple(scan.unreadable)
+        return chosen.read(allow_irregular=allow_irregular, progress=read_span)
 
 
 def _no_images_message(where: Path, scan: _Scan) -> str:
@@ -928,12 +949,13 @@ def _decode_file(f: _File) -> np.ndarray:
     return arr.reshape((f.n_frames,) + expected)
 
 
-def _fill_stored(frames: Sequence[_Frame], out: np.ndarray) -> None:
+def _fill_stored(frames: Sequence[_Frame], out: np.ndarray, progress: Progress) -> None:
     """Decode each file once and copy its frames into ``out`` (a preallocated slice stack)."""
     by_file: dict[Path, list[tuple[int, _Frame]]] = {}
     for k, fr in enumerate(frames):
         by_file.setdefault(fr.file.path, []).append((k, fr))
-    for entries in by_file.values():
+    for n, entries in enumerate(by_file.values()):
+        progress.update("read", n / len(by_file))
         f = entries[0][1].file
         if f.pixel_offset is not None and f.n_frames == 1 and out.dtype == _stored_dtype(f):
             # The common case, a native single-frame slice: read the bytes straight into place.
@@ -979,7 +1001,7 @@ def _modality_values(f: _File, stored: np.ndarray, frames: Sequence[_Frame], dty
     return out
 
 
-def _read_layout(series: DicomSeries, allow_irregular: bool) -> Image:
+def _read_layout(series: DicomSeries, allow_irregular: bool, progress: Progress) -> Image:
     layout = series._layout
     if layout.fatal:
         raise DicomError(f"series {series.key}: {layout.fatal}")
@@ -995,7 +1017,10 @@ def _read_layout(series: DicomSeries, allow_irregular: bool) -> Image:
     stored_dtype = _stored_dtype(f)
     tail = (f.samples,) if layout.vector else ()
     stored = np.empty((len(frames), f.rows, f.cols) + tail, dtype=stored_dtype)
-    _fill_stored(frames, stored)
+    # Reading the files dominates; the modality LUT (and any recovery) is one pass in memory.
+    files_span, values_span = progress.split((9.0, 1.0))
+    _fill_stored(frames, stored, files_span)
+    values_span.update("values", 0.0)
     interpolated = layout.interpolation is not None or layout.shifts is not None
     values_dtype = np.dtype(np.float32) if interpolated else _output_dtype(frames)
     needs_values = (values_dtype != stored_dtype or f.monochrome1 or f.bits_stored < f.bits_allocated
