@@ -553,6 +553,7 @@ def register(fixed: Any, moving: Any, transform: str = "rigid", metric: str | No
         spans[-1].update("field", 0.0)
         full = _Level(fa, fixed_img.affine)
         d = _field_exp(v, vlevel, backend)
+        spans[-1].update("field", 0.5)
         d_inv = _field_exp(-v, vlevel, backend)
         if vlevel.array.shape != fa.shape or not np.allclose(vlevel.affine, full.affine):
             d = _resample_field(d, vlevel, full, backend)
@@ -673,6 +674,8 @@ def _deformable_stage(fixed_img: Image, moving_img: Image, fa: Any, ma: Any, fma
                                     backend=backend)
             value = -value
             hist.append(float(value))
+            # A second check point: one full-resolution iteration of a large image takes seconds.
+            span.update(stage, (it - 0.5) / n_iter)
             u = _smooth_field(u, cfg.sigma_update_vox, backend)
             umax = float(np.sqrt(np.max(np.einsum("c...,c...->...", u, u))))
             if umax == 0.0:
