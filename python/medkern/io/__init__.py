@@ -1,4 +1,4 @@
-"""Reading and writing images: DICOM (files, series, RTSTRUCT) and NIfTI."""
+"""Reading and writing images: DICOM (files, series, RTSTRUCT), NIfTI, NRRD and MetaImage."""
 
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ from typing import Any
 from medkern.image import Image
 from medkern.io._atomic import full_suffix
 from medkern.io.dicom_write import write_dicom_series
+from medkern.io.metaimage import read_metaimage, write_metaimage
+from medkern.io.nrrd import NrrdHeader, SegmentInfo, read_nrrd, write_nrrd
+from medkern.io.rtstruct_write import write_rtstruct
 
-__all__ = ["read", "write", "write_dicom_series"]
+__all__ = ["read", "write", "write_dicom_series", "write_rtstruct"]
+__all__ += ["NrrdHeader", "SegmentInfo", "read_metaimage", "read_nrrd", "write_metaimage", "write_nrrd"]
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_NRRD_SUFFIXES = (".nrrd", ".nhdr")  # .seg.nrrd included
+_METAIMAGE_SUFFIXES = (".mha", ".mhd")
 
 
 def read(path: str | os.PathLike, **kwargs: Any) -> Image:
@@ -21,7 +27,10 @@ def read(path: str | os.PathLike, **kwargs: Any) -> Image:
     - a directory: the DICOM series in it (``series_uid=`` picks one when there are several);
     - a DICOM file (by its 'DICM' preamble or a ``.dcm`` suffix): that file, a 2D image, a
       multi-frame volume, or the whole series it belongs to with ``series=True``;
-    - ``.nii`` / ``.nii.gz``: NIfTI (``volume=t`` picks one volume of a 4D file).
+    - ``.nii`` / ``.nii.gz``: NIfTI (``volume=t`` picks one volume of a 4D file);
+    - ``.nrrd`` / ``.nhdr`` / ``.seg.nrrd``: NRRD (segment metadata: ``medkern.io.read_nrrd(path,
+      return_header=True)``);
+    - ``.mha`` / ``.mhd``: MetaImage (``volume=t`` picks one volume of a 4D file).
     """
     p = Path(path)
     if not p.exists():
@@ -34,17 +43,27 @@ def read(path: str | os.PathLike, **kwargs: Any) -> Image:
         from medkern.io.nifti import read_nifti
 
         return read_nifti(p, **kwargs)
+    if full_suffix(p) in _NRRD_SUFFIXES:
+        return read_nrrd(p, **kwargs)
+    if full_suffix(p) in _METAIMAGE_SUFFIXES:
+        return read_metaimage(p, **kwargs)
     from medkern.io.dicom import has_preamble
 
     if has_preamble(p) or p.suffix.lower() == ".dcm":
         from medkern.io import dicom
 
         return dicom.read_dicom_file(p, **kwargs)
-    raise ValueError(f"{p}: not a DICOM file or directory and not NIfTI (.nii/.nii.gz)")
+    raise ValueError(f"{p}: not a DICOM file or directory and not NIfTI (.nii/.nii.gz), NRRD (.nrrd/.nhdr) "
+                     "or MetaImage (.mha/.mhd)")
 
 
 def write(img: Image, path: str | os.PathLike, **kwargs: Any) -> None:
-    """Write ``img`` atomically (temporary file, then rename). Formats: ``.nii``, ``.nii.gz``."""
+    """Write ``img`` atomically (temporary file, then rename).
+
+    Formats: ``.nii``, ``.nii.gz``; ``.nrrd``, ``.nhdr``, ``.seg.nrrd`` (keywords of
+    :func:`~medkern.io.nrrd.write_nrrd`: ``encoding``, ``segments``, ``key_values``...); ``.mha``,
+    ``.mhd`` (``compress=True`` for zlib-compressed voxels). A header and its data file land together.
+    """
     if not isinstance(img, Image):
         raise TypeError(f"write expects a medkern.Image, got {type(img).__name__}")
     p = Path(path)
@@ -52,5 +71,10 @@ def write(img: Image, path: str | os.PathLike, **kwargs: Any) -> None:
         from medkern.io.nifti import write_nifti
 
         return write_nifti(img, p, **kwargs)
-    raise ValueError(f"{p}: unsupported output format {full_suffix(p)!r}; use .nii or .nii.gz")
+    if full_suffix(p) in _NRRD_SUFFIXES:
+        return write_nrrd(img, p, **kwargs)
+    if full_suffix(p) in _METAIMAGE_SUFFIXES:
+        return write_metaimage(img, p, **kwargs)
+    raise ValueError(f"{p}: unsupported output format {full_suffix(p)!r}; use .nii, .nii.gz, .nrrd, .nhdr, "
+                     ".mha or .mhd")
 

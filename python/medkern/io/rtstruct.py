@@ -20,11 +20,12 @@ from medkern._dispatch import Kernel, get_num_threads
 from medkern.errors import DicomError
 from medkern.image import Image
 
-__all__ = ["fill_polygons", "read_rtstruct"]
+__all__ = ["fill_polygons", "read_rtstruct", "reference_series"]
 
 # Points may lie this far (in voxels) outside the grid in-plane: a contour drawn around the edge
-# voxels passes through their outer halves.
-_IN_PLANE_MARGIN = 0.5
+# voxels passes through their outer halves, or along their outer edges (0.5), which DS rounding of
+# the coordinates can move by a few 1e-6 mm.
+_IN_PLANE_MARGIN = 0.5 + 1e-3
 # All points of a contour lie within this many slices of its slice (half a slice either way).
 _SLICE_TOLERANCE = 0.5
 _CLOSED = {"CLOSED_PLANAR", "CLOSED_PLANAR_XOR"}
@@ -39,23 +40,33 @@ def _cpp_fill(xy, start, slice_of, shape):
 fill_polygons = Kernel("fill_polygons", cpp=_cpp_fill, numba="medkern._numba.polygon:fill_polygons")
 
 
-def _reference(reference: Any) -> tuple[Image, str | None]:
-    """The grid and its FrameOfReferenceUID (None when only an Image is given)."""
+def reference_series(reference: Any) -> Any:
+    """The image series ``reference`` names: a DicomSeries, the directory of one DICOM series, or
+    the list of its files (what both the RTSTRUCT reader and writer accept as the referenced series)."""
     from medkern.io.dicom import DicomSeries, _choose, list_dicom_series
 
-    if isinstance(reference, Image):
-        return reference, None
     if isinstance(reference, DicomSeries):
-        return reference.read(), reference.frame_of_reference_uid
+        return reference
     if isinstance(reference, (str, os.PathLike)):
         d = Path(reference)
         if not d.is_dir():
-            raise ValueError(f"reference must be an Image, a DicomSeries or a DICOM series directory; {d} "
-                             "is not a directory")
-        series = _choose(list_dicom_series(d), None, d)
-        return series.read(), series.frame_of_reference_uid
-    raise TypeError(f"reference must be an Image, a DicomSeries or a DICOM series directory, "
-                    f"got {type(reference).__name__}")
+            raise ValueError(f"reference must be an Image, a DicomSeries or a DICOM series directory (or the "
+                             f"series' files); {d} is not a directory")
+        return _choose(list_dicom_series(d), None, d)
+    if isinstance(reference, Sequence) and not isinstance(reference, (str, bytes)):
+        from medkern.analysis.dicom_objects import _source_series
+
+        return _source_series(reference)[0]
+    raise TypeError(f"reference must be an Image, a DicomSeries or a DICOM series directory (or the series' "
+                    f"files), got {type(reference).__name__}")
+
+
+def _reference(reference: Any) -> tuple[Image, str | None]:
+    """The grid and its FrameOfReferenceUID (None when only an Image is given)."""
+    if isinstance(reference, Image):
+        return reference, None
+    series = reference_series(reference)
+    return series.read(), series.frame_of_reference_uid
 
 
 def read_rtstruct(path: str | os.PathLike, reference: Any, rois: Sequence[str] | None = None
@@ -66,8 +77,9 @@ def read_rtstruct(path: str | os.PathLike, reference: Any, rois: Sequence[str] |
     ----------
     path : the RTSTRUCT file.
     reference : the image the contours were drawn on: an :class:`Image` (3D), a
-        :class:`~medkern.io.dicom.DicomSeries`, or the DICOM series directory. With a series or a
-        directory the RTSTRUCT's frame of reference is checked against the image's.
+        :class:`~medkern.io.dicom.DicomSeries`, the DICOM series directory or the list of its
+        files. With a series, a directory or files the RTSTRUCT's frame of reference is checked
+        against the image's.
     rois : ROI names to rasterise (default: all).
 
     Returns
