@@ -26,7 +26,9 @@ from medkern.intensity import normalize, window
 from medkern.io import read, write, write_dicom_series
 from medkern.io.dicom import DicomSeries, list_dicom_series, read_dicom_file, read_dicom_series
 from medkern.io.rtstruct import read_rtstruct
+from medkern.io.rtstruct_write import write_rtstruct
 from medkern.measure import Region, regions
+from medkern.pet import suv
 from medkern.radiomics import radiomics
 from medkern.registration import RegistrationResult, register
 from medkern.resample import map_coordinates, resample, resample_to, warp
@@ -106,6 +108,7 @@ __all__ = [
     "resample_to",
     "set_num_threads",
     "sliding_window",
+    "suv",
     "threshold_otsu",
     "unsharp_mask",
     "validate_metadata",
@@ -114,4 +117,5 @@ __all__ = [
     "write",
     "write_dicom_series",
     "write_model_metadata",
+    "write_rtstruct",
 ]
