@@ -307,3 +307,33 @@ def test_irregular_or_unreferenceable_series_raise(helpers, tmp_path):
     with pytest.raises(ValueError, match="labels must be 3D"):
         mk.write_rtstruct(mk.Image(np.ones((8, 8), np.uint8)), series, tmp_path / "rs.dcm")
     assert not (tmp_path / "rs.dcm").exists()
+
+
+def test_enhanced_multiframe_reference_names_frames(helpers, tmp_path):
+    """An enhanced CT (one file, one frame per slice): each contour references its frame, whose
+    plane (Per-frame Functional Groups) holds its points."""
+    source = helpers.dicom_test_file("eCT_Supplemental.dcm")
+    shutil.copy(source, tmp_path / "ect.dcm")
+    (series,) = mk.list_dicom_series(tmp_path)
+    img = series.read()
+    lab = np.zeros(img.shape, np.uint8)
+    lab[0, 100:200, 100:300] = 1
+    lab[1, 250:260, 40:45] = 1
+    out = mk.write_rtstruct(img.with_array(lab), series, tmp_path / "rs.dcm")
+    np.testing.assert_array_equal(mk.read_rtstruct(out, series)["Label 1"].array, lab)
+    ect = pydicom.dcmread(source, stop_before_pixels=True)
+    shared = ect.SharedFunctionalGroupsSequence[0]
+    iop = np.asarray(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
+    normal = np.cross(iop[:3], iop[3:])
+    contours = pydicom.dcmread(out).ROIContourSequence[0].ContourSequence
+    assert len(contours) == 2
+    frames = set()
+    for c in contours:
+        (image,) = c.ContourImageSequence
+        assert image.ReferencedSOPInstanceUID == ect.SOPInstanceUID
+        frame = int(image.ReferencedFrameNumber)
+        frames.add(frame)
+        plane = ect.PerFrameFunctionalGroupsSequence[frame - 1].PlanePositionSequence[0]
+        pts = np.asarray(c.ContourData, float).reshape(-1, 3)
+        assert np.abs((pts - np.asarray(plane.ImagePositionPatient, float)) @ normal).max() < 1e-3
+    assert frames == {1, 2}
