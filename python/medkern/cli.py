@@ -56,8 +56,9 @@ def info(args: argparse.Namespace) -> int:
 
 
 def _convert_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", help="DICOM directory or file, or NIfTI file")
-    p.add_argument("output", help="output file (.nii or .nii.gz), written atomically")
+    p.add_argument("input", help="DICOM directory or file, or NIfTI, NRRD (.nrrd/.nhdr/.seg.nrrd) or MetaImage "
+                                 "(.mha/.mhd) file")
+    p.add_argument("output", help="output file (.nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd), written atomically")
     p.add_argument("--series-uid", help="which DICOM series, when the directory holds several")
     p.add_argument("--allow-irregular", action="store_true",
                    help="recover irregular DICOM series (duplicates, gaps, tilt) instead of failing")
@@ -65,7 +66,7 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
 
 @command("convert", _convert_args)
 def convert(args: argparse.Namespace) -> int:
-    """Convert a DICOM series or file, or a NIfTI file, to NIfTI (written atomically)."""
+    """Convert a DICOM series or file, or a NIfTI, NRRD or MetaImage file, to NIfTI, NRRD or MetaImage."""
     import medkern as mk
 
     kwargs: dict[str, Any] = {"series_uid": args.series_uid} if args.series_uid else {}
