@@ -70,8 +70,8 @@ def test_convert_errors_leave_no_file(helpers, series_dir, tmp_path, rng, capsys
     assert "holds 2 image series; pass series_uid" in capsys.readouterr().err and not out.exists()
     assert main(["convert", str(series_dir), str(out), "--series-uid", "1.2.3.5"]) == 0
     np.testing.assert_array_equal(mk.read(out).array, other)
-    assert main(["convert", str(series_dir), str(tmp_path / "x.mha"), "--series-uid", "1.2.3.5"]) == 2
-    assert "unsupported output format '.mha'" in capsys.readouterr().err
+    assert main(["convert", str(series_dir), str(tmp_path / "x.vtk"), "--series-uid", "1.2.3.5"]) == 2
+    assert "unsupported output format '.vtk'" in capsys.readouterr().err
 
 
 def test_convert_irregular_needs_the_flag(helpers, tmp_path, rng, capsys):
