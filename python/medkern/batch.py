@@ -604,7 +604,7 @@ def _client_for(scheduler: Any, workers: int | None, threads: int | None) -> tup
             raise ValueError(f"workers must be >= 1, got {n}")
         per_task = threads or max(1, cores // n)
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                               dashboard_address=":0" if _has_bokeh() else None, silence_logs=40)
+                               dashboard_address=":0" if _has_bokeh() else None, silence_logs=50)
         client = Client(cluster, set_as_default=False)
         return client, cluster, n, {"127.0.0.1": per_task, socket.gethostname(): per_task}
     if hasattr(scheduler, "submit") and hasattr(scheduler, "register_plugin"):
@@ -723,7 +723,7 @@ def analyze_many(studies: Any, out_dir: str | os.PathLike, patients: Any = None,
                                          key=f"medkern-study-{study.id}-{digest[:12]}", retries=retries,
                                          pure=False): study for study, patient, digest in todo}
                 done = len(items) - len(todo)
-                for future in as_completed(futures):
+                for future in as_completed(futures, loop=client.loop):
                     study = futures[future]
                     try:
                         result = future.result()
