@@ -62,6 +62,52 @@ def _scheduler_overhead(n_tasks: int) -> tuple[float, float]:
         cluster.close()
 
 
+def _scaling(task: float, scan: float, sched: float, startup: float, load: float, in_mb: float) -> list[str]:
+    """The written scaling estimate for 1,000 and 100,000 studies on W workers, from measured costs.
+
+    Wall time = client header scan (serial, N x scan) + cluster start + model load per worker
+    + N x task / W; the scheduler is a bound only once it cannot hand out tasks as fast as W
+    workers finish them (W > task / sched), and storage once W workers read faster than it serves.
+    """
+    def hours(n: int, w: int) -> str:
+        seconds = n * scan + startup + load + n * task / w
+        return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+    workers = (2, 16, 64, 256)
+    lines = [
+        "",
+        "## Scaling estimate",
+        "",
+        f"From the costs above: wall time ≈ N × {scan:.3f} s (header scan, on the client, serial) "
+        f"+ {startup + load:.1f} s (start-up, model load) + N × {task:.2f} s / W, for N studies of this size "
+        "on W single-threaded workers (one core each).",
+        "",
+        "| studies | " + " | ".join(f"W = {w}" for w in workers) + " |",
+        "|---|" + "---|" * len(workers),
+    ]
+    for n in (1_000, 100_000):
+        lines.append(f"| {n:,} | " + " | ".join(hours(n, w) for w in workers) + " |")
+    lines += [
+        "",
+        f"- **Model and measurement time** bound the run while W < task / scan = "
+        f"{task / scan:.0f} workers: below that, add workers.",
+        f"- **The client's header scan** ({scan * 1e3:.0f} ms per DICOM study, {100_000 * scan / 3600:.1f} h for "
+        "100,000) is what bounds a large cohort beyond that. Split it: run `find_studies` on each top-level "
+        "folder in parallel (e.g. `client.map(mk.batch.find_studies, folders)` on the same cluster) and pass "
+        "the concatenated list to `analyze_many`; NIfTI studies need no scan.",
+        f"- **The scheduler** costs {sched * 1e3:.2f} ms per task, so one scheduler keeps up with about "
+        f"{task / sched:,.0f} busy workers at this task length; 100,000 tasks are "
+        f"{100_000 * sched / 60:.0f} min of scheduler time spread over the run, never binding below that.",
+        f"- **Storage**: these studies are {in_mb:.1f} MB each (median), {in_mb / task:.1f} MB/s per worker. A "
+        "512 × 512 × 300 CT is 157 MB of DICOM and its task several times longer; at about 16 MB/s per "
+        "worker a 1 GB/s shared file system saturates near 60 workers: beyond that, stage studies on "
+        "node-local disk or spread them over storage servers.",
+        "- **Memory**: plan 1.5 GB per worker for CTs of this size (peak above) and about 6 GB for a "
+        "512 × 512 × 300 CT (the peak grows by about 76 bytes per voxel over a 0.1 GB idle worker).",
+    ]
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -105,6 +151,7 @@ def main() -> int:
         peak = [r["peak_rss_mb"] for r in rows]
         voxels = [rep["study"]["shape"][0] * rep["study"]["shape"][1] * rep["study"]["shape"][2] for rep in reports]
         big = max(range(n), key=lambda i: voxels[i])
+        in_mb = statistics.median(sum(os.path.getsize(f) for f in s.files) for s in studies) / 1e6
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -145,6 +192,7 @@ def main() -> int:
         f"Peak resident memory of a worker while it analyses a study: median {statistics.median(peak):.0f} MB, "
         f"max {max(peak):.0f} MB (the largest CT, {voxels[big] / 1e6:.1f} M voxels: {peak[big]:.0f} MB).",
     ]
+    lines += _scaling(task, scan / n, per_task, startup, model_load, in_mb)
     out = HERE / "BATCH.md"
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))

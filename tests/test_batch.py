@@ -273,6 +273,17 @@ def test_one_batch_per_output_folder(tmp_path):
     assert not (out / batch.LOCK).exists()
 
 
+def test_workers_only_size_the_local_cluster(tmp_path):
+    with pytest.raises(ValueError, match="local cluster only"):
+        batch.analyze_many([], tmp_path / "out", scheduler="tcp://127.0.0.1:8786", workers=4)
+    assert not (tmp_path / "out").exists()
+
+
+def test_study_repr_counts_files(tmp_path):
+    study = batch.Study("s1", tuple(f"/d/{i}.dcm" for i in range(500)), tuple(f"/d/{i}.dcm" for i in range(500)))
+    assert repr(study) == "Study(id='s1', source='<500 files>', files=500, study_uid=None, patient_id=None)"
+
+
 def test_cli_batch(client, generated, tmp_path, capsys):
     from medkern.cli import main
 

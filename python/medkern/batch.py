@@ -96,6 +96,11 @@ class Study:
             h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         return h.hexdigest()
 
+    def __repr__(self) -> str:   # a study can hold thousands of files: count them, do not list them
+        source = self.source if isinstance(self.source, str) else f"<{len(self.source)} files>"
+        return (f"Study(id={self.id!r}, source={source!r}, files={len(self.files)}, "
+                f"study_uid={self.study_uid!r}, patient_id={self.patient_id!r})")
+
 
 @dataclass
 class BatchResult:
@@ -664,8 +669,10 @@ def analyze_many(studies: Any, out_dir: str | os.PathLike, patients: Any = None,
         a record are analysed without patient context (every patient field reported missing).
     model, guideline : as for ``mk.analyze`` (a shipped name or a file path); model may also be a
         list of them (the first that reads a study's modality runs); None: the shipped defaults.
-    scheduler : None or ``"local"`` for a ``LocalCluster`` on this machine (``workers`` processes,
-        default one per core), an address (``tcp://host:8786``) or a ``distributed.Client``.
+    scheduler : None or ``"local"`` for a ``LocalCluster`` on this machine, an address
+        (``tcp://host:8786``) or a ``distributed.Client``.
+    workers : the LocalCluster's worker processes (default one per core); a ValueError with a
+        running cluster, whose size is set where its workers start.
     threads : medkern and ONNX Runtime threads per study (default: a host's cores divided by the
         studies it runs at once).
     retry_failed : run again the studies whose analysis failed in an earlier run.
@@ -676,6 +683,9 @@ def analyze_many(studies: Any, out_dir: str | os.PathLike, patients: Any = None,
     """
     from distributed import as_completed
 
+    if workers is not None and scheduler not in (None, "local"):
+        raise ValueError("workers sizes the local cluster only; a running cluster has the workers that were "
+                         "started for it (dask worker ... --nworkers N, or cluster.scale(N))")
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
