@@ -172,8 +172,8 @@ def test_analyze_sts_dicom_study_is_traceable(sts_report):
     lesion = d["findings"]["lesions"][0]
     assert lesion["max_diameter_mm"] == pytest.approx(region.max_diameter_mm, abs=0.01)
     assert lesion["volume_mm3"] == pytest.approx(region.volume_mm3, abs=0.01)
-    assert lesion["radiomics"]["morphology/Volume (mesh) [3D]"] > 0 if "morphology/Volume (mesh) [3D]" in lesion["radiomics"] \
-        else len(lesion["radiomics"]) > 20
+    mesh_volume = lesion["radiomics"].get("morphology/Volume (mesh) [3D]")
+    assert mesh_volume > 0 if mesh_volume is not None else len(lesion["radiomics"]) > 20
     # The T category follows AJCC 8th from the reported maximum dimension.
     diameter = d["findings"]["max_diameter_mm"]
     expected = "T1" if diameter <= 50 else "T2" if diameter <= 100 else "T3" if diameter <= 150 else "T4"
@@ -289,3 +289,28 @@ def test_second_input_needs_the_primary_frame_of_reference():
     ct.candidate.frame_of_reference_uid = pet.candidate.frame_of_reference_uid = "1.2.3"
     moved = _on_primary_grid(pet, ct)
     assert moved.same_geometry(ct.image)
+
+
+def test_progress_over_the_stages_and_cancellation(shared_data, tmp_path):
+    folder = _sts_dicom(shared_data, "STS_003") / "CT" / "image"
+    calls = []
+    report = mk.analyze(folder, location=False, progress=lambda stage, f: calls.append((stage, f)))
+    fractions = [f for _, f in calls]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and fractions.count(1.0) == 1
+    stages = [s for s, _ in calls]
+    # the analysis stages in order (calls closer than 10 ms apart are merged, so quick stages may
+    # not show), and the model's own stages inside "predict"
+    order = list(report.to_dict()["timings_s"])
+    seen = [s for s in dict.fromkeys(stages) if s in order]
+    assert seen == sorted(seen, key=order.index) and {"read", "radiomics"} <= set(seen)
+    assert "patches" in stages
+
+    def stop_at_radiomics(stage, fraction):
+        return stage != "radiomics"
+
+    with pytest.raises(mk.Cancelled, match="radiomics") as info:
+        mk.analyze(folder, location=False, out_dir=tmp_path / "out", progress=stop_at_radiomics)
+    assert info.value.medkern_stage == "radiomics"
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(TypeError, match="progress must be"):
+        mk.analyze(folder, progress="yes")

