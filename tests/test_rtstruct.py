@@ -142,9 +142,10 @@ def test_rtstruct_errors(helpers, tmp_path):
     (tmp_path / "text.dcm").write_text("not DICOM")
     with pytest.raises(mk.DicomError, match="not a readable DICOM file"):
         mk.read_rtstruct(tmp_path / "text.dcm", img)
-    # An ROI without contours gives an empty mask.
+    # An ROI without contours gives an empty mask, and says so.
     dup = helpers.write_rtstruct(tmp_path / "dup.dcm", {"x": [square(1, 3, 1, 3, 2.0)], "y": []}, "1.2.3")
-    masks = mk.read_rtstruct(dup, img)
+    with pytest.warns(mk.errors.RTStructWarning, match="dup.dcm: ROI 'y' gives an empty mask: it has no contours"):
+        masks = mk.read_rtstruct(dup, img)
     assert masks["y"].array.sum() == 0 and masks["x"].array.sum() == 4
 
 

@@ -1,4 +1,7 @@
 #include "bindings.hpp"
+#include <cmath>
+#include <string>
+
 #include "medkern/polygon.hpp"
 
 namespace {
@@ -16,6 +19,12 @@ py::array_t<std::uint8_t> fill_polygons(const carray<double>& xy, const carray<s
   for (py::ssize_t p = 0; p < n_polygons; ++p)
     if (s[p] < 0 || s[p + 1] < s[p] || s[p + 1] > xy.shape(0))
       throw py::value_error("start must be non-decreasing offsets into xy");
+  // Vertices must be finite and within the range where a crossing's voxel index converts to an
+  // integer exactly (a NaN breaks the crossing sort, a huge value an out-of-range cast).
+  const double* v = xy.data();
+  for (py::ssize_t n = 0; n < 2 * xy.shape(0); ++n)
+    if (!(std::fabs(v[n]) <= 1e15))
+      throw py::value_error("xy must hold finite vertex indices of magnitude <= 1e15, got " + std::to_string(v[n]));
   py::array_t<std::uint8_t> out({nk, nj, ni});
   const double* pts = xy.data();
   const std::int64_t* slices = slice_of.data();

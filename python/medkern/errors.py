@@ -3,7 +3,7 @@ ValueError / TypeError."""
 
 from __future__ import annotations
 
-__all__ = ["MedkernError", "DicomError", "ModelError", "Cancelled"]
+__all__ = ["MedkernError", "DicomError", "ModelError", "Cancelled", "MedkernWarning", "RTStructWarning"]
 
 
 class MedkernError(Exception):
@@ -22,3 +22,13 @@ class Cancelled(MedkernError):
     """A long operation stopped because its ``progress`` callable returned False; the message
     names the operation and the stage it stopped in. Nothing the operation would have produced
     is left behind."""
+
+
+class MedkernWarning(UserWarning):
+    """Base class of medkern's warnings: a result was produced, but something in the input was
+    skipped or is doubtful; the message says what."""
+
+
+class RTStructWarning(MedkernWarning):
+    """An RT Structure Set was read, but contours were skipped (points, open polylines, fewer than
+    three points) or an ROI's mask is empty; the message names the file and the ROI."""

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from medkern._dispatch import Kernel, get_num_threads
-from medkern.errors import DicomError
+from medkern.errors import DicomError, RTStructWarning
 from medkern.image import Image
 
 __all__ = ["fill_polygons", "read_rtstruct", "reference_series"]
@@ -29,6 +29,8 @@ _IN_PLANE_MARGIN = 0.5 + 1e-3
 # All points of a contour lie within this many slices of its slice (half a slice either way).
 _SLICE_TOLERANCE = 0.5
 _CLOSED = {"CLOSED_PLANAR", "CLOSED_PLANAR_XOR"}
+# Valid contour types that enclose no area: skipped with an RTStructWarning.
+_NOT_AREAS = ("POINT", "OPEN_PLANAR", "OPEN_NONPLANAR")
 
 
 def _cpp_fill(xy, start, slice_of, shape):
@@ -86,10 +88,18 @@ def read_rtstruct(path: str | os.PathLike, reference: Any, rois: Sequence[str] |
     -------
     ``{ROI name: Image}``, uint8 masks (1 inside) with the reference geometry, in the order of
     the Structure Set ROI Sequence. A name used by several ROIs gets ``#<ROINumber>`` appended.
-    ROIs without closed planar contours (points, open polylines) give an empty mask.
 
-    Raises DicomError when the file is not an RTSTRUCT, refers to another frame of reference, or a
-    contour lies off the reference grid or across its slices.
+    Contours that enclose no area are skipped with a :class:`medkern.errors.RTStructWarning` naming
+    the file and the ROI: POINT, OPEN_PLANAR and OPEN_NONPLANAR contours, closed contours of fewer
+    than three points. An ROI left without any area (no contours at all, or only skipped ones)
+    gives an empty mask, with that warning.
+
+    Raises DicomError (naming the file, and the ROI and contour where there is one) when the file is
+    not an RTSTRUCT, refers to another frame of reference, or a contour lies off the reference grid
+    or across its slices; and for a corrupt structure set, where reading on would give a silently
+    wrong mask: two ROIs sharing a ROINumber, contours whose ReferencedROINumber is absent or names
+    no ROI, two contour sets for one ROI, ContourData whose length is not a multiple of 3 or does
+    not match NumberOfContourPoints, non-finite coordinates, an unknown ContourGeometricType.
     """
     import pydicom
 
@@ -109,30 +119,95 @@ def read_rtstruct(path: str | os.PathLike, reference: Any, rois: Sequence[str] |
     if str(ds.get("Modality", "")) != "RTSTRUCT" or "StructureSetROISequence" not in ds:
         raise DicomError(f"{p}: not an RT Structure Set (Modality {ds.get('Modality', 'absent')!r})")
 
-    rois_by_number: dict[int, tuple[str, str]] = {}
-    names = [str(r.get("ROIName", "")) for r in ds.StructureSetROISequence]
-    for r, name in zip(ds.StructureSetROISequence, names):
-        number = int(r.ROINumber)
-        key = name if names.count(name) == 1 else f"{name}#{number}"
-        rois_by_number[number] = (key, str(r.get("ReferencedFrameOfReferenceUID", "")))
-    if rois is not None:
-        wanted = [str(r) for r in ([rois] if isinstance(rois, str) else rois)]
-        unknown = sorted(set(wanted) - {k for k, _ in rois_by_number.values()})
-        if unknown:
-            raise ValueError(f"rois {unknown} are not in {p.name}; it has "
-                             f"{[k for k, _ in rois_by_number.values()]}")
-    contours_of = {int(rc.ReferencedROINumber): rc.get("ContourSequence") or []
-                   for rc in ds.get("ROIContourSequence", [])}
-
+    notes: list[str] = []
     masks: dict[str, Image] = {}
-    for number, (key, roi_frame) in rois_by_number.items():
-        if rois is not None and key not in wanted:
-            continue
-        if frame_uid is not None and roi_frame and roi_frame != frame_uid:
-            raise DicomError(f"{p.name}: ROI {key!r} is defined in frame of reference {roi_frame}, the "
-                             f"reference image in {frame_uid}; the contours cannot be placed on it")
-        masks[key] = grid.with_array(_rasterise(contours_of.get(number, []), grid, key, p.name))
+    # pydicom warns about non-conformant values as they are accessed: every value used is checked
+    # here, so its warnings are noise; medkern's own notes are issued after the block.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rois_by_number = _structure_set_rois(ds, p.name)
+        if rois is not None:
+            wanted = [str(r) for r in ([rois] if isinstance(rois, str) else rois)]
+            unknown = sorted(set(wanted) - {k for k, _ in rois_by_number.values()})
+            if unknown:
+                raise ValueError(f"rois {unknown} are not in {p.name}; it has "
+                                 f"{[k for k, _ in rois_by_number.values()]}")
+        contours_of = _roi_contours(ds, rois_by_number, p.name)
+        for number, (key, roi_frame) in rois_by_number.items():
+            if rois is not None and key not in wanted:
+                continue
+            if frame_uid is not None and roi_frame and roi_frame != frame_uid:
+                raise DicomError(f"{p.name}: ROI {key!r} is defined in frame of reference {roi_frame}, the "
+                                 f"reference image in {frame_uid}; the contours cannot be placed on it")
+            masks[key] = grid.with_array(_rasterise(contours_of.get(number, []), grid, key, p.name, notes))
+    for note in notes:
+        warnings.warn(note, RTStructWarning, stacklevel=2)
     return masks
+
+
+def _value(item: Any, keyword: str) -> Any:
+    """``item.get(keyword)``, or the element's raw text when pydicom cannot convert it."""
+    try:
+        return item.get(keyword)
+    except (ValueError, TypeError, OverflowError):
+        from pydicom.datadict import tag_for_keyword
+
+        raw = item.get_item(tag_for_keyword(keyword))
+        value = getattr(raw, "value", None)
+        return value.decode("ascii", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+def _roi_number(value: Any, where: str) -> int:
+    """An ROI number (IS) as int; DicomError naming ``where`` when absent or not an integer."""
+    try:
+        number = int(str(value).strip()) if value is not None else None
+    except ValueError:
+        number = None
+    if number is None:
+        raise DicomError(f"{where} is {'absent' if value is None else repr(str(value))}: not an integer ROI number")
+    return number
+
+
+def _structure_set_rois(ds: Any, source: str) -> dict[int, tuple[str, str]]:
+    """ROINumber -> (name key, ReferencedFrameOfReferenceUID), in file order. Two ROIs sharing a
+    number cannot be told apart by their contours: DicomError."""
+    items = list(ds.StructureSetROISequence)
+    names = [str(_value(r, "ROIName") or "") for r in items]
+    numbers = [_roi_number(_value(r, "ROINumber"), f"{source}: StructureSetROISequence item {n + 1} ({names[n]!r}) "
+                                               "ROINumber") for n, r in enumerate(items)]
+    out: dict[int, tuple[str, str]] = {}
+    for r, name, number in zip(items, names, numbers):
+        if number in out:
+            first = names[numbers.index(number)]
+            raise DicomError(f"{source}: ROIs {first!r} and {name!r} share ROINumber {number}; their contours "
+                             "cannot be told apart (the structure set is corrupt)")
+        key = name if names.count(name) == 1 else f"{name}#{number}"
+        out[number] = (key, str(_value(r, "ReferencedFrameOfReferenceUID") or ""))
+    keys = [k for k, _ in out.values()]
+    clash = sorted({k for k in keys if keys.count(k) > 1})
+    if clash:
+        raise DicomError(f"{source}: ROI names {clash} are ambiguous (a name equals another ROI's "
+                         "'<name>#<ROINumber>' key)")
+    return out
+
+
+def _roi_contours(ds: Any, rois_by_number: dict[int, tuple[str, str]], source: str) -> dict[int, list]:
+    """ReferencedROINumber -> its ContourSequence items. Contours that belong to no ROI of the
+    Structure Set ROI Sequence, or two contour sets for one ROI, are DicomErrors: either would
+    make an ROI's mask silently wrong."""
+    out: dict[int, list] = {}
+    for n, rc in enumerate(ds.get("ROIContourSequence") or []):
+        where = f"{source}: ROIContourSequence item {n + 1}"
+        number = _roi_number(_value(rc, "ReferencedROINumber"), f"{where} ReferencedROINumber")
+        if number not in rois_by_number:
+            raise DicomError(f"{where} holds the contours of ROI number {number}, which the "
+                             f"StructureSetROISequence does not define (it has ROI numbers "
+                             f"{sorted(rois_by_number)}); the structure set is inconsistent")
+        if number in out:
+            raise DicomError(f"{where}: ROI {rois_by_number[number][0]!r} (ROI number {number}) has a second "
+                             "set of contours; the structure set is inconsistent")
+        out[number] = list(rc.get("ContourSequence") or [])
+    return out
 
 
 def _contour_data(contour: Any) -> np.ndarray:
@@ -147,23 +222,51 @@ def _contour_data(contour: Any) -> np.ndarray:
     return np.asarray([float(v) for v in (value or [])], dtype=np.float64)
 
 
-def _rasterise(contours: Any, grid: Image, roi: str, source: str) -> np.ndarray:
+def _rasterise(contours: Any, grid: Image, roi: str, source: str, notes: list[str]) -> np.ndarray:
     nk, nj, ni = grid.shape
     polygons: list[np.ndarray] = []
     slices: list[int] = []
+    skipped: dict[str, int] = {}  # why -> how many contours
     for n, c in enumerate(contours):
-        if str(c.get("ContourGeometricType", "CLOSED_PLANAR")) not in _CLOSED:
+        name = f"{source}: ROI {roi!r} contour {n + 1}"
+        kind = str(_value(c, "ContourGeometricType") or "CLOSED_PLANAR").strip()
+        if kind not in _CLOSED:
+            if kind not in _NOT_AREAS:
+                raise DicomError(f"{name}: ContourGeometricType {kind!r} is not a DICOM contour type "
+                                 f"(CLOSED_PLANAR, CLOSED_PLANAR_XOR, {', '.join(_NOT_AREAS)})")
+            skipped[f"{kind} contours (not areas)"] = skipped.get(f"{kind} contours (not areas)", 0) + 1
             continue
         try:
             pts = _contour_data(c)
         except ValueError as exc:
-            raise DicomError(f"{source}: ROI {roi!r} contour {n + 1}: ContourData holds a value that is not a "
+            raise DicomError(f"{name}: ContourData holds a value that is not a "
                              f"number ({exc})") from exc
-        if pts.size < 9 or pts.size % 3:
-            continue  # fewer than 3 points enclose nothing
-        kji = grid.world_to_index(pts.reshape(-1, 3))
+        if pts.size % 3:
+            raise DicomError(f"{name}: ContourData holds {pts.size} values, not a multiple of 3 (x, y, z per "
+                             "point): the contour is truncated or corrupt")
+        declared = _value(c, "NumberOfContourPoints")
+        if declared is not None and str(declared).strip() != "":
+            try:
+                declared_n = int(str(declared).strip())
+            except ValueError:
+                declared_n = -1
+            if declared_n != pts.size // 3:
+                raise DicomError(f"{name}: NumberOfContourPoints is {str(declared).strip()!r} but ContourData "
+                                 f"holds {pts.size // 3} points: the contour is truncated or corrupt")
+        if not np.all(np.isfinite(pts)):
+            bad = int(np.count_nonzero(~np.isfinite(pts)))
+            raise DicomError(f"{name}: ContourData holds {bad} non-finite value(s) (NaN or infinity)")
+        if pts.size < 9:
+            key = "closed contours with fewer than 3 points (they enclose nothing)"
+            skipped[key] = skipped.get(key, 0) + 1
+            continue
+        with np.errstate(over="ignore", invalid="ignore"):
+            kji = grid.world_to_index(pts.reshape(-1, 3))
+        if not np.all(np.isfinite(kji)):
+            raise DicomError(f"{name}: points lie astronomically far from the reference grid "
+                             "(wrong reference image, or corrupt coordinates)")
         k = int(np.round(np.mean(kji[:, 0])))
-        where = f"{source}: ROI {roi!r} contour {n + 1} (z = {pts[2]:.2f} mm)"
+        where = f"{name} (z = {pts[2]:.2f} mm)"
         if np.max(np.abs(kji[:, 0] - k)) > _SLICE_TOLERANCE:
             raise DicomError(f"{where} crosses slices {kji[:, 0].min():.2f}..{kji[:, 0].max():.2f} of the reference "
                              "image: it is not in one of its image planes (wrong reference image?)")
@@ -176,6 +279,14 @@ def _rasterise(contours: Any, grid: Image, roi: str, source: str) -> np.ndarray:
                              f"beyond the reference grid of {nj} x {ni} voxels")
         polygons.append(kji[:, :0:-1])  # (i, j) per vertex
         slices.append(k)
+    if skipped or not polygons:
+        what = "; ".join(f"{v} {k}" for k, v in skipped.items())
+        if not polygons:
+            why = "it has no contours" if not contours else f"of its {len(contours)} contour(s) none is an area"
+            message = f"{source}: ROI {roi!r} gives an empty mask: {why}" + (f" ({what} skipped)" if what else "")
+        else:
+            message = f"{source}: ROI {roi!r}: skipped {what}"
+        notes.append(message)
     if not polygons:
         return np.zeros(grid.shape, dtype=np.uint8)
     start = np.concatenate([[0], np.cumsum([len(q) for q in polygons])]).astype(np.int64)
