@@ -5,9 +5,14 @@ crashes, hangs or allocates what the file merely claims."""
 
 from __future__ import annotations
 
+import gzip
+import os
+import stat
+import struct
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
 from pathlib import Path
 
@@ -235,3 +240,217 @@ def test_fill_polygons_kernel_rejects_non_finite_and_huge_vertices():
         print("ok")
     """)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr
+
+
+# ------------------------------------------------------------------ atomic writes
+@pytest.fixture
+def small():
+    return mk.Image(np.arange(24, dtype=np.float32).reshape(2, 3, 4), spacing=(2.0, 1.5, 0.5))
+
+
+def test_written_files_honour_the_umask(tmp_path, small):
+    old = os.umask(0o022)
+    try:
+        mk.write(small, tmp_path / "a.nii.gz")
+        mk.Affine.identity().write(tmp_path / "t.tfm")
+        os.umask(0o027)
+        mk.write(small, tmp_path / "b.nii")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "a.nii.gz").st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(tmp_path / "t.tfm").st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(tmp_path / "b.nii").st_mode) == 0o640
+    # Rewriting keeps the permissions the file has, as an ordinary open() would.
+    os.chmod(tmp_path / "b.nii", 0o604)
+    mk.write(small, tmp_path / "b.nii")
+    assert stat.S_IMODE(os.stat(tmp_path / "b.nii").st_mode) == 0o604
+
+
+def test_killed_writer_leftover_is_cleaned_by_next_write(tmp_path, small):
+    target = tmp_path / "out.nii.gz"
+    done = run_isolated(f"""
+        import os, signal
+        import numpy as np
+        import nibabel as nib
+        from medkern.io._atomic import atomic_path
+        with atomic_path({str(target)!r}) as tmp:
+            nib.save(nib.Nifti1Image(np.ones((64, 64, 64), np.float32), np.eye(4)), str(tmp))
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    assert done.returncode == -9
+    (leftover,) = [p for p in tmp_path.iterdir()]
+    assert leftover.name.startswith(".out.nii.gz.") and leftover.name.endswith(".tmp.nii.gz")
+    assert leftover.stat().st_size > 1000
+    mk.write(small, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nii.gz"]
+
+
+def test_stale_cleanup_touches_only_dead_writers_of_our_naming(tmp_path, small):
+    from medkern.io import _atomic
+
+    target = tmp_path / "x.nii"
+    host = _atomic._host()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    files = {
+        f".x.nii.{host}-{os.getpid()}.abcdefgh.tmp.nii": True,     # a live writer: kept
+        f".x.nii.{host}-{dead}.abcdefgh.tmp.nii": False,           # its writer is dead: removed
+        f".x.nii.otherhost-{dead}.abcdefgh.tmp.nii": True,         # another host, fresh: kept
+        f".x.nii.otherhost-{dead}.old45678.tmp.nii": False,        # another host, old: removed
+        ".x.nii.abcd1234.tmp.nii": True,                           # older naming, fresh: kept
+        ".x.nii.old_1234.tmp.nii": False,                          # older naming, old: removed
+        f".x.nii.{host}-{dead}.abcdefgh.tmp.nii.gz": True,         # another suffix: not ours
+        f".x.nii.{host}-{dead}.abcdefg.tmp.nii": True,             # not our pattern
+        f"x.nii.{host}-{dead}.abcdefgh.tmp.nii": True,             # not hidden: not ours
+        f".y.nii.{host}-{dead}.abcdefgh.tmp.nii": True,            # another target
+        "notes.txt": True,
+    }
+    old = time.time() - _atomic.STALE_AFTER_S - 60
+    for name in files:
+        (tmp_path / name).write_bytes(b"x")
+        if "old" in name:
+            os.utime(tmp_path / name, (old, old))
+    os.mkdir(tmp_path / f".x.nii.{host}-{dead}.zzzzzzzz.tmp.nii")  # a folder: never removed
+    mk.write(small, target)
+    left = {p.name for p in tmp_path.iterdir()}
+    for name, kept in files.items():
+        assert (name in left) == kept, name
+    assert f".x.nii.{host}-{dead}.zzzzzzzz.tmp.nii" in left and "x.nii" in left
+
+
+# ------------------------------------------------------------------ NIfTI writing
+@pytest.mark.parametrize("version", [1, 2])
+def test_write_refuses_geometry_that_cannot_be_read_back(tmp_path, version):
+    img = mk.Image(np.zeros((2, 2, 2), np.float32), spacing=(1e300, 1.0, 1.0))
+    with pytest.raises(ValueError, match=r"write: the image geometry is not finite.*spacing \(1e\+300"):
+        mk.write(img, tmp_path / "g.nii", nifti_version=version)
+    assert list(tmp_path.iterdir()) == []
+    if version == 1:  # finite in float64 but not in NIfTI-1's float32 fields; NIfTI-2 holds it
+        img = mk.Image(np.zeros((2, 2, 2), np.float32), origin=(1e39, 0, 0))
+        with pytest.raises(ValueError, match="not finite in float32.*use nifti_version=2"):
+            mk.write(img, tmp_path / "g.nii", nifti_version=1)
+        mk.write(img, tmp_path / "g2.nii", nifti_version=2)
+        assert mk.read(tmp_path / "g2.nii").origin[0] == 1e39
+
+
+def test_write_non_finite_geometry_of_a_tampered_image(tmp_path, small):
+    # Image validates its geometry; one changed behind its back must still not reach a file.
+    small._spacing = (float("nan"), 1.5, 0.5)
+    with pytest.raises(ValueError, match=r"not finite.*spacing \(nan"):
+        mk.write(small, tmp_path / "n.nii")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("dtype,narrow", [(np.int64, np.int32), (np.uint64, np.uint32)])
+def test_write_64bit_integers(tmp_path, dtype, narrow):
+    info = np.iinfo(narrow)
+    values = np.array([info.min, 0, 7, info.max] * 2, dtype=dtype).reshape(2, 2, 2)
+    mk.write(mk.Image(values), tmp_path / "i.nii.gz")
+    back = mk.read(tmp_path / "i.nii.gz")
+    assert back.dtype == narrow
+    np.testing.assert_array_equal(back.array, values)
+    wide = values.copy()
+    wide[0, 0, 0] = int(info.max) + 1
+    with pytest.raises(ValueError, match=rf"image is {np.dtype(dtype).name} with values .* outside "
+                                         rf"{np.dtype(narrow).name}'s range.*astype\(np.float64\)"):
+        mk.write(mk.Image(wide), tmp_path / "w.nii.gz")
+    assert not (tmp_path / "w.nii.gz").exists()
+
+
+# ------------------------------------------------------------------ NIfTI reading
+def nifti_bytes(img: mk.Image, gz: bool = False) -> bytes:
+    from medkern.io.nifti import image_to_nibabel
+
+    raw = image_to_nibabel(img).to_bytes()
+    return gzip.compress(raw) if gz else raw
+
+
+def with_dims(raw: bytes, dims) -> bytes:
+    out = bytearray(raw)
+    struct.pack_into("<8h", out, 40, len(dims), *dims, *([1] * (7 - len(dims))))
+    return bytes(out)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_nifti_header_claiming_huge_sizes_is_refused_before_allocating(tmp_path, small, suffix):
+    raw = with_dims(nifti_bytes(small), (30000, 30000, 30000))
+    path = tmp_path / f"big{suffix}"
+    path.write_bytes(gzip.compress(raw) if suffix == ".nii.gz" else raw)
+    done = run_isolated(f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # allocating the claim would fail
+        import medkern as mk
+        try:
+            mk.read({str(path)!r})
+        except ValueError as exc:
+            print(exc)
+    """)
+    assert done.returncode == 0, done.stderr
+    assert f"big{suffix}: the header describes (30000, 30000, 30000) voxels of float32" in done.stdout
+
+
+def test_nifti_gz_claim_checked_against_the_stream(tmp_path, small):
+    from medkern.io import nifti
+
+    # 320 MiB claimed, every byte but the last MiB present (zeros deflate ~1000:1).
+    dims = (1024, 1024, 80)
+    raw = with_dims(nifti_bytes(small), dims)[:352] + bytes(1024 * 1024 * 80 * 4 - (1 << 20))
+    path = tmp_path / "short.nii.gz"
+    path.write_bytes(gzip.compress(raw, 1))
+    assert 1024 * 1024 * 80 * 4 > nifti._STREAM_CHECK_BYTES
+    with pytest.raises(ValueError, match=r"short.nii.gz: the header describes \(1024, 1024, 80\) voxels .* but the "
+                                         r"gzip stream holds only"):
+        mk.read(path)
+    # More than deflate can expand the bytes present to.
+    path.write_bytes(gzip.compress(with_dims(nifti_bytes(small), (4000, 4000, 40))))
+    with pytest.raises(ValueError, match=r"more than \d+ bytes of gzip data can hold"):
+        mk.read(path)
+
+
+@pytest.mark.parametrize("case", ["truncated", "truncated_gz", "random", "random_gz", "empty", "zero_dim",
+                                  "bad_datatype", "nan_affine", "bad_gzip_crc", "header_only"])
+def test_corrupt_nifti_names_the_file(tmp_path, small, case):
+    raw = nifti_bytes(small)
+    rng = np.random.default_rng(3)
+    suffix = ".nii.gz" if case.endswith("_gz") or case == "bad_gzip_crc" else ".nii"
+    if case == "truncated":
+        data = raw[:-10]
+    elif case == "truncated_gz":
+        data = gzip.compress(raw)[:-12]
+    elif case == "random":
+        data = rng.bytes(2000)
+    elif case == "random_gz":
+        data = gzip.compress(rng.bytes(2000))
+    elif case == "empty":
+        data = b""
+    elif case == "zero_dim":
+        data = with_dims(raw, (4, 0, 2))
+    elif case == "bad_datatype":
+        data = bytearray(raw)
+        struct.pack_into("<h", data, 70, 9999)
+        data = bytes(data)
+    elif case == "nan_affine":
+        data = bytearray(raw)
+        struct.pack_into("<f", data, 280, float("nan"))  # srow_x[0]
+        struct.pack_into("<h", data, 252, 0)  # qform_code 0: the sform is the geometry
+        data = bytes(data)
+    elif case == "bad_gzip_crc":
+        data = bytearray(gzip.compress(raw))
+        data[-8] ^= 0xFF
+        data = bytes(data)
+    else:
+        data = raw[:352]
+    path = tmp_path / f"bad{suffix}"
+    path.write_bytes(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nibabel's own remarks on the header
+        with pytest.raises(ValueError, match=rf"bad{suffix.replace('.', '[.]')}: "):
+            mk.read(path)
+
+
+def test_valid_nifti_round_trip_unchanged(tmp_path, small):
+    for suffix in (".nii", ".nii.gz"):
+        mk.write(small, tmp_path / f"ok{suffix}")
+        back = mk.read(tmp_path / f"ok{suffix}")
+        np.testing.assert_array_equal(back.array, small.array)
+        assert back.same_geometry(small, atol=1e-5)

@@ -3,11 +3,20 @@
 Geometry precision: NIfTI-1 stores the affine as float32, so an Image round-trips through a
 NIfTI-1 file exactly to float32 precision (~1e-5 mm at 100 mm). ``write(..., nifti_version=2)``
 stores float64 and round-trips bit for bit.
+
+Hostile files: a header is checked against the bytes present before anything of the size it
+claims is allocated (``.nii``: the file size; ``.nii.gz``: what deflate can expand the compressed
+bytes to, :data:`MAX_GZ_BYTES` at most, and for claims beyond :data:`_STREAM_CHECK_BYTES` a
+decompressing pass that counts the bytes really there without keeping them). Every failure to
+read a file, whatever nibabel, zlib or numpy raise, is a ValueError naming the file.
 """
 
 from __future__ import annotations
 
+import gzip
+import math
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,13 +31,27 @@ _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 _INTENT_VECTOR = 1007
 
 
+# Deflate expands one input byte into at most ~1032 (RFC 1951: a 258-byte run per 2-bit code).
+_DEFLATE_MAX_RATIO = 1032
+# Largest decompressed .nii.gz read (header, extensions and voxels): beyond it, decompress the
+# file to .nii first (which is then checked against its size on disk, and memory-mapped).
+MAX_GZ_BYTES = 1 << 36
+# .nii.gz claims above this are verified by a counting decompression pass before allocating.
+_STREAM_CHECK_BYTES = 1 << 28
+
+
 def _geometry_from_affine(affine_ras: np.ndarray, ndim: int):
-    m = _RAS_TO_LPS @ np.asarray(affine_ras, dtype=np.float64)[:3, :3]
-    t = _RAS_TO_LPS @ np.asarray(affine_ras, dtype=np.float64)[:3, 3]
-    m = m[:ndim, :ndim][:, ::-1]  # nibabel columns are (i, j, k); ours are (k, j, i)
-    spacing = np.linalg.norm(m, axis=0)
-    if np.any(spacing == 0):
-        raise ValueError("NIfTI affine has a zero-length axis; the file's geometry is invalid")
+    affine = np.asarray(affine_ras, dtype=np.float64)
+    if not np.all(np.isfinite(affine)):
+        raise ValueError("the NIfTI affine (sform/qform/pixdim) holds non-finite values; the file's geometry "
+                         "is invalid")
+    with np.errstate(over="ignore", invalid="ignore"):
+        m = _RAS_TO_LPS @ affine[:3, :3]
+        t = _RAS_TO_LPS @ affine[:3, 3]
+        m = m[:ndim, :ndim][:, ::-1]  # nibabel columns are (i, j, k); ours are (k, j, i)
+        spacing = np.linalg.norm(m, axis=0)
+    if np.any(spacing == 0) or not np.all(np.isfinite(spacing)):
+        raise ValueError("NIfTI affine has a zero-length or overflowing axis; the file's geometry is invalid")
     return tuple(spacing), t[:ndim], m / spacing
 
 
@@ -85,6 +108,8 @@ def image_to_nibabel(img: Image, nifti_version: int = 1):
     array = np.asarray(img)
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
+    elif array.dtype in (np.int64, np.uint64):
+        array = _narrow_64bit(array)
     spatial = img.ndim
     axes = tuple(range(spatial))[::-1] + ((spatial,) if img.is_vector else ())
     data = np.transpose(array, axes)
@@ -103,21 +128,110 @@ def image_to_nibabel(img: Image, nifti_version: int = 1):
     return out
 
 
+def _narrow_64bit(array: np.ndarray) -> np.ndarray:
+    """int64 as int32, uint64 as uint32, when every value fits (exact); else ValueError. NIfTI can
+    hold 64-bit integers, but few readers (ITK, FSL, SPM) do."""
+    narrow = np.dtype(np.int32 if array.dtype == np.int64 else np.uint32)
+    info = np.iinfo(narrow)
+    lo, hi = (int(array.min()), int(array.max())) if array.size else (0, 0)
+    if lo < info.min or hi > info.max:
+        raise ValueError(f"write: the image is {array.dtype} with values {lo}..{hi}, outside {narrow}'s range, "
+                         f"and 64-bit integer NIfTI files are not written (most readers cannot open them); "
+                         f"rescale or relabel the values into {info.min}..{info.max}, or cast explicitly with "
+                         "img.astype(np.float64) (exact up to 2**53)")
+    return array.astype(narrow)
+
+
+def _check_writable_geometry(img: Image, nifti_version: int) -> None:
+    """The affine must be finite, and for NIfTI-1 stay finite in its float32 fields."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        affine = _affine_ras(img)
+        stored = affine.astype(np.float32) if nifti_version == 1 else affine
+        # Readers take each axis' length as the root of its squared entries: that must not overflow.
+        lengths = np.sum(np.square(stored.astype(np.float64)[:3, :3]), axis=0)
+    if not (np.all(np.isfinite(stored)) and np.all(np.isfinite(lengths))):
+        raise ValueError(f"write: the image geometry is not finite{' in float32' if nifti_version == 1 else ''} "
+                         f"(spacing {img.spacing}, origin {tuple(img.origin)}, direction {img.direction.tolist()}); "
+                         "a NIfTI file with it could not be read back"
+                         + ("; use nifti_version=2 for float64 geometry" if nifti_version == 1 else ""))
+
+
+def _data_offset(nifti: Any) -> int:
+    """Where the voxels start (nibabel moves vox_offset from the header into the array proxy)."""
+    offset = getattr(nifti.dataobj, "offset", None)
+    return int(offset if offset is not None else nifti.header.get_data_offset())
+
+
+def _claimed_bytes(nifti: Any) -> int:
+    """Bytes the header says the file holds: voxel offset plus voxels (Python ints: no overflow)."""
+    shape = nifti.header.get_data_shape()
+    if any(int(n) < 1 for n in shape):
+        raise ValueError(f"the header gives image sizes {tuple(shape)}; every size must be at least 1")
+    return _data_offset(nifti) + math.prod(int(n) for n in shape) * nifti.header.get_data_dtype().itemsize
+
+
+def _gzip_holds(path: Path, nbytes: int) -> int:
+    """Decompressed bytes of ``path`` (all gzip members), counted up to ``nbytes``, nothing kept."""
+    total = 0
+    with gzip.open(path, "rb") as f:
+        while total < nbytes:
+            chunk = f.read(min(1 << 22, nbytes - total))
+            if not chunk:
+                break
+            total += len(chunk)
+    return total
+
+
+def _check_claims(path: Path, nifti: Any) -> None:
+    needed = _claimed_bytes(nifti)
+    size = path.stat().st_size
+    shape, dtype = tuple(nifti.header.get_data_shape()), nifti.header.get_data_dtype()
+    what = f"the header describes {shape} voxels of {dtype} from byte {_data_offset(nifti)}"
+    if path.name.lower().endswith(".gz"):
+        if needed > MAX_GZ_BYTES:
+            raise ValueError(f"{what}: {needed} bytes, more than the {MAX_GZ_BYTES} medkern decompresses from "
+                             ".nii.gz (decompress it to .nii if the image is real)")
+        if needed > _DEFLATE_MAX_RATIO * size + 1024:
+            raise ValueError(f"{what}: {needed} bytes, more than {size} bytes of gzip data can hold "
+                             "(truncated file or wrong header)")
+        if needed > _STREAM_CHECK_BYTES:
+            present = _gzip_holds(path, needed)
+            if present < needed:
+                raise ValueError(f"{what}: {needed} bytes, but the gzip stream holds only {present} "
+                                 "(truncated file or wrong header)")
+    elif needed > size:
+        raise ValueError(f"{what}: {needed} bytes, but the file has {size} (truncated file or wrong header)")
+
+
 def read_nifti(path: str | os.PathLike, volume: int | None = None) -> Image:
+    """Read a ``.nii`` / ``.nii.gz`` file. Any failure caused by the file's content is a
+    ValueError that names it (FileNotFoundError and PermissionError pass through)."""
     import nibabel as nib
 
+    p = Path(path)
     try:
-        nifti = nib.load(os.fspath(path))
+        nifti = nib.load(os.fspath(p))
+        _check_claims(p, nifti)
         return image_from_nibabel(nifti, volume=volume)
-    except (nib.filebasedimages.ImageFileError, EOFError, OSError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise ValueError(f"{path}: not a readable NIfTI file ({exc})") from exc
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except (Exception, MemoryError) as exc:
+        # nibabel's HeaderDataError and ImageFileError, gzip's BadGzipFile, zlib.error, EOFError,
+        # mmap's length errors, numpy's size errors: all are about the file, so say which file.
+        message = str(exc).strip() or type(exc).__name__
+        if type(exc) is ValueError:  # medkern's own checks of the content
+            raise ValueError(f"{p}: {message}") from exc
+        raise ValueError(f"{p}: not a readable NIfTI file ({type(exc).__name__}: {message})") from exc
 
 
 def write_nifti(img: Image, path: str | os.PathLike, nifti_version: int = 1) -> None:
+    """Write ``img`` atomically. int64/uint64 images are written as int32/uint32 when every value
+    fits (ValueError otherwise); a geometry that is not finite (in float32 for NIfTI-1) is a
+    ValueError before anything is written."""
     import nibabel as nib
 
+    if nifti_version in (1, 2):
+        _check_writable_geometry(img, nifti_version)
     nifti = image_to_nibabel(img, nifti_version=nifti_version)
     with atomic_path(path) as tmp:
         nib.save(nifti, os.fspath(tmp))
