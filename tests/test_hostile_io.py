@@ -454,3 +454,149 @@ def test_valid_nifti_round_trip_unchanged(tmp_path, small):
         back = mk.read(tmp_path / f"ok{suffix}")
         np.testing.assert_array_equal(back.array, small.array)
         assert back.same_geometry(small, atol=1e-5)
+
+
+# ------------------------------------------------------------------ transform files
+def mat_v4(entries, endian="<") -> bytes:
+    out = b""
+    for name, values, mopt in entries:
+        raw = name.encode() + b"\0"
+        values = np.asarray(values)
+        out += struct.pack(endian + "5i", mopt, values.size, 1, 0, len(raw)) + raw + values.tobytes()
+    return out
+
+
+AFFINE_PARAMS = np.array([1.0, 0, 0, 0, 1, 0, 0, 0, 1, 1.5, -2.0, 3.25])
+
+
+def good_mat() -> bytes:
+    return mat_v4([("AffineTransform_double_3_3", AFFINE_PARAMS.astype("<f8"), 0),
+                   ("fixed", np.zeros(3, "<f8"), 0)])
+
+
+def test_mat_v4_good_file_reads_exactly(tmp_path):
+    p = tmp_path / "t.mat"
+    p.write_bytes(good_mat())
+    np.testing.assert_array_equal(mk.Affine.read(p).translation, [1.5, -2.0, 3.25])
+    p.write_bytes(mat_v4([("AffineTransform_double_3_3", AFFINE_PARAMS.astype(">f8"), 1000),
+                          ("fixed", np.zeros(3, ">f8"), 1000)], endian=">"))
+    np.testing.assert_array_equal(mk.Affine.read(p).translation, [1.5, -2.0, 3.25])
+
+
+def edit_header(data: bytes, offset: int, value: int) -> bytes:
+    out = bytearray(data)
+    struct.pack_into("<i", out, offset, value)
+    return bytes(out)
+
+
+@pytest.mark.parametrize("case, match", [
+    ("negative_namelen", "name length -20 is invalid"),         # looped forever before
+    ("huge_namelen", "name length 2147483647 is invalid"),
+    ("negative_rows", "size -1 x 1 is not that of a transform"),  # read the whole rest before
+    ("huge_rows", "size 2147483647 x 1 is not that of a transform"),
+    ("zero_namelen", "name length 0 is invalid"),
+    ("bad_type", "unsupported or corrupt type 7"),
+    ("complex", "imaginary part 1"),
+    ("truncated_values", "needs 96 bytes of values, the file has 40 left"),
+    ("truncated_header", "stray bytes at the end"),
+    ("duplicate", "variable 'fixed' appears twice"),
+    ("nan", "'fixed' holds non-finite values"),
+    ("no_params", r"expected one transform parameter vector and 'fixed', got \[\]"),
+])
+def test_mat_v4_malformed(tmp_path, case, match):
+    data = good_mat()
+    if case == "negative_namelen":
+        data = edit_header(data, 16, -20)
+    elif case == "huge_namelen":
+        data = edit_header(data, 16, 2**31 - 1)
+    elif case == "negative_rows":
+        data = edit_header(data, 4, -1)
+    elif case == "huge_rows":
+        data = edit_header(data, 4, 2**31 - 1)
+    elif case == "zero_namelen":
+        data = edit_header(data, 16, 0)
+    elif case == "bad_type":
+        data = edit_header(data, 0, 7)
+    elif case == "complex":
+        data = edit_header(data, 12, 1)
+    elif case == "truncated_values":
+        data = data[:20 + 27 + 40]
+    elif case == "truncated_header":
+        data = data + b"\0" * 7
+    elif case == "duplicate":
+        data = data + mat_v4([("fixed", np.zeros(3, "<f8"), 0)])
+    elif case == "nan":
+        data = mat_v4([("AffineTransform_double_3_3", AFFINE_PARAMS.astype("<f8"), 0),
+                       ("fixed", np.array([0, np.nan, 0], "<f8"), 0)])
+    else:
+        data = mat_v4([("fixed", np.zeros(3, "<f8"), 0)])
+    p = tmp_path / "bad.mat"
+    p.write_bytes(data)
+    done = run_isolated(f"""
+        import medkern as mk
+        try:
+            mk.Affine.read({str(p)!r})
+        except ValueError as exc:
+            print(exc)
+    """, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert str(p) in done.stdout
+    assert __import__("re").search(match, done.stdout), done.stdout
+
+
+def test_mat_v5_read_and_malformed(tmp_path):
+    sio = pytest.importorskip("scipy.io")
+    for compress in (False, True):
+        p = tmp_path / f"v5{int(compress)}.mat"
+        sio.savemat(p, {"AffineTransform_double_3_3": AFFINE_PARAMS[:, None], "fixed": np.zeros((3, 1))},
+                    do_compression=compress)
+        np.testing.assert_array_equal(mk.Affine.read(p).translation, [1.5, -2.0, 3.25])
+        data = p.read_bytes()
+        for cut in (100, 140, len(data) - 5):
+            q = tmp_path / "cut.mat"
+            q.write_bytes(data[:cut])
+            with pytest.raises(ValueError, match=r"cut\.mat: "):
+                mk.Affine.read(q)
+    # A compressed element that inflates without end (a deflate bomb) stops at the bound.
+    import zlib
+
+    bomb = zlib.compress(struct.pack("<II", 14, 1 << 30) + bytes(8 << 20), 9)
+    data = b"MATLAB 5.0 MAT-file".ljust(124) + b"\x00\x01IM" + struct.pack("<II", 15, len(bomb)) + bomb
+    q = tmp_path / "bomb.mat"
+    q.write_bytes(data)
+    with pytest.raises(ValueError, match=r"bomb\.mat: MATLAB v5 element 1: decompresses to more than"):
+        mk.Affine.read(q)
+
+
+ITK_TEXT = ("#Insight Transform File V1.0\n#Transform 0\nTransform: AffineTransform_double_3_3\n"
+            "Parameters: 1 0 0 0 1 0 0 0 1 1.5 -2 3.25\nFixedParameters: 0 0 0\n")
+
+
+@pytest.mark.parametrize("text, match", [
+    (ITK_TEXT.replace("FixedParameters: 0 0 0\n", ""), r"ends inside transform 'AffineTransform_double_3_3' \(no "
+                                                       "FixedParameters\\): truncated"),
+    (ITK_TEXT + "#Transform 1\nTransform: TranslationTransform_double_3_3\n", "ends inside transform "
+                                                                              "'TranslationTransform"),
+    (ITK_TEXT + "#Transform 1\nTransform: TranslationTransform_double_3_3\nTransform: IdentityTransform_double_3_3\n",
+     "line 8: transform 'TranslationTransform_double_3_3' has no Parameters"),
+    (ITK_TEXT.replace("3.25", "3.2x5"), r"line 4: Parameters holds '3.2x5', not a number"),
+    (ITK_TEXT.replace("3.25", "nan"), "line 4: Parameters holds non-finite values"),
+    (ITK_TEXT.replace("FixedParameters: 0 0 0", "FixedParameters: 0 inf 0"), "line 5: FixedParameters holds non-"),
+    (ITK_TEXT.replace("_3_3", "_999999999_999999999"), "only 2D and 3D transforms are read"),
+    (ITK_TEXT.replace("Parameters: 1 0", "Parameters: 1 0 0"), "unsupported ITK transform"),
+    ("#Insight Transform File V1.0\nParameters: 1 2 3\n", "line 2: Parameters before any 'Transform:' line"),
+])
+def test_itk_text_malformed(tmp_path, text, match):
+    p = tmp_path / "bad.tfm"
+    p.write_text(text)
+    with pytest.raises(ValueError, match=r"bad\.tfm: .*" + match):
+        mk.Affine.read(p)
+
+
+def test_transform_file_too_large_is_not_read(tmp_path):
+    p = tmp_path / "huge.txt"
+    with open(p, "wb") as f:
+        f.write(ITK_TEXT.encode())
+        f.truncate(64 << 20)
+    with pytest.raises(ValueError, match="huge.txt: 67108864 bytes is far more than"):
+        mk.Affine.read(p)

@@ -15,6 +15,7 @@ Composition reads like matrix products: ``(a @ b).apply(p) == a.apply(b.apply(p)
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from pathlib import Path
@@ -209,13 +210,21 @@ class Affine(Transform):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"transform file not found: {path}")
+        size = path.stat().st_size
+        if size > _MAX_TRANSFORM_FILE_BYTES:
+            raise ValueError(f"{path}: {size} bytes is far more than a matrix-offset transform file holds "
+                             f"(at most {_MAX_TRANSFORM_FILE_BYTES} read); not a transform file of this kind")
         if path.suffix.lower() == ".mat":
-            entries = [_read_mat_v4(path)]
+            data = path.read_bytes()
+            entries = [_read_mat_v5(path, data) if data[:6] == b"MATLAB" else _read_mat_v4(path, data)]
         else:
             entries = _read_itk_text(path)
         out = None
         for name, params, fixed in entries:
-            a = _affine_from_itk(name, params, fixed)
+            try:
+                a = _affine_from_itk(name, params, fixed)
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None
             out = a if out is None else out @ a
         if out is None:
             raise ValueError(f"{path}: no transform found")
@@ -267,6 +276,8 @@ def _affine_from_itk(name: str, p: np.ndarray, fixed: np.ndarray) -> Affine:
     kind, _, dims = name.partition("_")
     parts = dims.split("_")
     n = int(parts[-1]) if parts and parts[-1].isdigit() else len(fixed)
+    if n not in (2, 3):
+        raise ValueError(f"ITK transform {name!r} has dimension {n}; only 2D and 3D transforms are read")
     center = fixed[:n] if fixed.size >= n else np.zeros(n)
     if kind in ("AffineTransform", "MatrixOffsetTransformBase") and p.size == n * n + n:
         return Affine.from_parts(p[: n * n].reshape(n, n), p[n * n:], center)
@@ -295,53 +306,206 @@ def _affine_from_itk(name: str, p: np.ndarray, fixed: np.ndarray) -> Affine:
                      "SimpleITK.ReadTransform and convert with mk.Affine.from_sitk")
 
 
+def _numbers(text: str, path: Path, line_no: int, key: str) -> np.ndarray:
+    """The numbers of one 'Key: v v v' line, finite, or ValueError naming the file and line."""
+    try:
+        values = np.array(text.split(), dtype=np.float64)
+    except ValueError:
+        bad = next(t for t in text.split() if not _is_float(t))
+        raise ValueError(f"{path}: line {line_no}: {key} holds {bad[:40]!r}, not a number") from None
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{path}: line {line_no}: {key} holds non-finite values (NaN or infinity)")
+    return values
+
+
+def _is_float(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
 def _read_itk_text(path: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """ITK text transforms: 'Transform:', 'Parameters:', 'FixedParameters:' per transform (a
+    CompositeTransform line has none of its own). A transform cut short is an error, never skipped."""
     lines = path.read_text(errors="replace").splitlines()
     if not lines or not lines[0].startswith("#Insight Transform File"):
         raise ValueError(f"{path}: not an ITK text transform file (missing '#Insight Transform File' header)")
     entries, name, params = [], None, None
-    for line in lines[1:]:
+    for line_no, line in enumerate(lines[1:], 2):
         key, _, value = line.partition(":")
         key = key.strip()
         if key == "Transform":
+            if params is not None:
+                raise ValueError(f"{path}: line {line_no}: transform {name!r} has Parameters but no "
+                                 "FixedParameters (truncated or corrupt file)")
+            if name is not None and not name.startswith("CompositeTransform"):
+                raise ValueError(f"{path}: line {line_no}: transform {name!r} has no Parameters "
+                                 "(truncated or corrupt file)")
             name = value.strip()
         elif key == "Parameters":
-            params = np.array(value.split(), dtype=np.float64)
+            if name is None:
+                raise ValueError(f"{path}: line {line_no}: Parameters before any 'Transform:' line")
+            params = _numbers(value, path, line_no, "Parameters")
         elif key == "FixedParameters":
             if name is None or params is None:
-                raise ValueError(f"{path}: FixedParameters before Transform/Parameters")
+                raise ValueError(f"{path}: line {line_no}: FixedParameters before Transform/Parameters")
             if not name.startswith("CompositeTransform"):
-                entries.append((name, params, np.array(value.split(), dtype=np.float64)))
+                entries.append((name, params, _numbers(value, path, line_no, "FixedParameters")))
             name, params = None, None
+    if params is not None or (name is not None and not name.startswith("CompositeTransform")):
+        raise ValueError(f"{path}: the file ends inside transform {name!r} (no "
+                         f"{'FixedParameters' if params is not None else 'Parameters'}): truncated")
     return entries
 
 
-def _read_mat_v4(path: Path) -> tuple[str, np.ndarray, np.ndarray]:
+# MATLAB v4 precision digit -> element type (ITK writes 0, ANTs single precision 1)
+_MAT_V4_TYPES = {0: "f8", 1: "f4", 2: "i4", 3: "i2", 4: "u2", 5: "u1"}
+# A transform file is a few hundred bytes; this bounds what is read and decompressed.
+_MAX_TRANSFORM_FILE_BYTES = 1 << 20
+_MAX_MAT_VALUES = 1 << 16
+
+
+def _read_mat_v4(path: Path, data: bytes | None = None) -> tuple[str, np.ndarray, np.ndarray]:
     """MATLAB level-4 file as written by ITK's MatlabTransformIO: a parameter vector named after
-    the transform type, and 'fixed'."""
-    data = path.read_bytes()
+    the transform type, and 'fixed'. Every length is checked against the bytes present."""
+    data = path.read_bytes() if data is None else data
     pos, variables = 0, {}
-    while pos + 20 <= len(data):
+    while pos < len(data):
+        if len(data) - pos < 20:
+            raise ValueError(f"{path}: {len(data) - pos} stray bytes at the end, too few for a MATLAB v4 "
+                             "variable header (truncated file)")
         mopt = struct.unpack_from("<i", data, pos)[0]
         endian = "<"
-        if mopt < 0 or mopt > 5000:
+        if not 0 <= mopt < 2000:
             endian = ">"
             mopt = struct.unpack_from(">i", data, pos)[0]
         mrows, ncols, imagf, namelen = struct.unpack_from(endian + "4i", data, pos + 4)
-        precision = (mopt // 10) % 10
-        if precision not in (0, 1) or imagf:
-            raise ValueError(f"{path}: unsupported MATLAB v4 variable (type {mopt})")
+        machine, order, precision, kind = mopt // 1000, (mopt // 100) % 10, (mopt // 10) % 10, mopt % 10
+        where = f"{path}: MATLAB v4 variable at byte {pos}"
+        if not 0 <= mopt < 2000 or machine != (0 if endian == "<" else 1) or order or kind or imagf \
+                or precision not in _MAT_V4_TYPES:
+            raise ValueError(f"{where}: unsupported or corrupt type {mopt} (imaginary part {imagf}); not a "
+                             "real numeric MATLAB v4 matrix as ITK and ANTs write them")
+        if not (0 <= mrows <= _MAX_MAT_VALUES and 0 <= ncols <= _MAX_MAT_VALUES) or mrows * ncols > _MAX_MAT_VALUES:
+            raise ValueError(f"{where}: size {mrows} x {ncols} is not that of a transform parameter vector")
+        if not 1 <= namelen <= 256 or pos + 20 + namelen > len(data):
+            raise ValueError(f"{where}: name length {namelen} is invalid or runs past the end of the file")
         name = data[pos + 20: pos + 20 + namelen].split(b"\0")[0].decode("ascii", "replace")
         pos += 20 + namelen
         count = mrows * ncols
-        dtype = np.dtype(endian + ("f8" if precision == 0 else "f4"))
+        dtype = np.dtype(endian + _MAT_V4_TYPES[precision])
+        if pos + count * dtype.itemsize > len(data):
+            raise ValueError(f"{where}: {name!r} needs {count * dtype.itemsize} bytes of values, the file has "
+                             f"{len(data) - pos} left (truncated file)")
+        if name in variables:
+            raise ValueError(f"{where}: variable {name!r} appears twice")
+        # MATLAB stores column-major; the transform vectors are one column (or one row) either way.
         variables[name] = np.frombuffer(data, dtype=dtype, count=count, offset=pos).astype(np.float64)
         pos += count * dtype.itemsize
+    return _transform_variables(path, variables)
+
+
+def _transform_variables(path: Path, variables: dict) -> tuple[str, np.ndarray, np.ndarray]:
     fixed = variables.pop("fixed", np.zeros(0))
     if len(variables) != 1:
         raise ValueError(f"{path}: expected one transform parameter vector and 'fixed', got {sorted(variables)}")
     (name, params), = variables.items()
+    for what, values in ((name, params), ("fixed", fixed)):
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"{path}: {what!r} holds non-finite values (NaN or infinity)")
     return name, params, fixed
+
+
+# MATLAB v5 data types -> numpy element types (numeric ones only)
+_MAT_V5_TYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 9: "f8", 12: "i8", 13: "u8"}
+_MI_INT8, _MI_INT32, _MI_UINT32, _MI_MATRIX, _MI_COMPRESSED = 1, 5, 6, 14, 15
+
+
+def _v5_elements(path: Path, data: bytes, endian: str, where: str):
+    """(type, payload) of each data element of ``data`` (tags, small elements, 8-byte padding),
+    every length checked against the bytes present."""
+    pos = 0
+    while pos < len(data):
+        if len(data) - pos < 8:
+            raise ValueError(f"{path}: {where}: {len(data) - pos} stray bytes, too few for a data element tag")
+        kind, size = struct.unpack_from(endian + "II", data, pos)
+        if kind >> 16:  # small data element: size and type packed in the first four bytes
+            kind, size = kind & 0xFFFF, kind >> 16
+            if size > 4:
+                raise ValueError(f"{path}: {where}: small data element of {size} bytes (at most 4)")
+            yield kind, data[pos + 4: pos + 4 + size]
+            pos += 8
+            continue
+        pos += 8
+        if size > len(data) - pos:
+            raise ValueError(f"{path}: {where}: a data element of {size} bytes runs past the end "
+                             f"({len(data) - pos} left; truncated file)")
+        yield kind, data[pos: pos + size]
+        pos += size if kind == _MI_COMPRESSED else (size + 7) // 8 * 8
+
+
+def _read_mat_v5(path: Path, data: bytes) -> tuple[str, np.ndarray, np.ndarray]:
+    """MATLAB level-5 file (128-byte text header, then tagged data elements, possibly
+    zlib-compressed): real numeric matrices named after the transform type, and 'fixed'."""
+    import zlib
+
+    if len(data) < 128:
+        raise ValueError(f"{path}: a MATLAB v5 file needs a 128-byte header, the file has {len(data)} bytes")
+    marker = data[126:128]
+    if marker not in (b"IM", b"MI"):
+        raise ValueError(f"{path}: MATLAB v5 header has endian marker {marker!r}, not 'IM' or 'MI'")
+    endian = "<" if marker == b"IM" else ">"
+    variables: dict[str, np.ndarray] = {}
+
+    def matrix(payload: bytes, where: str) -> None:
+        parts = list(_v5_elements(path, payload, endian, where))
+        if len(parts) < 4 or parts[0][0] != _MI_UINT32 or len(parts[0][1]) < 8 or parts[1][0] != _MI_INT32 \
+                or parts[2][0] != _MI_INT8:
+            raise ValueError(f"{path}: {where}: not a MATLAB matrix (flags, dimensions, name, values)")
+        flags = struct.unpack_from(endian + "I", parts[0][1])[0]
+        mclass, complex_ = flags & 0xFF, bool(flags & 0x800)
+        if mclass not in range(6, 16) or complex_:
+            raise ValueError(f"{path}: {where}: MATLAB class {mclass}{' (complex)' if complex_ else ''} is not a "
+                             "real numeric matrix")
+        dims = np.frombuffer(parts[1][1], dtype=endian + "i4")
+        if dims.size < 2 or np.any(dims < 0) or math.prod(int(d) for d in dims) > _MAX_MAT_VALUES:
+            raise ValueError(f"{path}: {where}: dimensions {dims.tolist()} are not a transform parameter vector")
+        name = parts[2][1].decode("ascii", "replace")
+        kind, raw = parts[3]
+        if kind not in _MAT_V5_TYPES:
+            raise ValueError(f"{path}: {where}: {name!r} has values of MATLAB data type {kind}, not numeric")
+        dtype = np.dtype(endian + _MAT_V5_TYPES[kind])
+        count = math.prod(int(d) for d in dims)
+        if len(raw) != count * dtype.itemsize:
+            raise ValueError(f"{path}: {where}: {name!r} has {len(raw)} bytes of values for {dims.tolist()} "
+                             f"{dtype.name} (truncated or corrupt)")
+        if name in variables:
+            raise ValueError(f"{path}: {where}: variable {name!r} appears twice")
+        variables[name] = np.frombuffer(raw, dtype=dtype).astype(np.float64)
+
+    for n, (kind, payload) in enumerate(_v5_elements(path, data[128:], endian, "MATLAB v5 data")):
+        where = f"MATLAB v5 element {n + 1}"
+        if kind == _MI_COMPRESSED:
+            inflater = zlib.decompressobj()
+            try:
+                payload = inflater.decompress(payload, _MAX_TRANSFORM_FILE_BYTES + 1)
+            except zlib.error as exc:
+                raise ValueError(f"{path}: {where}: corrupt compressed data ({exc})") from None
+            if len(payload) > _MAX_TRANSFORM_FILE_BYTES or inflater.unconsumed_tail:
+                raise ValueError(f"{path}: {where}: decompresses to more than {_MAX_TRANSFORM_FILE_BYTES} bytes; "
+                                 "not a transform")
+            if not inflater.eof:
+                raise ValueError(f"{path}: {where}: the compressed data is truncated")
+            inner = list(_v5_elements(path, payload, endian, where))
+            if len(inner) != 1:
+                raise ValueError(f"{path}: {where}: a compressed element must hold one matrix")
+            kind, payload = inner[0]
+        if kind != _MI_MATRIX:
+            raise ValueError(f"{path}: {where}: data type {kind} is not a matrix")
+        matrix(payload, where)
+    return _transform_variables(path, variables)
 
 
 def _mat_v4_entry(name: str, values: np.ndarray) -> bytes:
