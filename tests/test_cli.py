@@ -66,11 +66,11 @@ def test_convert_errors_leave_no_file(helpers, series_dir, tmp_path, rng, capsys
     other = rng.integers(0, 10, size=(2, 4, 4)).astype(np.int16)
     helpers.write_dicom_slices(series_dir, list(other), [(0, 0, 0), (0, 0, 1)], series_uid="1.2.3.5")
     out = tmp_path / "x.nii.gz"
-    assert main(["convert", str(series_dir), str(out)]) == 2
+    assert main(["convert", str(series_dir), str(out)]) == 1
     assert "holds 2 image series; pass series_uid" in capsys.readouterr().err and not out.exists()
     assert main(["convert", str(series_dir), str(out), "--series-uid", "1.2.3.5"]) == 0
     np.testing.assert_array_equal(mk.read(out).array, other)
-    assert main(["convert", str(series_dir), str(tmp_path / "x.vtk"), "--series-uid", "1.2.3.5"]) == 2
+    assert main(["convert", str(series_dir), str(tmp_path / "x.vtk"), "--series-uid", "1.2.3.5"]) == 1
     assert "unsupported output format '.vtk'" in capsys.readouterr().err
 
 
@@ -78,7 +78,7 @@ def test_convert_irregular_needs_the_flag(helpers, tmp_path, rng, capsys):
     stored = rng.integers(0, 100, size=(4, 5, 5)).astype(np.int16)
     helpers.write_dicom_slices(tmp_path / "gap", list(stored), [(0, 0, z) for z in (0, 1, 2, 4)])
     out = tmp_path / "gap.nii"
-    assert main(["convert", str(tmp_path / "gap"), str(out)]) == 2
+    assert main(["convert", str(tmp_path / "gap"), str(out)]) == 1
     assert "missing slice" in capsys.readouterr().err and not out.exists()
     assert main(["convert", str(tmp_path / "gap"), str(out), "--allow-irregular"]) == 0
     assert mk.read(out).shape == (5, 5, 5)
@@ -92,7 +92,7 @@ def test_module_runs_as_a_subprocess(series_dir):
     assert json.loads(done.stdout)[0]["series_uid"] == "1.2.3.4"
     done = subprocess.run([sys.executable, "-m", "medkern.cli", "info", str(series_dir / "absent")],
                           capture_output=True, text=True, env=env, timeout=120)
-    assert done.returncode == 2 and "no such file or directory" in done.stderr
+    assert done.returncode == 1 and "no such file or directory" in done.stderr
 
 
 def test_analyze_writes_the_report(shared_data, tmp_path, capsys):
@@ -114,7 +114,7 @@ def test_analyze_writes_the_report(shared_data, tmp_path, capsys):
 def test_analyze_errors_are_clear_and_leave_nothing(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main(["analyze", str(empty), "--out", str(tmp_path / "out")]) == 2
+    assert main(["analyze", str(empty), "--out", str(tmp_path / "out")]) == 1
     assert "no DICOM image series" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
 

@@ -600,3 +600,68 @@ def test_transform_file_too_large_is_not_read(tmp_path):
         f.truncate(64 << 20)
     with pytest.raises(ValueError, match="huge.txt: 67108864 bytes is far more than"):
         mk.Affine.read(p)
+
+
+# ------------------------------------------------------------------ command line
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "medkern.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def hostile_files(tmp_path: Path, small) -> dict[str, Path]:
+    raw = nifti_bytes(small)
+    files = {
+        "truncated.nii": raw[:-10],
+        "random.nii.gz": np.random.default_rng(1).bytes(3000),
+        "huge.nii": with_dims(raw, (30000, 30000, 30000)),
+        "empty.nii": b"",
+        "text.dcm": b"not DICOM at all",
+        "preamble.dcm": bytes(128) + b"DICM" + np.random.default_rng(2).bytes(500),
+        "unknown.xyz": b"hello",
+    }
+    out = {}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        out[name] = tmp_path / name
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "junk.dcm").write_bytes(bytes(128) + b"DICM" + b"\x02\x00" * 300)
+    out["dir"] = tmp_path / "dir"
+    out["absent"] = tmp_path / "absent.nii"
+    return out
+
+
+def test_cli_info_and_convert_fail_in_one_line(tmp_path, small):
+    for name, path in hostile_files(tmp_path, small).items():
+        for args in (["info", str(path)], ["info", "--json", str(path)],
+                     ["convert", str(path), str(tmp_path / "out.nii.gz")]):
+            done = run_cli(*args)
+            lines = done.stderr.strip().splitlines()
+            if name == "dir" and args[0] == "info" and done.returncode == 0:
+                continue  # a folder without readable series lists nothing: not a failure
+            assert done.returncode == 1, (name, args, done.stderr)
+            assert len(lines) == 1 and lines[0].startswith(f"medkern {args[0]}: error: "), (name, args, done.stderr)
+            assert "Traceback" not in done.stderr
+            assert not (tmp_path / "out.nii.gz").exists()
+
+
+def test_cli_unexpected_exception_is_one_line(tmp_path, monkeypatch, capsys):
+    from medkern import cli
+
+    def boom(path, **kwargs):
+        raise KeyError("spacing")
+
+    monkeypatch.setattr(mk, "read", boom)
+    assert cli.main(["info", str(tmp_path)]) in (0, 1)
+    assert cli.main(["convert", str(tmp_path / "a.nii"), str(tmp_path / "b.nii")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "medkern convert: error: KeyError: 'spacing'"
+
+
+def test_cli_analyze_bad_input_is_one_line(tmp_path, small):
+    files = hostile_files(tmp_path, small)
+    for name in ("truncated.nii", "random.nii.gz", "absent"):
+        done = run_cli("analyze", str(files[name]), "--out", str(tmp_path / f"out-{name}"))
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 1 and len(lines) == 1 and lines[0].startswith("medkern analyze: error: "), \
+            (name, done.stderr)
+        assert not (tmp_path / f"out-{name}").exists()

@@ -200,7 +200,24 @@ def batch(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _show_warning(command: str):
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"medkern {command}: warning: {_one_line(message)}", file=sys.stderr if file is None else file)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one sub-command. A failure is one line on stderr (``medkern CMD: error: ...``) and exit
+    status 1, never a traceback (set ``MEDKERN_DEBUG=1`` to see one); Ctrl-C exits with 130.
+    Usage errors are argparse's (exit status 2)."""
+    import os
+    import warnings
+
     parser = argparse.ArgumentParser(prog="medkern", description="medkern medical-imaging kernels")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (configure, fn) in COMMANDS.items():
@@ -210,11 +227,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from medkern.errors import MedkernError
 
+    debug = os.environ.get("MEDKERN_DEBUG", "") not in ("", "0")
     try:
-        return args.func(args)
-    except (MedkernError, ValueError, TypeError, OSError, RuntimeError) as exc:
-        print(f"medkern {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = _show_warning(args.command)
+            return args.func(args)
+    except KeyboardInterrupt:
+        print(f"medkern {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader of stdout went away (`medkern info ... | head`): nothing more to say.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the command line reports every failure as one line
+        if debug:
+            raise
+        detail = _one_line(exc) or type(exc).__name__
+        if isinstance(exc, MemoryError):
+            detail = f"out of memory ({detail})"
+        elif not isinstance(exc, (MedkernError, ValueError, OSError)):
+            detail = f"{type(exc).__name__}: {detail}"  # not a message written for users: say what it is
+        print(f"medkern {args.command}: error: {detail}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
