@@ -139,6 +139,7 @@ def _classify(exc: BaseException, stage: str, workdir: Path | None, upload_name:
     """The answer to an exception raised while reading (``stage="read"``) or processing an upload;
     None for an exception that is the service's own fault (it becomes a 500)."""
     if isinstance(exc, ServiceError):
+        exc.detail = _clean(exc.detail, workdir, upload_name)
         return exc
     text = _clean(f"{exc}", workdir, upload_name)
     if isinstance(exc, MemoryError):
