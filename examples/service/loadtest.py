@@ -523,13 +523,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--good-share", type=float, default=0.6)
     parser.add_argument("--warmup-rounds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="2 clients x 60 requests, one warm-up round")
+    parser.add_argument("--quick", action="store_true", help="2 clients x 60 requests")
     parser.add_argument("--out", type=Path, default=None,
                         help="Markdown report (default: LOADTEST.md beside this file, not written with --quick)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     if args.quick:
-        args.clients, args.requests, args.warmup_rounds = 2, 60, 1
+        args.clients, args.requests = 2, 60
     out = args.out or (None if args.quick else HERE / "LOADTEST.md")
     with tempfile.TemporaryDirectory() as d:
         res = run(args.clients, args.requests, args.good_share, args.warmup_rounds, args.seed,
