@@ -14,6 +14,11 @@ class DicomError(MedkernError, ValueError):
     """A DICOM file or series cannot be read as asked; the message names the files involved."""
 
 
+class DicomWarning(UserWarning):
+    """Part of a DICOM folder could not be looked at (a sub-folder that cannot be listed); the
+    scan goes on and lists the folder among its unreadable entries."""
+
+
 class ModelError(MedkernError, ValueError):
     """An ONNX model file, its metadata or its inputs are unusable; the message says why."""
 

@@ -61,11 +61,15 @@ and generated oblique, flipped and shuffled series; geometry otherwise agrees to
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import math
 import os
+import stat
 import struct
 import sys
 import warnings
-import dataclasses
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -74,11 +78,12 @@ import numpy as np
 
 from medkern._dispatch import Kernel, get_num_threads
 from medkern._progress import NO_PROGRESS, Progress
-from medkern.errors import DicomError
+from medkern.errors import DicomError, DicomWarning
 from medkern.image import Image
 
 __all__ = [
     "DicomSeries",
+    "MAX_FRAMES",
     "SPACING_TOLERANCE",
     "list_dicom_series",
     "read_dicom_file",
@@ -94,6 +99,15 @@ DUPLICATE_TOLERANCE_MM = 0.01
 TILT_TOLERANCE = 0.05
 # Orientation cosines equal to this many decimals belong to the same part of a series.
 _ORIENTATION_DECIMALS = 4
+# A file claiming more frames than this is refused (each frame becomes a Python object when listing).
+MAX_FRAMES = 1 << 17
+# The regular grid that recovers an irregular series may hold at most this many times its slices
+# (plus _RECOVERY_SLACK): a stray slice far away from the others is not interpolated over.
+_RECOVERY_FACTOR = 16
+_RECOVERY_SLACK = 1024
+# The data set of a Deflated Explicit VR Little Endian file is inflated up to this many bytes to
+# find its header; the pixel data beyond is only counted.
+_MAX_INFLATED_HEADER = 64 << 20
 
 _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
 _NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2": True, "1.2.840.10008.1.2.1": False}  # uid -> implicit VR
@@ -135,6 +149,9 @@ class _File(_Identity):
     instance_number: int | None
     slice_spacing_hint: float | None  # SpacingBetweenSlices (a single slice has no other spacing)
     pixel_offset: int | None  # byte offset of native little-endian pixel data, else None
+    sop_uid: str = ""
+    # Deflated files: the inflated data set is read up to this many bytes (the end of Pixel Data).
+    inflated_end: int | None = None
 
 
 @dataclass(eq=False)
@@ -154,7 +171,22 @@ class _Frame:
 
 
 class _Unreadable(Exception):
-    pass
+    """A file that is (or claims to be) a DICOM image but cannot be read; the message says why and
+    names the attribute at fault (the caller adds the file)."""
+
+
+class _NotRegular(OSError):
+    """A path that is not a regular file (named pipe, socket, device): never read from."""
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A header value as text for a message, cut to ``limit`` characters."""
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("ascii", "replace").strip(" \x00")
+    elif not isinstance(value, str) and isinstance(value, Iterable):
+        value = "\\".join(str(v) for v in value)
+    text = repr(str(value))
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
 def _floats(value: Any, n: int) -> tuple[float, ...] | None:
@@ -202,6 +234,29 @@ class _Attrs:
             value = bytes(value).strip(b" \x00").split(b"\\") if value.strip(b" \x00") else None
         return _floats(value, n)
 
+    def checked(self, tag: int, n: int, name: str) -> tuple[float, ...] | None:
+        """n finite numbers of a DS/IS attribute; None when it is absent or empty. A value that is
+        there but malformed, not n numbers or not finite raises _Unreadable naming ``name``."""
+        value = self._raw(tag)
+        if isinstance(value, (bytes, bytearray)):
+            text = bytes(value).strip(b" \x00")
+            if not text:
+                return None
+            items: list[Any] = text.split(b"\\")
+        elif value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        else:
+            items = [value] if isinstance(value, (str, int, float)) else list(value)
+        try:
+            out = tuple(float(v) for v in items)
+        except (TypeError, ValueError):
+            raise _Unreadable(f"{name} {_shown(value)} is not {'a number' if n == 1 else f'{n} numbers'}") from None
+        if len(out) != n:
+            raise _Unreadable(f"{name} {_shown(value)} has {len(out)} values, {n} expected")
+        if not all(math.isfinite(v) for v in out):
+            raise _Unreadable(f"{name} {_shown(value)} is not finite")
+        return out
+
     def integer(self, tag: int) -> int | None:
         v = self.numbers(tag, 1)
         return int(v[0]) if v is not None else None
@@ -231,54 +286,336 @@ class _Attrs:
         return "" if elem is None else str(elem.value).strip()
 
 
-def _pixel_spacing(a: _Attrs) -> tuple[tuple[float, float] | None, str]:
-    """PixelSpacing, else ImagerPixelSpacing (radiographs: at the detector plane), as (row, col)."""
+def _pixel_spacing(a: _Attrs, where: str = "") -> tuple[tuple[float, float] | None, str]:
+    """PixelSpacing, else ImagerPixelSpacing (radiographs: at the detector plane), as (row, col).
+
+    0\\0 (written by some CR/DX devices for "unknown") counts as absent; any other value that is
+    not two positive numbers raises _Unreadable."""
     for tag, keyword in ((0x00280030, "PixelSpacing"), (0x00181164, "ImagerPixelSpacing")):
-        sp = a.numbers(tag, 2)
-        if sp is not None and sp[0] > 0 and sp[1] > 0:
-            return (sp[0], sp[1]), keyword
+        sp = a.checked(tag, 2, keyword + where)
+        if sp is None or sp == (0.0, 0.0):
+            continue
+        if not (sp[0] > 0 and sp[1] > 0):
+            raise _Unreadable(f"{keyword}{where} {sp[0]:g}\\{sp[1]:g} is not two positive spacings (mm)")
+        return (sp[0], sp[1]), keyword
     return None, "absent (1 mm assumed)"
 
 
-def _native_pixel_offset(fp: Any, implicit: bool, expected: int, path: Path) -> int | None:
-    """Offset of the pixel bytes when fp stands at a native Pixel Data element (else None).
+class _BoundedReader(io.BufferedReader):
+    """A regular file whose ``read(n)`` never asks for more than the bytes left, so that a length
+    field claiming gigabytes allocates nothing (pydicom reads a value with ``fp.read(length)``)."""
 
-    Raises _Unreadable when the element is shorter than the image needs (a truncated file).
-    """
-    start = fp.tell()
-    head = fp.read(8 if implicit else 12)
+    def __init__(self, raw: io.FileIO, size: int) -> None:
+        super().__init__(raw, buffer_size=1 << 16)
+        self.size = size
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is not None and n > 0:
+            left = self.size - self.tell()
+            if n > left:
+                n = max(left, 0)
+                if n == 0:
+                    return b""
+        return super().read(n)
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "named pipe"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "directory")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def _open_regular(path: Path) -> _BoundedReader:
+    """``path`` opened for reading when it is a regular file (a symbolic link to one included).
+
+    Opened without blocking and checked on the open descriptor: a named pipe would block the
+    open or the read forever, a device would never end. Raises _NotRegular, or OSError."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _NotRegular(f"not a regular file but a {_file_kind(st.st_mode)}")
+        raw = io.FileIO(fd, "rb", closefd=True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return _BoundedReader(raw, st.st_size)
+
+
+def _meta_end(fp: Any) -> tuple[int, str]:
+    """(offset of the data set, TransferSyntaxUID) of a Part 10 file, walking its explicit VR
+    little endian group 0002 (PS3.10 7.1); (0, "") without the preamble."""
+    fp.seek(0)
+    if fp.read(132)[128:132] != b"DICM":
+        return 0, ""
+    pos, ts = 132, ""
+    while True:
+        fp.seek(pos)
+        head = fp.read(12)
+        if len(head) < 8 or struct.unpack("<H", head[:2])[0] != 0x0002:
+            return pos, ts
+        if head[4:6] in _LONG_VRS:
+            if len(head) < 12:
+                return pos, ts
+            length, value_at = struct.unpack("<I", head[8:12])[0], pos + 12
+        else:
+            length, value_at = struct.unpack("<H", head[6:8])[0], pos + 8
+        if struct.unpack("<H", head[2:4])[0] == 0x0010 and length < 256:
+            fp.seek(value_at)
+            ts = fp.read(length).decode("ascii", "replace").strip(" \x00")
+        pos = value_at + length
+
+
+class _Inflater:
+    """The inflated data set of a Deflated Explicit VR Little Endian file (PS3.5 A.5), inflated
+    only as far as asked: a small file can inflate to a thousand times its size."""
+
+    def __init__(self, fp: Any, start: int) -> None:
+        self.fp = fp
+        self.fp.seek(start)
+        self.z = zlib.decompressobj(-zlib.MAX_WBITS)
+        self.data = bytearray()
+        self.done = False
+
+    def _more(self, room: int) -> bytes:
+        """Up to ``room`` more inflated bytes (b"" at the end of the stream)."""
+        while not self.done:
+            src = self.z.unconsumed_tail or self.fp.read(1 << 20)
+            if not src:
+                if not self.z.eof:
+                    raise _Unreadable("truncated: the deflated data set ends before its deflate stream does")
+                self.done = True
+                break
+            try:
+                out = self.z.decompress(src, room)
+            except zlib.error as exc:
+                raise _Unreadable(f"the deflated data set is corrupt (zlib: {exc})") from exc
+            if self.z.eof:
+                self.done = True
+            if out:
+                return out
+        return b""
+
+    def read_upto(self, limit: int) -> bytes:
+        """The first ``limit`` inflated bytes (fewer when the data set is shorter)."""
+        while len(self.data) < limit:
+            out = self._more(limit - len(self.data))
+            if not out:
+                break
+            self.data += out
+        return bytes(self.data[:limit])
+
+    def total(self, stop: int) -> int:
+        """The inflated size, counted without keeping the bytes; stops counting past ``stop``."""
+        n = len(self.data)
+        while n <= stop:
+            out = self._more(1 << 22)
+            if not out:
+                break
+            n += len(out)
+        return n
+
+
+def _read_deflated(fp: Any, start: int, stop_before_pixels: bool, limit: int) -> tuple[Any, int, _Inflater]:
+    """(data set, offset of its Pixel Data element in the inflated stream or -1, the inflater)."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+
+    inflater = _Inflater(fp, start)
+    data = inflater.read_upto(limit)
+    buf = DicomBytesIO(data)
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    ds = read_dataset(buf, False, True,
+                      stop_when=(lambda tag, vr, length: tag in _PIXEL_TAGS) if stop_before_pixels else None)
+    at = buf.tell()
+    if not stop_before_pixels:
+        return ds, -1, inflater
+    if at >= len(data) - 8 and len(data) >= limit:
+        raise _Unreadable(f"the inflated header is larger than {limit >> 20} MiB")
+    return ds, (at if _peek_pixel_tag(buf, at) is not None else -1), inflater
+
+
+def _pixel_element(fp: Any, at: int, implicit: bool, little: bool) -> tuple[int, int, int]:
+    """(tag, value length, value offset) of the Pixel Data element that starts at ``at``; the
+    length is 0xFFFFFFFF for encapsulated (compressed) pixel data."""
+    fp.seek(at)
+    head = fp.read(12)
     if len(head) < 8:
-        return None
-    group, elem = struct.unpack("<HH", head[:4])
-    if (group, elem) != (0x7FE0, 0x0010):
-        return None
-    if implicit:
-        length = struct.unpack("<I", head[4:8])[0]
-        offset = start + 8
-    else:
-        if head[4:6] not in _LONG_VRS or len(head) < 12:
-            return None
-        length = struct.unpack("<I", head[8:12])[0]
-        offset = start + 12
+        raise _Unreadable("truncated inside the Pixel Data element header")
+    e = "<" if little else ">"
+    group, elem = struct.unpack(e + "HH", head[:4])
+    tag = (group << 16) | elem
+    # The element's own bytes say whether it has a VR: a transfer syntax may misstate it (pydicom
+    # reads such files, and so does this).
+    vr = head[4:6]
+    if vr in _LONG_VRS and (not implicit or head[6:8] == b"\x00\x00"):
+        if len(head) < 12:
+            raise _Unreadable("truncated inside the Pixel Data element header")
+        return tag, struct.unpack(e + "I", head[8:12])[0], at + 12
+    if not implicit and vr.isalpha() and vr.isupper():
+        return tag, struct.unpack(e + "H", head[6:8])[0], at + 8  # a short VR (non-conformant)
+    return tag, struct.unpack(e + "I", head[4:8])[0], at + 8
+
+
+def _native_bytes(rows: int, cols: int, frames: int, samples: int, bits: int, photometric: str) -> int:
+    """Bytes of uncompressed pixel data the header describes (1-bit data packed, PS3.5 8.1.1)."""
+    if photometric == "YBR_FULL_422":
+        return rows * cols * frames * 2 * (bits // 8)  # two samples per pixel on average (PS3.3 C.7.6.3.1.2)
+    return (rows * cols * frames * samples * bits + 7) // 8
+
+
+def _sizes(rows: int, cols: int, frames: int, samples: int, bits: int, frames_text: str) -> str:
+    return (f"Rows {rows} x Columns {cols} x NumberOfFrames {frames_text or frames} x SamplesPerPixel {samples} "
+            f"x BitsAllocated {bits}")
+
+
+def _check_native_length(length: int, value_at: int, size: int, expected: int, sizes: str) -> None:
+    """Pixel Data of ``length`` bytes at ``value_at`` must hold exactly ``expected`` bytes (one
+    more when ``expected`` is odd: the padding byte of PS3.5 7.1.1) and lie inside the file."""
     if length == 0xFFFFFFFF:
+        raise _Unreadable("Pixel Data is encapsulated (undefined length) but the transfer syntax is uncompressed")
+    if length < expected:
+        raise _Unreadable(f"pixel data truncated: Pixel Data holds {length} bytes, {sizes} needs {expected}")
+    if length > expected + (expected & 1):
+        raise _Unreadable(f"pixel data too long: Pixel Data holds {length} bytes, {sizes} needs {expected} "
+                          "(a wrong BitsAllocated, Rows, Columns, SamplesPerPixel or NumberOfFrames)")
+    available = size - value_at
+    if available < expected:
+        raise _Unreadable(f"pixel data truncated: the file ends after {max(available, 0)} of the {expected} bytes "
+                          f"that {sizes} needs")
+
+
+_JPEG_FAMILY = ("1.2.840.10008.1.2.4.5", "1.2.840.10008.1.2.4.6", "1.2.840.10008.1.2.4.7",
+                "1.2.840.10008.1.2.4.8")
+_J2K_FAMILY = ("1.2.840.10008.1.2.4.9", "1.2.840.10008.1.2.4.20")
+_RLE = "1.2.840.10008.1.2.5"
+
+
+def _codestream_size(ts: str, head: bytes) -> tuple[int, int] | None:
+    """(rows, columns) a JPEG, JPEG-LS or JPEG 2000 frame declares in its header, else None."""
+    if ts.startswith(_JPEG_FAMILY):
+        from pydicom.pixels.utils import _get_jpg_parameters
+
+        info = _get_jpg_parameters(head)
+        return (info["height"], info["width"]) if "height" in info and "width" in info else None
+    if ts.startswith(_J2K_FAMILY) and head[:4] == b"\xff\x4f\xff\x51" and len(head) >= 24:
+        # SIZ (ISO 15444-1 A.5.1): Lsiz Rsiz Xsiz Ysiz XOsiz YOsiz
+        x, y, x0, y0 = struct.unpack(">IIII", head[8:24])
+        return (y - y0, x - x0) if x > x0 and y > y0 else None
+    return None
+
+
+def _check_fragments(fp: Any, value_at: int, size: int, ts: str, rows: int, cols: int, n_frames: int,
+                     frame_bytes: int, frames_text: str, extended_offsets: int | None) -> None:
+    """Encapsulated Pixel Data (PS3.5 A.4): complete items up to the sequence delimiter, a Basic
+    (or Extended) Offset Table with one entry per frame, at least one fragment per frame (exactly
+    one for RLE, PS3.5 A.4.2), fragments that can hold their frame, and JPEG / JPEG 2000 frame
+    sizes that agree with Rows x Columns. Reads 8 bytes per fragment; decodes nothing."""
+    nf = frames_text or str(n_frames)
+    pos, items = value_at, []
+    while True:
+        fp.seek(pos)
+        head = fp.read(8)
+        if len(head) < 8:
+            raise _Unreadable(f"truncated: encapsulated Pixel Data ends after {len(items)} items, without its "
+                              "sequence delimiter")
+        group, elem, length = struct.unpack("<HHI", head)
+        if (group, elem) == (0xFFFE, 0xE0DD):
+            break
+        if (group, elem) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF:
+            raise _Unreadable(f"encapsulated Pixel Data is corrupt: ({group:04X},{elem:04X}) of length {length} "
+                              f"where item {len(items)} should be")
+        if pos + 8 + length > size:
+            raise _Unreadable(f"truncated: fragment {len(items)} of encapsulated Pixel Data needs {length} bytes, "
+                              f"the file ends after {size - pos - 8}")
+        items.append((pos + 8, length))
+        pos += 8 + length
+    if not items:
+        raise _Unreadable("encapsulated Pixel Data has no Basic Offset Table item")
+    bot, fragments = items[0], items[1:]
+    if not fragments:
+        raise _Unreadable("encapsulated Pixel Data holds no fragments")
+    if bot[1] % 4:
+        raise _Unreadable(f"the Basic Offset Table of encapsulated Pixel Data is {bot[1]} bytes, not a multiple of 4")
+    if bot[1] and bot[1] // 4 != n_frames:
+        raise _Unreadable(f"the Basic Offset Table lists {bot[1] // 4} frames, NumberOfFrames says {nf}")
+    if extended_offsets is not None and extended_offsets != n_frames:
+        raise _Unreadable(f"the Extended Offset Table lists {extended_offsets} frames, NumberOfFrames says {nf}")
+    if len(fragments) < n_frames:
+        raise _Unreadable(f"encapsulated Pixel Data holds {len(fragments)} fragments, NumberOfFrames says {nf} "
+                          "(each frame needs one at least)")
+    if ts == _RLE:
+        if len(fragments) != n_frames:
+            raise _Unreadable(f"RLE Pixel Data holds {len(fragments)} fragments, NumberOfFrames says {nf} "
+                              "(one fragment per frame, PS3.5 A.4.2)")
+        # An RLE run of 2 bytes gives at most 128: a fragment holds at most 64x its size.
+        small = min(fragments, key=lambda f: f[1])
+        if frame_bytes > 64 * small[1] + 128:
+            raise _Unreadable(f"an RLE fragment of {small[1]} bytes cannot hold a frame of Rows {rows} x Columns "
+                              f"{cols} ({frame_bytes} bytes)")
+    fp.seek(fragments[0][0])
+    declared = _codestream_size(ts, fp.read(min(fragments[0][1], 1 << 16)))
+    if declared is not None and declared != (rows, cols):
+        raise _Unreadable(f"Rows {rows} x Columns {cols} disagree with the compressed frame, which is "
+                          f"{declared[0]} x {declared[1]}")
+
+
+_MONOCHROME = ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR")
+_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_PARTIAL_422", "YBR_ICT", "YBR_RCT")
+
+
+def _last_element_end(ds: Any) -> int | None:
+    """Where the last top-level element read ends (None when unknown or of undefined length)."""
+    tags = list(ds.keys())
+    if not tags:
         return None
-    available = os.path.getsize(path) - offset
-    if min(length, available) < expected:
-        raise _Unreadable(f"pixel data truncated: {min(length, available)} bytes, "
-                          f"Rows x Columns x frames needs {expected}")
-    return offset
+    raw = ds.get_item(max(tags))
+    tell, length = getattr(raw, "value_tell", None), getattr(raw, "length", None)
+    if tell is None or length is None or length == 0xFFFFFFFF:
+        return None
+    return tell + length
 
 
 def _read_header(path: Path) -> tuple[_File, list[_Frame]] | None:
-    """Header of one file: None when it is not a DICOM image; raises _Unreadable when corrupt."""
+    """Header of one file: None when it is not a DICOM image; raises _Unreadable when it is (or
+    claims to be) one that cannot be read. No other exception leaves it: a scan goes on."""
+    try:
+        return _parse_header(path)
+    except _Unreadable:
+        raise
+    except _NotRegular as exc:
+        raise _Unreadable(str(exc)) from exc
+    except OSError as exc:
+        raise _Unreadable(f"cannot be read ({type(exc).__name__}: {exc.strerror or exc})") from exc
+    except MemoryError as exc:
+        raise _Unreadable("MemoryError: the header claims more memory than there is") from exc
+    except Exception as exc:
+        from pydicom.errors import InvalidDicomError
+
+        if (has_preamble(path) if isinstance(exc, InvalidDicomError) else _looks_like_dicom(path)):
+            raise _Unreadable(f"{type(exc).__name__}: {exc}") from exc
+        return None
+
+
+def _parse_header(path: Path) -> tuple[_File, list[_Frame]] | None:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    try:
-        with open(path, "rb") as fp, warnings.catch_warnings():
-            # pydicom warns about non-conformant values (e.g. malformed DS strings); a reader
-            # must take files as they come, and bad geometry values are checked below.
-            warnings.simplefilter("ignore")
+    with _open_regular(path) as fp, warnings.catch_warnings():
+        # pydicom warns about non-conformant values (e.g. malformed DS strings); a reader
+        # must take files as they come, and bad geometry values are checked below.
+        warnings.simplefilter("ignore")
+        size = fp.size
+        start, meta_ts = _meta_end(fp)
+        fp.seek(0)
+        inflater = None
+        if meta_ts == _DEFLATED:
+            ds, at, inflater = _read_deflated(fp, start, True, _MAX_INFLATED_HEADER)
+            implicit, little, ts = False, True, _DEFLATED
+        else:
             try:
                 ds = pydicom.dcmread(fp, stop_before_pixels=True)
             except InvalidDicomError:
@@ -290,57 +627,115 @@ def _read_header(path: Path) -> tuple[_File, list[_Frame]] | None:
                 fp.seek(0)
                 ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
             at = fp.tell()
-            fp.seek(0, os.SEEK_END)
             meta = getattr(ds, "file_meta", None)
             ts = _Attrs(meta).text(0x00020010) if meta is not None else ""
+            # The encoding pydicom found when it read the data set (it detects a transfer syntax
+            # that misstates implicit / explicit VR).
+            implicit, little = getattr(ds, "original_encoding", (None, None))
+            if implicit is None:
+                implicit, little = ts == "1.2.840.10008.1.2", ts != "1.2.840.10008.1.2.2"
             if not ts:
-                # No meta header: the encoding pydicom found when it read the data set.
-                implicit, little = getattr(ds, "original_encoding", (True, True))
-                ts = "1.2.840.10008.1.2" if implicit else ("1.2.840.10008.1.2.1" if little else
-                                                           "1.2.840.10008.1.2.2")
-            if ts == _DEFLATED:
-                # The file position is in the inflated stream: look for the pixel tags by reading.
-                full = pydicom.dcmread(path)
-                pixel_tag = next((t for t in _PIXEL_TAGS if t in full), None)
-            else:
-                pixel_tag = _peek_pixel_tag(fp, at) if at < fp.tell() else None
-            has_pixels = pixel_tag is not None
-            a = _Attrs(ds, little_endian=ts != "1.2.840.10008.1.2.2")
-            rows, cols = a.us(0x00280010), a.us(0x00280011)
-            if not has_pixels or not rows or not cols:
-                if len(ds) == 0 and has_preamble(path):
-                    # A Part 10 file whose data set is missing: cut off after the meta header.
-                    raise _Unreadable("truncated: no data set after the file meta information")
-                return None
-            n_frames = a.integer(0x00280008) or 1
-            samples = a.us(0x00280002) or 1
-            bits_allocated = a.us(0x00280100) or 16
-            if bits_allocated not in (1, 8, 16, 32, 64):
-                raise _Unreadable(f"BitsAllocated {bits_allocated} is not supported (1, 8, 16, 32 or 64)")
-            bits_stored = a.us(0x00280101) or bits_allocated
-            photometric = a.text(0x00280004)
-            pixel_offset = None
-            if photometric == "PALETTE COLOR":
-                # Indices into a colour table: the image is the RGB the table gives (PS3.3 C.7.6.3.1.5).
-                lut_bits = 8 if int(ds.RedPaletteColorLookupTableDescriptor[2]) <= 8 else 16
-                samples, bits_allocated, bits_stored = 3, lut_bits, lut_bits
-            if (ts in _NATIVE_LITTLE_ENDIAN and bits_allocated in (8, 16, 32) and samples == 1
-                    and sys.byteorder == "little"):
-                fp.seek(at)
-                expected = rows * cols * n_frames * bits_allocated // 8
-                pixel_offset = _native_pixel_offset(fp, _NATIVE_LITTLE_ENDIAN[ts], expected, path)
-            spacing_hint = a.numbers(0x00180088, 1)
-            sop_class = a.text(0x00080016)
-    except InvalidDicomError as exc:
-        if has_preamble(path):
-            raise _Unreadable(f"{type(exc).__name__}: {exc}") from exc
-        return None
-    except _Unreadable:
-        raise
-    except (EOFError, OSError, ValueError, KeyError, AttributeError, TypeError, IndexError, struct.error) as exc:
-        if _looks_like_dicom(path):
-            raise _Unreadable(f"{type(exc).__name__}: {exc}") from exc
-        return None
+                ts = "1.2.840.10008.1.2" if implicit else ("1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2")
+            at = at if at < size and _peek_pixel_tag(fp, at) is not None else -1
+        pixel_tag = None
+        if at >= 0:
+            src = io.BytesIO(inflater.read_upto(at + 12)) if inflater is not None else fp
+            pixel_tag, length, value_at = _pixel_element(src, at, implicit, little)
+        a = _Attrs(ds, little_endian=little)
+        rows, cols = a.us(0x00280010), a.us(0x00280011)
+        if pixel_tag is None:
+            if len(ds) == 0 and has_preamble(path):
+                # A Part 10 file whose data set is missing: cut off after the meta header.
+                raise _Unreadable("truncated: no data set after the file meta information")
+            end = _last_element_end(ds)
+            data_end = len(inflater.data) if inflater is not None else size
+            if end is not None and end != data_end and (inflater is not None or _looks_like_dicom(path)):
+                last = max(ds.keys())
+                raise _Unreadable(f"truncated: the data set ends inside element {last}, {end - data_end} bytes short"
+                                  if end > data_end else f"truncated: the data set ends {data_end - end} bytes "
+                                  f"after element {last}, inside the header of the next element")
+            return None
+        if rows is None and cols is None:
+            return None  # no Image Pixel module: not an image (test objects, private data)
+        if rows is None or cols is None:
+            raise _Unreadable(f"Pixel Data without {'Rows' if rows is None else 'Columns'}")
+        if rows == 0 or cols == 0:
+            raise _Unreadable(f"Rows {rows} x Columns {cols}: an image has no zero size")
+        # NumberOfFrames that is not a positive integer is read as 1; the Pixel Data must then
+        # hold exactly one frame (checked below).
+        frames_raw = a._raw(0x00280008)
+        nf = a.numbers(0x00280008, 1)
+        n_frames = int(nf[0]) if nf is not None and nf[0] >= 1 and nf[0].is_integer() else 1
+        frames_text = "" if frames_raw is None or (nf is not None and nf[0] >= 1 and nf[0].is_integer()) \
+            else f"{_shown(frames_raw)} (read as 1)"
+        samples = a.us(0x00280002)
+        samples = 1 if samples is None else samples
+        if samples not in (1, 3):
+            raise _Unreadable(f"SamplesPerPixel {samples} is not supported (1 or 3)")
+        photometric = a.text(0x00280004) or ("MONOCHROME2" if samples == 1 else "RGB")
+        if photometric not in _MONOCHROME + _COLOUR:
+            raise _Unreadable(f"PhotometricInterpretation {photometric!r} is not supported "
+                              "(MONOCHROME1, MONOCHROME2, PALETTE COLOR, RGB or YBR_*)")
+        if samples != (1 if photometric in _MONOCHROME else 3):
+            raise _Unreadable(f"PhotometricInterpretation {photometric} needs SamplesPerPixel "
+                              f"{1 if photometric in _MONOCHROME else 3}, the file says {samples}")
+        if samples == 3 and a.us(0x00280006) not in (None, 0, 1):
+            raise _Unreadable(f"PlanarConfiguration {a.us(0x00280006)} is not 0 or 1")
+        bits_allocated = a.us(0x00280100)
+        bits_allocated = 16 if bits_allocated is None else bits_allocated
+        float_pixels = pixel_tag != 0x7FE00010
+        if pixel_tag not in _PIXEL_TAGS:
+            raise _Unreadable(f"the Pixel Data element header is corrupt (tag {pixel_tag:08X})")
+        if float_pixels:
+            need = 32 if pixel_tag == 0x7FE00008 else 64
+            if bits_allocated != need:
+                raise _Unreadable(f"BitsAllocated {bits_allocated} with {'Float' if need == 32 else 'Double Float'} "
+                                  f"Pixel Data (needs {need})")
+        elif bits_allocated not in (1, 8, 16, 32):
+            raise _Unreadable(f"BitsAllocated {bits_allocated} is not supported (1, 8, 16 or 32; 32 or 64 for float "
+                              "pixel data)")
+        bits_stored = a.us(0x00280101)
+        bits_stored = bits_allocated if bits_stored is None else bits_stored
+        if not 1 <= bits_stored <= bits_allocated:
+            raise _Unreadable(f"BitsStored {bits_stored} is not between 1 and BitsAllocated {bits_allocated}")
+        high_bit = a.us(0x00280102)
+        if high_bit is not None and not float_pixels and high_bit != bits_stored - 1:
+            raise _Unreadable(f"HighBit {high_bit} is not BitsStored - 1 = {bits_stored - 1} (PS3.5 8.1.1)")
+        representation = a.us(0x00280103)
+        if representation not in (None, 0, 1):
+            raise _Unreadable(f"PixelRepresentation {representation} is not 0 (unsigned) or 1 (signed)")
+        stored_samples, stored_bits = samples, bits_allocated
+        if photometric == "PALETTE COLOR":
+            # Indices into a colour table: the image is the RGB the table gives (PS3.3 C.7.6.3.1.5).
+            descriptor = ds.get("RedPaletteColorLookupTableDescriptor")
+            descriptor = list(descriptor) if descriptor is not None and not isinstance(descriptor, (int, bytes)) \
+                else None
+            if descriptor is None or len(descriptor) != 3 or not 1 <= int(descriptor[2]) <= 16:
+                raise _Unreadable(f"PALETTE COLOR with RedPaletteColorLookupTableDescriptor {descriptor} (three "
+                                  "values, the last 8 or 16 bits)")
+            lut_bits = 8 if descriptor[2] <= 8 else 16
+            samples, bits_allocated, bits_stored = 3, lut_bits, lut_bits
+        sizes = _sizes(rows, cols, n_frames, stored_samples, stored_bits, frames_text)
+        frame_bytes = _native_bytes(rows, cols, 1, stored_samples, stored_bits, photometric)
+        data_size = inflater.total(value_at + length) if inflater is not None else size
+        native = ts in _NATIVE_LITTLE_ENDIAN or ts in (_DEFLATED, "1.2.840.10008.1.2.2")
+        if native or (length != 0xFFFFFFFF and not _is_compressed(ts)):
+            _check_native_length(length, value_at, data_size,
+                                 _native_bytes(rows, cols, n_frames, stored_samples, stored_bits, photometric), sizes)
+        elif length == 0xFFFFFFFF:
+            extended = a._raw(0x7FE00001)
+            _check_fragments(fp, value_at, size, ts, rows, cols, n_frames, frame_bytes, frames_text,
+                             None if extended is None else len(extended) // 8)
+        else:
+            raise _Unreadable(f"transfer syntax {ts} is compressed but Pixel Data is not encapsulated")
+        if n_frames > MAX_FRAMES:
+            raise _Unreadable(f"NumberOfFrames {n_frames} is more than medkern reads ({MAX_FRAMES})")
+        pixel_offset = None
+        if (ts in _NATIVE_LITTLE_ENDIAN and little and pixel_tag == 0x7FE00010 and stored_bits in (8, 16, 32)
+                and stored_samples == 1 and photometric != "PALETTE COLOR" and sys.byteorder == "little"):
+            pixel_offset = value_at
+        spacing_hint = a.numbers(0x00180088, 1)
+        sop_class = a.text(0x00080016)
     from pydicom.uid import UID
 
     f = _File(
@@ -360,15 +755,24 @@ def _read_header(path: Path) -> tuple[_File, list[_Frame]] | None:
         samples=samples,
         bits_allocated=bits_allocated,
         bits_stored=bits_stored,
-        signed=a.us(0x00280103) == 1 and photometric != "PALETTE COLOR",
-        float_pixels=pixel_tag != 0x7FE00010,
+        signed=representation == 1 and photometric != "PALETTE COLOR",
+        float_pixels=float_pixels,
         monochrome1=photometric == "MONOCHROME1",
         palette=photometric == "PALETTE COLOR",
         instance_number=a.integer(0x00200013),
         slice_spacing_hint=spacing_hint[0] if spacing_hint and spacing_hint[0] > 0 else None,
         pixel_offset=pixel_offset,
+        sop_uid=a.text(0x00080018),
+        inflated_end=value_at + length if inflater is not None else None,
     )
     return f, _frames_of(a, f)
+
+
+def _is_compressed(ts: str) -> bool:
+    from pydicom.uid import UID
+
+    uid = UID(ts)
+    return uid.is_transfer_syntax and uid.is_compressed
 
 
 def _peek_pixel_tag(fp: Any, at: int) -> int | None:
@@ -386,9 +790,10 @@ def _peek_pixel_tag(fp: Any, at: int) -> int | None:
 
 
 def has_preamble(path: Path) -> bool:
-    """A Part 10 file: 128 bytes of preamble, then 'DICM' (PS3.10 7.1)."""
+    """A Part 10 file: 128 bytes of preamble, then 'DICM' (PS3.10 7.1). False for anything that
+    is not a regular file (a named pipe is never opened for reading)."""
     try:
-        with open(path, "rb") as fp:
+        with _open_regular(path) as fp:
             head = fp.read(132)
     except OSError:
         return False
@@ -399,73 +804,144 @@ def _looks_like_dicom(path: Path) -> bool:
     return has_preamble(path) or path.suffix.lower() == ".dcm"
 
 
-def _rescale_of(a: _Attrs) -> tuple[float, float]:
-    slope, intercept = a.numbers(0x00281053, 1), a.numbers(0x00281052, 1)
-    return (slope[0] if slope and slope[0] != 0 else 1.0), (intercept[0] if intercept else 0.0)
+def _rescale_of(a: _Attrs, where: str = "") -> tuple[float, float]:
+    slope = a.checked(0x00281053, 1, "RescaleSlope" + where)
+    intercept = a.checked(0x00281052, 1, "RescaleIntercept" + where)
+    if slope is not None and slope[0] == 0:
+        raise _Unreadable(f"RescaleSlope{where} 0 maps every pixel to RescaleIntercept")
+    return (slope[0] if slope else 1.0), (intercept[0] if intercept else 0.0)
 
 
 def _frames_of(a: _Attrs, f: _File) -> list[_Frame]:
     """One _Frame per frame, with geometry from the functional groups when the file has them."""
     ds = a.ds
-    per_frame = ds[0x52009230].value if 0x52009230 in ds else None
-    if per_frame is not None and len(per_frame) >= f.n_frames:
+    if 0x52009230 in ds:
+        per_frame = ds[0x52009230].value
+        if len(per_frame) < f.n_frames:
+            raise _Unreadable(f"PerFrameFunctionalGroupsSequence has {len(per_frame)} items for NumberOfFrames "
+                              f"{f.n_frames}: the frames without one would lose their position and rescale")
         shared = _first_item(ds, "SharedFunctionalGroupsSequence")
         # Enhanced CT/MR/PET (PS3.3 C.7.6.16): each attribute sits in the per-frame item or, when
         # it holds for every frame, in the shared item.
         frames = []
+        rescaled = []
         for i, item in enumerate(per_frame[: f.n_frames]):
-            def group(keyword: str) -> _Attrs:
+            def group(keyword: str, item: Any = item) -> _Attrs:
                 return _Attrs(_first_item(item, keyword) or _first_item(shared, keyword), a.endian == "<")
 
-            spacing, source = _pixel_spacing(group("PixelMeasuresSequence"))
-            slope, intercept = _rescale_of(group("PixelValueTransformationSequence"))
+            where = f" (frame {i + 1})" if f.n_frames > 1 else ""
+            spacing, source = _pixel_spacing(group("PixelMeasuresSequence"), where)
+            transformation = group("PixelValueTransformationSequence")
+            rescaled.append(transformation.ds is not None)
+            slope, intercept = _rescale_of(transformation, where)
+            orientation = group("PlaneOrientationSequence").checked(0x00200037, 6, "ImageOrientationPatient" + where)
             frames.append(_Frame(
-                f, i, group("PlanePositionSequence").numbers(0x00200032, 3),
-                _orientation(group("PlaneOrientationSequence").numbers(0x00200037, 6)),
-                spacing, source, slope, intercept,
+                f, i, group("PlanePositionSequence").checked(0x00200032, 3, "ImagePositionPatient" + where),
+                _orientation(orientation, "ImageOrientationPatient" + where), spacing, source, slope, intercept,
             ))
+        placed = [fr.position is not None and fr.orientation is not None for fr in frames]
+        if any(placed) and not all(placed):
+            k = placed.index(False)
+            raise _Unreadable(f"frame {k + 1} has no PlanePositionSequence / PlaneOrientationSequence in its "
+                              "functional groups while other frames have them")
+        if any(rescaled) and not all(rescaled):
+            k = rescaled.index(False)
+            raise _Unreadable(f"frame {k + 1} has no PixelValueTransformationSequence in its functional groups "
+                              "while other frames have one")
         return frames
     spacing, source = _pixel_spacing(a)
     slope, intercept = _rescale_of(a)
-    dose_scaling = a.numbers(0x3004000E, 1)
+    dose_scaling = a.checked(0x3004000E, 1, "DoseGridScaling")
     if dose_scaling is not None and f.modality == "RTDOSE":
+        if not dose_scaling[0] > 0:
+            raise _Unreadable(f"DoseGridScaling {dose_scaling[0]:g} is not positive")
         slope = dose_scaling[0]
-    position = a.numbers(0x00200032, 3)
-    orientation = _orientation(a.numbers(0x00200037, 6))
-    offsets = a.numbers(0x3004000C, f.n_frames) if f.n_frames > 1 else None
-    if offsets is not None and position is not None and orientation is not None:
-        # RT Dose (PS3.3 C.8.8.3.2): frame k lies at ImagePositionPatient + offset[k] * normal.
-        normal = np.cross(orientation[:3], orientation[3:])
-        return [_Frame(f, i, tuple(np.asarray(position) + o * normal), orientation, spacing, source, slope,
-                       intercept) for i, o in enumerate(offsets)]
+    position = a.checked(0x00200032, 3, "ImagePositionPatient")
+    orientation = _orientation(a.checked(0x00200037, 6, "ImageOrientationPatient"))
+    if f.n_frames > 1 and (f.modality == "RTDOSE" or a._raw(0x3004000C) is not None):
+        return _dose_frames(a, f, position, orientation, spacing, source, slope, intercept)
     if f.n_frames > 1:
         # A multi-frame file without per-frame positions: frames stack in stored order.
         return [_Frame(f, i, None, None, spacing, source, slope, intercept) for i in range(f.n_frames)]
     return [_Frame(f, 0, position, orientation, spacing, source, slope, intercept)]
 
 
-def _orientation(o: tuple[float, ...] | None) -> tuple[float, ...] | None:
-    """The six direction cosines when they are two orthogonal unit vectors, else None."""
+def _dose_frames(a: _Attrs, f: _File, position: Any, orientation: Any, spacing: Any, source: str, slope: float,
+                 intercept: float) -> list[_Frame]:
+    """RT Dose (PS3.3 C.8.8.3.2): frame k lies at ImagePositionPatient + offset[k] * normal, the
+    offsets relative (first 0) or, for an axial grid only, absolute (first = ImagePositionPatient z)."""
+    offsets = a.checked(0x3004000C, f.n_frames, "GridFrameOffsetVector")
+    if offsets is None:
+        raise _Unreadable(f"RT Dose of {f.n_frames} frames without GridFrameOffsetVector: the frames have no position")
+    if position is None or orientation is None:
+        raise _Unreadable("GridFrameOffsetVector without ImagePositionPatient / ImageOrientationPatient")
+    steps = np.diff(offsets)
+    direction = 1.0 if steps[0] > 0 else -1.0
+    wrong = np.flatnonzero(steps * direction <= 0)
+    if wrong.size:
+        k = int(wrong[0])
+        raise _Unreadable(f"GridFrameOffsetVector is not strictly monotonic: {offsets[k]:g} then {offsets[k + 1]:g} "
+                          f"(frames {k + 1} and {k + 2})")
+    if offsets[0] != 0:
+        axial = np.allclose(orientation, (1, 0, 0, 0, 1, 0), atol=1e-6)
+        if not (axial and abs(offsets[0] - position[2]) <= 1e-3):
+            raise _Unreadable(f"GridFrameOffsetVector starts at {offsets[0]:g}: neither 0 (offsets relative to "
+                              f"ImagePositionPatient) nor its z {position[2]:g} (absolute offsets, axial grids only)")
+        offsets = tuple(o - offsets[0] for o in offsets)
+    normal = np.cross(orientation[:3], orientation[3:])
+    return [_Frame(f, i, tuple(np.asarray(position) + o * normal), orientation, spacing, source, slope,
+                   intercept) for i, o in enumerate(offsets)]
+
+
+def _orientation(o: tuple[float, ...] | None, name: str = "ImageOrientationPatient") -> tuple[float, ...] | None:
+    """The six direction cosines when they are two orthogonal unit vectors; raises _Unreadable
+    for any other value (None stays None: absent)."""
     if o is None:
         return None
     # Plain arithmetic: this runs once per frame, where numpy's per-call overhead shows.
     rr = o[0] * o[0] + o[1] * o[1] + o[2] * o[2]
     cc = o[3] * o[3] + o[4] * o[4] + o[5] * o[5]
     rc = o[0] * o[3] + o[1] * o[4] + o[2] * o[5]
-    return o if abs(rr - 1) < 2e-2 and abs(cc - 1) < 2e-2 and abs(rc) < 1e-2 else None
+    if abs(rr - 1) < 2e-2 and abs(cc - 1) < 2e-2 and abs(rc) < 1e-2:
+        return o
+    raise _Unreadable(f"{name} {chr(92).join(f'{v:g}' for v in o)} is not two orthogonal unit vectors "
+                      f"(|row|^2 {rr:.4g}, |column|^2 {cc:.4g}, row.column {rc:.4g})")
 
 
 # ---------------------------------------------------------------------------------- scanning
-def _iter_files(directory: Path, recursive: bool) -> Iterable[Path]:
-    if recursive:
-        for root, dirs, files in os.walk(directory):
-            dirs.sort()
-            for name in sorted(files):
-                yield Path(root) / name
-    else:
-        for p in sorted(directory.iterdir()):
-            if p.is_file():
-                yield p
+@dataclass(frozen=True)
+class _Unlisted:
+    """A folder of the scan that cannot be listed (what _iter_files yields in place of its files)."""
+
+    path: Path
+    reason: str
+
+
+def _iter_files(directory: Path, recursive: bool) -> Iterable[Path | _Unlisted]:
+    """The regular files under ``directory`` (symbolic links to regular files included), folder
+    by folder in name order, as os.walk gives them. Named pipes, sockets, devices and broken
+    links are never yielded; links to folders are not followed (no loops). A folder that cannot
+    be listed yields an _Unlisted entry."""
+    stack = [Path(directory)]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            yield _Unlisted(folder, f"folder cannot be listed ({type(exc).__name__}: {exc.strerror or exc})")
+            continue
+        folders = []
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    folders.append(Path(e.path))
+                elif e.is_file():
+                    yield Path(e.path)
+            except OSError:
+                continue  # vanished, or a link loop
+        if recursive:
+            stack.extend(reversed(folders))
 
 
 @dataclass
@@ -475,11 +951,15 @@ class _Scan:
     skipped: int = 0
 
 
-def _scan(paths: Iterable[Path], progress: Progress = NO_PROGRESS) -> _Scan:
+def _scan(paths: Iterable[Path | _Unlisted], progress: Progress = NO_PROGRESS) -> _Scan:
     scan = _Scan()
     paths = list(paths)
     for n, p in enumerate(paths):
         progress.update("scan", n / len(paths))
+        if isinstance(p, _Unlisted):
+            warnings.warn(f"{p.path}: {p.reason}; its files are left out of the scan", DicomWarning, stacklevel=3)
+            scan.unreadable.append((p.path, p.reason))
+            continue
         try:
             header = _read_header(p)
         except _Unreadable as exc:
@@ -497,11 +977,15 @@ def _part_key(fr: _Frame) -> tuple:
     ori = None if fr.orientation is None else tuple(round(v, _ORIENTATION_DECIMALS) + 0.0 for v in fr.orientation)
     sp = None if fr.pixel_spacing is None else tuple(round(v, 4) for v in fr.pixel_spacing)
     f = fr.file
-    return (ori, f.rows, f.cols, sp, f.samples, f.bits_allocated, f.signed)
+    # Frames whose stored values mean different things (modality, bits, sign, inversion, float)
+    # are never stacked: one modality LUT serves a whole volume.
+    return (ori, f.rows, f.cols, sp, f.samples, f.bits_allocated, f.signed, f.modality, f.bits_stored,
+            f.monochrome1, f.float_pixels)
 
 
-def _describe_key(key: tuple) -> str:
-    ori, rows, cols, sp, samples, bits, signed = key
+def _describe_key(key: tuple, keys: Sequence[tuple] = ()) -> str:
+    """A part of a series in words; modality and bit layout only where they vary among ``keys``."""
+    ori, rows, cols, sp, samples, bits, signed = key[:7]
     text = f"{rows}x{cols}"
     if sp is not None:
         text += f" pixels {sp[0]:g}x{sp[1]:g} mm"
@@ -509,6 +993,14 @@ def _describe_key(key: tuple) -> str:
         text += f", orientation [{', '.join(f'{v:g}' for v in ori)}]"
     if samples != 1:
         text += f", {samples} samples/pixel"
+    modality, bits_stored, monochrome1, float_pixels = key[7:]
+    varies = {i for i in range(5, 11) if len({k[i] for k in keys}) > 1}
+    if 7 in varies:
+        text += f", modality {modality or '(none)'}"
+    if varies & {5, 6, 8, 10}:
+        text += f", {'float ' if float_pixels else ''}{bits_stored}/{bits} bits {'signed' if signed else 'unsigned'}"
+    if 9 in varies:
+        text += ", MONOCHROME1" if monochrome1 else ", MONOCHROME2"
     return text
 
 
@@ -534,6 +1026,24 @@ def _names(frames: Sequence[_Frame], limit: int = 6) -> str:
     names = [fr.name for fr in frames]
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
+
+
+def _repeated_instances(frames: Sequence[_Frame]) -> list[str]:
+    """A problem line when files of the series share a SOPInstanceUID (copies of one instance, or
+    a broken export): with allow_irregular=True they count as any other slices (duplicates of a
+    position keep the lowest InstanceNumber)."""
+    owners: dict[str, list[Path]] = {}
+    for fr in frames:
+        if fr.file.sop_uid:
+            paths = owners.setdefault(fr.file.sop_uid, [])
+            if fr.file.path not in paths:
+                paths.append(fr.file.path)
+    repeated = {uid: paths for uid, paths in owners.items() if len(paths) > 1}
+    if not repeated:
+        return []
+    shown = "; ".join(f"{uid}: {', '.join(p.name for p in paths[:3])}" for uid, paths in list(repeated.items())[:3])
+    return [f"{sum(len(p) for p in repeated.values())} files share {len(repeated)} SOPInstanceUID(s) ({shown}"
+            f"{' ...' if len(repeated) > 3 else ''}): one instance stored more than once"]
 
 
 def _layout(frames: list[_Frame]) -> _Layout:
@@ -568,7 +1078,7 @@ def _layout(frames: list[_Frame]) -> _Layout:
     order = sorted(range(len(frames)), key=lambda a: (t[a], numbers[a], str(frames[a].file.path), frames[a].index))
     frames = [frames[a] for a in order]
     positions, t = positions[order], t[order]
-    problems: list[str] = []
+    problems: list[str] = _repeated_instances(frames)
 
     # Duplicates: repeats of a position (several acquisitions, echoes or phases in one series).
     keep = [0]
@@ -627,7 +1137,18 @@ def _layout(frames: list[_Frame]) -> _Layout:
         problems.append(f"{kind}: gaps differ from the mean spacing {spacing_k:.4f} mm by more than "
                         f"{SPACING_TOLERANCE:.0%} ({where}{' ...' if bad.size > 4 else ''}); with "
                         f"allow_irregular=True the slices are interpolated onto a {step:.4f} mm grid")
-        n_out = int(round((t[-1] - t[0]) / step)) + 1
+        grid = (t[-1] - t[0]) / step + 1
+        limit = _RECOVERY_FACTOR * n + _RECOVERY_SLACK
+        if not grid <= limit:
+            # A stray slice far from the others (or a position typo): interpolating would build a
+            # grid of mostly empty slices, of any size the positions ask for.
+            return _Layout(frames, (n, f.rows, f.cols), (float(spacing_k),) + in_plane, origin, direction, problems,
+                           vector=vector, fatal=(
+                               f"the slices span {t[-1] - t[0]:.6g} mm along the normal with gaps down to "
+                               f"{step:.4g} mm ({where}{' ...' if bad.size > 4 else ''}): a regular grid would need "
+                               f"{grid:.6g} slices for {n}, more than {limit}; no recovery (check the "
+                               "ImagePositionPatient of the outlying slices)"))
+        n_out = int(round(grid - 1)) + 1
         spacing_k = (t[-1] - t[0]) / (n_out - 1)
         interpolation = []
         for k in range(n_out):
@@ -855,7 +1376,8 @@ def _choose(series: list[DicomSeries], series_uid: str | None, where: Path) -> D
     parts = [s for s in series if s.series_uid == series_uid]
     if parts:
         raise DicomError(f"series {series_uid} in {where} is split into {len(parts)} parts whose frames differ "
-                         "(" + "; ".join(_describe_key(_part_key(p._layout.frames[0])) for p in parts)
+                         "(" + "; ".join(_describe_key(_part_key(p._layout.frames[0]),
+                                                       [_part_key(q._layout.frames[0]) for q in parts]) for p in parts)
                          + "); there is no single grid for them. Pass series_uid= one of:\n"
                          + "\n".join(_series_line(s) for s in parts))
     raise DicomError(f"series_uid {series_uid!r} not found in {where}; available:\n"
@@ -884,8 +1406,11 @@ def read_dicom_file(path: str | os.PathLike, series: bool = False, allow_irregul
     f, frames = header
     if series:
         scan = _scan(_iter_files(p.parent, recursive=False))
-        # The file parsed above, so the scan of its directory puts it in exactly one part.
-        chosen = next(s for s in _group(scan) if p in s.files)
+        # The file parsed above, so the scan of its directory puts it in exactly one part (unless
+        # it changed in between).
+        chosen = next((s for s in _group(scan) if p in s.files), None)
+        if chosen is None:
+            raise DicomError(f"{p}: not found again when its directory {p.parent} was scanned (did it change?)")
         chosen.unreadable = tuple(scan.unreadable)
         return chosen.read(allow_irregular=allow_irregular)
     parts: dict[tuple, list[_Frame]] = {}
@@ -893,7 +1418,7 @@ def read_dicom_file(path: str | os.PathLike, series: bool = False, allow_irregul
         parts.setdefault(_part_key(fr), []).append(fr)
     if len(parts) > 1:
         raise DicomError(f"{p}: its {len(frames)} frames differ in orientation or size ("
-                         + "; ".join(_describe_key(k) for k in parts) + "); no single grid holds them")
+                         + "; ".join(_describe_key(k, list(parts)) for k in parts) + "); no single grid holds them")
     return _make_series(f.series_uid, None, frames, ()).read(allow_irregular=allow_irregular)
 
 
@@ -917,24 +1442,38 @@ def _missing_decoder_message(f: _File) -> str | None:
 
 def _decode_file(f: _File) -> np.ndarray:
     """All frames of one file as stored values, shape (frames, rows, cols[, samples])."""
+    expected = (f.n_frames, f.rows, f.cols) + ((f.samples,) if f.samples > 1 else ())
     if f.pixel_offset is not None:
         count = f.rows * f.cols * f.n_frames
-        with open(f.path, "rb") as fp:
-            fp.seek(f.pixel_offset)
-            data = np.fromfile(fp, dtype=_stored_dtype(f), count=count)
-        return data.reshape(f.n_frames, f.rows, f.cols)
+        try:
+            with _open_regular(f.path) as fp:
+                fp.seek(f.pixel_offset)
+                data = np.frombuffer(fp.read(count * _stored_dtype(f).itemsize), dtype=_stored_dtype(f))
+        except OSError as exc:
+            raise DicomError(f"{f.path}: cannot be read ({type(exc).__name__}: {exc.strerror or exc})") from exc
+        if data.size != count:
+            raise DicomError(f"{f.path}: pixel data truncated while reading ({data.size} of {count} values; did the "
+                             "file change since its header was read?)")
+        return data.reshape(expected)
     message = _missing_decoder_message(f)
     if message:
         raise DicomError(message)
     import pydicom
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _open_regular(f.path) as fp:
             warnings.simplefilter("ignore")
-            # force: the header pass has already accepted files without a Part 10 preamble.
-            ds = pydicom.dcmread(f.path, force=True)
-            if "TransferSyntaxUID" not in ds.file_meta:
-                ds.file_meta.TransferSyntaxUID = f.transfer_syntax  # as the header pass found it
+            if f.inflated_end is not None:
+                # Deflated: inflate only up to the end of Pixel Data (the header pass measured it).
+                start, _ = _meta_end(fp)
+                ds, _, _ = _read_deflated(fp, start, False, f.inflated_end)
+                ds.file_meta = pydicom.dataset.FileMetaDataset()
+                ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"  # what the inflated bytes are
+            else:
+                # force: the header pass has already accepted files without a Part 10 preamble.
+                ds = pydicom.dcmread(fp, force=True)
+                if "TransferSyntaxUID" not in ds.file_meta:
+                    ds.file_meta.TransferSyntaxUID = f.transfer_syntax  # as the header pass found it
             # Stored values as they are: the modality LUT and photometric inversion are ours.
             arr = ds.pixel_array
             if f.palette:
@@ -945,8 +1484,10 @@ def _decode_file(f: _File) -> np.ndarray:
         raise
     except Exception as exc:  # pydicom's decoders raise many types for corrupt data
         raise DicomError(f"{f.path}: pixel data cannot be decoded ({type(exc).__name__}: {exc})") from exc
-    expected = (f.rows, f.cols) + ((f.samples,) if f.samples > 1 else ())
-    return arr.reshape((f.n_frames,) + expected)
+    if arr.size != math.prod(expected):
+        raise DicomError(f"{f.path}: the decoded pixel data has {arr.size} values, Rows {f.rows} x Columns {f.cols} x "
+                         f"NumberOfFrames {f.n_frames} x SamplesPerPixel {f.samples} needs {math.prod(expected)}")
+    return arr.reshape(expected)
 
 
 def _fill_stored(frames: Sequence[_Frame], out: np.ndarray, progress: Progress) -> None:
@@ -959,11 +1500,15 @@ def _fill_stored(frames: Sequence[_Frame], out: np.ndarray, progress: Progress) 
         f = entries[0][1].file
         if f.pixel_offset is not None and f.n_frames == 1 and out.dtype == _stored_dtype(f):
             # The common case, a native single-frame slice: read the bytes straight into place.
-            with open(f.path, "rb") as fp:
-                fp.seek(f.pixel_offset)
-                view = memoryview(out[entries[0][0]]).cast("B")
-                if fp.readinto(view) != view.nbytes:
-                    raise DicomError(f"{f.path}: pixel data truncated while reading")
+            try:
+                with _open_regular(f.path) as fp:
+                    fp.seek(f.pixel_offset)
+                    view = memoryview(out[entries[0][0]]).cast("B")
+                    got = fp.readinto(view)
+            except OSError as exc:
+                raise DicomError(f"{f.path}: cannot be read ({type(exc).__name__}: {exc.strerror or exc})") from exc
+            if got != view.nbytes:
+                raise DicomError(f"{f.path}: pixel data truncated while reading")
             continue
         data = _decode_file(f)
         for k, fr in entries:
@@ -1016,7 +1561,11 @@ def _read_layout(series: DicomSeries, allow_irregular: bool, progress: Progress)
     f = frames[0].file
     stored_dtype = _stored_dtype(f)
     tail = (f.samples,) if layout.vector else ()
-    stored = np.empty((len(frames), f.rows, f.cols) + tail, dtype=stored_dtype)
+    try:
+        stored = np.empty((len(frames), f.rows, f.cols) + tail, dtype=stored_dtype)
+    except MemoryError as exc:
+        raise DicomError(f"series {series.key} in {series.files[0].parent}: {len(frames)} x {f.rows} x {f.cols} "
+                         f"{stored_dtype} voxels do not fit in memory") from exc
     # Reading the files dominates; the modality LUT (and any recovery) is one pass in memory.
     files_span, values_span = progress.split((9.0, 1.0))
     _fill_stored(frames, stored, files_span)
@@ -1025,9 +1574,13 @@ def _read_layout(series: DicomSeries, allow_irregular: bool, progress: Progress)
     values_dtype = np.dtype(np.float32) if interpolated else _output_dtype(frames)
     needs_values = (values_dtype != stored_dtype or f.monochrome1 or f.bits_stored < f.bits_allocated
                     or any(fr.slope != 1 or fr.intercept != 0 for fr in frames))
-    values = _modality_values(f, stored, frames, values_dtype) if needs_values else stored
-    if interpolated:
-        values = _recover(values, layout)
+    try:
+        values = _modality_values(f, stored, frames, values_dtype) if needs_values else stored
+        if interpolated:
+            values = _recover(values, layout)
+    except MemoryError as exc:
+        raise DicomError(f"series {series.key} in {series.files[0].parent}: the {values_dtype} values of "
+                         f"{len(frames)} x {f.rows} x {f.cols} voxels do not fit in memory") from exc
     if len(layout.shape) == 2:
         values = values[0]
     return Image(values, spacing=layout.spacing, origin=layout.origin, direction=layout.direction,
