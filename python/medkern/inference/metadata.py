@@ -83,22 +83,54 @@ INFERENCE_DEFAULTS = {"overlap": 0.5, "blend": "gaussian", "sigma_scale": 0.125,
                       "padding": "constant"}
 NOTES = ("name", "version", "description", "training_data", "licence", "intended_use")
 
+# Bounds on every number the metadata gives, far beyond any real model, so that a hostile or
+# corrupt file fails here with the field named instead of asking for absurd memory or time.
+MAX_CHANNELS = 64                 # input modalities
+MAX_LABELS = 255                  # output channels (labels are uint8)
+MAX_PATCH_AXIS = 2048             # voxels per patch axis
+MAX_PATCH_VOXELS = 1 << 27        # voxels per patch (512^3)
+MAX_BATCH_SIZE = 1024
+MAX_BATCH_VALUES = 1 << 28        # batch_size * channels * patch voxels (1 GiB of float32 input)
+SPACING_RANGE_MM = (1e-3, 1e4)    # model grid spacing
+SIGMA_SCALE_RANGE = (1e-3, 100.0)
+MAX_ABS_VALUE = 1e30              # intensities and scales of preprocessing (float32 holds 3.4e38)
+MAX_VOLUME_MM3 = 1e12             # remove_small
+MAX_KEEP_TOP = 1 << 20            # keep_top n
+
 
 def _fail(field: str, problem: str) -> ModelError:
     return ModelError(f"medkern model metadata: {field} {problem}")
 
 
-def _number(value: Any, field: str, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _fail(field, f"must be a finite number, got {value!r}")
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _number(value: Any, field: str, positive: bool = False, low: float | None = None,
+            high: float | None = MAX_ABS_VALUE) -> float:
+    """A finite number (an int too large for a float is not one), optionally within [low, high];
+    ``high`` also bounds the magnitude from below when ``low`` is None."""
+    try:
+        finite = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    except OverflowError:  # an integer beyond float range
+        finite = False
+    if not finite:
+        raise _fail(field, f"must be a finite number, got {_short(value)}")
     if positive and value <= 0:
         raise _fail(field, f"must be positive, got {value!r}")
+    if low is not None and value < low:
+        raise _fail(field, f"must be at least {low:g}, got {value!r}")
+    if high is not None and (value > high or (low is None and value < -high)):
+        raise _fail(field, f"must be {'at most' if low is not None else 'within ±'} {high:g}, got {value!r}")
     return float(value)
 
 
-def _int(value: Any, field: str, low: int = 1) -> int:
+def _int(value: Any, field: str, low: int = 1, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise _fail(field, f"must be an integer >= {low}, got {value!r}")
+        raise _fail(field, f"must be an integer >= {low}, got {_short(value)}")
+    if high is not None and value > high:
+        raise _fail(field, f"must be an integer <= {high}, got {_short(value)}")
     return value
 
 
@@ -112,8 +144,9 @@ def _per_axis(value: Any, n: int, field: str, kind: str) -> list:
     if not isinstance(value, (list, tuple)) or len(value) != n:
         raise _fail(field, f"must be a list of {n} values (one per spatial axis, array order), got {value!r}")
     if kind == "int":
-        return [_int(v, f"{field}[{i}]") for i, v in enumerate(value)]
-    return [_number(v, f"{field}[{i}]", positive=True) for i, v in enumerate(value)]
+        return [_int(v, f"{field}[{i}]", high=MAX_PATCH_AXIS) for i, v in enumerate(value)]
+    low, high = SPACING_RANGE_MM
+    return [_number(v, f"{field}[{i}]", positive=True, low=low, high=high) for i, v in enumerate(value)]
 
 
 def validate_metadata(metadata: Any) -> dict[str, Any]:
@@ -143,8 +176,10 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
     modalities = inp.get("modalities")
     if not isinstance(modalities, list) or not modalities or not all(isinstance(m, str) for m in modalities):
         raise _fail("input.modalities", f"must be a non-empty list of names, one per channel, got {modalities!r}")
+    if len(modalities) > MAX_CHANNELS:
+        raise _fail("input.modalities", f"names {len(modalities)} channels; at most {MAX_CHANNELS} are read")
     channels = inp.setdefault("channels", len(modalities))
-    if _int(channels, "input.channels") != len(modalities):
+    if _int(channels, "input.channels", high=MAX_CHANNELS) != len(modalities):
         raise _fail("input.channels", f"is {channels} but input.modalities names {len(modalities)} channels")
     nsp = inp.get("spatial_dims")
     if nsp not in (2, 3):
@@ -170,11 +205,20 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
             raise _fail(f"{field}.channels", f"must list channel indices in [0, {channels}), got {op['channels']!r}")
         if op["op"] == "window":
             _number(op["width"], f"{field}.width", positive=True)
+            rng = op["output_range"]
+            if not isinstance(rng, (list, tuple)) or len(rng) != 2:
+                raise _fail(f"{field}.output_range", f"must be a list of 2 numbers [low, high], got {_short(rng)}")
+            low, high = (_number(v, f"{field}.output_range[{i}]") for i, v in enumerate(rng))
+            if not low < high:
+                raise _fail(f"{field}.output_range", f"needs low < high, got {rng!r}")
+        if op["op"] == "scale":
+            _number(op["offset"], f"{field}.offset")
         if op["op"] == "clip" and not op["low"] < op["high"]:
             raise _fail(field, f"needs low < high, got {op['low']} and {op['high']}")
         if op["op"] == "zscore":
             _choice(op["mask"], ("all", "nonzero"), f"{field}.mask")
-        if op["op"] == "percentile" and not 0 <= _number(op["low"], f"{field}.low") < _number(op["high"], f"{field}.high") <= 100:
+        if op["op"] == "percentile" and \
+                not 0 <= _number(op["low"], f"{field}.low") < _number(op["high"], f"{field}.high") <= 100:
             raise _fail(field, f"needs 0 <= low < high <= 100, got {op['low']} and {op['high']}")
 
     inf = meta.get("inference")
@@ -183,14 +227,22 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
     if "patch_size" not in inf:
         raise _fail("inference.patch_size", "is missing")
     inf["patch_size"] = _per_axis(inf["patch_size"], nsp, "inference.patch_size", "int")
+    patch_voxels = math.prod(inf["patch_size"])
+    if patch_voxels > MAX_PATCH_VOXELS:
+        raise _fail("inference.patch_size", f"{inf['patch_size']} holds {patch_voxels} voxels; at most "
+                                            f"{MAX_PATCH_VOXELS} per patch")
     for key, default in INFERENCE_DEFAULTS.items():
         inf.setdefault(key, default)
     overlap = _number(inf["overlap"], "inference.overlap")
     if not 0 <= overlap < 1:
         raise _fail("inference.overlap", f"must be in [0, 1), got {overlap}")
     _choice(inf["blend"], BLENDS, "inference.blend")
-    _number(inf["sigma_scale"], "inference.sigma_scale", positive=True)
-    _int(inf["batch_size"], "inference.batch_size")
+    _number(inf["sigma_scale"], "inference.sigma_scale", positive=True, low=SIGMA_SCALE_RANGE[0],
+            high=SIGMA_SCALE_RANGE[1])
+    _int(inf["batch_size"], "inference.batch_size", high=MAX_BATCH_SIZE)
+    if inf["batch_size"] * channels * patch_voxels > MAX_BATCH_VALUES:
+        raise _fail("inference.batch_size", f"{inf['batch_size']} patches of {inf['patch_size']} x {channels} "
+                                            f"channel(s) exceed {MAX_BATCH_VALUES} input values per batch")
     _choice(inf["padding"], PADDINGS, "inference.padding")
 
     out = meta.get("output")
@@ -199,7 +251,9 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
     _choice(out.get("activation"), ACTIVATIONS, "output.activation")
     labels = out.get("labels")
     if not isinstance(labels, list) or not labels or not all(isinstance(v, str) for v in labels):
-        raise _fail("output.labels", f"must be a non-empty list of names, one per output channel, got {labels!r}")
+        raise _fail("output.labels", f"must be a non-empty list of names, one per output channel, got {_short(labels)}")
+    if len(labels) > MAX_LABELS:
+        raise _fail("output.labels", f"names {len(labels)} outputs; at most {MAX_LABELS} (uint8 label maps)")
     threshold = _number(out.setdefault("threshold", 0.5), "output.threshold")
     if not 0 < threshold < 1:
         raise _fail("output.threshold", f"must be in (0, 1), got {threshold}")
@@ -246,10 +300,11 @@ def _validate_postprocessing(meta: dict[str, Any]) -> None:
     if ops and meta["task"] == "classification":
         raise _fail("postprocessing", "applies to dense (segmentation, detection) models only")
     for field, op in ops:
-        if op["op"] == "remove_small" and _number(op["min_volume_mm3"], f"{field}.min_volume_mm3") < 0:
+        if op["op"] == "remove_small" and _number(op["min_volume_mm3"], f"{field}.min_volume_mm3",
+                                                   high=MAX_VOLUME_MM3) < 0:
             raise _fail(f"{field}.min_volume_mm3", f"must be >= 0, got {op['min_volume_mm3']}")
         if op["op"] == "keep_top":
-            _int(op["n"], f"{field}.n")
+            _int(op["n"], f"{field}.n", high=MAX_KEEP_TOP)
             _choice(op["by"], ("probability", "volume"), f"{field}.by")
 
 
@@ -259,9 +314,9 @@ def parse_metadata(text: str | None) -> dict[str, Any] | None:
         return None
     try:
         meta = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"medkern model metadata is not valid JSON ({exc}); rewrite it with "
-                         "mk.write_model_metadata") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, integers of too many digits, deep nesting
+        raise ModelError(f"medkern model metadata is not valid JSON ({type(exc).__name__}: {str(exc)[:200]}); "
+                         "rewrite it with mk.write_model_metadata") from None
     return validate_metadata(meta)
 
 

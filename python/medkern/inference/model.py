@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from medkern.inference.metadata import (
     check_graph_against_metadata,
     parse_metadata,
 )
-from medkern.inference.sliding import sliding_window
+from medkern.inference.sliding import _scan_starts, sliding_window
 
 __all__ = ["Model", "Prediction", "TensorInfo"]
 
@@ -96,12 +97,72 @@ _PREPARE_NS, _NETWORK_NS, _FINISH_NS = 20.0, 3000.0, 40.0
 _REWRITE_MAX_BYTES = 1 << 30
 
 
-def _rewritten(model: str | bytes) -> str | bytes:
+def _all_tensors(proto) -> Iterator[Any]:
+    """Every TensorProto of a model: initializers, sparse initializers, tensor attributes, in
+    the main graph, every subgraph (If/Loop/Scan bodies) and the model's local functions."""
+    from onnx import AttributeProto
+
+    def in_nodes(nodes) -> Iterator[Any]:
+        for node in nodes:
+            for a in node.attribute:
+                if a.type == AttributeProto.TENSOR or a.HasField("t"):
+                    yield a.t
+                yield from a.tensors
+                if a.HasField("sparse_tensor"):
+                    yield a.sparse_tensor.values
+                    yield a.sparse_tensor.indices
+                for st in a.sparse_tensors:
+                    yield st.values
+                    yield st.indices
+                if a.HasField("g"):
+                    yield from in_graph(a.g)
+                for g in a.graphs:
+                    yield from in_graph(g)
+
+    def in_graph(graph) -> Iterator[Any]:
+        yield from graph.initializer
+        for st in graph.sparse_initializer:
+            yield st.values
+            yield st.indices
+        yield from in_nodes(graph.node)
+
+    yield from in_graph(proto.graph)
+    for function in proto.functions:
+        yield from in_nodes(function.node)
+
+
+def _check_external_data(proto, model: str | bytes, name: str) -> bool:
+    """Whether the model keeps weights in external files; ModelError when it may not.
+
+    Bytes have no folder to resolve external files against (ONNX Runtime would use the working
+    directory, so a model received as bytes could read local files into its weights): refused.
+    A file's external data must lie inside the model's own folder (no absolute paths, no ``..``
+    escaping it, after resolving links)."""
+    from onnx import TensorProto
+
+    external = [t for t in _all_tensors(proto) if t.data_location == TensorProto.EXTERNAL]
+    if not external:
+        return False
+    if isinstance(model, bytes):
+        raise ModelError(f"{name}: the model keeps {len(external)} weight tensor(s) in external data files "
+                         f"(e.g. {external[0].name!r}); a model given as bytes has no folder to find them in, "
+                         "so external data is refused: load it from its .onnx path instead")
+    folder = Path(model).resolve().parent
+    for t in external:
+        location = next((e.value for e in t.external_data if e.key == "location"), "")
+        target = (folder / location).resolve() if location and "\x00" not in location else None
+        if target is None or Path(location).is_absolute() or not target.is_relative_to(folder):
+            raise ModelError(f"{name}: weight tensor {t.name!r} names external data {location!r}, outside the "
+                             f"model's folder {folder}; external data is read only beside the model")
+    return True
+
+
+def _rewritten(model: str | bytes, name: str = "model") -> str | bytes:
     """The model with medkern's graph rewrites (:mod:`medkern.inference.graph`) applied, as
     bytes; the source unchanged when nothing applies, when its weights live in external files
-    (they are found relative to the path) or when it does not parse (ONNX Runtime then reports)."""
+    (they are found relative to the path) or when it does not parse (ONNX Runtime then reports).
+    External data is checked first (:func:`_check_external_data`)."""
     import onnx
-    from onnx import TensorProto
 
     from medkern.inference.graph import optimize_graph
 
@@ -114,9 +175,13 @@ def _rewritten(model: str | bytes) -> str | bytes:
             return model
     except Exception:  # not ONNX, truncated: the session creation raises the ModelError
         return model
-    if any(t.data_location == TensorProto.EXTERNAL for t in proto.graph.initializer):
+    if _check_external_data(proto, model, name):
         return model
-    return proto.SerializeToString() if optimize_graph(proto) else model
+    try:
+        changed = optimize_graph(proto)
+    except Exception:  # a malformed graph the rewrites do not understand: ONNX Runtime judges it
+        return model
+    return proto.SerializeToString() if changed else model
 
 
 class Model:
@@ -155,22 +220,33 @@ class Model:
             raise ValueError(f"Model: threads must be a positive integer or None, got {threads!r}")
         self.providers = _resolve_providers(providers)
         self.threads = threads or get_num_threads()
-        self._source = _rewritten(model)
+        self._source = _rewritten(model, self.name)
         try:
             self._session = self._new_session(self.threads)
         except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf / InvalidGraph
+            detail = " ".join(str(exc).split())
             raise ModelError(f"{self.name} is not a readable ONNX model (not ONNX, truncated or "
-                             f"corrupted): {str(exc).strip()}") from None
+                             f"corrupted): {detail[:500]}") from None
         self._single: Any = None  # single-threaded session shared by concurrent batch items
         self._lane_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._pool_size = 0
-        self.inputs = [TensorInfo(i.name, _shape(i.shape), i.type) for i in self._session.get_inputs()]
-        self.outputs = [TensorInfo(o.name, _shape(o.shape), o.type) for o in self._session.get_outputs()]
-        props = self._session.get_modelmeta().custom_metadata_map
-        self.metadata = parse_metadata(props.get(METADATA_KEY))
-        if self.metadata is not None:
-            check_graph_against_metadata(self.metadata, [(i.name, list(i.shape)) for i in self.inputs])
+        try:  # names and metadata are decoded as UTF-8 here: a corrupt file may hold anything
+            self.inputs = [TensorInfo(i.name, _shape(i.shape), i.type) for i in self._session.get_inputs()]
+            self.outputs = [TensorInfo(o.name, _shape(o.shape), o.type) for o in self._session.get_outputs()]
+            props = self._session.get_modelmeta().custom_metadata_map
+        except (UnicodeDecodeError, RuntimeError, ValueError, TypeError) as exc:
+            raise ModelError(f"{self.name}: the model's names or metadata are corrupt ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:300]})") from None
+        if not self.inputs or not self.outputs:
+            raise ModelError(f"{self.name}: the graph has {len(self.inputs)} input(s) and {len(self.outputs)} "
+                             "output(s); a model needs at least one of each")
+        try:
+            self.metadata = parse_metadata(props.get(METADATA_KEY))
+            if self.metadata is not None:
+                check_graph_against_metadata(self.metadata, [(i.name, list(i.shape)) for i in self.inputs])
+        except ModelError as exc:
+            raise ModelError(f"{self.name}: {exc}") from None
 
     def _new_session(self, threads: int) -> Any:
         import onnxruntime as ort
@@ -182,7 +258,9 @@ class Model:
         # Memory patterns pre-plan one block for every intermediate of a shape; the arena alone
         # reuses freed blocks and keeps the peak lower (measured in benchmarks/bench_inference.py).
         options.enable_mem_pattern = False
-        options.log_severity_level = 3  # warnings about unused initialisers are not the user's concern
+        # Warnings about unused initialisers are not the user's concern, and errors arrive as
+        # exceptions (a ModelError with ONNX Runtime's message): nothing is logged on stderr.
+        options.log_severity_level = 4
         return ort.InferenceSession(self._source, options, providers=self.providers)
 
     def __repr__(self) -> str:
@@ -230,10 +308,10 @@ class Model:
         run of one extra session (which holds the weights once more). One whole-network run per
         core has no per-operator thread synchronisation, a large part of a multi-threaded run of
         a small-channel 3D network (the benchmark UNet: 10-20 % faster). Items left over after
-        whole rounds, and batches on a GPU, run as :meth:`__call__`. For any network that treats batch items separately the
-        values equal ``model(batch)`` up to float32 rounding (ONNX Runtime's convolutions sum in
-        another order for another thread count); this is what :func:`medkern.sliding_window`
-        calls.
+        whole rounds, and batches on a GPU, run as :meth:`__call__`. For any network that treats
+        batch items separately the values equal ``model(batch)`` up to float32 rounding (ONNX
+        Runtime's convolutions sum in another order for another thread count); this is what
+        :func:`medkern.sliding_window` calls.
         """
         parts = [part for part, _ in self._run_parts(batch)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -399,6 +477,13 @@ class Model:
         grid = None
         arrays = []
         for n, img in enumerate(imgs):
+            if inp["spacing"] is not None:
+                grid_voxels = float(np.prod(img.shape)) * float(np.prod(img.spacing) / np.prod(inp["spacing"]))
+                if grid_voxels > _MAX_GRID_VOXELS:
+                    raise ModelError(f"{self.name}: input.spacing {inp['spacing']} would resample the "
+                                     f"{img.shape} image of spacing {tuple(round(v, 4) for v in img.spacing)} to "
+                                     f"~{grid_voxels:.3g} voxels, more than the {_MAX_GRID_VOXELS} medkern runs a "
+                                     "model on")
             img = _to_model_grid(img, inp["orientation"], inp["spacing"], inp["antialias"])
             grid = img
             x = np.asarray(img.array)
@@ -416,7 +501,12 @@ class Model:
                     x = normalize(x, "percentile", percentiles=(op["low"], op["high"]), clip=op["clip"])
                 else:
                     x = (x * np.float32(op["scale"]) + np.float32(op["offset"])).astype(np.float32)
-            arrays.append(np.asarray(x, dtype=np.float32))
+            x = np.asarray(x, dtype=np.float32)
+            bad = _count_non_finite(x)
+            if bad:
+                raise ValueError(f"predict: channel {n} ({inp['modalities'][n]}) holds {bad} non-finite value(s) "
+                                 f"(NaN or infinity) after {meta['name']}'s preprocessing; the image must be finite")
+            arrays.append(x)
         return _Case(reference, grid, arrays[0][None] if len(arrays) == 1 else np.stack(arrays))
 
     def _activate(self, logits: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
@@ -431,10 +521,26 @@ class Model:
                 _core.activate(case, activation, get_num_threads())
         return e
 
+    def _check_output(self, values: np.ndarray, meta: dict[str, Any]) -> None:
+        """ModelError when the network's output holds NaN or infinity: its labels would be
+        silently wrong (softmax and argmax of NaN give background everywhere)."""
+        bad = _count_non_finite(values)
+        if bad:
+            raise ModelError(f"{self.name}: model {meta['name']!r} produced {bad} non-finite value(s) (NaN or "
+                             f"infinity) among the {values.size} values of its output {self.outputs[0].name!r}; "
+                             "no labels are given from it (a broken export, or an input far outside the model's "
+                             "training range)")
+
     def _dense(self, stack: np.ndarray, meta: dict[str, Any], tta: bool, progress: Progress) -> np.ndarray:
         inf = meta["inference"]
         nsp = meta["input"]["spatial_dims"]
         flips = _flip_sets(nsp) if tta else [()]
+        windows = len(stack) * len(flips) * math.prod(
+            len(_scan_starts(max(s, r), r, inf["overlap"])) for s, r in zip(stack.shape[2:], inf["patch_size"]))
+        if windows > _MAX_WINDOWS:
+            raise ModelError(f"{self.name}: inference.patch_size {inf['patch_size']} with inference.overlap "
+                             f"{inf['overlap']} gives {windows} network passes over a {stack.shape[2:]} model grid, "
+                             f"more than the {_MAX_WINDOWS} medkern runs")
         total = None
         for axes, span in zip(flips, progress.split([1] * len(flips))):
             axes_arr = tuple(2 + a for a in axes)
@@ -442,6 +548,7 @@ class Model:
             logits = sliding_window(x, self, inf["patch_size"], inf["overlap"], inf["blend"],
                                     inf["sigma_scale"], inf["batch_size"], inf["padding"],
                                     spatial_dims=nsp, progress=span)
+            self._check_output(logits, meta)
             prob = self._activate(logits, meta)
             prob = np.flip(prob, axes_arr) if axes else prob
             # The activation returns a fresh buffer owned here unless it was flipped back (a view).
@@ -492,6 +599,7 @@ class Model:
             progress.update("classify", n / len(flips))
             xf = np.ascontiguousarray(np.flip(x, tuple(2 + a for a in axes))) if axes else x
             logits = np.asarray(self(xf), dtype=np.float32).reshape(1, -1)
+            self._check_output(logits, meta)
             if logits.shape[1] != scores.size:
                 raise ModelError(f"{meta['name']} produced {logits.shape[1]} class score(s), but its metadata "
                                  f"names {scores.size} labels")
@@ -550,6 +658,25 @@ class _Case:
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
                 "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8,
                 "tensor(int8)": np.int8, "tensor(bool)": np.bool_}
+
+
+# Bounds on the work one prediction may ask for (far beyond real use): voxels of the model grid
+# after resampling to the metadata's spacing, and network passes of the sliding window.
+_MAX_GRID_VOXELS = 1 << 30
+_MAX_WINDOWS = 1 << 21
+
+
+def _count_non_finite(values: np.ndarray) -> int:
+    """NaN and infinite values of a float array: one float64 sum (no temporary of the array's
+    size) decides whether there are any; only then are they counted, in chunks."""
+    if values.dtype.kind != "f" or values.size == 0:
+        return 0
+    with np.errstate(all="ignore"):
+        if np.isfinite(np.sum(values, dtype=np.float64)):
+            return 0
+    flat = values.reshape(-1)
+    step = 1 << 22
+    return int(sum(np.count_nonzero(~np.isfinite(flat[i:i + step])) for i in range(0, flat.size, step)))
 
 
 def _voxels(channel_images: Sequence[Any]) -> float:

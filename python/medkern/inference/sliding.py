@@ -73,8 +73,9 @@ def sliding_window(array: Any, fn: Callable[[np.ndarray], Any], roi_size: Sequen
         call of ``fn``.
 
     Returns float32 ``(C_out, *spatial)``, or ``(N, C_out, *spatial)`` when ``array`` had a batch
-    axis. A CuPy ``array`` is blended on the GPU (same order of operations) and gives CuPy back. Equals ``monai.inferers.sliding_window_inference`` with the same settings to float32
-    rounding. Memory: the input, the output and one batch of patches.
+    axis. A CuPy ``array`` is blended on the GPU (same order of operations) and gives CuPy back.
+    Equals ``monai.inferers.sliding_window_inference`` with the same settings to float32 rounding.
+    Memory: the input, the output and one batch of patches.
     """
     on_gpu = is_cupy_array(array)
     x = array if on_gpu else np.asarray(array)
