@@ -665,3 +665,16 @@ def test_cli_analyze_bad_input_is_one_line(tmp_path, small):
         assert done.returncode == 1 and len(lines) == 1 and lines[0].startswith("medkern analyze: error: "), \
             (name, done.stderr)
         assert not (tmp_path / f"out-{name}").exists()
+
+
+def test_read_refuses_fifos_instead_of_blocking(tmp_path):
+    fifo = tmp_path / "pipe.nii"
+    os.mkfifo(fifo)
+    done = run_isolated(f"""
+        import medkern as mk
+        try:
+            mk.read({str(fifo)!r})
+        except ValueError as exc:
+            print(exc)
+    """, timeout=60)
+    assert done.returncode == 0 and "pipe.nii: not a regular file or a directory" in done.stdout, done.stderr

@@ -39,6 +39,8 @@ def read(path: str | os.PathLike, **kwargs: Any) -> Image:
         from medkern.io import dicom
 
         return dicom.read_dicom_series(p, **kwargs)
+    if not p.is_file():  # a FIFO or device would block or never end: only regular files are read
+        raise ValueError(f"{p}: not a regular file or a directory")
     if full_suffix(p) in _NIFTI_SUFFIXES:
         from medkern.io.nifti import read_nifti
 
