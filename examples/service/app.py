@@ -301,6 +301,33 @@ def _study_path(upload: Path, workdir: Path, settings: Settings, name: str) -> P
     return folder
 
 
+def _raw_spacing_fields(path: Path, ndim: int) -> tuple[tuple[int, int], np.ndarray]:
+    """(qform_code, sform_code) and pixdim[1:] as stored: nibabel replaces zero voxel sizes by 1
+    when it loads a header, so they are read from the file's bytes."""
+    import gzip
+    import struct
+
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as fh:
+            raw = fh.read(540)
+        for order in "<>":
+            size = struct.unpack_from(order + "i", raw, 0)[0]
+            if size == 348:
+                pixdim = struct.unpack_from(order + "8f", raw, 76)
+                codes = struct.unpack_from(order + "2h", raw, 252)
+                break
+            if size == 540:
+                pixdim = struct.unpack_from(order + "8d", raw, 104)
+                codes = struct.unpack_from(order + "2i", raw, 344)
+                break
+        else:
+            return (1, 1), np.ones(1)
+    except (OSError, EOFError, struct.error):
+        return (1, 1), np.ones(1)  # nibabel read this header already; the checks below report the rest
+    return (int(codes[0]), int(codes[1])), np.asarray(pixdim[1:1 + min(ndim, 3)], np.float64)
+
+
 def _check_nifti(path: Path, settings: Settings, name: str) -> None:
     """Header checks before any voxel is read: declared size within the limits and present."""
     import nibabel as nib
@@ -312,6 +339,12 @@ def _check_nifti(path: Path, settings: Settings, name: str) -> None:
         offset = int(header.get("vox_offset", 0)) if hasattr(header, "get") else 0
     except Exception as exc:
         raise ServiceError(400, "unreadable_input", f"{name}: not a readable NIfTI header ({exc})") from None
+    codes, pixdim = _raw_spacing_fields(path, len(shape))
+    if codes == (0, 0) and not np.all(np.isfinite(pixdim) & (pixdim != 0)):
+        # nibabel would fall back to 1 mm voxels: volumes and the model's resampling would be wrong
+        raise ServiceError(422, "implausible_geometry", f"{name}: the NIfTI header has no sform/qform and its "
+                                                        f"voxel sizes (pixdim {tuple(pixdim.tolist())}) are zero "
+                                                        "or not finite; the model needs the real voxel size")
     if not shape or any(n <= 0 for n in shape):
         raise ServiceError(400, "unreadable_input", f"{name}: the NIfTI header declares no voxels (shape {shape})")
     voxels = int(np.prod(shape, dtype=np.float64))
@@ -388,7 +421,13 @@ def _check_for_model(img: mk.Image, model: mk.Model, settings: Settings, name: s
 def _check_dicom_folder(folder: Path, models: list[mk.Model], settings: Settings, name: str) -> None:
     """Header-only checks of every series in a folder before any pixel data is read."""
     for series in mk.list_dicom_series(folder):
-        _check_grid(tuple(series.shape), series.spacing, models, settings, f"{name} (series {series.key})")
+        where = f"{name} (series {series.key})"
+        source = getattr(series, "spacing_source", "")
+        if "assumed" in source:
+            # the reader falls back to 1 mm: every volume in mm3 and the model's resampling would be wrong
+            raise ServiceError(422, "implausible_geometry", f"{where}: the files carry no usable PixelSpacing "
+                                                            f"({source}); the model needs the real voxel size")
+        _check_grid(tuple(series.shape), series.spacing, models, settings, where)
 
 
 def _label_names(meta: dict[str, Any]) -> dict[int, str]:

@@ -109,6 +109,25 @@ def dicom_zip(img: Any, modality: str = "CT") -> bytes:
         return zip_bytes([(f"study/series/{f.name}", f.read_bytes()) for f in files])
 
 
+def _drop_spacing(ds: Any) -> None:
+    del ds.PixelSpacing
+
+
+def dicom_zip_edited(data: bytes, edit: Any) -> bytes:
+    """The zipped series ``data`` with ``edit(dataset)`` applied to every file."""
+    import pydicom
+
+    members = []
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        for name in z.namelist():
+            ds = pydicom.dcmread(io.BytesIO(z.read(name)))
+            edit(ds)
+            out = io.BytesIO()
+            ds.save_as(out)
+            members.append((name, out.getvalue()))
+    return zip_bytes(members)
+
+
 def _patched(raw: bytes, *fields: tuple[int, str, tuple]) -> bytes:
     header = bytearray(raw)
     for offset, fmt, values in fields:
@@ -217,6 +236,10 @@ def build_cases() -> list[Case]:
              ("vo.nii", _patched(ct_nii, (108, "<f", (1e7,)))), (400,)),
         Case("NIfTI header: NaN spacing", False, P,
              ("nan-sp.nii", _patched(ct_nii, (252, "<hh", (0, 0)), (76, "<4f", (1, *[float("nan")] * 3)))), (400, 422)),
+        Case("NIfTI header: zero voxel size", False, P,
+             ("zero-sp.nii", _patched(ct_nii, (252, "<hh", (0, 0)), (76, "<4f", (1, 0, 0, 0)))), (422,)),
+        Case("DICOM without PixelSpacing", False, P, ("no-spacing.zip", dicom_zip_edited(ct_dcm, _drop_spacing)),
+             (422,)),
         Case("NIfTI header: 3 m voxels", False, P,
              ("big-sp.nii", _patched(ct_nii, (252, "<hh", (0, 1)), (280, "<4f", (3000, 0, 0, 0)),
                                      (296, "<4f", (0, 3000, 0, 0)), (312, "<4f", (0, 0, 3000, 0)))), (422,)),
