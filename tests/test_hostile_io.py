@@ -408,11 +408,13 @@ def test_nifti_gz_claim_checked_against_the_stream(tmp_path, small):
 
 
 @pytest.mark.parametrize("case", ["truncated", "truncated_gz", "random", "random_gz", "empty", "zero_dim",
-                                  "bad_datatype", "nan_affine", "bad_gzip_crc", "header_only"])
+                                  "bad_datatype", "nan_affine", "bad_gzip_crc", "header_only", "vox_offset_nan",
+                                  "vox_offset_negative", "vox_offset_low", "dim0_8", "dim0_0", "corrupt_deflate",
+                                  "scl_inter_inf", "singular_srow", "volumes_4d", "nan_pixdim"])
 def test_corrupt_nifti_names_the_file(tmp_path, small, case):
     raw = nifti_bytes(small)
     rng = np.random.default_rng(3)
-    suffix = ".nii.gz" if case.endswith("_gz") or case == "bad_gzip_crc" else ".nii"
+    suffix = ".nii.gz" if case.endswith("_gz") or case in ("bad_gzip_crc", "corrupt_deflate") else ".nii"
     if case == "truncated":
         data = raw[:-10]
     elif case == "truncated_gz":
@@ -438,8 +440,36 @@ def test_corrupt_nifti_names_the_file(tmp_path, small, case):
         data = bytearray(gzip.compress(raw))
         data[-8] ^= 0xFF
         data = bytes(data)
-    else:
+    elif case == "corrupt_deflate":
+        data = bytearray(gzip.compress(raw))
+        data[len(data) // 2: len(data) // 2 + 8] = b"\xff" * 8
+        data = bytes(data)
+    elif case == "header_only":
         data = raw[:352]
+    else:
+        data = bytearray(raw)
+        field = {"vox_offset_nan": ("<f", 108, float("nan")), "vox_offset_negative": ("<f", 108, -352.0),
+                 "vox_offset_low": ("<f", 108, 100.0), "dim0_8": ("<h", 40, 8), "dim0_0": ("<h", 40, 0),
+                 "scl_inter_inf": ("<f", 116, float("-inf")), "nan_pixdim": ("<f", 80, float("nan"))}.get(case)
+        if field is not None:
+            struct.pack_into(field[0], data, field[1], field[2])
+            if case == "scl_inter_inf":
+                struct.pack_into("<f", data, 112, 2.0)
+            if case == "nan_pixdim":  # no sform or qform: pixdim is the geometry
+                struct.pack_into("<h", data, 252, 0)
+                struct.pack_into("<h", data, 254, 0)
+        elif case == "singular_srow":
+            for n in range(12):
+                struct.pack_into("<f", data, 280 + 4 * n, 0.0 if n % 4 != 3 else 1.0)
+            struct.pack_into("<f", data, 280, 1.0)
+            struct.pack_into("<f", data, 296, 1.0)  # srow_y = srow_x: two columns alike
+            struct.pack_into("<f", data, 300, 0.0)
+            struct.pack_into("<h", data, 252, 0)
+        else:  # volumes_4d: a 4D file read without volume=
+            import nibabel as nib
+
+            data = bytearray(nib.Nifti1Image(np.zeros((4, 3, 2, 5), np.float32), np.eye(4)).to_bytes())
+        data = bytes(data)
     path = tmp_path / f"bad{suffix}"
     path.write_bytes(data)
     with warnings.catch_warnings():

@@ -13,11 +13,12 @@ read a file, whatever nibabel, zlib or numpy raise, is a ValueError naming the f
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -210,7 +211,8 @@ def read_nifti(path: str | os.PathLike, volume: int | None = None) -> Image:
 
     p = Path(path)
     try:
-        nifti = nib.load(os.fspath(p))
+        with _quiet_nibabel():
+            nifti = nib.load(os.fspath(p))
         _check_claims(p, nifti)
         return image_from_nibabel(nifti, volume=volume)
     except (FileNotFoundError, PermissionError, IsADirectoryError):
@@ -218,10 +220,33 @@ def read_nifti(path: str | os.PathLike, volume: int | None = None) -> Image:
     except (Exception, MemoryError) as exc:
         # nibabel's HeaderDataError and ImageFileError, gzip's BadGzipFile, zlib.error, EOFError,
         # mmap's length errors, numpy's size errors: all are about the file, so say which file.
-        message = str(exc).strip() or type(exc).__name__
-        if type(exc) is ValueError:  # medkern's own checks of the content
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        if type(exc) is ValueError and _raised_by_medkern(exc):  # medkern's own checks of the content
             raise ValueError(f"{p}: {message}") from exc
         raise ValueError(f"{p}: not a readable NIfTI file ({type(exc).__name__}: {message})") from exc
+
+
+@contextlib.contextmanager
+def _quiet_nibabel() -> Iterator[None]:
+    """nibabel logs the header problems it checks on stderr (and raises for the serious ones):
+    the raised error is reported, with the file's name; the log lines are noise."""
+    import logging
+
+    from nibabel.imageglobals import logger
+
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _raised_by_medkern(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and f"{os.sep}medkern{os.sep}" in tb.tb_frame.f_code.co_filename
 
 
 def write_nifti(img: Image, path: str | os.PathLike, nifti_version: int = 1) -> None:
