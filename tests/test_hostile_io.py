@@ -708,3 +708,14 @@ def test_read_refuses_fifos_instead_of_blocking(tmp_path):
             print(exc)
     """, timeout=60)
     assert done.returncode == 0 and "pipe.nii: not a regular file or a directory" in done.stdout, done.stderr
+
+
+def test_cli_info_keeps_nibabel_log_lines_off_stderr(tmp_path, small):
+    data = bytearray(nifti_bytes(small))
+    struct.pack_into("<f", data, 108, 100.0)  # vox_offset below the header: nibabel logs, then raises
+    (tmp_path / "low.nii").write_bytes(bytes(data))
+    done = run_cli("info", str(tmp_path / "low.nii"))
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"medkern info: error: {tmp_path / 'low.nii'}: not a readable NIfTI file (HeaderDataError: vox offset 100 "
+        "too low for single file nifti1)"]

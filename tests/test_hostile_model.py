@@ -303,3 +303,12 @@ def test_corrupt_model_files_name_the_path(tmp_path):
         assert result[name].startswith(str(tmp_path / name)), (name, result[name])
     assert "has rank 4, but the metadata describes 3D images" in result["wrong_rank.onnx"]
     assert "the graph has 0 input(s)" in result["no_inputs.onnx"]
+
+
+def test_metadata_that_is_not_utf8_names_the_file(tmp_path):
+    raw = with_raw_metadata(scaled_model(), '{"name": "QQQQ"}')
+    path = tmp_path / "latin.onnx"
+    path.write_bytes(raw.replace(b"QQQQ", b"\xff\xfe\xc0\xaf"))
+    with pytest.raises(mk.ModelError, match=r"latin.onnx: the model's names or metadata are corrupt "
+                                            r"\(UnicodeDecodeError"):
+        mk.Model(path, providers="cpu")
