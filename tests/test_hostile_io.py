@@ -719,3 +719,14 @@ def test_cli_info_keeps_nibabel_log_lines_off_stderr(tmp_path, small):
     assert done.stderr.strip().splitlines() == [
         f"medkern info: error: {tmp_path / 'low.nii'}: not a readable NIfTI file (HeaderDataError: vox offset 100 "
         "too low for single file nifti1)"]
+
+
+def test_rtstruct_contour_without_type_is_read_as_closed_with_a_warning(helpers, tmp_path, grid):
+    def edit(ds):
+        del ds.ROIContourSequence[0].ContourSequence[0].ContourGeometricType
+
+    rs = hostile_rtstruct(helpers, tmp_path / "notype.dcm", edit)
+    with pytest.warns(RTStructWarning, match=r"notype.dcm: ROI 'a': 1 contours without ContourGeometricType \(read "
+                                             r"as CLOSED_PLANAR\)"):
+        masks = mk.read_rtstruct(rs, grid)
+    assert masks["a"].array.sum() == 4

@@ -89,8 +89,9 @@ def read_rtstruct(path: str | os.PathLike, reference: Any, rois: Sequence[str] |
     ``{ROI name: Image}``, uint8 masks (1 inside) with the reference geometry, in the order of
     the Structure Set ROI Sequence. A name used by several ROIs gets ``#<ROINumber>`` appended.
 
-    Contours that enclose no area are skipped with a :class:`medkern.errors.RTStructWarning` naming
-    the file and the ROI: POINT, OPEN_PLANAR and OPEN_NONPLANAR contours, closed contours of fewer
+    Contours without a ContourGeometricType are read as CLOSED_PLANAR, with a
+    :class:`medkern.errors.RTStructWarning`. Contours that enclose no area are skipped with that
+    warning, naming the file and the ROI: POINT, OPEN_PLANAR and OPEN_NONPLANAR contours, closed contours of fewer
     than three points. An ROI left without any area (no contours at all, or only skipped ones)
     gives an empty mask, with that warning.
 
@@ -227,9 +228,14 @@ def _rasterise(contours: Any, grid: Image, roi: str, source: str, notes: list[st
     polygons: list[np.ndarray] = []
     slices: list[int] = []
     skipped: dict[str, int] = {}  # why -> how many contours
+    assumed: dict[str, int] = {}  # read with a default -> how many contours
     for n, c in enumerate(contours):
         name = f"{source}: ROI {roi!r} contour {n + 1}"
-        kind = str(_value(c, "ContourGeometricType") or "CLOSED_PLANAR").strip()
+        kind = str(_value(c, "ContourGeometricType") or "").strip()
+        if not kind:  # Type 1, but absent in some exports: such contours are closed outlines
+            key = "contours without ContourGeometricType (read as CLOSED_PLANAR)"
+            assumed[key] = assumed.get(key, 0) + 1
+            kind = "CLOSED_PLANAR"
         if kind not in _CLOSED:
             if kind not in _NOT_AREAS:
                 raise DicomError(f"{name}: ContourGeometricType {kind!r} is not a DICOM contour type "
@@ -279,6 +285,8 @@ def _rasterise(contours: Any, grid: Image, roi: str, source: str, notes: list[st
                              f"beyond the reference grid of {nj} x {ni} voxels")
         polygons.append(kji[:, :0:-1])  # (i, j) per vertex
         slices.append(k)
+    if assumed:
+        notes.append(f"{source}: ROI {roi!r}: " + "; ".join(f"{v} {k}" for k, v in assumed.items()))
     if skipped or not polygons:
         what = "; ".join(f"{v} {k}" for k, v in skipped.items())
         if not polygons:
