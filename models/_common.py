@@ -130,16 +130,16 @@ def train(net: nn.Module, sample: Callable[[], tuple[np.ndarray, np.ndarray]], s
 def crop_and_flip(x: np.ndarray, y: np.ndarray, patch: list[int], centre: Any,
                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A training patch around ``centre`` (kept inside the volume; None: uniformly random), with a
-    random flip of each axis."""
+    random flip of each axis. ``x`` may carry leading channel axes; the last three are spatial."""
     if centre is None:
-        lo = [int(rng.integers(0, n - p + 1)) for p, n in zip(patch, x.shape)]
+        lo = [int(rng.integers(0, n - p + 1)) for p, n in zip(patch, y.shape)]
     else:
-        lo = [int(np.clip(c - p // 2, 0, n - p)) for c, p, n in zip(centre, patch, x.shape)]
+        lo = [int(np.clip(c - p // 2, 0, n - p)) for c, p, n in zip(centre, patch, y.shape)]
     sl = tuple(slice(a, a + p) for a, p in zip(lo, patch))
-    xs, ys = x[sl], y[sl]
+    xs, ys = x[(..., *sl)], y[sl]
     for axis in range(3):
         if rng.random() < 0.5:
-            xs, ys = np.flip(xs, axis), np.flip(ys, axis)
+            xs, ys = np.flip(xs, axis - 3), np.flip(ys, axis)
     return xs, ys
 
 
@@ -151,12 +151,12 @@ def export(net: nn.Module, in_channels: int, patch: tuple[int, ...], metadata: d
 
     net.eval()
     dummy = torch.zeros((1, in_channels, *patch))
-    tmp = REPO / "build" / f"{name}.raw.onnx"
+    out = SHIPPED / f"{name}.onnx" if out is None else out
+    tmp = REPO / "build" / f"{out.stem}.{os.getpid()}.raw.onnx"   # runs exporting side by side stay apart
     tmp.parent.mkdir(parents=True, exist_ok=True)
     axes = {0: "batch", 2: "z", 3: "y", 4: "x"}
     torch.onnx.export(net, (dummy,), str(tmp), input_names=["image"], output_names=["logits"],
                       dynamic_axes={"image": axes, "logits": axes}, opset_version=17, dynamo=False)
-    out = SHIPPED / f"{name}.onnx" if out is None else out
     mk.write_model_metadata(tmp, metadata, out=out)
     tmp.unlink()
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")

@@ -87,9 +87,9 @@ def sampler(cases: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator
             foreground: float = FOREGROUND, batch: int = 2):
     """Patches centred on a tumour voxel with probability ``foreground`` (nnU-Net's oversampling),
     else anywhere, flipped and with a random linear intensity change."""
-    def crop(x, y):
-        pad = [(0, max(p - n, 0)) for p, n in zip(patch, x.shape)]
-        x, y = np.pad(x, pad), np.pad(y, pad)
+    def crop(x, y):   # x: (k, j, i), or (channels, k, j, i) for several input images
+        pad = [(0, max(p - n, 0)) for p, n in zip(patch, y.shape)]
+        x, y = np.pad(x, [(0, 0)] * (x.ndim - 3) + pad), np.pad(y, pad)
         if rng.random() < foreground:
             fg = np.argwhere(y)
             centre = fg[rng.integers(len(fg))]
@@ -101,7 +101,7 @@ def sampler(cases: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator
 
     def sample():
         pairs = [crop(*cases[rng.integers(len(cases))]) for _ in range(batch)]
-        return (np.stack([p[0][None] for p in pairs]).astype(np.float32),
+        return (np.stack([p[0] if p[0].ndim == 4 else p[0][None] for p in pairs]).astype(np.float32),
                 np.stack([p[1] for p in pairs]).astype(np.int64))
 
     return sample

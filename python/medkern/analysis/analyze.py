@@ -31,8 +31,8 @@ from medkern.image import Image
 
 __all__ = ["analyze", "DEFAULT_MODELS"]
 
-# Shipped models tried in this order when none is given: the first whose input modality the study
-# holds reads it.
+# Shipped models tried in this order when none is given: the first whose input modalities the
+# study holds (all of them) reads it.
 DEFAULT_MODELS = ("sarcoma-ct", "brain-lesion")
 # Radiomics families reported per lesion: defined for any ROI without a discretisation choice, so
 # they need no parameter a user would have to justify (texture families do: call mk.radiomics).
@@ -108,7 +108,8 @@ def _model_for(candidates: list, model: Any) -> Any:
 
 
 def _first_reading(candidates: list, nets: Any, kind: str) -> Any:
-    """The first of ``nets`` whose primary input modality the study holds."""
+    """The first of ``nets`` whose input modalities the study holds, every one of them (a CT-only
+    study skips a CT + PET model for a CT model further down the list)."""
     from medkern import models
 
     present = {dicom_modality(c.modality) for c in candidates if c.modality}
@@ -117,12 +118,12 @@ def _first_reading(candidates: list, nets: Any, kind: str) -> Any:
         if m.metadata is None:
             raise ModelError(f"{m.name} has no medkern metadata: its input modality is unknown")
         tried.append(m)
-        if not present or dicom_modality(m.metadata["input"]["modalities"][0]) in present:
+        if not present or all(dicom_modality(mod) in present for mod in m.metadata["input"]["modalities"]):
             if not present and len(candidates) == 1:
                 raise ValueError("model: the study's image carries no modality (NIfTI or an array); "
                                  f"name the model to run (model=..., one of {', '.join(models.available())})")
             return m
-    reads = ", ".join(f"{m.metadata['name']} ({m.metadata['input']['modalities'][0]})" for m in tried)
+    reads = ", ".join(f"{m.metadata['name']} ({' + '.join(m.metadata['input']['modalities'])})" for m in tried)
     raise ValueError(f"no {kind} reads this study: it holds {', '.join(sorted(present))}, the {kind}s "
                      f"read {reads}. Give model=... for this modality")
 
