@@ -258,7 +258,7 @@ def test_numba_equals_cpp_on_real_ct_roi(shared_data):
     (dict(ngldm_alpha=-1), ValueError, "ngldm_alpha must be >= 0"),
     (dict(glcm_distance=0), ValueError, "glcm_distance must be a positive integer"),
     (dict(mask=np.full((4, 5, 6), "a")), TypeError, "mask must be boolean or numeric"),
-    (dict(img=np.full((4, 5, 6), np.nan)), ValueError, "NaN voxels inside mask"),
+    (dict(img=np.full((4, 5, 6), np.nan)), ValueError, r"img has 120 non-finite voxel\(s\) inside the mask \(120 NaN"),
 ])
 def test_radiomics_errors(rng, kwargs, exc, match):
     args = dict(img=rng.normal(size=(4, 5, 6)), mask=np.ones((4, 5, 6)), bin_width=0.5)

@@ -36,7 +36,10 @@ __global__ void bin_image_kernel(const T* __restrict__ x, std::uint16_t* __restr
     if (hi > lo) {
       const double u = prequantise(x[i], unit_float);
       const double t = __ddiv_rn(__dsub_rn(u, lo), __dsub_rn(hi, lo));
-      level = static_cast<int>(rint(__dmul_rn(t, double(kGrayLevels - 1))));
+      // Clamped to the grey range before the conversion (NaN, values outside [lo, hi]): the
+      // level indexes the histograms (clahe.hpp ClaheLevels::clamp_level).
+      const double y = __dmul_rn(t, double(kGrayLevels - 1));
+      level = static_cast<int>(rint(y >= 0.0 ? fmin(y, double(kGrayLevels - 1)) : 0.0));
     }
     bins[i] = static_cast<std::uint16_t>(level / bin_size);
   }

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from medkern._dispatch import is_cupy_array
+from medkern._dispatch import array_module, is_cupy_array
 from medkern.image import Image
 
-__all__ = ["unwrap", "as_image", "check_mask", "per_axis", "KERNEL_DTYPES"]
+__all__ = ["unwrap", "as_image", "check_mask", "per_axis", "KERNEL_DTYPES", "check_finite", "check_stats",
+           "check_range", "check_nonempty"]
 
 # dtypes the compiled kernels take without a conversion copy (bindings.hpp visit_dtype).
 KERNEL_DTYPES = ("uint8", "int16", "uint16", "int32", "float32", "float64")
@@ -82,3 +84,71 @@ def per_axis(value: Any, ndim: int, name: str) -> tuple[float, ...]:
     if not all(np.isfinite(v) for v in out):
         raise ValueError(f"{name} must be finite, got {out}")
     return out
+
+
+# One policy for non-finite voxels across the package: a kernel whose result would be undefined
+# (statistics, histograms, rank filters, registration, radiomics) rejects NaN and +-inf alike, with
+# the count of each; linear filters and interpolation propagate them as scipy.ndimage does, and
+# say so in their docstrings.
+def _nonfinite_message(fn: str, name: str, n_nan: int, n_inf: int, where: str, hint: str) -> str:
+    return (f"{fn}: {name} has {n_nan + n_inf} non-finite voxel(s){where} ({n_nan} NaN, {n_inf} +-inf); "
+            f"{hint}")
+
+
+def _count_nonfinite(values: Any) -> tuple[int, int]:
+    xp = array_module(values)
+    n_nan = int(xp.count_nonzero(xp.isnan(values)))
+    n_inf = int(xp.count_nonzero(xp.isinf(values)))
+    return n_nan, n_inf
+
+
+def check_finite(x: Any, fn: str, name: str = "img", mask: Any = None,
+                 hint: str = "replace them first (e.g. np.nan_to_num)") -> None:
+    """Raise ValueError naming ``fn``, ``name`` and the count when a float array (restricted to
+    ``mask != 0`` when given) holds NaN or +-inf. Integer arrays pass without a look."""
+    if x.dtype.kind not in "fc" or x.size == 0:
+        return
+    values = x if mask is None else x[mask != 0]
+    if values.size == 0:
+        return
+    # min and max propagate NaN and reach +-inf, so a finite pair proves every value finite
+    # without a temporary of the image's size.
+    if math.isfinite(float(values.min())) and math.isfinite(float(values.max())):
+        return
+    n_nan, n_inf = _count_nonfinite(values)
+    raise ValueError(_nonfinite_message(fn, name, n_nan, n_inf, "" if mask is None else " inside the mask", hint))
+
+
+def check_stats(st: dict, x: Any, fn: str, name: str = "img", mask: Any = None,
+                hint: str = "replace them or exclude them with mask") -> None:
+    """check_finite from the result of a moments / value_range kernel (NaN counted, NaN skipped
+    in min / max): only when it shows a NaN or an infinite extreme is the image looked at again."""
+    if not st["nan_count"] and (st["count"] == 0 or (math.isfinite(float(st["min"]))
+                                                    and math.isfinite(float(st["max"])))):
+        return
+    check_finite(x, fn, name, mask, hint)
+    raise ValueError(_nonfinite_message(fn, name, int(st["nan_count"]), 0, "", hint))  # pragma: no cover
+
+
+def check_range(lo: float, hi: float, fn: str, name: str = "img") -> None:
+    """Refuse finite extremes whose difference overflows float64 (every bin would be +-inf wide)."""
+    if not math.isfinite(float(hi) - float(lo)):
+        raise ValueError(f"{fn}: the intensity range of {name}, [{lo:g}, {hi:g}], is wider than float64 can "
+                         "represent (max - min overflows); rescale the image first")
+
+
+def check_same_geometry(a: Image, b: Image, fn: str, name_a: str = "img", name_b: str = "mask") -> None:
+    """Voxel-by-voxel operations on two Images need one grid: spacing, origin and direction equal
+    (to 1e-6 relative), else ValueError naming the field that differs."""
+    for field, u, v in (("spacing", a.spacing, b.spacing), ("origin", a.origin, b.origin),
+                        ("direction", a.direction, b.direction)):
+        u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
+        scale = max(1.0, float(np.abs(u).max(initial=0.0)))
+        if u.shape != v.shape or not np.allclose(u, v, rtol=0.0, atol=1e-6 * scale):
+            raise ValueError(f"{fn}: {name_b} geometry differs from {name_a} geometry: {field} {v.tolist()} vs "
+                             f"{u.tolist()}; resample {name_b} onto the {name_a} grid first (mk.resample_to)")
+
+
+def check_nonempty(x: Any, fn: str, name: str = "img") -> None:
+    if x.size == 0:
+        raise ValueError(f"{fn}: {name} is empty (shape {tuple(x.shape)}, zero voxels)")

@@ -19,7 +19,7 @@ import numpy as np
 
 from medkern._dispatch import Kernel, get_num_threads
 from medkern._progress import Progress
-from medkern._util import check_mask, unwrap
+from medkern._util import check_mask, check_range, check_stats, unwrap
 
 __all__ = ["equalize_hist", "clahe", "n4_bias_correction"]
 
@@ -32,6 +32,10 @@ MAX_INTEGER_BINS = 2**24
 # kept below 2 GiB.
 MAX_CLAHE_BINS = 2**16
 MAX_CLAHE_TABLE = 2**28
+# N4 bounds: counts beyond these buy nothing and only cost time or memory.
+MAX_N4_ITERATIONS = 10_000
+MAX_N4_BINS = 2**16
+MAX_N4_LATTICE = 2**24
 # Rough N4 costs (ns, 2-core CPU) that size the progress spans: one voxel of the shrunk grid per
 # fitting iteration, one voxel of the full grid for the field evaluation; and the iterations a
 # level is expected to run (most converge well before the cap).
@@ -134,15 +138,17 @@ def _per_axis_int(value: Any, ndim: int, name: str) -> tuple[int, ...]:
 
 
 def _extremes(x: Any, mask: Any, backend: str, name: str) -> tuple[float, float]:
-    """(min, max) over the mask; refuses empty images, NaN and empty masks."""
+    """(min, max) over the mask; refuses empty images, NaN, +-inf, ranges that overflow and empty
+    masks."""
     if x.size == 0:
         raise ValueError(f"{name}: the image is empty (zero voxels)")
     st = value_range(x, mask, backend=backend)
-    if st["nan_count"]:
-        raise ValueError(f"{name}: image has {st['nan_count']} NaN voxel(s); replace them first")
+    check_stats(st, x, name, mask=mask, hint="replace them first (e.g. np.nan_to_num)")
     if st["count"] == 0:
         raise ValueError(f"{name}: mask selects no voxel")
-    return float(st["min"]), float(st["max"])
+    lo, hi = float(st["min"]), float(st["max"])
+    check_range(lo, hi, name)
+    return lo, hi
 
 
 def equalize_hist(img: Any, nbins: int = 256, mask: Any = None, *, backend: str = "auto") -> Any:
@@ -154,9 +160,15 @@ def equalize_hist(img: Any, nbins: int = 256, mask: Any = None, *, backend: str 
     cumulative histogram, normalised to end at 1, is interpolated linearly between bin centres
     (``numpy.interp``). With ``mask``, the histogram is taken over the masked voxels only and the
     mapping is applied to every voxel. Returns float32 in (0, 1] with the input's geometry.
+
+    Non-finite voxels (NaN, +-inf) in the histogram's voxels (the mask, or the whole image) raise
+    ValueError with their count, as does a float range whose width overflows float64. Voxels
+    outside the mask go through the same map: -inf gives the first value, +inf 1, NaN stays NaN.
     """
     x, _, rewrap = unwrap(img)
     nbins = _positive_int(nbins, "nbins")
+    if nbins > MAX_INTEGER_BINS:
+        raise ValueError(f"equalize_hist: nbins must be <= {MAX_INTEGER_BINS}, got {nbins}")
     m = check_mask(mask, x.shape)
     lo, hi = _extremes(x, m, backend, "equalize_hist")
     if x.dtype.kind in "iu":
@@ -210,7 +222,10 @@ def clahe(img: Any, clip_limit: float | None = None, kernel_size: Any = None, nb
     - ``clip_limit``: OpenCV's clip limit (default 40.0; 0 means no clipping).
     - Output has the input's dtype and equals OpenCV's output.
 
-    NaN voxels raise ValueError. Returns the input's geometry (an Image in, an Image out).
+    Non-finite voxels (NaN, +-inf) raise ValueError with their count, as does an intensity range
+    whose width overflows float64; ``kernel_size`` beyond ``4 n + 16`` along an axis of n voxels and a
+    ``tile_grid`` with more tiles than pixels raise ValueError. Returns the input's geometry (an
+    Image in, an Image out).
     """
     x, _, rewrap = unwrap(img)
     if method == "skimage":
@@ -236,6 +251,8 @@ def _clip_value(clip_limit: Any) -> float:
 
 
 def _clahe_skimage(x, clip_limit, kernel_size, nbins, backend):
+    if x.size == 0:
+        raise ValueError("clahe: the image is empty (zero voxels)")
     clip_limit = _clip_value(clip_limit)
     nbins = _positive_int(nbins, "nbins")
     if nbins > MAX_CLAHE_BINS:
@@ -245,6 +262,12 @@ def _clahe_skimage(x, clip_limit, kernel_size, nbins, backend):
         kernel = tuple(max(s // 8, 1) for s in x.shape)
     else:
         kernel = _per_axis_int(kernel_size, x.ndim, "kernel_size")
+    for axis, (s, k) in enumerate(zip(x.shape, kernel)):
+        if k > 4 * s + 16:
+            # Regions far beyond the image only add reflected copies of it, at a cost that grows
+            # with the region, not with the image.
+            raise ValueError(f"kernel_size {kernel} exceeds 4 x the image extent {tuple(x.shape)} (+ 16) along "
+                             f"axis {axis}; use a region no larger than the image")
     n_regions = math.prod(-(-s // k) for s, k in zip(x.shape, kernel))
     if n_regions * nbins > MAX_CLAHE_TABLE:
         raise ValueError(f"kernel_size {kernel} makes {n_regions} regions x {nbins} bins of maps "
@@ -269,6 +292,13 @@ def _clahe_opencv(x, clip_limit, tile_grid, backend):
     tiles = _per_axis_int(tile_grid, 2, "tile_grid")
     if x.size == 0:
         raise ValueError("clahe: the image is empty (zero voxels)")
+    if x.ndim not in (2, 3):
+        raise ValueError(f"clahe(method='opencv') takes a 2D image or a 3D stack, got shape {x.shape}")
+    if tiles[0] > x.shape[-2] or tiles[1] > x.shape[-1]:
+        # OpenCV pads the image to a multiple of the grid: more tiles than pixels would make
+        # the padded image (and the work) grow with the grid, not with the image.
+        raise ValueError(f"tile_grid {tiles} has more tiles than pixels along an axis of the "
+                         f"{x.shape[-2:]} slice; use at most one tile per pixel")
     x3 = x.reshape((1,) * (3 - x.ndim) + x.shape)
     return clahe_opencv(x3, tiles[0], tiles[1], clip_limit, backend=backend).reshape(x.shape)
 
@@ -303,6 +333,10 @@ def n4_bias_correction(img: Any, mask: Any = None, *, shrink_factor: Any = 4,
     centre voxel of each block), as SimpleITK users ``Shrink`` before N4, over the same physical
     domain as the full image; the field is then evaluated on the full grid.
     Only voxels inside ``mask`` (all voxels when None) with positive intensity take part.
+    Non-finite voxels (NaN, +-inf) inside the mask raise ValueError with their count; outside the
+    mask they are divided by the field like every voxel (NaN and +-inf stay so). ``iterations``
+    per level are capped at 10000, ``histogram_bins`` at 2**16 and the final control-point
+    lattice at 2**24 points: larger values raise ValueError (they buy nothing but time).
 
     Returns the corrected image ``img / bias`` (float32, every voxel), and with
     ``return_bias_field=True`` the tuple ``(corrected, bias)`` where ``bias`` is the
@@ -323,8 +357,15 @@ def n4_bias_correction(img: Any, mask: Any = None, *, shrink_factor: Any = 4,
     if min(cps) < 4:
         raise ValueError(f"control_points must be >= 4 per axis (cubic B-spline), got {control_points}")
     histogram_bins = _positive_int(histogram_bins, "histogram_bins")
-    if histogram_bins < 2:
-        raise ValueError("histogram_bins must be >= 2")
+    if not 2 <= histogram_bins <= MAX_N4_BINS:
+        raise ValueError(f"histogram_bins must be in [2, {MAX_N4_BINS}], got {histogram_bins}")
+    if max(levels) > MAX_N4_ITERATIONS:
+        raise ValueError(f"iterations must be <= {MAX_N4_ITERATIONS} per level, got {max(levels)}")
+    final_lattice = math.prod((c - 3) * 2 ** (len(levels) - 1) + 3 for c in cps)
+    if final_lattice > MAX_N4_LATTICE:
+        raise ValueError(f"control_points {control_points} over {len(levels)} level(s) make a lattice of "
+                         f"{final_lattice} control points at the last level (at most {MAX_N4_LATTICE}); "
+                         "use fewer control points or fewer levels")
     if not (np.isfinite(fwhm) and fwhm > 0):
         raise ValueError(f"fwhm must be a finite number > 0 (log-intensity units), got {fwhm!r}")
     for name, value in (("wiener_noise", wiener_noise), ("convergence_threshold", convergence_threshold)):

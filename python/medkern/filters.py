@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from medkern._dispatch import Kernel, array_module, get_num_threads
-from medkern._util import per_axis, unwrap
+from medkern._util import check_finite, per_axis, unwrap
 
 __all__ = ["gaussian", "mean_filter", "log_filter", "unsharp_mask", "median", "bilateral",
            "anisotropic_diffusion"]
@@ -187,6 +187,35 @@ def _sigma_vox(sigma_mm, sigma_vox, spacing, fn: str) -> tuple[float, ...]:
     return s
 
 
+# Bounds on window sizes, so that the work stays proportional to the image: a box or kernel
+# radius beyond these (per axis of n voxels) only adds copies of the boundary and raises
+# ValueError. FIR kernels: radius <= 16 n + 64 (e.g. sigma up to 4 n at truncate=4); recursive
+# Gaussian: sigma <= 4 n voxels; median and bilateral boxes: radius <= n; diffusion iterations.
+MAX_DIFFUSION_ITERATIONS = 100_000
+
+
+def _check_fir_radius(shape, radii, fn: str, what: str = "kernel radius") -> None:
+    for axis, (n, r) in enumerate(zip(shape, radii)):
+        if r > 16 * n + 64:
+            raise ValueError(f"{fn}: {what} of {r} voxels along axis {axis} is far beyond the image ({n} voxels "
+                             f"there; at most 16 x {n} + 64): a wider kernel only repeats the boundary")
+
+
+def _check_box_radius(shape, radii, fn: str) -> None:
+    for axis, (n, r) in enumerate(zip(shape, radii)):
+        if r > n:
+            raise ValueError(f"{fn}: radius {r} along axis {axis} exceeds the image extent ({n} voxels there); "
+                             "a larger box only adds copies of the boundary. Use a radius <= the axis length")
+
+
+def _check_recursive_sigma(shape, sv, fn: str) -> None:
+    for axis, (n, s) in enumerate(zip(shape, sv)):
+        if s > 4 * n:
+            raise ValueError(f"{fn}: sigma of {s:g} voxels along axis {axis} exceeds 4 x the axis length ({n} "
+                             "voxels); the recursive filter's coefficients lose their precision there. Use a "
+                             "smaller sigma or method='fir'")
+
+
 def _check_truncate(truncate: float, fn: str) -> float:
     truncate = float(truncate)
     if not (np.isfinite(truncate) and truncate > 0):
@@ -224,8 +253,10 @@ def gaussian(img: Any, sigma_mm: Any = None, *, sigma_vox: Any = None, truncate:
       ``mode="nearest"``; cost independent of sigma). Each smoothed axis needs >= 4 voxels;
       ``truncate`` does not apply. CPU backends only.
 
-    A sigma of 0 leaves that axis untouched. Returns float32 (NaN spreads over the kernel's
-    support).
+    A sigma of 0 leaves that axis untouched. Returns float32. Non-finite voxels propagate as in
+    scipy.ndimage: NaN and +-inf spread over the kernel's support (+inf next to -inf gives NaN).
+    A FIR kernel radius above ``16 n + 64`` voxels along an axis of n voxels, or a recursive
+    sigma above ``4 n`` voxels, raises ValueError (no benefit, unbounded work or precision loss).
     """
     x, image, rewrap = unwrap(img)
     _check_nonempty(x, "gaussian")
@@ -233,6 +264,7 @@ def gaussian(img: Any, sigma_mm: Any = None, *, sigma_vox: Any = None, truncate:
     truncate = _check_truncate(truncate, "gaussian")
     if method == "fir":
         code = _mode_code("reflect" if mode is None else mode, "gaussian")
+        _check_fir_radius(x.shape, [int(truncate * s + 0.5) for s in sv], "gaussian")
         kernels = [gaussian_kernel(s, truncate) for s in sv]
         return rewrap(separable_correlate(x, kernels, code, float(cval), backend=backend))
     if method == "recursive":
@@ -243,6 +275,7 @@ def gaussian(img: Any, sigma_mm: Any = None, *, sigma_vox: Any = None, truncate:
         if short:
             raise ValueError(f"gaussian: method='recursive' needs >= 4 voxels along each smoothed "
                              f"axis, got shape {tuple(x.shape)}; use method='fir'")
+        _check_recursive_sigma(x.shape, sv, "gaussian")
         return rewrap(recursive_gaussian(x, sv, backend=backend))
     raise ValueError(f"gaussian: method must be 'fir' or 'recursive', got {method!r}")
 
@@ -253,11 +286,13 @@ def mean_filter(img: Any, radius: Any = 1, *, mode: str = "reflect", cval: float
 
     The IBSI 2 mean filter (IBSI 2 reference manual, "Mean filter") with its padding choices:
     ``mode="constant"`` (zero), ``"nearest"``, ``"wrap"`` (periodic), ``"reflect"`` (symmetric).
-    Equals ``scipy.ndimage.uniform_filter(size=2r+1)``. Returns float32 (NaN spreads over the box).
+    Equals ``scipy.ndimage.uniform_filter(size=2r+1)``. Returns float32 (NaN and +-inf spread over
+    the box, as in scipy). A radius above ``16 n + 64`` along an axis of n voxels raises ValueError.
     """
     x, _, rewrap = unwrap(img)
     _check_nonempty(x, "mean_filter")
     r = _radius(radius, x.ndim, "mean_filter")
+    _check_fir_radius(x.shape, r, "mean_filter", "radius")
     code = _mode_code(mode, "mean_filter")
     kernels = [None if v == 0 else np.full(2 * v + 1, 1.0 / (2 * v + 1), np.float32) for v in r]
     return rewrap(separable_correlate(x, kernels, code, float(cval), backend=backend))
@@ -271,7 +306,8 @@ def log_filter(img: Any, sigma_mm: Any = None, *, sigma_vox: Any = None, truncat
     spacing_a^2); for a bare array (unit spacing) this is exactly
     ``scipy.ndimage.gaussian_laplace(sigma, mode, truncate)``. The IBSI 2 LoG filter (IBSI 2
     reference manual, "Laplacian of Gaussian") with its 4-sigma truncation. Returns float32 (NaN
-    spreads over the kernel's support).
+    and +-inf spread over the kernel's support, as in scipy); kernel radius bounded as in
+    :func:`gaussian`.
     """
     x, image, rewrap = unwrap(img)
     _check_nonempty(x, "log_filter")
@@ -281,13 +317,15 @@ def log_filter(img: Any, sigma_mm: Any = None, *, sigma_vox: Any = None, truncat
         raise ValueError(f"log_filter: sigma must be > 0 on every axis, got {sv} voxels")
     truncate = _check_truncate(truncate, "log_filter")
     code = _mode_code(mode, "log_filter")
+    _check_fir_radius(x.shape, [int(truncate * s + 0.5) for s in sv], "log_filter")
     smooth = [gaussian_kernel(s, truncate) for s in sv]
     out = None
     for a in range(x.ndim):
         kernels = list(smooth)
         kernels[a] = gaussian_kernel(sv[a], truncate, order=2) / np.float32(spacing[a] ** 2)
         term = separable_correlate(x, kernels, code, float(cval), backend=backend)
-        out = term if out is None else out + term
+        with np.errstate(invalid="ignore"):  # +inf meeting -inf gives NaN, as in scipy
+            out = term if out is None else out + term
     return rewrap(out)
 
 
@@ -299,7 +337,8 @@ def unsharp_mask(img: Any, sigma_mm: Any = None, amount: float = 1.0, *, sigma_v
     The blur is :func:`gaussian` with the same ``method`` / ``mode`` / ``truncate``:
     ``method="recursive"`` reproduces SimpleITK ``UnsharpMask`` (threshold 0); ``method="fir"``
     uses the scipy ``gaussian_filter`` definition.
-    Returns float32.
+    Returns float32; non-finite voxels propagate (NaN, and NaN where the blur meets +-inf), sigma
+    bounded as in :func:`gaussian`.
     """
     amount = float(amount)
     if not np.isfinite(amount):
@@ -309,8 +348,9 @@ def unsharp_mask(img: Any, sigma_mm: Any = None, amount: float = 1.0, *, sigma_v
                        truncate=truncate, method=method, mode=mode, backend=backend)
     blurred = blurred.array if image is not None else blurred
     xp = array_module(blurred)
-    xf = x.astype(xp.float32, copy=False)
-    return rewrap((xf + xp.float32(amount) * (xf - blurred)).astype(xp.float32, copy=False))
+    with np.errstate(over="ignore", invalid="ignore"):  # non-finite voxels propagate (docstring)
+        xf = x.astype(xp.float32, copy=False)
+        return rewrap((xf + xp.float32(amount) * (xf - blurred)).astype(xp.float32, copy=False))
 
 
 def _radius(radius: Any, ndim: int, fn: str) -> tuple[int, ...]:
@@ -321,8 +361,8 @@ def _radius(radius: Any, ndim: int, fn: str) -> tuple[int, ...]:
 
 
 def _reject_nan(x, fn: str) -> None:
-    if x.dtype.kind == "f" and bool(array_module(x).isnan(x).any()):
-        raise ValueError(f"{fn}: image has NaN voxels; replace them first (e.g. np.nan_to_num)")
+    """NaN and +-inf alike (the package-wide policy, _util.check_finite)."""
+    check_finite(x, fn)
 
 
 def median(img: Any, radius: Any = 1, *, mode: str = "nearest", backend: str = "auto") -> Any:
@@ -331,11 +371,13 @@ def median(img: Any, radius: Any = 1, *, mode: str = "nearest", backend: str = "
     Default ``mode="nearest"`` equals SimpleITK ``Median`` (zero-flux Neumann boundary);
     ``mode="reflect"`` equals scipy ``median_filter(size=2r+1)`` with its default mode; every
     scipy mode is accepted (``"constant"`` pads with 0). Values are selected, never averaged, so
-    the result has the input's dtype and is exact. NaN voxels raise ValueError.
+    the result has the input's dtype and is exact. Non-finite voxels (NaN, +-inf) raise ValueError
+    with their count; a radius beyond the axis length raises ValueError.
     """
     x, _, rewrap = unwrap(img)
     _check_nonempty(x, "median")
     r = _radius(radius, x.ndim, "median")
+    _check_box_radius(x.shape, r, "median")
     code = _mode_code(mode, "median")
     _reject_nan(x, "median")
     return rewrap(median_filter(x, r, code, backend=backend))
@@ -356,7 +398,9 @@ def bilateral(img: Any, sigma_spatial_mm: Any, sigma_range: float, *, radius: An
     per array axis) times the Gaussian of the intensity difference (``sigma_range``, intensity
     units). Defined as SimpleITK ``Bilateral``: box of radius ``ceil(2.5 sigma / spacing)`` voxels
     per axis (override with ``radius``), range Gaussian tabulated at 100 steps up to
-    ``4 sigma_range`` and zero beyond, nearest-sample boundary. Returns float32; NaN raises.
+    ``4 sigma_range`` and zero beyond, nearest-sample boundary. Returns float32. Non-finite
+    voxels (NaN, +-inf) raise ValueError with their count; a box radius (given, or from
+    ``sigma_spatial_mm``) beyond the axis length raises ValueError.
     """
     x, image, rewrap = unwrap(img)
     _check_nonempty(x, "bilateral")
@@ -371,6 +415,7 @@ def bilateral(img: Any, sigma_spatial_mm: Any, sigma_range: float, *, radius: An
         r = tuple(int(math.ceil(BILATERAL_DOMAIN_MU * s / sp)) for s, sp in zip(sig, spacing))
     else:
         r = _radius(radius, x.ndim, "bilateral")
+    _check_box_radius(x.shape, r, "bilateral")
     _reject_nan(x, "bilateral")
     return rewrap(bilateral_filter(x, spacing, sig, r, sigma_range, BILATERAL_RANGE_MU,
                                    BILATERAL_RANGE_SAMPLES, backend=backend))
@@ -389,7 +434,8 @@ def anisotropic_diffusion(img: Any, iterations: int = 5, time_step: float | None
     ``conductance`` is c, relative to the image's mean gradient magnitude (recomputed every
     iteration). Derivatives use the spacing (mm). ``time_step=None`` takes the stable step
     ``min(spacing) / 2^(ndim + 1)``; a larger step warns, as ITK does. Computed and returned in
-    float32 (integer input is converted); NaN raises.
+    float32 (integer input is converted). Non-finite voxels (NaN, +-inf) raise ValueError with
+    their count; more than 100000 iterations raise ValueError.
     """
     x, image, rewrap = unwrap(img)
     _check_nonempty(x, "anisotropic_diffusion")
@@ -398,6 +444,8 @@ def anisotropic_diffusion(img: Any, iterations: int = 5, time_step: float | None
         raise ValueError(f"anisotropic_diffusion: method must be 'gradient' or 'curvature', got {method!r}")
     if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 0:
         raise ValueError(f"anisotropic_diffusion: iterations must be a non-negative integer, got {iterations!r}")
+    if iterations > MAX_DIFFUSION_ITERATIONS:
+        raise ValueError(f"anisotropic_diffusion: iterations must be <= {MAX_DIFFUSION_ITERATIONS}, got {iterations}")
     conductance = float(conductance)
     if not (np.isfinite(conductance) and conductance > 0):
         raise ValueError(f"anisotropic_diffusion: conductance must be positive, got {conductance}")

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from medkern._dispatch import Kernel, get_num_threads
-from medkern._util import check_mask, unwrap
+from medkern._util import check_finite, check_mask, check_nonempty, check_range, check_stats, unwrap
 
 __all__ = ["window", "normalize"]
 
@@ -61,12 +61,14 @@ def window(img: Any, center: float, width: float, output_range: tuple[float, flo
     """Window/level: map ``[center - width/2, center + width/2]`` linearly onto ``output_range``.
 
     Values below the window go to ``output_range[0]``, above it to ``output_range[1]`` (the
-    SimpleITK ``IntensityWindowingImageFilter`` definition). NaN stays NaN. Returns float32 with
+    SimpleITK ``IntensityWindowingImageFilter`` definition). NaN stays NaN; -inf and +inf go to
+    the ends of ``output_range`` like any value outside the window. Returns float32 with
     the input's geometry (an Image in, an Image out; an array in, an array out).
 
     Example: soft-tissue CT window ``mk.window(ct, center=40, width=400)``.
     """
     x, _, rewrap = unwrap(img)
+    check_nonempty(x, "window")
     center, width = float(center), float(width)
     if not np.isfinite(center):
         raise ValueError(f"window center must be finite, got {center}")
@@ -77,6 +79,9 @@ def window(img: Any, center: float, width: float, output_range: tuple[float, flo
         raise ValueError(f"output_range must be two finite increasing values, got {output_range}")
     scale = (out_hi - out_lo) / width
     offset = out_lo - (center - width / 2.0) * scale
+    if not (np.isfinite(scale) and np.isfinite(offset) and scale > 0):
+        raise ValueError(f"window: center {center:g}, width {width:g} and output_range {output_range} give a map "
+                         "that is not finite in float64 (width too small or too large for the range)")
     return rewrap(affine_intensity(x, scale, offset, out_lo, out_hi, backend=backend))
 
 
@@ -91,8 +96,10 @@ def normalize(img: Any, method: str = "zscore", mask: Any = None, *,
     - ``"percentile"``: ``(x - p_lo) / (p_hi - p_lo)`` with numpy's linear percentiles
       ``percentiles`` (in %); ``clip=True`` clamps the result to [0, 1].
 
-    The map is applied to every voxel (outside the mask too). NaN voxels make the statistics
-    undefined and raise ValueError. Returns float32 with the input's geometry.
+    The map is applied to every voxel (outside the mask too). Non-finite voxels (NaN, +-inf)
+    inside the mask make the statistics undefined and raise ValueError with their count, as do
+    statistics that overflow float64; outside the mask they are mapped like any voxel (NaN stays
+    NaN, +-inf stay infinite). Returns float32 with the input's geometry.
     """
     x, _, rewrap = unwrap(img)
     m = check_mask(mask, x.shape)
@@ -100,11 +107,12 @@ def normalize(img: Any, method: str = "zscore", mask: Any = None, *,
         raise ValueError("normalize: the image is empty (zero voxels)")
     if method in ("zscore", "minmax"):
         st = moments(x, m, backend=backend)
-        if st["nan_count"]:
-            raise ValueError(f"normalize: image has {st['nan_count']} NaN voxel(s); "
-                             "replace them or exclude them with mask")
+        check_stats(st, x, "normalize", mask=m)
         if st["count"] == 0:
             raise ValueError("normalize: mask selects no voxel")
+        if not (np.isfinite(st["sum_sq"]) and np.isfinite(float(st["max"]) - float(st["min"]))):
+            raise ValueError("normalize: the image statistics overflow float64 (values too large); rescale "
+                             "the image first")
         if method == "zscore":
             mean = st["sum"] / st["count"]
             var = max(st["sum_sq"] / st["count"] - mean * mean, 0.0)
@@ -126,9 +134,9 @@ def normalize(img: Any, method: str = "zscore", mask: Any = None, *,
         values = x[m.astype(bool)] if m is not None else x.ravel()
         if values.size == 0:
             raise ValueError("normalize: mask selects no voxel")
-        if bool(xp.isnan(values).any()):
-            raise ValueError("normalize: image has NaN voxels; replace them or exclude them with mask")
+        check_finite(values, "normalize", "img", hint="replace them or exclude them with mask")
         lo_v, hi_v = (float(v) for v in xp.percentile(values, [p_lo, p_hi]))
+        check_range(lo_v, hi_v, "normalize")
         scale = 1.0 / (hi_v - lo_v) if hi_v > lo_v else 0.0
         offset = -lo_v * scale
         lo, hi = (0.0, 1.0) if clip else (-np.inf, np.inf)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from medkern._dispatch import Kernel, get_num_threads
+from medkern._util import check_finite, check_same_geometry
 from medkern.image import Image
 
 __all__ = ["Region", "regions"]
@@ -169,7 +170,9 @@ def regions(labels: Any, img: Any = None, *, backend: str = "auto") -> list[Regi
 
     Geometry (spacing, LPS centroid) comes from ``labels`` when it is an Image, else from ``img``
     when that is one, else 1 mm voxels with the default orientation. ``img`` (same shape) adds
-    intensity statistics over each region's voxels (float64; NaN voxels raise).
+    intensity statistics over each region's voxels (float64; NaN or +-inf voxels inside a region
+    raise ValueError with their count). When both are Images their geometry must agree, else
+    ValueError.
 
     * ``volume_mm3``: voxel count x voxel volume. ``centroid``: mean voxel centre, LPS mm.
     * ``max_diameter_mm``: largest distance between two vertices of the region's marching-cubes
@@ -192,8 +195,12 @@ def regions(labels: Any, img: Any = None, *, backend: str = "auto") -> list[Regi
     geometry = lab_image
     if img is not None:
         values, img_image = _split(img, "img")
+        if values.dtype == np.bool_ or values.dtype.kind not in "iuf":
+            raise TypeError(f"img has dtype {values.dtype}; regions takes a numeric (integer or float) image")
         if values.shape != lab.shape:
             raise ValueError(f"img has shape {values.shape}, labels has shape {lab.shape}")
+        if lab_image is not None and img_image is not None:
+            check_same_geometry(lab_image, img_image, "regions", "labels", "img")
         geometry = geometry or img_image
     if geometry is None:
         geometry = Image(np.zeros((1,) * lab.ndim, np.uint8))
@@ -218,7 +225,7 @@ def regions(labels: Any, img: Any = None, *, backend: str = "auto") -> list[Regi
         mm = (c - centroid_index) * sp
         eig = np.sort(np.linalg.eigvalsh(mm.T @ mm / len(c)))[::-1]
         axes = tuple(float(4 * np.sqrt(max(e, 0.0))) for e in eig)
-        crop = lab[tuple(slice(l, h) for l, h in zip(lo, hi))] == value
+        crop = lab[tuple(slice(a, b) for a, b in zip(lo, hi))] == value
         crop = np.pad(crop if ndim == 3 else crop[None], ((1, 1), (1, 1), (1, 1)) if ndim == 3
                       else ((0, 0), (1, 1), (1, 1))).astype(np.uint8)
         points = _surface_points(crop)
@@ -234,11 +241,15 @@ def regions(labels: Any, img: Any = None, *, backend: str = "auto") -> list[Regi
         stats = {}
         if values is not None:
             v = values[tuple(c.T)].astype(np.float64)
-            if np.isnan(v).any():
-                raise ValueError(f"img has NaN voxels inside region {int(value)}")
-            stats = dict(intensity_mean=float(v.mean()), intensity_std=float(v.std()),
-                         intensity_min=float(v.min()), intensity_max=float(v.max()),
-                         intensity_median=float(np.median(v)), intensity_sum=float(v.sum()))
+            check_finite(v, "regions", "img", hint=f"inside region {int(value)}: replace them first, the "
+                         "intensity statistics are undefined")
+            with np.errstate(over="ignore", invalid="ignore"):
+                stats = dict(intensity_mean=float(v.mean()), intensity_std=float(v.std()),
+                             intensity_min=float(v.min()), intensity_max=float(v.max()),
+                             intensity_median=float(np.median(v)), intensity_sum=float(v.sum()))
+            if not all(np.isfinite(list(stats.values()))):
+                raise ValueError(f"regions: the intensity statistics of region {int(value)} overflow float64 "
+                                 "(values too large); rescale img first")
         out.append(Region(
             label=int(value), voxel_count=int(len(c)), volume_mm3=len(c) * voxel_volume,
             centroid=tuple(float(x) for x in geometry.index_to_world(centroid_index)),

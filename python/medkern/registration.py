@@ -36,7 +36,7 @@ import numpy as np
 
 from medkern._dispatch import Kernel, get_num_threads, is_cupy_array
 from medkern._progress import Progress
-from medkern._util import as_image, check_mask
+from medkern._util import as_image, check_finite, check_mask
 from medkern.image import Image
 from medkern.transforms import Affine, DisplacementField, Transform
 
@@ -422,10 +422,17 @@ def _check_image(img: Any, name: str) -> Image:
 def _as_float32(img: Image, name: str) -> Any:
     a = img.array
     xp = np if not is_cupy_array(a) else __import__("cupy")
-    a = xp.ascontiguousarray(a, dtype=xp.float32)
+    check_finite(a, "registration", name, hint="replace them before registering")
+    with np.errstate(over="ignore"):
+        a = xp.ascontiguousarray(a, dtype=xp.float32)
     if not bool(xp.isfinite(a).all()):
-        raise ValueError(f"{name} contains NaN or infinite voxels; replace them before registering")
+        raise ValueError(f"registration: {name} has values beyond the float32 range registration computes in; "
+                         "rescale the image first")
     return a
+
+
+# Iteration caps (per level): optimisers converge or stall long before; beyond is a mistake.
+MAX_ITERATIONS = 100_000
 
 
 def register(fixed: Any, moving: Any, transform: str = "rigid", metric: str | None = None,
@@ -444,7 +451,8 @@ def register(fixed: Any, moving: Any, transform: str = "rigid", metric: str | No
         stage followed by a diffeomorphic field, see :func:`medkern.registration` docs).
     metric : ``"mi"`` (Mattes mutual information, default for rigid/affine, works across
         modalities), ``"ncc"``, ``"mse"``; ``"lncc"`` (local NCC, the deformable stage's metric;
-        its reported value is minus the mean local squared correlation). Values are minimised; see the module docstring for their definitions.
+        its reported value is minus the mean local squared correlation). Values are minimised;
+        see the module docstring for their definitions.
     levels : pyramid shrink factors, coarse to fine. Level ``s`` resamples both images to about
         ``s x`` the finest fixed spacing (mm) after a Gaussian of sigma ``s x spacing / 2`` mm
         (no smoothing at ``s = 1``).
@@ -473,6 +481,10 @@ def register(fixed: Any, moving: Any, transform: str = "rigid", metric: str | No
         then ``"field level 1/3"``... and ``"field"`` for a deformable registration), with the
         levels weighted by their expected cost (samples x steps, voxels x field iterations).
         Returning False stops the registration with :class:`medkern.Cancelled`.
+
+    Non-finite voxels (NaN, +-inf) in ``fixed`` or ``moving`` raise ValueError with their count,
+    as do values beyond float32 range; shrink factors beyond the largest image extent and more
+    than 100000 iterations per level raise ValueError.
     """
     if transform not in TRANSFORMS:
         raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
@@ -493,11 +505,16 @@ def register(fixed: Any, moving: Any, transform: str = "rigid", metric: str | No
     if not levels or not all(isinstance(s, (int, np.integer)) and s >= 1 for s in levels):
         raise ValueError(f"levels must be a non-empty sequence of positive integers (shrink "
                          f"factors, coarse to fine), got {levels!r}")
+    extent = max(max(fixed_img.shape), max(moving_img.shape))
+    if max(levels) > extent:
+        # The pyramid's smoothing grows with the factor: beyond the image it only costs time.
+        raise ValueError(f"levels: shrink factor {max(levels)} exceeds the largest image extent ({extent} voxels); "
+                         "use factors no larger than the image")
     if sampling_strategy not in ("random", "regular"):
         raise ValueError(f"sampling_strategy must be 'random' or 'regular', got {sampling_strategy!r}")
     _check_sampling(sampling)
-    if not isinstance(max_iterations, (int, np.integer)) or max_iterations < 1:
-        raise ValueError(f"max_iterations must be a positive integer, got {max_iterations!r}")
+    if not isinstance(max_iterations, (int, np.integer)) or not 1 <= max_iterations <= MAX_ITERATIONS:
+        raise ValueError(f"max_iterations must be a positive integer <= {MAX_ITERATIONS}, got {max_iterations!r}")
     cfg = None
     if transform == "deformable":
         if is_cupy_array(fixed_img.array):
@@ -662,7 +679,6 @@ def _deformable_stage(fixed_img: Image, moving_img: Image, fa: Any, ma: Any, fma
         i2w = np.ascontiguousarray(flev.affine[:3])
         spacing = float(np.min(np.linalg.norm(flev.affine[:3, :3], axis=0)))
         step_mm = cfg.step_vox * spacing
-        fixed_level = np.ascontiguousarray(flev.array)
         hist: list[float] = []
         it = 0
         for it in range(1, n_iter + 1):
@@ -735,8 +751,8 @@ def _deformable_settings(levels, field_iterations, lncc_radius_vox, field_sigmas
         field_iterations = tuple(max(10, 30 - 10 * i) for i in range(len(levels)))
     field_iterations = tuple(field_iterations)
     if len(field_iterations) != len(levels) or not all(
-            isinstance(n, (int, np.integer)) and n >= 0 for n in field_iterations):
-        raise ValueError(f"field_iterations needs one non-negative integer per level "
+            isinstance(n, (int, np.integer)) and 0 <= n <= MAX_ITERATIONS for n in field_iterations):
+        raise ValueError(f"field_iterations needs one integer in [0, {MAX_ITERATIONS}] per level "
                          f"({len(levels)}), got {field_iterations!r}")
     if not isinstance(lncc_radius_vox, (int, np.integer)) or lncc_radius_vox < 1:
         raise ValueError(f"lncc_radius_vox must be a positive integer, got {lncc_radius_vox!r}")

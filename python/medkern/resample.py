@@ -15,6 +15,12 @@ Sampling conventions (every backend, every entry point):
   linear weight over its 2**ndim neighbours (ties go to the nearest voxel's label), so thin
   structures survive better than with nearest neighbour and every output value is an input label.
 
+Non-finite values: NaN and +-inf voxels propagate through "linear" and "cubic" as in
+scipy.ndimage (to every output voxel whose taps reach them; "cubic" spreads them along whole
+lines through the prefilter) and are copied by "nearest"; "label" takes integer images only. A
+displacement field with NaN or +-inf samples those points as outside (``fill``). A grid map that
+overflows float64 raises ValueError.
+
 Output dtype: ``"nearest"`` and ``"label"`` keep the input dtype (``"label"`` needs integers or
 bool); ``"linear"`` and ``"cubic"`` give float64 for float64 input and float32 otherwise. Integer
 input is read as is (no float64 copy of the volume).
@@ -280,8 +286,12 @@ def _axis_taps(n_in: int, n_out: int, scale: float, offset: float, interpolation
     because both the Gaussian and the B-spline prefilter are convolutions of the mirror-extended
     signal and commute.
     """
-    c = scale * np.arange(n_out, dtype=np.float64) + offset
+    with np.errstate(over="ignore", invalid="ignore"):
+        c = scale * np.arange(n_out, dtype=np.float64) + offset
     valid = (c >= -0.5) & (c < n_in - 0.5)
+    # Points outside (including +-inf and NaN from an overflowing map) get fill: their taps are
+    # zeroed below, and their position is set to 0 first so the conversion to int is defined.
+    c = np.where(valid, c, 0.0)
     f = np.floor(c)
     t = c - f
     f = f.astype(np.int64)
@@ -303,8 +313,10 @@ def _axis_taps(n_in: int, n_out: int, scale: float, offset: float, interpolation
 
 
 def _nearest_index(n_in: int, n_out: int, scale: float, offset: float) -> np.ndarray:
-    c = scale * np.arange(n_out, dtype=np.float64) + offset
+    with np.errstate(over="ignore", invalid="ignore"):
+        c = scale * np.arange(n_out, dtype=np.float64) + offset
     valid = (c >= -0.5) & (c < n_in - 0.5)
+    c = np.where(valid, c, 0.0)  # defined conversion to int for points outside (see _axis_taps)
     i = np.clip(np.floor(c + 0.5).astype(np.int64), 0, n_in - 1)
     return np.where(valid, i, -1)
 
@@ -388,6 +400,10 @@ def map_coordinates(array: Any, coordinates: Any, interpolation: str = "linear",
     return out.reshape(shape)
 
 
+# Output size resample() accepts (voxels over all axes): beyond it the spacing is a mistake.
+MAX_OUTPUT_VOXELS = 2**33
+
+
 def resample(img: Any, spacing: Sequence[float] | float, interpolation: str = "linear",
              antialias: bool = True, fill: float = 0.0, *, backend: str = "auto") -> Any:
     """Resample to a new voxel spacing, keeping the physical field of view and its centre.
@@ -418,7 +434,12 @@ def resample(img: Any, spacing: Sequence[float] | float, interpolation: str = "l
     fill_value = _check_fill(fill) if interpolation in ("linear", "cubic") else fill
     old = np.asarray(image.spacing)
     n_in = np.asarray(x.shape)
-    n_out = np.maximum(1, np.floor(n_in * old / np.asarray(new_spacing) + 0.5)).astype(int)
+    with np.errstate(over="ignore"):
+        n_out_f = np.maximum(1, np.floor(n_in * old / np.asarray(new_spacing) + 0.5))
+    if not np.prod(n_out_f) <= MAX_OUTPUT_VOXELS:
+        raise ValueError(f"resample: spacing {new_spacing} would give {n_out_f.tolist()} voxels (at most "
+                         f"{MAX_OUTPUT_VOXELS} in all); choose a coarser spacing")
+    n_out = n_out_f.astype(int)
     scale = np.asarray(new_spacing) / old
     offset = (n_in - 1) / 2.0 - (n_out - 1) / 2.0 * scale
     smooth = antialias and interpolation in ("linear", "cubic")
@@ -524,7 +545,11 @@ def resample_to(img: Any, reference: Image, transform: Transform | None = None,
         fill = _check_fill(fill)
     outer, rest = _split_transform(transform, ndim)
     # output index -> world -> (outer affine) -> input world -> input index
-    full = np.linalg.inv(image.affine) @ outer @ reference.affine
+    with np.errstate(over="ignore", invalid="ignore"):
+        full = np.linalg.inv(image.affine) @ outer @ reference.affine
+    if not np.all(np.isfinite(full)):
+        raise ValueError("resample_to: the map from the reference grid to img's voxel indices is not finite in "
+                         "float64 (reference origin / spacing, img geometry or transform far too large)")
     out_shape = reference.shape
     pad = 3 - ndim
     x3 = _as3d(x)

@@ -8,11 +8,13 @@ from the Image's spacing (1 mm per voxel for a bare array).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from medkern._dispatch import Kernel, get_num_threads, is_cupy_array
+from medkern._util import check_finite, check_range, check_stats
 from medkern.contrast import histogram_edges
 from medkern.image import Image
 from medkern.intensity import moments
@@ -137,8 +139,7 @@ def _binary(x: np.ndarray, name: str = "mask") -> np.ndarray:
         return np.ascontiguousarray(x).view(np.uint8)
     if x.dtype.kind not in "iuf":
         raise TypeError(f"{name} must be boolean or numeric, got dtype {x.dtype}")
-    if x.dtype.kind == "f" and np.isnan(x).any():
-        raise ValueError(f"{name} contains NaN; a mask must be 0 or nonzero everywhere")
+    check_finite(x, "mask", name, hint="a mask must be 0 or nonzero everywhere")
     return np.ascontiguousarray(x != 0).view(np.uint8)
 
 
@@ -183,7 +184,12 @@ def _ball_op(mask: Any, radius_mm: Any, erode: bool, backend: str) -> Any:
 
 
 def _ball_array(m: np.ndarray, r: float, spacing: tuple[float, ...], erode: bool, backend: str) -> np.ndarray:
-    """Dilation (or erosion) of the uint8 mask ``m`` by the ball of radius ``r`` mm, as bool."""
+    """Dilation (or erosion) of the uint8 mask ``m`` by the ball of radius ``r`` mm, as bool.
+
+    ``r`` is capped at the image's diagonal (shape x spacing): a larger ball already reaches
+    every voxel and, for erosion, the outside from every voxel, so the result is the same while
+    the element stays bounded by the image."""
+    r = min(r, math.hypot(*(n * s for n, s in zip(m.shape, spacing))))
     offsets = ball_offsets(r, spacing)
     if m.ndim == 2:
         offsets = np.concatenate([np.zeros((len(offsets), 1), np.int32), offsets], axis=1)
@@ -223,7 +229,8 @@ def binary_dilate(mask: Any, radius_mm: float, *, backend: str = "auto") -> Any:
     1 mm per voxel for a bare array): a voxel is set when a mask voxel lies within ``radius_mm``
     of it (centre to centre). Equals ``scipy.ndimage.binary_dilation`` with the structuring
     element of :func:`medkern.segment.ball`. Small balls are applied directly (decomposed into
-    line segments), large ones through the distance transform (same result). Returns bool.
+    line segments), large ones through the distance transform (same result). A radius beyond
+    the image diagonal is capped to it (same result). Returns bool.
     """
     return _ball_op(mask, radius_mm, False, backend)
 
@@ -299,6 +306,9 @@ def remove_small_components(mask: Any, min_volume_mm3: float, connectivity: int 
     return _rewrap(keep[labels], image)
 
 
+MAX_OTSU_BINS = 2**24
+
+
 def threshold_otsu(img: Any, mask: Any = None, nbins: int = 256, *, backend: str = "auto") -> float:
     """Otsu's threshold (Otsu 1979): the histogram split maximising the between-class variance,
     over the voxels inside ``mask`` (all when None). Voxels ``> threshold`` are the bright class.
@@ -306,7 +316,9 @@ def threshold_otsu(img: Any, mask: Any = None, nbins: int = 256, *, backend: str
     Same histogram as ``skimage.filters.threshold_otsu``: integer images get one bin per integer
     value between their min and max (``nbins`` is ignored, as in scikit-image) unless that
     exceeds 2**20 bins, float images ``nbins`` equal bins over [min, max] with numpy's edge rule.
-    The threshold is a bin centre; a constant image returns its value. NaN voxels raise.
+    The threshold is a bin centre; a constant image returns its value. Non-finite voxels (NaN,
+    +-inf) inside the mask raise ValueError with their count, as does a range whose width overflows
+    float64; ``nbins`` above 2**24 raises ValueError.
     """
     x, _ = _split(img, "img")
     if x.dtype == np.bool_ or x.dtype.kind not in "iuf":
@@ -322,20 +334,22 @@ def threshold_otsu(img: Any, mask: Any = None, nbins: int = 256, *, backend: str
         m = _binary(_split(mask, "mask")[0])
         if m.shape != x.shape:
             raise ValueError(f"mask has shape {m.shape}, img has shape {x.shape}")
+    if nbins > MAX_OTSU_BINS:
+        raise ValueError(f"nbins must be <= {MAX_OTSU_BINS}, got {nbins}")
     st = moments(x, m, backend=backend)
-    if st["nan_count"]:
-        raise ValueError(f"img has {st['nan_count']} NaN voxel(s); replace them or exclude them with mask")
+    check_stats(st, x, "threshold_otsu", mask=m)
     if st["count"] == 0:
         raise ValueError("threshold_otsu: no voxel to threshold (the image or the mask is empty)")
     lo, hi = st["min"], st["max"]
     if lo == hi:
         return float(lo)
+    check_range(lo, hi, "threshold_otsu")
     if integer and hi - lo < 2**20:
-        centres = np.arange(lo, hi + 1)
-        edges = np.append(centres - 0.5, hi + 0.5)
+        centres = np.arange(int(lo), int(hi) + 1, dtype=np.float64)
+        edges = np.append(centres - 0.5, float(hi) + 0.5)
     else:
         # numpy.histogram's edges for range=(min, max) in the image's float type, as scikit-image.
-        dtype = x.dtype if x.dtype.kind == "f" else np.float64
+        dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float64)
         edges = np.linspace(dtype.type(lo), dtype.type(hi), nbins + 1, dtype=dtype)
         centres = (edges[:-1] + edges[1:]) / 2
     counts = histogram_edges(x, m, np.asarray(edges, np.float64), backend=backend)

@@ -78,7 +78,11 @@ class Affine(Transform):
         n = m.shape[0] - 1
         if not np.allclose(m[n], np.eye(n + 1)[n], rtol=0, atol=1e-12):
             raise ValueError(f"Affine matrix last row must be {list(np.eye(n + 1)[n])}, got {list(m[n])}")
-        if abs(np.linalg.det(m[:n, :n])) < 1e-12:
+        with np.errstate(over="ignore", invalid="ignore"):
+            det = np.linalg.det(m[:n, :n])
+        if not np.isfinite(det):
+            raise ValueError("Affine matrix: the determinant of its linear part overflows float64; scale it down")
+        if abs(det) < 1e-12:
             raise ValueError("Affine matrix is singular: its linear part must be invertible")
         m.setflags(write=False)
         self._matrix = m

@@ -81,13 +81,19 @@ void bilateral_filter(const T* in, float* out, const Shape3& s, const double* sp
   const index_t nrows = (2 * r[0] + 1) * (2 * r[1] + 1);
   constexpr index_t L = detail::kBilateralLanes;
   const index_t padded = s.n2 + 2 * r[2] + L;
+  ParallelError error;
 #pragma omp parallel num_threads(clamp_threads(n_threads))
   {
-    std::vector<float> rows(static_cast<std::size_t>(nrows * padded));
-    std::vector<const float*> elem(static_cast<std::size_t>(n));
+    std::vector<float> rows;
+    std::vector<const float*> elem;
+    error.capture([&] {
+      rows.resize(static_cast<std::size_t>(nrows * padded));
+      elem.resize(static_cast<std::size_t>(n));
+    });
     float centre[L], tail[L];
 #pragma omp for schedule(static)
     for (index_t row = 0; row < s.n0 * s.n1; ++row) {
+      if (error.failed()) continue;
       const index_t k = row / s.n1, j = row % s.n1;
       neighbour_rows(in, s, k, j, r, Boundary::nearest, 0.0f, padded, rows.data(), elem.data());
       const float* mid = rows.data() + (nrows / 2) * padded + r[2];
@@ -101,6 +107,7 @@ void bilateral_filter(const T* in, float* out, const Shape3& s, const double* sp
       }
     }
   }
+  error.rethrow();
 }
 
 }  // namespace medkern

@@ -56,15 +56,21 @@ struct ClaheLevels {
   ClaheLevels(double lo_, double hi_, int bin_size_)
       : lo(lo_), hi(hi_), scale(hi_ > lo_ ? double(kClaheGrayLevels - 1) / (hi_ - lo_) : 0.0),
         bin_size(bin_size_) {}
+  // Levels outside [0, 16383] (a value outside [lo, hi], an infinite or overflowing range) and
+  // NaN are clamped to the grey range before the conversion to int, which would be undefined for
+  // them and whose result indexes the histograms.
+  static double clamp_level(double y) {
+    return y >= 0.0 ? std::min(y, double(kClaheGrayLevels - 1)) : 0.0;
+  }
   int exact(double u) const {
     if (!(hi > lo)) return 0;
-    const double q = round_half_even_nonneg((u - lo) / (hi - lo) * double(kClaheGrayLevels - 1));
+    const double q = round_half_even_nonneg(clamp_level((u - lo) / (hi - lo) * double(kClaheGrayLevels - 1)));
     return static_cast<int>(q) / bin_size;
   }
   // Same result without a division per voxel: the product by the reciprocal is within a few ulp
   // of the exact level, so it decides the rounding unless it lies next to a half-integer.
   int operator()(double u) const {
-    const double y = (u - lo) * scale;
+    const double y = clamp_level((u - lo) * scale);
     const double frac = y - std::floor(y);
     if (std::fabs(frac - 0.5) < 1e-6) return exact(u);
     return static_cast<int>(round_half_even_nonneg(y)) / bin_size;
@@ -81,15 +87,23 @@ void clahe_bin_image(const T* x, std::uint16_t* bins, index_t n, double x_min, d
                           clahe_prequantise(static_cast<T>(x_max), unit_float), bin_size);
   constexpr bool small_int = std::is_integral_v<T> && sizeof(T) <= 2;
   if (small_int || (std::is_floating_point_v<T> && unit_float)) {
-    // Table over the 16-bit levels lo .. hi (the raw value, or rint(x * 65535)).
-    const auto lo = static_cast<index_t>(level.lo);
-    std::vector<std::uint16_t> table(static_cast<std::size_t>(static_cast<index_t>(level.hi) - lo + 1));
+    // Table over the 16-bit levels lo .. hi (the raw value, or rint(x * 65535)). The extremes
+    // come from the caller: they are clamped to the 16-bit range here, and every voxel's level to
+    // the table, so extremes that do not hold (or a NaN voxel) cannot index outside it.
+    auto level16 = [](double v) -> index_t {
+      return v >= -32768.0 ? static_cast<index_t>(std::min(v, 65535.0)) : index_t{-32768};
+    };
+    const index_t lo = level16(level.lo), hi = std::max(lo, level16(level.hi));
+    std::vector<std::uint16_t> table(static_cast<std::size_t>(hi - lo + 1));
     for (std::size_t v = 0; v < table.size(); ++v)
       table[v] = static_cast<std::uint16_t>(level.exact(static_cast<double>(lo + static_cast<index_t>(v))));
     const std::uint16_t* t = table.data();
+    const double first = static_cast<double>(lo), last = static_cast<double>(hi);
 #pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
-    for (index_t i = 0; i < n; ++i)
-      bins[i] = t[static_cast<index_t>(clahe_prequantise(x[i], unit_float)) - lo];
+    for (index_t i = 0; i < n; ++i) {
+      const double q = clahe_prequantise(x[i], unit_float);
+      bins[i] = t[static_cast<index_t>(q >= first ? std::min(q, last) : first) - lo];
+    }
   } else {
 #pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
     for (index_t i = 0; i < n; ++i)
@@ -170,11 +184,14 @@ inline void clahe_tile_maps(const std::uint16_t* bins, const ClaheGrid& g, index
   }
   const double scale = double(kClaheGrayLevels - 1) / static_cast<double>(g.tile_voxels());
   const index_t plane = g.shape[1] * g.shape[2];
+  ParallelError error;
 #pragma omp parallel num_threads(clamp_threads(n_threads))
   {
-    std::vector<std::int64_t> hist(static_cast<std::size_t>(2 * nbins));
+    std::vector<std::int64_t> hist;
+    error.capture([&] { hist.resize(static_cast<std::size_t>(2 * nbins)); });
 #pragma omp for schedule(dynamic)
     for (index_t t = 0; t < g.n_tiles(); ++t) {
+      if (error.failed()) continue;
       const index_t t0 = t / (g.tiles[1] * g.tiles[2]), t1 = (t / g.tiles[2]) % g.tiles[1],
                     t2 = t % g.tiles[2];
       // Two interleaved histograms break the store-to-load chain of runs of equal bins.
@@ -213,6 +230,7 @@ inline void clahe_tile_maps(const std::uint16_t* bins, const ClaheGrid& g, index
       }
     }
   }
+  error.rethrow();
 }
 
 // Interpolation weights of one axis at image position x: the region centres around it and the
@@ -250,11 +268,14 @@ inline void clahe_interpolate(std::uint16_t* bins, const ClaheGrid& g, index_t n
   const index_t rows = g.shape[0] * g.shape[1];
   const index_t tile_row = g.tiles[2] * nbins;
   int lo = kClaheGrayLevels, hi = -1;
+  ParallelError error;
 #pragma omp parallel reduction(min : lo) reduction(max : hi) num_threads(clamp_threads(n_threads))
   {
-    std::vector<double> weights(static_cast<std::size_t>(8 * I));
+    std::vector<double> weights;
+    error.capture([&] { weights.resize(static_cast<std::size_t>(8 * I)); });
 #pragma omp for schedule(static)
     for (index_t row = 0; row < rows; ++row) {
+      if (error.failed()) continue;
       const ClaheAxisWeights w0(row / g.shape[1], g.kernel[0], g.tiles[0]);
       const ClaheAxisWeights w1(row % g.shape[1], g.kernel[1], g.tiles[1]);
       // Active (axis 0, axis 1) corners in scikit-image's order, their map rows and weights.
@@ -306,6 +327,7 @@ inline void clahe_interpolate(std::uint16_t* bins, const ClaheGrid& g, index_t n
       }
     }
   }
+  error.rethrow();
   r_min = lo;
   r_max = hi;
 }
@@ -429,11 +451,14 @@ void clahe_opencv_slice(const T* src, T* dst, index_t rows, index_t cols, index_
   }
   std::unique_ptr<T[]> lut(new T[static_cast<std::size_t>(lut_offset.back())]);
 
+  ParallelError error;
 #pragma omp parallel num_threads(clamp_threads(n_threads))
   {
-    std::vector<int> hist(static_cast<std::size_t>(hist_size), 0);
+    std::vector<int> hist;
+    error.capture([&] { hist.assign(static_cast<std::size_t>(hist_size), 0); });
 #pragma omp for schedule(dynamic)
     for (index_t t = 0; t < n_tiles; ++t) {
+      if (error.failed()) continue;
       const index_t ty = t / tiles_x, tx = t % tiles_x;
       const int lo = tile_lo[static_cast<std::size_t>(t)], hi = tile_hi[static_cast<std::size_t>(t)];
       std::fill(hist.begin() + lo, hist.begin() + hi + 1, 0);
@@ -479,6 +504,7 @@ void clahe_opencv_slice(const T* src, T* dst, index_t rows, index_t cols, index_
       }
     }
   }
+  error.rethrow();
 
   // Bilinear interpolation between the four nearest tile tables (CLAHE_Interpolation_Body).
   std::vector<index_t> x_tile1(static_cast<std::size_t>(cols)), x_tile2(static_cast<std::size_t>(cols));

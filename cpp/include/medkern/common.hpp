@@ -1,7 +1,9 @@
 // Shared building blocks for the header-only kernels: no Python in here.
 #pragma once
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <exception>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -27,6 +29,32 @@ using index_t = std::ptrdiff_t;
 constexpr index_t kReductionBlock = 1 << 16;
 
 inline int clamp_threads(int n_threads) { return n_threads < 1 ? 1 : n_threads; }
+
+// An exception leaving an OpenMP region calls std::terminate. Work that can throw inside one
+// (a per-thread buffer's allocation, a growing vector) runs through capture(); the first
+// exception is kept, the remaining iterations are skipped (every thread still reaches each
+// worksharing construct and barrier), and rethrow() raises it after the region.
+class ParallelError {
+ public:
+  template <class F>
+  void capture(F&& f) noexcept {
+    try {
+      f();
+    } catch (...) {
+#pragma omp critical(medkern_parallel_error)
+      if (!error_) error_ = std::current_exception();
+      failed_.store(true, std::memory_order_relaxed);
+    }
+  }
+  bool failed() const noexcept { return failed_.load(std::memory_order_relaxed); }
+  void rethrow() const {
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  std::exception_ptr error_;
+  std::atomic<bool> failed_{false};
+};
 
 // Sum and sum of squares over the voxels where mask != 0 (mask may be null), in double.
 // NaN voxels are skipped and counted separately so callers can refuse them explicitly.

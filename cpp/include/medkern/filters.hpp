@@ -185,13 +185,19 @@ void separable_correlate(const T* in, float* out, const Shape3& s, const std::ve
   const index_t r1 = w[1].empty() ? 0 : static_cast<index_t>(w[1].size() / 2);
   const index_t r2 = w[2].empty() ? 0 : static_cast<index_t>(w[2].size() / 2);
 
+  ParallelError error;
 #pragma omp parallel num_threads(clamp_threads(n_threads))
   {
-    std::vector<float> row(static_cast<std::size_t>(s.n2 + 2 * r2));
-    std::vector<float> slice(static_cast<std::size_t>(w[1].empty() ? 0 : plane));
-    std::vector<const float*> src(std::max(w[1].size(), w[2].size()) + 1);
+    std::vector<float> row, slice;
+    std::vector<const float*> src;
+    error.capture([&] {
+      row.resize(static_cast<std::size_t>(s.n2 + 2 * r2));
+      slice.resize(static_cast<std::size_t>(w[1].empty() ? 0 : plane));
+      src.resize(std::max(w[1].size(), w[2].size()) + 1);
+    });
 #pragma omp for schedule(static)
     for (index_t k = 0; k < s.n0; ++k) {
+      if (error.failed()) continue;
       float* dst_slice = stage + k * plane;
       float* axis2_out = w[1].empty() ? dst_slice : slice.data();
       for (index_t j = 0; j < s.n1; ++j) {
@@ -216,14 +222,17 @@ void separable_correlate(const T* in, float* out, const Shape3& s, const std::ve
       }
     }
   }
+  error.rethrow();
   if (!pass0) return;
   const index_t r0 = static_cast<index_t>(w[0].size() / 2);
 #pragma omp parallel num_threads(clamp_threads(n_threads))
   {
-    std::vector<const float*> src(w[0].size());
+    std::vector<const float*> src;
+    error.capture([&] { src.resize(w[0].size()); });
     // k runs fastest so consecutive outputs share all but one of their source rows (cache hits).
 #pragma omp for schedule(static)
     for (index_t row = 0; row < s.n0 * s.n1; ++row) {
+      if (error.failed()) continue;
       const index_t k = row % s.n0, j = row / s.n0;
       for (index_t t = 0; t <= 2 * r0; ++t) {
         const index_t kk = boundary_index(k + t - r0, s.n0, b);
@@ -233,6 +242,7 @@ void separable_correlate(const T* in, float* out, const Shape3& s, const std::ve
                             out + (k * s.n1 + j) * s.n2, s.n2);
     }
   }
+  error.rethrow();
 }
 
 // ---------------------------------------------------------------- recursive Gaussian (Deriche)
@@ -342,11 +352,14 @@ inline void deriche_axis(float* v, const Shape3& s, int axis, double sigma_vox, 
   const index_t n_chunks = (across + group_len - 1) / group_len;
   const index_t outer = axis == 0 ? s.n1 : s.n0;  // remaining dimension
   const index_t outer_stride = axis == 0 ? s.n2 : s.n1 * s.n2;
+  ParallelError error;
 #pragma omp parallel num_threads(clamp_threads(n_threads))
   {
-    std::vector<double> buf(static_cast<std::size_t>(3 * ln * group_len));
+    std::vector<double> buf;
+    error.capture([&] { buf.resize(static_cast<std::size_t>(3 * ln * group_len)); });
 #pragma omp for schedule(static)
     for (index_t g = 0; g < outer * n_chunks; ++g) {
+      if (error.failed()) continue;
       const index_t o = g / n_chunks, c0 = (g % n_chunks) * group_len;
       const index_t lanes = std::min(group_len, across - c0);
       float* base = v + o * outer_stride + c0 * line_stride;
@@ -361,6 +374,7 @@ inline void deriche_axis(float* v, const Shape3& s, int axis, double sigma_vox, 
           base[t * stride[axis] + l * line_stride] = static_cast<float>(y[t * lanes + l]);
     }
   }
+  error.rethrow();
 }
 
 }  // namespace detail

@@ -30,13 +30,17 @@ inline index_t locate(const double* xp, index_t n, double v, index_t guess) {
 }
 
 // Guess of the cell of v on a grid that is uniform up to rounding.
+// The guess is clamped to [0, n - 1] before the conversion to an integer: NaN (an infinite grid
+// end, a NaN value) and values far past the grid would make that conversion undefined, and
+// locate() clamps to the same range anyway.
 struct UniformGuess {
-  double first, inv_step;
+  double first, inv_step, last_cell;
   UniformGuess(const double* xp, index_t n)
-      : first(xp[0]), inv_step(static_cast<double>(n - 1) / (xp[n - 1] - xp[0])) {}
+      : first(xp[0]), inv_step(static_cast<double>(n - 1) / (xp[n - 1] - xp[0])),
+        last_cell(static_cast<double>(n - 1)) {}
   index_t operator()(double v) const {
     const double g = (v - first) * inv_step;
-    return g < 0 ? 0 : static_cast<index_t>(g);
+    return g > 0 ? static_cast<index_t>(std::min(g, last_cell)) : 0;
   }
 };
 
@@ -50,19 +54,24 @@ void histogram_edges(const T* x, const std::uint8_t* mask, index_t n, const doub
   std::fill(counts, counts + n_bins, std::int64_t{0});
   const UniformGuess guess(edges, n_bins + 1);
   const double lo = edges[0], hi = edges[n_bins];
+  ParallelError error;
 #pragma omp parallel num_threads(clamp_threads(n_threads))
   {
-    std::vector<std::int64_t> local(static_cast<std::size_t>(n_bins), 0);
+    std::vector<std::int64_t> local;
+    error.capture([&] { local.assign(static_cast<std::size_t>(n_bins), 0); });
+    const bool ok = !error.failed();  // this thread's buffer; an empty one counts nothing
 #pragma omp for schedule(static)
     for (index_t i = 0; i < n; ++i) {
-      if (mask && !mask[i]) continue;
+      if (!ok || (mask && !mask[i])) continue;
       const double v = static_cast<double>(x[i]);
       if (!(v >= lo && v <= hi)) continue;
       ++local[static_cast<std::size_t>(locate(edges, n_bins + 1, v, guess(v)))];
     }
 #pragma omp critical
-    for (index_t b = 0; b < n_bins; ++b) counts[b] += local[static_cast<std::size_t>(b)];
+    if (ok)
+      for (index_t b = 0; b < n_bins; ++b) counts[b] += local[static_cast<std::size_t>(b)];
   }
+  error.rethrow();
 }
 
 // out = np.interp(x, xp, fp) stored as float32: fp[0] left of the grid, fp[n-1] right of it and

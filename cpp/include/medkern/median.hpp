@@ -77,14 +77,20 @@ void median_rows(const T* in, T* out, const Shape3& s, const index_t* r, Boundar
   const index_t n = count;
   const index_t nrows = (2 * r[0] + 1) * (2 * r[1] + 1);
   const index_t padded = s.n2 + 2 * r[2] + kMedianLanes;  // lanes of slack for the last chunk
+  ParallelError error;
 #pragma omp parallel num_threads(clamp_threads(n_threads))
   {
-    std::vector<T> rows(static_cast<std::size_t>(nrows * padded));
-    std::vector<const T*> elem(static_cast<std::size_t>(n));
-    std::vector<T> work(static_cast<std::size_t>(((n + 3) / 2) * kMedianLanes));
+    std::vector<T> rows, work;
+    std::vector<const T*> elem;
+    error.capture([&] {
+      rows.resize(static_cast<std::size_t>(nrows * padded));
+      elem.resize(static_cast<std::size_t>(n));
+      work.resize(static_cast<std::size_t>(((n + 3) / 2) * kMedianLanes));
+    });
     T tail[kMedianLanes];
 #pragma omp for schedule(static)
     for (index_t row = 0; row < s.n0 * s.n1; ++row) {
+      if (error.failed()) continue;
       const index_t k = row / s.n1, j = row % s.n1;
       neighbour_rows(in, s, k, j, r, b, T(0), padded, rows.data(), elem.data());
       T* o = out + row * s.n2;
@@ -97,6 +103,7 @@ void median_rows(const T* in, T* out, const Shape3& s, const index_t* r, Boundar
       }
     }
   }
+  error.rethrow();
 }
 
 }  // namespace detail

@@ -43,7 +43,9 @@ struct BsplineAxis {
     first.resize(static_cast<std::size_t>(n));
     w.resize(static_cast<std::size_t>(4 * n));
     for (index_t m = 0; m < n; ++m) {
-      const double p = u[m] * static_cast<double>(mesh);
+      // u outside [0, 1] (or NaN) is clamped before the conversion, which indexes the lattice.
+      const double p_raw = u[m] * static_cast<double>(mesh);
+      const double p = p_raw >= 0.0 ? std::min(p_raw, static_cast<double>(mesh)) : 0.0;
       index_t idx = static_cast<index_t>(std::floor(p));
       idx = std::min(std::max<index_t>(idx, 0), mesh - 1);
       first[static_cast<std::size_t>(m)] = idx;
@@ -245,6 +247,9 @@ inline void n4_sharpen(const double* v, const std::uint8_t* mask, index_t n, con
     for (index_t i = b * kN4Block; i < std::min(n, (b + 1) * kN4Block); ++i) {
       if (!mask[i]) continue;
       const double c = (v[i] - lo) / slope;
+      // Only bin positions inside the histogram are converted and counted: a non-finite log
+      // intensity (or range) gives NaN or +-inf here, whose conversion would index anywhere.
+      if (!(c >= 0.0 && c < static_cast<double>(nb))) continue;
       const auto idx = static_cast<index_t>(std::floor(c));
       const double off = c - static_cast<double>(idx);
       if (off == 0.0) {
@@ -308,7 +313,8 @@ inline void n4_sharpen(const double* v, const std::uint8_t* mask, index_t n, con
 #pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
   for (index_t i = 0; i < n; ++i) {
     if (!mask[i]) continue;
-    const double c = (v[i] - lo) / slope;
+    const double c_raw = (v[i] - lo) / slope;
+    const double c = c_raw >= 0.0 ? std::min(c_raw, static_cast<double>(nb - 1)) : 0.0;  // NaN -> 0
     const auto idx = static_cast<index_t>(std::floor(c));
     sharpened[i] = idx < nb - 1 ? E[static_cast<std::size_t>(idx)] +
                                       (E[static_cast<std::size_t>(idx + 1)] - E[static_cast<std::size_t>(idx)]) * (c - double(idx))

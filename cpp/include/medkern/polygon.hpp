@@ -46,28 +46,39 @@ inline void fill_polygons_even_odd(const double* xy, const std::int64_t* start, 
   }
   std::fill(mask, mask + nk * nj * ni, std::uint8_t{0});
   const index_t n_rows = nk * nj;
+  ParallelError error;
 #pragma omp parallel num_threads(clamp_threads(n_threads))
   {
     std::vector<double> xs;
 #pragma omp for schedule(dynamic, 16)
     for (index_t r = 0; r < n_rows; ++r) {
+      if (error.failed()) continue;
+      error.capture([&] {
       const index_t k = r / nj;
       const double y = static_cast<double>(r % nj);
       xs.clear();
       for (index_t e = offset[k]; e < offset[k + 1]; ++e) {
         const Edge& g = edges[static_cast<std::size_t>(e)];
-        if ((g.y0 <= y) != (g.y1 <= y)) xs.push_back(g.x0 + (y - g.y0) * (g.x1 - g.x0) / (g.y1 - g.y0));
+        if ((g.y0 <= y) == (g.y1 <= y)) continue;
+        const double x = g.x0 + (y - g.y0) * (g.x1 - g.x0) / (g.y1 - g.y0);
+        if (!std::isnan(x)) xs.push_back(x);  // std::sort needs an ordering: NaN has none
       }
-      if (xs.size() < 2) continue;
+      if (xs.size() < 2) return;
       std::sort(xs.begin(), xs.end());
       std::uint8_t* row = mask + r * ni;
+      // Crossings are clamped to [0, ni] before the conversion to an index (a NaN or infinite
+      // vertex would make it undefined); NaN spans fill nothing.
+      auto column = [ni](double x) {
+        return x >= 0.0 ? static_cast<index_t>(std::min(std::ceil(x), static_cast<double>(ni))) : index_t{0};
+      };
       for (std::size_t c = 0; c + 1 < xs.size(); c += 2) {
-        const double lo = std::max(std::ceil(xs[c]), 0.0);
-        const double hi = std::min(std::ceil(xs[c + 1]), static_cast<double>(ni));
-        for (index_t i = static_cast<index_t>(lo); i < static_cast<index_t>(hi); ++i) row[i] = 1;
+        const index_t lo = column(xs[c]), hi = column(xs[c + 1]);
+        for (index_t i = lo; i < hi; ++i) row[i] = 1;
       }
+      });
     }
   }
+  error.rethrow();
 }
 
 }  // namespace medkern

@@ -44,9 +44,9 @@ struct LinearVolume {
   MEDKERN_HD double sample(double ck, double cj, double ci, double grad[3]) const {
     const double fk = std::floor(ck), fj = std::floor(cj), fi = std::floor(ci);
     const double tk = ck - fk, tj = cj - fj, ti = ci - fi;
-    const index_t k0 = clamp_index(static_cast<index_t>(fk), nk), k1 = clamp_index(k0 + 1, nk);
-    const index_t j0 = clamp_index(static_cast<index_t>(fj), nj), j1 = clamp_index(j0 + 1, nj);
-    const index_t i0 = clamp_index(static_cast<index_t>(fi), ni), i1 = clamp_index(i0 + 1, ni);
+    const index_t k0 = floor_clamped(fk, nk), k1 = clamp_index(k0 + 1, nk);
+    const index_t j0 = floor_clamped(fj, nj), j1 = clamp_index(j0 + 1, nj);
+    const index_t i0 = floor_clamped(fi, ni), i1 = clamp_index(i0 + 1, ni);
     // Below voxel 0 the lower neighbour is clamped too, so the interpolant is flat there.
     const double wk = fk < 0 ? 0.0 : tk, wj = fj < 0 ? 0.0 : tj, wi = fi < 0 ? 0.0 : ti;
     const float* p = data;
@@ -70,9 +70,9 @@ struct LinearVolume {
   void sample_components(double ck, double cj, double ci, int count, index_t plane_size,
                          double* out) const {
     const double fk = std::floor(ck), fj = std::floor(cj), fi = std::floor(ci);
-    const index_t k0 = clamp_index(static_cast<index_t>(fk), nk), k1 = clamp_index(k0 + 1, nk);
-    const index_t j0 = clamp_index(static_cast<index_t>(fj), nj), j1 = clamp_index(j0 + 1, nj);
-    const index_t i0 = clamp_index(static_cast<index_t>(fi), ni), i1 = clamp_index(i0 + 1, ni);
+    const index_t k0 = floor_clamped(fk, nk), k1 = clamp_index(k0 + 1, nk);
+    const index_t j0 = floor_clamped(fj, nj), j1 = clamp_index(j0 + 1, nj);
+    const index_t i0 = floor_clamped(fi, ni), i1 = clamp_index(i0 + 1, ni);
     const double wk = fk < 0 ? 0.0 : ck - fk, wj = fj < 0 ? 0.0 : cj - fj, wi = fi < 0 ? 0.0 : ci - fi;
     const index_t sj = ni, sk = nj * ni;
     const index_t off[8] = {k0 * sk + j0 * sj + i0, k0 * sk + j0 * sj + i1, k0 * sk + j1 * sj + i0,
@@ -91,13 +91,19 @@ struct LinearVolume {
   }
 
   MEDKERN_HD std::uint8_t nearest(const std::uint8_t* mask, double ck, double cj, double ci) const {
-    const index_t k = clamp_index(static_cast<index_t>(std::floor(ck + 0.5)), nk);
-    const index_t j = clamp_index(static_cast<index_t>(std::floor(cj + 0.5)), nj);
-    const index_t i = clamp_index(static_cast<index_t>(std::floor(ci + 0.5)), ni);
+    const index_t k = floor_clamped(std::floor(ck + 0.5), nk);
+    const index_t j = floor_clamped(std::floor(cj + 0.5), nj);
+    const index_t i = floor_clamped(std::floor(ci + 0.5), ni);
     return mask[(k * nj + j) * ni + i];
   }
 
   MEDKERN_HD static index_t clamp_index(index_t v, index_t n) { return v < 0 ? 0 : (v >= n ? n - 1 : v); }
+  // clamp_index(static_cast<index_t>(f)) for an integral f, clamped in double first: a NaN or
+  // far-out coordinate (a diverging field) would make the conversion undefined.
+  MEDKERN_HD static index_t floor_clamped(double f, index_t n) {
+    const double last = static_cast<double>(n - 1);
+    return f >= 0.0 ? static_cast<index_t>(f <= last ? f : last) : 0;
+  }
 };
 
 // The fixed side of a metric: the image, which voxels are samples, and where they land.
@@ -261,9 +267,12 @@ struct MattesBins {
     fixed_norm_min = fmin / fixed_bin_size - kPadding;
     moving_norm_min = mmin / moving_bin_size - kPadding;
   }
+  // Clamped in double before the conversion (same bin for every finite term: truncation then
+  // clamping to [2, nbins - 3]); a NaN or far-out term would make the conversion undefined and
+  // the bin indexes the joint histogram.
   MEDKERN_HD int clamp_bin(double term) const {
-    const auto b = static_cast<std::int64_t>(term);
-    return static_cast<int>(b < 2 ? 2 : (b > nbins - 3 ? nbins - 3 : b));
+    const double last = static_cast<double>(nbins - 3);
+    return static_cast<int>(term >= 2.0 ? (term <= last ? term : last) : 2.0);
   }
   MEDKERN_HD int fixed_bin(double f) const { return clamp_bin(f / fixed_bin_size - fixed_norm_min); }
   MEDKERN_HD double moving_term(double m) const { return m / moving_bin_size - moving_norm_min; }

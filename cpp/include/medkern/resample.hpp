@@ -739,7 +739,8 @@ struct LabelSampler {
     for (index_t i = 0; i < m2; ++i) {
       const double c = m[11] + m[10] * static_cast<double>(i);
       valid[static_cast<std::size_t>(i)] = inside(c, n[2]);
-      taps[static_cast<std::size_t>(i)] = row_taps(c);
+      // Taps only for points inside: floor_index of a far or non-finite c would be undefined.
+      taps[static_cast<std::size_t>(i)] = valid[static_cast<std::size_t>(i)] ? row_taps(c) : RowTaps{0, 0, 1.0, 0.0};
     }
 #pragma omp parallel num_threads(clamp_threads(n_threads))
     {

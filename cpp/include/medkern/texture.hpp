@@ -166,8 +166,11 @@ inline std::vector<Zone> zones(const std::int32_t* levels, Grid g, int n_levels,
   std::vector<std::uint8_t> visited(static_cast<std::size_t>(g.size()), 0);
   std::vector<std::vector<Zone>> found(static_cast<std::size_t>(n_groups * nl));
   const index_t zr = by_slice ? 0 : 1;
+  ParallelError error;
 #pragma omp parallel for schedule(dynamic) num_threads(clamp_threads(n_threads))
   for (index_t task = 0; task < n_groups * nl; ++task) {
+    if (error.failed()) continue;
+    error.capture([&] {
     // Tasks own disjoint voxel sets (different level or slice), so `visited` bytes never clash.
     std::vector<index_t> stack;
     auto& out = found[static_cast<std::size_t>(task)];
@@ -196,7 +199,9 @@ inline std::vector<Zone> zones(const std::int32_t* levels, Grid g, int n_levels,
       }
       out.push_back(zone);
     }
+    });
   }
+  error.rethrow();
   std::vector<Zone> all;
   for (const auto& f : found) all.insert(all.end(), f.begin(), f.end());
   return all;

@@ -21,8 +21,9 @@ _LEVEL = cupy.ElementwiseKernel(
     int level = 0;
     if (hi > lo) {
         // rescale_intensity to 14 bits in double, rounded half to even (np.round)
-        level = (int)rint(__dmul_rn(__ddiv_rn(__dsub_rn((double)u, lo), __dsub_rn(hi, lo)),
-                                    16383.0));
+        double y = __dmul_rn(__ddiv_rn(__dsub_rn((double)u, lo), __dsub_rn(hi, lo)), 16383.0);
+        // clamped before the conversion (NaN, values outside [lo, hi]), as clahe.hpp
+        level = (int)rint(y >= 0.0 ? fmin(y, 16383.0) : 0.0);
     }
     b = (unsigned short)(level / bin_size);
     """,

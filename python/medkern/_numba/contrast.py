@@ -23,8 +23,9 @@ def _locate(xp, v, guess):
 
 @numba.njit(cache=True)
 def _guess(xp, v):
+    # clamped before the conversion (NaN, values far past the grid), as histogram.hpp
     g = (v - xp[0]) * ((xp.size - 1) / (xp[xp.size - 1] - xp[0]))
-    return 0 if g < 0 else np.int64(g)
+    return np.int64(min(g, xp.size - 1)) if g > 0 else 0
 
 
 @numba.njit(parallel=True, cache=True)
@@ -94,7 +95,10 @@ def interp_map(x, xp, fp):
 def _level(u, lo, hi, bin_size):
     if not hi > lo:
         return 0
-    return np.int64(np.rint((u - lo) / (hi - lo) * (GRAY_LEVELS - 1))) // bin_size
+    # clamped to the grey range before the conversion (NaN, values outside [lo, hi]), as clahe.hpp
+    y = (u - lo) / (hi - lo) * (GRAY_LEVELS - 1)
+    y = min(y, GRAY_LEVELS - 1) if y >= 0 else 0.0
+    return np.int64(np.rint(y)) // bin_size
 
 
 @numba.njit(parallel=True, cache=True)
@@ -183,8 +187,7 @@ def _axis_weights(x, kernel, tiles):
 
 @numba.njit(parallel=True, cache=True)
 def _interpolate(bins, kernel, tiles, maps, levels):
-    K, J, I = bins.shape
-    nbins = maps.shape[1]
+    K, J, I = bins.shape  # noqa: E741
     lo_part = np.full(K, GRAY_LEVELS, dtype=np.int64)
     hi_part = np.full(K, -1, dtype=np.int64)
     for k in numba.prange(K):

@@ -16,7 +16,7 @@ import numpy as np
 
 from medkern._dispatch import is_cupy_array
 from medkern._progress import Progress
-from medkern._util import as_image
+from medkern._util import as_image, check_finite, check_same_geometry
 from medkern.image import Image
 from medkern.radiomics import (gldzm, glcm, glrlm, glszm, histogram, ivh, local_intensity,
                                morphology, ngldm, ngtdm, statistics)
@@ -158,6 +158,11 @@ def radiomics(
     ----------
     img, mask : Image or array (2D or 3D, same shape). Spacing comes from an Image (1 mm for a
         bare array). Slices for the 2D/2.5D texture approaches are planes of array axis 0.
+        A mask given as an Image must have the image's geometry (spacing, origin, direction),
+        else ValueError. Non-finite values raise ValueError with their count: NaN or +-inf in
+        ``mask`` anywhere, in ``img`` inside the mask (outside it they are ignored).
+        Discretisation into more than 2**14 grey levels (``bin_width`` / ``bin_count``) raises
+        ValueError.
     features : families to compute, from ``FAMILIES``: "morphology", "local_intensity", "statistics",
         "histogram", "ivh", "glcm", "glrlm", "glszm", "gldzm", "ngtdm", "ngldm".
     bin_width : fixed bin size discretisation (IBSI §2.7) for histogram and texture families;
@@ -210,12 +215,17 @@ def radiomics(
         raise TypeError(f"mask must be boolean or numeric, got dtype {m.dtype}")
     if array.dtype.kind not in "iuf" and array.dtype != np.bool_:
         raise TypeError(f"img must be numeric, got dtype {array.dtype}")
+    if isinstance(mask, Image):
+        # The ROI is defined voxel by voxel: an Image mask must sit on the image's grid.
+        check_same_geometry(image, mask, "radiomics")
+    # A NaN mask voxel is neither in nor out of the ROI.
+    check_finite(m, "radiomics", "mask", hint="a mask must be 0 (outside) or non-zero (inside) everywhere")
     morph = m != 0
     if not morph.any():
         raise ValueError("mask selects no voxel; radiomics needs a non-empty ROI")
     values = np.asarray(array, np.float64)
-    if np.isnan(values[morph]).any():
-        raise ValueError("img has NaN voxels inside mask; replace them or exclude them from mask")
+    check_finite(values, "radiomics", "img", mask=morph,
+                 hint="replace them or exclude them from mask")
     families = _families(features)
     prog = Progress(progress, "radiomics")
     dims = (texture_dims,) if isinstance(texture_dims, str) else tuple(texture_dims)

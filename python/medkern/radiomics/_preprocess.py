@@ -76,15 +76,26 @@ def intensity_mask(image: np.ndarray, morph: np.ndarray, settings: Settings) -> 
     return mask
 
 
+# Grey levels after discretisation: texture matrices grow with their square (GLCM n x n per
+# direction), so more levels than this only cost memory.
+MAX_GREY_LEVELS = 2**14
+
+
 def discretise(values: np.ndarray, settings: Settings) -> tuple[np.ndarray, int]:
     """Grey levels 1..n (IBSI §2.7). Fixed bin number: over the ROI range, the maximum in the last
     bin. Fixed bin size: from the lower bound (``bin_lower_bound``, else the re-segmentation range's
     lower bound, else the ROI minimum); n is the highest level present."""
     if settings.bin_count is not None:
         n = int(settings.bin_count)
+        if n > MAX_GREY_LEVELS:
+            raise ValueError(f"bin_count {n} exceeds {MAX_GREY_LEVELS} grey levels; the texture matrices "
+                             "grow with its square")
         lo, hi = values.min(), values.max()
         if hi == lo:
             return np.ones(len(values), np.int64), n
+        if not np.isfinite(float(hi) - float(lo)):
+            raise ValueError(f"the ROI intensity range [{lo:g}, {hi:g}] is wider than float64 can represent "
+                             "(max - min overflows); rescale the image first")
         d = np.floor(n * (values - lo) / (hi - lo)).astype(np.int64) + 1
         return np.minimum(d, n), n
     lo = settings.bin_lower_bound
@@ -92,7 +103,15 @@ def discretise(values: np.ndarray, settings: Settings) -> tuple[np.ndarray, int]
         lo = settings.resegment_range[0]
     if lo is None:
         lo = values.min()
-    d = np.floor((values - lo) / settings.bin_width).astype(np.int64) + 1
+    with np.errstate(over="ignore"):
+        scaled = np.floor((values - lo) / settings.bin_width)
+    # Checked in float before the conversion to integer levels (which would wrap silently).
+    top = float(scaled.max()) + 1.0
+    if not top <= MAX_GREY_LEVELS:
+        raise ValueError(f"bin_width {settings.bin_width:g} from the lower bound {lo:g} makes {top:g} grey levels "
+                         f"over the ROI (at most {MAX_GREY_LEVELS}); use a larger bin_width or a bin_lower_bound "
+                         "closer to the ROI intensities")
+    d = scaled.astype(np.int64) + 1
     # Intensities below an explicit lower bound share the first bin (as MIRP and IBSI do).
     d = np.maximum(d, 1)
     return d, int(d.max())

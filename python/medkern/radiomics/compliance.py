@@ -20,8 +20,6 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
-
 import medkern as mk
 from medkern.radiomics import _MODULES
 
