@@ -312,3 +312,35 @@ def test_metadata_that_is_not_utf8_names_the_file(tmp_path):
     with pytest.raises(mk.ModelError, match=r"latin.onnx: the model's names or metadata are corrupt "
                                             r"\(UnicodeDecodeError"):
         mk.Model(path, providers="cpu")
+
+
+# ------------------------------------------------------------------ graphs that break at run time
+IMAGE_IN = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["b", 1, None, None, None])
+ANY_OUT = helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)
+
+
+@pytest.mark.parametrize("nodes, inits, match", [
+    ([helper.make_node("Concat", ["image", "image"], ["c"], axis=1),
+      helper.make_node("MaxPool", ["c"], ["logits"], kernel_shape=[2, 2, 2], strides=[2, 2, 2])], [],
+     r"does not fit its metadata: sliding_window: fn returned shape"),
+    ([helper.make_node("Flatten", ["image"], ["logits"])], [], r"does not fit its metadata: sliding_window: fn "),
+    ([helper.make_node("Reshape", ["image", "s"], ["logits"])],
+     [helper.make_tensor("s", TensorProto.INT64, [2], [7, -1])], r"ONNX Runtime failed to run the model on input"),
+    ([helper.make_node("Identity", ["image"], ["logits"])], [], r"produced 1 output channel\(s\), but its metadata"),
+])
+def test_graph_that_breaks_at_run_time(image, nodes, inits, match):
+    raw = finish(helper.make_graph(nodes, "broken", [IMAGE_IN], [ANY_OUT], inits))
+    model = mk.Model(mk.write_model_metadata(raw, metadata()), providers="cpu", threads=2)
+    with pytest.raises(mk.ModelError, match="model bytes: .*" + match):
+        model.predict(image)
+
+
+def test_run_failure_of_a_bare_graph_is_a_model_error(tmp_path):
+    path = tmp_path / "reshape.onnx"
+    path.write_bytes(finish(helper.make_graph(
+        [helper.make_node("Reshape", ["image", "s"], ["logits"])], "broken", [IMAGE_IN], [ANY_OUT],
+        [helper.make_tensor("s", TensorProto.INT64, [2], [7, -1])])))
+    model = mk.Model(path, providers="cpu")
+    with pytest.raises(mk.ModelError, match=r"reshape.onnx: ONNX Runtime failed to run the model on input\(s\) of "
+                                            r"shape \[\(1, 1, 2, 3, 4\)\]"):
+        model.run(np.zeros((1, 1, 2, 3, 4), np.float32))

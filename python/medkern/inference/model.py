@@ -280,7 +280,19 @@ class Model:
                              f"({', '.join(i.name for i in self.inputs)}), got {len(arrays)}")
         if any(is_cupy_array(a) for a in arrays):
             return self._run_on_device(arrays)
-        return self._session.run(None, self._feeds(arrays))
+        return self._ort_run(self._session, self._feeds(arrays))
+
+    def _ort_run(self, session: Any, feeds: dict[str, Any]) -> list[Any]:
+        """``session.run``; ONNX Runtime's failures (a graph that breaks on its input: bad shapes
+        inside, corrupt weights) become a ModelError naming the model."""
+        try:
+            return session.run(None, feeds)
+        except Exception as exc:  # onnxruntime's Fail / InvalidArgument / RuntimeException
+            if isinstance(exc, MemoryError):
+                raise
+            detail = " ".join(str(exc).split())
+            raise ModelError(f"{self.name}: ONNX Runtime failed to run the model on input(s) of shape "
+                             f"{[tuple(np.shape(v)) for v in feeds.values()]}: {detail[:500]}") from None
 
     def _feeds(self, arrays: Sequence[Any]) -> dict[str, np.ndarray]:
         """Host inputs checked against the graph (rank, fixed sizes) and cast to its types."""
@@ -330,7 +342,7 @@ class Model:
         session = self._single_threaded()
 
         def run_lane(n: int) -> np.ndarray:
-            return session.run(None, {name: x[n * per_lane:(n + 1) * per_lane]})[0]
+            return self._ort_run(session, {name: x[n * per_lane:(n + 1) * per_lane]})[0]
 
         pool = self._thread_pool(lanes - 1)
         futures = [pool.submit(run_lane, n) for n in range(1, lanes)]
@@ -339,7 +351,7 @@ class Model:
             yield future.result(), lanes - n
         done = lanes * per_lane
         if done < items:
-            yield self._session.run(None, {name: x[done:]})[0], 0
+            yield self._ort_run(self._session, {name: x[done:]})[0], 0
 
     def _single_threaded(self) -> Any:
         """One single-threaded session that every lane runs on: ONNX Runtime sessions take
@@ -545,9 +557,14 @@ class Model:
         for axes, span in zip(flips, progress.split([1] * len(flips))):
             axes_arr = tuple(2 + a for a in axes)
             x = np.ascontiguousarray(np.flip(stack, axes_arr)) if axes else stack
-            logits = sliding_window(x, self, inf["patch_size"], inf["overlap"], inf["blend"],
-                                    inf["sigma_scale"], inf["batch_size"], inf["padding"],
-                                    spatial_dims=nsp, progress=span)
+            try:
+                logits = sliding_window(x, self, inf["patch_size"], inf["overlap"], inf["blend"],
+                                        inf["sigma_scale"], inf["batch_size"], inf["padding"],
+                                        spatial_dims=nsp, progress=span)
+            except ValueError as exc:  # the network's output does not fit its patches
+                if isinstance(exc, ModelError):
+                    raise
+                raise ModelError(f"{self.name}: model {meta['name']!r} does not fit its metadata: {exc}") from None
             self._check_output(logits, meta)
             prob = self._activate(logits, meta)
             prob = np.flip(prob, axes_arr) if axes else prob
@@ -557,8 +574,8 @@ class Model:
             total /= np.float32(len(flips))
         labels = meta["output"]["labels"]
         if total.shape[1] != len(labels):
-            raise ModelError(f"{meta['name']} produced {total.shape[1]} output channel(s), but its metadata "
-                             f"names {len(labels)} labels ({', '.join(labels)})")
+            raise ModelError(f"{self.name}: {meta['name']} produced {total.shape[1]} output channel(s), but its "
+                             f"metadata names {len(labels)} labels ({', '.join(labels)})")
         return total
 
     def _dense_prediction(self, case: "_Case", prob: np.ndarray, meta: dict[str, Any],
@@ -598,7 +615,13 @@ class Model:
         for n, axes in enumerate(flips):
             progress.update("classify", n / len(flips))
             xf = np.ascontiguousarray(np.flip(x, tuple(2 + a for a in axes))) if axes else x
-            logits = np.asarray(self(xf), dtype=np.float32).reshape(1, -1)
+            try:
+                logits = np.asarray(self(xf), dtype=np.float32).reshape(1, -1)
+            except (ValueError, TypeError) as exc:
+                if isinstance(exc, ModelError):
+                    raise
+                raise ModelError(f"{self.name}: model {meta['name']!r} gave an output that is not class "
+                                 f"scores: {exc}") from None
             self._check_output(logits, meta)
             if logits.shape[1] != scores.size:
                 raise ModelError(f"{meta['name']} produced {logits.shape[1]} class score(s), but its metadata "
