@@ -286,14 +286,15 @@ class _Attrs:
         return "" if elem is None else str(elem.value).strip()
 
 
-def _pixel_spacing(a: _Attrs, where: str = "") -> tuple[tuple[float, float] | None, str]:
+def _pixel_spacing(a: _Attrs, where: str = "", placed: bool = False) -> tuple[tuple[float, float] | None, str]:
     """PixelSpacing, else ImagerPixelSpacing (radiographs: at the detector plane), as (row, col).
 
-    0\\0 (written by some CR/DX devices for "unknown") counts as absent; any other value that is
-    not two positive numbers raises _Unreadable."""
+    0\\0 (written by some CR/DX devices for "unknown") counts as absent in an image without
+    patient position (``placed`` False); any other value that is not two positive numbers, and
+    0\\0 in a slice placed in the patient, raises _Unreadable."""
     for tag, keyword in ((0x00280030, "PixelSpacing"), (0x00181164, "ImagerPixelSpacing")):
         sp = a.checked(tag, 2, keyword + where)
-        if sp is None or sp == (0.0, 0.0):
+        if sp is None or (sp == (0.0, 0.0) and not placed):
             continue
         if not (sp[0] > 0 and sp[1] > 0):
             raise _Unreadable(f"{keyword}{where} {sp[0]:g}\\{sp[1]:g} is not two positive spacings (mm)")
@@ -420,22 +421,38 @@ class _Inflater:
 
 
 def _read_deflated(fp: Any, start: int, stop_before_pixels: bool, limit: int) -> tuple[Any, int, _Inflater]:
-    """(data set, offset of its Pixel Data element in the inflated stream or -1, the inflater)."""
+    """(data set, offset of its Pixel Data element in the inflated stream or -1, the inflater).
+
+    Without ``stop_before_pixels`` the first ``limit`` inflated bytes are parsed. Else the stream
+    is inflated in growing steps until the header has been read, up to ``limit`` bytes."""
     from pydicom.filebase import DicomBytesIO
     from pydicom.filereader import read_dataset
 
     inflater = _Inflater(fp, start)
-    data = inflater.read_upto(limit)
-    buf = DicomBytesIO(data)
-    buf.is_little_endian, buf.is_implicit_VR = True, False
-    ds = read_dataset(buf, False, True,
-                      stop_when=(lambda tag, vr, length: tag in _PIXEL_TAGS) if stop_before_pixels else None)
-    at = buf.tell()
-    if not stop_before_pixels:
-        return ds, -1, inflater
-    if at >= len(data) - 8 and len(data) >= limit:
-        raise _Unreadable(f"the inflated header is larger than {limit >> 20} MiB")
-    return ds, (at if _peek_pixel_tag(buf, at) is not None else -1), inflater
+    step = limit if not stop_before_pixels else min(1 << 20, limit)
+    while True:
+        data = inflater.read_upto(step)
+        ended = len(data) < step
+        buf = DicomBytesIO(data)
+        buf.is_little_endian, buf.is_implicit_VR = True, False
+        try:
+            ds = read_dataset(buf, False, True,
+                              stop_when=(lambda tag, vr, length: tag in _PIXEL_TAGS) if stop_before_pixels else None)
+        except Exception:
+            if ended or step >= limit:
+                raise
+            ds = None  # cut inside an element: inflate more
+        if not stop_before_pixels:
+            return ds, -1, inflater
+        if ds is not None:
+            at = buf.tell()
+            if at + 12 <= len(data) and _peek_pixel_tag(buf, at) is not None:
+                return ds, at, inflater
+            if ended:
+                return ds, -1, inflater
+        if step >= limit:
+            raise _Unreadable(f"the inflated header is larger than {limit >> 20} MiB")
+        step = min(step * 4, limit)
 
 
 def _pixel_element(fp: Any, at: int, implicit: bool, little: bool) -> tuple[int, int, int]:
@@ -595,7 +612,14 @@ def _read_header(path: Path) -> tuple[_File, list[_Frame]] | None:
     except Exception as exc:
         from pydicom.errors import InvalidDicomError
 
-        if (has_preamble(path) if isinstance(exc, InvalidDicomError) else _looks_like_dicom(path)):
+        if isinstance(exc, InvalidDicomError) and not has_preamble(path):
+            if path.suffix.lower() == ".dcm":
+                # Named as DICOM but not readable as DICOM: a file cut inside its preamble (or not
+                # DICOM at all) is reported, not skipped, so that a lost slice never goes unnoticed.
+                raise _Unreadable("not a DICOM image: no Part 10 preamble ('DICM' at byte 128) and no data set "
+                                  "(cut short, or not DICOM)") from exc
+            return None
+        if _looks_like_dicom(path):
             raise _Unreadable(f"{type(exc).__name__}: {exc}") from exc
         return None
 
@@ -830,7 +854,8 @@ def _frames_of(a: _Attrs, f: _File) -> list[_Frame]:
                 return _Attrs(_first_item(item, keyword) or _first_item(shared, keyword), a.endian == "<")
 
             where = f" (frame {i + 1})" if f.n_frames > 1 else ""
-            spacing, source = _pixel_spacing(group("PixelMeasuresSequence"), where)
+            spacing, source = _pixel_spacing(group("PixelMeasuresSequence"), where,
+                                             group("PlanePositionSequence").ds is not None)
             transformation = group("PixelValueTransformationSequence")
             rescaled.append(transformation.ds is not None)
             slope, intercept = _rescale_of(transformation, where)
@@ -849,15 +874,15 @@ def _frames_of(a: _Attrs, f: _File) -> list[_Frame]:
             raise _Unreadable(f"frame {k + 1} has no PixelValueTransformationSequence in its functional groups "
                               "while other frames have one")
         return frames
-    spacing, source = _pixel_spacing(a)
+    position = a.checked(0x00200032, 3, "ImagePositionPatient")
+    orientation = _orientation(a.checked(0x00200037, 6, "ImageOrientationPatient"))
+    spacing, source = _pixel_spacing(a, placed=position is not None or orientation is not None)
     slope, intercept = _rescale_of(a)
     dose_scaling = a.checked(0x3004000E, 1, "DoseGridScaling")
     if dose_scaling is not None and f.modality == "RTDOSE":
         if not dose_scaling[0] > 0:
             raise _Unreadable(f"DoseGridScaling {dose_scaling[0]:g} is not positive")
         slope = dose_scaling[0]
-    position = a.checked(0x00200032, 3, "ImagePositionPatient")
-    orientation = _orientation(a.checked(0x00200037, 6, "ImageOrientationPatient"))
     if f.n_frames > 1 and (f.modality == "RTDOSE" or a._raw(0x3004000C) is not None):
         return _dose_frames(a, f, position, orientation, spacing, source, slope, intercept)
     if f.n_frames > 1:
@@ -1138,6 +1163,7 @@ def _layout(frames: list[_Frame]) -> _Layout:
                         f"{SPACING_TOLERANCE:.0%} ({where}{' ...' if bad.size > 4 else ''}); with "
                         f"allow_irregular=True the slices are interpolated onto a {step:.4f} mm grid")
         grid = (t[-1] - t[0]) / step + 1
+        widest = int(np.argmax(gaps))
         limit = _RECOVERY_FACTOR * n + _RECOVERY_SLACK
         if not grid <= limit:
             # A stray slice far from the others (or a position typo): interpolating would build a
@@ -1145,9 +1171,9 @@ def _layout(frames: list[_Frame]) -> _Layout:
             return _Layout(frames, (n, f.rows, f.cols), (float(spacing_k),) + in_plane, origin, direction, problems,
                            vector=vector, fatal=(
                                f"the slices span {t[-1] - t[0]:.6g} mm along the normal with gaps down to "
-                               f"{step:.4g} mm ({where}{' ...' if bad.size > 4 else ''}): a regular grid would need "
-                               f"{grid:.6g} slices for {n}, more than {limit}; no recovery (check the "
-                               "ImagePositionPatient of the outlying slices)"))
+                               f"{step:.4g} mm and up to {gaps[widest]:.6g} mm (between {frames[widest].name} and "
+                               f"{frames[widest + 1].name}): a regular grid would need {grid:.6g} slices for {n}, "
+                               f"more than {limit}; no recovery (check the ImagePositionPatient of those slices)"))
         n_out = int(round(grid - 1)) + 1
         spacing_k = (t[-1] - t[0]) / (n_out - 1)
         interpolation = []
@@ -1400,7 +1426,8 @@ def read_dicom_file(path: str | os.PathLike, series: bool = False, allow_irregul
     try:
         header = _read_header(p)
     except _Unreadable as exc:
-        raise DicomError(f"{p}: unreadable DICOM file ({exc})") from exc
+        # Chained to the foreign exception behind it (zlib.error, struct.error, ...) when there is one.
+        raise DicomError(f"{p}: unreadable DICOM file ({exc})") from (exc.__cause__ or exc)
     if header is None:
         raise DicomError(f"{p}: not a DICOM image (not DICOM, or a DICOM object without pixel data)")
     f, frames = header
