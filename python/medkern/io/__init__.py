@@ -66,8 +66,8 @@ def write(img: Image, path: str | os.PathLike, **kwargs: Any) -> None:
     :func:`~medkern.io.nrrd.write_nrrd`: ``encoding``, ``segments``, ``key_values``...); ``.mha``,
     ``.mhd`` (``compress=True`` for zlib-compressed voxels). A header and its data file land together.
     The file gets the permissions an ordinary ``open`` would give it (the replaced file's, else
-    ``0o666`` less the umask); hidden temporaries that a killed earlier write to the same path left
-    behind are removed (:mod:`medkern.io._atomic`). NIfTI: a geometry that would not read back
+    ``0o666`` less the umask). NIfTI: hidden temporaries that a killed earlier write to the same
+    path left behind are removed (:mod:`medkern.io._atomic`); a geometry that would not read back
     (not finite, or beyond float32 for NIfTI-1) is a ValueError before anything is written; int64 and
     uint64 images are stored as int32 / uint32 when every value fits, else ValueError.
     """
