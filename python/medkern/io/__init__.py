@@ -65,8 +65,8 @@ def write(img: Image, path: str | os.PathLike, **kwargs: Any) -> None:
     Formats: ``.nii``, ``.nii.gz``; ``.nrrd``, ``.nhdr``, ``.seg.nrrd`` (keywords of
     :func:`~medkern.io.nrrd.write_nrrd`: ``encoding``, ``segments``, ``key_values``...); ``.mha``,
     ``.mhd`` (``compress=True`` for zlib-compressed voxels). A header and its data file land together.
-    The file gets the permissions an ordinary ``open`` would give it (the replaced file's, else
-    ``0o666`` less the umask). NIfTI: hidden temporaries that a killed earlier write to the same
+    Files get the permissions an ordinary ``open`` gives a new file (``0o666`` less the umask); a
+    NIfTI file that is replaced keeps its own. NIfTI: hidden temporaries that a killed earlier write to the same
     path left behind are removed (:mod:`medkern.io._atomic`); a geometry that would not read back
     (not finite, or beyond float32 for NIfTI-1) is a ValueError before anything is written; int64 and
     uint64 images are stored as int32 / uint32 when every value fits, else ValueError.
