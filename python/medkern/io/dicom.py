@@ -4,8 +4,8 @@ How a directory becomes volumes
 -------------------------------
 * Every file is parsed once with ``stop_before_pixels``. Files that are not DICOM, and DICOM
   objects without pixel data (DICOMDIR, RTSTRUCT, SR, RT plans), are not images and are skipped.
-  Files that look like DICOM but cannot be parsed, and uncompressed files whose pixel data is
-  shorter than Rows x Columns x frames says, are reported as unreadable.
+  Files that look like DICOM but cannot be parsed or fail the checks of "Malformed and hostile
+  input" below are reported as unreadable.
 * Frames (a single-frame file is one frame; enhanced CT/MR multi-frame files carry one per item of
   the Per-frame Functional Groups) are grouped by SeriesInstanceUID, and a series is split into
   parts when its frames differ in ImageOrientationPatient, Rows/Columns, PixelSpacing or pixel
@@ -44,6 +44,56 @@ tilt), unreadable or truncated files raise :class:`medkern.DicomError` naming th
   no slice covers get the series minimum (air in CT).
 
 A recovered volume is float32 whenever it was interpolated.
+
+Malformed and hostile input
+---------------------------
+Reading never hangs, never allocates what a file merely claims, and never returns pixels the
+header does not account for. A file that fails a check below is *unreadable*: reading it alone
+raises :class:`medkern.DicomError` naming the file and the attribute at fault (chained to the
+foreign exception, if any: zlib.error, struct.error, MemoryError, pydicom's InvalidDicomError...);
+in a folder scan it is listed among the ``unreadable`` entries with that reason and the scan goes
+on (a series is then irregular, see above).
+
+* Only regular files are opened (symbolic links to them included), without blocking and checked
+  on the open descriptor: named pipes, sockets and devices in a folder are skipped, and reading
+  one directly is refused. Links to folders are not followed (no loops). A sub-folder that cannot
+  be listed gives a :class:`medkern.errors.DicomWarning` and an ``unreadable`` entry.
+* Sizes are checked against the bytes present before anything is allocated. Uncompressed Pixel
+  Data (implicit/explicit little endian, big endian, deflated) must hold exactly Rows x Columns x
+  NumberOfFrames x SamplesPerPixel x BitsAllocated bits (1-bit data packed, YBR_FULL_422 at two
+  samples per pixel), plus at most the one padding byte of an odd length; shorter, longer and
+  truncated data are refused. Encapsulated Pixel Data must be complete items up to its delimiter,
+  with a Basic (or Extended) Offset Table of one entry per frame when present, one fragment per
+  frame at least (exactly one for RLE, whose fragment bounds its frame at 64x its size), and
+  JPEG / JPEG-LS / JPEG 2000 frames whose own header says Rows x Columns. A deflated data set is
+  inflated only as far as its header (at most 64 MiB) and, when decoding, the end of Pixel Data;
+  the rest is counted, not kept. A file of more than ``MAX_FRAMES`` frames is refused.
+* Header attributes: BitsAllocated 1, 8, 16 or 32 (32/64 for Float/Double Float Pixel Data);
+  1 <= BitsStored <= BitsAllocated; HighBit = BitsStored - 1; PixelRepresentation 0 or 1;
+  SamplesPerPixel 1 or 3 matching PhotometricInterpretation (MONOCHROME1/2, PALETTE COLOR with a
+  valid descriptor, RGB, YBR_*); Rows and Columns not zero; PixelSpacing / ImagerPixelSpacing two
+  positive numbers; ImagePositionPatient three finite numbers; ImageOrientationPatient two
+  orthogonal unit vectors; RescaleSlope finite and not 0, RescaleIntercept finite;
+  DoseGridScaling positive; GridFrameOffsetVector one finite value per frame, strictly monotonic,
+  relative (first 0) or absolute (first = ImagePositionPatient z, axial grids only), required for
+  multi-frame RT Dose; an enhanced multi-frame file needs a Per-frame Functional Groups item for
+  every frame (extra items are ignored), and all frames or none with plane position and pixel
+  value transformation. A value that is present but malformed, the wrong count or not finite is
+  refused; an absent (or empty) one keeps its default.
+* Documented leniencies: SliceThickness is never read (it is not a spacing). PixelSpacing 0\\0,
+  written by some CR/DX devices for "unknown", counts as absent on an image without patient
+  position (1 mm, or ImagerPixelSpacing). A NumberOfFrames that is not a positive integer is read
+  as 1, and the file only when its Pixel Data holds exactly one frame. A missing
+  PhotometricInterpretation is MONOCHROME2 (one sample) or RGB (three). A SpacingBetweenSlices that
+  is not positive is ignored. A ``.dcm`` file that is not DICOM at all (or cut inside its
+  preamble) is unreadable, not skipped; a Part 10 file cut before its Pixel Data likewise.
+* Series: frames of one SeriesInstanceUID that differ in Rows/Columns, orientation, pixel
+  spacing, modality, bits, sign, MONOCHROME1 or float pixels are split into parts (above).
+  Files sharing a SOPInstanceUID make the series irregular (``allow_irregular=True`` treats them
+  as any other slices). The recovery grid of an irregular series is bounded (16 x its slices +
+  1024): a stray slice far from the others makes the series unrecoverable instead of a huge grid.
+* Not checked: a JPEG 2000 / JPEG frame whose header cannot be parsed may still claim a large
+  Rows x Columns (the decoder allocates one frame of it, then fails).
 
 Where SimpleITK (GDCM) reads differently
 ----------------------------------------
@@ -311,7 +361,7 @@ class _BoundedReader(io.BufferedReader):
         self.size = size
 
     def read(self, n: int | None = -1) -> bytes:
-        if n is not None and n > 0:
+        if n is not None and n > 1 << 16:  # small reads allocate little: spare them the tell()
             left = self.size - self.tell()
             if n > left:
                 n = max(left, 0)
@@ -350,13 +400,16 @@ def _meta_end(fp: Any) -> tuple[int, str]:
     """(offset of the data set, TransferSyntaxUID) of a Part 10 file, walking its explicit VR
     little endian group 0002 (PS3.10 7.1); (0, "") without the preamble."""
     fp.seek(0)
-    if fp.read(132)[128:132] != b"DICM":
+    buf, base = fp.read(4096), 0  # holds the meta information of nearly every file
+    if buf[128:132] != b"DICM":
         return 0, ""
     pos, ts = 132, ""
     while True:
-        fp.seek(pos)
-        head = fp.read(12)
-        if len(head) < 8 or struct.unpack("<H", head[:2])[0] != 0x0002:
+        if pos + 12 > base + len(buf):
+            fp.seek(pos)
+            buf, base = fp.read(4096), pos
+        head = buf[pos - base:pos - base + 12]
+        if len(head) < 8 or head[:2] != b"\x02\x00":
             return pos, ts
         if head[4:6] in _LONG_VRS:
             if len(head) < 12:
@@ -364,9 +417,13 @@ def _meta_end(fp: Any) -> tuple[int, str]:
             length, value_at = struct.unpack("<I", head[8:12])[0], pos + 12
         else:
             length, value_at = struct.unpack("<H", head[6:8])[0], pos + 8
-        if struct.unpack("<H", head[2:4])[0] == 0x0010 and length < 256:
-            fp.seek(value_at)
-            ts = fp.read(length).decode("ascii", "replace").strip(" \x00")
+        if head[2:4] == b"\x10\x00" and length < 256:
+            if value_at + length <= base + len(buf):
+                value = buf[value_at - base:value_at - base + length]
+            else:
+                fp.seek(value_at)
+                value = fp.read(length)
+            ts = value.decode("ascii", "replace").strip(" \x00")
         pos = value_at + length
 
 
