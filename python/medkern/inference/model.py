@@ -173,7 +173,10 @@ def _rewritten(model: str | bytes, name: str = "model") -> str | bytes:
             proto = onnx.load_model(model, load_external_data=False)
         else:
             return model
-    except Exception:  # not ONNX, truncated: the session creation raises the ModelError
+    except Exception as exc:  # not ONNX, truncated: the session creation raises the ModelError
+        if isinstance(model, bytes):  # unchecked bytes never reach ONNX Runtime (external data)
+            raise ModelError(f"{name} is not a readable ONNX model (not ONNX, truncated or corrupted): "
+                             f"{' '.join(str(exc).split())[:300]}") from None
         return model
     if _check_external_data(proto, model, name):
         return model
