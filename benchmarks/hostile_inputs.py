@@ -1862,12 +1862,272 @@ def _param_cases() -> list[Case]:
     return cases
 
 
+# ============================================================================ NRRD and MetaImage
+_NV = (np.arange(4 * 5 * 6).reshape(4, 5, 6) * 3 - 100).astype("<i2")  # (k, j, i); i varies fastest in the file
+_NRRD_FIELDS = [("type", "short"), ("dimension", "3"), ("space", "left-posterior-superior"), ("sizes", "6 5 4"),
+                ("space directions", "(2,0,0) (0,3,0) (0,0,4)"), ("space origin", "(-10,20,5)"),
+                ("endian", "little"), ("encoding", "raw")]
+_META_FIELDS = [("ObjectType", "Image"), ("NDims", "3"), ("DimSize", "6 5 4"), ("ElementType", "MET_SHORT"),
+                ("ElementSpacing", "2 3 4"), ("Offset", "-10 20 5"), ("TransformMatrix", "1 0 0 0 1 0 0 0 1"),
+                ("BinaryData", "True"), ("BinaryDataByteOrderMSB", "False"), ("CompressedData", "False"),
+                ("ElementDataFile", "LOCAL")]
+
+
+def _fields(base, changes: dict) -> list:
+    out = [(k, changes.get(k, v)) for k, v in base if changes.get(k, v) is not None]
+    out += [(k, v) for k, v in changes.items() if v is not None and k not in dict(base)]
+    if "ElementDataFile" in dict(out):  # MetaImage: the data file line comes last
+        out = [kv for kv in out if kv[0] != "ElementDataFile"] + [("ElementDataFile", dict(out)["ElementDataFile"])]
+    return out
+
+
+def nrrd_text(changes: dict | None = None, data: bytes | None = None) -> bytes:
+    lines = ["NRRD0004"] + [f"{k}: {v}" for k, v in _fields(_NRRD_FIELDS, changes or {})]
+    return ("\n".join(lines) + "\n\n").encode() + (_NV.tobytes() if data is None else data)
+
+
+def meta_text(changes: dict | None = None, data: bytes | None = None) -> bytes:
+    lines = [f"{k} = {v}" for k, v in _fields(_META_FIELDS, changes or {})]
+    return ("\n".join(lines) + "\n").encode() + (_NV.tobytes() if data is None else data)
+
+
+def nrrd_meta_cases(rng: random.Random, flips: int) -> list[Case]:
+    import gzip
+    import zlib
+
+    right = image_equals(_NV, (4.0, 3.0, 2.0), (-10.0, 20.0, 5.0))
+    gz = gzip.compress(_NV.tobytes(), mtime=0)
+    zl = zlib.compress(_NV.tobytes())
+    bomb_nrrd = gzip.compress(b"\0" * (64 << 20), compresslevel=1, mtime=0)
+    bomb_meta = zlib.compress(b"\0" * (64 << 20), 1)
+    be = _NV.astype(">i2").tobytes()
+    nrrd = [
+        ("control", {}, None, "value", right),
+        ("gzip encoding (control)", {"encoding": "gzip"}, gz, "value", right),
+        ("big endian (control)", {"endian": "big"}, be, "value", right),
+        ("RAS space", {"space": "right-anterior-superior", "space directions": "(-2,0,0) (0,-3,0) (0,0,4)",
+                       "space origin": "(10,-20,5)"}, None, "value", right),
+        ("sizes 100000^3", {"sizes": "100000 100000 100000"}, None, "error", None),
+        ("sizes 2^62", {"sizes": f"{2**62} 5 4"}, None, "error", None),
+        ("sizes 0", {"sizes": "0 5 4"}, None, "error", None),
+        ("sizes -6", {"sizes": "-6 5 4"}, None, "error", None),
+        ("sizes 2 values for dimension 3", {"sizes": "6 5"}, None, "error", None),
+        ("dimension 99", {"dimension": "99"}, None, "error", None),
+        ("dimension 1", {"dimension": "1", "sizes": "120", "space directions": None, "space": None,
+                         "space origin": None}, None, "error", None),
+        ("type 'block'", {"type": "block"}, None, "error", None),
+        ("type unknown", {"type": "quaternion"}, None, "error", None),
+        ("no encoding", {"encoding": None}, None, "error", None),
+        ("encoding 'zip'", {"encoding": "zip"}, None, "error", None),
+        ("gzip encoding, raw data", {"encoding": "gzip"}, None, "error", None),
+        ("gzip stream cut in half", {"encoding": "gzip"}, gz[: len(gz) // 2], "error", None),
+        ("gzip bomb: 64 MiB of zeros for 240 bytes", {"encoding": "gzip"}, bomb_nrrd, "either", right),
+        ("gzip: sizes claim 2048^3 bytes, 64 MiB present", {"encoding": "gzip", "type": "uchar",
+                                                            "sizes": "2048 2048 2048"}, bomb_nrrd, "error", None),
+        ("raw data 2 bytes short", {}, _NV.tobytes()[:-2], "error", None),
+        ("raw data empty", {}, b"", "error", None),
+        ("raw data with 100 extra bytes", {}, _NV.tobytes() + b"\0" * 100, "either", right),
+        ("ascii encoding, text values", {"encoding": "ascii"}, " ".join(str(v) for v in _NV.ravel()).encode(),
+         "value", right),
+        ("ascii encoding, junk text", {"encoding": "ascii"}, b"a b c d", "error", None),
+        ("ascii encoding, 3 values", {"encoding": "ascii"}, b"1 2 3", "error", None),
+        ("space directions nan", {"space directions": "(nan,0,0) (0,3,0) (0,0,4)"}, None, "either", sane_image),
+        ("space directions inf", {"space directions": "(inf,0,0) (0,3,0) (0,0,4)"}, None, "either", sane_image),
+        ("space directions zero vector", {"space directions": "(0,0,0) (0,3,0) (0,0,4)"}, None, "either", sane_image),
+        ("space directions parallel", {"space directions": "(2,0,0) (3,0,0) (0,0,4)"}, None, "either", sane_image),
+        ("space directions 2 vectors", {"space directions": "(2,0,0) (0,3,0)"}, None, "error", None),
+        ("space directions not vectors", {"space directions": "abc"}, None, "error", None),
+        ("space origin nan", {"space origin": "(nan,20,5)"}, None, "either", sane_image),
+        ("space origin 2 values", {"space origin": "(1,2)"}, None, "error", None),
+        ("spacings only, nan", {"space directions": None, "space": None, "space origin": None,
+                                "spacings": "nan 3 4"}, None, "either", sane_image),
+        ("spacings only, 0", {"space directions": None, "space": None, "space origin": None,
+                              "spacings": "0 3 4"}, None, "either", sane_image),
+        ("data file /etc/hostname", {"data file": "/etc/hostname"}, b"", "error", None),
+        ("data file ../../../../etc/hostname", {"data file": "../../../../etc/hostname"}, b"", "error", None),
+        ("data file missing", {"data file": "missing.raw"}, b"", "error", None),
+        ("data file is a FIFO", {"data file": "fifo.raw"}, b"", "error", "fifo"),
+        ("data file LIST", {"data file": "LIST"}, b"", "error", None),
+        ("byte skip 10^12", {"byte skip": str(10**12)}, None, "error", None),
+        ("byte skip -1 (data at the end)", {"byte skip": "-1"}, None, "value", right),
+        ("byte skip -5", {"byte skip": "-5"}, None, "error", None),
+        ("line skip 10^9", {"line skip": str(10**9)}, None, "error", None),
+        ("kinds: 4 entries", {"kinds": "domain domain domain domain"}, None, "error", None),
+        ("kinds: RGB-color on an axis of 6", {"kinds": "RGB-color domain domain"}, None, "either", sane_image),
+        ("header only, no blank line", {}, b"", "error", None),
+        ("magic NRRD0009", {}, None, "either", right),
+    ]
+    cases = []
+    for name, changes, data, expect, check in nrrd:
+        text = nrrd_text(changes, data)
+        if name == "magic NRRD0009":
+            text = text.replace(b"NRRD0004", b"NRRD0009", 1)
+        if name == "header only, no blank line":
+            text = text.rstrip(b"\n")
+        if check == "fifo":
+            def build(d, text=text):
+                os.mkfifo(d / "fifo.raw")
+                (d / "img.nhdr").write_bytes(text)
+                return d / "img.nhdr"
+            cases.append(Case("nrrd_metaimage", f"NRRD: {name}", build, read_path, "error"))
+            continue
+        suffix = ".nhdr" if "data file" in changes else ".nrrd"
+        cases.append(Case("nrrd_metaimage", f"NRRD: {name}", write("img" + suffix, text), read_path, expect, check))
+    meta = [
+        ("control", {}, None, "value", right),
+        ("zlib compressed (control)", {"CompressedData": "True", "CompressedDataSize": str(len(zl))}, zl, "value",
+         right),
+        ("MSB (control)", {"BinaryDataByteOrderMSB": "True"}, be, "value", right),
+        ("DimSize 100000^3", {"DimSize": "100000 100000 100000"}, None, "error", None),
+        ("DimSize 2^62", {"DimSize": f"{2**62} 5 4"}, None, "error", None),
+        ("DimSize 0", {"DimSize": "0 5 4"}, None, "error", None),
+        ("DimSize -6", {"DimSize": "-6 5 4"}, None, "error", None),
+        ("DimSize 2 values", {"DimSize": "6 5"}, None, "error", None),
+        ("NDims 1", {"NDims": "1"}, None, "error", None),
+        ("NDims 9", {"NDims": "9"}, None, "error", None),
+        ("NDims 'x'", {"NDims": "x"}, None, "error", None),
+        ("ElementType unknown", {"ElementType": "MET_QUAD"}, None, "error", None),
+        ("ElementNumberOfChannels 0", {"ElementNumberOfChannels": "0"}, None, "error", None),
+        ("ElementNumberOfChannels 10^9", {"ElementNumberOfChannels": str(10**9)}, None, "error", None),
+        ("ElementSpacing 0", {"ElementSpacing": "0 3 4"}, None, "error", None),
+        ("ElementSpacing nan", {"ElementSpacing": "nan 3 4"}, None, "error", None),
+        ("ElementSpacing -2", {"ElementSpacing": "-2 3 4"}, None, "either", sane_image),
+        ("ElementSpacing inf", {"ElementSpacing": "inf 3 4"}, None, "error", None),
+        ("Offset nan", {"Offset": "nan 20 5"}, None, "error", None),
+        ("TransformMatrix singular", {"TransformMatrix": "1 0 0 1 0 0 0 0 1"}, None, "either", sane_image),
+        ("TransformMatrix nan", {"TransformMatrix": "nan 0 0 0 1 0 0 0 1"}, None, "either", sane_image),
+        ("TransformMatrix 4 values", {"TransformMatrix": "1 0 0 1"}, None, "error", None),
+        ("compressed flag, raw data", {"CompressedData": "True"}, None, "error", None),
+        ("zlib stream cut in half", {"CompressedData": "True"}, zl[: len(zl) // 2], "error", None),
+        ("CompressedDataSize wrong", {"CompressedData": "True", "CompressedDataSize": "5"}, zl, "error", None),
+        ("CompressedDataSize 10^15", {"CompressedData": "True", "CompressedDataSize": str(10**15)}, zl, "error",
+         None),
+        ("zlib: DimSize claims 2048^3 bytes, 64 MiB present", {"CompressedData": "True", "ElementType": "MET_UCHAR",
+                                                               "DimSize": "2048 2048 2048"}, bomb_meta, "error", None),
+        ("zlib bomb: 64 MiB of zeros for 240 bytes", {"CompressedData": "True"}, bomb_meta, "either", right),
+        ("raw data 2 bytes short", {}, _NV.tobytes()[:-2], "error", None),
+        ("raw data empty", {}, b"", "error", None),
+        ("HeaderSize -1 (data at the end)", {"HeaderSize": "-1"}, None, "either", right),
+        ("HeaderSize 10^12", {"HeaderSize": str(10**12)}, None, "either", right),
+        ("HeaderSize -5", {"HeaderSize": "-5"}, None, "error", None),
+        ("BinaryData False, text values", {"BinaryData": "False"}, " ".join(str(v) for v in _NV.ravel()).encode(),
+         "either", right),
+        ("ElementDataFile /etc/hostname", {"ElementDataFile": "/etc/hostname"}, b"", "error", None),
+        ("ElementDataFile ../../../../etc/hostname", {"ElementDataFile": "../../../../etc/hostname"}, b"", "error",
+         None),
+        ("ElementDataFile missing", {"ElementDataFile": "missing.raw"}, b"", "error", None),
+        ("ElementDataFile LIST", {"ElementDataFile": "LIST"}, b"", "error", None),
+        ("ElementDataFile pattern %d 1 10^9 1", {"ElementDataFile": "slice%03d.raw 1 1000000000 1"}, b"", "error",
+         None),
+        ("ObjectType Transform", {"ObjectType": "Transform"}, None, "error", None),
+        ("no ElementDataFile", {"ElementDataFile": None}, None, "error", None),
+    ]
+    for name, changes, data, expect, check in meta:
+        text = meta_text(changes, data)
+        detached = changes.get("ElementDataFile", "LOCAL") not in (None, "LOCAL")
+        suffix = ".mhd" if detached else ".mha"
+        cases.append(Case("nrrd_metaimage", f"MetaImage: {name}", write("img" + suffix, text), read_path, expect,
+                          check))
+    for label, data, suffix in (("NRRD", nrrd_text(), ".nrrd"), ("MetaImage", meta_text(), ".mha")):
+        head = data.index(b"\n\n") + 2 if label == "NRRD" else len(data) - _NV.nbytes
+        for n in range(flips // 2):
+            cases.append(Case("nrrd_metaimage", f"{label}: header bit flips #{n}",
+                              write("f" + suffix, bit_flips(data[:head], rng) + data[head:]), read_path, "either",
+                              lambda img: sane_image(img, _NV.size)))
+        for n in range(flips // 4):
+            cases.append(Case("nrrd_metaimage", f"{label}: header byte values #{n}",
+                              write("f" + suffix, byte_values(data[:head], rng) + data[head:]), read_path, "either",
+                              lambda img: sane_image(img, _NV.size)))
+        for cut in truncations(data, 10, rng):
+            cases.append(Case("nrrd_metaimage", f"{label}: truncated at {cut}/{len(data)}", write("t" + suffix,
+                              data[:cut]), read_path, "error"))
+    return cases
+
+
+# ============================================================================ geometry: images and transforms
+def geometry_cases() -> list[Case]:
+    x = (np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6))
+    nan, inf = float("nan"), float("inf")
+
+    def image(**kw):
+        return lambda d: kw
+
+    def make(kw):
+        return mk.Image(x, **kw)
+
+    cases = []
+    for name, kw in [("spacing nan", {"spacing": (nan, 1, 1)}), ("spacing 0", {"spacing": (0, 1, 1)}),
+                     ("spacing -1", {"spacing": (-1, 1, 1)}), ("spacing inf", {"spacing": (inf, 1, 1)}),
+                     ("spacing 2 values", {"spacing": (1, 1)}), ("origin nan", {"origin": (nan, 0, 0)}),
+                     ("origin inf", {"origin": (inf, 0, 0)}), ("direction singular", {"direction": np.zeros((3, 3))}),
+                     ("direction nan", {"direction": np.full((3, 3), nan)}),
+                     ("direction not orthonormal", {"direction": np.array([[1, 0.5, 0], [0, 1, 0], [0, 0, 1.0]])}),
+                     ("direction 2x2 for 3D", {"direction": np.eye(2)})]:
+        cases.append(Case("geometry", f"Image(): {name}", image(**kw), make, "error", errors=ARG_ERRORS))
+    ref = lambda: mk.Image(np.zeros((4, 5, 6), np.float32))  # noqa: E731
+    src = lambda: mk.Image(x)  # noqa: E731
+    affines = {
+        "nan matrix": np.full((4, 4), nan), "inf translation": np.array([[1, 0, 0, inf], [0, 1, 0, 0],
+                                                                          [0, 0, 1, 0], [0, 0, 0, 1.0]]),
+        "singular": np.diag([0.0, 1, 1, 1]), "1e300 scale": np.diag([1e300, 1e300, 1e300, 1.0]),
+        "bottom row not 0 0 0 1": np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [1, 1, 1, 1.0]]),
+        "3x3": np.eye(3), "5x5": np.eye(5),
+    }
+    for name, m in affines.items():
+        expect = {"singular": "either", "1e300 scale": "either", "3x3": "either"}.get(name, "error")
+
+        def build(d, m=m):
+            return m
+
+        cases.append(Case("geometry", f"mk.Affine: {name}", build, mk.Affine, expect,
+                          lambda a: None if np.all(np.isfinite(a.matrix)) else "non-finite matrix", errors=ARG_ERRORS))
+        cases.append(Case("geometry", f"resample_to with an Affine: {name}", build,
+                          lambda m: mk.resample_to(src(), ref(), transform=mk.Affine(m)), expect, finite_image,
+                          errors=ARG_ERRORS))
+        cases.append(Case("geometry", f"warp with an Affine: {name}", build,
+                          lambda m: mk.warp(src(), mk.Affine(m), reference=ref()), expect, finite_image,
+                          errors=ARG_ERRORS))
+    cases.append(Case("geometry", "Affine.inverse of a singular matrix", lambda d: np.diag([0.0, 1, 1, 1]),
+                      lambda m: mk.Affine(m).inverse(), "error", errors=ARG_ERRORS + (np.linalg.LinAlgError,)))
+    for name, fill in (("NaN", nan), ("inf", inf), ("1e300", 1e300)):
+        def field(d, fill=fill):
+            v = np.zeros((4, 5, 6, 3), np.float32)
+            v[1, 2, 3] = fill
+            return v
+        cases.append(Case("geometry", f"DisplacementField with a {name} vector", field,
+                          lambda v: mk.warp(src(), mk.DisplacementField(mk.Image(v, vector=True)), reference=ref()),
+                          "either", finite_image, errors=ARG_ERRORS))
+    cases.append(Case("geometry", "resample_to a 10^12-voxel reference", lambda d: None,
+                      lambda _: mk.resample_to(src(), mk.Image(np.zeros((1, 1, 1), np.float32),
+                                                                spacing=(1e-4, 1e-4, 1e-4)).with_array(
+                          np.zeros((1, 1, 1), np.float32))), "either", finite_image, errors=ARG_ERRORS))
+    cases.append(Case("geometry", "map_coordinates 10^9 points of NaN", lambda d: None,
+                      lambda _: mk.map_coordinates(x, np.full((3, 10**9), nan, np.float32)), "error",
+                      errors=ARG_ERRORS + (MemoryError,)))
+    for name, roi in (("roi_size 0", (0, 4, 4)), ("roi_size -4", (-4, 4, 4)), ("roi_size 10^9", (10**9,) * 3),
+                      ("roi_size 2 values", (4, 4)), ("roi_size nan", (nan, 4, 4))):
+        cases.append(Case("geometry", f"sliding_window: {name}", lambda d, roi=roi: roi,
+                          lambda roi: mk.sliding_window(x[None, None], lambda b: b, roi),
+                          "error", errors=ARG_ERRORS))
+    for name, ov in (("overlap 1.0", 1.0), ("overlap -0.5", -0.5), ("overlap nan", nan)):
+        cases.append(Case("geometry", f"sliding_window: {name}", lambda d, ov=ov: ov,
+                          lambda ov: mk.sliding_window(x[None, None], lambda b: b, (2, 2, 2), overlap=ov),
+                          "error", errors=ARG_ERRORS))
+    cases.append(Case("geometry", "sliding_window: fn returns NaN", lambda d: None,
+                      lambda _: mk.sliding_window(x[None, None], lambda b: b * np.nan, (2, 2, 2)), "either",
+                      lambda r: None, errors=ARG_ERRORS))
+    cases.append(Case("geometry", "sliding_window: fn returns a smaller patch", lambda d: None,
+                      lambda _: mk.sliding_window(x[None, None], lambda b: b[..., :1, :1, :1], (2, 2, 2)), "error",
+                      errors=ARG_ERRORS))
+    return cases
+
+
 # ============================================================================ runner
 def all_cases(seed: int, flips: int) -> list[Case]:
     rng = random.Random(seed)
     return (dicom_file_cases(rng, flips) + rt_dose_cases() + enhanced_cases() + folder_cases(rng, flips)
             + rtstruct_cases(rng, flips) + nifti_cases(rng, flips) + transform_cases(rng, flips)
-            + onnx_cases(rng, flips) + kernel_cases())
+            + onnx_cases(rng, flips) + kernel_cases() + nrrd_meta_cases(rng, flips) + geometry_cases())
 
 
 def _outcome(case: Case, work: Path) -> dict:
