@@ -437,6 +437,7 @@ class _Inflater:
         self.z = zlib.decompressobj(-zlib.MAX_WBITS)
         self.data = bytearray()
         self.done = False
+        self.stopped_at = -1  # where the header parse stopped
 
     def _more(self, room: int) -> bytes:
         """Up to ``room`` more inflated bytes (b"" at the end of the stream)."""
@@ -494,7 +495,7 @@ def _read_deflated(fp: Any, start: int, stop_before_pixels: bool, limit: int) ->
         buf.is_little_endian, buf.is_implicit_VR = True, False
         try:
             ds = read_dataset(buf, False, True,
-                              stop_when=(lambda tag, vr, length: tag in _PIXEL_TAGS) if stop_before_pixels else None)
+                              stop_when=_stop_at_pixels if stop_before_pixels else None)
         except Exception:
             if ended or step >= limit:
                 raise
@@ -502,7 +503,7 @@ def _read_deflated(fp: Any, start: int, stop_before_pixels: bool, limit: int) ->
         if not stop_before_pixels:
             return ds, -1, inflater
         if ds is not None:
-            at = buf.tell()
+            at = inflater.stopped_at = buf.tell()
             if at + 12 <= len(data) and _peek_pixel_tag(buf, at) is not None:
                 return ds, at, inflater
             if ended:
@@ -653,6 +654,26 @@ def _last_element_end(ds: Any) -> int | None:
     return tell + length
 
 
+def _stop_at_pixels(tag: int, vr: Any, length: int) -> bool:
+    """Where the header pass stops reading a data set: at its pixel data, or at an element of
+    tag (0000,0000), which is never in a stored data set and is what a run of zero bytes reads
+    as (pydicom would walk a zero-filled gigabyte 8 bytes at a time)."""
+    return tag in _PIXEL_TAGS or tag == 0
+
+
+def _zero_run(src: Any, at: int) -> int | None:
+    """``at`` when the data at offset ``at`` of ``src`` (a file or bytes) starts with 8 zero
+    bytes, else None."""
+    if at < 0:
+        return None
+    if isinstance(src, (bytes, bytearray)):
+        head = bytes(src[at:at + 8])
+    else:
+        src.seek(at)
+        head = src.read(8)
+    return at if len(head) == 8 and head == b"\x00" * 8 else None
+
+
 def _read_header(path: Path) -> tuple[_File, list[_Frame]] | None:
     """Header of one file: None when it is not a DICOM image; raises _Unreadable when it is (or
     claims to be) one that cannot be read. No other exception leaves it: a scan goes on."""
@@ -682,7 +703,6 @@ def _read_header(path: Path) -> tuple[_File, list[_Frame]] | None:
 
 
 def _parse_header(path: Path) -> tuple[_File, list[_Frame]] | None:
-    import pydicom
     from pydicom.errors import InvalidDicomError
 
     with _open_regular(path) as fp, warnings.catch_warnings():
@@ -697,8 +717,10 @@ def _parse_header(path: Path) -> tuple[_File, list[_Frame]] | None:
             ds, at, inflater = _read_deflated(fp, start, True, _MAX_INFLATED_HEADER)
             implicit, little, ts = False, True, _DEFLATED
         else:
+            from pydicom.filereader import read_partial
+
             try:
-                ds = pydicom.dcmread(fp, stop_before_pixels=True)
+                ds = read_partial(fp, stop_when=_stop_at_pixels)
             except InvalidDicomError:
                 # No Part 10 preamble: still a DICOM data set when it starts with a group 0008
                 # element (files written without meta information, as GDCM and DCMTK accept).
@@ -706,8 +728,8 @@ def _parse_header(path: Path) -> tuple[_File, list[_Frame]] | None:
                 if fp.read(2) != b"\x08\x00":
                     raise
                 fp.seek(0)
-                ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
-            at = fp.tell()
+                ds = read_partial(fp, stop_when=_stop_at_pixels, force=True)
+            at = stopped_at = fp.tell()
             meta = getattr(ds, "file_meta", None)
             ts = _Attrs(meta).text(0x00020010) if meta is not None else ""
             # The encoding pydicom found when it read the data set (it detects a transfer syntax
@@ -725,6 +747,14 @@ def _parse_header(path: Path) -> tuple[_File, list[_Frame]] | None:
         a = _Attrs(ds, little_endian=little)
         rows, cols = a.us(0x00280010), a.us(0x00280011)
         if pixel_tag is None:
+            zeros = _zero_run(inflater.data, inflater.stopped_at) if inflater is not None else _zero_run(fp, stopped_at)
+            if zeros is not None:
+                # A zero-filled tail (a copy that was never completed, preallocated space): the
+                # parser stopped at the first all-zero element instead of walking 8 bytes at a time.
+                if not (inflater is not None or _looks_like_dicom(path)):
+                    return None
+                raise _Unreadable(f"zero bytes in place of the data set from byte {zeros} on, before any Pixel Data "
+                                  "(a file not completely written?)")
             if len(ds) == 0 and has_preamble(path):
                 # A Part 10 file whose data set is missing: cut off after the meta header.
                 raise _Unreadable("truncated: no data set after the file meta information")
