@@ -1113,6 +1113,26 @@ def nifti_cases(rng: random.Random, flips: int) -> list[Case]:
                                 ("dim[0] 0", [(16, "q", 0)], "either")]:
         cases.append(Case("nifti", f"NIfTI-2: {name}", write("v2.nii", _nifti_patch(v2, patch)), read_path, expect,
                           sane_image))
+    # header extensions: the 4 bytes after the header flag them; each is (esize, ecode, data)
+    import struct as _struct
+
+    def with_extension(esize: int, ecode: int = 6, payload: bytes = b"", vox: float | None = None) -> bytes:
+        ext = _struct.pack("<ii", esize, ecode) + payload
+        offset = 352 + len(ext)
+        offset += (-offset) % 16
+        head = _nifti_patch(base[:348], [(VOX, "f", float(offset) if vox is None else vox)])
+        body = head + b"\x01\0\0\0" + ext
+        return body + b"\0" * (offset - len(body)) + base[352:]
+
+    for name, data, expect, check in [
+        ("extension (control)", with_extension(16, 6, b"comment\0"), "value", right),
+        ("extension esize 0", with_extension(0), "either", right),
+        ("extension esize -16", with_extension(-16), "either", right),
+        ("extension esize 2^31-1", with_extension(2**31 - 1), "either", right),
+        ("extension esize 17 (not a multiple of 16)", with_extension(17, 6, b"y" * 9), "either", right),
+        ("extension flag without an extension", base[:348] + b"\x01\0\0\0" + base[352:], "either", right),
+    ]:
+        cases.append(Case("nifti", f".nii: {name}", write("e.nii", data), read_path, expect, check))
     four = S.nifti_bytes(data=np.stack([S.nifti_data() + 1000 * t for t in range(3)], axis=-1))
     vol1 = image_equals((S.nifti_data() + 1000).transpose(2, 1, 0))
     cases.append(Case("nifti", "4D without volume=", write("4d.nii", four), read_path, "error"))
@@ -1244,6 +1264,7 @@ def transform_cases(rng: random.Random, flips: int) -> list[Case]:
                       .replace(b"#Transform 0", b"#Transform 2")),
     }
     cases = []
+    valid["affine, CRLF line endings"] = txt().replace(b"\n", b"\r\n")
     for name, data in valid.items():
         cases.append(Case("transforms", f"ITK text: {name} (vs SimpleITK)", write("t.tfm", data), mk.Affine.read,
                           "value", _expected_points(_sitk_map(data, ".tfm"))))
@@ -1261,6 +1282,8 @@ def transform_cases(rng: random.Random, flips: int) -> list[Case]:
         ("inf parameter", txt(params=np.where(np.arange(12) == 10, inf, p12)), "error"),
         ("nan fixed parameter", txt(fixed=np.array([nan, 0, 0])), "error"),
         ("parameters not numbers", txt().replace(b"Parameters: 1.1", b"Parameters: abc"), "error"),
+        ("parameter 1e999 (inf once parsed)", txt().replace(b"Parameters: 1.1", b"Parameters: 1e999"), "error"),
+        ("NUL bytes in the parameters", txt().replace(b"Parameters: 1.1", b"Parameters: 1.1\0\0"), "error"),
         ("no header line", txt().split(b"\n", 1)[1], "error"),
         ("header only", b"#Insight Transform File V1.0\n", "error"),
         ("no FixedParameters line", txt().rsplit(b"FixedParameters", 1)[0], "error"),
