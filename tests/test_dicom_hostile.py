@@ -703,3 +703,21 @@ def test_zero_filled_tail_is_unreadable_and_fast(helpers, tmp_path):
     first, second = out.splitlines()
     assert paths[3].name in first and "zero bytes in place of the data set" in first
     assert second == f"{paths[3].name} (3, 6, 5)"
+
+
+def test_a_file_that_cannot_be_opened_is_reported(helpers, tmp_path, monkeypatch):
+    paths, stored = ct_series(helpers, tmp_path, n=3)
+    locked = tmp_path / "locked"  # no .dcm suffix: before, an unopenable file was skipped silently
+    shutil.copy(paths[0], locked)
+    real = os.open
+
+    def open_(path, flags, *args, **kwargs):
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+    (s,) = mk.list_dicom_series(tmp_path)
+    assert s.unreadable == ((locked, "cannot be read (PermissionError: Permission denied)"),)
+    with pytest.raises(mk.DicomError, match=r"unreadable files: .*locked \(cannot be read"):
+        s.read()

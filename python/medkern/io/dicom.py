@@ -739,6 +739,10 @@ def _parse_header(path: Path) -> tuple[_File, list[_Frame]] | None:
                 implicit, little = ts == "1.2.840.10008.1.2", ts != "1.2.840.10008.1.2.2"
             if not ts:
                 ts = "1.2.840.10008.1.2" if implicit else ("1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2")
+            if ts == _DEFLATED:
+                # pydicom found a deflated data set that the meta walk above did not (a meta header
+                # not in explicit VR little endian): offsets would not be file offsets.
+                raise _Unreadable("deflated data set after a non-conformant file meta information")
             at = at if at < size and _peek_pixel_tag(fp, at) is not None else -1
         pixel_tag = None
         if at >= 0:
