@@ -457,3 +457,26 @@ def test_memory_layouts_give_the_c_order_result(img, name, layout):
         assert [r.intensity_mean for r in out] == [r.intensity_mean for r in ref]
     else:
         np.testing.assert_array_equal(np.asarray(out), np.asarray(ref))
+
+
+def test_clahe_kernel_saturates_caller_extremes_and_clip_limit():
+    # Extremes outside an integer image's type, and a clip limit beyond int range, were converted
+    # to integers unchecked.
+    assert_isolated_ok("""
+        from medkern import _core
+        x = (np.random.default_rng(6).random((1, 8, 9)) * 200).astype(np.uint8)
+        for lo, hi in ((np.nan, np.nan), (-1e300, 1e300), (0.0, 1e12)):
+            assert _core.clahe_skimage(x, [1, 4, 4], lo, hi, False, 256, 4, 2).shape == x.shape
+        ref = _core.clahe_opencv(x, 2, 2, 0.0, 2)
+        np.testing.assert_array_equal(_core.clahe_opencv(x, 2, 2, 1e300, 2), ref)
+        print("OK")
+    """)
+
+
+def test_opencv_clahe_huge_clip_limit_is_no_clipping():
+    pytest.importorskip("cv2")
+    import cv2
+
+    x = (np.random.default_rng(7).random((32, 40)) * 255).astype(np.uint8)
+    ref = cv2.createCLAHE(clipLimit=0.0, tileGridSize=(4, 4)).apply(x)
+    np.testing.assert_array_equal(mk.clahe(x, method="opencv", clip_limit=1e300, tile_grid=(4, 4)), ref)

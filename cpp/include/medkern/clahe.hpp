@@ -83,8 +83,19 @@ struct ClaheLevels {
 template <class T>
 void clahe_bin_image(const T* x, std::uint16_t* bins, index_t n, double x_min, double x_max,
                      bool unit_float, int bin_size, int n_threads) {
-  const ClaheLevels level(clahe_prequantise(static_cast<T>(x_min), unit_float),
-                          clahe_prequantise(static_cast<T>(x_max), unit_float), bin_size);
+  // The extremes come from the caller as doubles: saturated to T's range before the conversion
+  // (undefined for an integer T otherwise, e.g. NaN or a value past the type).
+  auto to_t = [](double v) -> T {
+    if constexpr (std::is_integral_v<T>) {
+      constexpr double lo_t = static_cast<double>(std::numeric_limits<T>::lowest());
+      constexpr double hi_t = static_cast<double>(std::numeric_limits<T>::max());
+      return static_cast<T>(v >= lo_t ? (v <= hi_t ? v : hi_t) : lo_t);
+    } else {
+      return static_cast<T>(v);
+    }
+  };
+  const ClaheLevels level(clahe_prequantise(to_t(x_min), unit_float), clahe_prequantise(to_t(x_max), unit_float),
+                          bin_size);
   constexpr bool small_int = std::is_integral_v<T> && sizeof(T) <= 2;
   if (small_int || (std::is_floating_point_v<T> && unit_float)) {
     // Table over the 16-bit levels lo .. hi (the raw value, or rint(x * 65535)). The extremes
@@ -392,7 +403,9 @@ void clahe_opencv_slice(const T* src, T* dst, index_t rows, index_t cols, index_
   const int tile_total = static_cast<int>(tile_h * tile_w);
   int clip = 0;
   if (clip_limit > 0.0)
-    clip = std::max(static_cast<int>(clip_limit * tile_total / static_cast<double>(hist_size)), 1);
+    clip = std::max(static_cast<int>(std::min(clip_limit * tile_total / static_cast<double>(hist_size),
+                                              static_cast<double>(std::numeric_limits<int>::max()))),
+                    1);  // a huge clip limit (no clipping) saturates instead of overflowing int
   const float lut_scale = static_cast<float>(hist_size - 1) / static_cast<float>(tile_total);
 
   std::vector<index_t> row_src(static_cast<std::size_t>(ext_rows)), col_src(static_cast<std::size_t>(ext_cols));

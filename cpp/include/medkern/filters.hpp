@@ -99,9 +99,11 @@ MEDKERN_ALWAYS_INLINE vf8 sqrt8(vf8 x) {
 }
 
 // exp(x) for x <= 0 in float on eight lanes: Cody-Waite range reduction x = n ln2 + r and the
-// Cephes expf minimax polynomial, relative error < 2 ulp; x below -87 gives exp(-87).
+// Cephes expf minimax polynomial, relative error < 2 ulp; x below -87 gives exp(-87). NaN is
+// taken as -87 and x > 0 as 0 before n is converted to an integer (undefined for them otherwise).
 MEDKERN_ALWAYS_INLINE vf8 exp_neg8(vf8 x) {
-  x = select8(x < -87.0f, vf8{} - 87.0f, x);
+  x = select8(x >= -87.0f, x, vf8{} - 87.0f);
+  x = select8(x <= 0.0f, x, vf8{});
   // n = round(x / ln2): truncation toward zero of x / ln2 - 0.5 rounds to nearest as x <= 0.
   const vi8 n = __builtin_convertvector(x * 1.44269504088896341f - 0.5f, vi8);
   const vf8 nf = __builtin_convertvector(n, vf8);

@@ -51,6 +51,9 @@ def _sample(x, code, c, fill):
     inside = cupy.ones(c.shape[1], dtype=bool)
     for a in range(3):
         inside &= (c[a] >= -0.5) & (c[a] < n[a] - 0.5)
+    # Points outside get fill: their coordinates (possibly NaN or huge) are replaced before any
+    # conversion to an index, as resample.hpp only converts points inside.
+    c = cupy.where(inside[None, :], c, 0.0)
     if code == 0:
         i = [cupy.clip(cupy.floor(c[a] + 0.5).astype(cupy.int64), 0, n[a] - 1) for a in range(3)]
         v = x[i[0], i[1], i[2]]

@@ -269,7 +269,8 @@ def _opencv_slice(src, dst, tiles_y, tiles_x, clip_limit, hist_size):
     total = tile_h * tile_w
     clip = 0
     if clip_limit > 0.0:
-        clip = max(np.int64(clip_limit * total / hist_size), 1)
+        # saturated at int32 before the conversion, as clahe.hpp (a huge limit: no clipping)
+        clip = max(np.int64(min(clip_limit * total / hist_size, 2147483647.0)), 1)
     lut_scale = np.float32(hist_size - 1) / np.float32(total)
     max_level = np.float32(hist_size - 1)
     lut = np.empty((tiles_y * tiles_x, hist_size), dtype=np.float32)
