@@ -228,15 +228,25 @@ def test_fill_polygons_kernel_rejects_non_finite_and_huge_vertices():
     # must be refused, not cast to out-of-range indices. Run isolated: a bad cast writes wild.
     done = run_isolated("""
         import numpy as np
+        from medkern import _core
         from medkern.io.rtstruct import fill_polygons
         for bad in (np.nan, np.inf, 1e300):
             xy = np.array([[1.0, 1.0], [bad, 1.0], [3.0, 3.0]])
-            try:
-                fill_polygons(xy, np.array([0, 3]), np.array([0]), (1, 5, 5), backend="cpp")
-            except ValueError as exc:
-                assert "xy" in str(exc), exc
-            else:
-                raise SystemExit(f"accepted {bad}")
+            for call in (lambda: fill_polygons(xy, np.array([0, 3]), np.array([0]), (1, 5, 5), backend="cpp"),
+                         lambda: fill_polygons(xy, np.array([0, 3]), np.array([0]), (1, 5, 5), backend="numba"),
+                         lambda: _core.fill_polygons(xy, np.array([0, 3]), np.array([0]), 1, 5, 5, 1)):
+                try:
+                    call()
+                except ValueError as exc:
+                    assert "xy" in str(exc), exc
+                else:
+                    raise SystemExit(f"accepted {bad}")
+        try:
+            fill_polygons(np.zeros((3, 2)), np.array([0, 9]), np.array([0]), (1, 5, 5), backend="numba")
+        except ValueError as exc:
+            assert "start" in str(exc), exc
+        else:
+            raise SystemExit("accepted offsets past the end of xy")
         print("ok")
     """)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr

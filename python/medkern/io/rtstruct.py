@@ -39,7 +39,32 @@ def _cpp_fill(xy, start, slice_of, shape):
     return _core.fill_polygons(xy, start, slice_of, *shape, get_num_threads())
 
 
-fill_polygons = Kernel("fill_polygons", cpp=_cpp_fill, numba="medkern._numba.polygon:fill_polygons")
+_fill_kernel = Kernel("fill_polygons", cpp=_cpp_fill, numba="medkern._numba.polygon:fill_polygons")
+# Vertex indices beyond this convert to integers inexactly (and far beyond any grid).
+_MAX_VERTEX_INDEX = 1e15
+
+
+def fill_polygons(xy: Any, start: Any, slice_of: Any, shape: Sequence[int], backend: str = "auto") -> np.ndarray:
+    """Even-odd fill of closed polygons into a ``shape`` uint8 mask (see the module docstring).
+
+    ``xy``: (n_vertices, 2) continuous (i, j) voxel indices; polygon ``p`` is ``xy[start[p]:start[p + 1]]``
+    on slice ``slice_of[p]`` (slices off the grid are ignored). Vertices must be finite with
+    magnitude <= 1e15 and ``start`` non-decreasing offsets into ``xy`` (ValueError otherwise): every
+    backend then stays within the mask.
+    """
+    pts = np.asarray(xy, dtype=np.float64)
+    offsets = np.asarray(start, dtype=np.int64).ravel()
+    slices = np.asarray(slice_of, dtype=np.int64).ravel()
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise ValueError(f"fill_polygons: xy must have shape (n_vertices, 2), got {pts.shape}")
+    if pts.size and not np.all(np.abs(pts) <= _MAX_VERTEX_INDEX):
+        raise ValueError(f"fill_polygons: xy must hold finite vertex indices of magnitude <= {_MAX_VERTEX_INDEX:g}")
+    if offsets.size != slices.size + 1 or (offsets.size and (offsets[0] < 0 or offsets[-1] > len(pts)
+                                                             or np.any(np.diff(offsets) < 0))):
+        raise ValueError("fill_polygons: start must be non-decreasing offsets into xy, one more than slice_of")
+    if len(shape) != 3 or any(int(n) < 0 for n in shape):
+        raise ValueError(f"fill_polygons: shape must be 3 non-negative sizes, got {tuple(shape)}")
+    return _fill_kernel(pts, offsets, slices, tuple(int(n) for n in shape), backend=backend)
 
 
 def reference_series(reference: Any) -> Any:
