@@ -30,7 +30,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import shutil
 import stat
 import tempfile
@@ -125,12 +124,15 @@ def _error(status: int, code: str, detail: str, headers: dict[str, str] | None =
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
 
+_SAVED_NAMES = ("upload.nii.gz", "upload.nii", "upload.zip", "upload.dcm", "upload.bin", "study")
+
+
 def _clean(message: str, workdir: Path | None, upload_name: str) -> str:
     """A library message with the server's temporary paths replaced by the upload's name."""
     if workdir is not None:
         for prefix in {str(workdir.resolve()), str(workdir)}:
-            message = re.sub(re.escape(prefix + os.sep) + r"(upload(\.[a-z.]+)?|study)\b", lambda _: upload_name,
-                             message)
+            for saved in _SAVED_NAMES:
+                message = message.replace(prefix + os.sep + saved, upload_name)
             message = message.replace(prefix + os.sep, "").replace(prefix, upload_name)
     return message.strip() or "no detail"
 
@@ -418,16 +420,27 @@ def _check_for_model(img: mk.Image, model: mk.Model, settings: Settings, name: s
     _check_grid(img.shape, img.spacing, [model], settings, name)
 
 
-def _check_dicom_folder(folder: Path, models: list[mk.Model], settings: Settings, name: str) -> None:
-    """Header-only checks of every series in a folder before any pixel data is read."""
+def _check_dicom_folder(folder: Path, models: list[mk.Model], settings: Settings, name: str,
+                        by_modality: bool = False) -> None:
+    """Header-only checks of the series in a folder, before any pixel data is read: every series,
+    or with ``by_modality`` those that one of ``models`` reads (the others stay unread)."""
+    from medkern.analysis.study import dicom_modality
+
     for series in mk.list_dicom_series(folder):
+        modality = getattr(series, "modality", None)
+        readers = models
+        if by_modality and modality:
+            readers = [m for m in models
+                       if dicom_modality(m.metadata["input"]["modalities"][0]) == dicom_modality(modality)]
+            if not readers:
+                continue
         where = f"{name} (series {series.key})"
         source = getattr(series, "spacing_source", "")
         if "assumed" in source:
             # the reader falls back to 1 mm: every volume in mm3 and the model's resampling would be wrong
             raise ServiceError(422, "implausible_geometry", f"{where}: the files carry no usable PixelSpacing "
                                                             f"({source}); the model needs the real voxel size")
-        _check_grid(tuple(series.shape), series.spacing, models, settings, where)
+        _check_grid(tuple(series.shape), series.spacing, readers, settings, where)
 
 
 def _label_names(meta: dict[str, Any]) -> dict[int, str]:
@@ -566,7 +579,7 @@ class Service:
                 _check_for_model(img, nets, self.settings, name)
                 study_arg: Any = img
             elif study.is_dir():
-                _check_dicom_folder(study, candidates, self.settings, name)
+                _check_dicom_folder(study, candidates, self.settings, name, by_modality=True)
                 study_arg = study
             else:  # one DICOM file
                 study_arg = study

@@ -377,8 +377,14 @@ def run(clients: int, requests: int, good_share: float, warmup_rounds: int, seed
             health = server.wait_ready(c)
             rss_start = server.rss()
             warm = [send(c, base, case) for _ in range(warmup_rounds) for case in cases]
-        # a concurrent round too, so that every worker thread and allocator arena is in use
+        # then concurrent: every case once per client, and a mixed plan a quarter the size of the
+        # measured one, so that worker threads, ONNX Runtime's arena and the allocator's per-thread
+        # arenas reach their steady state before the memory baseline is taken
         warm += _concurrent(base, [case for case in cases for _ in range(clients)], clients)[0]
+        warm_rnd = random.Random(seed + 1)
+        warm_plan = [warm_rnd.choice(good) if warm_rnd.random() < good_share else warm_rnd.choice(bad)
+                     for _ in range(max(100, requests // 4))]
+        warm += _concurrent(base, warm_plan, clients)[0]
         time.sleep(0.5)
         rss_warm = server.rss()
         samples: list[int] = []
@@ -427,6 +433,9 @@ def run(clients: int, requests: int, good_share: float, warmup_rounds: int, seed
         "warmup_failed": sum(not r.ok for r in warm), "warmup_n": len(warm),
         "rss_start": rss_start, "rss_warm": rss_warm, "rss_end": rss_end,
         "rss_peak": max(samples + [rss_end]), "rss_growth_pct": 100.0 * (rss_end - rss_warm) / rss_warm,
+        # the trend through the run: RSS at each quarter of it (a leak keeps climbing, an allocator settles)
+        "rss_quarters": [samples[min(len(samples) - 1, int(q * len(samples)))] for q in (0.25, 0.5, 0.75)]
+        if samples else [],
         "server_alive": alive, "leftover_tmp": leftovers,
         "server_errors": log_text.count("Traceback"), "health": health, "health_end": health_end,
         "failures": [(r.case.name, r.status, r.note) for r in results + warm if not r.ok][:20],
@@ -500,7 +509,8 @@ def markdown(res: dict[str, Any], command: str) -> str:
         f"{round(res['good_share'] * 100)} % good (small generated CT and T1 volumes: `/predict` as NIfTI or "
         "JSON from .nii, .nii.gz and a zipped DICOM series, and `/analyze` on a zipped study), the rest bad "
         "(table below). Warm-up before measuring: "
-        f"{res['warmup_n']} requests (every case, sequential and then concurrent).",
+        f"{res['warmup_n']} requests (every case twice in sequence, every case once per client concurrently, "
+        "then a mixed plan a quarter the size of the measured one).",
         "",
         "| figure | value |",
         "|---|---|",
@@ -514,6 +524,8 @@ def markdown(res: dict[str, Any], command: str) -> str:
         f"| server RSS: start / after warm-up / end (peak) | {res['rss_start'] * mb:.0f} / {res['rss_warm'] * mb:.1f} "
         f"/ {res['rss_end'] * mb:.1f} MiB ({res['rss_peak'] * mb:.1f}) |",
         f"| RSS growth after warm-up (limit 5 %) | **{res['rss_growth_pct']:+.2f} %** |",
+        "| RSS at 25 / 50 / 75 % of the run | " + " / ".join(f"{v * mb:.1f}" for v in res["rss_quarters"])
+        + " MiB |",
         f"| server alive at the end, tracebacks in its log | {res['server_alive']}, {res['server_errors']} |",
         f"| files left in the server's temporary folder | {len(res['leftover_tmp'])} |",
         f"| verdict | {'PASS' if passed(res) else 'FAIL'} |",
