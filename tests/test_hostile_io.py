@@ -740,3 +740,37 @@ def test_rtstruct_contour_without_type_is_read_as_closed_with_a_warning(helpers,
                                              r"as CLOSED_PLANAR\)"):
         masks = mk.read_rtstruct(rs, grid)
     assert masks["a"].array.sum() == 4
+
+
+def test_rtstruct_truncated_anywhere_is_an_error_or_exact(helpers, tmp_path, grid):
+    # pydicom keeps quietly what a truncated file holds; a structure set cut inside its contours
+    # must not give emptier masks as if they were the ROIs.
+    rs = hostile_rtstruct(helpers, tmp_path / "full.dcm", lambda ds: None)
+    data = rs.read_bytes()
+    expect = {name: mask.array for name, mask in mk.read_rtstruct(rs, grid).items()}
+    cut_path = tmp_path / "cut.dcm"
+    outcomes = set()
+    for cut in range(132, len(data), 3):
+        cut_path.write_bytes(data[:cut])
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                masks = mk.read_rtstruct(cut_path, grid)
+        except mk.DicomError as exc:
+            assert "cut.dcm" in str(exc), exc
+            outcomes.add("error")
+            continue
+        assert masks.keys() == expect.keys(), cut
+        for name in expect:
+            np.testing.assert_array_equal(masks[name].array, expect[name], err_msg=f"cut at {cut}")
+        outcomes.add("exact")
+    assert "error" in outcomes
+
+
+def test_rtstruct_without_roi_contour_sequence(helpers, tmp_path, grid):
+    def edit(ds):
+        del ds.ROIContourSequence
+
+    rs = hostile_rtstruct(helpers, tmp_path / "nocontours.dcm", edit)
+    with pytest.raises(mk.DicomError, match=r"nocontours.dcm: 2 ROI\(s\) but no ROIContourSequence"):
+        mk.read_rtstruct(rs, grid)

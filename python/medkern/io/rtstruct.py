@@ -121,11 +121,13 @@ def read_rtstruct(path: str | os.PathLike, reference: Any, rois: Sequence[str] |
     gives an empty mask, with that warning.
 
     Raises DicomError (naming the file, and the ROI and contour where there is one) when the file is
-    not an RTSTRUCT, refers to another frame of reference, or a contour lies off the reference grid
-    or across its slices; and for a corrupt structure set, where reading on would give a silently
-    wrong mask: two ROIs sharing a ROINumber, contours whose ReferencedROINumber is absent or names
-    no ROI, two contour sets for one ROI, ContourData whose length is not a multiple of 3 or does
-    not match NumberOfContourPoints, non-finite coordinates, an unknown ContourGeometricType.
+    not an RTSTRUCT, is cut short (its element structure is checked: pydicom keeps quietly what a
+    truncated file holds), lacks its ROI Contour Sequence, refers to another frame of reference, or
+    a contour lies off the reference grid or across its slices; and for a corrupt structure set,
+    where reading on would give a silently wrong mask: two ROIs sharing a ROINumber, contours whose
+    ReferencedROINumber is absent or names no ROI, two contour sets for one ROI, ContourData whose
+    length is not a multiple of 3 or does not match NumberOfContourPoints, non-finite coordinates,
+    an unknown ContourGeometricType.
     """
     import pydicom
 
@@ -142,8 +144,16 @@ def read_rtstruct(path: str | os.PathLike, reference: Any, rois: Sequence[str] |
             ds = pydicom.dcmread(p)
     except Exception as exc:  # pydicom raises many types for files that are not DICOM
         raise DicomError(f"{p}: not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
-    if str(ds.get("Modality", "")) != "RTSTRUCT" or "StructureSetROISequence" not in ds:
+    if str(ds.get("Modality", "")) != "RTSTRUCT":
         raise DicomError(f"{p}: not an RT Structure Set (Modality {ds.get('Modality', 'absent')!r})")
+    cut = _truncation(p.read_bytes(), p.name)
+    if cut is not None:
+        raise DicomError(cut)
+    if "StructureSetROISequence" not in ds:
+        raise DicomError(f"{p}: an RT Structure Set without a StructureSetROISequence (corrupt file)")
+    if "ROIContourSequence" not in ds and len(ds.StructureSetROISequence):
+        raise DicomError(f"{p}: {len(ds.StructureSetROISequence)} ROI(s) but no ROIContourSequence (required by "
+                         "the RT ROI Contour module): the file is truncated or corrupt")
 
     notes: list[str] = []
     masks: dict[str, Image] = {}
@@ -169,6 +179,95 @@ def read_rtstruct(path: str | os.PathLike, reference: Any, rois: Sequence[str] |
     for note in notes:
         warnings.warn(note, RTStructWarning, stacklevel=2)
     return masks
+
+
+# Explicit VRs whose length field is 4 bytes (after 2 reserved bytes), PS3.5 7.1.2
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+
+
+def _truncation(data: bytes, source: str) -> str | None:
+    """Where a DICOM Part 10 file (explicit or implicit VR little endian) is cut short, or None.
+
+    pydicom stops quietly at the end of a truncated file, keeping what it read: a structure set
+    cut inside its ROI Contour Sequence would lose ROIs' contours without a word. This walks the
+    element structure: every defined length must fit in the file and every undefined-length
+    sequence or item must be closed by its delimiter. Other transfer syntaxes are not checked."""
+    import struct
+
+    if len(data) < 132 or data[128:132] != b"DICM":
+        return None
+    size = len(data)
+
+    def header(pos: int, explicit: bool) -> tuple[int, bytes | None, int, int]:
+        """(tag, VR, length, position of the value) of the element at ``pos``."""
+        if pos + 8 > size:
+            raise _Cut(pos, "an element header")
+        group, element = struct.unpack_from("<HH", data, pos)
+        tag = (group << 16) | element
+        if tag in (_ITEM, _ITEM_END, _SEQ_END) or not explicit:
+            return tag, None, struct.unpack_from("<I", data, pos + 4)[0], pos + 8
+        vr = data[pos + 4:pos + 6]
+        if vr in _LONG_VRS:
+            if pos + 12 > size:
+                raise _Cut(pos, "an element header")
+            return tag, vr, struct.unpack_from("<I", data, pos + 8)[0], pos + 12
+        return tag, vr, struct.unpack_from("<H", data, pos + 6)[0], pos + 8
+
+    def elements(pos: int, end: int | None, explicit: bool, depth: int, closer: int | None) -> int:
+        """Walk elements from ``pos`` to ``end`` (None: to ``closer``'s delimiter or the file end)."""
+        if depth > 64:
+            raise _Cut(pos, "nesting deeper than 64 levels")
+        while pos < end if end is not None else True:
+            tag, vr, length, value = header(pos, explicit)
+            if closer is not None and tag == closer:
+                return value
+            if length == _UNDEFINED:
+                pos = items(value, explicit, depth + 1)
+                continue
+            if value + length > size:
+                raise _Cut(pos, f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) of {length} bytes")
+            pos = value + length
+        return pos
+
+    def items(pos: int, explicit: bool, depth: int) -> int:
+        """An undefined-length sequence: items until the sequence delimiter."""
+        while True:
+            tag, _, length, value = header(pos, explicit)
+            if tag == _SEQ_END:
+                return value
+            if tag != _ITEM:
+                raise _Cut(pos, "a sequence item (found another tag: corrupt)")
+            if length == _UNDEFINED:
+                pos = elements(value, None, explicit, depth + 1, _ITEM_END)
+            elif value + length > size:
+                raise _Cut(pos, f"a sequence item of {length} bytes")
+            else:
+                pos = value + length
+
+    try:
+        # File meta group (explicit VR little endian), then the data set in its transfer syntax.
+        pos, syntax = 132, b""
+        while pos + 8 <= size and data[pos:pos + 2] == b"\x02\x00":
+            tag, vr, length, value = header(pos, True)
+            if value + length > size:
+                raise _Cut(pos, "the file meta information")
+            if tag == 0x00020010:
+                syntax = data[value:value + length].rstrip(b"\x00 ")
+            pos = value + length
+        if syntax not in (b"1.2.840.10008.1.2", b"1.2.840.10008.1.2.1"):
+            return None
+        elements(pos, size, syntax == b"1.2.840.10008.1.2.1", 0, None)
+    except _Cut as cut:
+        return f"{source}: the file ends inside {cut.what} at byte {cut.pos} (of {size}): truncated or corrupt"
+    return None
+
+
+class _Cut(Exception):
+    def __init__(self, pos: int, what: str) -> None:
+        super().__init__(what)
+        self.pos, self.what = pos, what
 
 
 def _value(item: Any, keyword: str) -> Any:
