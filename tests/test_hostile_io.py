@@ -774,3 +774,28 @@ def test_rtstruct_without_roi_contour_sequence(helpers, tmp_path, grid):
     rs = hostile_rtstruct(helpers, tmp_path / "nocontours.dcm", edit)
     with pytest.raises(mk.DicomError, match=r"nocontours.dcm: 2 ROI\(s\) but no ROIContourSequence"):
         mk.read_rtstruct(rs, grid)
+
+
+@pytest.mark.parametrize("slope, inter", [(3e38, 0.0), (1e37, 3.3e38)])
+def test_nifti_scaling_that_overflows_is_an_error(tmp_path, slope, inter):
+    import nibabel as nib
+
+    nifti = nib.Nifti1Image(np.arange(24, dtype=np.int16).reshape(2, 3, 4) + 5, np.eye(4))
+    raw = bytearray(nifti.to_bytes())
+    struct.pack_into("<ff", raw, 112, slope, inter)
+    (tmp_path / "scl.nii").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"scl.nii: scl_slope .* turn 24 stored value\(s\) into infinity or NaN"):
+        mk.read(tmp_path / "scl.nii")
+    struct.pack_into("<ff", raw, 112, 0.5, -3.0)  # ordinary scaling: exact
+    (tmp_path / "ok.nii").write_bytes(bytes(raw))
+    np.testing.assert_array_equal(mk.read(tmp_path / "ok.nii").array,
+                                  np.transpose(np.arange(24).reshape(2, 3, 4) + 5) * 0.5 - 3.0)
+
+
+def test_itk_versor_longer_than_one_is_refused(tmp_path):
+    p = tmp_path / "versor.tfm"
+    p.write_text("#Insight Transform File V1.0\n#Transform 0\nTransform: VersorRigid3DTransform_double_3_3\n"
+                 "Parameters: 0.9 0.9 0.9 1 2 3\nFixedParameters: 0 0 0\n")
+    with pytest.raises(ValueError, match=r"versor.tfm: VersorRigid3DTransform_double_3_3: versor \[0.9, 0.9, 0.9\] "
+                                         r"has norm 1.55885 > 1"):
+        mk.Affine.read(p)

@@ -302,6 +302,10 @@ def _affine_from_itk(name: str, p: np.ndarray, fixed: np.ndarray) -> Affine:
         else:
             rot = _euler3d(*p[:3])
         return Affine.from_parts(rot, p[3:], center)
+    if kind in ("VersorRigid3DTransform", "Similarity3DTransform") and p.size in (6, 7):
+        norm = float(np.linalg.norm(p[:3]))
+        if norm > 1 + 1e-6:  # the vector part of a unit quaternion (ITK refuses it too)
+            raise ValueError(f"{name}: versor {p[:3].tolist()} has norm {norm:.6g} > 1; not a rotation")
     if kind == "VersorRigid3DTransform" and p.size == 6:
         return Affine.from_parts(_versor_matrix(p[:3]), p[3:], center)
     if kind == "Similarity3DTransform" and p.size == 7:

@@ -62,7 +62,12 @@ def image_from_nibabel(nifti: Any, volume: int | None = None) -> Image:
     slope = getattr(proxy, "slope", 1.0)
     inter = getattr(proxy, "inter", 0.0)
     scaled = not (slope in (None, 1.0) or np.isnan(slope)) or not (inter in (None, 0.0) or np.isnan(inter))
-    data = np.asanyarray(proxy) if not scaled else np.asanyarray(proxy, dtype=np.float32)
+    if scaled:
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by _check_scaling
+            data = np.asanyarray(proxy, dtype=np.float32)
+        _check_scaling(proxy, data, slope, inter)
+    else:
+        data = np.asanyarray(proxy)
     vector = False
     header = nifti.header
     intent = int(header.get("intent_code", 0)) if hasattr(header, "get") else 0
@@ -89,6 +94,24 @@ def image_from_nibabel(nifti: Any, volume: int | None = None) -> Image:
     array = np.ascontiguousarray(np.transpose(data, axes))
     spacing, origin, direction = _geometry_from_affine(nifti.affine, spatial)
     return Image(array, spacing=spacing, origin=origin, direction=direction, vector=vector)
+
+
+def _non_finite(values: np.ndarray) -> int:
+    if values.dtype.kind != "f":
+        return 0
+    with np.errstate(all="ignore"):
+        if np.isfinite(np.sum(values, dtype=np.float64)):
+            return 0
+    return int(np.count_nonzero(~np.isfinite(values)))
+
+
+def _check_scaling(proxy: Any, scaled: np.ndarray, slope: Any, inter: Any) -> None:
+    """scl_slope / scl_inter must not turn stored values into infinity or NaN (a slope of 1e38
+    overflows float32): ValueError, rather than an image of non-finite voxels."""
+    bad = _non_finite(scaled)
+    if bad and bad > _non_finite(np.asanyarray(proxy.get_unscaled())):
+        raise ValueError(f"scl_slope {slope} and scl_inter {inter} turn {bad} stored value(s) into infinity or NaN "
+                         "in float32: the header's scaling is corrupt")
 
 
 def _affine_ras(img: Image) -> np.ndarray:
