@@ -376,7 +376,9 @@ def run(clients: int, requests: int, good_share: float, warmup_rounds: int, seed
         with httpx.Client(timeout=300) as c:
             health = server.wait_ready(c)
             rss_start = server.rss()
+            load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
             warm = [send(c, base, case) for _ in range(warmup_rounds) for case in cases]
+            sequential = warm[len(cases):] if warmup_rounds > 1 else list(warm)  # one request at a time
         # then concurrent: every case once per client, and a mixed plan a quarter the size of the
         # measured one, so that worker threads, ONNX Runtime's arena and the allocator's per-thread
         # arenas reach their steady state before the memory baseline is taken
@@ -407,6 +409,7 @@ def run(clients: int, requests: int, good_share: float, warmup_rounds: int, seed
         with httpx.Client(timeout=30) as c:
             health_end = c.get(base + "/health").json()
         alive = server.proc.poll() is None
+        load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     finally:
         server.stop()
     leftovers = server.leftover_files()
@@ -431,6 +434,10 @@ def run(clients: int, requests: int, good_share: float, warmup_rounds: int, seed
                 "p50_ms": percentiles([r.seconds * 1e3 for r in bad_r])[0],
                 "p99_ms": percentiles([r.seconds * 1e3 for r in bad_r])[1]},
         "warmup_failed": sum(not r.ok for r in warm), "warmup_n": len(warm),
+        # service time without queueing: the second sequential warm-up round, one request at a time
+        "idle_good_p50_ms": percentiles([r.seconds * 1e3 for r in sequential if r.case.good])[0],
+        "idle_bad_p50_ms": percentiles([r.seconds * 1e3 for r in sequential if not r.case.good])[0],
+        "loadavg_start": load_start, "loadavg_end": load_end,
         "rss_start": rss_start, "rss_warm": rss_warm, "rss_end": rss_end,
         "rss_peak": max(samples + [rss_end]), "rss_growth_pct": 100.0 * (rss_end - rss_warm) / rss_warm,
         # the trend through the run: RSS at each quarter of it (a leak keeps climbing, an allocator settles)
@@ -503,14 +510,15 @@ def markdown(res: dict[str, Any], command: str) -> str:
         f"({_cpu()}), shared with other work, Python {platform.python_version()}, medkern {mk.__version__}, "
         f"FastAPI {fastapi.__version__}, uvicorn {uvicorn.__version__}, httpx {httpx.__version__}. "
         f"One uvicorn process on localhost, {h['workers']} worker thread(s) x {h['threads_per_worker']} "
-        "inference thread(s); the clients run on the same cores.",
+        "inference thread(s); the clients run on the same cores. Load average (1 min) of the machine at the "
+        f"start / end: {res['loadavg_start']:.1f} / {res['loadavg_end']:.1f}.",
         "",
         f"Case: {res['clients']} concurrent clients, {res['requests']} requests, about "
         f"{round(res['good_share'] * 100)} % good (small generated CT and T1 volumes: `/predict` as NIfTI or "
         "JSON from .nii, .nii.gz and a zipped DICOM series, and `/analyze` on a zipped study), the rest bad "
         "(table below). Warm-up before measuring: "
         f"{res['warmup_n']} requests (every case twice in sequence, every case once per client concurrently, "
-        "then a mixed plan a quarter the size of the measured one).",
+        "then a mixed plan a quarter the size of the measured one, at least 100).",
         "",
         "| figure | value |",
         "|---|---|",
@@ -519,6 +527,8 @@ def markdown(res: dict[str, Any], command: str) -> str:
         f"({res['good']['n']} requests) |",
         f"| bad requests: p50 / p99 latency | {res['bad']['p50_ms']:.0f} / {res['bad']['p99_ms']:.0f} ms "
         f"({res['bad']['n']} requests) |",
+        f"| one request at a time (warm-up): p50 good / bad | {res['idle_good_p50_ms']:.0f} / "
+        f"{res['idle_bad_p50_ms']:.0f} ms |",
         f"| failed good requests | **{res['good']['failed']}** |",
         f"| bad requests not answered with the expected 4xx + JSON error | **{res['bad']['not_4xx']}** |",
         f"| server RSS: start / after warm-up / end (peak) | {res['rss_start'] * mb:.0f} / {res['rss_warm'] * mb:.1f} "
