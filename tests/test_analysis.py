@@ -314,3 +314,19 @@ def test_progress_over_the_stages_and_cancellation(shared_data, tmp_path):
     assert not (tmp_path / "out").exists()
     with pytest.raises(TypeError, match="progress must be"):
         mk.analyze(folder, progress="yes")
+
+
+def test_default_model_needs_every_input_modality(shared_data):
+    from types import SimpleNamespace
+
+    from medkern.analysis.analyze import _first_reading
+
+    def net(name, *modalities):
+        return SimpleNamespace(name=name, metadata={"name": name, "input": {"modalities": list(modalities)}})
+
+    petct, ct = net("petct", "CT", "PT"), net("ct", "CT")
+    study = _sts_dicom(shared_data)
+    assert _first_reading(load_candidates(study), [petct, ct], "given model") is petct
+    assert _first_reading(load_candidates(study / "CT"), [petct, ct], "given model") is ct
+    with pytest.raises(ValueError, match=r"petct \(CT \+ PT\)"):
+        _first_reading(load_candidates(study / "CT"), [petct], "given model")
