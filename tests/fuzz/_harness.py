@@ -66,6 +66,25 @@ def instrument_package(prefix: str) -> int:
 if not _instrumented(mk.read):
     instrument_package("medkern")
 
+
+def instrument_parsers(*packages: str) -> None:
+    """Coverage feedback from the third-party parsers a harness drives (pydicom, nibabel): their
+    modules are imported and instrumented like medkern's."""
+    import importlib
+
+    for name in packages:
+        for module in PARSER_MODULES.get(name, (name,)):
+            importlib.import_module(module)
+        instrument_package(name)
+
+
+PARSER_MODULES = {
+    "pydicom": ("pydicom", "pydicom.filereader", "pydicom.dataset", "pydicom.dataelem", "pydicom.values",
+                "pydicom.valuerep", "pydicom.hooks", "pydicom.sequence", "pydicom.fileutil"),
+    "nibabel": ("nibabel", "nibabel.nifti1", "nibabel.nifti2", "nibabel.analyze", "nibabel.spatialimages",
+                "nibabel.volumeutils", "nibabel.arrayproxy", "nibabel.openers", "nibabel.quaternions"),
+}
+
 # What a bad file may raise: medkern's own errors, and the builtin ValueError / TypeError / OSError.
 DOCUMENTED = (mk.MedkernError, ValueError, TypeError, OSError)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from _harness import DOCUMENTED, SilentWrong, main, mk, scratch
+from _harness import DOCUMENTED, SilentWrong, instrument_parsers, main, mk, scratch
+
+instrument_parsers("pydicom")
 
 DIR = scratch()
 
@@ -31,6 +33,18 @@ def check(img) -> None:
         raise SilentWrong(f"empty image of shape {img.shape}")
 
 
+def declared_count(path) -> int | None:
+    """Rows x Columns x frames x samples as pydicom reads the header, None when it cannot."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        samples = 3 if str(ds.get("PhotometricInterpretation", "")) == "PALETTE COLOR" else int(ds.SamplesPerPixel)
+        return int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1) * samples
+    except Exception:
+        return None
+
+
 def one_input(data: bytes) -> None:
     path = DIR / "input.dcm"
     path.write_bytes(data)
@@ -39,6 +53,9 @@ def one_input(data: bytes) -> None:
     except DOCUMENTED:
         return
     check(img)
+    count = declared_count(path)
+    if count is not None and img.array.size != count:
+        raise SilentWrong(f"{img.array.size} voxels returned, the header declares {count}")
 
 
 if __name__ == "__main__":

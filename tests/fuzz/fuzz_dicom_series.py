@@ -7,7 +7,9 @@ beside a sub-folder holding one good slice of the reference series.
 from __future__ import annotations
 
 import numpy as np
-from _harness import DOCUMENTED, SilentWrong, clear, main, mk, scratch
+from _harness import DOCUMENTED, SilentWrong, clear, instrument_parsers, main, mk, scratch
+
+instrument_parsers("pydicom")
 
 SEPARATOR = b"\0--medkern-fuzz-file--\0"
 DIR = scratch()

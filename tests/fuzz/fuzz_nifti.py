@@ -9,7 +9,9 @@ from __future__ import annotations
 import gzip
 
 import numpy as np
-from _harness import DOCUMENTED, SilentWrong, main, mk, scratch
+from _harness import DOCUMENTED, SilentWrong, instrument_parsers, main, mk, scratch
+
+instrument_parsers("nibabel")
 
 DIR = scratch()
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from _harness import DOCUMENTED, SilentWrong, main, mk, scratch
+from _harness import DOCUMENTED, SilentWrong, instrument_parsers, main, mk, scratch
+
+instrument_parsers("pydicom")
 
 DIR = scratch()
 
@@ -41,6 +43,8 @@ def one_input(data: bytes) -> None:
     for name, m in masks.items():
         if m.shape != REFERENCE.shape or m.array.dtype != np.uint8 or not np.allclose(m.affine, REFERENCE.affine):
             raise SilentWrong(f"ROI {name!r}: mask {m.shape} {m.array.dtype} is not on the reference grid")
+        if m.array.size and int(m.array.max()) > 1:
+            raise SilentWrong(f"ROI {name!r}: mask holds {int(m.array.max())}, masks are 0/1")
 
 
 if __name__ == "__main__":
