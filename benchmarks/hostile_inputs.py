@@ -2136,6 +2136,41 @@ def geometry_cases() -> list[Case]:
         cases.append(Case("geometry", f"sliding_window: {name}", lambda d, ov=ov: ov,
                           lambda ov: mk.sliding_window(x[None, None], lambda b: b, (2, 2, 2), overlap=ov),
                           "error", errors=ARG_ERRORS))
+    # radiomics and regions: kernel paths driven by user numbers (bins, distances) and masks
+    img = lambda: mk.Image((np.random.default_rng(2).random((6, 7, 8)) * 100).astype(np.float32))  # noqa: E731
+    msk = lambda: mk.Image((np.random.default_rng(3).random((6, 7, 8)) > 0.4).astype(np.uint8))  # noqa: E731
+    rad_bad = [("bin_width 0", {"bin_width": 0.0}), ("bin_width -1", {"bin_width": -1.0}),
+               ("bin_width nan", {"bin_width": nan}), ("bin_width 1e-9 (10^11 bins)", {"bin_width": 1e-9}),
+               ("bin_count 0", {"bin_count": 0}), ("bin_count 10^12", {"bin_count": 10**12}),
+               ("glcm_distance 0", {"bin_count": 16, "glcm_distance": 0}),
+               ("glcm_distance 10^9", {"bin_count": 16, "glcm_distance": 10**9}),
+               ("resample_spacing 1e-4 mm", {"bin_count": 16, "resample_spacing": 1e-4}),
+               ("resegment_range reversed", {"bin_count": 16, "resegment_range": (100.0, 0.0)})]
+    for name, kw in rad_bad:
+        expect = "either" if name.startswith("glcm_distance 10^9") else "error"
+        cases.append(Case("geometry", f"radiomics: {name}", lambda d, kw=kw: kw,
+                          lambda kw: mk.radiomics(img(), msk(), features=("firstorder", "glcm"), **kw), expect,
+                          lambda r: None, errors=ARG_ERRORS))
+    for name, fn in [
+        ("empty mask", lambda: mk.radiomics(img(), msk().with_array(np.zeros((6, 7, 8), np.uint8)),
+                                            features=("firstorder",), bin_count=16)),
+        ("NaN voxel inside the mask", lambda: mk.radiomics(img().with_array(np.where(msk().array > 0, np.nan,
+                                                                                      1.0).astype(np.float32)),
+                                                           msk(), features=("firstorder",), bin_count=16)),
+        ("mask of another shape", lambda: mk.radiomics(img(), mk.Image(np.ones((2, 2, 2), np.uint8)),
+                                                       features=("firstorder",), bin_count=16)),
+    ]:
+        cases.append(Case("geometry", f"radiomics: {name}", lambda d: None, lambda _, fn=fn: fn(), "either",
+                          lambda r: _radiomics_finite(r), errors=ARG_ERRORS))
+    cases.append(Case("geometry", "regions: float labels", lambda d: None,
+                      lambda _: mk.regions(np.full((4, 4, 4), 1.5, np.float32)), "either", lambda r: None,
+                      errors=ARG_ERRORS))
+    cases.append(Case("geometry", "regions: labels up to 2^31-1", lambda d: None,
+                      lambda _: mk.regions(np.array([[[0, 2**31 - 1]]], np.int32)), "either",
+                      lambda r: None if len(r) <= 2 else f"{len(r)} regions for 1 label", errors=ARG_ERRORS))
+    cases.append(Case("geometry", "regions: negative labels", lambda d: None,
+                      lambda _: mk.regions(np.array([[[0, -5, -5]]], np.int32)), "either", lambda r: None,
+                      errors=ARG_ERRORS))
     cases.append(Case("geometry", "sliding_window: fn returns NaN", lambda d: None,
                       lambda _: mk.sliding_window(x[None, None], lambda b: b * np.nan, (2, 2, 2)), "either",
                       lambda r: None, errors=ARG_ERRORS))
@@ -2143,6 +2178,14 @@ def geometry_cases() -> list[Case]:
                       lambda _: mk.sliding_window(x[None, None], lambda b: b[..., :1, :1, :1], (2, 2, 2)), "error",
                       errors=ARG_ERRORS))
     return cases
+
+
+def _radiomics_finite(result) -> str | None:
+    if not hasattr(result, "items"):
+        return None
+    values = dict(result.items())
+    bad = [k for k, v in values.items() if isinstance(v, (float, np.floating)) and not np.isfinite(v)]
+    return f"non-finite features {bad[:4]}" if bad else None
 
 
 # ============================================================================ runner
