@@ -2212,6 +2212,8 @@ def _outcome(case: Case, work: Path) -> dict:
         result = case.call(arg)
     except BaseException as exc:
         msg = str(exc).strip()
+        if case.nobody and isinstance(exc, ImportError):
+            return {"outcome": "harness_error", "detail": f"a module could not be imported as user nobody: {msg}"}
         where = _medkern_frame(exc)
         if isinstance(exc, case.errors) and msg:
             detail = f"{type(exc).__name__}: {msg}"
@@ -2446,6 +2448,28 @@ def report(cases, results, args, seconds: float, out: Path) -> str:
     return "\n".join(lines)
 
 
+def _preimport() -> None:
+    """Import what the readers load lazily. Children that drop to user nobody (to make files
+    unreadable: root reads everything) cannot import from root's site-packages any more."""
+    import importlib
+    import pkgutil
+
+    names = ["numpy.ma", "numpy.lib.recfunctions", "numpy.linalg", "difflib", "textwrap", "gzip", "bz2", "lzma",
+             "zlib", "uuid", "hashlib", "fnmatch", "glob", "locale", "codecs", "encodings.idna", "stat",
+             "concurrent.futures", "xml.etree.ElementTree"]
+    for pkg in ("medkern", "pydicom"):
+        mod = importlib.import_module(pkg)
+        for info in pkgutil.walk_packages(mod.__path__, pkg + "."):
+            if any(part in info.name for part in ("batch", "_cupy", "cuda", "demo", "benchmark", "examples")):
+                continue
+            names.append(info.name)
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:  # optional dependencies of some submodules
+            pass
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workers", type=int, default=2, help="children run at once (default 2)")
@@ -2466,6 +2490,7 @@ def main(argv=None) -> int:
     import pydicom  # noqa: F401
     import scipy.ndimage  # noqa: F401
     import skimage.filters  # noqa: F401
+    _preimport()
     cases = all_cases(args.seed, args.flips)
     if args.only:
         keep = set(args.only.split(","))
