@@ -721,3 +721,10 @@ def test_a_file_that_cannot_be_opened_is_reported(helpers, tmp_path, monkeypatch
     assert s.unreadable == ((locked, "cannot be read (PermissionError: Permission denied)"),)
     with pytest.raises(mk.DicomError, match=r"unreadable files: .*locked \(cannot be read"):
         s.read()
+
+
+def test_rle_frame_of_other_columns_is_not_sheared(helpers, tmp_path):
+    # pydicom keeps the start of a segment longer than Rows x Columns (with a warning): the
+    # image would be sheared. The fragment count and size checks cannot see it; decoding does.
+    path = edited(helpers, "rtdose_rle.dcm", tmp_path, Columns=9)
+    raises_naming(path, "RLE segment decodes to 100 bytes", "Columns 9")

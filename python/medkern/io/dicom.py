@@ -115,6 +115,7 @@ import dataclasses
 import io
 import math
 import os
+import re
 import stat
 import struct
 import sys
@@ -1579,8 +1580,8 @@ def _decode_file(f: _File) -> np.ndarray:
     import pydicom
 
     try:
-        with warnings.catch_warnings(), _open_regular(f.path) as fp:
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as caught, _open_regular(f.path) as fp:
+            warnings.simplefilter("always")
             if f.inflated_end is not None:
                 # Deflated: inflate only up to the end of Pixel Data (the header pass measured it).
                 start, _ = _meta_end(fp)
@@ -1602,6 +1603,13 @@ def _decode_file(f: _File) -> np.ndarray:
         raise
     except Exception as exc:  # pydicom's decoders raise many types for corrupt data
         raise DicomError(f"{f.path}: pixel data cannot be decoded ({type(exc).__name__}: {exc})") from exc
+    for w in caught:
+        # pydicom keeps the start of an RLE segment that decodes to more than Rows x Columns
+        # bytes (a wrong Rows/Columns: a sheared image); the one padding byte of PS3.5 G.3.1 aside.
+        m = re.search(r"RLE segment contains non-conformant padding - (\d+) vs\. (\d+)", str(w.message))
+        if m and int(m.group(1)) - int(m.group(2)) > 1:
+            raise DicomError(f"{f.path}: an RLE segment decodes to {m.group(1)} bytes, Rows {f.rows} x Columns "
+                             f"{f.cols} needs {m.group(2)}")
     if arr.size != math.prod(expected):
         raise DicomError(f"{f.path}: the decoded pixel data has {arr.size} values, Rows {f.rows} x Columns {f.cols} x "
                          f"NumberOfFrames {f.n_frames} x SamplesPerPixel {f.samples} needs {math.prod(expected)}")
