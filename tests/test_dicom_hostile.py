@@ -728,3 +728,28 @@ def test_rle_frame_of_other_columns_is_not_sheared(helpers, tmp_path):
     # image would be sheared. The fragment count and size checks cannot see it; decoding does.
     path = edited(helpers, "rtdose_rle.dcm", tmp_path, Columns=9)
     raises_naming(path, "RLE segment decodes to 100 bytes", "Columns 9")
+
+
+@pytest.mark.parametrize("damage", ["vr", "length"])
+def test_corrupt_value_representation_in_the_header(helpers, tmp_path, damage):
+    # A flipped bit turns a VR into an unknown one (pydicom: NotImplementedError), or the meta
+    # group length into 238 bytes that are not whole UL values (pydicom: BytesLengthException);
+    # both escaped the reader.
+    data = bytearray(helpers.dicom_test_file("CT_small.dcm").read_bytes())
+    if damage == "vr":
+        at = data.find(b"\x08\x00\x05\x00CS", 132)
+        assert at > 0
+        data[at + 4:at + 6] = b"GS"
+    else:
+        assert data[132:138] == b"\x02\x00\x00\x00UL"
+        data[138:140] = struct.pack("<H", 238)
+    path = tmp_path / "vr.dcm"
+    path.write_bytes(bytes(data))
+    with pytest.raises(mk.DicomError) as info:
+        mk.read(path)
+    assert path.name in str(info.value) and info.value.__cause__ is not None
+    assert type(info.value.__cause__).__name__ in ("NotImplementedError", "BytesLengthException")
+    # A folder scan goes on past it.
+    shutil.copy(helpers.dicom_test_file("MR_small.dcm"), tmp_path / "mr.dcm")
+    (s,) = mk.list_dicom_series(tmp_path)
+    assert [p.name for p, _ in s.unreadable] == ["vr.dcm"]
