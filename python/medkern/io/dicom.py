@@ -156,6 +156,8 @@ MAX_FRAMES = 1 << 17
 # (plus _RECOVERY_SLACK): a stray slice far away from the others is not interpolated over.
 _RECOVERY_FACTOR = 16
 _RECOVERY_SLACK = 1024
+# A slice position further than this (mm) from the origin of the patient coordinates is corrupt.
+_MAX_EXTENT_MM = 1e6
 # The data set of a Deflated Explicit VR Little Endian file is inflated up to this many bytes to
 # find its header; the pixel data beyond is only counted.
 _MAX_INFLATED_HEADER = 64 << 20
@@ -999,6 +1001,8 @@ def _dose_frames(a: _Attrs, f: _File, position: Any, orientation: Any, spacing: 
         k = int(wrong[0])
         raise _Unreadable(f"GridFrameOffsetVector is not strictly monotonic: {offsets[k]:g} then {offsets[k + 1]:g} "
                           f"(frames {k + 1} and {k + 2})")
+    if max(abs(o) for o in offsets) > _MAX_EXTENT_MM:
+        raise _Unreadable(f"GridFrameOffsetVector reaches {max(offsets, key=abs):g} mm, more than {_MAX_EXTENT_MM:g}")
     if offsets[0] != 0:
         axial = np.allclose(orientation, (1, 0, 0, 0, 1, 0), atol=1e-6)
         if not (axial and abs(offsets[0] - position[2]) <= 1e-3):
@@ -1196,6 +1200,15 @@ def _layout(frames: list[_Frame]) -> _Layout:
     frames = [frames[a] for a in order]
     positions, t = positions[order], t[order]
     problems: list[str] = _repeated_instances(frames)
+    far = int(np.argmax(np.abs(positions).max(axis=1)))
+    if np.abs(positions[far]).max() > _MAX_EXTENT_MM:
+        # A position kilometres away is a typo or corruption, not a scan: no arithmetic on it (it
+        # would overflow to inf / nan) and no grid.
+        return _Layout(frames, (len(frames), f.rows, f.cols), (1.0,) + in_plane, positions[0].copy(),
+                       np.stack([normal, col, row], axis=1), problems, vector=vector,
+                       fatal=(f"ImagePositionPatient {chr(92).join(f'{v:g}' for v in positions[far])} of "
+                              f"{frames[far].name} is more than {_MAX_EXTENT_MM:g} mm from the origin; no scanner "
+                              "places a slice there"))
 
     # Duplicates: repeats of a position (several acquisitions, echoes or phases in one series).
     keep = [0]
