@@ -1432,9 +1432,12 @@ def list_dicom_series(directory: str | os.PathLike, recursive: bool = True, *,
                       progress: Any = None) -> list[DicomSeries]:
     """The image series under ``directory`` (one entry per SeriesInstanceUID and part).
 
-    Only headers are parsed. Non-DICOM files and DICOM objects without pixel data are skipped;
-    unreadable DICOM files are attached to every series of the scan as ``unreadable`` (their
-    series is unknown). Series are ordered by patient, study and SeriesNumber.
+    Only headers are parsed, of regular files only (named pipes, sockets and devices are
+    skipped). Non-DICOM files and DICOM objects without pixel data are skipped; unreadable DICOM
+    files, and sub-folders that cannot be listed (each with a
+    :class:`medkern.errors.DicomWarning`), are attached to every series of the scan as
+    ``unreadable`` (path, reason) pairs: their series is unknown. Series are ordered by patient,
+    study and SeriesNumber.
 
     ``progress``: None, True (a tqdm bar on stderr) or a callable ``progress(stage, fraction)``
     (see :mod:`medkern._progress`), called with stage ``"scan"`` before each file is parsed;
