@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import medkern as mk
-from medkern.errors import RTStructWarning
+from medkern.errors import MedkernWarning, RTStructWarning
 
 
 def run_isolated(code: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
@@ -799,3 +799,19 @@ def test_itk_versor_longer_than_one_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"versor.tfm: VersorRigid3DTransform_double_3_3: versor \[0.9, 0.9, 0.9\] "
                                          r"has norm 1.55885 > 1"):
         mk.Affine.read(p)
+
+
+@pytest.mark.parametrize("name", ["unknown.nii", "unknown.nii.gz"])
+def test_nifti_without_geometry_and_zero_pixdim_warns(tmp_path, name):
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.zeros((4, 5, 6), np.int16), None)
+    img.header.set_qform(None, code=0)
+    img.header.set_sform(None, code=0)
+    img.header["pixdim"][1:4] = 0
+    nib.save(img, tmp_path / name)
+    with pytest.warns(MedkernWarning, match=r"pixdim \[0.0, 0.0, 0.0\]: the voxel spacing is unknown"):
+        assert mk.read(tmp_path / name).spacing == (1.0, 1.0, 1.0)
+    img.header["pixdim"][1:4] = [2, 3, 4]   # pixdim alone, but given: no warning, its spacing
+    nib.save(img, tmp_path / name)
+    assert mk.read(tmp_path / name).spacing == (4.0, 3.0, 2.0)

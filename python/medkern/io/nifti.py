@@ -237,7 +237,7 @@ def read_nifti(path: str | os.PathLike, volume: int | None = None) -> Image:
         with _quiet_nibabel():
             nifti = nib.load(os.fspath(p))
         _check_claims(p, nifti)
-        return image_from_nibabel(nifti, volume=volume)
+        image = image_from_nibabel(nifti, volume=volume)
     except (FileNotFoundError, PermissionError, IsADirectoryError):
         raise
     except (Exception, MemoryError) as exc:
@@ -247,6 +247,40 @@ def read_nifti(path: str | os.PathLike, volume: int | None = None) -> Image:
         if type(exc) is ValueError and _raised_by_medkern(exc):  # medkern's own checks of the content
             raise ValueError(f"{p}: {message}") from exc
         raise ValueError(f"{p}: not a readable NIfTI file ({type(exc).__name__}: {message})") from exc
+    _warn_unknown_spacing(p, nifti, image.ndim)
+    return image
+
+
+def _warn_unknown_spacing(path: Path, nifti: Any, ndim: int) -> None:
+    """A file without sform and qform has only pixdim for its spacing; nibabel replaces a zero
+    pixdim with 1 when it loads the header, so the raw header says whether the 1 mm is made up."""
+    header = nifti.header
+    if int(header["sform_code"]) or int(header["qform_code"]):
+        return
+    raw = _raw_pixdim(path, header)
+    spatial = None if raw is None else raw[1:min(ndim, 3) + 1]
+    if spatial is not None and not np.all(np.isfinite(spatial) & (spatial > 0)):
+        import warnings
+
+        from medkern.errors import MedkernWarning
+
+        warnings.warn(f"{path}: no sform or qform and pixdim {spatial.tolist()}: the voxel spacing "
+                      "is unknown and 1 mm was assumed; set the image's spacing before measuring or resampling",
+                      MedkernWarning, stacklevel=3)
+
+
+def _raw_pixdim(path: Path, header: Any) -> np.ndarray | None:
+    """pixdim as stored in the file (NIfTI-1 offset 76 float32[8], NIfTI-2 offset 104 float64[8])."""
+    offset, dtype, size = (104, "f8", 64) if int(header.sizeof_hdr) == 540 else (76, "f4", 32)
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(offset + size)
+    except OSError:
+        return None
+    if len(head) < offset + size:
+        return None
+    return np.frombuffer(head, dtype=header.endianness + dtype, count=8, offset=offset).astype(np.float64)
 
 
 @contextlib.contextmanager
