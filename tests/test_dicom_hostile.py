@@ -755,3 +755,17 @@ def test_corrupt_value_representation_in_the_header(helpers, tmp_path, damage):
     shutil.copy(helpers.dicom_test_file("MR_small.dcm"), tmp_path / "mr.dcm")
     (s,) = mk.list_dicom_series(tmp_path)
     assert [p.name for p, _ in s.unreadable] == ["vr.dcm"]
+
+
+@pytest.mark.parametrize("name", ["MR_small_jpeg_ls_lossless.dcm", "JPEG2000.dcm"])
+def test_compressed_frame_without_a_header_is_refused_before_decoding(helpers, tmp_path, name):
+    # Decoders allocate every frame at Rows x Columns before they find the codestream unusable.
+    ds = pydicom.dcmread(helpers.dicom_test_file(name))
+    frame = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = pydicom.encaps.encapsulate([b"\x00" * len(frame)])
+    ds.Rows = ds.Columns = 60000
+    path = tmp_path / name
+    ds.save_as(path)
+    result, peak = peak_bytes(lambda: mk.read(path))
+    assert isinstance(result, mk.DicomError) and path.name in str(result) and "header" in str(result)
+    assert peak < 16 << 20

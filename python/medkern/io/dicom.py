@@ -579,10 +579,14 @@ def _codestream_size(ts: str, head: bytes) -> tuple[int, int] | None:
 
         info = _get_jpg_parameters(head)
         return (info["height"], info["width"]) if "height" in info and "width" in info else None
-    if ts.startswith(_J2K_FAMILY) and head[:4] == b"\xff\x4f\xff\x51" and len(head) >= 24:
-        # SIZ (ISO 15444-1 A.5.1): Lsiz Rsiz Xsiz Ysiz XOsiz YOsiz
-        x, y, x0, y0 = struct.unpack(">IIII", head[8:24])
-        return (y - y0, x - x0) if x > x0 and y > y0 else None
+    if ts.startswith(_J2K_FAMILY):
+        # SOC then SIZ (ISO 15444-1 A.5.1): Lsiz Rsiz Xsiz Ysiz XOsiz YOsiz; inside a JP2 box
+        # wrapper (non-conformant, but decoded) further on.
+        at = head.find(b"\xff\x4f\xff\x51")
+        if at < 0 or len(head) < at + 24:
+            return None
+        x, y, x0, y0 = struct.unpack(">IIII", head[at + 8:at + 24])
+        return (y - y0, x - x0) if x > x0 and y > y0 else (0, 0)
     return None
 
 
@@ -636,6 +640,12 @@ def _check_fragments(fp: Any, value_at: int, size: int, ts: str, rows: int, cols
                               f"{cols} ({frame_bytes} bytes)")
     fp.seek(fragments[0][0])
     declared = _codestream_size(ts, fp.read(min(fragments[0][1], 1 << 16)))
+    if declared is None and ts.startswith(_JPEG_FAMILY + _J2K_FAMILY):
+        # No decoder reads a frame without its header; the decoders would first allocate every
+        # frame at the size Rows x Columns claims.
+        marker = "JPEG 2000 SIZ" if ts.startswith(_J2K_FAMILY) else "JPEG SOF"
+        raise _Unreadable(f"the first compressed frame has no {marker} header (corrupt, or not the codestream "
+                          "its transfer syntax says)")
     if declared is not None and declared != (rows, cols):
         raise _Unreadable(f"Rows {rows} x Columns {cols} disagree with the compressed frame, which is "
                           f"{declared[0]} x {declared[1]}")
