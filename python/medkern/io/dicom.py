@@ -65,7 +65,8 @@ on (a series is then irregular, see above).
   truncated data are refused. Encapsulated Pixel Data must be complete items up to its delimiter,
   with a Basic (or Extended) Offset Table of one entry per frame when present, one fragment per
   frame at least (exactly one for RLE, whose fragment bounds its frame at 64x its size), and
-  JPEG / JPEG-LS / JPEG 2000 frames whose own header says Rows x Columns. A deflated data set is
+  JPEG / JPEG-LS / JPEG 2000 frames with a header (SOF / SIZ) that says Rows x Columns; an RLE
+  segment that decodes to more than Rows x Columns bytes is refused too. A deflated data set is
   inflated only as far as its header (at most 64 MiB) and, when decoding, the end of Pixel Data;
   the rest is counted, not kept. A file of more than ``MAX_FRAMES`` frames is refused.
 * Header attributes: BitsAllocated 1, 8, 16 or 32 (32/64 for Float/Double Float Pixel Data);
@@ -92,8 +93,8 @@ on (a series is then irregular, see above).
   Files sharing a SOPInstanceUID make the series irregular (``allow_irregular=True`` treats them
   as any other slices). The recovery grid of an irregular series is bounded (16 x its slices +
   1024): a stray slice far from the others makes the series unrecoverable instead of a huge grid.
-* Not checked: a JPEG 2000 / JPEG frame whose header cannot be parsed may still claim a large
-  Rows x Columns (the decoder allocates one frame of it, then fails).
+* Not checked: Rows and Columns exchanged in an uncompressed image (the byte count is the same; the
+  image comes out transposed and sheared); the pixel values themselves.
 
 Where SimpleITK (GDCM) reads differently
 ----------------------------------------
