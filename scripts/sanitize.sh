@@ -29,7 +29,8 @@ built=$(date +%s)
 STAGE="$(mktemp -d)"
 trap 'rm -rf "$STAGE"' EXIT
 cp -r "$REPO/python/medkern" "$STAGE/medkern"
-find "$STAGE/medkern" -name '_core*.so' -delete -o -name '_cuda*.so' -delete -o -name __pycache__ -prune -exec rm -rf {} +
+find "$STAGE/medkern" \( -name '_core*.so' -o -name '_cuda*.so' \) -delete
+find "$STAGE/medkern" -depth -name __pycache__ -exec rm -rf {} +
 cp "$BUILD"/_core*.so "$STAGE/medkern/"
 cat > "$STAGE/sitecustomize.py" <<'PY'
 import sys
@@ -44,9 +45,10 @@ export PYTHONPATH="$STAGE"
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:allocator_may_return_null=1:halt_on_error=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-python - <<'PY'
-import medkern._core as c, sys
-assert c.__file__.startswith(sys.argv[1] if len(sys.argv) > 1 else "/"), c.__file__
+python - "$STAGE" <<'PY'
+import sys
+import medkern._core as c
+assert c.__file__.startswith(sys.argv[1]), c.__file__
 print("sanitized _core:", c.__file__)
 PY
 status=0

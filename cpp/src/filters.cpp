@@ -77,10 +77,19 @@ py::array_t<float> recursive_gaussian(const py::array& x, const std::vector<doub
   });
 }
 
+// Box radii in [0, 2^19]: the window size (2r + 1)^3 and the per-thread buffers then stay within
+// int64 arithmetic (the Python layer bounds radii by the image long before).
+std::array<index_t, 3> box_radius(const std::vector<index_t>& radius, const py::array& x) {
+  const auto r = per_axis3<index_t>(radius, x, 0, "radius");
+  for (index_t v : r)
+    if (v < 0 || v > (index_t{1} << 19)) throw py::value_error("radius must be in [0, 2**19] voxels");
+  return r;
+}
+
 py::array median_filter(const py::array& x, const std::vector<index_t>& radius, int mode,
                         int n_threads) {
   const Shape3 s = shape3(x);
-  const auto r = per_axis3<index_t>(radius, x, 0, "radius");
+  const auto r = box_radius(radius, x);
   const auto b = boundary(mode);
   return medkern::bind::visit_dtype(x.dtype(), [&](auto tag) -> py::array {
     using T = decltype(tag);
@@ -101,7 +110,7 @@ py::array_t<float> bilateral_filter(const py::array& x, const std::vector<double
   const Shape3 s = shape3(x);
   const auto sp = per_axis3<double>(spacing, x, 1.0, "spacing");
   const auto sg = per_axis3<double>(sigma_mm, x, 1.0, "sigma_mm");
-  const auto r = per_axis3<index_t>(radius, x, 0, "radius");
+  const auto r = box_radius(radius, x);
   const medkern::RangeKernel rk(sigma_range, cutoff_sigmas, samples);
   return float_result(x, [&](const auto* src, float* dst) {
     medkern::bilateral_filter(src, dst, s, sp.data(), sg.data(), r.data(), rk, n_threads);
