@@ -22,7 +22,7 @@ Outcomes:
 - **correct**: it returned the right result.
 
 The report (``--out``) has one row per input class and the list of everything that is not a clear
-error or correct. The table of the previous report is kept under "Previous run".
+error or correct. The tables of the earlier reports are kept under "Earlier runs".
 """
 
 from __future__ import annotations
@@ -56,6 +56,19 @@ import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "fuzz"))
+
+
+def _other_library(argv: list[str]) -> None:
+    """``--library TREE``: import medkern from TREE/python (a source tree with its built extension,
+    e.g. an older commit exported with ``git archive``) instead of the installed package."""
+    if "--library" not in argv:
+        return
+    tree = Path(argv[argv.index("--library") + 1]).resolve()
+    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__]
+    sys.path.insert(0, str(tree / "python"))
+
+
+_other_library(sys.argv)
 
 import _seeds as S  # noqa: E402
 
@@ -2392,13 +2405,22 @@ def report(cases, results, args, seconds: float, out: Path) -> str:
                             text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "python", "cpp"], cwd=REPO,
                            capture_output=True, text=True).stdout.strip()
+    if args.label:
+        commit, dirty = args.label, ""
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    previous = ""
+    earlier: list[str] = []
     if out.exists():
         old = out.read_text()
         m = re.search(r"<!-- latest -->\n(.*?)<!-- /latest -->", old, re.S)
         if m:
-            previous = m.group(1).strip()
+            earlier.append(m.group(1).strip().replace("**Run of", "Run of", 1).replace("** —", " —", 1))
+        m = re.search(r"<!-- earlier -->\n(.*?)<!-- /earlier -->", old, re.S)
+        if m:
+            earlier += [b.strip() for b in m.group(1).split("<!-- run -->") if b.strip()]
+        elif "## Previous run" in old:  # the layout of the first reports
+            m = re.search(r"## Previous run\n\n(.*?)\n## ", old, re.S)
+            if m:
+                earlier.append(m.group(1).strip())
     lines = [
         "# Hostile inputs",
         "",
@@ -2408,7 +2430,8 @@ def report(cases, results, args, seconds: float, out: Path) -> str:
         "ones (MedkernError / DicomError / ModelError, ValueError, TypeError, OSError) or without a message.",
         "",
         "<!-- latest -->",
-        f"**Run of {now}** — commit {commit}{' + uncommitted library changes' if dirty else ''}; "
+        f"**Run of {now}** — {'library' if args.label else 'commit'} {commit}"
+        f"{' + uncommitted library changes' if dirty else ''}; "
         f"`python benchmarks/hostile_inputs.py --workers {args.workers} --timeout {args.timeout:g} "
         f"--memory-mb {args.memory_mb} --seed {args.seed} --flips {args.flips}`; {seconds:.0f} s on "
         f"{os.cpu_count()} CPU(s), {platform.python_version()}.",
@@ -2417,8 +2440,11 @@ def report(cases, results, args, seconds: float, out: Path) -> str:
         "<!-- /latest -->",
         "",
     ]
-    if previous:
-        lines += ["## Previous run", "", previous.replace("**Run of", "Run of", 1), ""]
+    if earlier:
+        lines += ["## Earlier runs (newest first)", "", "<!-- earlier -->"]
+        for block in earlier:
+            lines += ["<!-- run -->", block, ""]
+        lines += ["<!-- /earlier -->", ""]
     failures = defaultdict(list)
     rejected = []
     for c, r in zip(cases, results):
@@ -2482,6 +2508,8 @@ def main(argv=None) -> int:
     ap.add_argument("--match", default="", help="run only inputs whose name contains this")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "HOSTILE.md"))
     ap.add_argument("--no-write", action="store_true", help="print the table, leave the report alone")
+    ap.add_argument("--library", default="", help="medkern source tree (with its built _core) to test instead")
+    ap.add_argument("--label", default="", help="what the report calls the library tested (default: the commit)")
     args = ap.parse_args(argv)
     # import the heavy modules once, here, so every child starts with them loaded (no threads start)
     import nibabel  # noqa: F401
