@@ -548,7 +548,7 @@ def test_truncation_at_every_offset_never_succeeds_nor_crashes(helpers, tmp_path
             data = Path(src).read_bytes()
             whole = mk.read(src)
             dst = Path({str(tmp_path)!r}) / name
-            cuts = list(range(0, 1500)) + list(range(1500, len(data), 7))
+            cuts = list(range(0, 300)) + list(range(300, len(data), 11))  # every byte of preamble and meta
             read = 0
             for cut in cuts:
                 dst.write_bytes(data[:cut])
@@ -564,10 +564,11 @@ def test_truncation_at_every_offset_never_succeeds_nor_crashes(helpers, tmp_path
     lines = out.splitlines()
     assert len(lines) == 6
     # Only cuts in the 138 bytes after the MR files' Pixel Data read (the same image).
-    assert all(int(line.split()[2]) <= 138 // 7 + 1 for line in lines), out
+    assert all(int(line.split()[2]) <= 138 // 11 + 1 for line in lines), out
 
 
 # ---------------------------------------------------------------------------------- folder scans
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not hasattr(socket, "AF_UNIX"), reason="POSIX named pipes and sockets")
 def test_named_pipe_socket_and_device_in_a_study_folder(helpers, tmp_path):
     paths, stored = ct_series(helpers, tmp_path / "study" / "ct")
     study = tmp_path / "study"
