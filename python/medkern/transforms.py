@@ -530,6 +530,8 @@ class DisplacementField(Transform):
     field : vector :class:`Image` whose components are LPS world displacements in mm, ``(x, y[, z])``
         order, e.g. an array of shape ``(nz, ny, nx, 3)`` with ``vector=True``. ``u`` is linearly
         interpolated between grid points and zero more than half a voxel outside the grid.
+        A NaN or +-inf displacement is kept: the points it moves count as outside the sampled
+        image (they get ``fill`` in :func:`medkern.warp`).
     """
 
     __slots__ = ("_field",)
