@@ -770,3 +770,24 @@ def test_compressed_frame_without_a_header_is_refused_before_decoding(helpers, t
     result, peak = peak_bytes(lambda: mk.read(path))
     assert isinstance(result, mk.DicomError) and path.name in str(result) and "header" in str(result)
     assert peak < 16 << 20
+
+
+@pytest.mark.parametrize("photometric, samples", [("MONOCHROME2", 1), ("MONOCHROME1", 1), ("RGB", 3)])
+def test_signed_8_bit_with_fewer_bits_stored(helpers, tmp_path, photometric, samples):
+    # Legal, and a TypeError from the modality LUT kernel before (it writes int16 at the narrowest).
+    rng = np.random.default_rng(5)
+    raw = rng.integers(-128, 128, size=(6, 7, samples) if samples > 1 else (6, 7)).astype(np.int8)
+    ds = helpers.part10_dataset("1.2.840.10008.5.1.4.1.1.7", "OT")
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 6, 7, samples, photometric
+    if samples > 1:
+        ds.PlanarConfiguration = 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 7, 6, 1
+    ds.PixelData = raw.tobytes()
+    path = tmp_path / "s8.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    expect = ((raw.astype(np.int16) << 9) >> 9)  # the low 7 bits, sign-extended
+    if photometric == "MONOCHROME1":
+        expect = -1 - expect
+    img = mk.read(path)
+    assert img.dtype == np.int8
+    np.testing.assert_array_equal(img.array, expect.astype(np.int8))

@@ -1728,7 +1728,12 @@ def _read_layout(series: DicomSeries, allow_irregular: bool, progress: Progress)
     needs_values = (values_dtype != stored_dtype or f.monochrome1 or f.bits_stored < f.bits_allocated
                     or any(fr.slope != 1 or fr.intercept != 0 for fr in frames))
     try:
-        values = _modality_values(f, stored, frames, values_dtype) if needs_values else stored
+        if needs_values and values_dtype == np.int8:
+            # Signed 8-bit values trimmed to BitsStored or inverted (MONOCHROME1) still fit int8;
+            # the compiled kernels write int16 at the narrowest.
+            values = _modality_values(f, stored, frames, np.dtype(np.int16)).astype(np.int8)
+        else:
+            values = _modality_values(f, stored, frames, values_dtype) if needs_values else stored
         if interpolated:
             values = _recover(values, layout)
     except MemoryError as exc:
