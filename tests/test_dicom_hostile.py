@@ -791,3 +791,21 @@ def test_signed_8_bit_with_fewer_bits_stored(helpers, tmp_path, photometric, sam
     img = mk.read(path)
     assert img.dtype == np.int8
     np.testing.assert_array_equal(img.array, expect.astype(np.int8))
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_unsigned_32_bit_with_fewer_bits_stored(helpers, tmp_path, photometric):
+    # A TypeError from the modality LUT kernel before (it has no uint32 output).
+    raw = np.random.default_rng(6).integers(0, 1 << 32, size=(5, 4), dtype=np.uint64).astype(np.uint32)
+    ds = helpers.part10_dataset("1.2.840.10008.5.1.4.1.1.7", "OT")
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 5, 4, 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 32, 29, 28, 0
+    ds.PixelData = raw.tobytes()
+    path = tmp_path / "u32.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    expect = raw.astype(np.int64) & ((1 << 29) - 1)
+    if photometric == "MONOCHROME1":
+        expect = ((1 << 29) - 1) - expect
+    img = mk.read(path)
+    assert img.dtype == np.uint32
+    np.testing.assert_array_equal(img.array, expect.astype(np.uint32))

@@ -1690,6 +1690,8 @@ def _modality_values(f: _File, stored: np.ndarray, frames: Sequence[_Frame], dty
             s &= (1 << bits) - 1
         if invert:
             s = ((1 << bits) - 1) - s
+        if dtype == np.uint32:
+            return s.astype(np.uint32)  # no rescale (else the output is not uint32): done
         stored, bits, invert = s.astype(np.float64), 0, False
     # Same item size (e.g. 12-bit uint16 -> int16 HU): the LUT runs in place, element by element,
     # which spares a second volume-sized buffer and its page faults.
