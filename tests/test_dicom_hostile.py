@@ -575,7 +575,12 @@ def test_named_pipe_socket_and_device_in_a_study_folder(helpers, tmp_path):
     os.mkfifo(study / "ct" / "pipe.dcm")
     os.mkfifo(study / "pipe_without_suffix")
     sock = socket.socket(socket.AF_UNIX)
-    sock.bind(str(study / "ct" / "sock.dcm"))
+    cwd = os.getcwd()
+    os.chdir(study / "ct")  # a relative name: socket paths are limited to ~100 characters
+    try:
+        sock.bind("sock.dcm")
+    finally:
+        os.chdir(cwd)
     os.symlink("/dev/zero", study / "ct" / "zero.dcm")
     os.symlink(study, study / "ct" / "loop")  # a link to a parent folder: not followed
     os.symlink(study / "ct" / "missing", study / "ct" / "broken.dcm")
