@@ -496,3 +496,17 @@ def test_opencv_clahe_huge_clip_limit_is_no_clipping():
     x = (np.random.default_rng(7).random((32, 40)) * 255).astype(np.uint8)
     ref = cv2.createCLAHE(clipLimit=0.0, tileGridSize=(4, 4)).apply(x)
     np.testing.assert_array_equal(mk.clahe(x, method="opencv", clip_limit=1e300, tile_grid=(4, 4)), ref)
+
+
+def test_bindings_bound_counts_that_feed_index_arithmetic():
+    from medkern import _core
+
+    log_image = np.random.default_rng(8).random((6, 7, 8))
+    u = [np.linspace(0, 1, n) for n in log_image.shape]
+    mask = np.ones(log_image.shape, np.uint8)
+    with pytest.raises(ValueError, match="histogram_bins must be in"):
+        _core.n4_fit(log_image, mask, u, [4, 4, 4], [True] * 3, [2], 2**30, 0.15, 0.01, 0.0, 2)
+    x = np.zeros((4, 5, 6), np.float32)
+    for sigma in (np.inf, np.nan, 1e300):
+        with pytest.raises(ValueError, match="sigma must be in"):
+            _core.smooth_shrink(x, [1, 1, 1], [sigma, 0.0, 0.0], 2)

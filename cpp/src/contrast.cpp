@@ -174,7 +174,9 @@ py::dict n4_fit(const carray<double>& log_image, const carray<std::uint8_t>& mas
   if (mask.size() != log_image.size()) throw py::value_error("mask and log_image differ in size");
   for (index_t c : control_points)
     if (c < 4) throw py::value_error("control points must be >= 4 per axis (cubic B-spline)");
-  if (histogram_bins < 2) throw py::value_error("histogram_bins must be >= 2");
+  // The FFT length is the power of two above 2 * histogram_bins, computed in int.
+  if (histogram_bins < 2 || histogram_bins > (1 << 24))
+    throw py::value_error("histogram_bins must be in [2, 2**24]");
   medkern::N4Settings s;
   s.control_points = control_points;
   s.refine = refine;

@@ -76,7 +76,8 @@ py::array_t<float> smooth_shrink(const py::array& x, std::array<int, 3> shrink,
   if (x.ndim() != 3) throw py::value_error("smooth_shrink takes a 3D array");
   for (int a = 0; a < 3; ++a) {
     if (shrink[a] < 1) throw py::value_error("shrink factors must be >= 1");
-    if (!(sigma_vox[a] >= 0)) throw py::value_error("sigma must be >= 0");
+    // Bounded so the tap range (centre +- 3 sigma) converts to an index without overflow.
+    if (!(sigma_vox[a] >= 0 && sigma_vox[a] <= 1e9)) throw py::value_error("sigma must be in [0, 1e9] voxels");
   }
   return medkern::bind::visit_dtype(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
