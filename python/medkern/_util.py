@@ -11,7 +11,7 @@ from medkern._dispatch import array_module, is_cupy_array
 from medkern.image import Image
 
 __all__ = ["unwrap", "as_image", "check_mask", "per_axis", "KERNEL_DTYPES", "check_finite", "check_stats",
-           "check_range", "check_nonempty"]
+           "check_range", "check_same_geometry", "check_nonempty"]
 
 # dtypes the compiled kernels take without a conversion copy (bindings.hpp visit_dtype).
 KERNEL_DTYPES = ("uint8", "int16", "uint16", "int32", "float32", "float64")
@@ -106,7 +106,7 @@ def check_finite(x: Any, fn: str, name: str = "img", mask: Any = None,
                  hint: str = "replace them first (e.g. np.nan_to_num)") -> None:
     """Raise ValueError naming ``fn``, ``name`` and the count when a float array (restricted to
     ``mask != 0`` when given) holds NaN or +-inf. Integer arrays pass without a look."""
-    if x.dtype.kind not in "fc" or x.size == 0:
+    if x.dtype.kind != "f" or x.size == 0:
         return
     values = x if mask is None else x[mask != 0]
     if values.size == 0:
