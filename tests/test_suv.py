@@ -276,3 +276,17 @@ def test_per_image_factors_on_an_interpolated_grid_raise(helpers, tmp_path):
     recovered = mk.suv(equal, allow_irregular=True)
     np.testing.assert_allclose(recovered.array, 0.1, rtol=1e-6)
     assert recovered.shape[0] == 4
+
+
+def test_analysis_gives_models_pet_in_suv(helpers, tmp_path):
+    """mk.analyze hands a model's PT input over in SUVbw, never in the stored Bq/ml."""
+    from medkern.analysis.analyze import _in_model_units
+    from medkern.analysis.study import choose, load_candidates
+
+    d = write_pet(helpers, tmp_path / "pet")
+    chosen = _in_model_units(choose(load_candidates(d), "PT"))
+    np.testing.assert_allclose(chosen.image.array, activity() * 75000 / DECAYED, rtol=1e-6)
+    assert "SUVbw" in chosen.reason
+    unweighed = write_pet(helpers, tmp_path / "unweighed", PatientWeight=None)
+    with pytest.raises(mk.DicomError, match="PatientWeight"):
+        _in_model_units(choose(load_candidates(unweighed), "PT"))

@@ -242,7 +242,7 @@ def analyze(study: Any, patient: Any = None, model: Any = None, guideline: Any =
             if meta["task"] != "segmentation":
                 raise ModelError(f"analyze runs segmentation models; {meta['name']} is a {meta['task']} model")
             rules = _guideline_for(guideline, meta["name"])
-            picked: list[StudyImage] = [choose(candidates, m) for m in meta["input"]["modalities"]]
+            picked: list[StudyImage] = [_in_model_units(choose(candidates, m)) for m in meta["input"]["modalities"]]
             primary = picked[0]
             inputs = [primary.image] + [_on_primary_grid(p, primary) for p in picked[1:]]
         with stages("predict") as span:
@@ -344,6 +344,19 @@ def _version(module: str) -> str | None:
 def _is_brain(rules: Any, meta: dict[str, Any]) -> bool:
     region = ((getattr(rules, "applies_to", None) or {}).get("body_region") or "") if rules is not None else ""
     return "brain" in str(region).lower() or "brain" in meta["name"].lower()
+
+
+def _in_model_units(chosen: StudyImage) -> StudyImage:
+    """A DICOM PET series in SUVbw (mk.suv, QIBA): models read PET in SUV, and a series stored in
+    Bq/ml (or counts) would otherwise reach them in units a thousand times off. Missing dose,
+    timing or weight is a DicomError naming the attribute, never a guess. Other images as read."""
+    from medkern.pet import suv
+
+    c = chosen.candidate
+    if c.series is None or dicom_modality(c.modality or "") != "PT":
+        return chosen
+    image = suv(c.series, "bw", allow_irregular=bool(c.problems))
+    return StudyImage(image, c, chosen.reason + "; PET values converted to SUVbw (QIBA) from the DICOM header")
 
 
 def _on_primary_grid(secondary: StudyImage, primary: StudyImage) -> Image:
