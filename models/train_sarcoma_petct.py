@@ -228,6 +228,7 @@ def ship() -> None:
 def model_card(result: dict[str, Any], final: dict[str, Any], fold_training: dict[str, Any]) -> None:
     size = (SHIPPED / f"{NAME}.onnx").stat().st_size / 1e6
     per_fold = ", ".join(f"{fold_training[str(k)]['seconds']} s" for k in range(FOLDS))
+    within_5mm = sum(abs(r["diameter_error_mm"]) <= 5 for r in result["per_patient"].values())
     counts = {t: sum(r["true_t"] == t for r in result["per_patient"].values()) for t in ("T1", "T2", "T3", "T4")}
     card = f"""# Model card: `{NAME}`
 
@@ -260,7 +261,8 @@ Declared post-processing, applied by `predict`: keep the one connected component
 summed tumour probability (one primary tumour per study). Trained with Dice + cross-entropy, Adam
 (learning rate {LR}, poly decay), patches centred on tumour with probability {FOREGROUND}, flips,
 intensity scaling; seed {SEED}, {THREADS} thread per run, {STEPS} steps: the shipped model on all
-{final["patients"]} patients in {final["seconds"]} s, the fold models in {per_fold}. Reproduce with
+{final["patients"]} patients in {final["seconds"]} s, the fold models in {per_fold} (wall times with up to
+four runs and other work sharing two cores). Reproduce with
 `python models/train_sarcoma_petct.py` (see its docstring; `--resume` continues a run).
 
 ## Validation: 5-fold cross-validation by patient over all 45
@@ -280,9 +282,14 @@ error of the maximum diameter {result["diameter_abs_error_median_mm"]:.1f} mm (s
 True T categories: {", ".join(f"{t} {n}" for t, n in counts.items())}.
 
 **Limitations**: a small network at 4 mm, trained for a few thousand steps on CPU so that it ships
-in the package and retrains within the two-hour budget. The tumours of this collection are large
-(mostly T4), so T agreement says little about the smaller categories; the cross-validation folds
-share scanners and protocols, so it estimates performance on this collection, not elsewhere.
+in the package and retrains within the two-hour budget. The collection holds no T1 tumour, so
+that category is untested; the cross-validation folds share scanners and protocols, so they
+estimate performance on this collection, not elsewhere. The PET must be in SUV: `mk.analyze`
+converts a DICOM PET series with `mk.suv` (body weight), a NIfTI PET is taken as given. Two
+patients fall below a Dice of 0.5, STS_013 and STS_020: the two largest tumours (283 and 321 mm),
+larger than the network's 128 x 192 x 192 mm patch. The maximum diameter is within 5 mm for
+{within_5mm} of the {result["patients"]} patients, so the T category read from it is a screening aid to check
+against the contour.
 """
     write_card(NAME, card, {k: v for k, v in result.items() if k != "per_patient"})
 

@@ -164,7 +164,8 @@ def test_analyze_sts_dicom_study_is_traceable(sts_report):
     folder, report = sts_report
     d = report.to_dict()
     validate_report(d)
-    assert d["model"]["name"] == "sarcoma-ct" and len(d["model"]["sha256"]) == 64
+    # the study holds CT and PET: the CT + PET model reads it, the PET in SUV on the CT grid
+    assert d["model"]["name"] == "sarcoma-petct" and len(d["model"]["sha256"]) == 64
     assert d["study"]["modality"] == "CT" and d["guideline"]["name"] == "sarcoma-extremity"
     # One primary tumour (the model's declared post-processing), measured on the analysed labels.
     assert d["findings"]["lesion_count"] == 1
@@ -179,7 +180,8 @@ def test_analyze_sts_dicom_study_is_traceable(sts_report):
     expected = "T1" if diameter <= 50 else "T2" if diameter <= 100 else "T3" if diameter <= 150 else "T4"
     t = next(item for item in d["guideline"]["derived"] if item["id"] == "t_category")
     assert t["value"] == expected and t["inputs"]["findings.max_diameter_mm"] == diameter
-    assert d["provenance"]["series_uids"] == [next(s["series_uid"] for s in d["study"]["series"] if s["picked"])]
+    picked = {s["modality"]: s["series_uid"] for s in d["study"]["series"] if s["picked"]}
+    assert d["provenance"]["series_uids"] == [picked["CT"], picked["PT"]]
     assert set(d["timings_s"]) == {"read", "predict", "lesions", "measure", "radiomics", "location", "guideline"}
     assert "patient_id" not in d["patient"] and "identifiers" not in d["study"]
     assert "not a medical device" in d["disclaimer"] and "not a medical device" in repr(report)

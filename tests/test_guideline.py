@@ -357,7 +357,7 @@ def test_result_fits_the_report_schema():
 def test_shipped_guidelines_are_listed_and_apply_to_shipped_models():
     entries = available_guidelines()
     assert [e["name"] for e in entries] == ["brain-metastases", "sarcoma-extremity"]
-    assert entries[1]["applies_to"]["models"] == ["sarcoma-ct"]
+    assert entries[1]["applies_to"]["models"] == ["sarcoma-petct", "sarcoma-ct"]
     assert entries[1]["applies_to"]["body_region"] == "extremity/trunk"
     assert entries[0]["applies_to"]["models"] == ["brain-lesion"]
     for e in entries:
@@ -380,7 +380,7 @@ def test_guideline_attributes():
     assert (g.name, g.version) == ("sarcoma-extremity", "1.0.0")
     assert g.sha256 == hashlib.sha256((SHIPPED / "sarcoma-extremity.yaml").read_bytes()).hexdigest()
     g.applies_to["models"].append("other")
-    assert g.applies_to["models"] == ["sarcoma-ct"]
+    assert g.applies_to["models"] == ["sarcoma-petct", "sarcoma-ct"]
     assert g.disclaimer.startswith(DISCLAIMER) and "multidisciplinary sarcoma team" in g.disclaimer
     assert load_guideline(SHIPPED / "sarcoma-extremity.yaml").name == "sarcoma-extremity"
 

@@ -857,7 +857,7 @@ def test_cupy_input_uses_io_binding(seg_model):
 
 
 def test_shipped_models_load_offline_with_full_metadata():
-    assert mk.models.available() == ["brain-lesion", "sarcoma-ct"]
+    assert mk.models.available() == ["brain-lesion", "sarcoma-ct", "sarcoma-petct"]
     for name in mk.models.available():
         path = mk.models.path(name)
         assert path.stat().st_size <= 5_000_000
@@ -869,6 +869,9 @@ def test_shipped_models_load_offline_with_full_metadata():
         assert meta["metrics"]["training"]["steps"] > 0
     assert "dice_median" in mk.models.load("brain-lesion").metadata["metrics"]
     assert "validation_dice_median" in mk.models.load("sarcoma-ct").metadata["metrics"]
+    petct = mk.models.load("sarcoma-petct").metadata
+    assert petct["input"]["modalities"] == ["CT", "PT"]
+    assert petct["metrics"]["cross_validation"]["patients"] == 45
     with pytest.raises(ValueError, match="no shipped model named 'liver'"):
         mk.models.path("liver")
 
@@ -904,3 +907,21 @@ def test_brain_lesion_finds_lesions_in_the_mni152_template():
         assert len(hit), f"the inserted {lesion.diameter_mm} mm lesion was missed"
         found = mk.regions(case.image.with_array(np.isin(components, hit).astype(np.uint8)))[0]
         assert abs(found.max_diameter_mm - lesion.diameter_mm) <= 2.0
+
+def test_sarcoma_petct_reads_ct_with_pet_on_its_grid(shared_data):
+    """The shipped CT + PET model on a real patient (NIfTI CT and SUV PET, one frame of reference):
+    two inputs on one grid, labels back on the CT grid, and the tumour found. STS_038 is among the
+    45 training patients of the shipped model, so this checks the pipeline, not generalisation
+    (the cross-validated figures are in its metadata and card)."""
+    folder = shared_data / "ibsi" / "ibsi_validation" / "nifti" / "STS_038"
+    ct = mk.read(folder / "CT_image.nii.gz")
+    pet = mk.resample_to(mk.read(folder / "PET_image.nii.gz"), ct)
+    model = mk.models.load("sarcoma-petct")
+    pred = model.predict(ct, pet)
+    assert pred.labels.same_geometry(ct)
+    found, gtv = pred.labels.array == 1, mk.read(folder / "CT_mask.nii.gz").array > 0
+    assert 2 * (found & gtv).sum() / (found.sum() + gtv.sum()) > 0.8
+    cv = model.metadata["metrics"]["cross_validation"]
+    assert cv["per_patient"]["STS_038"]["fold"] == 2 and cv["dice_median"] > 0.7
+    with pytest.raises(mk.ModelError, match=r"takes 2 channel image\(s\) \(CT, PT\), got 1"):
+        model.predict(ct)

@@ -33,7 +33,7 @@ __all__ = ["analyze", "DEFAULT_MODELS"]
 
 # Shipped models tried in this order when none is given: the first whose input modalities the
 # study holds (all of them) reads it.
-DEFAULT_MODELS = ("sarcoma-ct", "brain-lesion")
+DEFAULT_MODELS = ("sarcoma-petct", "sarcoma-ct", "brain-lesion")
 # Radiomics families reported per lesion: defined for any ROI without a discretisation choice, so
 # they need no parameter a user would have to justify (texture families do: call mk.radiomics).
 RADIOMICS_FAMILIES = ("morphology", "statistics")
