@@ -20,8 +20,4 @@ class Known:
     reason: str
 
 
-KNOWN_OPEN: list[Known] = [
-    Known("rtstruct", "NotImplementedError", "unknown_vr_referenced_roi_number.dcm",
-          "pydicom's NotImplementedError ('Unknown Value Representation') escapes mk.read_rtstruct when "
-          "an element read lazily from the ROI Contour Sequence (here ReferencedROINumber) has an unknown VR"),
-]
+KNOWN_OPEN: list[Known] = []

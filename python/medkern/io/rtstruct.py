@@ -142,6 +142,10 @@ def read_rtstruct(path: str | os.PathLike, reference: Any, rois: Sequence[str] |
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # non-conformant values in real files: checked below
             ds = pydicom.dcmread(p)
+            # pydicom decodes elements when they are first read; decode them all here so that an
+            # unknown VR or an undecodable value anywhere is this error, not a foreign one later.
+            for _ in ds.iterall():
+                pass
     except Exception as exc:  # pydicom raises many types for files that are not DICOM
         raise DicomError(f"{p}: not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
     if str(ds.get("Modality", "")) != "RTSTRUCT":
