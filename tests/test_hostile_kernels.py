@@ -510,3 +510,29 @@ def test_bindings_bound_counts_that_feed_index_arithmetic():
     for sigma in (np.inf, np.nan, 1e300):
         with pytest.raises(ValueError, match="sigma must be in"):
             _core.smooth_shrink(x, [1, 1, 1], [sigma, 0.0, 0.0], 2)
+
+
+@pytest.mark.parametrize("fn", [mk.equalize_hist, mk.threshold_otsu, mk.clahe])
+def test_float32_range_near_its_limit_is_refused(fn):
+    # Finite float32 extremes whose difference overflows float32 gave non-finite bins (NaN Otsu
+    # threshold, non-finite equalisation).
+    x = (np.random.default_rng(0).random((5, 6, 7)) * 100).astype(np.float32)
+    x.flat[3], x.flat[10] = 3e38, -3e38
+    with pytest.raises(ValueError, match=r"too wide for float32 histograms"):
+        fn(x)
+
+
+def test_resample_far_beyond_the_field_of_view_is_refused():
+    # The anti-aliasing tap table grew with the spacing ratio: 30 GiB for 1e9 mm.
+    with pytest.raises(ValueError, match=r"1e\+09 times the input spacing on an axis of 5 voxels"):
+        mk.resample(mk.Image(np.zeros((5, 6, 7), np.float32)), 1e9)
+    assert mk.resample(mk.Image(np.zeros((5, 6, 7), np.float32)), 20.0).shape == (1, 1, 1)
+
+
+def test_radiomics_resampling_grid_is_bounded_before_allocating():
+    img = mk.Image(np.random.default_rng(0).random((10, 10, 10)).astype(np.float32) * 100)
+    mask = np.zeros((10, 10, 10), np.uint8)
+    mask[3:7, 3:7, 3:7] = 1
+    with pytest.raises(ValueError, match=r"resample_spacing \(0.0001, 0.0001, 0.0001\) mm puts the ROI on a "
+                                         r"100000 x 100000 x 100000 grid"):
+        mk.radiomics(img, mask, features=("firstorder", "glcm"), bin_count=16, resample_spacing=1e-4)

@@ -130,11 +130,17 @@ def check_stats(st: dict, x: Any, fn: str, name: str = "img", mask: Any = None,
     raise ValueError(_nonfinite_message(fn, name, int(st["nan_count"]), 0, "", hint))  # pragma: no cover
 
 
-def check_range(lo: float, hi: float, fn: str, name: str = "img") -> None:
-    """Refuse finite extremes whose difference overflows float64 (every bin would be +-inf wide)."""
-    if not math.isfinite(float(hi) - float(lo)):
-        raise ValueError(f"{fn}: the intensity range of {name}, [{lo:g}, {hi:g}], is wider than float64 can "
-                         "represent (max - min overflows); rescale the image first")
+def check_range(lo: float, hi: float, fn: str, name: str = "img", dtype: Any = np.float64) -> None:
+    """Refuse finite extremes too far apart for histograms in ``dtype`` (the image's float type,
+    float64 for integers): bin edges take max - min in that type and the per-class sums add up to
+    2**32 voxels times a value, so both must stay below its largest value over 2**32."""
+    kind = np.dtype(dtype)
+    limit = float(np.finfo(kind if kind.kind == "f" else np.float64).max) / 2.0**32
+    width = float(hi) - float(lo)
+    if not (math.isfinite(width) and width <= limit and max(abs(float(lo)), abs(float(hi))) <= limit):
+        raise ValueError(f"{fn}: the intensity range of {name}, [{lo:g}, {hi:g}], is too wide for "
+                         f"{kind.name if kind.kind == 'f' else 'float64'} histograms (max - min or the sums over "
+                         f"the voxels would overflow beyond {limit:.3g}); rescale the image first")
 
 
 def check_same_geometry(a: Image, b: Image, fn: str, name_a: str = "img", name_b: str = "mask") -> None:

@@ -147,7 +147,7 @@ def _extremes(x: Any, mask: Any, backend: str, name: str) -> tuple[float, float]
     if st["count"] == 0:
         raise ValueError(f"{name}: mask selects no voxel")
     lo, hi = float(st["min"]), float(st["max"])
-    check_range(lo, hi, name)
+    check_range(lo, hi, name, dtype=x.dtype)
     return lo, hi
 
 

@@ -304,6 +304,12 @@ def _axis_taps(n_in: int, n_out: int, scale: float, offset: float, interpolation
         w = np.stack([u * u * u / 6.0, (3 * t3 - 6 * t2 + 4) / 6.0,
                       (-3 * t3 + 3 * t2 + 3 * t + 1) / 6.0, t3 / 6.0], axis=1)
     if sigma > 0:
+        # The anti-aliasing Gaussian spans 4 sigma input voxels each side; far beyond the axis it
+        # only averages the whole axis, at a tap table that grows with sigma (GiB for absurd spacings).
+        if int(_TRUNCATE * sigma + 0.5) > 16 * n_in + 64:
+            raise ValueError(f"resample: the new spacing is {2 * sigma + 1:.3g} times the input spacing "
+                             f"on an axis of {n_in} voxels, far beyond the image's extent; give a spacing "
+                             "within the field of view or antialias=False")
         s, g = _gaussian_taps(sigma)
         idx = _mirror(idx[:, :, None] + s[None, None, :], n_in).reshape(n_out, -1)
         w = (w[:, :, None] * g[None, None, :]).reshape(n_out, -1)

@@ -343,7 +343,7 @@ def threshold_otsu(img: Any, mask: Any = None, nbins: int = 256, *, backend: str
     lo, hi = st["min"], st["max"]
     if lo == hi:
         return float(lo)
-    check_range(lo, hi, "threshold_otsu")
+    check_range(lo, hi, "threshold_otsu", dtype=x.dtype)
     if integer and hi - lo < 2**20:
         centres = np.arange(int(lo), int(hi) + 1, dtype=np.float64)
         edges = np.append(centres - 0.5, float(hi) + 0.5)

@@ -9,6 +9,8 @@ look further than the 1 cm³ local-intensity sphere), sampled by ``mk.resample_t
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from medkern.image import Image
@@ -36,7 +38,7 @@ def interpolate(image: Image, mask: np.ndarray, new_spacing, interpolation: str,
                 mask_interpolation: str, partial_volume: float, backend: str
                 ) -> tuple[np.ndarray, np.ndarray]:
     """The image (float64) and ROI mask (bool) on the part of the IBSI grid around the ROI."""
-    from medkern.resample import resample_to
+    from medkern.resample import MAX_OUTPUT_VOXELS, resample_to
 
     spacing = np.asarray(image.spacing, np.float64)
     new_spacing = np.where(np.isnan(new_spacing), spacing, new_spacing)
@@ -48,6 +50,11 @@ def interpolate(image: Image, mask: np.ndarray, new_spacing, interpolation: str,
     o_lo = np.clip(np.floor((lo_in - start) / step), 0, n_new - 1).astype(int)
     o_hi = np.clip(np.ceil((hi_in - start) / step), 0, n_new - 1).astype(int)
     out_shape = tuple(int(v) for v in o_hi - o_lo + 1)
+    if math.prod(out_shape) > MAX_OUTPUT_VOXELS:
+        raise ValueError(f"resample_spacing {tuple(float(v) for v in new_spacing)} mm puts the ROI on a "
+                         f"{' x '.join(map(str, out_shape))} grid ({math.prod(out_shape):.3g} voxels, more than "
+                         f"{MAX_OUTPUT_VOXELS:.3g}); give a spacing closer to the image's "
+                         f"{tuple(float(v) for v in spacing)} mm")
     # Input block the samples need, plus the spline margin, then edge-padded so samples past the
     # original grid take the boundary value.
     first = start + o_lo * step
