@@ -99,7 +99,7 @@ def ct_series(helpers, directory: Path, n: int = 4, rng=None, **kw) -> tuple[lis
     return paths, stored
 
 
-def enhanced_ct(path: Path, n: int = 3, *, drop_position: int | None = None, drop_rescale: int | None = None,
+def enhanced_ct(path: Path, n: int = 3, *, drop_position: int | str | None = None, drop_rescale: int | None = None,
                 items: int | None = None) -> tuple[Path, np.ndarray]:
     """An Enhanced CT multi-frame file: per-frame positions and rescale, shared orientation/spacing."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -128,7 +128,7 @@ def enhanced_ct(path: Path, n: int = 3, *, drop_position: int | None = None, dro
     frames = []
     for k in range(n if items is None else items):
         item = Dataset()
-        if k != drop_position:
+        if k != drop_position and drop_position != "all":
             pos = Dataset()
             pos.ImagePositionPatient = [0, 0, 3.0 * k]
             item.PlanePositionSequence = Sequence([pos])
@@ -490,6 +490,8 @@ def test_enhanced_multiframe_reads(tmp_path):
     ({"items": 0}, ["PerFrameFunctionalGroupsSequence has 0 items"]),
     ({"drop_position": 1}, ["frame 2", "PlanePositionSequence"]),
     ({"drop_rescale": 2}, ["frame 3", "PixelValueTransformationSequence"]),
+    # no frame placed: stacked at a made-up origin and 1 mm before
+    ({"drop_position": "all"}, ["no frame has a PlanePositionSequence", "enhanced CT"]),
 ])
 def test_enhanced_multiframe_without_per_frame_groups(tmp_path, kw, fields):
     path, _ = enhanced_ct(tmp_path / "e.dcm", **kw)
@@ -814,3 +816,9 @@ def test_unsigned_32_bit_with_fewer_bits_stored(helpers, tmp_path, photometric):
     img = mk.read(path)
     assert img.dtype == np.uint32
     np.testing.assert_array_equal(img.array, expect.astype(np.uint32))
+
+
+def test_rescale_slope_that_overflows_the_values_is_refused(helpers, tmp_path):
+    # every voxel was inf, with no error
+    raises_naming(edited(helpers, "CT_small.dcm", tmp_path, RescaleSlope="1e308"), "RescaleSlope 1e+308",
+                  "non-finite voxels")

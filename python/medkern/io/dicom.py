@@ -970,6 +970,11 @@ def _frames_of(a: _Attrs, f: _File) -> list[_Frame]:
                 _orientation(orientation, "ImageOrientationPatient" + where), spacing, source, slope, intercept,
             ))
         placed = [fr.position is not None and fr.orientation is not None for fr in frames]
+        if f.modality in ("CT", "MR", "PT") and not any(placed):
+            # Enhanced CT/MR/PET require the Plane Position and Orientation groups (PS3.3 A.38.1,
+            # A.36.2, A.56): without them the frames would be stacked at a made-up origin and 1 mm.
+            raise _Unreadable("no frame has a PlanePositionSequence / PlaneOrientationSequence in its functional "
+                              f"groups (required for an enhanced {f.modality} image)")
         if any(placed) and not all(placed):
             k = placed.index(False)
             raise _Unreadable(f"frame {k + 1} has no PlanePositionSequence / PlaneOrientationSequence in its "
@@ -1741,6 +1746,13 @@ def _read_layout(series: DicomSeries, allow_irregular: bool, progress: Progress)
     except MemoryError as exc:
         raise DicomError(f"series {series.key} in {series.files[0].parent}: the {values_dtype} values of "
                          f"{len(frames)} x {f.rows} x {f.cols} voxels do not fit in memory") from exc
+    if needs_values and values.dtype.kind == "f" and not np.isfinite(values).all():
+        # Stored pixels are integers, so only an absurd RescaleSlope/Intercept makes them overflow.
+        slopes = sorted({fr.slope for fr in frames})
+        raise DicomError(f"series {series.key} ({len(series.files)} file(s), first {series.files[0]}): "
+                         f"RescaleSlope {slopes[-1]:g} / "
+                         f"RescaleIntercept {max(abs(fr.intercept) for fr in frames):g} map stored values beyond "
+                         f"the {values.dtype} range (non-finite voxels): the header is corrupt")
     if len(layout.shape) == 2:
         values = values[0]
     return Image(values, spacing=layout.spacing, origin=layout.origin, direction=layout.direction,
