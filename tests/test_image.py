@@ -150,3 +150,15 @@ def test_write_is_atomic_and_keeps_old_file(tmp_path):
 def test_write_rejects_unknown_suffix(tmp_path):
     with pytest.raises(ValueError, match="unsupported output format"):
         mk.write(mk.Image(np.zeros((2, 2), np.float32)), tmp_path / "x.png")
+
+
+def test_direction_columns_must_be_unit_vectors(tmp_path):
+    # A scaled column stretched the world extent beyond what spacing says, silently.
+    with pytest.raises(ValueError, match=r"direction columns must be unit vectors .* lengths \[1.0, 1.118034, 1.0\]"):
+        mk.Image(np.zeros((4, 5, 6)), direction=[[1, .5, 0], [0, 1, 0], [0, 0, 1]])
+    path = tmp_path / "scaled.mha"
+    mk.write(mk.Image(np.zeros((4, 5, 6), np.float32)), path)
+    path.write_bytes(path.read_bytes().replace(b"TransformMatrix = 1 0 0 0 1 0 0 0 1",
+                                               b"TransformMatrix = 1 0 0 0 1 0 0 0 3"))
+    with pytest.raises(ValueError, match=r"scaled.mha: TransformMatrix .* not unit vectors"):
+        mk.read(path)

@@ -43,8 +43,9 @@ class Image:
         Default: the axis-aligned orientation where column index i runs along x, row index j
         along y and slice index k along z, i.e. ``np.eye(ndim)[:, ::-1]`` (ITK's identity
         direction, as SimpleITK gives for ``GetImageFromArray``). Note that ``np.eye(3)`` is a
-        different orientation here (array axis 0 along x). Columns must be linearly independent; they are not renormalised, so a
-        matrix read from a file survives a round trip exactly.
+        different orientation here (array axis 0 along x). Columns must be linearly independent unit
+        vectors (within 1e-3: a ValueError otherwise); they are not renormalised, so a matrix read
+        from a file survives a round trip exactly.
     vector : the last array axis holds vector components, not a spatial axis.
     """
 
@@ -93,6 +94,11 @@ class Image:
             raise ValueError(f"direction must be a {ndim}x{ndim} finite matrix, got shape {direction.shape}")
         if abs(np.linalg.det(direction)) < 1e-6:
             raise ValueError("direction is singular: its columns (the axis unit vectors) must be independent")
+        lengths = np.linalg.norm(direction, axis=0)
+        if np.any(np.abs(lengths - 1.0) > 1e-3):
+            # A scaled column would stretch the world extent along that axis beyond what spacing says.
+            raise ValueError(f"direction columns must be unit vectors (the scale belongs in spacing), got "
+                             f"lengths {[round(float(v), 6) for v in lengths]}")
         if vector and array.shape[-1] < 1:
             raise ValueError("a vector image needs at least one component")
         self._array = array

@@ -271,6 +271,9 @@ def read_metaimage(path: str | os.PathLike, volume: int | None = None) -> Image:
     direction = np.asarray(matrix, dtype=np.float64).reshape(ndims, ndims).T[:n, :n]
     if abs(np.linalg.det(direction)) < 1e-6:
         raise ValueError(f"{p}: TransformMatrix {list(matrix)} is singular")
+    if np.any(np.abs(np.linalg.norm(direction, axis=0) - 1.0) > 1e-3):
+        raise ValueError(f"{p}: TransformMatrix {list(matrix)} has columns that are not unit vectors (the "
+                         "scale belongs in ElementSpacing)")
     return Image(native(array), spacing=spacing[:n][::-1], origin=origin[:n], direction=direction[:, ::-1],
                  vector=channels > 1)
 
