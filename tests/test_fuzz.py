@@ -2,10 +2,10 @@
 
 Each harness runs in its own process for MEDKERN_FUZZ_SECONDS (default 15 s; the whole file stays
 within about two and a half minutes), from seeds generated at run time, with a 10 s per-input
-timeout (a hang is a finding) and a 2 GiB memory limit. A crash, an undocumented exception, a
-broken invariant, a hang or an out-of-memory makes libFuzzer stop with a non-zero status and
-write the input under the test's temporary directory; the failure message shows where. The longer
-run is described in tests/fuzz/README.md.
+timeout (a hang is a finding) and a memory limit of 2 GiB beyond the test process's own peak. A
+crash, an undocumented exception, a broken invariant, a hang or an out-of-memory makes libFuzzer
+stop with a non-zero status and write the input under the test's temporary directory; the failure
+message shows where. The longer run is described in tests/fuzz/README.md.
 """
 
 from __future__ import annotations
@@ -29,6 +29,17 @@ HARNESSES = sorted(p.stem.removeprefix("fuzz_") for p in FUZZ.glob("fuzz_*.py"))
 SECONDS = int(os.environ.get("MEDKERN_FUZZ_SECONDS", "15"))
 
 
+def _rss_limit_mb(margin_mb: int = 2048) -> str:
+    """libFuzzer's -rss_limit_mb: a child's peak-RSS counter starts at the parent's peak when it is
+    forked (Linux keeps ru_maxrss across fork and exec), so the limit is this test process's peak
+    plus the margin the harness may use; a fixed 2 GiB failed whenever pytest itself had grown
+    past it."""
+    import resource
+
+    parent_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024   # KiB on Linux
+    return f"-rss_limit_mb={parent_mb + margin_mb}"
+
+
 def _env(strict: bool) -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     env["MEDKERN_FUZZ_STRICT"] = "1" if strict else "0"
@@ -50,7 +61,7 @@ def test_fuzz_harness(harness, tmp_path):
     corpus, artifacts = tmp_path / "corpus", tmp_path / "artifacts"
     artifacts.mkdir()
     proc = _run([f"fuzz_{harness}.py", str(corpus), f"-max_total_time={SECONDS}", "-timeout=10",
-                 "-rss_limit_mb=2048", "-seed=1", f"-artifact_prefix={artifacts}/", "-print_final_stats=1"],
+                 _rss_limit_mb(), "-seed=1", f"-artifact_prefix={artifacts}/", "-print_final_stats=1"],
                 strict=False, timeout=SECONDS + 180)
     found = sorted(p.name for p in artifacts.iterdir())
     assert proc.returncode == 0 and not found, (
@@ -79,6 +90,6 @@ def test_known_open_entries_have_reproducers():
 @pytest.mark.parametrize("harness,reproducer", _reproducers())
 def test_regression(harness, reproducer):
     """A stored input that once made a harness fail: it must now run through cleanly."""
-    proc = _run([f"fuzz_{harness}.py", str(reproducer), "-timeout=10", "-rss_limit_mb=2048"], strict=True,
+    proc = _run([f"fuzz_{harness}.py", str(reproducer), "-timeout=10", _rss_limit_mb()], strict=True,
                 timeout=120)
     assert proc.returncode == 0, _tail(proc)
