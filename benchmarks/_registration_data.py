@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 import medkern as mk
-from medkern.registration import _rotation
+from medkern._registration import _rotation
 
 
 def load_mni(spacing_mm: float = 1.0) -> tuple[mk.Image, mk.Image, mk.Image]:

@@ -9,7 +9,7 @@ from skimage.filters import threshold_otsu
 from skimage.measure import marching_cubes, mesh_surface_area, regionprops
 
 import medkern as mk
-from medkern.segment import ball
+from medkern._segment import ball
 from _harness import Case
 
 

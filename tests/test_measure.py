@@ -9,7 +9,7 @@ import pytest
 from skimage.measure import marching_cubes, mesh_surface_area
 
 import medkern as mk
-from medkern import measure
+from medkern import _measure as measure
 
 
 def _ball(shape, radii_vox):

@@ -14,7 +14,7 @@ import scipy.stats
 from skimage.feature import graycomatrix, graycoprops
 
 import medkern as mk
-from medkern.radiomics import FAMILIES, _kernels, compliance, glcm
+from medkern._radiomics import FAMILIES, _kernels, compliance, glcm
 
 DATA = Path(os.environ.get("MEDKERN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 REFERENCE = DATA / "ibsi" / "ibsi_1_reference_values.json"
@@ -307,7 +307,7 @@ def test_families_subset_and_alias(rng):
 # ---------------------------------------------------------------------------- interpolation
 
 def test_ibsi_grid_alignment():
-    from medkern.radiomics._interpolate import ibsi_grid
+    from medkern._radiomics._interpolate import ibsi_grid
 
     # IBSI §2.4: ceil of the fractional size, grid centres aligned.
     n_new, start, step = ibsi_grid((60, 201, 204), (3.0, 0.977, 0.977), (2.0, 2.0, 2.0))
@@ -318,7 +318,7 @@ def test_ibsi_grid_alignment():
 
 @pytest.mark.parametrize("interpolation, order", [("linear", 1), ("cubic", 3)])
 def test_interpolation_matches_scipy_on_ibsi_grid(rng, interpolation, order):
-    from medkern.radiomics._interpolate import ibsi_grid, interpolate
+    from medkern._radiomics._interpolate import ibsi_grid, interpolate
 
     # The ROI lies far enough from the image edges that no edge padding enters the block.
     a = ndi.gaussian_filter(rng.normal(size=(48, 80, 76)), 1.5) * 100
@@ -391,7 +391,7 @@ def test_morphology_mesh_hull_and_diameter_match_skimage_scipy(rng):
     from scipy.spatial.distance import pdist
     from skimage.measure import marching_cubes, mesh_surface_area
 
-    from medkern import measure
+    from medkern import _measure as measure
 
     mask = _ellipsoid((14, 17, 15), (5.2, 7.1, 6.3))
     spacing = (1.5, 0.9, 1.1)
@@ -425,7 +425,7 @@ def test_convex_hull_kernel_matches_qhull(rng):
 
 
 def test_moran_and_geary_match_pairwise_definition(rng):
-    from medkern.radiomics.morphology import spatial_autocorrelation
+    from medkern._radiomics.morphology import spatial_autocorrelation
 
     img = rng.normal(size=(4, 7, 6)).cumsum(axis=2)
     mask = rng.random(img.shape) > 0.35
@@ -445,7 +445,7 @@ def test_moran_and_geary_match_pairwise_definition(rng):
 def test_ellipsoid_area_series():
     from numpy.polynomial.legendre import legval
 
-    from medkern.radiomics.morphology import ellipsoid_area
+    from medkern._radiomics.morphology import ellipsoid_area
 
     np.testing.assert_allclose(ellipsoid_area(3, 3, 3), 4 * np.pi * 9)
     # Spheroids: the exact areas, e = sqrt(1 - c^2 / a^2).

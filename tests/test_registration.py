@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 import medkern as mk
-from medkern.registration import _rotation, metric_value, smooth_shrink
+from medkern._registration import _rotation, metric_value, smooth_shrink
 
 METRICS = ["mse", "ncc", "mi"]
 SITK_METRIC = {

@@ -14,7 +14,7 @@ import scipy.ndimage as ndi
 import SimpleITK as sitk
 
 import medkern as mk
-from medkern.resample import map_coordinates
+from medkern._resample import map_coordinates
 
 DTYPES = [np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64]
 ORDER = {"nearest": 0, "linear": 1, "cubic": 3}

@@ -8,7 +8,7 @@ import pytest
 import scipy.ndimage as ndi
 
 import medkern as mk
-from medkern.segment import ball, ball_offsets
+from medkern._segment import ball, ball_offsets
 
 LABEL_DTYPES = [np.bool_, np.uint8, np.int8, np.int16, np.uint16, np.int32, np.uint32, np.int64]
 CONNECTIVITY = [(3, 6, 1), (3, 18, 2), (3, 26, 3), (2, 4, 1), (2, 8, 2)]  # ndim, ours, scipy rank
@@ -181,7 +181,7 @@ def test_morphology_equals_scipy_with_ball(rng, cpu_backend, ours, ref, ndim, ra
 
 
 def test_morphology_direct_and_distance_paths_agree(rng, monkeypatch):
-    import medkern.segment as seg
+    import medkern._segment as seg
 
     mask = _blobs(rng, (14, 17, 16), 0.4, 1.0)
     img = mk.Image(mask, spacing=(1.5, 0.7, 0.7))

@@ -9,9 +9,9 @@ from __future__ import annotations
 from medkern import models
 from medkern.analysis import Report, analyze
 from medkern._dispatch import backends, get_num_threads, set_num_threads
-from medkern.contrast import clahe, equalize_hist, n4_bias_correction
+from medkern._contrast import clahe, equalize_hist, n4_bias_correction
 from medkern.errors import Cancelled, DicomError, MedkernError, ModelError
-from medkern.filters import (
+from medkern._filters import (
     anisotropic_diffusion,
     bilateral,
     gaussian,
@@ -22,17 +22,17 @@ from medkern.filters import (
 )
 from medkern.image import Image
 from medkern.inference import Model, Prediction, sliding_window, validate_metadata, write_model_metadata
-from medkern.intensity import normalize, window
+from medkern._intensity import normalize, window
 from medkern.io import read, write, write_dicom_series
 from medkern.io.dicom import DicomSeries, list_dicom_series, read_dicom_file, read_dicom_series
 from medkern.io.rtstruct import read_rtstruct
 from medkern.io.rtstruct_write import write_rtstruct
-from medkern.measure import Region, regions
-from medkern.pet import suv
-from medkern.radiomics import radiomics
-from medkern.registration import RegistrationResult, register
-from medkern.resample import map_coordinates, resample, resample_to, warp
-from medkern.segment import (
+from medkern._measure import Region, regions
+from medkern._pet import suv
+from medkern._radiomics import radiomics
+from medkern._registration import RegistrationResult, register
+from medkern._resample import map_coordinates, resample, resample_to, warp
+from medkern._segment import (
     binary_close,
     binary_dilate,
     binary_erode,
@@ -44,7 +44,7 @@ from medkern.segment import (
     remove_small_components,
     threshold_otsu,
 )
-from medkern.transforms import Affine, DisplacementField
+from medkern._transforms import Affine, DisplacementField
 
 __version__ = "0.1.0"
 

@@ -129,14 +129,20 @@ def array_module(x: Any):
 class Kernel:
     """One computational kernel with an implementation per backend.
 
-    ``impls`` maps a backend name to a callable or to a lazy ``"module:function"`` path. All
-    implementations take the same arguments; CPU ones read :func:`get_num_threads` themselves.
+    ``impls`` maps a backend name to a callable, to a lazy ``"module:function"`` path, or (for
+    ``cpp``) to the bare name of a ``medkern._core`` binding. A binding is called with the
+    kernel's arguments followed by :func:`get_num_threads`, which every ``_core`` kernel takes
+    last; callables and ``"module:function"`` implementations read the thread count themselves.
+    All implementations take the same arguments.
     """
 
     def __init__(self, name: str, **impls: Callable[..., Any] | str):
         unknown = set(impls) - set(BACKENDS)
         if unknown:
             raise ValueError(f"Kernel {name}: unknown backends {sorted(unknown)}")
+        for backend, fn in impls.items():
+            if isinstance(fn, str) and ":" not in fn and backend != "cpp":
+                raise ValueError(f"Kernel {name}: {backend} implementation {fn!r} is not 'module:function'")
         self.name = name
         self._impls = dict(impls)
 
@@ -177,10 +183,26 @@ class Kernel:
     def impl(self, backend: str) -> Callable[..., Any]:
         fn = self._impls[backend]
         if isinstance(fn, str):
-            module, _, attr = fn.partition(":")
-            fn = getattr(importlib.import_module(module), attr)
+            if ":" in fn:
+                module, _, attr = fn.partition(":")
+                fn = getattr(importlib.import_module(module), attr)
+            else:
+                fn = _core_binding(fn)
             self._impls[backend] = fn
         return fn
 
     def __call__(self, x: Any, *args: Any, backend: str = "auto", **kwargs: Any) -> Any:
         return self.impl(self.resolve(x, backend))(x, *args, **kwargs)
+
+
+def _core_binding(name: str) -> Callable[..., Any]:
+    """``medkern._core.<name>`` with the thread count appended, read at each call."""
+    from medkern import _core
+
+    binding = getattr(_core, name)
+
+    def call(*args: Any) -> Any:
+        return binding(*args, get_num_threads())
+
+    call.__name__ = call.__qualname__ = name
+    return call

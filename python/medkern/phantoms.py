@@ -117,7 +117,7 @@ def _prepare(template: Any) -> _Template:
     from scipy import ndimage
 
     from medkern.inference.model import reorient
-    from medkern.resample import resample
+    from medkern._resample import resample
 
     if not isinstance(template, Image):
         raise TypeError(f"template must be an mk.Image (a skull-stripped T1 brain, e.g. "

@@ -12,7 +12,7 @@ import math
 import cupy
 import numpy as np
 
-from medkern.contrast import CLAHE_GRAY_LEVELS, clahe_level_table
+from medkern._backend_shared import CLAHE_GRAY_LEVELS, clahe_level_table
 
 _LEVEL = cupy.ElementwiseKernel(
     "T u, float64 lo, float64 hi, int32 bin_size",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import cupy
 from cupyx.scipy import ndimage as cndi
 
-from medkern.filters import MODES, _pad3, bilateral_domain_weights
+from medkern._backend_shared import MODES, bilateral_domain_weights, pad3
 
 
 def separable_correlate(x, kernels, mode, cval):
@@ -26,9 +26,9 @@ def median_filter(x, radius, mode):
 
 def bilateral_filter(x, spacing, sigma_mm, radius, sigma_range, cutoff_sigmas, samples):
     """medkern::bilateral_filter as whole-array CuPy operations, one shifted view per offset."""
-    r = _pad3(radius, 0)
-    wd = bilateral_domain_weights(_pad3(spacing, 1.0), _pad3(sigma_mm, 1.0), r)
-    x3 = cupy.ascontiguousarray(x, dtype=cupy.float32).reshape(_pad3(x.shape, 1))
+    r = pad3(radius, 0)
+    wd = bilateral_domain_weights(pad3(spacing, 1.0), pad3(sigma_mm, 1.0), r)
+    x3 = cupy.ascontiguousarray(x, dtype=cupy.float32).reshape(pad3(x.shape, 1))
     padded = cupy.pad(x3, [(v, v) for v in r], mode="edge")
     cutoff = cutoff_sigmas * sigma_range
     to_bin, bin_width = samples / cutoff, cutoff / samples

@@ -29,7 +29,7 @@ def resample_separable(x, taps, order, prefilter, fill):
             term = cupy.take(cur, d_idx[:, t], axis=a) * d_w[:, t].reshape(shape_w)
             acc = term if acc is None else acc + term
         cur = acc
-    from medkern.resample import fill_outside
+    from medkern._backend_shared import fill_outside
 
     return fill_outside(cur.astype(dtype, copy=False), taps, fill)
 

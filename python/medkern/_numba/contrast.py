@@ -6,8 +6,8 @@ import numba
 import numpy as np
 
 from medkern._numba import set_threads
-from medkern.contrast import CLAHE_GRAY_LEVELS as GRAY_LEVELS
-from medkern.contrast import clahe_level_table
+from medkern._backend_shared import CLAHE_GRAY_LEVELS as GRAY_LEVELS
+from medkern._backend_shared import clahe_level_table
 
 
 @numba.njit(cache=True)

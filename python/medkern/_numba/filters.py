@@ -210,10 +210,10 @@ def _bilateral(x, wd, r0, r1, r2, cutoff, to_bin, bin_width, nhiv, samples, out)
 
 def bilateral_filter(x, spacing, sigma_mm, radius, sigma_range, cutoff_sigmas, samples):
     set_threads()
-    from medkern.filters import _pad3, bilateral_domain_weights
+    from medkern._backend_shared import bilateral_domain_weights, pad3
 
-    r = _pad3(radius, 0)
-    wd = bilateral_domain_weights(_pad3(spacing, 1.0), _pad3(sigma_mm, 1.0), r)
+    r = pad3(radius, 0)
+    wd = bilateral_domain_weights(pad3(spacing, 1.0), pad3(sigma_mm, 1.0), r)
     x3 = np.ascontiguousarray(_as3d(x), dtype=np.float32)
     out = np.empty_like(x3)
     f = np.float32

@@ -152,7 +152,7 @@ def _finite(value: Any) -> Any:
 
 def _lesions(labels: np.ndarray) -> tuple[np.ndarray, int]:
     """One label per lesion (26-connected components of the foreground), largest first."""
-    from medkern.segment import label
+    from medkern._segment import label
 
     components, n = label(labels > 0)
     components = np.asarray(components)
@@ -166,7 +166,7 @@ def _lesions(labels: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def _radiomics(image: Image, lesion_labels: np.ndarray, region: Any) -> dict[str, Any]:
-    from medkern.radiomics import radiomics
+    from medkern._radiomics import radiomics
 
     # Crop to the lesion with a margin: the features see only the ROI, the crop saves the full scan.
     box = tuple(slice(max(a - 2, 0), b + 2) for a, b in zip(region.bbox[: image.ndim], region.bbox[image.ndim:]))
@@ -221,7 +221,7 @@ def analyze(study: Any, patient: Any = None, model: Any = None, guideline: Any =
     """
     from medkern import __version__
     from medkern.analysis.location import body_locations, brain_locations
-    from medkern.measure import regions
+    from medkern._measure import regions
 
     if not isinstance(include_identifiers, bool):
         raise TypeError(f"include_identifiers must be True or False, got {include_identifiers!r}")
@@ -350,7 +350,7 @@ def _in_model_units(chosen: StudyImage) -> StudyImage:
     """A DICOM PET series in SUVbw (mk.suv, QIBA): models read PET in SUV, and a series stored in
     Bq/ml (or counts) would otherwise reach them in units a thousand times off. Missing dose,
     timing or weight is a DicomError naming the attribute, never a guess. Other images as read."""
-    from medkern.pet import suv
+    from medkern._pet import suv
 
     c = chosen.candidate
     if c.series is None or dicom_modality(c.modality or "") != "PT":
@@ -361,7 +361,7 @@ def _in_model_units(chosen: StudyImage) -> StudyImage:
 
 def _on_primary_grid(secondary: StudyImage, primary: StudyImage) -> Image:
     """A second model input on the primary's grid: allowed only within one frame of reference."""
-    from medkern.resample import resample_to
+    from medkern._resample import resample_to
 
     a, b = primary.candidate.frame_of_reference_uid, secondary.candidate.frame_of_reference_uid
     if a is None or b is None or a != b:

@@ -125,7 +125,7 @@ def register_to_mni(image: Image, brain_mask: Image | None = None) -> Any:
     study as the fixed image gives the map that carries study points into MNI space directly.
     Coarse levels only (4, 2 mm): an atlas lookup needs millimetres, not sub-millimetres.
     """
-    from medkern.registration import register
+    from medkern._registration import register
 
     return register(image, mni_template(), transform="affine", metric="mi", levels=(4, 2),
                     initial="moments", mask=brain_mask).transform

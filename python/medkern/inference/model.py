@@ -469,7 +469,7 @@ class Model:
             return results  # type: ignore[return-value]
 
     def _prepare(self, channel_images: Sequence[Any], meta: dict[str, Any]) -> "_Case":
-        from medkern.intensity import normalize, window
+        from medkern._intensity import normalize, window
 
         inp = meta["input"]
         if len(channel_images) != inp["channels"]:
@@ -644,7 +644,7 @@ def postprocess_labels(labels: np.ndarray, probabilities: np.ndarray, spacing: S
     output on the last axis; label ``v`` reads channel ``v - first_channel`` (0 for softmax, whose
     channel 0 is the background; 1 for sigmoid, whose labels count from 1).
     """
-    from medkern.segment import label as connected
+    from medkern._segment import label as connected
 
     out = np.array(labels, copy=True)
     voxel = float(np.prod(spacing))
@@ -788,7 +788,7 @@ def _to_model_grid(img: Image, orientation: str | None, spacing: Sequence[float]
     if orientation is not None:
         img = reorient(img, orientation)
     if spacing is not None and not np.allclose(img.spacing, spacing, rtol=1e-4, atol=0):
-        from medkern import resample
+        from medkern._resample import resample
 
         img = resample(img, spacing, interpolation="linear", antialias=antialias)
     return img
@@ -801,7 +801,7 @@ def _back_to_input(img: Image, reference: Image, interpolation: str) -> Image:
     back = _reoriented_view(img, _orientation_code(reference.direction))
     if back.same_geometry(reference, atol=1e-6):
         return reference.with_array(np.ascontiguousarray(back.array))
-    from medkern import resample_to
+    from medkern._resample import resample_to
 
     # Flips alone keep the index map diagonal: the model-grid array is resampled as it is. An
     # axis permutation is undone first (one copy), so the map stays axis-aligned for the

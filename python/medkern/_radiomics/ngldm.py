@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from medkern.radiomics import _kernels
-from medkern.radiomics._matrix import approaches, dense_features
+from medkern._radiomics import _kernels
+from medkern._radiomics._matrix import approaches, dense_features
 
 TITLE = "Neighbouring grey level dependence based features"
 FEATURES = (

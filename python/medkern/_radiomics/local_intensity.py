@@ -22,7 +22,7 @@ def sphere_offsets(spacing) -> np.ndarray:
 
 
 def compute(roi, settings) -> dict[str, float]:
-    from medkern.radiomics import _kernels
+    from medkern._radiomics import _kernels
 
     centres = np.flatnonzero(roi.peak_mask)
     values = roi.peak_image.ravel()[centres]

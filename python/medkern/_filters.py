@@ -20,13 +20,14 @@ from typing import Any
 
 import numpy as np
 
+from medkern._backend_shared import MODES, bilateral_domain_weights, pad3
 from medkern._dispatch import Kernel, array_module, get_num_threads
 from medkern._util import check_finite, per_axis, unwrap
 
 __all__ = ["gaussian", "mean_filter", "log_filter", "unsharp_mask", "median", "bilateral",
            "anisotropic_diffusion"]
 
-MODES = ("reflect", "nearest", "mirror", "wrap", "constant")  # order = medkern::Boundary codes
+
 
 
 # ------------------------------------------------------------------ backend implementations
@@ -63,18 +64,10 @@ def _cpp_diffusion(x, spacing, iterations, time_step, conductance, kind):
                                        get_num_threads())
 
 
-def bilateral_domain_weights(spacing, sigma_mm, radius) -> np.ndarray:
-    """Gaussian of the physical offset over the (2r+1) box, normalised to sum 1, as a flat
-    float32 array in (k, j, i) row-major order (ITK normalises its domain kernel the same way).
-    Arguments have three entries (2D images padded with a leading axis)."""
-    grids = np.meshgrid(*[np.arange(-r, r + 1) * sp / sg for r, sp, sg in zip(radius, spacing, sigma_mm)],
-                        indexing="ij")
-    w = np.exp(-0.5 * sum(g * g for g in grids)).ravel()
-    return (w / w.sum()).astype(np.float32)
 
 
-def _pad3(values, fill):
-    return [fill] * (3 - len(values)) + list(values)
+
+
 
 
 def _cuda_stream():
@@ -89,8 +82,8 @@ def _cuda_separable(x, kernels, mode, cval):
     from medkern import _cuda
 
     cur = cupy.ascontiguousarray(x)
-    shape = _pad3(x.shape, 1)
-    kernels = _pad3(kernels, None)
+    shape = pad3(x.shape, 1)
+    kernels = pad3(kernels, None)
     for axis in (2, 1, 0):  # the C++ pass order
         if kernels[axis] is None:
             continue
@@ -109,7 +102,7 @@ def _cuda_median(x, radius, mode):
 
     x = cupy.ascontiguousarray(x)
     out = cupy.empty_like(x)
-    _cuda.median_filter(x.data.ptr, x.dtype, out.data.ptr, _pad3(x.shape, 1), _pad3(radius, 0), mode,
+    _cuda.median_filter(x.data.ptr, x.dtype, out.data.ptr, pad3(x.shape, 1), pad3(radius, 0), mode,
                         _cuda_stream())
     return out
 
@@ -120,11 +113,11 @@ def _cuda_bilateral(x, spacing, sigma_mm, radius, sigma_range, cutoff_sigmas, sa
     from medkern import _cuda
 
     x = cupy.ascontiguousarray(x)
-    r = _pad3(radius, 0)
-    wd = cupy.asarray(bilateral_domain_weights(_pad3(spacing, 1.0), _pad3(sigma_mm, 1.0), r))
+    r = pad3(radius, 0)
+    wd = cupy.asarray(bilateral_domain_weights(pad3(spacing, 1.0), pad3(sigma_mm, 1.0), r))
     out = cupy.empty(x.shape, cupy.float32)
     cutoff = cutoff_sigmas * sigma_range
-    _cuda.bilateral_filter(x.data.ptr, x.dtype, out.data.ptr, _pad3(x.shape, 1), wd.data.ptr, r,
+    _cuda.bilateral_filter(x.data.ptr, x.dtype, out.data.ptr, pad3(x.shape, 1), wd.data.ptr, r,
                            cutoff, samples / cutoff, cutoff / samples, -0.5 / sigma_range**2,
                            _cuda_stream())
     return out

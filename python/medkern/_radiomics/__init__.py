@@ -18,10 +18,10 @@ from medkern._dispatch import is_cupy_array
 from medkern._progress import Progress
 from medkern._util import as_image, check_finite, check_same_geometry
 from medkern.image import Image
-from medkern.radiomics import (gldzm, glcm, glrlm, glszm, histogram, ivh, local_intensity,
+from medkern._radiomics import (gldzm, glcm, glrlm, glszm, histogram, ivh, local_intensity,
                                morphology, ngldm, ngtdm, statistics)
-from medkern.radiomics._interpolate import interpolate
-from medkern.radiomics._preprocess import Settings, prepare
+from medkern._radiomics._interpolate import interpolate
+from medkern._radiomics._preprocess import Settings, prepare
 
 __all__ = ["radiomics", "RadiomicsResult", "Feature", "FAMILIES", "TEXTURE_DIMS"]
 

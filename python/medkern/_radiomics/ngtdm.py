@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from medkern.radiomics import _kernels
-from medkern.radiomics._matrix import aggregate, approaches
+from medkern._radiomics import _kernels
+from medkern._radiomics._matrix import aggregate, approaches
 
 TITLE = "Neighbourhood grey tone difference based features"
 FEATURES = (("Coarseness", "QCDE"), ("Contrast", "65HE"), ("Busyness", "NQ30"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from medkern.radiomics._matrix import zone_features
+from medkern._radiomics._matrix import zone_features
 
 TITLE = "Grey level size zone based features"
 FEATURES = (

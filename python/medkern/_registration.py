@@ -38,7 +38,7 @@ from medkern._dispatch import Kernel, get_num_threads, is_cupy_array
 from medkern._progress import Progress
 from medkern._util import as_image, check_finite, check_mask
 from medkern.image import Image
-from medkern.transforms import Affine, DisplacementField, Transform
+from medkern._transforms import Affine, DisplacementField, Transform
 
 __all__ = ["register", "RegistrationResult", "metric_value"]
 
@@ -448,7 +448,7 @@ def register(fixed: Any, moving: Any, transform: str = "rigid", metric: str | No
     ----------
     fixed, moving : 3D ``Image`` (or arrays, taken at unit spacing), any numeric dtype.
     transform : ``"rigid"`` (6 parameters), ``"affine"`` (12) or ``"deformable"`` (an affine
-        stage followed by a diffeomorphic field, see :func:`medkern.registration` docs).
+        stage followed by a diffeomorphic field, see :func:`medkern._registration` docs).
     metric : ``"mi"`` (Mattes mutual information, default for rigid/affine, works across
         modalities), ``"ncc"``, ``"mse"``; ``"lncc"`` (local NCC, the deformable stage's metric;
         its reported value is minus the mean local squared correlation). Values are minimised;

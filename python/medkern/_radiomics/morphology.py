@@ -1,6 +1,6 @@
 """Morphological features (IBSI §3.1) of the ROI morphological mask and its surface mesh.
 
-The mesh is the marching-cubes surface of the mask (``medkern.measure.surface_mesh``, vertices on
+The mesh is the marching-cubes surface of the mask (``medkern._measure.surface_mesh``, vertices on
 the half-voxel lattice); volume and area come from it, approximate volume from voxel counting.
 Intensity-weighted features (centre of mass shift, integrated intensity, Moran's I, Geary's C)
 use the ROI intensity mask.
@@ -137,8 +137,8 @@ def spatial_autocorrelation(image: np.ndarray, mask: np.ndarray, spacing) -> tup
 
 
 def compute(roi, settings) -> dict[str, float]:
-    from medkern import measure
-    from medkern.radiomics import _kernels
+    from medkern import _measure as measure
+    from medkern._radiomics import _kernels
 
     spacing = np.asarray(roi.spacing, np.float64)
     morph = roi.morph_mask.astype(bool)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from medkern.radiomics import _kernels
-from medkern.radiomics._matrix import approaches, dense_features, directional_aggregations
+from medkern._radiomics import _kernels
+from medkern._radiomics._matrix import approaches, dense_features, directional_aggregations
 
 TITLE = "Grey level run length based features"
 FEATURES = (

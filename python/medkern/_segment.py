@@ -15,9 +15,9 @@ import numpy as np
 
 from medkern._dispatch import Kernel, get_num_threads, is_cupy_array
 from medkern._util import check_finite, check_range, check_stats
-from medkern.contrast import histogram_edges
+from medkern._contrast import histogram_edges
 from medkern.image import Image
-from medkern.intensity import moments
+from medkern._intensity import moments
 
 __all__ = [
     "binary_close",
@@ -228,7 +228,7 @@ def binary_dilate(mask: Any, radius_mm: float, *, backend: str = "auto") -> Any:
     """Dilation of ``mask != 0`` by a ball of ``radius_mm`` in physical units (the Image's spacing,
     1 mm per voxel for a bare array): a voxel is set when a mask voxel lies within ``radius_mm``
     of it (centre to centre). Equals ``scipy.ndimage.binary_dilation`` with the structuring
-    element of :func:`medkern.segment.ball`. Small balls are applied directly (decomposed into
+    element of :func:`medkern._segment.ball`. Small balls are applied directly (decomposed into
     line segments), large ones through the distance transform (same result). A radius beyond
     the image diagonal is capped to it (same result). Returns bool.
     """

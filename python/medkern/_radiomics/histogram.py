@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medkern.radiomics.statistics import moments_and_quantiles
+from medkern._radiomics.statistics import moments_and_quantiles
 
 TITLE = "Intensity histogram features"
 FEATURES = (

@@ -33,10 +33,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from medkern._dispatch import Kernel, array_module, get_num_threads, is_cupy_array
+from medkern._backend_shared import fill_outside
+from medkern._dispatch import Kernel, get_num_threads, is_cupy_array
 from medkern._util import KERNEL_DTYPES, as_image, unwrap
 from medkern.image import Image
-from medkern.transforms import Affine, Composite, DisplacementField, Transform
+from medkern._transforms import Affine, Composite, DisplacementField, Transform
 
 __all__ = ["resample", "resample_to", "warp", "map_coordinates", "INTERPOLATIONS"]
 
@@ -108,17 +109,7 @@ def _cuda_separable(x, taps, order, prefilter, fill):
     return fill_outside(cur, taps, fill)
 
 
-def fill_outside(out: Any, taps: Sequence[tuple], fill: float) -> Any:
-    """Exact ``fill`` on the output slabs whose coordinate fell outside the input on any axis
-    (``valid == 0`` in a tap table), after the separable passes; the C++ driver does the same."""
-    xp = array_module(out)
-    for a in range(3):
-        invalid = np.asarray(taps[a][2]) == 0
-        if invalid.any():
-            sl: list[Any] = [slice(None)] * 3
-            sl[a] = xp.asarray(invalid)
-            out[tuple(sl)] = fill
-    return out
+
 
 
 def _cuda_gather(x, idx0, idx1, idx2, fill_bits):

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from medkern.image import Image
-from medkern.radiomics.local_intensity import PEAK_RADIUS_MM
+from medkern._radiomics.local_intensity import PEAK_RADIUS_MM
 
 # Input voxels kept beyond what the samples need: the cubic B-spline prefilter of the cropped
 # block differs from the full image's by 0.268^k at k voxels from the crop edge (pole of the
@@ -38,7 +38,7 @@ def interpolate(image: Image, mask: np.ndarray, new_spacing, interpolation: str,
                 mask_interpolation: str, partial_volume: float, backend: str
                 ) -> tuple[np.ndarray, np.ndarray]:
     """The image (float64) and ROI mask (bool) on the part of the IBSI grid around the ROI."""
-    from medkern.resample import MAX_OUTPUT_VOXELS, resample_to
+    from medkern._resample import MAX_OUTPUT_VOXELS, resample_to
 
     spacing = np.asarray(image.spacing, np.float64)
     new_spacing = np.where(np.isnan(new_spacing), spacing, new_spacing)

@@ -557,7 +557,7 @@ class DisplacementField(Transform):
 
     def displacement(self, points: Any) -> np.ndarray:
         """``u(p)`` at LPS points ``(..., ndim)``: linear, zero outside the grid."""
-        from medkern.resample import map_coordinates
+        from medkern._resample import map_coordinates
 
         pts = self._points(points)
         idx = self._field.world_to_index(pts.reshape(-1, self.ndim)).T

@@ -24,7 +24,7 @@ from medkern._util import check_mask, check_range, check_stats, unwrap
 __all__ = ["equalize_hist", "clahe", "n4_bias_correction"]
 
 # scikit-image's NR_OF_GRAY: CLAHE works on 14-bit grey levels.
-CLAHE_GRAY_LEVELS = 2**14
+
 # Integer images get one histogram bin per grey value (as scikit-image); beyond this many values
 # the table would not fit comfortably in memory.
 MAX_INTEGER_BINS = 2**24
@@ -112,13 +112,7 @@ n4_fit = Kernel("n4_bias_correction", cpp=_cpp_n4_fit)
 n4_apply = Kernel("n4_bias_correction", cpp=_cpp_n4_apply)
 
 
-def clahe_level_table(r_min: int, r_max: int) -> np.ndarray:
-    """float32 output of each CLAHE result level: scikit-image's final rescale_intensity onto
-    [0, 1] in double (a constant result is clipped to [0, 1] instead)."""
-    r = np.arange(CLAHE_GRAY_LEVELS, dtype=np.float64)
-    if r_max > r_min:
-        return ((r - r_min) / (r_max - r_min)).astype(np.float32)
-    return np.clip(r, 0.0, 1.0).astype(np.float32)
+
 
 
 def _positive_int(value: Any, name: str) -> int:

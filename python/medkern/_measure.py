@@ -184,7 +184,7 @@ def regions(labels: Any, img: Any = None, *, backend: str = "auto") -> list[Regi
     * ``surface_area_mm2``, ``mesh_volume_mm3``, ``sphericity``: on the marching-cubes mesh as
       IBSI 2020 §3.1 defines them (3D only; None for 2D).
     """
-    from medkern.segment import _split
+    from medkern._segment import _split
 
     lab, lab_image = _split(labels, "labels")
     if lab.dtype == np.bool_:

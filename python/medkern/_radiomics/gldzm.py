@@ -8,7 +8,7 @@ as borders.
 
 from __future__ import annotations
 
-from medkern.radiomics._matrix import zone_features
+from medkern._radiomics._matrix import zone_features
 
 TITLE = "Grey level distance zone based features"
 FEATURES = (
