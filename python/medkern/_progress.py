@@ -48,7 +48,7 @@ class _Sink:
     def __init__(self, operation: str, callback: Callable[[str, float], Any] | None):
         self.operation = operation
         self.callback = callback
-        self.bar = None
+        self.bar: Any = None  # a tqdm bar, imported only when one is shown
         self.fraction = 0.0
         self.stage = "start"
         self.last_call = -math.inf
@@ -94,6 +94,7 @@ class Progress:
     __slots__ = ("_sink", "_lo", "_hi", "_owner")
 
     def __init__(self, progress: Any, operation: str):
+        self._sink: _Sink | None
         self._lo, self._hi, self._owner = 0.0, 1.0, True
         if isinstance(progress, Progress):
             self._sink, self._lo, self._hi, self._owner = progress._sink, progress._lo, progress._hi, False

@@ -80,7 +80,7 @@ def remove_stale_temporaries(target: Path, now: float | None = None) -> list[Pat
                          + re.escape(suffix))
     prefix = f".{target.name}"
     host, now = _host(), time.time() if now is None else now
-    removed = []
+    removed: list[Path] = []
     try:
         candidates = [e for e in os.scandir(target.parent) if e.name.startswith(prefix + ".")]
     except OSError:
