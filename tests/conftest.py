@@ -14,6 +14,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MEDKERN_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+@pytest.fixture(autouse=True)
+def _restore_num_threads():
+    """Every test leaves the thread count as it found it, whatever it set and however it ended."""
+    before = mk.get_num_threads()
+    yield
+    mk.set_num_threads(before)
+
+
 @pytest.fixture(params=["cpp", "numba", "cuda", "cupy"])
 def backend(request) -> str:
     """Every test using this runs once per backend; unavailable backends skip with the reason."""
