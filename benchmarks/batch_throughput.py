@@ -26,9 +26,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from run import cpu_name  # noqa: E402
+
 import medkern as mk  # noqa: E402
 from medkern import batch  # noqa: E402
-from run import cpu_name  # noqa: E402
 
 DATA = Path(os.environ.get("MEDKERN_SHARED_DATA", HERE.parent.parent / "shared" / "data"))
 STS = DATA / "ibsi" / "ibsi_validation"

@@ -9,13 +9,13 @@ correction, for medkern and SimpleITK, both shrinking by 4 with 4 x 50 iteration
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import SimpleITK as sitk
-import cv2
+from _harness import Case
 from skimage import exposure
 
 import medkern as mk
-from _harness import Case
 
 
 def _mni() -> np.ndarray:

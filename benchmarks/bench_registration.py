@@ -6,11 +6,19 @@ from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
+from _harness import Case
+from _registration_data import (
+    brain_mask,
+    dice,
+    load_mni,
+    make_moving,
+    mean_error,
+    random_diffeomorphism,
+    random_transform,
+    sitk_rigid_mi,
+)
 
 import medkern as mk
-from _harness import Case
-from _registration_data import (brain_mask, dice, load_mni, make_moving, mean_error,
-                                random_diffeomorphism, random_transform, sitk_rigid_mi)
 
 
 def _rigid_case(quick: bool) -> Case:

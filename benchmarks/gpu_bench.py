@@ -49,8 +49,8 @@ def main() -> None:
     cases.append(("resample_to rotation 10 deg linear", lambda b: mk.resample_to(g_img, g_img, rot, backend=b),
                   lambda: mk.resample_to(ct_img, ct_img, rot)))
     for name, gpu, cpu in cases:
-        t_cuda = _time(lambda: gpu("cuda"), sync)
-        t_cupy = _time(lambda: gpu("cupy"), sync)
+        t_cuda = _time(lambda gpu=gpu: gpu("cuda"), sync)
+        t_cupy = _time(lambda gpu=gpu: gpu("cupy"), sync)
         t_cpu = _time(cpu, lambda: None, repeats=3)
         rows.append(f"| {name} | {t_cuda * 1e3:.2f} | {t_cupy * 1e3:.2f} | {t_cpu * 1e3:.1f} | {t_cpu / t_cuda:.0f}× |")
     print("\n| case | cuda (ms) | cupy (ms) | cpu (ms) | cuda vs cpu |\n|---|---|---|---|---|")

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _registration_data import brain_mask, dice, load_mni, make_moving, mean_error, random_transform, t2_like  # noqa: E402
+
 import medkern as mk  # noqa: E402
-from _registration_data import (brain_mask, dice, load_mni, make_moving, mean_error,  # noqa: E402
-                                random_transform, t2_like)
 
 
 def nibabel_case() -> str:

@@ -24,7 +24,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _harness import Case, median_time  # noqa: E402
+from _harness import median_time  # noqa: E402
 
 RESULTS = HERE / "RESULTS.md"
 

@@ -21,10 +21,9 @@ import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from _registration_data import load_mni, make_moving, random_diffeomorphism, random_transform, t2_like  # noqa: E402
 
 import medkern as mk  # noqa: E402
-from _registration_data import (load_mni, make_moving, random_diffeomorphism,  # noqa: E402
-                                random_transform, t2_like)
 
 
 def checkerboard(a: np.ndarray, b: np.ndarray, tile: int = 16) -> np.ndarray:

@@ -59,7 +59,8 @@ def truth_t(rules, mask: mk.Image) -> tuple[float, str | None]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=os.environ.get("MEDKERN_SHARED_DATA", str(HERE.parent.parent / "shared" / "data")))
+    shared = os.environ.get("MEDKERN_SHARED_DATA", str(HERE.parent.parent / "shared" / "data"))
+    ap.add_argument("--data", default=shared)
     ap.add_argument("--out", default=str(HERE / "validation_sts.md"))
     args = ap.parse_args()
     root = Path(args.data) / "ibsi" / "ibsi_validation"
@@ -112,14 +113,16 @@ def write_table(rows: list[dict], out: Path) -> None:
              "dimension) of the analysis against those of the `GTV_Mass` ground-truth mask, the mask's T "
              "from the same guideline rules. Targets: median absolute diameter error ≤ 5 mm, T agreement "
              "≥ 90 %.", "",
-             "| patients | n | tumour found | median abs. diameter error | T category agrees |", "|---|---|---|---|---|",
+             "| patients | n | tumour found | median abs. diameter error | T category agrees |",
+             "|---|---|---|---|---|",
              "| held out (never seen in training), NIfTI " + summary([r for r in nifti if not r["trained"]]),
              "| training patients, NIfTI " + summary([r for r in nifti if r["trained"]]),
              "| all 45, NIfTI " + summary(nifti),
              "| DICOM + RTSTRUCT (STS_001–004) " + summary([r for r in rows if r["source"] != "NIfTI"]), "",
              f"Median analysis time per NIfTI study: {np.median([r['seconds'] for r in nifti]):.1f} s (2 cores, "
              "location and radiomics off).", "",
-             "| patient | source | training patient | GT diameter mm | found mm | GT T | found T |", "|---|---|---|---|---|---|---|"]
+             "| patient | source | training patient | GT diameter mm | found mm | GT T | found T |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         found = f"{r['d']:.1f}" if r["found"] else "not found"
         lines.append(f"| {r['patient']} | {r['source']} | {'yes' if r['trained'] else 'no'} | {r['d_true']:.1f} | "

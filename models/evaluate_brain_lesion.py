@@ -32,9 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from _common import SHIPPED, dice, save_metrics, write_card
-
 from train_brain_lesion import CANDIDATE, CHANNELS, NAME, PATCH, SPACING, TRAIN_SEEDS, WORKDIR
 
 EVALUATION_SEEDS = [5_000_000 + n for n in range(20)]

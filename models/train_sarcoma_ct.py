@@ -18,10 +18,19 @@ import datetime as dt
 from pathlib import Path
 
 import numpy as np
+from _common import (
+    SHARED_DATA,
+    SHIPPED,
+    UNet,
+    crop_and_flip,
+    export,
+    main,
+    save_metrics,
+    seed_everything,
+    train,
+    write_card,
+)
 from scipy import ndimage
-
-from _common import (SHARED_DATA, SHIPPED, UNet, crop_and_flip, dice, export, main, save_metrics, seed_everything,
-                     train, write_card)
 
 NAME = "sarcoma-ct"
 DATA = SHARED_DATA / "ibsi" / "ibsi_validation" / "nifti"
@@ -132,8 +141,9 @@ def stage_train(resume: bool = False) -> None:
 
 
 def stage_evaluate() -> dict:
-    import medkern as mk
     from evaluate_sarcoma_ct import evaluate
+
+    import medkern as mk
 
     result = evaluate(SHIPPED / f"{NAME}.onnx", HELD_OUT, DATA)
     # validation_dice keeps the key earlier versions recorded, which readers of the metadata use.
