@@ -1,4 +1,5 @@
 #include "cuda_bindings.hpp"
+#include "launch_filters.hpp"
 
 namespace {
 

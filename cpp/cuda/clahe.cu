@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "cuda_common.cuh"
+#include "launch_contrast.hpp"
 
 namespace medkern::cuda {
 namespace {

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "../src/bindings.hpp"
-#include "launch.hpp"
+#include "launch_common.hpp"
 
 namespace medkern::cuda::bind {
 

@@ -5,7 +5,11 @@
 #include <cstdint>
 #include <string>
 
-#include "launch.hpp"
+#include "launch_common.hpp"
+
+// Expands X(T) for every dtype medkern::bind::visit_dtype dispatches to (explicit instantiations).
+#define MEDKERN_FOR_EACH_DTYPE(X) \
+  X(std::uint8_t) X(std::int16_t) X(std::uint16_t) X(std::int32_t) X(float) X(double)
 
 namespace medkern::cuda {
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "cuda_common.cuh"
+#include "launch_filters.hpp"
 #include "medkern/boundary.hpp"
 
 namespace medkern::cuda {

@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "launch.hpp"
+#include "launch_registration.hpp"
 #include "medkern/registration.hpp"
 
 namespace medkern::cuda {

@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "cuda_common.cuh"
+#include "launch_resample.hpp"
 #include "medkern/resample.hpp"
 
 namespace medkern::cuda {
