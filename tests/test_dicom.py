@@ -18,6 +18,7 @@ import pytest
 
 import medkern as mk
 from medkern.io import dicom
+from medkern.io.dicom import _header
 
 sitk = pytest.importorskip("SimpleITK")
 
@@ -561,14 +562,14 @@ def test_split_frames_in_one_file(helpers, monkeypatch):
     import dataclasses
 
     path = helpers.dicom_test_file("eCT_Supplemental.dcm")
-    real = dicom._frames_of
+    real = _header._frames_of
 
     def second_frame_turned(attrs, f):
         # The second frame in another orientation: no single grid holds both frames.
         first, second = real(attrs, f)
         return [first, dataclasses.replace(second, orientation=(0.0, 1.0, 0.0, 0.0, 0.0, -1.0))]
 
-    monkeypatch.setattr(dicom, "_frames_of", second_frame_turned)
+    monkeypatch.setattr(_header, "_frames_of", second_frame_turned)  # where the header pass looks it up
     with pytest.raises(mk.DicomError, match="its 2 frames differ in orientation or size"):
         mk.read(path)
 

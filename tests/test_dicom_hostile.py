@@ -24,7 +24,7 @@ import pytest
 
 import medkern as mk
 from medkern.errors import DicomWarning
-from medkern.io import dicom
+from medkern.io.dicom._scanning import _iter_files, _scan
 
 pydicom = pytest.importorskip("pydicom")
 
@@ -668,7 +668,7 @@ def test_foreign_exceptions_become_dicom_errors_naming_the_file(helpers, tmp_pat
     # In a scan: an unreadable entry naming the exception.
     (tmp_path / "sub").mkdir()
     shutil.copy(helpers.dicom_test_file("CT_small.dcm"), tmp_path / "sub" / "a.dcm")
-    scan = dicom._scan(dicom._iter_files(tmp_path / "sub", recursive=True))
+    scan = _scan(_iter_files(tmp_path / "sub", recursive=True))
     assert [(p.name, type(error).__name__ in why) for p, why in scan.unreadable] == [("a.dcm", True)]
 
 

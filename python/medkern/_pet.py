@@ -279,7 +279,8 @@ def _body_size(ds: Any, kind: str, weight: float, height_m: Any, sex: Any, where
 
 # ---------------------------------------------------------------------------------- series
 def _pet_series(pet: Any, series_uid: str | None) -> Any:
-    from medkern.io.dicom import DicomSeries, _choose, list_dicom_series
+    from medkern.io.dicom import DicomSeries, list_dicom_series
+    from medkern.io.dicom._series import _choose
 
     if isinstance(pet, DicomSeries):
         series = pet

@@ -183,7 +183,7 @@ def find_studies(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> lis
     A study is named after the folder that holds its files (its trailing path parts, as many as
     needed to tell studies apart), a NIfTI study after its file.
     """
-    from medkern.io import dicom
+    from medkern.io.dicom import scan_dicom_folder
 
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -201,11 +201,11 @@ def find_studies(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> lis
             name = path.resolve()
             found.append(((*name.parent.parts[1:], _nifti_stem(name)), Study("", str(name), (str(name),))))
             continue
-        # the scan behind list_dicom_series, for its unreadable files too: a study whose every file
-        # is damaged must still be listed (and fail visibly), not vanish from the cohort
-        scan = dicom._scan(dicom._iter_files(path, recursive=True))
+        # the scan with its unreadable files: a study whose every file is damaged must still be
+        # listed (and fail visibly), not vanish from the cohort
+        scan = scan_dicom_folder(path, recursive=True)
         by_study: dict[str, list[Any]] = {}
-        for series in dicom._group(scan):
+        for series in scan.series:
             by_study.setdefault(series.study_uid, []).append(series)
         damaged: dict[Path, list[Path]] = {}
         for file, _ in scan.unreadable:

@@ -115,7 +115,10 @@ def _equipment() -> dict[str, Any]:
 def _source_series(source_files: Any) -> tuple[Any, list[Any]]:
     """The one image series ``source_files`` make up (geometry as mk.read gives it), and the
     files' headers in the series' slice order."""
-    from medkern.io import dicom
+    from medkern.io.dicom._header import _read_header
+    from medkern.io.dicom._records import _Unreadable
+    from medkern.io.dicom._scanning import _Scan
+    from medkern.io.dicom._series import _group
     from medkern.io.dicom_write import source_header
 
     if isinstance(source_files, (str, bytes, os.PathLike)) or not isinstance(source_files, Sequence):
@@ -129,13 +132,13 @@ def _source_series(source_files: Any) -> tuple[Any, list[Any]]:
         if not p.is_file():
             raise FileNotFoundError(f"source file {p}: no such file")
         try:
-            header = dicom._read_header(p)
-        except dicom._Unreadable as exc:
+            header = _read_header(p)
+        except _Unreadable as exc:
             raise DicomError(f"source file {p}: unreadable DICOM file ({exc})") from exc
         if header is None:
             raise DicomError(f"source file {p}: not a DICOM image (not DICOM, or no pixel data)")
         frames.extend(header[1])
-    series = dicom._group(dicom._Scan(frames=frames))
+    series = _group(_Scan(frames=frames))
     if len(series) > 1:
         raise ValueError(f"source_files hold {len(series)} image series (" + ", ".join(s.key for s in series)
                          + "); pass the files of one")

@@ -70,7 +70,8 @@ def fill_polygons(xy: Any, start: Any, slice_of: Any, shape: Sequence[int], back
 def reference_series(reference: Any) -> Any:
     """The image series ``reference`` names: a DicomSeries, the directory of one DICOM series, or
     the list of its files (what both the RTSTRUCT reader and writer accept as the referenced series)."""
-    from medkern.io.dicom import DicomSeries, _choose, list_dicom_series
+    from medkern.io.dicom import DicomSeries, list_dicom_series
+    from medkern.io.dicom._series import _choose
 
     if isinstance(reference, DicomSeries):
         return reference
