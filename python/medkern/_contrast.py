@@ -17,13 +17,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from medkern._dispatch import Kernel, get_num_threads
+from medkern._dispatch import Kernel
 from medkern._progress import Progress
 from medkern._util import check_mask, check_range, check_stats, unwrap
 
 __all__ = ["equalize_hist", "clahe", "n4_bias_correction"]
-
-# scikit-image's NR_OF_GRAY: CLAHE works on 14-bit grey levels.
 
 # Integer images get one histogram bin per grey value (as scikit-image); beyond this many values
 # the table would not fit comfortably in memory.
@@ -42,77 +40,18 @@ MAX_N4_LATTICE = 2**24
 _N4_FIT_NS, _N4_APPLY_NS, _N4_EXPECTED_ITERATIONS = 30.0, 5.0, 15
 
 
-def _core():
-    from medkern import _core
-
-    return _core
-
-
-def _cpp_histogram_edges(x, mask, edges):
-    return _core().histogram_edges(x, mask, edges, get_num_threads())
-
-
-def _cpp_interp_map(x, xp, fp):
-    return _core().interp_map(x, xp, fp, get_num_threads())
-
-
-def _cpp_clahe_skimage(x, kernel, x_min, x_max, unit_float, nbins, clip_limit):
-    return _core().clahe_skimage(x, kernel, x_min, x_max, unit_float, nbins, clip_limit,
-                                 get_num_threads())
-
-
-def _cpp_clahe_opencv(x, tiles_y, tiles_x, clip_limit):
-    return _core().clahe_opencv(x, tiles_y, tiles_x, clip_limit, get_num_threads())
-
-
-def _cuda_clahe_skimage(x, kernel, x_min, x_max, unit_float, nbins, clip_limit):
-    from medkern._cupy.contrast import clahe_skimage_cuda
-
-    return clahe_skimage_cuda(x, kernel, x_min, x_max, unit_float, nbins, clip_limit)
-
-
-def _cpp_n4_shrink(x, mask, factor):
-    return _core().n4_shrink(x, mask, factor, get_num_threads())
-
-
-def _cpp_n4_fit(log_image, mask, u, control_points, refine, iterations, bins, fwhm, noise, tol):
-    return _core().n4_fit(log_image, mask, u, control_points, refine, iterations, bins, fwhm, noise,
-                          tol, get_num_threads())
-
-
-def _cpp_n4_apply(x, lattice, u, want_field):
-    return _core().n4_apply(x, lattice, u, want_field, get_num_threads())
-
-
-def _cpp_value_range(x, mask):
-    return _core().value_range(x, mask, get_num_threads())
-
-
-value_range = Kernel(
-    "value_range",
-    cpp=_cpp_value_range,
-    numba="medkern._numba.intensity:moments",
-    cuda="medkern._cupy.intensity:moments",
-    cupy="medkern._cupy.intensity:moments",
-)
-histogram_edges = Kernel(
-    "histogram_edges", cpp=_cpp_histogram_edges, numba="medkern._numba.contrast:histogram_edges")
-interp_map = Kernel("interp_map", cpp=_cpp_interp_map, numba="medkern._numba.contrast:interp_map")
-clahe_skimage = Kernel(
-    "clahe",
-    cpp=_cpp_clahe_skimage,
-    numba="medkern._numba.contrast:clahe_skimage",
-    cuda=_cuda_clahe_skimage,
-    cupy="medkern._cupy.contrast:clahe_skimage",
-)
-clahe_opencv = Kernel(
-    "clahe(method='opencv')", cpp=_cpp_clahe_opencv, numba="medkern._numba.contrast:clahe_opencv")
-n4_shrink = Kernel("n4_bias_correction", cpp=_cpp_n4_shrink)
-n4_fit = Kernel("n4_bias_correction", cpp=_cpp_n4_fit)
-n4_apply = Kernel("n4_bias_correction", cpp=_cpp_n4_apply)
-
-
-
+_CUPY = "medkern._cupy.contrast:"
+_NUMBA = "medkern._numba.contrast:"
+value_range = Kernel("value_range", cpp="value_range", numba="medkern._numba.intensity:moments",
+                     cuda="medkern._cupy.intensity:moments", cupy="medkern._cupy.intensity:moments")
+histogram_edges = Kernel("histogram_edges", cpp="histogram_edges", numba=_NUMBA + "histogram_edges")
+interp_map = Kernel("interp_map", cpp="interp_map", numba=_NUMBA + "interp_map")
+clahe_skimage = Kernel("clahe", cpp="clahe_skimage", numba=_NUMBA + "clahe_skimage",
+                       cuda=_CUPY + "clahe_skimage_cuda", cupy=_CUPY + "clahe_skimage")
+clahe_opencv = Kernel("clahe(method='opencv')", cpp="clahe_opencv", numba=_NUMBA + "clahe_opencv")
+n4_shrink = Kernel("n4_bias_correction", cpp="n4_shrink")
+n4_fit = Kernel("n4_bias_correction", cpp="n4_fit")
+n4_apply = Kernel("n4_bias_correction", cpp="n4_apply")
 
 
 def _positive_int(value: Any, name: str) -> int:

@@ -20,134 +20,29 @@ from typing import Any
 
 import numpy as np
 
-from medkern._backend_shared import MODES, bilateral_domain_weights, pad3
-from medkern._dispatch import Kernel, array_module, get_num_threads
+from medkern._backend_shared import MODES
+from medkern._dispatch import Kernel, array_module
 from medkern._util import check_finite, per_axis, unwrap
 
 __all__ = ["gaussian", "mean_filter", "log_filter", "unsharp_mask", "median", "bilateral",
            "anisotropic_diffusion"]
 
 
-
-
-# ------------------------------------------------------------------ backend implementations
-def _cpp_separable(x, kernels, mode, cval):
-    from medkern import _core
-
-    return _core.separable_correlate(x, [[] if k is None else k for k in kernels], mode, cval,
-                                     get_num_threads())
-
-
-def _cpp_recursive(x, sigma_vox):
-    from medkern import _core
-
-    return _core.recursive_gaussian(x, list(sigma_vox), get_num_threads())
-
-
-def _cpp_median(x, radius, mode):
-    from medkern import _core
-
-    return _core.median_filter(x, list(radius), mode, get_num_threads())
-
-
-def _cpp_bilateral(x, spacing, sigma_mm, radius, sigma_range, cutoff_sigmas, samples):
-    from medkern import _core
-
-    return _core.bilateral_filter(x, list(spacing), list(sigma_mm), list(radius), sigma_range,
-                                  cutoff_sigmas, samples, get_num_threads())
-
-
-def _cpp_diffusion(x, spacing, iterations, time_step, conductance, kind):
-    from medkern import _core
-
-    return _core.anisotropic_diffusion(x, list(spacing), iterations, time_step, conductance, kind,
-                                       get_num_threads())
-
-
-
-
-
-
-
-
-def _cuda_stream():
-    import cupy
-
-    return cupy.cuda.get_current_stream().ptr
-
-
-def _cuda_separable(x, kernels, mode, cval):
-    import cupy
-
-    from medkern import _cuda
-
-    cur = cupy.ascontiguousarray(x)
-    shape = pad3(x.shape, 1)
-    kernels = pad3(kernels, None)
-    for axis in (2, 1, 0):  # the C++ pass order
-        if kernels[axis] is None:
-            continue
-        w = cupy.asarray(kernels[axis], dtype=cupy.float32)
-        out = cupy.empty(x.shape, cupy.float32)
-        _cuda.correlate_axis(cur.data.ptr, cur.dtype, out.data.ptr, shape, axis, w.data.ptr, int(w.size),
-                             mode, float(cval), _cuda_stream())
-        cur = out
-    return cur if cur.dtype == cupy.float32 else cur.astype(cupy.float32)
-
-
-def _cuda_median(x, radius, mode):
-    import cupy
-
-    from medkern import _cuda
-
-    x = cupy.ascontiguousarray(x)
-    out = cupy.empty_like(x)
-    _cuda.median_filter(x.data.ptr, x.dtype, out.data.ptr, pad3(x.shape, 1), pad3(radius, 0), mode,
-                        _cuda_stream())
-    return out
-
-
-def _cuda_bilateral(x, spacing, sigma_mm, radius, sigma_range, cutoff_sigmas, samples):
-    import cupy
-
-    from medkern import _cuda
-
-    x = cupy.ascontiguousarray(x)
-    r = pad3(radius, 0)
-    wd = cupy.asarray(bilateral_domain_weights(pad3(spacing, 1.0), pad3(sigma_mm, 1.0), r))
-    out = cupy.empty(x.shape, cupy.float32)
-    cutoff = cutoff_sigmas * sigma_range
-    _cuda.bilateral_filter(x.data.ptr, x.dtype, out.data.ptr, pad3(x.shape, 1), wd.data.ptr, r,
-                           cutoff, samples / cutoff, cutoff / samples, -0.5 / sigma_range**2,
-                           _cuda_stream())
-    return out
-
-
-separable_correlate = Kernel(
-    "separable_correlate",
-    cpp=_cpp_separable,
-    numba="medkern._numba.filters:separable_correlate",
-    cuda=_cuda_separable,
-    cupy="medkern._cupy.filters:separable_correlate",
-)
-recursive_gaussian = Kernel(
-    "recursive_gaussian", cpp=_cpp_recursive, numba="medkern._numba.filters:recursive_gaussian")
-median_filter = Kernel(
-    "median_filter",
-    cpp=_cpp_median,
-    numba="medkern._numba.filters:median_filter",
-    cuda=_cuda_median,
-    cupy="medkern._cupy.filters:median_filter",
-)
-bilateral_filter = Kernel(
-    "bilateral_filter",
-    cpp=_cpp_bilateral,
-    numba="medkern._numba.filters:bilateral_filter",
-    cuda=_cuda_bilateral,
-    cupy="medkern._cupy.filters:bilateral_filter",
-)
-diffusion = Kernel(
-    "anisotropic_diffusion", cpp=_cpp_diffusion, numba="medkern._numba.filters:anisotropic_diffusion")
+# ------------------------------------------------------------------ kernels
+# An axis a filter leaves untouched gets an empty kernel in separable_correlate (every backend).
+_CUPY = "medkern._cupy.filters:"
+_NUMBA = "medkern._numba.filters:"
+separable_correlate = Kernel("separable_correlate", cpp="separable_correlate",
+                             numba=_NUMBA + "separable_correlate",
+                             cuda=_CUPY + "separable_correlate_cuda", cupy=_CUPY + "separable_correlate")
+recursive_gaussian = Kernel("recursive_gaussian", cpp="recursive_gaussian",
+                            numba=_NUMBA + "recursive_gaussian")
+median_filter = Kernel("median_filter", cpp="median_filter", numba=_NUMBA + "median_filter",
+                       cuda=_CUPY + "median_filter_cuda", cupy=_CUPY + "median_filter")
+bilateral_filter = Kernel("bilateral_filter", cpp="bilateral_filter", numba=_NUMBA + "bilateral_filter",
+                          cuda=_CUPY + "bilateral_filter_cuda", cupy=_CUPY + "bilateral_filter")
+diffusion = Kernel("anisotropic_diffusion", cpp="anisotropic_diffusion",
+                   numba=_NUMBA + "anisotropic_diffusion")
 
 
 # ------------------------------------------------------------------ argument handling
@@ -216,12 +111,12 @@ def _check_truncate(truncate: float, fn: str) -> float:
     return truncate
 
 
-def gaussian_kernel(sigma_vox: float, truncate: float = 4.0, order: int = 0) -> np.ndarray | None:
+def gaussian_kernel(sigma_vox: float, truncate: float = 4.0, order: int = 0) -> np.ndarray:
     """The 1D kernel scipy.ndimage.gaussian_filter1d correlates with (radius
     ``int(truncate * sigma + 0.5)``, weights normalised to sum 1 before differentiation); order 2
-    gives the second derivative. None for sigma 0 (no filtering along that axis)."""
+    gives the second derivative. Empty for sigma 0 (no filtering along that axis)."""
     if sigma_vox == 0:
-        return None
+        return np.zeros(0, np.float32)
     radius = int(truncate * sigma_vox + 0.5)
     x = np.arange(-radius, radius + 1, dtype=np.float64)
     phi = np.exp(-0.5 / sigma_vox**2 * x * x)
@@ -287,7 +182,8 @@ def mean_filter(img: Any, radius: Any = 1, *, mode: str = "reflect", cval: float
     r = _radius(radius, x.ndim, "mean_filter")
     _check_fir_radius(x.shape, r, "mean_filter", "radius")
     code = _mode_code(mode, "mean_filter")
-    kernels = [None if v == 0 else np.full(2 * v + 1, 1.0 / (2 * v + 1), np.float32) for v in r]
+    kernels = [np.full(2 * v + 1, 1.0 / (2 * v + 1), np.float32) if v else np.zeros(0, np.float32)
+               for v in r]
     return rewrap(separable_correlate(x, kernels, code, float(cval), backend=backend))
 
 

@@ -13,6 +13,7 @@ import cupy
 import numpy as np
 
 from medkern._backend_shared import CLAHE_GRAY_LEVELS, clahe_level_table
+from medkern._cupy import current_stream
 
 _LEVEL = cupy.ElementwiseKernel(
     "T u, float64 lo, float64 hi, int32 bin_size",
@@ -52,7 +53,7 @@ def clahe_skimage_cuda(x, kernel, x_min, x_max, unit_float, nbins, clip_limit):
     from medkern import _cuda
 
     x = cupy.ascontiguousarray(x)
-    stream = cupy.cuda.get_current_stream().ptr
+    stream = current_stream()
     lo, hi = _extremes(x.dtype, x_min, x_max, unit_float)
     bins = cupy.empty(x.shape, dtype=cupy.uint16)
     _cuda.clahe_bin_image(x.data.ptr, x.dtype, bins.data.ptr, x.size, lo, hi, bool(unit_float),

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from medkern._numba import set_threads
 from medkern._backend_shared import CLAHE_GRAY_LEVELS as GRAY_LEVELS
 from medkern._backend_shared import clahe_level_table
+from medkern._numba import set_threads
 
 
 @numba.njit(cache=True)

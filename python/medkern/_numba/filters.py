@@ -8,6 +8,7 @@ import math
 import numba
 import numpy as np
 
+from medkern._backend_shared import bilateral_domain_weights, pad3
 from medkern._numba import set_threads
 
 
@@ -61,10 +62,10 @@ def separable_correlate(x, kernels, mode, cval):
     set_threads()
     shape = x.shape
     cur = np.ascontiguousarray(_as3d(x), dtype=np.float32)
-    kernels = [None] * (3 - x.ndim) + list(kernels)
+    kernels = pad3(kernels, ())
     # Same pass order as the C++ kernel (axis 2, 1, then 0) so float rounding matches closely.
     for axis in (2, 1, 0):
-        if kernels[axis] is None:
+        if len(kernels[axis]) == 0:
             continue
         out = np.empty_like(cur)
         _correlate_axis(cur, np.asarray(kernels[axis], np.float32), axis, mode, np.float32(cval), out)
@@ -210,8 +211,6 @@ def _bilateral(x, wd, r0, r1, r2, cutoff, to_bin, bin_width, nhiv, samples, out)
 
 def bilateral_filter(x, spacing, sigma_mm, radius, sigma_range, cutoff_sigmas, samples):
     set_threads()
-    from medkern._backend_shared import bilateral_domain_weights, pad3
-
     r = pad3(radius, 0)
     wd = bilateral_domain_weights(pad3(spacing, 1.0), pad3(sigma_mm, 1.0), r)
     x3 = np.ascontiguousarray(_as3d(x), dtype=np.float32)
