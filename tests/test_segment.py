@@ -139,7 +139,7 @@ def test_distance_transform_equals_scipy(rng, cpu_backend, dtype, ndim, spacing)
 
 
 def test_distance_transform_squared_image_and_real_mask(shared_data):
-    for name, mask, spacing in _sts_masks(shared_data, "CT", n=2):
+    for _name, mask, spacing in _sts_masks(shared_data, "CT", n=2):
         spacing = spacing[::-1]  # NIfTI zooms are (i, j, k); the test keeps the array as loaded
         mask = np.ascontiguousarray(mask)
         img = mk.Image(mask, spacing=spacing)
@@ -216,7 +216,7 @@ def test_fill_holes_equals_scipy(rng, cpu_backend, shared_data):
     for shape in ((15, 17), (9, 14, 13)):
         mask = _blobs(rng, shape, 0.6, 1.0)
         np.testing.assert_array_equal(mk.fill_holes(mask, backend=cpu_backend), ndi.binary_fill_holes(mask))
-    for name, mask, _ in _sts_masks(shared_data, "PET", n=2):
+    for _name, mask, _ in _sts_masks(shared_data, "PET", n=2):
         holed = mask.copy()
         holed[tuple(np.array(np.nonzero(mask)).mean(axis=1).astype(int))] = False
         np.testing.assert_array_equal(mk.fill_holes(holed), ndi.binary_fill_holes(holed))

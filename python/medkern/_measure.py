@@ -12,50 +12,34 @@ from typing import Any
 
 import numpy as np
 
-from medkern._dispatch import Kernel, get_num_threads
+from medkern._dispatch import Kernel
+from medkern._segment import _split
 from medkern._util import check_finite, check_same_geometry
 from medkern.image import Image
 
 __all__ = ["Region", "regions"]
 
 
-def _cpp_mesh_area_volume(m, spacing):
-    from medkern import _core
-
-    area, volume, _ = _core.mesh_area_volume(m, list(spacing), get_num_threads())
-    return area, volume
-
-
-def _cpp_surface_mesh(m):
-    from medkern import _core
-
-    return _core.surface_mesh(m, get_num_threads())
+# mesh_area_volume gives (area, volume, n_triangles); max_diameter gives (length, a, b), the two
+# doubled-index vertices that realise it.
+_mesh_area_volume = Kernel("mesh_area_volume", cpp="mesh_area_volume")
+_surface_mesh = Kernel("surface_mesh", cpp="surface_mesh")
+_max_diameter = Kernel("max_diameter", cpp="max_diameter")
 
 
-def _cpp_max_diameter(points, spacing):
-    from medkern import _core
-
-    return _core.max_diameter(points, list(spacing), get_num_threads())[0]
-
-
-_mesh_area_volume = Kernel("mesh_area_volume", cpp=_cpp_mesh_area_volume)
-_surface_mesh = Kernel("surface_mesh", cpp=_cpp_surface_mesh)
-_max_diameter = Kernel("max_diameter", cpp=_cpp_max_diameter)
-
-
-def _mask_and_spacing(mask: Any, spacing: Any, name: str = "mask") -> tuple[np.ndarray, tuple[float, ...]]:
+def _mask_and_spacing(mask: Any, spacing: Any) -> tuple[np.ndarray, tuple[float, ...]]:
     """A 3D numpy mask (nonzero = inside) and its spacing (from the Image, else ``spacing``, else 1)."""
     if isinstance(mask, Image):
         if spacing is None:
             spacing = mask.spacing
         mask = mask.array
     if type(mask).__module__.split(".")[0] == "cupy":
-        raise TypeError(f"{name} is a CuPy array; the mesh is computed on the CPU: pass {name}.get()")
+        raise TypeError("mask is a CuPy array; the mesh is computed on the CPU: pass mask.get()")
     mask = np.asarray(mask)
     if mask.ndim != 3:
-        raise ValueError(f"{name} must be a 3D mask, got shape {mask.shape}")
+        raise ValueError(f"mask must be a 3D mask, got shape {mask.shape}")
     if mask.dtype != np.bool_ and mask.dtype.kind not in "iuf":
-        raise TypeError(f"{name} must be boolean or numeric, got dtype {mask.dtype}")
+        raise TypeError(f"mask must be boolean or numeric, got dtype {mask.dtype}")
     if spacing is None:
         spacing = (1.0, 1.0, 1.0)
     spacing = tuple(float(s) for s in (spacing if not np.isscalar(spacing) else (spacing,) * 3))
@@ -103,7 +87,8 @@ def mesh_area_volume(mask: Any, spacing: Any = None, *, backend: str = "auto") -
     crop, _ = _padded_crop(m)
     if crop.size == 0:
         return 0.0, 0.0
-    return _mesh_area_volume(crop, sp, backend=backend)
+    area, volume, _ = _mesh_area_volume(crop, sp, backend=backend)
+    return area, volume
 
 
 # -------------------------------------------------------------------------------------- regions
@@ -161,7 +146,7 @@ def _axial_diameter(points: np.ndarray, spacing: tuple[float, ...], backend: str
     starts = np.flatnonzero(np.diff(in_plane[:, 0], prepend=-1))
     best = 0.0
     for a, b in zip(starts, np.append(starts[1:], len(in_plane))):
-        best = max(best, _max_diameter(np.ascontiguousarray(in_plane[a:b]), spacing, backend=backend))
+        best = max(best, _max_diameter(np.ascontiguousarray(in_plane[a:b]), spacing, backend=backend)[0])
     return best
 
 
@@ -184,8 +169,6 @@ def regions(labels: Any, img: Any = None, *, backend: str = "auto") -> list[Regi
     * ``surface_area_mm2``, ``mesh_volume_mm3``, ``sphericity``: on the marching-cubes mesh as
       IBSI 2020 §3.1 defines them (3D only; None for 2D).
     """
-    from medkern._segment import _split
-
     lab, lab_image = _split(labels, "labels")
     if lab.dtype == np.bool_:
         lab = lab.view(np.uint8)
@@ -231,10 +214,10 @@ def regions(labels: Any, img: Any = None, *, backend: str = "auto") -> list[Regi
         points = _surface_points(crop)
         if ndim == 2:
             points = points[points[:, 0] % 2 == 0]
-        max_d = float(_max_diameter(points, spacing3, backend=backend))
+        max_d = float(_max_diameter(points, spacing3, backend=backend)[0])
         if ndim == 3:
             axial = _axial_diameter(points, spacing3, backend)
-            area, volume = _mesh_area_volume(crop, spacing3, backend=backend)
+            area, volume, _ = _mesh_area_volume(crop, spacing3, backend=backend)
             sphericity = float((36 * np.pi * volume ** 2) ** (1 / 3) / area)
         else:
             axial, area, volume, sphericity = max_d, None, None, None

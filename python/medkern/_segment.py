@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from medkern._dispatch import Kernel, get_num_threads, is_cupy_array
-from medkern._util import check_finite, check_range, check_stats
 from medkern._contrast import histogram_edges
-from medkern.image import Image
+from medkern._dispatch import Kernel, is_cupy_array
 from medkern._intensity import moments
+from medkern._util import check_finite, check_range, check_stats
+from medkern.image import Image
 
 __all__ = [
     "binary_close",
@@ -41,29 +41,10 @@ _BALL_TOLERANCE = 1e-6
 _DIRECT_MAX_PASSES = 80
 
 
-def _cpp_label(x, connectivity):
-    from medkern import _core
-
-    return _core.label(x, connectivity, get_num_threads())
-
-
-def _cpp_distance(x, spacing, sites_nonzero, border_sites, squared):
-    from medkern import _core
-
-    return _core.distance_transform(x, list(spacing), sites_nonzero, border_sites, squared,
-                                    get_num_threads())
-
-
-def _cpp_morphology(x, offsets, erode):
-    from medkern import _core
-
-    return _core.binary_morphology(x, offsets, erode, get_num_threads())
-
-
-_label = Kernel("label", cpp=_cpp_label, numba="medkern._numba.segment:label")
-_distance = Kernel("distance_transform", cpp=_cpp_distance,
+_label = Kernel("label", cpp="label", numba="medkern._numba.segment:label")
+_distance = Kernel("distance_transform", cpp="distance_transform",
                    numba="medkern._numba.segment:distance_transform")
-_morphology = Kernel("binary_morphology", cpp=_cpp_morphology,
+_morphology = Kernel("binary_morphology", cpp="binary_morphology",
                      numba="medkern._numba.segment:binary_morphology")
 
 
@@ -97,11 +78,11 @@ def _connectivity(connectivity: Any, ndim: int) -> int:
     return {4: 6, 8: 26}.get(int(connectivity), int(connectivity))
 
 
-def _label_input(mask: np.ndarray, name: str = "mask") -> np.ndarray:
+def _label_input(mask: np.ndarray) -> np.ndarray:
     if mask.dtype == np.bool_:
         return mask.view(np.uint8)
     if mask.dtype.kind not in "iu":
-        raise TypeError(f"{name} has dtype {mask.dtype}; label takes a bool or integer array "
+        raise TypeError(f"mask has dtype {mask.dtype}; label takes a bool or integer array "
                         "(threshold a probability map first, e.g. mask > 0.5)")
     return mask
 
@@ -133,13 +114,13 @@ def _spacing(image: Image | None, spacing: Any, ndim: int) -> tuple[float, ...]:
     return values
 
 
-def _binary(x: np.ndarray, name: str = "mask") -> np.ndarray:
+def _binary(x: np.ndarray) -> np.ndarray:
     """``x != 0`` as a contiguous uint8 array (bool input is viewed, not copied)."""
     if x.dtype == np.bool_:
         return np.ascontiguousarray(x).view(np.uint8)
     if x.dtype.kind not in "iuf":
-        raise TypeError(f"{name} must be boolean or numeric, got dtype {x.dtype}")
-    check_finite(x, "mask", name, hint="a mask must be 0 or nonzero everywhere")
+        raise TypeError(f"mask must be boolean or numeric, got dtype {x.dtype}")
+    check_finite(x, "mask", "mask", hint="a mask must be 0 or nonzero everywhere")
     return np.ascontiguousarray(x != 0).view(np.uint8)
 
 

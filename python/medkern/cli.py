@@ -200,6 +200,20 @@ def batch(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def _ibsi_compliance_args(p: argparse.ArgumentParser) -> None:
+    from medkern._radiomics.compliance import add_arguments
+
+    add_arguments(p)
+
+
+@command("ibsi-compliance", _ibsi_compliance_args)
+def ibsi_compliance(args: argparse.Namespace) -> int:
+    """Compare the radiomics features with the IBSI 1 reference values and write the table."""
+    from medkern._radiomics.compliance import generate
+
+    return generate(args)
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 

@@ -34,9 +34,9 @@ def _fill(xy, start, slice_of, mask):
                 mask[k, r % nj, i] = 1
 
 
-def fill_polygons(xy, start, slice_of, shape):
+def fill_polygons(xy, start, slice_of, nk, nj, ni):
     set_threads()
-    mask = np.zeros(tuple(int(s) for s in shape), dtype=np.uint8)
+    mask = np.zeros((nk, nj, ni), dtype=np.uint8)
     _fill(np.ascontiguousarray(xy, dtype=np.float64), np.ascontiguousarray(start, dtype=np.int64),
           np.ascontiguousarray(slice_of, dtype=np.int64), mask)
     return mask

@@ -8,8 +8,6 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from medkern._numba import set_threads
-
 
 def _directions(by_slice: bool, distance: int) -> np.ndarray:
     out = []
@@ -196,7 +194,6 @@ def glcm(levels, n_levels, by_slice, distance):
     if distance < 1:
         raise ValueError("distance must be >= 1")
     lv = _levels(levels, n_levels)
-    set_threads()
     dirs = _directions(by_slice, distance)
     n_groups = lv.shape[0] if by_slice else 1
     out = np.zeros((n_groups, len(dirs), n_levels, n_levels))
@@ -206,7 +203,6 @@ def glcm(levels, n_levels, by_slice, distance):
 
 def glrlm(levels, n_levels, by_slice):
     lv = _levels(levels, n_levels)
-    set_threads()
     dirs = _directions(by_slice, 1)
     n_groups = lv.shape[0] if by_slice else 1
     max_run = max(1 if by_slice else lv.shape[0], lv.shape[1], lv.shape[2])
@@ -217,7 +213,6 @@ def glrlm(levels, n_levels, by_slice):
 
 def zones(levels, n_levels, by_slice, morph_mask):
     lv = _levels(levels, n_levels)
-    set_threads()
     if morph_mask is not None:
         morph_mask = np.ascontiguousarray(morph_mask, dtype=np.uint8)
         if morph_mask.size != lv.size:
@@ -239,7 +234,6 @@ def zones(levels, n_levels, by_slice, morph_mask):
     _zones(lv, start, order, n_levels, by_slice, dist, morph_mask is not None, sizes, dists, n_found)
     keep = np.concatenate([np.arange(start[t], start[t] + n_found[t]) for t in range(len(n_found))]
                           ) if len(n_found) else np.zeros(0, np.int64)
-    keep = keep.astype(np.int64)
     tasks = np.repeat(np.arange(len(n_found)), n_found)
     return ((tasks // n_levels).astype(np.int32), (tasks % n_levels + 1).astype(np.int32),
             sizes[keep], dists[keep] if morph_mask is not None else np.zeros(len(keep), np.int32))
@@ -249,7 +243,6 @@ def ngtdm(levels, n_levels, by_slice, distance):
     if distance < 1:
         raise ValueError("distance must be >= 1")
     lv = _levels(levels, n_levels)
-    set_threads()
     s = np.zeros((lv.shape[0], n_levels))
     n = np.zeros((lv.shape[0], n_levels))
     _ngtdm(lv, by_slice, distance, s, n)
@@ -262,7 +255,6 @@ def ngldm(levels, n_levels, by_slice, distance, alpha):
     if alpha < 0:
         raise ValueError("coarseness alpha must be >= 0")
     lv = _levels(levels, n_levels)
-    set_threads()
     side = 2 * distance + 1
     out = np.zeros((lv.shape[0], n_levels, side ** 2 if by_slice else side ** 3))
     _ngldm(lv, by_slice, distance, alpha, out)
@@ -297,7 +289,6 @@ def offset_means(image, centres, offsets):
         raise ValueError("offsets must not be empty")
     if centres.size and (centres.min() < 0 or centres.max() >= image.size):
         raise ValueError("centres must be flat indices into image")
-    set_threads()
     out = np.empty(len(centres))
     _offset_means(image, centres, offsets, out)
     return out

@@ -16,12 +16,23 @@ import numpy as np
 
 from medkern._dispatch import is_cupy_array
 from medkern._progress import Progress
-from medkern._util import as_image, check_finite, check_same_geometry
-from medkern.image import Image
-from medkern._radiomics import (gldzm, glcm, glrlm, glszm, histogram, ivh, local_intensity,
-                               morphology, ngldm, ngtdm, statistics)
+from medkern._radiomics import (
+    glcm,
+    gldzm,
+    glrlm,
+    glszm,
+    histogram,
+    ivh,
+    local_intensity,
+    morphology,
+    ngldm,
+    ngtdm,
+    statistics,
+)
 from medkern._radiomics._interpolate import interpolate
 from medkern._radiomics._preprocess import Settings, prepare
+from medkern._util import as_image, check_finite, check_same_geometry
+from medkern.image import Image
 
 __all__ = ["radiomics", "RadiomicsResult", "Feature", "FAMILIES", "TEXTURE_DIMS"]
 

@@ -13,8 +13,8 @@ import math
 
 import numpy as np
 
-from medkern.image import Image
 from medkern._radiomics.local_intensity import PEAK_RADIUS_MM
+from medkern.image import Image
 
 # Input voxels kept beyond what the samples need: the cubic B-spline prefilter of the cropped
 # block differs from the full image's by 0.268^k at k voxels from the crop edge (pole of the

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from medkern._radiomics import _kernels
 from medkern._radiomics.local_intensity import PEAK_RADIUS_MM
 
 
@@ -45,8 +46,6 @@ class Roi:
     def zones(self, by_slice: bool, backend: str):
         """(group, level, size, border distance) of every zone (IBSI §3.8-3.9), computed once."""
         if by_slice not in self.zone_cache:
-            from medkern._radiomics import _kernels
-
             self.zone_cache[by_slice] = _kernels.zones(self.levels, self.n_levels, by_slice,
                                                        self.morph_mask, backend=backend)
         return self.zone_cache[by_slice]

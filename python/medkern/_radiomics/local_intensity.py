@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from medkern._radiomics import _kernels
+
 TITLE = "Local intensity features"
 FEATURES = (("Local intensity peak", "VJGA"), ("Global intensity peak", "0F91"))
 
@@ -22,8 +24,6 @@ def sphere_offsets(spacing) -> np.ndarray:
 
 
 def compute(roi, settings) -> dict[str, float]:
-    from medkern._radiomics import _kernels
-
     centres = np.flatnonzero(roi.peak_mask)
     values = roi.peak_image.ravel()[centres]
     means = _kernels.offset_means(roi.peak_image, centres, sphere_offsets(roi.spacing),

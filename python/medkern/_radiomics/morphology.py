@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from medkern._measure import _max_diameter, surface_mesh
+from medkern._radiomics import _kernels
+
 TITLE = "Morphological features"
 FEATURES = (
     ("Volume (mesh)", "RNU0"), ("Volume (voxel counting)", "YEKZ"), ("Surface area (mesh)", "C0JK"),
@@ -137,12 +140,9 @@ def spatial_autocorrelation(image: np.ndarray, mask: np.ndarray, spacing) -> tup
 
 
 def compute(roi, settings) -> dict[str, float]:
-    from medkern import _measure as measure
-    from medkern._radiomics import _kernels
-
     spacing = np.asarray(roi.spacing, np.float64)
     morph = roi.morph_mask.astype(bool)
-    verts, faces = measure.surface_mesh(morph, tuple(spacing), backend=settings.backend)
+    verts, faces = surface_mesh(morph, tuple(spacing), backend=settings.backend)
     area, volume = _area_volume(verts, faces)
     v_approx = float(morph.sum() * np.prod(spacing))
     pos = np.argwhere(morph) * spacing
@@ -155,7 +155,7 @@ def compute(roi, settings) -> dict[str, float]:
     major, minor, least = 4.0 * np.sqrt(lam)
     # Mesh vertices on the half-voxel lattice, as exact integers for the diameter and the hull.
     lattice = np.rint(2.0 * verts / spacing).astype(np.int64)
-    diameter = _kernels.max_diameter(lattice, tuple(spacing), backend=settings.backend)
+    diameter = _max_diameter(lattice.astype(np.int32), tuple(spacing), backend=settings.backend)[0]
     hull_pts = _hull_candidates(lattice)
     hull = _kernels.convex_hull(hull_pts, backend=settings.backend)
     hull_area, hull_volume = _area_volume(hull_pts * (spacing / 2.0), hull)

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from medkern._dispatch import Kernel, get_num_threads
+from medkern._dispatch import Kernel
 from medkern.errors import DicomError, RTStructWarning
 from medkern.image import Image
 
@@ -33,13 +33,7 @@ _CLOSED = {"CLOSED_PLANAR", "CLOSED_PLANAR_XOR"}
 _NOT_AREAS = ("POINT", "OPEN_PLANAR", "OPEN_NONPLANAR")
 
 
-def _cpp_fill(xy, start, slice_of, shape):
-    from medkern import _core
-
-    return _core.fill_polygons(xy, start, slice_of, *shape, get_num_threads())
-
-
-_fill_kernel = Kernel("fill_polygons", cpp=_cpp_fill, numba="medkern._numba.polygon:fill_polygons")
+_fill_kernel = Kernel("fill_polygons", cpp="fill_polygons", numba="medkern._numba.polygon:fill_polygons")
 # Vertex indices beyond this convert to integers inexactly (and far beyond any grid).
 _MAX_VERTEX_INDEX = 1e15
 
@@ -64,7 +58,7 @@ def fill_polygons(xy: Any, start: Any, slice_of: Any, shape: Sequence[int], back
         raise ValueError("fill_polygons: start must be non-decreasing offsets into xy, one more than slice_of")
     if len(shape) != 3 or any(int(n) < 0 for n in shape):
         raise ValueError(f"fill_polygons: shape must be 3 non-negative sizes, got {tuple(shape)}")
-    return _fill_kernel(pts, offsets, slices, tuple(int(n) for n in shape), backend=backend)
+    return _fill_kernel(pts, offsets, slices, *(int(n) for n in shape), backend=backend)
 
 
 def reference_series(reference: Any) -> Any:
