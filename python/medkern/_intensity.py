@@ -10,46 +10,22 @@ from typing import Any
 
 import numpy as np
 
-from medkern._dispatch import Kernel, get_num_threads
+from medkern._dispatch import Kernel, array_module
 from medkern._util import check_finite, check_mask, check_nonempty, check_range, check_stats, unwrap
 
 __all__ = ["window", "normalize"]
 
 
-def _cpp_affine(x, scale, offset, lo, hi):
-    from medkern import _core
-
-    return _core.affine_intensity(x, scale, offset, lo, hi, get_num_threads())
-
-
-def _cuda_affine(x, scale, offset, lo, hi):
-    import cupy
-
-    from medkern import _cuda
-
-    x = cupy.ascontiguousarray(x)
-    out = cupy.empty(x.shape, dtype=cupy.float32)
-    _cuda.affine_intensity(x.data.ptr, x.dtype, out.data.ptr, x.size, scale, offset, lo, hi,
-                           cupy.cuda.get_current_stream().ptr)
-    return out
-
-
-def _cpp_moments(x, mask):
-    from medkern import _core
-
-    return _core.moments(x, mask, get_num_threads())
-
-
 affine_intensity = Kernel(
     "affine_intensity",
-    cpp=_cpp_affine,
+    cpp="affine_intensity",
     numba="medkern._numba.intensity:affine_intensity",
-    cuda=_cuda_affine,
+    cuda="medkern._cupy.intensity:affine_intensity_cuda",
     cupy="medkern._cupy.intensity:affine_intensity",
 )
 moments = Kernel(
     "moments",
-    cpp=_cpp_moments,
+    cpp="moments",
     numba="medkern._numba.intensity:moments",
     cuda="medkern._cupy.intensity:moments",
     cupy="medkern._cupy.intensity:moments",
@@ -128,8 +104,6 @@ def normalize(img: Any, method: str = "zscore", mask: Any = None, *,
         p_lo, p_hi = (float(p) for p in percentiles)
         if not 0 <= p_lo < p_hi <= 100:
             raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles}")
-        from medkern._dispatch import array_module
-
         xp = array_module(x)
         values = x[m.astype(bool)] if m is not None else x.ravel()
         if values.size == 0:

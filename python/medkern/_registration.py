@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from medkern._dispatch import Kernel, get_num_threads, is_cupy_array
+from medkern._dispatch import Kernel, is_cupy_array
 from medkern._progress import Progress
 from medkern._util import as_image, check_finite, check_mask
 from medkern.image import Image
@@ -54,69 +54,14 @@ _EXPECTED_STEPS = 25
 
 
 # ---------------------------------------------------------------------------- compiled kernels
-def _cpp_metric(fixed, moving, indices, fixed_values, moving_mask, to_moving, kind, bins, ranges):
-    from medkern import _core
-
-    return _core.registration_metric(fixed, moving, indices, fixed_values, moving_mask, to_moving,
-                                     kind, bins, ranges, get_num_threads())
-
-
-def _cpp_smooth_shrink(x, shrink, sigma_vox):
-    from medkern import _core
-
-    return _core.smooth_shrink(x, tuple(int(s) for s in shrink), tuple(float(s) for s in sigma_vox),
-                               get_num_threads())
-
-
-def _cpp_warp(moving, to_moving, fixed_like, index_to_world, displacement, with_gradient):
-    from medkern import _core
-
-    return _core.warp_with_gradient(moving, to_moving, fixed_like, index_to_world, displacement,
-                                    with_gradient, get_num_threads())
-
-
-def _cpp_compose(outer, inner, fixed_like, index_to_world, world_to_index):
-    from medkern import _core
-
-    return _core.compose_displacements(outer, inner, fixed_like, index_to_world, world_to_index,
-                                       get_num_threads())
-
-
-def _cpp_force(fixed, warped, gradient, mask, radius):
-    from medkern import _core
-
-    return _core.lncc_force(fixed, warped, gradient, mask, tuple(int(r) for r in radius),
-                            get_num_threads())
-
-
-_METRIC_CODES = {"mse": 0, "ncc": 1, "mi": 2}
-
-
-def _cuda_metric(fixed, moving, indices, fixed_values, moving_mask, to_moving, kind, bins, ranges):
-    import cupy
-
-    from medkern import _cuda
-
-    def ptr(a):
-        return 0 if a is None else a.data.ptr
-
-    count = fixed.size if indices is None else int(indices.size)
-    accumulator = cupy.empty(bins * bins + 64, dtype=cupy.float64)
-    cache = cupy.empty(max(1, 5 * count) if kind == "mi" else 1, dtype=cupy.float32)
-    return _cuda.registration_metric(
-        _METRIC_CODES[kind], fixed.data.ptr, ptr(fixed_values), ptr(indices), count,
-        tuple(fixed.shape), moving.data.ptr, tuple(moving.shape), ptr(moving_mask),
-        [float(v) for v in np.asarray(to_moving).ravel()], bins, tuple(ranges), accumulator.data.ptr,
-        cache.data.ptr, cupy.cuda.get_current_stream().ptr)
-
-
-metric_kernel = Kernel("registration_metric", cpp=_cpp_metric, cuda=_cuda_metric)
-smooth_shrink = Kernel("smooth_shrink", cpp=_cpp_smooth_shrink,
+metric_kernel = Kernel("registration_metric", cpp="registration_metric",
+                       cuda="medkern._cupy.registration:registration_metric_cuda")
+smooth_shrink = Kernel("smooth_shrink", cpp="smooth_shrink",
                        cuda="medkern._cupy.registration:smooth_shrink",
                        cupy="medkern._cupy.registration:smooth_shrink")
-warp_kernel = Kernel("warp_with_gradient", cpp=_cpp_warp)
-compose_kernel = Kernel("compose_displacements", cpp=_cpp_compose)
-force_kernel = Kernel("lncc_force", cpp=_cpp_force)
+warp_kernel = Kernel("warp_with_gradient", cpp="warp_with_gradient")
+compose_kernel = Kernel("compose_displacements", cpp="compose_displacements")
+force_kernel = Kernel("lncc_force", cpp="lncc_force")
 
 
 # ---------------------------------------------------------------------------- result
@@ -365,7 +310,7 @@ def _moments(img: Image, array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     cov_idx = (d * wf) @ d.T / total
     m = img.affine[:3, :3]
     cov = m @ cov_idx @ m.T
-    vals, vecs = np.linalg.eigh(cov)
+    _, vecs = np.linalg.eigh(cov)
     return img.index_to_world(mean_idx), vecs[:, ::-1]
 
 
@@ -736,8 +681,6 @@ def _sample_centre_radius(level: _Level, idx: Any) -> tuple[np.ndarray, float]:
     if idx is None:
         radius /= np.sqrt(3.0)  # corners sit sqrt(3) x further out than the RMS of a box
     return centre, max(radius, 1.0)
-
-
 
 
 def _vector_image(ref: Image, d: np.ndarray) -> Image:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from medkern._dispatch import is_cupy_array
+from medkern._sampling import map_coordinates
 from medkern.image import Image
 
 __all__ = ["Transform", "Affine", "DisplacementField", "Composite"]
@@ -557,8 +558,6 @@ class DisplacementField(Transform):
 
     def displacement(self, points: Any) -> np.ndarray:
         """``u(p)`` at LPS points ``(..., ndim)``: linear, zero outside the grid."""
-        from medkern._resample import map_coordinates
-
         pts = self._points(points)
         idx = self._field.world_to_index(pts.reshape(-1, self.ndim)).T
         u = np.empty(idx.shape[::-1], dtype=np.float64)

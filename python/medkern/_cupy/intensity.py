@@ -1,8 +1,11 @@
-"""CuPy peers of the intensity kernels (same arithmetic as intensity.hpp / intensity.cu)."""
+"""GPU side of the intensity kernels: the affine map's call into medkern._cuda, and CuPy peers
+(same arithmetic as intensity.hpp / intensity.cu)."""
 
 from __future__ import annotations
 
 import cupy
+
+from medkern._cupy import current_stream
 
 _affine = cupy.ElementwiseKernel(
     "T x, float64 scale, float64 offset, float64 lo, float64 hi",
@@ -19,6 +22,16 @@ _affine = cupy.ElementwiseKernel(
 
 def affine_intensity(x, scale, offset, lo, hi):
     return _affine(cupy.ascontiguousarray(x), float(scale), float(offset), float(lo), float(hi))
+
+
+def affine_intensity_cuda(x, scale, offset, lo, hi):
+    from medkern import _cuda
+
+    x = cupy.ascontiguousarray(x)
+    out = cupy.empty(x.shape, dtype=cupy.float32)
+    _cuda.affine_intensity(x.data.ptr, x.dtype, out.data.ptr, x.size, scale, offset, lo, hi,
+                           current_stream())
+    return out
 
 
 def moments(x, mask):

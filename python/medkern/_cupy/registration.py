@@ -1,10 +1,15 @@
-"""CuPy peers of the registration helpers: the pyramid's smooth-and-shrink (same taps as
-registration.hpp's AxisTaps, applied as one small dense matrix per axis)."""
+"""GPU side of the registration kernels: the metric's call into medkern._cuda, and the CuPy peer
+of the pyramid's smooth-and-shrink (same taps as registration.hpp's AxisTaps, applied as one small
+dense matrix per axis)."""
 
 from __future__ import annotations
 
 import cupy
 import numpy as np
+
+from medkern._cupy import current_stream
+
+_METRIC_CODES = {"mse": 0, "ncc": 1, "mi": 2}
 
 
 def _axis_matrix(n_in: int, shrink: int, sigma_vox: float) -> np.ndarray:
@@ -29,3 +34,19 @@ def smooth_shrink(x, shrink, sigma_vox):
         m = cupy.asarray(_axis_matrix(out.shape[axis], int(shrink[axis]), float(sigma_vox[axis])))
         out = cupy.moveaxis(cupy.tensordot(m, cupy.moveaxis(out, axis, 0), axes=1), 0, axis)
     return cupy.ascontiguousarray(out, dtype=cupy.float32)
+
+
+def registration_metric_cuda(fixed, moving, indices, fixed_values, moving_mask, to_moving, kind, bins, ranges):
+    from medkern import _cuda
+
+    def ptr(a):
+        return 0 if a is None else a.data.ptr
+
+    count = fixed.size if indices is None else int(indices.size)
+    accumulator = cupy.empty(bins * bins + 64, dtype=cupy.float64)
+    cache = cupy.empty(max(1, 5 * count) if kind == "mi" else 1, dtype=cupy.float32)
+    return _cuda.registration_metric(
+        _METRIC_CODES[kind], fixed.data.ptr, ptr(fixed_values), ptr(indices), count,
+        tuple(fixed.shape), moving.data.ptr, tuple(moving.shape), ptr(moving_mask),
+        [float(v) for v in np.asarray(to_moving).ravel()], bins, tuple(ranges), accumulator.data.ptr,
+        cache.data.ptr, current_stream())

@@ -1,12 +1,21 @@
-"""CuPy peers of the resampling kernels (same tap tables, boundary rules and label votes as
-cpp/include/medkern/resample.hpp), built from CuPy array operations and cupyx.scipy.ndimage's
-B-spline prefilter and cubic evaluation. Used when medkern._cuda is unavailable."""
+"""GPU side of the resampling kernels: the calls that hand CuPy arrays to medkern._cuda, and their
+CuPy peers (same tap tables, boundary rules and label votes as cpp/include/medkern/resample.hpp),
+built from CuPy array operations and cupyx.scipy.ndimage's B-spline prefilter and cubic
+evaluation, used when medkern._cuda is unavailable."""
 
 from __future__ import annotations
+
+import math
 
 import cupy
 import numpy as np
 from cupyx.scipy import ndimage as cndi
+
+from medkern._backend_shared import fill_outside
+from medkern._cupy import current_stream
+
+# resample.hpp's Interpolation codes, as the API passes them.
+_NEAREST, _LINEAR, _CUBIC, _LABEL = range(4)
 
 
 def _interp_dtype(dtype) -> np.dtype:
@@ -29,8 +38,6 @@ def resample_separable(x, taps, order, prefilter, fill):
             term = cupy.take(cur, d_idx[:, t], axis=a) * d_w[:, t].reshape(shape_w)
             acc = term if acc is None else acc + term
         cur = acc
-    from medkern._backend_shared import fill_outside
-
     return fill_outside(cur.astype(dtype, copy=False), taps, fill)
 
 
@@ -54,11 +61,11 @@ def _sample(x, code, c, fill):
     # Points outside get fill: their coordinates (possibly NaN or huge) are replaced before any
     # conversion to an index, as resample.hpp only converts points inside.
     c = cupy.where(inside[None, :], c, 0.0)
-    if code == 0:
+    if code == _NEAREST:
         i = [cupy.clip(cupy.floor(c[a] + 0.5).astype(cupy.int64), 0, n[a] - 1) for a in range(3)]
         v = x[i[0], i[1], i[2]]
         return cupy.where(inside, v, x.dtype.type(fill))
-    if code == 2:
+    if code == _CUBIC:
         v = cndi.map_coordinates(x, c, order=3, mode="mirror", prefilter=False, output=np.float64)
         return cupy.where(inside, v, fill).astype(x.dtype)
     f = cupy.floor(c)
@@ -66,7 +73,7 @@ def _sample(x, code, c, fill):
     f = f.astype(cupy.int64)
     lo = [cupy.clip(f[a], 0, n[a] - 1) for a in range(3)]
     hi = [cupy.clip(f[a] + 1, 0, n[a] - 1) for a in range(3)]
-    if code == 1:
+    if code == _LINEAR:
         def lerp(a, b, s):
             return a + s * (b - a)
 
@@ -122,3 +129,86 @@ def map_coordinates(x, code, coords, fill):
 
 def bspline_coefficients(x):
     return cndi.spline_filter(x, order=3, output=_interp_dtype(x.dtype), mode="mirror")
+
+
+# ------------------------------------------------------------------------------ medkern._cuda
+def _ptr(a) -> int:
+    return 0 if a is None else a.data.ptr
+
+
+def resample_separable_cuda(x, taps, order, prefilter, fill):
+    from medkern import _cuda
+
+    stream = current_stream()
+    dtype = np.dtype(np.float64 if x.dtype == np.float64 else np.float32)
+    cur = cupy.ascontiguousarray(x)
+    for a in order:
+        idx, w, _ = taps[a]
+        shape = tuple(cur.shape)
+        outer, inner = math.prod(shape[:a]), math.prod(shape[a + 1:])
+        out = cupy.empty(shape[:a] + (idx.shape[0],) + shape[a + 1:], dtype=dtype)
+        d_idx = cupy.asarray(idx, dtype=cupy.int64)
+        d_w = cupy.asarray(w, dtype=dtype)
+        scratch = cupy.empty(cur.size, dtype=dtype) if prefilter else None
+        _cuda.resample_axis_pass(cur.data.ptr, cur.dtype, out.data.ptr, outer, shape[a], inner, idx.shape[0],
+                                 d_idx.data.ptr, d_w.data.ptr, idx.shape[1], bool(prefilter), _ptr(scratch),
+                                 stream)
+        cur = out
+    return fill_outside(cur, taps, fill)
+
+
+def gather_nearest_cuda(x, idx0, idx1, idx2, fill_bits):
+    from medkern import _cuda
+
+    stream = current_stream()
+    idx = [cupy.asarray(i, dtype=cupy.int64) for i in (idx0, idx1, idx2)]
+    out = cupy.empty(tuple(int(i.size) for i in idx), dtype=x.dtype)
+    _cuda.gather_nearest(x.data.ptr, x.dtype, list(x.shape), out.data.ptr, list(out.shape), idx[0].data.ptr,
+                         idx[1].data.ptr, idx[2].data.ptr, int(fill_bits), stream)
+    return out
+
+
+def _cuda_fill(x, code, fill):
+    """(output dtype, float fill, fill bits) as the CUDA launchers take them."""
+    if code in (_NEAREST, _LABEL):
+        return x.dtype, 0.0, int(fill)
+    return np.dtype(np.float64 if x.dtype == np.float64 else np.float32), float(fill), 0
+
+
+def warp_cuda(x, code, out_shape, matrix, disp, disp_matrix, fill):
+    from medkern import _cuda
+
+    stream = current_stream()
+    x = cupy.ascontiguousarray(x)
+    dtype, fill_f, fill_bits = _cuda_fill(x, code, fill)
+    out = cupy.empty(tuple(out_shape), dtype=dtype)
+    d = None if disp is None else cupy.ascontiguousarray(cupy.asarray(disp, dtype=cupy.float32))
+    n_comp = 0 if d is None else int(d.shape[-1])
+    r = [] if d is None else [float(v) for v in np.asarray(disp_matrix).ravel()]
+    _cuda.resample_warp(x.data.ptr, x.dtype, list(x.shape), code, out.data.ptr, list(out.shape),
+                        [float(v) for v in np.asarray(matrix).ravel()], _ptr(d), n_comp, r, fill_f, fill_bits,
+                        stream)
+    return out
+
+
+def map_coordinates_cuda(x, code, coords, fill):
+    from medkern import _cuda
+
+    stream = current_stream()
+    x = cupy.ascontiguousarray(x)
+    coords = cupy.ascontiguousarray(cupy.asarray(coords, dtype=cupy.float64))
+    dtype, fill_f, fill_bits = _cuda_fill(x, code, fill)
+    out = cupy.empty(coords.shape[1], dtype=dtype)
+    _cuda.resample_points(x.data.ptr, x.dtype, list(x.shape), code, out.data.ptr, coords.data.ptr,
+                          coords.shape[1], coords.shape[0], fill_f, fill_bits, stream)
+    return out
+
+
+def bspline_coefficients_cuda(x):
+    from medkern import _cuda
+
+    stream = current_stream()
+    x = cupy.ascontiguousarray(x)
+    out = cupy.empty(x.shape, dtype=np.float64 if x.dtype == np.float64 else np.float32)
+    _cuda.bspline_coefficients(x.data.ptr, x.dtype, list(x.shape), out.data.ptr, stream)
+    return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from medkern._backend_shared import fill_outside
 from medkern._numba import set_threads
 
 _Z = np.sqrt(3.0) - 2.0  # cubic B-spline pole (Unser 1999)
@@ -88,8 +89,6 @@ def resample_separable(x, taps, order, prefilter, fill):
         _axis_pass(cur.reshape(outer, shape[a], inner), nxt, np.ascontiguousarray(idx, dtype=np.int64),
                    np.ascontiguousarray(w, dtype=np.float64), bool(prefilter))
         cur = nxt.reshape(shape[:a] + (idx.shape[0],) + shape[a + 1:])
-    from medkern._backend_shared import fill_outside
-
     return fill_outside(cur.astype(_interp_dtype(x.dtype)), taps, fill)
 
 
