@@ -5,7 +5,8 @@ namespace {
 
 namespace mc = medkern::cuda;
 using medkern::cuda::bind::check;
-using medkern::cuda::bind::shape3;
+using medkern::bind::shape3;
+using medkern::cuda::bind::kShape2d;
 
 std::array<int, 3> radius3(const std::vector<int>& radius) {
   if (radius.size() != 3) throw py::value_error("radius must have 3 entries");
@@ -15,7 +16,7 @@ std::array<int, 3> radius3(const std::vector<int>& radius) {
 void correlate_axis(std::uintptr_t x, const py::dtype& dtype, std::uintptr_t out,
                     const std::vector<std::int64_t>& shape, int axis, std::uintptr_t w, int taps,
                     int mode, float cval, mc::stream_t stream) {
-  const auto s = shape3(shape, "shape");
+  const auto s = shape3(shape, "shape", kShape2d);
   medkern::bind::visit_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     check(mc::correlate_axis(reinterpret_cast<const T*>(x), reinterpret_cast<float*>(out), s.data(),
@@ -26,7 +27,7 @@ void correlate_axis(std::uintptr_t x, const py::dtype& dtype, std::uintptr_t out
 void median_filter(std::uintptr_t x, const py::dtype& dtype, std::uintptr_t out,
                    const std::vector<std::int64_t>& shape, const std::vector<int>& radius, int mode,
                    mc::stream_t stream) {
-  const auto s = shape3(shape, "shape");
+  const auto s = shape3(shape, "shape", kShape2d);
   const auto r = radius3(radius);
   medkern::bind::visit_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
@@ -39,7 +40,7 @@ void bilateral_filter(std::uintptr_t x, const py::dtype& dtype, std::uintptr_t o
                       const std::vector<std::int64_t>& shape, std::uintptr_t wd,
                       const std::vector<int>& radius, float cutoff, float to_bin, float bin_width,
                       float nhiv, mc::stream_t stream) {
-  const auto s = shape3(shape, "shape");
+  const auto s = shape3(shape, "shape", kShape2d);
   const auto r = radius3(radius);
   medkern::bind::visit_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);

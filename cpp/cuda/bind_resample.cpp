@@ -5,7 +5,8 @@ namespace {
 
 namespace mc = medkern::cuda;
 using medkern::cuda::bind::check;
-using medkern::cuda::bind::shape3;
+using medkern::bind::shape3;
+using medkern::cuda::bind::kShape2d;
 
 // Sampling dtypes: the kernel dtypes for linear/cubic, plus 4- and 8-byte unsigned element views
 // for nearest/label (1- and 2-byte views are uint8/uint16, already in the table).
@@ -21,7 +22,7 @@ void resample_warp(std::uintptr_t x, const py::dtype& dtype, const std::vector<s
                    const std::vector<double>& matrix, std::uintptr_t disp, int n_comp,
                    const std::vector<double>& disp_matrix, double fill, std::uint64_t fill_bits,
                    mc::stream_t stream) {
-  const auto si = shape3(shape_in, "shape_in"), so = shape3(shape_out, "shape_out");
+  const auto si = shape3(shape_in, "shape_in", kShape2d), so = shape3(shape_out, "shape_out", kShape2d);
   if (matrix.size() != 12) throw py::value_error("matrix must have 12 entries (3x4)");
   if (disp && disp_matrix.size() != static_cast<std::size_t>(3 * n_comp))
     throw py::value_error("disp_matrix must have 3 * n_comp entries");
@@ -37,7 +38,7 @@ void resample_warp(std::uintptr_t x, const py::dtype& dtype, const std::vector<s
 void resample_points(std::uintptr_t x, const py::dtype& dtype, const std::vector<std::int64_t>& shape_in,
                      int interpolation, std::uintptr_t out, std::uintptr_t coords, std::int64_t n_points,
                      int ndim, double fill, std::uint64_t fill_bits, mc::stream_t stream) {
-  const auto si = shape3(shape_in, "shape_in");
+  const auto si = shape3(shape_in, "shape_in", kShape2d);
   visit_sampling_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     check(mc::resample_points(interpolation, reinterpret_cast<const T*>(x), si.data(),
@@ -61,7 +62,7 @@ void resample_axis_pass(std::uintptr_t in, const py::dtype& dtype, std::uintptr_
 
 void bspline_coefficients(std::uintptr_t in, const py::dtype& dtype, const std::vector<std::int64_t>& shape,
                           std::uintptr_t out, mc::stream_t stream) {
-  const auto s = shape3(shape, "shape");
+  const auto s = shape3(shape, "shape", kShape2d);
   medkern::bind::visit_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     check(mc::bspline_coefficients(reinterpret_cast<const T*>(in), s.data(), reinterpret_cast<void*>(out),
@@ -72,7 +73,7 @@ void bspline_coefficients(std::uintptr_t in, const py::dtype& dtype, const std::
 void gather_nearest(std::uintptr_t in, const py::dtype& dtype, const std::vector<std::int64_t>& shape_in,
                     std::uintptr_t out, const std::vector<std::int64_t>& shape_out, std::uintptr_t idx0,
                     std::uintptr_t idx1, std::uintptr_t idx2, std::uint64_t fill_bits, mc::stream_t stream) {
-  const auto si = shape3(shape_in, "shape_in"), so = shape3(shape_out, "shape_out");
+  const auto si = shape3(shape_in, "shape_in", kShape2d), so = shape3(shape_out, "shape_out", kShape2d);
   medkern::bind::visit_itemsize(dtype, [&](auto tag) {
     using U = decltype(tag);
     check(mc::gather_nearest(reinterpret_cast<const U*>(in), si.data(), reinterpret_cast<U*>(out), so.data(),

@@ -17,10 +17,8 @@ inline void check(const std::string& err) {
   if (!err.empty()) throw std::runtime_error("CUDA kernel launch failed: " + err);
 }
 
-inline std::array<std::int64_t, 3> shape3(const std::vector<std::int64_t>& s, const char* name) {
-  if (s.size() != 3) throw py::value_error(std::string(name) + " must have 3 entries (2D as (1, ny, nx))");
-  return {s[0], s[1], s[2]};
-}
+// Every shape argument of the CUDA launchers is 3D; medkern::bind::shape3 adds this to its message.
+constexpr const char* kShape2d = " (2D as (1, ny, nx))";
 
 }  // namespace medkern::cuda::bind
 

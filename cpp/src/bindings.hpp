@@ -3,9 +3,11 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "medkern/common.hpp"
 
@@ -15,6 +17,30 @@ namespace medkern::bind {
 
 template <class T>
 using carray = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+// The array's shape, for a result array of the same shape.
+inline std::vector<py::ssize_t> dims(const py::array& a) {
+  return std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim());
+}
+
+// (n0, n1, n2) of a 3D array argument; with one_slice_2d, a 2D (ny, nx) array is accepted too,
+// as the one-slice volume (1, ny, nx).
+inline std::array<index_t, 3> shape3(const py::array& a, const char* name,
+                                     bool one_slice_2d = false) {
+  if (a.ndim() == 3) return {a.shape(0), a.shape(1), a.shape(2)};
+  if (!one_slice_2d) throw py::value_error(std::string(name) + " must be a 3D array");
+  if (a.ndim() == 2) return {1, a.shape(0), a.shape(1)};
+  throw py::value_error("expected a 2D or 3D array, got " + std::to_string(a.ndim()) +
+                        " dimensions");
+}
+
+// The entries of a shape argument, which must be three; `hint` (appended to the message) says how
+// the caller passes a 2D image.
+inline std::array<index_t, 3> shape3(const std::vector<index_t>& s, const char* name,
+                                     const char* hint = "") {
+  if (s.size() != 3) throw py::value_error(std::string(name) + " must have 3 entries" + hint);
+  return {s[0], s[1], s[2]};
+}
 
 // Calls f(T{}) with T the C++ type of the array's dtype, for the dtypes medkern accepts.
 // This is the only dtype ladder in the bindings; every kernel goes through it.

@@ -14,16 +14,8 @@ namespace {
 
 using medkern::index_t;
 using medkern::bind::carray;
-
-std::vector<py::ssize_t> shape_of(const py::array& a) {
-  return std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim());
-}
-
-std::array<index_t, 3> shape3(const py::array& a, const char* name) {
-  if (a.ndim() != 3) throw py::value_error(std::string(name) + " must be a 3D array");
-  return {static_cast<index_t>(a.shape(0)), static_cast<index_t>(a.shape(1)),
-          static_cast<index_t>(a.shape(2))};
-}
+using medkern::bind::dims;
+using medkern::bind::shape3;
 
 // Extremes, count and NaN count of the masked voxels (medkern::masked_moments), with as many
 // threads as the size warrants: the contrast kernels call it first on every image.
@@ -75,7 +67,7 @@ py::array_t<float> interp_map(const py::array& x, const carray<double>& xp, cons
   return medkern::bind::visit_dtype(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     auto in = carray<T>::ensure(x);
-    py::array_t<float> out(shape_of(x));
+    py::array_t<float> out(dims(x));
     const T* src = in.data();
     float* dst = out.mutable_data();
     const double *pxp = xp.data(), *pfp = fp.data();
@@ -96,7 +88,7 @@ py::array_t<float> clahe_skimage(const py::array& x, std::array<index_t, 3> kern
   return medkern::bind::visit_dtype(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     auto in = carray<T>::ensure(x);
-    py::array_t<float> out(shape_of(x));
+    py::array_t<float> out(dims(x));
     const T* src = in.data();
     float* dst = out.mutable_data();
     py::gil_scoped_release release;  // raw pointers into arrays held by this frame
@@ -111,7 +103,7 @@ py::array clahe_opencv_typed(const py::array& x, index_t tiles_y, index_t tiles_
                              int n_threads) {
   const auto shape = shape3(x, "x");
   auto in = carray<T>::ensure(x);
-  py::array_t<T> out(shape_of(x));
+  py::array_t<T> out(dims(x));
   const T* src = in.data();
   T* dst = out.mutable_data();
   py::gil_scoped_release release;  // raw pointers into arrays held by this frame
@@ -213,11 +205,11 @@ py::tuple n4_apply(const py::array& x, const carray<double>& lattice, std::array
   return medkern::bind::visit_dtype(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     auto in = carray<T>::ensure(x);
-    py::array_t<float> corrected(shape_of(x));
+    py::array_t<float> corrected(dims(x));
     py::object field = py::none();
     float* fp = nullptr;
     if (want_field) {
-      py::array_t<float> f(shape_of(x));
+      py::array_t<float> f(dims(x));
       fp = f.mutable_data();
       field = f;
     }

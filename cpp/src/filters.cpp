@@ -13,16 +13,12 @@ namespace {
 using medkern::index_t;
 using medkern::Shape3;
 using medkern::bind::carray;
+using medkern::bind::dims;
 
 // 2D arrays are filtered as one-slice volumes: (ny, nx) -> (1, ny, nx).
-Shape3 shape3(const py::array& x) {
-  if (x.ndim() == 3) return {x.shape(0), x.shape(1), x.shape(2)};
-  if (x.ndim() == 2) return {1, x.shape(0), x.shape(1)};
-  throw py::value_error("expected a 2D or 3D array, got " + std::to_string(x.ndim()) + " dimensions");
-}
-
-std::vector<py::ssize_t> dims(const py::array& x) {
-  return std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim());
+Shape3 volume_of(const py::array& x) {
+  const auto n = medkern::bind::shape3(x, "x", /*one_slice_2d=*/true);
+  return {n[0], n[1], n[2]};
 }
 
 // Per-array-axis values given for the image's axes, padded to three (axis 0 of a 2D image first).
@@ -57,7 +53,7 @@ medkern::Boundary boundary(int b) {
 
 py::array_t<float> separable_correlate(const py::array& x, const std::vector<std::vector<float>>& w,
                                        int mode, float cval, int n_threads) {
-  const Shape3 s = shape3(x);
+  const Shape3 s = volume_of(x);
   const auto kernels = per_axis3<std::vector<float>>(w, x, {}, "kernels");
   for (const auto& k : kernels)
     if (!k.empty() && k.size() % 2 == 0) throw py::value_error("kernels must have odd length");
@@ -69,7 +65,7 @@ py::array_t<float> separable_correlate(const py::array& x, const std::vector<std
 
 py::array_t<float> recursive_gaussian(const py::array& x, const std::vector<double>& sigma_vox,
                                       int n_threads) {
-  const Shape3 s = shape3(x);
+  const Shape3 s = volume_of(x);
   const auto sigma = per_axis3<double>(sigma_vox, x, 0.0, "sigma_vox");
   const bool is_3d = x.ndim() == 3;
   return float_result(x, [&](const auto* src, float* dst) {
@@ -88,7 +84,7 @@ std::array<index_t, 3> box_radius(const std::vector<index_t>& radius, const py::
 
 py::array median_filter(const py::array& x, const std::vector<index_t>& radius, int mode,
                         int n_threads) {
-  const Shape3 s = shape3(x);
+  const Shape3 s = volume_of(x);
   const auto r = box_radius(radius, x);
   const auto b = boundary(mode);
   return medkern::bind::visit_dtype(x.dtype(), [&](auto tag) -> py::array {
@@ -107,7 +103,7 @@ py::array_t<float> bilateral_filter(const py::array& x, const std::vector<double
                                     const std::vector<double>& sigma_mm,
                                     const std::vector<index_t>& radius, double sigma_range,
                                     double cutoff_sigmas, int samples, int n_threads) {
-  const Shape3 s = shape3(x);
+  const Shape3 s = volume_of(x);
   const auto sp = per_axis3<double>(spacing, x, 1.0, "spacing");
   const auto sg = per_axis3<double>(sigma_mm, x, 1.0, "sigma_mm");
   const auto r = box_radius(radius, x);
@@ -120,7 +116,7 @@ py::array_t<float> bilateral_filter(const py::array& x, const std::vector<double
 py::array_t<float> anisotropic_diffusion(const py::array& x, const std::vector<double>& spacing,
                                          int iterations, double time_step, double conductance,
                                          int kind, int n_threads) {
-  const Shape3 s = shape3(x);
+  const Shape3 s = volume_of(x);
   const auto sp = per_axis3<double>(spacing, x, 1.0, "spacing");
   if (kind != 0 && kind != 1) throw py::value_error("diffusion kind must be 0 or 1");
   // Works in place on a float32 copy of the input, which is also the result.

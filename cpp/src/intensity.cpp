@@ -10,7 +10,7 @@ py::array_t<float> affine_intensity(const py::array& x, double scale, double off
   return medkern::bind::visit_dtype(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     auto in = carray<T>::ensure(x);
-    py::array_t<float> out(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+    py::array_t<float> out(medkern::bind::dims(x));
     const T* src = in.data();
     float* dst = out.mutable_data();
     const auto n = static_cast<medkern::index_t>(in.size());

@@ -14,18 +14,7 @@ namespace {
 using medkern::index_t;
 using medkern::Interpolation;
 using medkern::bind::carray;
-
-std::array<index_t, 3> shape3(const py::array& x, const char* name) {
-  if (x.ndim() != 3) throw py::value_error(std::string(name) + " must be a 3D array");
-  return {x.shape(0), x.shape(1), x.shape(2)};
-}
-
-std::array<index_t, 3> shape3(const std::vector<index_t>& s) {
-  if (s.size() != 3) throw py::value_error("out_shape must have 3 entries");
-  for (index_t v : s)
-    if (v < 1) throw py::value_error("out_shape entries must be positive");
-  return {s[0], s[1], s[2]};
-}
+using medkern::bind::shape3;
 
 // Calls body(sampler) with the sampler of `interpolation` over x; fill is a float for linear and
 // cubic, the raw element bits for nearest and label.
@@ -67,7 +56,9 @@ py::array with_sampler(const py::array& x, int interpolation, const py::object& 
 py::array warp(const py::array& x, int interpolation, const std::vector<index_t>& out_shape,
                const carray<double>& matrix, const py::object& displacement,
                const py::object& displacement_matrix, const py::object& fill, int n_threads) {
-  const auto so = shape3(out_shape);
+  const auto so = shape3(out_shape, "out_shape");
+  for (index_t v : so)
+    if (v < 1) throw py::value_error("out_shape entries must be positive");
   if (matrix.size() != 12) throw py::value_error("matrix must be 3x4");
   carray<float> disp;
   carray<double> rmat;

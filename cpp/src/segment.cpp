@@ -48,7 +48,7 @@ py::array_t<float> distance_transform(const py::array& x, const std::vector<doub
   return medkern::bind::visit_label_dtype(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     auto in = carray<T>::ensure(x);
-    py::array_t<float> out(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+    py::array_t<float> out(medkern::bind::dims(x));
     const T* src = in.data();
     float* dst = out.mutable_data();
     py::gil_scoped_release release;  // in and out are held by this frame; raw memory only
@@ -65,7 +65,7 @@ py::array_t<std::uint8_t> binary_morphology(const py::array& x, const py::array&
   auto off = carray<std::int32_t>::ensure(rows);
   if (!off || off.ndim() != 2 || off.shape(1) != 3)
     throw py::value_error("rows must be an (n, 3) int32 array (dk, dj, half-width along i)");
-  py::array_t<std::uint8_t> out(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+  py::array_t<std::uint8_t> out(medkern::bind::dims(x));
   const std::uint8_t* src = in.data();
   std::uint8_t* dst = out.mutable_data();
   py::gil_scoped_release release;  // in, off and out are held by this frame; raw memory only
