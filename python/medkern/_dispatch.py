@@ -32,6 +32,31 @@ GPU_BACKENDS = ("cuda", "cupy")
 
 
 class BackendStatus(NamedTuple):
+    """Whether a backend can run here, and what it is or why not.
+
+    A named tuple that is true when the backend is available, so ``if mk.backends()["cuda"]:``
+    reads naturally.
+
+    Parameters
+    ----------
+    available : bool
+        Whether the backend can run in this process.
+    detail : str
+        The version or device when available, the reason (and the fix) when not.
+
+    See Also
+    --------
+    medkern.backends : The status of every backend.
+
+    Examples
+    --------
+    >>> status = mk.backends()["cpp"]
+    >>> status.available, bool(status)
+    (True, True)
+    >>> status.detail
+    'medkern._core (...OpenMP)'
+    """
+
     available: bool
     detail: str  # version / device when available, the reason when not
 
@@ -45,7 +70,33 @@ _status_cache: dict[str, BackendStatus] = {}
 
 
 def set_num_threads(n: int) -> None:
-    """Set the number of threads used by the CPU kernels (default: all cores)."""
+    """Set the number of threads the CPU kernels use.
+
+    The default is every core (``os.cpu_count()``). The setting is process-wide and read at each
+    call; 1 and N threads give identical results.
+
+    Parameters
+    ----------
+    n : int
+        The number of threads, at least 1.
+
+    Raises
+    ------
+    ValueError
+        ``n`` is not a positive integer.
+
+    See Also
+    --------
+    get_num_threads : The current setting.
+
+    Examples
+    --------
+    >>> before = mk.get_num_threads()
+    >>> mk.set_num_threads(2)
+    >>> mk.get_num_threads()
+    2
+    >>> mk.set_num_threads(before)
+    """
     global _num_threads
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"set_num_threads: n must be a positive integer, got {n!r}")
@@ -53,7 +104,22 @@ def set_num_threads(n: int) -> None:
 
 
 def get_num_threads() -> int:
-    """Number of threads the CPU kernels use."""
+    """Return the number of threads the CPU kernels use.
+
+    Returns
+    -------
+    int
+        The thread count (every core unless :func:`set_num_threads` changed it).
+
+    See Also
+    --------
+    set_num_threads : Change it.
+
+    Examples
+    --------
+    >>> mk.get_num_threads() >= 1
+    True
+    """
     return _num_threads
 
 
@@ -109,7 +175,33 @@ def backend_status(name: str) -> BackendStatus:
 
 
 def backends() -> dict[str, BackendStatus]:
-    """Availability of each backend: ``{name: BackendStatus(available, detail)}``."""
+    """Report which backends can run here, and why not.
+
+    ``"cpp"`` is the compiled C++/OpenMP extension, ``"numba"`` its pure-Python fallback,
+    ``"cuda"`` the compiled CUDA extension (it needs CuPy for its arrays and a device) and
+    ``"cupy"`` the CuPy fallback. ``backend="auto"`` runs numpy input on ``"cpp"`` (``"numba"``
+    when the extension is missing) and cupy input on ``"cuda"`` (``"cupy"`` when
+    ``medkern._cuda`` is missing or sees no device). Each backend is probed once, on first use.
+
+    Returns
+    -------
+    dict of str to BackendStatus
+        ``{name: BackendStatus(available, detail)}`` for ``"cpp"``, ``"numba"``, ``"cuda"`` and
+        ``"cupy"``, in that order.
+
+    See Also
+    --------
+    medkern._dispatch.BackendStatus : The status of one backend.
+    set_num_threads : The thread count of the CPU kernels.
+
+    Examples
+    --------
+    >>> status = mk.backends()
+    >>> list(status)
+    ['cpp', 'numba', 'cuda', 'cupy']
+    >>> status["cpp"]
+    BackendStatus(available=True, detail='medkern._core (...OpenMP)')
+    """
     return {name: backend_status(name) for name in BACKENDS}
 
 

@@ -32,21 +32,67 @@ def _frozen(a: np.ndarray) -> np.ndarray:
 
 
 class Image:
-    """A 2D or 3D image with LPS geometry. See the module docstring for the conventions.
+    """A 2D or 3D image with LPS geometry: a voxel array plus spacing, origin and direction.
+
+    * The array is in numpy axis order: 3D ``[k, j, i]`` (slice, row, column), 2D ``[j, i]``.
+    * ``spacing`` is per array axis, in mm.
+    * ``origin`` is the world position (LPS mm, ``(x, y, z)``) of the centre of voxel 0.
+    * ``direction[:, a]`` is the LPS unit vector of array axis ``a``.
+    * ``world = origin + direction @ diag(spacing) @ index``; :attr:`affine` is that map as a
+      matrix.
+
+    Geometry is immutable; the array is shared, not copied (``Image(a)`` is a cheap view of
+    ``a``).
 
     Parameters
     ----------
-    array : numpy or cupy array, 2D or 3D (one more trailing axis when ``vector=True``).
-    spacing : per-axis voxel size in mm, array-axis order. Default 1.
-    origin : LPS position of voxel ``(0, 0[, 0])`` in mm. Default 0.
-    direction : ``ndim x ndim`` matrix whose column ``a`` is the unit vector of array axis ``a``.
-        Default: the axis-aligned orientation where column index i runs along x, row index j
-        along y and slice index k along z, i.e. ``np.eye(ndim)[:, ::-1]`` (ITK's identity
-        direction, as SimpleITK gives for ``GetImageFromArray``). Note that ``np.eye(3)`` is a
-        different orientation here (array axis 0 along x). Columns must be linearly independent unit
-        vectors (within 1e-3: a ValueError otherwise); they are not renormalised, so a matrix read
-        from a file survives a round trip exactly.
-    vector : the last array axis holds vector components, not a spatial axis.
+    array : numpy.ndarray or cupy.ndarray
+        The voxels, 2D or 3D (one more trailing axis when ``vector=True``), in array-axis order.
+        Dtypes: bool, (u)int8 to (u)int64, float32, float64.
+    spacing : float or sequence of float, optional
+        Voxel size in mm per array axis, array-axis order, or one value for every axis.
+        Default 1.
+    origin : sequence of float, optional
+        LPS position in mm of the centre of voxel ``(0, 0[, 0])``. Default 0.
+    direction : array_like, optional
+        ``ndim x ndim`` matrix whose column ``a`` is the unit vector of array axis ``a`` (a
+        flat sequence of ``ndim * ndim`` values is reshaped). Default: the axis-aligned
+        orientation where column index i runs along x, row index j along y and slice index k
+        along z, i.e. ``np.eye(ndim)[:, ::-1]`` (ITK's identity direction, as SimpleITK gives
+        for ``GetImageFromArray``). Note that ``np.eye(3)`` is a different orientation here
+        (array axis 0 along x). Columns must be linearly independent unit vectors (within 1e-3);
+        they are not renormalised, so a matrix read from a file survives a round trip exactly.
+    vector : bool, optional
+        The last array axis holds vector components, not a spatial axis (e.g. a displacement
+        field of shape ``(nz, ny, nx, 3)``); the geometry describes the spatial axes only.
+
+    Raises
+    ------
+    TypeError
+        ``array`` is already an Image, or its dtype is not supported.
+    ValueError
+        The array is not 2D or 3D; spacing is not finite and positive; origin or direction
+        have the wrong size or are not finite; direction is singular or has a column that is
+        not a unit vector.
+
+    See Also
+    --------
+    medkern.read : Read an Image from DICOM, NIfTI, NRRD or MetaImage.
+    medkern.write : Write an Image.
+    medkern.resample : Change the voxel spacing.
+
+    Examples
+    --------
+    >>> img = mk.Image(np.zeros((2, 3, 4), np.float32), spacing=(2.5, 1.0, 0.5),
+    ...                origin=(10, 20, 30))
+    >>> img
+    Image(shape=(2, 3, 4), dtype=float32, spacing=(2.5, 1, 0.5), origin=(10, 20, 30), numpy)
+    >>> img.direction    # default: i along x, j along y, k along z
+    array([[0., 0., 1.],
+           [0., 1., 0.],
+           [1., 0., 0.]])
+    >>> img.index_to_world([1, 2, 3])    # voxel (k=1, j=2, i=3) in LPS mm
+    array([11.5, 22. , 32.5])
     """
 
     __slots__ = ("_array", "_spacing", "_origin", "_direction", "_vector")
@@ -110,22 +156,27 @@ class Image:
     # ------------------------------------------------------------------ basic attributes
     @property
     def array(self):
+        """The voxel array (numpy or cupy), shared with the image, not a copy."""
         return self._array
 
     @property
     def spacing(self) -> tuple[float, ...]:
+        """Voxel size in mm per spatial axis, array-axis order."""
         return self._spacing
 
     @property
     def origin(self) -> np.ndarray:
+        """LPS position in mm of the centre of voxel 0 (read-only array, ``(x, y[, z])``)."""
         return self._origin
 
     @property
     def direction(self) -> np.ndarray:
+        """Read-only ``ndim x ndim`` matrix; column ``a`` is the LPS unit vector of array axis ``a``."""
         return self._direction
 
     @property
     def is_vector(self) -> bool:
+        """Whether the last array axis holds vector components rather than a spatial axis."""
         return self._vector
 
     @property
@@ -140,15 +191,17 @@ class Image:
 
     @property
     def dtype(self):
+        """The dtype of the voxel array."""
         return self._array.dtype
 
     @property
     def size(self) -> int:
+        """Number of voxels (the product of the spatial shape)."""
         return int(np.prod(self.shape))
 
     @property
     def affine(self) -> np.ndarray:
-        """(ndim+1)x(ndim+1) index (array order) -> LPS world matrix."""
+        """The ``(ndim+1) x (ndim+1)`` matrix from indices (array order) to LPS world mm."""
         a = np.eye(self.ndim + 1)
         a[: self.ndim, : self.ndim] = self._direction * np.asarray(self._spacing)[None, :]
         a[: self.ndim, self.ndim] = self._origin
@@ -161,7 +214,34 @@ class Image:
 
     # ------------------------------------------------------------------ coordinates
     def index_to_world(self, index: Any) -> np.ndarray:
-        """Continuous indices ``(..., ndim)`` in array order -> LPS points ``(..., ndim)``."""
+        """Map continuous indices in array order to LPS world points.
+
+        Parameters
+        ----------
+        index : array_like
+            Indices of shape ``(..., ndim)``, array-axis order; voxel centres are integers.
+
+        Returns
+        -------
+        numpy.ndarray
+            LPS points in mm, shape ``(..., ndim)``.
+
+        Raises
+        ------
+        ValueError
+            The trailing axis of ``index`` is not of length ``ndim``.
+
+        See Also
+        --------
+        world_to_index : The inverse map.
+
+        Examples
+        --------
+        >>> img = mk.Image(np.zeros((4, 4)), spacing=(2.0, 0.5), origin=(-10, 5))
+        >>> img.index_to_world([[0, 0], [1, 2]])    # rows of (j, i) -> rows of (x, y)
+        array([[-10.,   5.],
+               [ -9.,   7.]])
+        """
         idx = np.asarray(index, dtype=np.float64)
         if idx.shape[-1:] != (self.ndim,):
             raise ValueError(f"index must have a trailing axis of length {self.ndim}, got shape {idx.shape}")
@@ -169,7 +249,34 @@ class Image:
         return idx @ m[: self.ndim, : self.ndim].T + m[: self.ndim, self.ndim]
 
     def world_to_index(self, points: Any) -> np.ndarray:
-        """LPS points ``(..., ndim)`` -> continuous indices in array order (voxel centres are integers)."""
+        """Map LPS world points to continuous indices in array order.
+
+        Parameters
+        ----------
+        points : array_like
+            LPS points in mm of shape ``(..., ndim)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Continuous indices, shape ``(..., ndim)``, array-axis order; voxel centres are
+            integers.
+
+        Raises
+        ------
+        ValueError
+            The trailing axis of ``points`` is not of length ``ndim``.
+
+        See Also
+        --------
+        index_to_world : The inverse map.
+
+        Examples
+        --------
+        >>> img = mk.Image(np.zeros((4, 4)), spacing=(2.0, 0.5), origin=(-10, 5))
+        >>> img.world_to_index([-9.0, 7.0])
+        array([1., 2.])
+        """
         pts = np.asarray(points, dtype=np.float64)
         if pts.shape[-1:] != (self.ndim,):
             raise ValueError(f"points must have a trailing axis of length {self.ndim}, got shape {pts.shape}")
@@ -178,7 +285,35 @@ class Image:
 
     # ------------------------------------------------------------------ derived images
     def with_array(self, array: Any, *, vector: bool | None = None) -> "Image":
-        """A new Image with this geometry and another array of the same spatial shape."""
+        """Make a new Image with this geometry and another array of the same spatial shape.
+
+        Parameters
+        ----------
+        array : numpy.ndarray or cupy.ndarray
+            The new voxels (shared, not copied).
+        vector : bool, optional
+            Whether ``array`` holds vector components on a trailing axis; default: as this image.
+
+        Returns
+        -------
+        Image
+            The new image.
+
+        Raises
+        ------
+        ValueError
+            The spatial shape of ``array`` differs from this image's.
+
+        See Also
+        --------
+        copy, astype
+
+        Examples
+        --------
+        >>> img = mk.Image(np.zeros((2, 3)), spacing=(2.0, 1.0))
+        >>> img.with_array(np.ones((2, 3), np.uint8))
+        Image(shape=(2, 3), dtype=uint8, spacing=(2, 1), origin=(0, 0), numpy)
+        """
         vector = self._vector if vector is None else vector
         out = Image(array, self._spacing, self._origin, self._direction, vector=vector)
         if out.shape != self.shape:
@@ -186,13 +321,79 @@ class Image:
         return out
 
     def copy(self) -> "Image":
+        """Copy the voxel array into a new Image with the same geometry.
+
+        Returns
+        -------
+        Image
+            An image whose array is a copy of this one's.
+
+        See Also
+        --------
+        with_array, astype
+
+        Examples
+        --------
+        >>> img = mk.Image(np.zeros((2, 2)))
+        >>> c = img.copy()
+        >>> c.array[0, 0] = 5
+        >>> float(img.array[0, 0])
+        0.0
+        """
         return self.with_array(self._array.copy())
 
     def astype(self, dtype: Any) -> "Image":
+        """Convert the voxels to another dtype, keeping the geometry.
+
+        Parameters
+        ----------
+        dtype : numpy dtype or str
+            The new dtype (numpy casting rules: floats are truncated towards zero).
+
+        Returns
+        -------
+        Image
+            A new image with a converted copy of the array.
+
+        See Also
+        --------
+        with_array, copy
+
+        Examples
+        --------
+        >>> mk.Image(np.full((2, 2), 1.7)).astype(np.int16).array
+        array([[1, 1],
+               [1, 1]], dtype=int16)
+        """
         return self.with_array(self._array.astype(dtype))
 
     def same_geometry(self, other: "Image", atol: float = 1e-6) -> bool:
-        """Same shape, spacing, origin and direction (within ``atol`` mm / cosine)."""
+        """Tell whether another image has the same grid: shape, spacing, origin and direction.
+
+        Parameters
+        ----------
+        other : Image
+            The image to compare with.
+        atol : float, optional
+            Absolute tolerance, in mm for spacing and origin and in cosine for direction.
+
+        Returns
+        -------
+        bool
+            True when the grids agree within ``atol``.
+
+        See Also
+        --------
+        medkern.resample_to : Resample an image onto another's grid.
+
+        Examples
+        --------
+        >>> a = mk.Image(np.zeros((3, 3)), spacing=1.0)
+        >>> a.same_geometry(mk.Image(np.ones((3, 3)), spacing=1.0 + 1e-9))
+        True
+        >>> a.same_geometry(mk.Image(np.zeros((3, 3)), spacing=2.0))
+        False
+        """
         return (
             self.shape == other.shape
             and np.allclose(self._spacing, other.spacing, rtol=0, atol=atol)
@@ -237,7 +438,37 @@ class Image:
     # ------------------------------------------------------------------ SimpleITK interop
     @classmethod
     def from_sitk(cls, image: Any) -> "Image":
-        """From a ``SimpleITK.Image`` (ITK's (x, y, z) axis order is reversed to array order)."""
+        """Make an Image from a ``SimpleITK.Image``.
+
+        ITK's ``(x, y, z)`` axis order is reversed to array order; the geometry is kept exactly.
+
+        Parameters
+        ----------
+        image : SimpleITK.Image
+            A 2D or 3D image, scalar or vector (several components per pixel).
+
+        Returns
+        -------
+        Image
+            The same voxels and geometry, in array-axis order.
+
+        Raises
+        ------
+        ValueError
+            The SimpleITK image is neither 2D nor 3D.
+
+        See Also
+        --------
+        to_sitk : The inverse conversion.
+
+        Examples
+        --------
+        >>> import SimpleITK as sitk
+        >>> s = sitk.Image(4, 3, 2, sitk.sitkInt16)    # x, y, z sizes
+        >>> s.SetSpacing((0.5, 1.0, 2.5))
+        >>> mk.Image.from_sitk(s)
+        Image(shape=(2, 3, 4), dtype=int16, spacing=(2.5, 1, 0.5), origin=(0, 0, 0), numpy)
+        """
         import SimpleITK as sitk
 
         array = sitk.GetArrayFromImage(image)
@@ -250,7 +481,24 @@ class Image:
                    direction=d_itk[:, ::-1], vector=vector)
 
     def to_sitk(self):
-        """To a ``SimpleITK.Image`` with identical geometry."""
+        """Convert to a ``SimpleITK.Image`` with identical geometry.
+
+        Returns
+        -------
+        SimpleITK.Image
+            The voxels (bool stored as uint8, a cupy array copied to the host) with spacing,
+            origin and direction in ITK's ``(x, y, z)`` order.
+
+        See Also
+        --------
+        from_sitk : The inverse conversion.
+
+        Examples
+        --------
+        >>> s = mk.Image(np.zeros((2, 3, 4), np.float32), spacing=(2.5, 1.0, 0.5)).to_sitk()
+        >>> s.GetSize(), s.GetSpacing()
+        ((4, 3, 2), (0.5, 1.0, 2.5))
+        """
         import SimpleITK as sitk
 
         array = np.asarray(self)
@@ -265,13 +513,64 @@ class Image:
     # ------------------------------------------------------------------ nibabel interop
     @classmethod
     def from_nibabel(cls, nifti: Any) -> "Image":
-        """From a nibabel image. NIfTI is RAS with axes (i, j, k): both are converted here."""
+        """Make an Image from a nibabel image.
+
+        NIfTI is RAS with axes ``(i, j, k)``: both the axis order and the orientation are
+        converted to medkern's array order and LPS here.
+
+        Parameters
+        ----------
+        nifti : nibabel.Nifti1Image or nibabel.Nifti2Image
+            A 2D or 3D image (a 3D file whose last axis has length 1 is read as 2D).
+
+        Returns
+        -------
+        Image
+            The voxels in array order ``[k, j, i]`` with LPS geometry.
+
+        See Also
+        --------
+        to_nibabel : The inverse conversion.
+        medkern.read : Read a ``.nii`` or ``.nii.gz`` file.
+
+        Examples
+        --------
+        >>> import nibabel as nib
+        >>> ras = np.diag([0.5, 1.0, 2.5, 1.0])
+        >>> ras[:3, 3] = (10, 20, 30)
+        >>> nii = nib.Nifti1Image(np.zeros((4, 3, 2), np.float32), ras)
+        >>> mk.Image.from_nibabel(nii)     # RAS (10, 20, 30) is LPS (-10, -20, 30)
+        Image(shape=(2, 3, 4), dtype=float32, spacing=(2.5, 1, 0.5), origin=(-10, -20, 30), numpy)
+        """
         from medkern.io.nifti import image_from_nibabel
 
         return image_from_nibabel(nifti)
 
     def to_nibabel(self):
-        """To a ``nibabel.Nifti1Image`` (RAS affine, (i, j, k) axis order)."""
+        """Convert to a ``nibabel.Nifti1Image`` (RAS affine, ``(i, j, k)`` axis order).
+
+        Returns
+        -------
+        nibabel.Nifti1Image
+            The voxels with axes reversed to ``(i, j, k)`` and the affine in RAS.
+
+        See Also
+        --------
+        from_nibabel : The inverse conversion.
+        medkern.write : Write a ``.nii`` or ``.nii.gz`` file.
+
+        Examples
+        --------
+        >>> img = mk.Image(np.zeros((2, 3, 4), np.float32), spacing=(2.5, 1.0, 0.5), origin=(10, 20, 30))
+        >>> nii = img.to_nibabel()
+        >>> nii.shape
+        (4, 3, 2)
+        >>> nii.affine
+        array([[ -0.5,   0. ,   0. , -10. ],
+               [  0. ,  -1. ,   0. , -20. ],
+               [  0. ,   0. ,   2.5,  30. ],
+               [  0. ,   0. ,   0. ,   1. ]])
+        """
         from medkern.io.nifti import image_to_nibabel
 
         return image_to_nibabel(self)

@@ -67,7 +67,38 @@ ATRIUM_MNI_RAS = ((-28.0, -40.0, 14.0), (28.0, -40.0, 14.0))
 
 @dataclass(frozen=True)
 class Lesion:
-    """One inserted lesion: ``label`` in :attr:`BrainCase.lesions`; lengths in mm, LPS world."""
+    """One inserted lesion, as :func:`simulate_brain_metastases` lists it in ``BrainCase.truth``.
+
+    Lengths are in mm, positions in LPS world mm.
+
+    Parameters
+    ----------
+    label : int
+        The lesion's value in ``BrainCase.lesions``.
+    centre_lps : tuple of float
+        The centre of the ellipsoid, LPS mm.
+    diameter_mm : float
+        The longest axis of the ellipsoid.
+    volume_mm3 : float
+        ``4/3 pi a b c``, necrotic core included.
+    kind : str
+        One of ``LESION_KINDS``: ``"sphere"``, ``"ellipsoid"``, ``"ring"`` (ring-enhancing around
+        a necrotic core) or ``"cortical"`` (touching the cortex).
+    semi_axes_mm : tuple of float
+        The three semi-axes ``a, b, c``.
+
+    See Also
+    --------
+    BrainCase : The simulated study that lists its lesions.
+
+    Examples
+    --------
+    >>> from medkern.phantoms import Lesion
+    >>> lesion = Lesion(label=1, centre_lps=(10.0, -20.0, 30.0), diameter_mm=8.0,
+    ...                 volume_mm3=4 / 3 * np.pi * 4**3, kind="sphere", semi_axes_mm=(4.0, 4.0, 4.0))
+    >>> round(lesion.volume_mm3, 1)
+    268.1
+    """
 
     label: int
     centre_lps: tuple[float, float, float]
@@ -79,7 +110,35 @@ class Lesion:
 
 @dataclass(frozen=True)
 class BrainCase:
-    """A simulated contrast-enhanced T1 study and its truth, all on the acquisition grid."""
+    """A simulated contrast-enhanced T1 study and its truth, all on the acquisition grid.
+
+    Parameters
+    ----------
+    image : Image
+        The T1 image, float32, skull-stripped: background exactly 0.
+    lesions : Image
+        int32 label map, ``Lesion.label`` per voxel (0: none).
+    brain : Image
+        uint8 brain mask.
+    truth : list of Lesion
+        The inserted lesions with their analytic size.
+    acquisition : dict, optional
+        How the case was made: the acquisition preset, seed, noise, bias field, contrast change,
+        confounders and deformation.
+
+    See Also
+    --------
+    simulate_brain_metastases : Makes one.
+    Lesion : One entry of ``truth``.
+
+    Examples
+    --------
+    >>> from medkern.phantoms import BrainCase
+    >>> grid = mk.Image(np.zeros((4, 4, 4), np.float32))
+    >>> case = BrainCase(image=grid, lesions=grid.astype(np.int32), brain=grid.astype(np.uint8), truth=[])
+    >>> case.acquisition
+    {}
+    """
 
     image: Image                         # float32, skull-stripped: background exactly 0
     lesions: Image                       # int32, Lesion.label per voxel (0: none)
@@ -116,7 +175,7 @@ def _fingerprint(img: Image) -> str:
 def _prepare(template: Any) -> _Template:
     from scipy import ndimage
 
-    from medkern.inference.model import reorient
+    from medkern._reorient import reorient
     from medkern._resample import resample
 
     if not isinstance(template, Image):
@@ -430,19 +489,83 @@ def _slabs(x: np.ndarray, thickness: int) -> np.ndarray:
 
 def simulate_brain_metastases(template: Image, seed: int, *, diameters_mm: Sequence[float] | None = None,
                               acquisition: str | None = None) -> BrainCase:
-    """One simulated patient with enhancing brain metastases (see the module docstring).
+    """Simulate one patient with enhancing brain metastases on a skull-stripped T1 template.
 
-    ``template``: a skull-stripped T1 mk.Image (background exactly 0), e.g.
-    ``medkern.analysis.location.mni_template()``. ``seed`` (int >= 0) fixes everything: the same
-    seed, template and arguments give the same case bit for bit. ``diameters_mm``: the lesions'
-    longest diameters (each in [2, 40] mm, at most 20); None draws 1-6 lesions, about half of
-    them 3-6 mm. ``acquisition``: a key of :data:`ACQUISITIONS` (None: drawn from the seed).
+    medkern ships no patient data: this turns a skull-stripped T1 brain (normally the MNI152
+    2009a template shipped with nilearn) into a contrast-enhanced T1 study with lesions of
+    known position, size and shape. The ``brain-lesion`` model is trained and validated on it
+    and ``medkern demo`` shows it. In the order it is built:
 
-    Returns a :class:`BrainCase` on the acquisition grid, oriented ``"SPL"`` (axis 0 toward
-    superior: 3 mm slices are axial). ``truth`` lists the lesions in ``diameters_mm`` order with
-    their analytic size; the label map holds the voxels at least half inside each lesion (and at
-    least the one it fills most).
-    Raises ValueError when the lesions cannot be placed apart from each other in the brain.
+    * confounders a post-contrast T1 has and the template lacks, as bright as lesions:
+      enhancing venous sinuses, cortical veins and the choroid plexus;
+    * a registration-level deformation: a random affine and a smooth elastic field;
+    * lesions (spheres, ellipsoids, ring-enhancing lesions around a necrotic core, lesions
+      touching the cortex) with partial volume at their edge, heterogeneous enhancement and,
+      around the larger ones, vasogenic oedema; lesions never overlap;
+    * an acquisition: a 3D 1 mm isotropic or a 2D 1 x 1 x 3 mm axial grid, a bias field, a
+      contrast change and Rician noise whose levels differ between 1.5 T and 3 T, following the
+      minimum-standard protocol of BTIP-BM (Kaufmann et al., Neuro-Oncology 22(6):757-772,
+      2020). 1 mm and 3 mm, and all intensity ranges, are simulation choices, not measurements.
+
+    Needs scipy (a dependency of the ``demo`` and ``test`` extras).
+
+    Parameters
+    ----------
+    template : Image
+        A skull-stripped 3D T1 image (background exactly 0, at least 100 000 mm3 of brain), e.g.
+        ``medkern.analysis.location.mni_template()``. It is reoriented to ``"SPL"`` and resampled
+        to 1 mm first.
+    seed : int
+        A non-negative seed that fixes everything: the same seed, template and arguments give
+        the same case bit for bit.
+    diameters_mm : sequence of float, optional
+        The lesions' longest diameters, each in [2, 40] mm, at most 20 lesions. ``None`` draws
+        1-6 lesions, about half of them 3-6 mm.
+    acquisition : str, optional
+        A key of ``ACQUISITIONS`` (``"3T-3D-1mm"``, ``"1.5T-3D-1mm"``, ``"3T-2D-3mm"``,
+        ``"1.5T-2D-3mm"``); ``None`` draws one from the seed.
+
+    Returns
+    -------
+    BrainCase
+        The study on the acquisition grid, oriented ``"SPL"`` (axis 0 toward superior: 3 mm
+        slices are axial). ``truth`` lists the lesions in ``diameters_mm`` order with their
+        analytic size; the label map holds the voxels at least half inside each lesion (and at
+        least the one it fills most).
+
+    Raises
+    ------
+    TypeError
+        ``template`` is not an Image, or ``seed`` is not a non-negative int.
+    ValueError
+        An unknown acquisition, diameters out of range, a template that is not a skull-stripped
+        3D brain, or lesions that cannot be placed apart from each other in the brain.
+
+    See Also
+    --------
+    BrainCase : What it returns.
+    medkern.analyze : Analyse the simulated study.
+
+    Examples
+    --------
+    A synthetic ellipsoid "brain" (white matter inside grey matter, ventricles in the middle)
+    stands in for the MNI152 template:
+
+    >>> from medkern.phantoms import simulate_brain_metastases
+    >>> grid = np.mgrid[-36:36, -44:44, -36:36] / np.array([32.0, 40.0, 32.0])[:, None, None, None]
+    >>> r = np.linalg.norm(grid, axis=0)
+    >>> t1 = np.where(r < 1, 100, 0).astype(np.float32)
+    >>> t1[r < 0.8] = 140
+    >>> t1[r < 0.25] = 30
+    >>> template = mk.Image(t1, origin=(-35.5, -43.5, -35.5))
+    >>> case = simulate_brain_metastases(template, seed=0, diameters_mm=[8.0],
+    ...                                  acquisition="3T-3D-1mm")
+    >>> case.image
+    Image(shape=(72, 88, 72), dtype=float32, spacing=(1, 1, 1), origin=(-35.5, -43.5, -35.5), numpy)
+    >>> [(lesion.label, lesion.diameter_mm) for lesion in case.truth]
+    [(1, 8.0)]
+    >>> int(case.lesions.array.max()), case.acquisition["name"]
+    (1, '3T-3D-1mm')
     """
     from scipy import ndimage
 

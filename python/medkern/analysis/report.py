@@ -31,12 +31,52 @@ _SCHEMAS = Path(__file__).resolve().parent / "schemas"
 
 @lru_cache(maxsize=1)
 def report_schema() -> dict[str, Any]:
-    """The JSON Schema of ``report.json`` (draft 2020-12)."""
+    """Return the JSON Schema of ``report.json`` (draft 2020-12).
+
+    Returns
+    -------
+    dict
+        The schema ``report-v1.schema.json`` shipped in the package (cached: do not modify it).
+
+    See Also
+    --------
+    validate_report : Check a report against it.
+
+    Examples
+    --------
+    >>> from medkern.analysis import report_schema
+    >>> report_schema()["$schema"]
+    'https://json-schema.org/draft/2020-12/schema'
+    """
     return json.loads((_SCHEMAS / "report-v1.schema.json").read_text())
 
 
 def validate_report(data: dict[str, Any]) -> None:
-    """Raise ``ValueError`` naming every place where ``data`` breaks the report schema."""
+    """Check a report against the report schema.
+
+    Parameters
+    ----------
+    data : dict
+        A report as ``Report.to_dict()`` gives it.
+
+    Raises
+    ------
+    ValueError
+        ``data`` breaks the schema; the message names every place (the first 20).
+
+    See Also
+    --------
+    report_schema : The schema.
+
+    Examples
+    --------
+    >>> from medkern.analysis import validate_report
+    >>> try:
+    ...     validate_report({"schema_version": 1})
+    ... except ValueError as exc:
+    ...     print(str(exc).splitlines()[0])
+    report does not follow report-v1.schema.json:
+    """
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(report_schema())
@@ -47,12 +87,37 @@ def validate_report(data: dict[str, Any]) -> None:
 
 
 class Report:
-    """Findings, stage and guideline recommendations for one study (see ``mk.analyze``).
+    """Findings, stage and guideline recommendations for one study, as :func:`analyze` returns them.
 
     ``to_dict()`` / ``to_json()`` give the report (schema ``report-v1``); ``write(directory)``
     writes ``report.json``, ``report.html``, the lesion labels as NIfTI and, for DICOM studies,
     a DICOM SEG and a DICOM SR measurement report (TID 1500) referencing the source series.
-    ``image`` and ``labels`` are the analysed image and its lesion labels (lesion id = label).
+    Research decision support, not a medical device.
+
+    Parameters
+    ----------
+    data : dict
+        The report (schema ``report-v1``).
+    image : Image, optional
+        The analysed image (attribute ``image``).
+    labels : Image, optional
+        Its lesion labels, lesion id = label (attribute ``labels``).
+    source_files : sequence of os.PathLike, optional
+        The DICOM files of the analysed series (attribute ``source_files``), which the DICOM
+        SEG and SR reference.
+
+    See Also
+    --------
+    analyze : Makes a Report.
+    medkern.analysis.validate_report : Check a report dict against the schema.
+
+    Examples
+    --------
+    >>> from medkern.analysis import Report
+    >>> report = Report({"findings": {"lesion_count": 0, "lesions": []}, "guideline": None,
+    ...                  "timings_s": {"read": 0.5, "predict": 1.25}})
+    >>> report.findings["lesion_count"], report.guideline
+    (0, None)
     """
 
     def __init__(self, data: dict[str, Any], image: Image | None = None, labels: Image | None = None,
@@ -64,21 +129,67 @@ class Report:
 
     # ------------------------------------------------------------------ views
     def to_dict(self) -> dict[str, Any]:
+        """Return the report as a dict (a deep copy).
+
+        Returns
+        -------
+        dict
+            The report, schema ``report-v1``.
+
+        See Also
+        --------
+        to_json : The same as JSON text.
+
+        Examples
+        --------
+        >>> from medkern.analysis import Report
+        >>> report = Report({"findings": {"lesion_count": 0, "lesions": []}, "guideline": None,
+        ...                  "timings_s": {"read": 0.5, "predict": 1.25}})
+        >>> report.to_dict()["timings_s"]
+        {'read': 0.5, 'predict': 1.25}
+        """
         return copy.deepcopy(self._data)
 
     def to_json(self, indent: int | None = 2) -> str:
+        """Return the report as JSON text (no NaN or infinity: strict JSON).
+
+        Parameters
+        ----------
+        indent : int, optional
+            Indentation; ``None`` for one line.
+
+        Returns
+        -------
+        str
+            The JSON text.
+
+        See Also
+        --------
+        to_dict : The same as a dict.
+
+        Examples
+        --------
+        >>> from medkern.analysis import Report
+        >>> report = Report({"findings": {"lesion_count": 0, "lesions": []}, "guideline": None,
+        ...                  "timings_s": {"read": 0.5, "predict": 1.25}})
+        >>> report.to_json(indent=None)[:40]
+        '{"findings": {"lesion_count": 0, "lesion'
+        """
         return json.dumps(self._data, indent=indent, allow_nan=False)
 
     @property
     def findings(self) -> dict[str, Any]:
+        """The findings: ``lesion_count``, ``total_volume_cm3``, ``max_diameter_mm``, ``lesions``."""
         return self._data["findings"]
 
     @property
     def guideline(self) -> dict[str, Any] | None:
+        """The guideline result (derived values, recommendations, missing inputs), or None."""
         return self._data.get("guideline")
 
     @property
     def timings(self) -> dict[str, float]:
+        """Seconds spent in each stage of the analysis."""
         return dict(self._data["timings_s"])
 
     def __repr__(self) -> str:
@@ -103,11 +214,48 @@ class Report:
 
     # ------------------------------------------------------------------ output
     def write(self, directory: str | os.PathLike) -> dict[str, Path]:
-        """Write every output into ``directory`` (created if needed); returns name -> path.
+        """Write every output into a folder: report.json and .html, NIfTI labels, DICOM SEG and SR.
 
         All files are made in a temporary folder beside ``directory`` and moved in only when every
         one of them was written and ``report.json`` validated, so a failure leaves nothing partial
-        (and earlier outputs in ``directory`` untouched).
+        (and earlier outputs in ``directory`` untouched). The DICOM SEG and SR are written only
+        for a study read from DICOM with at least one lesion; the report says why when not.
+
+        Parameters
+        ----------
+        directory : str or os.PathLike
+            The output folder, created if needed (its parent must exist).
+
+        Returns
+        -------
+        dict of str to pathlib.Path
+            Output name (``report_json``, ``report_html``, ``segmentation_nifti``,
+            ``segmentation_dicom``, ``measurement_report_dicom``) to the file written.
+
+        Raises
+        ------
+        FileNotFoundError
+            The parent folder does not exist.
+        NotADirectoryError
+            ``directory`` exists and is not a folder.
+        PermissionError
+            The folder is not writable.
+        ValueError
+            The report does not follow the report schema.
+
+        See Also
+        --------
+        medkern.analyze : ``out_dir=`` writes the report as it is made.
+
+        Examples
+        --------
+        >>> ct = np.full((24, 64, 64), -100, np.int16)
+        >>> k, j, i = np.mgrid[:24, :64, :64]
+        >>> ct[((k - 12) * 3) ** 2 + (j - 32) ** 2 + (i - 32) ** 2 < 15 ** 2] = 60
+        >>> report = mk.analyze(mk.Image(ct, spacing=(3.0, 1.0, 1.0)), model="sarcoma-ct",
+        ...                     guideline=False, radiomics=False, location=False)
+        >>> sorted(report.write("out"))
+        ['report_html', 'report_json', 'segmentation_nifti']
         """
         target = Path(directory)
         parent = target.parent

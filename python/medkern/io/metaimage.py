@@ -52,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medkern._docstrings import fill_doc
 from medkern.image import Image
 from medkern.io._atomic import atomic_path
 from medkern.io._datafile import (
@@ -192,11 +193,50 @@ def _data_files(spec: str, names: list[str], ndims: int, dims: tuple[int, ...], 
     return [data_file_beside(path, n) for n in names]
 
 
+@fill_doc
 def read_metaimage(path: str | os.PathLike, volume: int | None = None) -> Image:
-    """Read a ``.mha`` / ``.mhd`` MetaImage as an LPS Image (``volume=t`` picks one volume of a 4D file).
+    """Read a ``.mha`` or ``.mhd`` MetaImage (ITK's own format) as an LPS Image.
 
-    Unreadable or inconsistent files raise ValueError naming the file and the problem; a missing
-    data file raises FileNotFoundError.
+    Every per-axis list in the header is in ITK order, ``(x, y, z) = (i, j, k)``, the reverse of
+    the array axes. ``ElementSpacing`` (``ElementSize`` when there is no spacing) gives the
+    spacing, ``Offset`` (``Position``, ``Origin``) the LPS position of voxel 0,
+    ``TransformMatrix`` (``Rotation``, ``Orientation``) the direction, one row per axis (ITK's
+    direction matrix transposed). ``AnatomicalOrientation`` is not read, as ITK does not.
+    ``ElementNumberOfChannels`` > 1 gives a vector Image. All MetaIO element types, either byte
+    order, text or zlib-compressed data, ``LOCAL`` data or named data files (one, ``LIST`` or a
+    pattern) and ``HeaderSize`` are read. Data files are read only from inside the header's
+    folder, and sizes are checked against the bytes present before allocation.
+
+    Parameters
+    ----------
+    %(path_in)s
+    %(volume)s
+
+    Returns
+    -------
+    Image
+        The voxels in array order with LPS geometry (a 4D file's volume: the 3D part of its
+        geometry).
+
+    Raises
+    ------
+    ValueError
+        The file is unreadable or inconsistent, or a data file name leads outside the header's
+        folder; the message names the file and the problem.
+    FileNotFoundError
+        The file or a data file is missing.
+
+    See Also
+    --------
+    write_metaimage : Write a MetaImage.
+    medkern.read : Read any supported format by its suffix.
+
+    Examples
+    --------
+    >>> img = mk.Image(np.zeros((2, 3, 4), np.float32), spacing=(2.5, 1.0, 0.5), origin=(1, 2, 3))
+    >>> mk.write(img, "t2.mhd")
+    >>> mk.io.read_metaimage("t2.mhd")
+    Image(shape=(2, 3, 4), dtype=float32, spacing=(2.5, 1, 0.5), origin=(1, 2, 3), numpy)
     """
     p = Path(path)
     fields, names, data_start = _read_header(p)
@@ -287,10 +327,52 @@ def _anatomical_orientation(direction_itk: np.ndarray) -> str:
 
 def write_metaimage(img: Image, path: str | os.PathLike, *, compress: bool = False,
                     compression_level: int = 6) -> None:
-    """Write ``img`` as MetaImage: ``.mha`` (one file) or ``.mhd`` + ``.raw``/``.zraw``.
+    """Write an Image as MetaImage: ``.mha`` (one file) or ``.mhd`` with ``.raw``/``.zraw`` beside it.
 
-    ``compress=True`` stores the voxels as a zlib stream (``CompressedData``), ``compression_level``
-    1..9. A vector Image is written with ``ElementNumberOfChannels``. Written atomically.
+    The header is what ITK writes (key order, little-endian, ``MET_LONG_LONG`` for int64, bool
+    as ``MET_UCHAR``, ``AnatomicalOrientation`` for 3D), numbers in their shortest exact
+    decimal form, so geometry round-trips bit for bit. A vector Image is written with
+    ``ElementNumberOfChannels``.
+
+    Parameters
+    ----------
+    img : Image
+        The image to write.
+    path : str or os.PathLike
+        Ends with ``.mha`` or ``.mhd``. Written atomically: a ``.mhd`` and its data file
+        (``<stem>.raw``, ``<stem>.zraw`` compressed) land together or not at all.
+    compress : bool, optional
+        Store the voxels as a zlib stream (``CompressedData``).
+    compression_level : int, optional
+        1..9, when ``compress``; default 6.
+
+    Raises
+    ------
+    TypeError
+        ``img`` is not an Image.
+    ValueError
+        A compression level outside 1..9, or a file name that is not ``.mha``/``.mhd``.
+
+    See Also
+    --------
+    read_metaimage : Read a MetaImage.
+    medkern.write : Write any supported format by its suffix.
+
+    Examples
+    --------
+    >>> img = mk.Image(np.zeros((2, 3, 4), np.int16), spacing=(2.5, 1.0, 0.5))
+    >>> mk.io.write_metaimage(img, "ct.mhd", compress=True)
+    >>> import os
+    >>> sorted(os.listdir("."))
+    ['ct.mhd', 'ct.zraw']
+    >>> from pathlib import Path
+    >>> print(Path("ct.mhd").read_text())
+    ObjectType = Image
+    NDims = 3
+    ...
+    DimSize = 4 3 2
+    ...
+    ElementDataFile = ct.zraw
     """
     if not isinstance(img, Image):
         raise TypeError(f"write_metaimage expects a medkern.Image, got {type(img).__name__}")
