@@ -14,15 +14,13 @@
 #include <vector>
 
 #include "medkern/common.hpp"
+#include "medkern/trilinear.hpp"
 
 // The interpolation and Parzen-window helpers below also run inside the CUDA kernels
 // (cpp/cuda/registration.cu), so both backends evaluate the very same arithmetic. (MEDKERN_HD, common.hpp)
 
 namespace medkern {
 
-// A float volume read with trilinear interpolation. Points are inside when every continuous
-// index lies in [-0.5, n - 0.5) (ITK's InterpolateImageFunction::IsInsideBuffer); neighbours
-// beyond the last voxel are clamped to it, so the border half-voxel is constant outward.
 // Threads worth starting for `work` items: a team costs a barrier per parallel region, which
 // dominates on the small volumes of coarse pyramid levels. The results do not depend on it.
 inline int threads_for(index_t work, int n_threads) {
@@ -31,49 +29,33 @@ inline int threads_for(index_t work, int n_threads) {
       1, std::min<index_t>(clamp_threads(n_threads), work / kItemsPerThread)));
 }
 
+// A float volume read with trilinear interpolation. Points are inside when every continuous
+// index lies in [-0.5, n - 0.5) (ITK's InterpolateImageFunction::IsInsideBuffer); neighbours
+// beyond the last voxel are clamped to it, so the border half-voxel is constant outward.
 struct LinearVolume {
   const float* data;
   index_t nk, nj, ni;
 
   MEDKERN_HD bool inside(double ck, double cj, double ci) const {
-    return ck >= -0.5 && ck < nk - 0.5 && cj >= -0.5 && cj < nj - 0.5 && ci >= -0.5 &&
-           ci < ni - 0.5;
+    return medkern::inside(ck, nk) && medkern::inside(cj, nj) && medkern::inside(ci, ni);
   }
 
-  // Value and its exact derivative along (k, j, i) of the trilinear interpolant.
+  // Value and its derivative along (k, j, i) of the trilinear interpolant (trilinear.hpp, with
+  // the clamped taps of LinearTaps::clamped).
   MEDKERN_HD double sample(double ck, double cj, double ci, double grad[3]) const {
-    const double fk = std::floor(ck), fj = std::floor(cj), fi = std::floor(ci);
-    const double tk = ck - fk, tj = cj - fj, ti = ci - fi;
-    const index_t k0 = floor_clamped(fk, nk), k1 = clamp_index(k0 + 1, nk);
-    const index_t j0 = floor_clamped(fj, nj), j1 = clamp_index(j0 + 1, nj);
-    const index_t i0 = floor_clamped(fi, ni), i1 = clamp_index(i0 + 1, ni);
-    // Below voxel 0 the lower neighbour is clamped too, so the interpolant is flat there.
-    const double wk = fk < 0 ? 0.0 : tk, wj = fj < 0 ? 0.0 : tj, wi = fi < 0 ? 0.0 : ti;
-    const float* p = data;
-    const index_t sj = ni, sk = nj * ni;
-    const double v000 = p[k0 * sk + j0 * sj + i0], v001 = p[k0 * sk + j0 * sj + i1];
-    const double v010 = p[k0 * sk + j1 * sj + i0], v011 = p[k0 * sk + j1 * sj + i1];
-    const double v100 = p[k1 * sk + j0 * sj + i0], v101 = p[k1 * sk + j0 * sj + i1];
-    const double v110 = p[k1 * sk + j1 * sj + i0], v111 = p[k1 * sk + j1 * sj + i1];
-    const double a00 = v000 + wi * (v001 - v000), a01 = v010 + wi * (v011 - v010);
-    const double a10 = v100 + wi * (v101 - v100), a11 = v110 + wi * (v111 - v110);
-    const double b0 = a00 + wj * (a01 - a00), b1 = a10 + wj * (a11 - a10);
-    grad[0] = b1 - b0;
-    grad[1] = (a01 - a00) + wk * ((a11 - a10) - (a01 - a00));
-    const double di0 = (v001 - v000) + wj * ((v011 - v010) - (v001 - v000));
-    const double di1 = (v101 - v100) + wj * ((v111 - v110) - (v101 - v100));
-    grad[2] = di0 + wk * (di1 - di0);
-    return b0 + wk * (b1 - b0);
+    const index_t n[3] = {nk, nj, ni};
+    return trilinear<double>(data, n, LinearTaps::clamped(n, ck, cj, ci), grad);
   }
 
-  // Trilinear values of `count` component planes (plane c at data + c * plane_size).
+  // Trilinear values of `count` component planes (plane c at data + c * plane_size), as a
+  // weighted sum of the 8 neighbours.
   void sample_components(double ck, double cj, double ci, int count, index_t plane_size,
                          double* out) const {
-    const double fk = std::floor(ck), fj = std::floor(cj), fi = std::floor(ci);
-    const index_t k0 = floor_clamped(fk, nk), k1 = clamp_index(k0 + 1, nk);
-    const index_t j0 = floor_clamped(fj, nj), j1 = clamp_index(j0 + 1, nj);
-    const index_t i0 = floor_clamped(fi, ni), i1 = clamp_index(i0 + 1, ni);
-    const double wk = fk < 0 ? 0.0 : ck - fk, wj = fj < 0 ? 0.0 : cj - fj, wi = fi < 0 ? 0.0 : ci - fi;
+    const index_t n[3] = {nk, nj, ni};
+    const LinearTaps tap = LinearTaps::clamped(n, ck, cj, ci);
+    const index_t k0 = tap.lo[0], k1 = tap.hi[0], j0 = tap.lo[1], j1 = tap.hi[1];
+    const index_t i0 = tap.lo[2], i1 = tap.hi[2];
+    const double wk = tap.t[0], wj = tap.t[1], wi = tap.t[2];
     const index_t sj = ni, sk = nj * ni;
     const index_t off[8] = {k0 * sk + j0 * sj + i0, k0 * sk + j0 * sj + i1, k0 * sk + j1 * sj + i0,
                             k0 * sk + j1 * sj + i1, k1 * sk + j0 * sj + i0, k1 * sk + j0 * sj + i1,
@@ -95,14 +77,6 @@ struct LinearVolume {
     const index_t j = floor_clamped(std::floor(cj + 0.5), nj);
     const index_t i = floor_clamped(std::floor(ci + 0.5), ni);
     return mask[(k * nj + j) * ni + i];
-  }
-
-  MEDKERN_HD static index_t clamp_index(index_t v, index_t n) { return v < 0 ? 0 : (v >= n ? n - 1 : v); }
-  // clamp_index(static_cast<index_t>(f)) for an integral f, clamped in double first: a NaN or
-  // far-out coordinate (a diverging field) would make the conversion undefined.
-  MEDKERN_HD static index_t floor_clamped(double f, index_t n) {
-    const double last = static_cast<double>(n - 1);
-    return f >= 0.0 ? static_cast<index_t>(f <= last ? f : last) : 0;
   }
 };
 

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "medkern/common.hpp"
+#include "medkern/trilinear.hpp"
 
 // The point samplers and their helpers also compile as CUDA device code (cpp/cuda/resample.cu),
 // so CPU and GPU evaluate the same arithmetic. (MEDKERN_HD, common.hpp)
@@ -37,17 +38,6 @@ MEDKERN_HD inline index_t mirror_index(index_t i, index_t n) {
   i %= period;
   return i < n ? i : period - i;
 }
-
-MEDKERN_HD inline index_t clamp_index(index_t i, index_t n) { return i < 0 ? 0 : (i >= n ? n - 1 : i); }
-
-// floor for coordinates already known to be inside an image: the baseline x86-64 target has no
-// rounding instruction, and a libm floor call per coordinate dominates the per-voxel cost.
-MEDKERN_HD inline index_t floor_index(double c) {
-  const index_t i = static_cast<index_t>(c);
-  return c < static_cast<double>(i) ? i - 1 : i;
-}
-
-MEDKERN_HD inline bool inside(double c, index_t n) { return c >= -0.5 && c < static_cast<double>(n) - 0.5; }
 
 // Cubic B-spline weights for the taps floor(c)-1 .. floor(c)+2 at fraction t (Unser 1999, eq. 4).
 MEDKERN_HD inline void cubic_bspline_weights(double t, double w[4]) {
@@ -449,21 +439,6 @@ struct NearestSampler {
   }
 };
 
-// Two linear taps per axis, edge-extended (the neighbour past the edge is the edge voxel).
-struct LinearTaps {
-  index_t lo[3], hi[3];
-  double t[3];
-  MEDKERN_HD LinearTaps(const index_t n[3], double c0, double c1, double c2) {
-    const double c[3] = {c0, c1, c2};
-    for (int a = 0; a < 3; ++a) {
-      const index_t f = floor_index(c[a]);
-      t[a] = c[a] - static_cast<double>(f);
-      lo[a] = clamp_index(f, n[a]);
-      hi[a] = clamp_index(f + 1, n[a]);
-    }
-  }
-};
-
 template <class T, class A>
 struct LinearSampler {
   using value_type = A;
@@ -472,14 +447,7 @@ struct LinearSampler {
   A fill;
   MEDKERN_HD A operator()(double c0, double c1, double c2) const {
     if (!inside(c0, n[0]) || !inside(c1, n[1]) || !inside(c2, n[2])) return fill;
-    const index_t s1 = n[2], s0 = n[1] * n[2];
-    const LinearTaps p(n, c0, c1, c2);
-    const T* r00 = data + p.lo[0] * s0 + p.lo[1] * s1;
-    const T* r01 = data + p.lo[0] * s0 + p.hi[1] * s1;
-    const T* r10 = data + p.hi[0] * s0 + p.lo[1] * s1;
-    const T* r11 = data + p.hi[0] * s0 + p.hi[1] * s1;
-    return blend(r00 + p.lo[2], r01 + p.lo[2], r10 + p.lo[2], r11 + p.lo[2], p.hi[2] - p.lo[2],
-                 static_cast<A>(p.t[0]), static_cast<A>(p.t[1]), static_cast<A>(p.t[2]));
+    return trilinear<A>(data, n, LinearTaps(n, c0, c1, c2));
   }
   // Where all 8 neighbours exist, so no clamping is needed (same arithmetic as operator()).
   void interior_box(double lo[3], double hi[3]) const { unit_step_box(n, lo, hi); }
@@ -552,15 +520,12 @@ struct LinearSampler {
     in_plane(d0, a1);
     for (index_t q = 0; q < count; ++q) out[q] = a0[q] + t0[q] * (a1[q] - a0[q]);
   }
-  // Trilinear blend of the four rows' (x, x + d2) pairs, as nested lerps.
+  // trilinear_blend of the four rows' (x, x + d2) pairs.
   MEDKERN_HD static A blend(const T* r00, const T* r01, const T* r10, const T* r11, index_t d2, A t0, A t1, A t2) {
-    auto lerp = [t2, d2](const T* r) {
-      const A a = static_cast<A>(r[0]);
-      return a + t2 * (static_cast<A>(r[d2]) - a);
-    };
-    const A v00 = lerp(r00), v01 = lerp(r01), v10 = lerp(r10), v11 = lerp(r11);
-    const A v0 = v00 + t1 * (v01 - v00), v1 = v10 + t1 * (v11 - v10);
-    return v0 + t0 * (v1 - v0);
+    const A v[8] = {static_cast<A>(r00[0]), static_cast<A>(r00[d2]), static_cast<A>(r01[0]),
+                    static_cast<A>(r01[d2]), static_cast<A>(r10[0]), static_cast<A>(r10[d2]),
+                    static_cast<A>(r11[0]), static_cast<A>(r11[d2])};
+    return trilinear_blend(v, t0, t1, t2);
   }
 };
 
