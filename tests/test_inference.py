@@ -390,15 +390,15 @@ def test_prelu_with_one_slope_becomes_leaky_relu_bit_exactly(rng):
         None, {"x": x, "s_in": np.array([0.5], np.float32)})[0]
     assert not np.array_equal(other, original, equal_nan=True)
     model = mk.Model(prelu_model())
-    assert isinstance(model._source, bytes)
+    assert isinstance(model._onnx._source, bytes)
     np.testing.assert_array_equal(model.run(x)[0].view(np.uint32), original.view(np.uint32))
 
 
 def test_models_without_rewrites_load_untouched(tmp_path, rng):
     path = tmp_path / "pointwise.onnx"
     path.write_bytes(pointwise_model())
-    assert mk.Model(path)._source == str(path)
-    assert mk.Model(pointwise_model())._source == pointwise_model()
+    assert mk.Model(path)._onnx._source == str(path)
+    assert mk.Model(pointwise_model())._onnx._source == pointwise_model()
     # Weights in an external file are found relative to the model's path, so such a model is
     # handed to ONNX Runtime by path, as it is, and still runs.
     from onnx import numpy_helper
@@ -409,7 +409,7 @@ def test_models_without_rewrites_load_untouched(tmp_path, rng):
     onnx.save_model(proto, tmp_path / "external.onnx", save_as_external_data=True,
                     all_tensors_to_one_file=True, location="external.bin", size_threshold=0)
     model = mk.Model(tmp_path / "external.onnx")
-    assert (tmp_path / "external.bin").is_file() and model._source == str(tmp_path / "external.onnx")
+    assert (tmp_path / "external.bin").is_file() and model._onnx._source == str(tmp_path / "external.onnx")
     x = rng.normal(size=(1, 2, 3, 4)).astype(np.float32)
     np.testing.assert_array_equal(model.run(x)[0], mk.Model(prelu_model()).run(x)[0])
 

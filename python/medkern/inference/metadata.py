@@ -55,6 +55,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from medkern._reorient import ORIENTATION_LETTERS
 from medkern.errors import ModelError
 
 __all__ = ["METADATA_KEY", "SCHEMA_VERSION", "validate_metadata", "write_model_metadata"]
@@ -66,7 +67,6 @@ TASKS = ("segmentation", "classification", "detection")
 ACTIVATIONS = ("softmax", "sigmoid", "none")
 BLENDS = ("gaussian", "constant")
 PADDINGS = ("constant", "reflect", "replicate", "circular")
-ORIENTATION_LETTERS = {"L": (0, 1), "R": (0, -1), "P": (1, 1), "A": (1, -1), "S": (2, 1), "I": (2, -1)}
 # op -> (required fields, optional fields with defaults)
 PREPROCESSING_OPS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "clip": (("low", "high"), {}),

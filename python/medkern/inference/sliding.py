@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -23,6 +23,18 @@ __all__ = ["sliding_window"]
 
 # torch.nn.functional.pad modes (MONAI PytorchPadMode) and their numpy.pad equivalents.
 _PADDING = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+@runtime_checkable
+class _RunsInParts(Protocol):
+    """An ``fn`` that may run the patches of a batch concurrently (a :class:`medkern.Model`).
+
+    ``_run_parts(batch)`` yields the predictions of consecutive pieces of ``batch``, each with the
+    number of cores still busy with later pieces; each piece is accumulated as it arrives (no
+    joining copy) on the cores not busy. Any other ``fn`` is called once per batch.
+    """
+
+    def _run_parts(self, batch: Any) -> Iterable[tuple[Any, int]]: ...
 
 
 def _scan_starts(size: int, roi: int, overlap: float) -> np.ndarray:
@@ -165,12 +177,9 @@ def _run_windows(x: np.ndarray, fn: Callable, grid: np.ndarray, roi3: tuple[int,
                  ) -> np.ndarray:
     """Accumulate weighted predictions of every window, batch after batch, image-major order."""
     from medkern import _core
-    from medkern.inference.model import Model  # here: model.py imports this module
 
-    # Patches never interact, so a Model may run the patches of a batch concurrently; it hands
-    # back consecutive pieces of the batch, each accumulated as it is (no joining copy) on the
-    # cores not still busy with the later pieces.
-    infer = fn._run_parts if isinstance(fn, Model) else (lambda b: [(fn(b), 0)])
+    # Patches never interact, so an fn that can run the patches of a batch concurrently does.
+    infer = fn._run_parts if isinstance(fn, _RunsInParts) else (lambda b: [(fn(b), 0)])
     n_threads = get_num_threads()
     n_win = len(grid)
     total = x.shape[0] * n_win
