@@ -54,7 +54,7 @@ class Model:
 
     @property
     def name(self) -> str:
-        """The model's path, or ``"model bytes"``."""
+        """The model's path, or ``"model bytes"`` for a model given as bytes."""
         return self._onnx.name
 
     @property
