@@ -28,18 +28,19 @@ void clahe_bin_image(std::uintptr_t x, const py::dtype& dtype, std::uintptr_t bi
 }
 
 void clahe_tile_maps(std::uintptr_t bins, std::array<std::int64_t, 3> shape,
-                     std::array<std::int64_t, 3> kernel, std::int64_t nbins, std::int64_t clip_limit,
-                     std::uintptr_t hist, std::uintptr_t maps, mc::stream_t stream) {
-  check(mc::clahe_tile_maps(reinterpret_cast<const std::uint16_t*>(bins), clahe_shape(shape, kernel),
-                            nbins, clip_limit, reinterpret_cast<unsigned int*>(hist),
-                            reinterpret_cast<double*>(maps), stream));
+                     std::array<std::int64_t, 3> kernel, std::int64_t nbins,
+                     std::int64_t clip_limit, std::uintptr_t hist, std::uintptr_t maps,
+                     mc::stream_t stream) {
+  check(mc::clahe_tile_maps(
+      reinterpret_cast<const std::uint16_t*>(bins), clahe_shape(shape, kernel), nbins, clip_limit,
+      reinterpret_cast<unsigned int*>(hist), reinterpret_cast<double*>(maps), stream));
 }
 
 void clahe_interpolate(std::uintptr_t bins, std::array<std::int64_t, 3> shape,
                        std::array<std::int64_t, 3> kernel, std::int64_t nbins, std::uintptr_t maps,
                        mc::stream_t stream) {
-  check(mc::clahe_interpolate(reinterpret_cast<std::uint16_t*>(bins), clahe_shape(shape, kernel), nbins,
-                              reinterpret_cast<const double*>(maps), stream));
+  check(mc::clahe_interpolate(reinterpret_cast<std::uint16_t*>(bins), clahe_shape(shape, kernel),
+                              nbins, reinterpret_cast<const double*>(maps), stream));
 }
 
 }  // namespace
@@ -49,7 +50,8 @@ void register_cuda_contrast(py::module_& m) {
         py::arg("n"), py::arg("lo"), py::arg("hi"), py::arg("unit_float"), py::arg("bin_size"),
         py::arg("stream"));
   m.def("clahe_tile_maps", &clahe_tile_maps, py::arg("bins"), py::arg("shape"), py::arg("kernel"),
-        py::arg("nbins"), py::arg("clip_limit"), py::arg("hist"), py::arg("maps"), py::arg("stream"));
+        py::arg("nbins"), py::arg("clip_limit"), py::arg("hist"), py::arg("maps"),
+        py::arg("stream"));
   m.def("clahe_interpolate", &clahe_interpolate, py::arg("bins"), py::arg("shape"),
         py::arg("kernel"), py::arg("nbins"), py::arg("maps"), py::arg("stream"));
 }

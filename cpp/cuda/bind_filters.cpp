@@ -4,8 +4,8 @@
 namespace {
 
 namespace mc = medkern::cuda;
-using medkern::cuda::bind::check;
 using medkern::bind::shape3;
+using medkern::cuda::bind::check;
 using medkern::cuda::bind::kShape2d;
 
 std::array<int, 3> radius3(const std::vector<int>& radius) {

@@ -135,8 +135,9 @@ __device__ AxisWeights axis_weights(std::int64_t x, std::int64_t kernel, std::in
 
 // Result level of each voxel, written over its bin: corner terms (map * weight) in double,
 // weight = (w_axis2 * w_axis1) * w_axis0, rounded to float and summed in float in corner order.
-__global__ void interpolate_kernel(std::uint16_t* __restrict__ bins, ClaheShape g, std::int64_t nbins,
-                                   const double* __restrict__ maps, std::int64_t n) {
+__global__ void interpolate_kernel(std::uint16_t* __restrict__ bins, ClaheShape g,
+                                   std::int64_t nbins, const double* __restrict__ maps,
+                                   std::int64_t n) {
   for (std::int64_t idx = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; idx < n;
        idx += std::int64_t(gridDim.x) * blockDim.x) {
     const std::int64_t k = idx / (g.shape[1] * g.shape[2]), j = (idx / g.shape[2]) % g.shape[1],
@@ -179,7 +180,8 @@ std::string clahe_tile_maps(const std::uint16_t* bins, const ClaheShape& g, std:
   const std::int64_t n_tiles = g.tiles[0] * g.tiles[1] * g.tiles[2];
   auto s = reinterpret_cast<cudaStream_t>(stream);
   cudaMemsetAsync(hist, 0, static_cast<std::size_t>(n_tiles * nbins) * sizeof(unsigned int), s);
-  tile_maps_kernel<<<static_cast<unsigned int>(n_tiles), 256, 0, s>>>(bins, g, nbins, clip_limit, hist, maps);
+  tile_maps_kernel<<<static_cast<unsigned int>(n_tiles), 256, 0, s>>>(bins, g, nbins, clip_limit,
+                                                                      hist, maps);
   return launch_error();
 }
 
@@ -192,7 +194,7 @@ std::string clahe_interpolate(std::uint16_t* bins, const ClaheShape& g, std::int
   return launch_error();
 }
 
-#define MEDKERN_INSTANTIATE(T)                                                                 \
+#define MEDKERN_INSTANTIATE(T)                                                                    \
   template std::string clahe_bin_image<T>(const T*, std::uint16_t*, std::int64_t, double, double, \
                                           bool, int, stream_t);
 MEDKERN_INSTANTIATE(std::uint8_t)

@@ -13,7 +13,8 @@
 
 namespace medkern::cuda {
 
-// What every launcher returns: "" after a good launch, else CUDA's message for the bindings to raise.
+// What every launcher returns: "" after a good launch, else CUDA's message for the bindings to
+// raise.
 inline std::string launch_error() {
   const cudaError_t err = cudaGetLastError();
   return err == cudaSuccess ? std::string() : std::string(cudaGetErrorString(err));

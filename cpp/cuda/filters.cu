@@ -49,8 +49,8 @@ __global__ void correlate_axis_kernel(const T* __restrict__ in, float* __restric
 
 // Median of the box by partial selection sort in a per-thread buffer (n <= kMaxMedianWindow).
 template <class T>
-__global__ void median_kernel(const T* __restrict__ in, T* __restrict__ out, Dims d, int r0,
-                              int r1, int r2, int mode) {
+__global__ void median_kernel(const T* __restrict__ in, T* __restrict__ out, Dims d, int r0, int r1,
+                              int r2, int mode) {
   i64 k, j, i;
   const i64 v = blockIdx.x * i64(blockDim.x) + threadIdx.x;
   if (!voxel_of(v, d, k, j, i)) return;
@@ -84,8 +84,8 @@ __global__ void median_kernel(const T* __restrict__ in, T* __restrict__ out, Dim
 // nearest-sample boundary.
 template <class T>
 __global__ void bilateral_kernel(const T* __restrict__ in, float* __restrict__ out, Dims d,
-                                 const float* __restrict__ wd, int r0, int r1, int r2,
-                                 float cutoff, float to_bin, float bin_width, float nhiv) {
+                                 const float* __restrict__ wd, int r0, int r1, int r2, float cutoff,
+                                 float to_bin, float bin_width, float nhiv) {
   i64 k, j, i;
   const i64 v = blockIdx.x * i64(blockDim.x) + threadIdx.x;
   if (!voxel_of(v, d, k, j, i)) return;
@@ -153,12 +153,12 @@ std::string bilateral_filter(const T* in, float* out, const std::int64_t* shape,
   return launch_error();
 }
 
-#define MEDKERN_INSTANTIATE(T)                                                                 \
-  template std::string correlate_axis<T>(const T*, float*, const std::int64_t*, int,           \
-                                         const float*, int, int, float, stream_t);             \
-  template std::string median_filter<T>(const T*, T*, const std::int64_t*, const int*, int,     \
-                                        stream_t);                                             \
-  template std::string bilateral_filter<T>(const T*, float*, const std::int64_t*, const float*, \
+#define MEDKERN_INSTANTIATE(T)                                                                     \
+  template std::string correlate_axis<T>(const T*, float*, const std::int64_t*, int, const float*, \
+                                         int, int, float, stream_t);                               \
+  template std::string median_filter<T>(const T*, T*, const std::int64_t*, const int*, int,        \
+                                        stream_t);                                                 \
+  template std::string bilateral_filter<T>(const T*, float*, const std::int64_t*, const float*,    \
                                            const int*, float, float, float, float, stream_t);
 MEDKERN_FOR_EACH_DTYPE(MEDKERN_INSTANTIATE)
 #undef MEDKERN_INSTANTIATE

@@ -29,14 +29,14 @@ template <class T>
 std::string affine_intensity(const T* x, float* out, std::int64_t n, double scale, double offset,
                              double lo, double hi, stream_t stream) {
   if (n == 0) return {};
-  affine_intensity_kernel<T><<<grid_for(n, 256), 256, 0, as_stream(stream)>>>(x, out, n, scale, offset,
-                                                                           lo, hi);
+  affine_intensity_kernel<T>
+      <<<grid_for(n, 256), 256, 0, as_stream(stream)>>>(x, out, n, scale, offset, lo, hi);
   return launch_error();
 }
 
-#define MEDKERN_INSTANTIATE(T)                                                              \
-  template std::string affine_intensity<T>(const T*, float*, std::int64_t, double, double, \
-                                           double, double, stream_t);
+#define MEDKERN_INSTANTIATE(T)                                                                     \
+  template std::string affine_intensity<T>(const T*, float*, std::int64_t, double, double, double, \
+                                           double, stream_t);
 MEDKERN_FOR_EACH_DTYPE(MEDKERN_INSTANTIATE)
 #undef MEDKERN_INSTANTIATE
 

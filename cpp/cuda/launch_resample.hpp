@@ -17,20 +17,22 @@ std::string resample_warp(int interpolation, const T* x, const std::int64_t shap
                           int n_comp, const double* r, double fill, std::uint64_t fill_bits,
                           stream_t stream);
 template <class T>
-std::string resample_points(int interpolation, const T* x, const std::int64_t shape_in[3], void* out,
-                            const double* coords, std::int64_t n_points, int ndim, double fill,
-                            std::uint64_t fill_bits, stream_t stream);
+std::string resample_points(int interpolation, const T* x, const std::int64_t shape_in[3],
+                            void* out, const double* coords, std::int64_t n_points, int ndim,
+                            double fill, std::uint64_t fill_bits, stream_t stream);
 // scratch: outer * n_in * inner elements of interp_t<T> when prefilter is set, else unused.
 template <class T>
 std::string resample_axis_pass(const T* in, void* out, std::int64_t outer, std::int64_t n_in,
                                std::int64_t inner, std::int64_t n_out, const std::int64_t* idx,
-                               const void* w, int taps, bool prefilter, void* scratch, stream_t stream);
+                               const void* w, int taps, bool prefilter, void* scratch,
+                               stream_t stream);
 template <class T>
-std::string bspline_coefficients(const T* in, const std::int64_t shape[3], void* out, stream_t stream);
+std::string bspline_coefficients(const T* in, const std::int64_t shape[3], void* out,
+                                 stream_t stream);
 template <class U>
 std::string gather_nearest(const U* in, const std::int64_t shape_in[3], U* out,
                            const std::int64_t shape_out[3], const std::int64_t* idx0,
-                           const std::int64_t* idx1, const std::int64_t* idx2, std::uint64_t fill_bits,
-                           stream_t stream);
+                           const std::int64_t* idx1, const std::int64_t* idx2,
+                           std::uint64_t fill_bits, stream_t stream);
 
 }  // namespace medkern::cuda

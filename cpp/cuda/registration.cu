@@ -54,10 +54,10 @@ std::string error_string(cudaError_t err) {
   return err == cudaSuccess ? std::string() : std::string(cudaGetErrorString(err));
 }
 
-#define MEDKERN_CUDA_CHECK(expr)                          \
-  do {                                                    \
-    const cudaError_t err_ = (expr);                      \
-    if (err_ != cudaSuccess) return error_string(err_);   \
+#define MEDKERN_CUDA_CHECK(expr)                        \
+  do {                                                  \
+    const cudaError_t err_ = (expr);                    \
+    if (err_ != cudaSuccess) return error_string(err_); \
   } while (0)
 
 // Per-sample sums of a metric (Sums: MeanSquaresSums or CorrelationSums, registration.hpp).
@@ -137,8 +137,8 @@ std::string registration_metric(int kind, const float* fixed, const float* fixed
                                 double* accumulator, float* cache, double result[14],
                                 stream_t stream) {
   const auto st = reinterpret_cast<cudaStream_t>(stream);
-  DeviceSamples s{fixed, fixed_values, indices, count, fixed_shape[1], fixed_shape[2],
-                  moving_mask, {}};
+  DeviceSamples s{fixed,          fixed_values,   indices,     count,
+                  fixed_shape[1], fixed_shape[2], moving_mask, {}};
   for (int c = 0; c < 12; ++c) s.to_moving.m[c] = to_moving[c];
   const LinearVolume mov{moving, moving_shape[0], moving_shape[1], moving_shape[2]};
   const int block = 256;
@@ -151,9 +151,9 @@ std::string registration_metric(int kind, const float* fixed, const float* fixed
     return {};
   }
   if (kind == 0 || kind == 1) {
-    const std::string err = kind == 0
-                                ? run_sums<MeanSquaresSums>(s, mov, grid, block, accumulator, st, r)
-                                : run_sums<CorrelationSums>(s, mov, grid, block, accumulator, st, r);
+    const std::string err =
+        kind == 0 ? run_sums<MeanSquaresSums>(s, mov, grid, block, accumulator, st, r)
+                  : run_sums<CorrelationSums>(s, mov, grid, block, accumulator, st, r);
     if (!err.empty()) return err;
   } else {
     const MattesBins b(bins, ranges[0], ranges[1], ranges[2], ranges[3]);
@@ -178,8 +178,8 @@ std::string registration_metric(int kind, const float* fixed, const float* fixed
       mattes_gradient_kernel<<<grid, block, 0, st>>>(s, d_log_ratio, cache,
                                                      1.0 / (total * b.moving_bin_size), d_sums);
       MEDKERN_CUDA_CHECK(cudaGetLastError());
-      MEDKERN_CUDA_CHECK(cudaMemcpyAsync(sums.data(), d_sums, 13 * sizeof(double),
-                                         cudaMemcpyDeviceToHost, st));
+      MEDKERN_CUDA_CHECK(
+          cudaMemcpyAsync(sums.data(), d_sums, 13 * sizeof(double), cudaMemcpyDeviceToHost, st));
       MEDKERN_CUDA_CHECK(cudaStreamSynchronize(st));
       for (int c = 0; c < 12; ++c) r.gradient[c] = sums[c];
       r.count = sums[12];

@@ -24,8 +24,9 @@ struct Mat3 {
 
 // Same map as medkern::warp: c = M (k, j, i, 1) + R u[k][j][i].
 template <class S>
-__global__ void warp_kernel(S sampler, typename S::value_type* out, std::int64_t m0, std::int64_t m1,
-                            std::int64_t m2, Mat34 mat, const float* disp, int n_comp, Mat3 rmat) {
+__global__ void warp_kernel(S sampler, typename S::value_type* out, std::int64_t m0,
+                            std::int64_t m1, std::int64_t m2, Mat34 mat, const float* disp,
+                            int n_comp, Mat3 rmat) {
   const std::int64_t total = m0 * m1 * m2;
   for (std::int64_t v = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; v < total;
        v += std::int64_t(gridDim.x) * blockDim.x) {
@@ -69,7 +70,8 @@ __global__ void prefilter_kernel(A* data, std::int64_t outer, std::int64_t n, st
   for (std::int64_t l = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; l < lines;
        l += std::int64_t(gridDim.x) * blockDim.x) {
     double init = 0;
-    medkern::bspline_prefilter_lines(data + (l / inner) * n * inner + l % inner, n, inner, 1, &init);
+    medkern::bspline_prefilter_lines(data + (l / inner) * n * inner + l % inner, n, inner, 1,
+                                     &init);
   }
 }
 
@@ -84,15 +86,17 @@ __global__ void axis_pass_kernel(const S* in, A* out, std::int64_t outer, std::i
     const std::int64_t b = v % inner, m = (v / inner) % n_out, o = v / (inner * n_out);
     const S* src = in + o * n_in * inner + b;
     A acc = 0;
-    for (int t = 0; t < taps; ++t) acc += w[m * taps + t] * static_cast<A>(src[idx[m * taps + t] * inner]);
+    for (int t = 0; t < taps; ++t)
+      acc += w[m * taps + t] * static_cast<A>(src[idx[m * taps + t] * inner]);
     out[v] = acc;
   }
 }
 
 template <class U>
-__global__ void gather_kernel(const U* in, std::int64_t n1, std::int64_t n2, U* out, std::int64_t m0,
-                              std::int64_t m1, std::int64_t m2, const std::int64_t* idx0,
-                              const std::int64_t* idx1, const std::int64_t* idx2, U fill) {
+__global__ void gather_kernel(const U* in, std::int64_t n1, std::int64_t n2, U* out,
+                              std::int64_t m0, std::int64_t m1, std::int64_t m2,
+                              const std::int64_t* idx0, const std::int64_t* idx1,
+                              const std::int64_t* idx2, U fill) {
   const std::int64_t total = m0 * m1 * m2;
   for (std::int64_t v = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; v < total;
        v += std::int64_t(gridDim.x) * blockDim.x) {
@@ -142,15 +146,16 @@ std::string resample_warp(int interpolation, const T* x, const std::int64_t shap
   return with_sampler(interpolation, x, shape_in, fill, fill_bits, [&](auto sampler) {
     using V = typename decltype(sampler)::value_type;
     warp_kernel<<<grid_for(total, kThreads), kThreads, 0, as_stream(stream)>>>(
-        sampler, static_cast<V*>(out), shape_out[0], shape_out[1], shape_out[2], mat, disp, n_comp, rmat);
+        sampler, static_cast<V*>(out), shape_out[0], shape_out[1], shape_out[2], mat, disp, n_comp,
+        rmat);
     return launch_error();
   });
 }
 
 template <class T>
-std::string resample_points(int interpolation, const T* x, const std::int64_t shape_in[3], void* out,
-                            const double* coords, std::int64_t n_points, int ndim, double fill,
-                            std::uint64_t fill_bits, stream_t stream) {
+std::string resample_points(int interpolation, const T* x, const std::int64_t shape_in[3],
+                            void* out, const double* coords, std::int64_t n_points, int ndim,
+                            double fill, std::uint64_t fill_bits, stream_t stream) {
   if (n_points == 0) return {};
   return with_sampler(interpolation, x, shape_in, fill, fill_bits, [&](auto sampler) {
     using V = typename decltype(sampler)::value_type;
@@ -163,7 +168,8 @@ std::string resample_points(int interpolation, const T* x, const std::int64_t sh
 template <class T>
 std::string resample_axis_pass(const T* in, void* out, std::int64_t outer, std::int64_t n_in,
                                std::int64_t inner, std::int64_t n_out, const std::int64_t* idx,
-                               const void* w, int taps, bool prefilter, void* scratch, stream_t stream) {
+                               const void* w, int taps, bool prefilter, void* scratch,
+                               stream_t stream) {
   using A = medkern::interp_t<T>;
   const cudaStream_t s = as_stream(stream);
   const A* wa = static_cast<const A*>(w);
@@ -173,33 +179,39 @@ std::string resample_axis_pass(const T* in, void* out, std::int64_t outer, std::
     A* coef = static_cast<A*>(scratch);
     const std::int64_t n = outer * n_in * inner;
     convert_kernel<<<grid_for(n, kThreads), kThreads, 0, s>>>(in, coef, n);
-    prefilter_kernel<<<grid_for(outer * inner, kThreads), kThreads, 0, s>>>(coef, outer, n_in, inner);
-    axis_pass_kernel<<<grid_for(total, kThreads), kThreads, 0, s>>>(static_cast<const A*>(coef), dst, outer, n_in,
-                                                          inner, n_out, idx, wa, taps);
+    prefilter_kernel<<<grid_for(outer * inner, kThreads), kThreads, 0, s>>>(coef, outer, n_in,
+                                                                            inner);
+    axis_pass_kernel<<<grid_for(total, kThreads), kThreads, 0, s>>>(
+        static_cast<const A*>(coef), dst, outer, n_in, inner, n_out, idx, wa, taps);
   } else {
-    axis_pass_kernel<<<grid_for(total, kThreads), kThreads, 0, s>>>(in, dst, outer, n_in, inner, n_out, idx, wa, taps);
+    axis_pass_kernel<<<grid_for(total, kThreads), kThreads, 0, s>>>(in, dst, outer, n_in, inner,
+                                                                    n_out, idx, wa, taps);
   }
   return launch_error();
 }
 
 template <class T>
-std::string bspline_coefficients(const T* in, const std::int64_t shape[3], void* out, stream_t stream) {
+std::string bspline_coefficients(const T* in, const std::int64_t shape[3], void* out,
+                                 stream_t stream) {
   using A = medkern::interp_t<T>;
   const cudaStream_t s = as_stream(stream);
   A* coef = static_cast<A*>(out);
   const std::int64_t n = shape[0] * shape[1] * shape[2];
   convert_kernel<<<grid_for(n, kThreads), kThreads, 0, s>>>(in, coef, n);
-  prefilter_kernel<<<grid_for(shape[1] * shape[2], kThreads), kThreads, 0, s>>>(coef, 1, shape[0], shape[1] * shape[2]);
-  prefilter_kernel<<<grid_for(shape[0] * shape[2], kThreads), kThreads, 0, s>>>(coef, shape[0], shape[1], shape[2]);
-  prefilter_kernel<<<grid_for(shape[0] * shape[1], kThreads), kThreads, 0, s>>>(coef, shape[0] * shape[1], shape[2], 1);
+  prefilter_kernel<<<grid_for(shape[1] * shape[2], kThreads), kThreads, 0, s>>>(
+      coef, 1, shape[0], shape[1] * shape[2]);
+  prefilter_kernel<<<grid_for(shape[0] * shape[2], kThreads), kThreads, 0, s>>>(coef, shape[0],
+                                                                                shape[1], shape[2]);
+  prefilter_kernel<<<grid_for(shape[0] * shape[1], kThreads), kThreads, 0, s>>>(
+      coef, shape[0] * shape[1], shape[2], 1);
   return launch_error();
 }
 
 template <class U>
 std::string gather_nearest(const U* in, const std::int64_t shape_in[3], U* out,
                            const std::int64_t shape_out[3], const std::int64_t* idx0,
-                           const std::int64_t* idx1, const std::int64_t* idx2, std::uint64_t fill_bits,
-                           stream_t stream) {
+                           const std::int64_t* idx1, const std::int64_t* idx2,
+                           std::uint64_t fill_bits, stream_t stream) {
   const std::int64_t total = shape_out[0] * shape_out[1] * shape_out[2];
   gather_kernel<<<grid_for(total, kThreads), kThreads, 0, as_stream(stream)>>>(
       in, shape_in[1], shape_in[2], out, shape_out[0], shape_out[1], shape_out[2], idx0, idx1, idx2,
@@ -208,15 +220,16 @@ std::string gather_nearest(const U* in, const std::int64_t shape_in[3], U* out,
 }
 
 #define MEDKERN_INSTANTIATE_SAMPLING(T)                                                            \
-  template std::string resample_warp<T>(int, const T*, const std::int64_t*, void*,                  \
-                                        const std::int64_t*, const double*, const float*, int,      \
-                                        const double*, double, std::uint64_t, stream_t);            \
-  template std::string resample_points<T>(int, const T*, const std::int64_t*, void*, const double*, \
-                                          std::int64_t, int, double, std::uint64_t, stream_t);
-#define MEDKERN_INSTANTIATE_INTERP(T)                                                                  \
-  template std::string resample_axis_pass<T>(const T*, void*, std::int64_t, std::int64_t, std::int64_t, \
-                                             std::int64_t, const std::int64_t*, const void*, int, bool, \
-                                             void*, stream_t);                                         \
+  template std::string resample_warp<T>(int, const T*, const std::int64_t*, void*,                 \
+                                        const std::int64_t*, const double*, const float*, int,     \
+                                        const double*, double, std::uint64_t, stream_t);           \
+  template std::string resample_points<T>(int, const T*, const std::int64_t*, void*,               \
+                                          const double*, std::int64_t, int, double, std::uint64_t, \
+                                          stream_t);
+#define MEDKERN_INSTANTIATE_INTERP(T)                                                         \
+  template std::string resample_axis_pass<T>(const T*, void*, std::int64_t, std::int64_t,     \
+                                             std::int64_t, std::int64_t, const std::int64_t*, \
+                                             const void*, int, bool, void*, stream_t);        \
   template std::string bspline_coefficients<T>(const T*, const std::int64_t*, void*, stream_t);
 MEDKERN_INSTANTIATE_SAMPLING(std::uint8_t)
 MEDKERN_INSTANTIATE_SAMPLING(std::int16_t)
@@ -232,9 +245,9 @@ MEDKERN_INSTANTIATE_INTERP(std::uint16_t)
 MEDKERN_INSTANTIATE_INTERP(std::int32_t)
 MEDKERN_INSTANTIATE_INTERP(float)
 MEDKERN_INSTANTIATE_INTERP(double)
-#define MEDKERN_INSTANTIATE_GATHER(U)                                                           \
-  template std::string gather_nearest<U>(const U*, const std::int64_t*, U*, const std::int64_t*,   \
-                                         const std::int64_t*, const std::int64_t*,                 \
+#define MEDKERN_INSTANTIATE_GATHER(U)                                                            \
+  template std::string gather_nearest<U>(const U*, const std::int64_t*, U*, const std::int64_t*, \
+                                         const std::int64_t*, const std::int64_t*,               \
                                          const std::int64_t*, std::uint64_t, stream_t);
 MEDKERN_INSTANTIATE_GATHER(std::uint8_t)
 MEDKERN_INSTANTIATE_GATHER(std::uint16_t)

@@ -81,10 +81,14 @@ decltype(auto) visit_label_dtype(const py::dtype& dt, F&& f) {
 template <class F>
 decltype(auto) visit_itemsize(const py::dtype& dt, F&& f) {
   switch (dt.itemsize()) {
-    case 1: return f(std::uint8_t{});
-    case 2: return f(std::uint16_t{});
-    case 4: return f(std::uint32_t{});
-    case 8: return f(std::uint64_t{});
+    case 1:
+      return f(std::uint8_t{});
+    case 2:
+      return f(std::uint16_t{});
+    case 4:
+      return f(std::uint32_t{});
+    case 8:
+      return f(std::uint64_t{});
     default:
       throw py::type_error("unsupported dtype " + std::string(py::str(dt)) +
                            "; expected an element size of 1, 2, 4 or 8 bytes");

@@ -60,8 +60,8 @@ py::array_t<std::int64_t> histogram_edges(const py::array& x, const py::object& 
   });
 }
 
-py::array_t<float> interp_map(const py::array& x, const carray<double>& xp, const carray<double>& fp,
-                              int n_threads) {
+py::array_t<float> interp_map(const py::array& x, const carray<double>& xp,
+                              const carray<double>& fp, int n_threads) {
   if (xp.ndim() != 1 || xp.size() < 1 || xp.size() != fp.size())
     throw py::value_error("xp and fp must be 1D arrays of the same non-zero length");
   return medkern::bind::visit_dtype(x.dtype(), [&](auto tag) {
@@ -99,15 +99,16 @@ py::array_t<float> clahe_skimage(const py::array& x, std::array<index_t, 3> kern
 }
 
 template <class T>
-py::array clahe_opencv_typed(const py::array& x, index_t tiles_y, index_t tiles_x, double clip_limit,
-                             int n_threads) {
+py::array clahe_opencv_typed(const py::array& x, index_t tiles_y, index_t tiles_x,
+                             double clip_limit, int n_threads) {
   const auto shape = shape3(x, "x");
   auto in = carray<T>::ensure(x);
   py::array_t<T> out(dims(x));
   const T* src = in.data();
   T* dst = out.mutable_data();
   py::gil_scoped_release release;  // raw pointers into arrays held by this frame
-  medkern::clahe_opencv(src, dst, shape[0], shape[1], shape[2], tiles_y, tiles_x, clip_limit, n_threads);
+  medkern::clahe_opencv(src, dst, shape[0], shape[1], shape[2], tiles_y, tiles_x, clip_limit,
+                        n_threads);
   return std::move(out);
 }
 
@@ -127,7 +128,8 @@ std::array<const double*, 3> positions(const std::array<carray<double>, 3>& u,
   std::array<const double*, 3> out{};
   for (int a = 0; a < 3; ++a) {
     if (u[a].ndim() != 1 || static_cast<index_t>(u[a].size()) != shape[a])
-      throw py::value_error("positions along axis " + std::to_string(a) + " need one value per voxel");
+      throw py::value_error("positions along axis " + std::to_string(a) +
+                            " need one value per voxel");
     out[a] = u[a].data();
   }
   return out;
@@ -195,8 +197,8 @@ py::dict n4_fit(const carray<double>& log_image, const carray<std::uint8_t>& mas
   return d;
 }
 
-py::tuple n4_apply(const py::array& x, const carray<double>& lattice, std::array<carray<double>, 3> u,
-                   bool want_field, int n_threads) {
+py::tuple n4_apply(const py::array& x, const carray<double>& lattice,
+                   std::array<carray<double>, 3> u, bool want_field, int n_threads) {
   const auto shape = shape3(x, "x");
   const auto ls = shape3(lattice, "lattice");
   for (index_t c : ls)
@@ -230,17 +232,19 @@ void register_contrast(py::module_& m) {
   m.def("value_range", &value_range, py::arg("x"), py::arg("mask"), py::arg("n_threads"));
   m.def("histogram_edges", &histogram_edges, py::arg("x"), py::arg("mask"), py::arg("edges"),
         py::arg("n_threads"));
-  m.def("interp_map", &interp_map, py::arg("x"), py::arg("xp"), py::arg("fp"), py::arg("n_threads"));
+  m.def("interp_map", &interp_map, py::arg("x"), py::arg("xp"), py::arg("fp"),
+        py::arg("n_threads"));
   m.def("clahe_skimage", &clahe_skimage, py::arg("x"), py::arg("kernel"), py::arg("x_min"),
         py::arg("x_max"), py::arg("unit_float"), py::arg("nbins"), py::arg("clip_limit"),
         py::arg("n_threads"));
   m.def("clahe_opencv", &clahe_opencv, py::arg("x"), py::arg("tiles_y"), py::arg("tiles_x"),
         py::arg("clip_limit"), py::arg("n_threads"));
-  m.def("n4_shrink", &n4_shrink, py::arg("x"), py::arg("mask"), py::arg("factor"), py::arg("n_threads"));
+  m.def("n4_shrink", &n4_shrink, py::arg("x"), py::arg("mask"), py::arg("factor"),
+        py::arg("n_threads"));
   m.def("n4_fit", &n4_fit, py::arg("log_image"), py::arg("mask"), py::arg("u"),
         py::arg("control_points"), py::arg("refine"), py::arg("iterations"),
-        py::arg("histogram_bins"), py::arg("fwhm"), py::arg("wiener_noise"),
-        py::arg("convergence"), py::arg("n_threads"));
-  m.def("n4_apply", &n4_apply, py::arg("x"), py::arg("lattice"), py::arg("u"), py::arg("want_field"),
+        py::arg("histogram_bins"), py::arg("fwhm"), py::arg("wiener_noise"), py::arg("convergence"),
         py::arg("n_threads"));
+  m.def("n4_apply", &n4_apply, py::arg("x"), py::arg("lattice"), py::arg("u"),
+        py::arg("want_field"), py::arg("n_threads"));
 }

@@ -8,7 +8,8 @@ using medkern::bind::carray;
 // stored: (n_frames, ...) array of stored values; out: preallocated C-contiguous array of the same
 // shape and the output dtype (int16, int32 or float32).
 void modality_lut(const py::array& stored, py::array& out, const carray<double>& slope,
-                  const carray<double>& intercept, int bits_stored, bool is_signed, bool invert, int n_threads) {
+                  const carray<double>& intercept, int bits_stored, bool is_signed, bool invert,
+                  int n_threads) {
   if (stored.ndim() < 1 || stored.size() != out.size() || stored.ndim() != out.ndim())
     throw py::value_error("stored and out must have the same shape");
   if (!(out.flags() & py::array::c_style) || !out.writeable())
@@ -28,7 +29,8 @@ void modality_lut(const py::array& stored, py::array& out, const carray<double>&
       const double* b = intercept.data();
       // Raw pointers into arrays held by the caller and this frame; no Python object below.
       py::gil_scoped_release release;
-      medkern::modality_lut(src, dst, n_frames, frame_size, a, b, bits_stored, is_signed, invert, n_threads);
+      medkern::modality_lut(src, dst, n_frames, frame_size, a, b, bits_stored, is_signed, invert,
+                            n_threads);
     });
   });
 }
@@ -36,6 +38,7 @@ void modality_lut(const py::array& stored, py::array& out, const carray<double>&
 }  // namespace
 
 void register_dicom(py::module_& m) {
-  m.def("modality_lut", &modality_lut, py::arg("stored"), py::arg("out"), py::arg("slope"), py::arg("intercept"),
-        py::arg("bits_stored"), py::arg("is_signed"), py::arg("invert"), py::arg("n_threads"));
+  m.def("modality_lut", &modality_lut, py::arg("stored"), py::arg("out"), py::arg("slope"),
+        py::arg("intercept"), py::arg("bits_stored"), py::arg("is_signed"), py::arg("invert"),
+        py::arg("n_threads"));
 }

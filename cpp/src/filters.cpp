@@ -78,7 +78,8 @@ py::array_t<float> recursive_gaussian(const py::array& x, const std::vector<doub
 std::array<index_t, 3> box_radius(const std::vector<index_t>& radius, const py::array& x) {
   const auto r = per_axis3<index_t>(radius, x, 0, "radius");
   for (index_t v : r)
-    if (v < 0 || v > (index_t{1} << 19)) throw py::value_error("radius must be in [0, 2**19] voxels");
+    if (v < 0 || v > (index_t{1} << 19))
+      throw py::value_error("radius must be in [0, 2**19] voxels");
   return r;
 }
 

@@ -45,7 +45,8 @@ Patches check_patches(const py::array& batch, const py::array& start, index_t n_
   for (index_t i = 0; i < p.n; ++i) {
     if (b[i] < 0 || b[i] >= n_batch) throw py::value_error("patch batch index out of range");
     for (int a = 0; a < 3; ++a)
-      if (s[3 * i + a] < 0 || s[3 * i + a] + roi[static_cast<std::size_t>(a)] > shape[static_cast<std::size_t>(a)])
+      if (s[3 * i + a] < 0 ||
+          s[3 * i + a] + roi[static_cast<std::size_t>(a)] > shape[static_cast<std::size_t>(a)])
         throw py::value_error("patch does not fit inside the volume");
   }
   return p;
@@ -99,7 +100,8 @@ void accumulate_patches(const py::array& out_, const py::array& pred_, const py:
   if (pred_roi != roi || pred.shape(1) != out.shape(1))
     throw py::value_error("pred must have shape (n_patches, out channels, *roi_size)");
   Patches p = check_patches(batch, start, out.shape(0), shape, roi);
-  if (pred.shape(0) != p.n) throw py::value_error("pred has a different number of patches than start");
+  if (pred.shape(0) != p.n)
+    throw py::value_error("pred has a different number of patches than start");
   float* o = out.mutable_data();
   const index_t channels = out.shape(1);
   // Arrays held by this frame; only raw pointers are used without the GIL.
@@ -127,8 +129,9 @@ void normalize_by_weight_sum(const py::array& out_, const std::array<py::array, 
     for (index_t s = 0; s < n_starts[a]; ++s) {
       if (ptr[a][s] < 0 || ptr[a][s] + roi[a] > shape[a] ||
           (s > 0 && (ptr[a][s] <= ptr[a][s - 1] || ptr[a][s] - ptr[a][s - 1] > roi[a])))
-        throw py::value_error("starts must increase strictly, leave no gap between patches and "
-                              "keep every patch inside the volume");
+        throw py::value_error(
+            "starts must increase strictly, leave no gap between patches and "
+            "keep every patch inside the volume");
     }
     if (ptr[a][0] != 0 || ptr[a][n_starts[a] - 1] + roi[a] != shape[a])
       throw py::value_error("the patch grid must cover the volume from edge to edge");
@@ -137,7 +140,8 @@ void normalize_by_weight_sum(const py::array& out_, const std::array<py::array, 
   const index_t n_images = out.shape(0) * out.shape(1);
   // Arrays held by this frame; only raw pointers are used without the GIL.
   py::gil_scoped_release release;
-  medkern::normalize_by_weight_sum(o, n_images, shape, ptr, n_starts, weight.data(), roi, n_threads);
+  medkern::normalize_by_weight_sum(o, n_images, shape, ptr, n_starts, weight.data(), roi,
+                                   n_threads);
 }
 
 py::array_t<std::uint8_t> channel_argmax(const py::array& x_, std::optional<float> threshold,
@@ -186,6 +190,7 @@ void register_inference(py::module_& m) {
         py::arg("weight"), py::arg("batch"), py::arg("start"), py::arg("n_threads"));
   m.def("normalize_by_weight_sum", &normalize_by_weight_sum, py::arg("out"), py::arg("starts"),
         py::arg("weight"), py::arg("n_threads"));
-  m.def("channel_argmax", &channel_argmax, py::arg("x"), py::arg("threshold"), py::arg("n_threads"));
+  m.def("channel_argmax", &channel_argmax, py::arg("x"), py::arg("threshold"),
+        py::arg("n_threads"));
   m.def("activate", &activate, py::arg("x"), py::arg("activation"), py::arg("n_threads"));
 }

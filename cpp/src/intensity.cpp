@@ -1,5 +1,5 @@
-#include "bindings.hpp"
 #include "medkern/intensity.hpp"
+#include "bindings.hpp"
 
 namespace {
 
@@ -30,7 +30,8 @@ py::dict moments(const py::array& x, const py::object& mask, int n_threads) {
     medkern::Moments r;
     {
       py::gil_scoped_release release;  // raw pointers into arrays kept alive by this frame
-      r = medkern::masked_moments(in.data(), m, static_cast<medkern::index_t>(in.size()), n_threads);
+      r = medkern::masked_moments(in.data(), m, static_cast<medkern::index_t>(in.size()),
+                                  n_threads);
     }
     py::dict d;
     d["count"] = r.count;

@@ -5,8 +5,8 @@
 
 namespace {
 
-using medkern::bind::carray;
 using medkern::index_t;
+using medkern::bind::carray;
 
 carray<std::uint8_t> mask3d(const py::array& mask) {
   auto m = carray<std::uint8_t>::ensure(mask);
@@ -26,7 +26,8 @@ py::tuple mesh_area_volume(const py::array& mask, const std::vector<double>& spa
   medkern::MeshMeasures r;
   {
     py::gil_scoped_release release;  // m is held by this frame; only raw memory is read below
-    r = medkern::mesh_area_volume(m.data(), m.shape(0), m.shape(1), m.shape(2), s.data(), n_threads);
+    r = medkern::mesh_area_volume(m.data(), m.shape(0), m.shape(1), m.shape(2), s.data(),
+                                  n_threads);
   }
   return py::make_tuple(r.area, r.volume, r.n_triangles);
 }

@@ -20,7 +20,8 @@ Levels checked_levels(const py::array& levels, int n_levels) {
   if (levels.ndim() != 3)
     throw py::value_error("levels must be a 3D array (use shape (1, ny, nx) for a 2D image)");
   if (n_levels < 1) throw py::value_error("n_levels must be >= 1, got " + std::to_string(n_levels));
-  Levels out{carray<std::int32_t>::ensure(levels), {levels.shape(0), levels.shape(1), levels.shape(2)}};
+  Levels out{carray<std::int32_t>::ensure(levels),
+             {levels.shape(0), levels.shape(1), levels.shape(2)}};
   const std::int32_t* p = out.array.data();
   for (index_t i = 0; i < out.grid.size(); ++i)
     if (p[i] < 0 || p[i] > n_levels)
@@ -88,7 +89,8 @@ py::tuple zones(const py::array& levels, int n_levels, bool by_slice, const py::
   return py::make_tuple(group, level, size, distance);
 }
 
-py::tuple ngtdm(const py::array& levels, int n_levels, bool by_slice, index_t delta, int n_threads) {
+py::tuple ngtdm(const py::array& levels, int n_levels, bool by_slice, index_t delta,
+                int n_threads) {
   if (delta < 1) throw py::value_error("distance must be >= 1");
   auto lv = checked_levels(levels, n_levels);
   auto s = zeros({lv.grid.nz, n_levels});

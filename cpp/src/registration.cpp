@@ -27,13 +27,14 @@ std::array<double, 12> matrix3x4(const py::array& m) {
 }
 
 py::tuple metric(const py::array& fixed, const py::array& moving, const py::object& indices,
-                 const py::object& fixed_values, const py::object& moving_mask, const py::array& to_moving,
-                 const std::string& kind, int bins, std::array<double, 4> ranges, int n_threads) {
+                 const py::object& fixed_values, const py::object& moving_mask,
+                 const py::array& to_moving, const std::string& kind, int bins,
+                 std::array<double, 4> ranges, int n_threads) {
   auto f = volume(fixed, "fixed");
   auto m = volume(moving, "moving");
   carray<std::int64_t> idx;
-  medkern::MetricSamples s{f.data(), nullptr, f.shape(0), f.shape(1), f.shape(2), nullptr,
-                           f.size(), nullptr, matrix3x4(to_moving)};
+  medkern::MetricSamples s{f.data(), nullptr,  f.shape(0), f.shape(1),          f.shape(2),
+                           nullptr,  f.size(), nullptr,    matrix3x4(to_moving)};
   if (!indices.is_none()) {
     idx = carray<std::int64_t>::ensure(indices);
     if (!idx || idx.ndim() != 1) throw py::value_error("indices must be a 1D int64 array");
@@ -77,7 +78,8 @@ py::array_t<float> smooth_shrink(const py::array& x, std::array<int, 3> shrink,
   for (int a = 0; a < 3; ++a) {
     if (shrink[a] < 1) throw py::value_error("shrink factors must be >= 1");
     // Bounded so the tap range (centre +- 3 sigma) converts to an index without overflow.
-    if (!(sigma_vox[a] >= 0 && sigma_vox[a] <= 1e9)) throw py::value_error("sigma must be in [0, 1e9] voxels");
+    if (!(sigma_vox[a] >= 0 && sigma_vox[a] <= 1e9))
+      throw py::value_error("sigma must be in [0, 1e9] voxels");
   }
   return medkern::bind::visit_dtype(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -106,7 +108,8 @@ const float* field_ptr(const py::object& field, carray<float>& holder, const car
   holder = carray<float>::ensure(field);
   if (!holder || holder.ndim() != 4 || holder.shape(0) != 3 || holder.shape(1) != like.shape(0) ||
       holder.shape(2) != like.shape(1) || holder.shape(3) != like.shape(2))
-    throw py::value_error(std::string(name) + " must be a (3, nk, nj, ni) float32 field on the fixed grid");
+    throw py::value_error(std::string(name) +
+                          " must be a (3, nk, nj, ni) float32 field on the fixed grid");
   return holder.data();
 }
 
@@ -186,8 +189,8 @@ py::tuple lncc_force(const py::array& fixed, const py::array& warped, const py::
 
 void register_registration(py::module_& m) {
   m.def("registration_metric", &metric, py::arg("fixed"), py::arg("moving"), py::arg("indices"),
-        py::arg("fixed_values"), py::arg("moving_mask"), py::arg("to_moving"), py::arg("kind"), py::arg("bins"),
-        py::arg("ranges"), py::arg("n_threads"));
+        py::arg("fixed_values"), py::arg("moving_mask"), py::arg("to_moving"), py::arg("kind"),
+        py::arg("bins"), py::arg("ranges"), py::arg("n_threads"));
   m.def("warp_with_gradient", &warp_with_gradient, py::arg("moving"), py::arg("to_moving"),
         py::arg("fixed"), py::arg("index_to_world"), py::arg("displacement"),
         py::arg("with_gradient"), py::arg("n_threads"));

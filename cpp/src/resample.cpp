@@ -37,14 +37,20 @@ py::array with_sampler(const py::array& x, int interpolation, const py::object& 
         using T = decltype(tag);
         using A = medkern::interp_t<T>;
         auto in = carray<T>::ensure(x);
-        return body(medkern::LinearSampler<T, A>{in.data(), {n[0], n[1], n[2]}, static_cast<A>(fill.cast<double>())}, in);
+        return body(
+            medkern::LinearSampler<T, A>{
+                in.data(), {n[0], n[1], n[2]}, static_cast<A>(fill.cast<double>())},
+            in);
       });
     case Interpolation::cubic:
       return medkern::bind::visit_dtype(x.dtype(), [&](auto tag) -> py::array {
         using T = decltype(tag);
         if constexpr (std::is_floating_point_v<T>) {
           auto in = carray<T>::ensure(x);
-          return body(medkern::CubicSampler<T>{in.data(), {n[0], n[1], n[2]}, static_cast<T>(fill.cast<double>())}, in);
+          return body(
+              medkern::CubicSampler<T>{
+                  in.data(), {n[0], n[1], n[2]}, static_cast<T>(fill.cast<double>())},
+              in);
         } else {
           throw py::type_error("cubic sampling takes B-spline coefficients (float32 or float64)");
         }
@@ -120,15 +126,17 @@ py::array bspline_coefficients(const py::array& x, int n_threads) {
 }
 
 // taps: three (idx int64 (n_out, T), weights float64 (n_out, T), valid uint8 (n_out,)) tuples.
-py::array resample_separable(const py::array& x, const py::list& taps, const std::vector<int>& order,
-                             bool prefilter, double fill, int n_threads) {
+py::array resample_separable(const py::array& x, const py::list& taps,
+                             const std::vector<int>& order, bool prefilter, double fill,
+                             int n_threads) {
   const auto n = shape3(x, "x");
   if (taps.size() != 3) throw py::value_error("taps must hold one table per axis (3)");
   if (order.empty() || order.size() > 3)
     throw py::value_error("order must list 1 to 3 distinct axes");
   bool in_order[3] = {false, false, false};
   for (int a : order) {
-    if (a < 0 || a > 2 || in_order[a]) throw py::value_error("order must list 1 to 3 distinct axes");
+    if (a < 0 || a > 2 || in_order[a])
+      throw py::value_error("order must list 1 to 3 distinct axes");
     in_order[a] = true;
   }
   std::vector<carray<index_t>> idx(3);
@@ -142,7 +150,8 @@ py::array resample_separable(const py::array& x, const py::list& taps, const std
     if (!idx[a] || !wd[a] || !valid[a] || idx[a].ndim() != 2 || wd[a].ndim() != 2 ||
         idx[a].shape(0) != wd[a].shape(0) || idx[a].shape(1) != wd[a].shape(1) ||
         valid[a].size() != idx[a].shape(0))
-      throw py::value_error("each taps entry must be (idx (n_out, T), weights (n_out, T), valid (n_out,))");
+      throw py::value_error(
+          "each taps entry must be (idx (n_out, T), weights (n_out, T), valid (n_out,))");
     const index_t* p = idx[a].data();
     for (index_t v = 0; v < idx[a].size(); ++v)
       if (p[v] < 0 || p[v] >= n[a]) throw py::value_error("tap index outside the input axis");
@@ -171,8 +180,9 @@ py::array resample_separable(const py::array& x, const py::list& taps, const std
   });
 }
 
-py::array gather_nearest(const py::array& x, const carray<index_t>& idx0, const carray<index_t>& idx1,
-                         const carray<index_t>& idx2, std::uint64_t fill_bits, int n_threads) {
+py::array gather_nearest(const py::array& x, const carray<index_t>& idx0,
+                         const carray<index_t>& idx1, const carray<index_t>& idx2,
+                         std::uint64_t fill_bits, int n_threads) {
   const auto n = shape3(x, "x");
   const carray<index_t>* idx[3] = {&idx0, &idx1, &idx2};
   for (int a = 0; a < 3; ++a) {

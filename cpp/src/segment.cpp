@@ -7,8 +7,8 @@
 
 namespace {
 
-using medkern::bind::carray;
 using medkern::index_t;
+using medkern::bind::carray;
 
 // (nk, nj, ni) of a 2D or 3D array; a 2D image is one plane.
 std::array<index_t, 3> grid_shape(const py::array& a, const char* name) {
@@ -25,14 +25,15 @@ py::tuple label(const py::array& x, int connectivity, int n_threads) {
     using T = decltype(tag);
     auto in = carray<T>::ensure(x);
     // numpy.zeros gets its memory from calloc: pages the labelling never writes stay untouched.
-    py::array_t<std::int32_t> out = py::module_::import("numpy").attr("zeros")(
-        x.attr("shape"), "int32");
+    py::array_t<std::int32_t> out =
+        py::module_::import("numpy").attr("zeros")(x.attr("shape"), "int32");
     const T* src = in.data();
     std::int32_t* dst = out.mutable_data();
     index_t n;
     {
       py::gil_scoped_release release;  // in and out are held by this frame; raw memory only
-      n = medkern::label_components(src, dst, shape[0], shape[1], shape[2], connectivity, n_threads);
+      n = medkern::label_components(src, dst, shape[0], shape[1], shape[2], connectivity,
+                                    n_threads);
     }
     return py::make_tuple(out, n);
   });
@@ -44,7 +45,8 @@ py::array_t<float> distance_transform(const py::array& x, const std::vector<doub
   const auto shape = grid_shape(x, "mask");
   if (spacing.size() != static_cast<std::size_t>(x.ndim()))
     throw py::value_error("spacing needs one value per array axis");
-  const double sp[3] = {x.ndim() == 3 ? spacing[0] : 1.0, spacing[x.ndim() - 2], spacing[x.ndim() - 1]};
+  const double sp[3] = {x.ndim() == 3 ? spacing[0] : 1.0, spacing[x.ndim() - 2],
+                        spacing[x.ndim() - 1]};
   return medkern::bind::visit_label_dtype(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     auto in = carray<T>::ensure(x);
@@ -69,8 +71,8 @@ py::array_t<std::uint8_t> binary_morphology(const py::array& x, const py::array&
   const std::uint8_t* src = in.data();
   std::uint8_t* dst = out.mutable_data();
   py::gil_scoped_release release;  // in, off and out are held by this frame; raw memory only
-  medkern::binary_morphology(src, dst, shape[0], shape[1], shape[2], off.data(), off.shape(0), erode,
-                             n_threads);
+  medkern::binary_morphology(src, dst, shape[0], shape[1], shape[2], off.data(), off.shape(0),
+                             erode, n_threads);
   return out;
 }
 
@@ -79,7 +81,8 @@ py::array_t<std::uint8_t> binary_morphology(const py::array& x, const py::array&
 void register_segment(py::module_& m) {
   m.def("label", &label, py::arg("x"), py::arg("connectivity"), py::arg("n_threads"));
   m.def("distance_transform", &distance_transform, py::arg("x"), py::arg("spacing"),
-        py::arg("sites_nonzero"), py::arg("border_sites"), py::arg("squared"), py::arg("n_threads"));
+        py::arg("sites_nonzero"), py::arg("border_sites"), py::arg("squared"),
+        py::arg("n_threads"));
   m.def("binary_morphology", &binary_morphology, py::arg("x"), py::arg("rows"), py::arg("erode"),
         py::arg("n_threads"));
 }

@@ -47,9 +47,11 @@ inline void bilateral_chunk(const float* const* elem, const float* wd, index_t n
       // they are clamped to the table size first, since converting a bin position beyond int
       // range (a huge intensity difference) to an integer is undefined.
       const vf8 pos = d * rk.to_bin, last = vf8{} + static_cast<float>(rk.samples);
-      const vf8 at = __builtin_convertvector(__builtin_convertvector(select8(pos < last, pos, last), vi8), vf8) *
+      const vf8 at = __builtin_convertvector(
+                         __builtin_convertvector(select8(pos < last, pos, last), vi8), vf8) *
                      rk.bin_width;
-      const vf8 w = select8(d < rk.cutoff, exp_neg8(at * at * rk.neg_half_inv_var) * w_domain, vf8{});
+      const vf8 w =
+          select8(d < rk.cutoff, exp_neg8(at * at * rk.neg_half_inv_var) * w_domain, vf8{});
       num[g] += w * x;
       den[g] += w;
     }

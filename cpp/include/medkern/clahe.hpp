@@ -54,7 +54,9 @@ struct ClaheLevels {
   double lo, hi, scale;
   int bin_size;
   ClaheLevels(double lo_, double hi_, int bin_size_)
-      : lo(lo_), hi(hi_), scale(hi_ > lo_ ? double(kClaheGrayLevels - 1) / (hi_ - lo_) : 0.0),
+      : lo(lo_),
+        hi(hi_),
+        scale(hi_ > lo_ ? double(kClaheGrayLevels - 1) / (hi_ - lo_) : 0.0),
         bin_size(bin_size_) {}
   // Levels outside [0, 16383] (a value outside [lo, hi], an infinite or overflowing range) and
   // NaN are clamped to the grey range before the conversion to int, which would be undefined for
@@ -64,7 +66,8 @@ struct ClaheLevels {
   }
   int exact(double u) const {
     if (!(hi > lo)) return 0;
-    const double q = round_half_even_nonneg(clamp_level((u - lo) / (hi - lo) * double(kClaheGrayLevels - 1)));
+    const double q =
+        round_half_even_nonneg(clamp_level((u - lo) / (hi - lo) * double(kClaheGrayLevels - 1)));
     return static_cast<int>(q) / bin_size;
   }
   // Same result without a division per voxel: the product by the reciprocal is within a few ulp
@@ -94,8 +97,8 @@ void clahe_bin_image(const T* x, std::uint16_t* bins, index_t n, double x_min, d
       return static_cast<T>(v);
     }
   };
-  const ClaheLevels level(clahe_prequantise(to_t(x_min), unit_float), clahe_prequantise(to_t(x_max), unit_float),
-                          bin_size);
+  const ClaheLevels level(clahe_prequantise(to_t(x_min), unit_float),
+                          clahe_prequantise(to_t(x_max), unit_float), bin_size);
   constexpr bool small_int = std::is_integral_v<T> && sizeof(T) <= 2;
   if (small_int || (std::is_floating_point_v<T> && unit_float)) {
     // Table over the 16-bit levels lo .. hi (the raw value, or rint(x * 65535)). The extremes
@@ -107,7 +110,8 @@ void clahe_bin_image(const T* x, std::uint16_t* bins, index_t n, double x_min, d
     const index_t lo = level16(level.lo), hi = std::max(lo, level16(level.hi));
     std::vector<std::uint16_t> table(static_cast<std::size_t>(hi - lo + 1));
     for (std::size_t v = 0; v < table.size(); ++v)
-      table[v] = static_cast<std::uint16_t>(level.exact(static_cast<double>(lo + static_cast<index_t>(v))));
+      table[v] = static_cast<std::uint16_t>(
+          level.exact(static_cast<double>(lo + static_cast<index_t>(v))));
     const std::uint16_t* t = table.data();
     const double first = static_cast<double>(lo), last = static_cast<double>(hi);
 #pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
@@ -216,7 +220,8 @@ inline void clahe_tile_maps(const std::uint16_t* bins, const ClaheGrid& g, index
         const index_t k = src[0][static_cast<std::size_t>(t0 * g.kernel[0] + a)];
         for (index_t b = 0; b < g.kernel[1]; ++b) {
           const std::uint16_t* row =
-              bins + k * plane + src[1][static_cast<std::size_t>(t1 * g.kernel[1] + b)] * g.shape[2];
+              bins + k * plane +
+              src[1][static_cast<std::size_t>(t1 * g.kernel[1] + b)] * g.shape[2];
           if (inside2) {
             const std::uint16_t* r = row + c_first;
             index_t c = 0;
@@ -237,7 +242,8 @@ inline void clahe_tile_maps(const std::uint16_t* bins, const ClaheGrid& g, index
       for (index_t b = 0; b < nbins; ++b) {
         cum += hist[static_cast<std::size_t>(b)];
         const double v = static_cast<double>(cum) * scale;
-        map[b] = static_cast<double>(static_cast<std::int64_t>(std::min(v, double(kClaheGrayLevels - 1))));
+        map[b] = static_cast<double>(
+            static_cast<std::int64_t>(std::min(v, double(kClaheGrayLevels - 1))));
       }
     }
   }
@@ -365,7 +371,8 @@ void clahe_skimage(const T* x, float* out, const index_t* shape, const index_t* 
   const ClaheGrid g(shape, kernel);
   const index_t n = shape[0] * shape[1] * shape[2];
   n_threads = threads_for(n, n_threads);
-  const int bin_size = 1 + kClaheGrayLevels / static_cast<int>(std::min<index_t>(nbins, kClaheGrayLevels + 1));
+  const int bin_size =
+      1 + kClaheGrayLevels / static_cast<int>(std::min<index_t>(nbins, kClaheGrayLevels + 1));
   std::unique_ptr<std::uint16_t[]> bins(new std::uint16_t[static_cast<std::size_t>(n)]);
   clahe_bin_image(x, bins.get(), n, x_min, x_max, unit_float, bin_size, n_threads);
   std::vector<double> maps(static_cast<std::size_t>(g.n_tiles() * nbins));
@@ -403,14 +410,18 @@ void clahe_opencv_slice(const T* src, T* dst, index_t rows, index_t cols, index_
   const int tile_total = static_cast<int>(tile_h * tile_w);
   int clip = 0;
   if (clip_limit > 0.0)
-    clip = std::max(static_cast<int>(std::min(clip_limit * tile_total / static_cast<double>(hist_size),
-                                              static_cast<double>(std::numeric_limits<int>::max()))),
-                    1);  // a huge clip limit (no clipping) saturates instead of overflowing int
+    clip =
+        std::max(static_cast<int>(std::min(clip_limit * tile_total / static_cast<double>(hist_size),
+                                           static_cast<double>(std::numeric_limits<int>::max()))),
+                 1);  // a huge clip limit (no clipping) saturates instead of overflowing int
   const float lut_scale = static_cast<float>(hist_size - 1) / static_cast<float>(tile_total);
 
-  std::vector<index_t> row_src(static_cast<std::size_t>(ext_rows)), col_src(static_cast<std::size_t>(ext_cols));
-  for (index_t y = 0; y < ext_rows; ++y) row_src[static_cast<std::size_t>(y)] = reflect101_index(y, rows);
-  for (index_t x = 0; x < ext_cols; ++x) col_src[static_cast<std::size_t>(x)] = reflect101_index(x, cols);
+  std::vector<index_t> row_src(static_cast<std::size_t>(ext_rows)),
+      col_src(static_cast<std::size_t>(ext_cols));
+  for (index_t y = 0; y < ext_rows; ++y)
+    row_src[static_cast<std::size_t>(y)] = reflect101_index(y, rows);
+  for (index_t x = 0; x < ext_cols; ++x)
+    col_src[static_cast<std::size_t>(x)] = reflect101_index(x, cols);
 
   // Calls f(row pointer at the tile's first column, column table or null) for each tile row;
   // the table is only needed where the tile reaches into the reflected border.
@@ -419,13 +430,16 @@ void clahe_opencv_slice(const T* src, T* dst, index_t rows, index_t cols, index_
     const index_t* cx = col_src.data() + tx * tile_w;
     for (index_t y = ty * tile_h; y < (ty + 1) * tile_h; ++y) {
       const T* row = src + row_src[static_cast<std::size_t>(y)] * cols;
-      if (inside) f(row + tx * tile_w, static_cast<const index_t*>(nullptr));
-      else f(row, cx);
+      if (inside)
+        f(row + tx * tile_w, static_cast<const index_t*>(nullptr));
+      else
+        f(row, cx);
     }
   };
 
   const index_t n_tiles = tiles_y * tiles_x;
-  std::vector<int> tile_lo(static_cast<std::size_t>(n_tiles)), tile_hi(static_cast<std::size_t>(n_tiles));
+  std::vector<int> tile_lo(static_cast<std::size_t>(n_tiles)),
+      tile_hi(static_cast<std::size_t>(n_tiles));
 #pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
   for (index_t t = 0; t < n_tiles; ++t) {
     const index_t ty = t / tiles_x, tx = t % tiles_x;
@@ -448,7 +462,8 @@ void clahe_opencv_slice(const T* src, T* dst, index_t rows, index_t cols, index_
   }
   // Levels each table must cover: the union over the 3x3 neighbouring tiles, since a pixel reads
   // the tables of the tile it lies in and of its neighbours towards its nearest tile corner.
-  std::vector<int> need_lo(static_cast<std::size_t>(n_tiles)), need_hi(static_cast<std::size_t>(n_tiles));
+  std::vector<int> need_lo(static_cast<std::size_t>(n_tiles)),
+      need_hi(static_cast<std::size_t>(n_tiles));
   std::vector<index_t> lut_offset(static_cast<std::size_t>(n_tiles) + 1, 0);
   for (index_t t = 0; t < n_tiles; ++t) {
     const index_t ty = t / tiles_x, tx = t % tiles_x;
@@ -460,7 +475,8 @@ void clahe_opencv_slice(const T* src, T* dst, index_t rows, index_t cols, index_
       }
     need_lo[static_cast<std::size_t>(t)] = lo;
     need_hi[static_cast<std::size_t>(t)] = hi;
-    lut_offset[static_cast<std::size_t>(t) + 1] = lut_offset[static_cast<std::size_t>(t)] + (hi - lo + 1);
+    lut_offset[static_cast<std::size_t>(t) + 1] =
+        lut_offset[static_cast<std::size_t>(t)] + (hi - lo + 1);
   }
   std::unique_ptr<T[]> lut(new T[static_cast<std::size_t>(lut_offset.back())]);
 
@@ -473,7 +489,8 @@ void clahe_opencv_slice(const T* src, T* dst, index_t rows, index_t cols, index_
     for (index_t t = 0; t < n_tiles; ++t) {
       if (error.failed()) continue;
       const index_t ty = t / tiles_x, tx = t % tiles_x;
-      const int lo = tile_lo[static_cast<std::size_t>(t)], hi = tile_hi[static_cast<std::size_t>(t)];
+      const int lo = tile_lo[static_cast<std::size_t>(t)],
+                hi = tile_hi[static_cast<std::size_t>(t)];
       std::fill(hist.begin() + lo, hist.begin() + hi + 1, 0);
       int* h = hist.data();
       for_each_tile_row(ty, tx, [&](const T* row, const index_t* cx) {
@@ -497,13 +514,15 @@ void clahe_opencv_slice(const T* src, T* dst, index_t rows, index_t cols, index_
       }
       // OpenCV's running sum at level v: clipped counts up to v, plus redist_batch for every
       // level up to v, plus one for each residual level (0, step, 2 step, ...) up to v.
-      const int first = need_lo[static_cast<std::size_t>(t)], last = need_hi[static_cast<std::size_t>(t)];
+      const int first = need_lo[static_cast<std::size_t>(t)],
+                last = need_hi[static_cast<std::size_t>(t)];
       T* table = lut.get() + lut_offset[static_cast<std::size_t>(t)] - first;
       // Running sum entering level `first`: counts below it, redist_batch per level below it, and
       // the residual levels (0, step, 2 step, ... residual of them) below it.
       int sum = redist_batch * first;
       for (int v = lo; v < std::min(first, hi + 1); ++v) sum += hist[static_cast<std::size_t>(v)];
-      int extra = residual > 0 ? std::min(residual, (first + residual_step - 1) / residual_step) : 0;
+      int extra =
+          residual > 0 ? std::min(residual, (first + residual_step - 1) / residual_step) : 0;
       int next_extra = extra < residual ? extra * residual_step : -1;
       for (int v = first; v <= last; ++v) {
         if (v >= lo && v <= hi) sum += hist[static_cast<std::size_t>(v)];
@@ -520,9 +539,11 @@ void clahe_opencv_slice(const T* src, T* dst, index_t rows, index_t cols, index_
   error.rethrow();
 
   // Bilinear interpolation between the four nearest tile tables (CLAHE_Interpolation_Body).
-  std::vector<index_t> x_tile1(static_cast<std::size_t>(cols)), x_tile2(static_cast<std::size_t>(cols));
+  std::vector<index_t> x_tile1(static_cast<std::size_t>(cols)),
+      x_tile2(static_cast<std::size_t>(cols));
   std::vector<float> x_a(static_cast<std::size_t>(cols)), x_a1(static_cast<std::size_t>(cols));
-  const float inv_tw = 1.0f / static_cast<float>(tile_w), inv_th = 1.0f / static_cast<float>(tile_h);
+  const float inv_tw = 1.0f / static_cast<float>(tile_w),
+              inv_th = 1.0f / static_cast<float>(tile_h);
   for (index_t x = 0; x < cols; ++x) {
     const float txf = static_cast<float>(x) * inv_tw - 0.5f;
     const index_t tx1 = static_cast<index_t>(std::floor(txf));
@@ -532,11 +553,14 @@ void clahe_opencv_slice(const T* src, T* dst, index_t rows, index_t cols, index_
     x_tile2[static_cast<std::size_t>(x)] = std::min(tx1 + 1, tiles_x - 1);
   }
   // Where level v of tile row ty, column pixel x starts in the packed tables: lut[base + v].
-  std::vector<index_t> base1(static_cast<std::size_t>(tiles_y * cols)), base2(static_cast<std::size_t>(tiles_y * cols));
+  std::vector<index_t> base1(static_cast<std::size_t>(tiles_y * cols)),
+      base2(static_cast<std::size_t>(tiles_y * cols));
   for (index_t ty = 0; ty < tiles_y; ++ty)
     for (index_t x = 0; x < cols; ++x) {
-      const std::size_t t1 = static_cast<std::size_t>(ty * tiles_x + x_tile1[static_cast<std::size_t>(x)]);
-      const std::size_t t2 = static_cast<std::size_t>(ty * tiles_x + x_tile2[static_cast<std::size_t>(x)]);
+      const std::size_t t1 =
+          static_cast<std::size_t>(ty * tiles_x + x_tile1[static_cast<std::size_t>(x)]);
+      const std::size_t t2 =
+          static_cast<std::size_t>(ty * tiles_x + x_tile2[static_cast<std::size_t>(x)]);
       base1[static_cast<std::size_t>(ty * cols + x)] = lut_offset[t1] - need_lo[t1];
       base2[static_cast<std::size_t>(ty * cols + x)] = lut_offset[t2] - need_lo[t2];
     }
@@ -548,8 +572,10 @@ void clahe_opencv_slice(const T* src, T* dst, index_t rows, index_t cols, index_
     const float ya = tyf - static_cast<float>(ty1), ya1 = 1.0f - ya;
     const index_t plane1 = std::max<index_t>(ty1, 0) * cols;
     const index_t plane2 = std::min(ty1 + 1, tiles_y - 1) * cols;
-    const index_t *b11 = &base1[static_cast<std::size_t>(plane1)], *b12 = &base2[static_cast<std::size_t>(plane1)];
-    const index_t *b21 = &base1[static_cast<std::size_t>(plane2)], *b22 = &base2[static_cast<std::size_t>(plane2)];
+    const index_t *b11 = &base1[static_cast<std::size_t>(plane1)],
+                  *b12 = &base2[static_cast<std::size_t>(plane1)];
+    const index_t *b21 = &base1[static_cast<std::size_t>(plane2)],
+                  *b22 = &base2[static_cast<std::size_t>(plane2)];
     const T* s = src + y * cols;
     T* d = dst + y * cols;
     for (index_t x = 0; x < cols; ++x) {
@@ -557,7 +583,8 @@ void clahe_opencv_slice(const T* src, T* dst, index_t rows, index_t cols, index_
       const std::size_t xs = static_cast<std::size_t>(x);
       const float l11 = lut_base[b11[x] + v], l12 = lut_base[b12[x] + v];
       const float l21 = lut_base[b21[x] + v], l22 = lut_base[b22[x] + v];
-      const float res = (l11 * x_a1[xs] + l12 * x_a[xs]) * ya1 + (l21 * x_a1[xs] + l22 * x_a[xs]) * ya;
+      const float res =
+          (l11 * x_a1[xs] + l12 * x_a[xs]) * ya1 + (l21 * x_a1[xs] + l22 * x_a[xs]) * ya;
       const float r = round_half_even_nonneg(std::max(res, 0.0f));
       d[x] = static_cast<T>(std::min(r, static_cast<float>(hist_size - 1)));
     }
@@ -566,8 +593,8 @@ void clahe_opencv_slice(const T* src, T* dst, index_t rows, index_t cols, index_
 
 // A stack of 2D slices (axis 0), each equalised on its own as OpenCV would.
 template <class T>
-void clahe_opencv(const T* src, T* dst, index_t slices, index_t rows, index_t cols,
-                  index_t tiles_y, index_t tiles_x, double clip_limit, int n_threads) {
+void clahe_opencv(const T* src, T* dst, index_t slices, index_t rows, index_t cols, index_t tiles_y,
+                  index_t tiles_x, double clip_limit, int n_threads) {
   n_threads = threads_for(rows * cols, n_threads);
   for (index_t s = 0; s < slices; ++s)
     clahe_opencv_slice(src + s * rows * cols, dst + s * rows * cols, rows, cols, tiles_y, tiles_x,

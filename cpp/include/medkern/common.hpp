@@ -3,9 +3,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <exception>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <vector>
 
 #ifdef _OPENMP
@@ -74,7 +74,10 @@ Moments masked_moments(const T* x, const std::uint8_t* mask, index_t n, int n_th
     for (index_t i = b * kReductionBlock; i < end; ++i) {
       if (mask && !mask[i]) continue;
       const double v = static_cast<double>(x[i]);
-      if (std::isnan(v)) { ++m.nan_count; continue; }
+      if (std::isnan(v)) {
+        ++m.nan_count;
+        continue;
+      }
       m.count += 1;
       m.sum += v;
       m.sum_sq += v * v;

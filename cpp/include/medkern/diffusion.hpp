@@ -121,9 +121,11 @@ inline void diffusion_row(const PlaneRows& p, index_t j, index_t n2, const float
     if (kind == Diffusion::curvature) {
       // Upwind gradient magnitude (Osher & Sethian 1988) multiplying the curvature speed.
       const vf8 x0 = load8(c + t);
-      const vf8 fw[3] = {(load8(p.row(1, j) + t) - x0) * sp[0], fwd, (load8(c + t + 1) - x0) * sp[2]};
+      const vf8 fw[3] = {(load8(p.row(1, j) + t) - x0) * sp[0], fwd,
+                         (load8(c + t + 1) - x0) * sp[2]};
       const vf8 bw[3] = {(x0 - load8(p.row(-1, j) + t)) * sp[0],
-                         (x0 - load8(p.row(0, j - 1) + t)) * sp[1], (x0 - load8(c + t - 1)) * sp[2]};
+                         (x0 - load8(p.row(0, j - 1) + t)) * sp[1],
+                         (x0 - load8(c + t - 1)) * sp[2]};
       const vi8 pos = speed > 0.0f;
       vf8 gm = vf8{};
       for (int a = 0; a < 3; ++a) {
@@ -199,12 +201,16 @@ inline void anisotropic_diffusion(float* x, const Shape3& s, const double* spaci
         float* f0_fwd = f0a.data();
         if (k != last + 1) {
           // First plane of this thread's block: the faces below it (zero flux below plane 0).
-          if (k > 0 && is_3d) axis0_faces(k - 1, f0_bwd);
-          else std::fill(f0b.begin(), f0b.end(), 0.0f);
+          if (k > 0 && is_3d)
+            axis0_faces(k - 1, f0_bwd);
+          else
+            std::fill(f0b.begin(), f0b.end(), 0.0f);
         }
         last = k;
-        if (is_3d && k + 1 < s.n0) axis0_faces(k, f0_fwd);
-        else std::fill(f0a.begin(), f0a.end(), 0.0f);
+        if (is_3d && k + 1 < s.n0)
+          axis0_faces(k, f0_fwd);
+        else
+          std::fill(f0a.begin(), f0a.end(), 0.0f);
         detail::PlaneRows p{{plane(k - 1), plane(k), plane(k + 1)}, s.n1, stride};
         std::fill(f1b.begin(), f1b.end(), 0.0f);
         for (index_t j = 0; j < s.n1; ++j) {

@@ -86,12 +86,13 @@ void rows_pass(const T* in, float* out, index_t n_rows, index_t ni, double s, bo
 // into a float tile whose line stride is odd, so the transposed writes do not all fall into the
 // same cache sets (grid sizes are often powers of two). take_sqrt finishes the transform.
 inline void lines_pass(float* data, index_t n_outer, index_t outer_stride, index_t n,
-                       index_t line_stride, index_t ni, double s, bool border_sites,
-                       bool take_sqrt, int n_threads) {
+                       index_t line_stride, index_t ni, double s, bool border_sites, bool take_sqrt,
+                       int n_threads) {
   const index_t ld = n | 1;
 #pragma omp parallel num_threads(clamp_threads(n_threads))
   {
-    std::vector<float> tile(static_cast<std::size_t>(ld * ni)), line_out(static_cast<std::size_t>(n));
+    std::vector<float> tile(static_cast<std::size_t>(ld * ni)),
+        line_out(static_cast<std::size_t>(n));
     std::vector<index_t> v(static_cast<std::size_t>(n + 3));
     std::vector<double> h(static_cast<std::size_t>(n + 3)), z(static_cast<std::size_t>(n + 3));
 #pragma omp for schedule(dynamic, 1)
@@ -112,7 +113,8 @@ inline void lines_pass(float* data, index_t n_outer, index_t outer_stride, index
       for (index_t p = 0; p < n; ++p) {
         float* row = base + p * line_stride;
         if (take_sqrt)
-          for (index_t i = 0; i < ni; ++i) row[i] = std::sqrt(tile[static_cast<std::size_t>(i * ld + p)]);
+          for (index_t i = 0; i < ni; ++i)
+            row[i] = std::sqrt(tile[static_cast<std::size_t>(i * ld + p)]);
         else
           for (index_t i = 0; i < ni; ++i) row[i] = tile[static_cast<std::size_t>(i * ld + p)];
       }

@@ -83,7 +83,8 @@ MEDKERN_ALWAYS_INLINE vf8 load8(const float* p) {
 }
 MEDKERN_ALWAYS_INLINE void store8(float* p, vf8 v) { std::memcpy(p, &v, sizeof v); }
 MEDKERN_ALWAYS_INLINE vf8 select8(vi8 mask, vf8 a, vf8 b) {  // mask ? a : b, lane-wise
-  return reinterpret_cast<vf8>((reinterpret_cast<vi8>(a) & mask) | (reinterpret_cast<vi8>(b) & ~mask));
+  return reinterpret_cast<vf8>((reinterpret_cast<vi8>(a) & mask) |
+                               (reinterpret_cast<vi8>(b) & ~mask));
 }
 MEDKERN_ALWAYS_INLINE vf8 abs8(vf8 x) {
   return reinterpret_cast<vf8>(reinterpret_cast<vi8>(x) & 0x7fffffff);
@@ -313,8 +314,9 @@ inline void deriche_lines(const double* x, double* y, double* anti, index_t ln, 
     double* yt = y + t * L;
     for (index_t l = 0; l < L; ++l)
       yt[l] = x0[l] * c.n[0] + x0[l - L] * c.n[1] + x0[l - 2 * L] * c.n[2] +
-              x0[l - 3 * L] * c.n[3] - (yt[l - L] * c.d[0] + yt[l - 2 * L] * c.d[1] +
-                                        yt[l - 3 * L] * c.d[2] + yt[l - 4 * L] * c.d[3]);
+              x0[l - 3 * L] * c.n[3] -
+              (yt[l - L] * c.d[0] + yt[l - 2 * L] * c.d[1] + yt[l - 3 * L] * c.d[2] +
+               yt[l - 4 * L] * c.d[3]);
   }
   // Anticausal pass; samples after the line equal its last sample.
   const index_t e = ln - 1;
@@ -334,8 +336,9 @@ inline void deriche_lines(const double* x, double* y, double* anti, index_t ln, 
     const double* xt = x + t * L;
     for (index_t l = 0; l < L; ++l)
       at[l] = xt[l + L] * c.m[0] + xt[l + 2 * L] * c.m[1] + xt[l + 3 * L] * c.m[2] +
-              xt[l + 4 * L] * c.m[3] - (at[l + L] * c.d[0] + at[l + 2 * L] * c.d[1] +
-                                        at[l + 3 * L] * c.d[2] + at[l + 4 * L] * c.d[3]);
+              xt[l + 4 * L] * c.m[3] -
+              (at[l + L] * c.d[0] + at[l + 2 * L] * c.d[1] + at[l + 3 * L] * c.d[2] +
+               at[l + 4 * L] * c.d[3]);
   }
   for (index_t t = 0; t < ln * L; ++t) y[t] += anti[t];
 }
@@ -347,7 +350,8 @@ inline void deriche_axis(float* v, const Shape3& s, int axis, double sigma_vox, 
   const index_t n[3] = {s.n0, s.n1, s.n2};
   const index_t stride[3] = {s.n1 * s.n2, s.n2, 1};
   const index_t ln = n[axis];
-  // Group layout: `lanes` lines starting at `base`, `line_stride` apart, element stride stride[axis].
+  // Group layout: `lanes` lines starting at `base`, `line_stride` apart, element stride
+  // stride[axis].
   const index_t group_len = axis == 2 ? 16 : 64;
   const index_t across = axis == 2 ? s.n1 : s.n2;  // dimension the groups run across
   const index_t line_stride = axis == 2 ? s.n2 : 1;
@@ -369,7 +373,8 @@ inline void deriche_axis(float* v, const Shape3& s, int axis, double sigma_vox, 
       double* y = x + ln * lanes;
       double* a = y + ln * lanes;
       for (index_t t = 0; t < ln; ++t)
-        for (index_t l = 0; l < lanes; ++l) x[t * lanes + l] = base[t * stride[axis] + l * line_stride];
+        for (index_t l = 0; l < lanes; ++l)
+          x[t * lanes + l] = base[t * stride[axis] + l * line_stride];
       deriche_lines(x, y, a, ln, lanes, c);
       for (index_t t = 0; t < ln; ++t)
         for (index_t l = 0; l < lanes; ++l)

@@ -36,7 +36,8 @@ inline index_t locate(const double* xp, index_t n, double v, index_t guess) {
 struct UniformGuess {
   double first, inv_step, last_cell;
   UniformGuess(const double* xp, index_t n)
-      : first(xp[0]), inv_step(static_cast<double>(n - 1) / (xp[n - 1] - xp[0])),
+      : first(xp[0]),
+        inv_step(static_cast<double>(n - 1) / (xp[n - 1] - xp[0])),
         last_cell(static_cast<double>(n - 1)) {}
   index_t operator()(double v) const {
     const double g = (v - first) * inv_step;

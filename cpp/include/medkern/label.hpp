@@ -64,7 +64,8 @@ void row_runs(const T* row, index_t ni, std::vector<Run<T>>& out, std::uint8_t* 
   index_t s = next_boundary(0);
   while (s < ni) {
     const index_t e = next_boundary(s + 1);
-    if (row[s] != T(0)) out.push_back({static_cast<std::int32_t>(s), static_cast<std::int32_t>(e - 1), row[s]});
+    if (row[s] != T(0))
+      out.push_back({static_cast<std::int32_t>(s), static_cast<std::int32_t>(e - 1), row[s]});
     s = e;
   }
 }
@@ -101,8 +102,8 @@ struct RowView {
 // is visited for the first time: its runs start as singletons here (no other run has seen them
 // yet), so a run's root is tracked instead of searched for.
 template <class T>
-void join_row(const Run<T>* a, index_t na, label_t la0, RowView<T>* nb, int n_nb,
-              bool fresh, label_t* parent) {
+void join_row(const Run<T>* a, index_t na, label_t la0, RowView<T>* nb, int n_nb, bool fresh,
+              label_t* parent) {
   index_t ptr[4] = {0, 0, 0, 0};
   for (index_t x = 0; x < na; ++x) {
     const Run<T> ra = a[x];
@@ -162,7 +163,8 @@ index_t label_components(const T* in, std::int32_t* out, index_t nk, index_t nj,
   }
   // Runs are numbered in scan order: plane k's labels start after plane_label[k].
   std::vector<index_t> plane_label(static_cast<std::size_t>(nk + 1), 0);
-  for (index_t k = 0; k < nk; ++k) plane_label[k + 1] = plane_label[k] + static_cast<index_t>(runs[k].size());
+  for (index_t k = 0; k < nk; ++k)
+    plane_label[k + 1] = plane_label[k] + static_cast<index_t>(runs[k].size());
   const index_t n_runs = plane_label[nk];
   if (n_runs >= static_cast<index_t>(INT32_MAX)) throw std::overflow_error("too many components");
   std::unique_ptr<cc::label_t[]> parent(new cc::label_t[static_cast<std::size_t>(n_runs + 1)]);
@@ -183,8 +185,8 @@ index_t label_components(const T* in, std::int32_t* out, index_t nk, index_t nj,
       views[n_views++] = {runs[kb].data() + b0, row_begin[kb][jb + 1] - b0,
                           static_cast<cc::label_t>(plane_label[kb] + b0), nb.widen};
     }
-    cc::join_row(runs[k].data() + a0, a1 - a0,
-                 static_cast<cc::label_t>(plane_label[k] + a0), views, n_views, fresh, p);
+    cc::join_row(runs[k].data() + a0, a1 - a0, static_cast<cc::label_t>(plane_label[k] + a0), views,
+                 n_views, fresh, p);
   };
   const index_t n_slabs = std::min<index_t>(threads, nk);
 #pragma omp parallel for schedule(static) num_threads(threads)
@@ -198,8 +200,9 @@ index_t label_components(const T* in, std::int32_t* out, index_t nk, index_t nj,
   // Roots in increasing order become 1..n; every other run takes its parent's final label
   // (parents are smaller, so already final when reached).
   cc::label_t n = 0;
-  for (cc::label_t l = 1; l <= static_cast<cc::label_t>(n_runs); ++l) p[l] = p[l] == l ? ++n : p[p[l]];
-  // Pass 3: write the foreground.
+  for (cc::label_t l = 1; l <= static_cast<cc::label_t>(n_runs); ++l)
+    p[l] = p[l] == l ? ++n : p[p[l]];
+    // Pass 3: write the foreground.
 #pragma omp parallel for schedule(dynamic, 4) num_threads(threads)
   for (index_t k = 0; k < nk; ++k) {
     const cc::label_t* lab = p + plane_label[k] + 1;

@@ -15,13 +15,17 @@ constexpr index_t kMedianLanes = 64;
 // (minps semantics), a plain select for integers.
 template <class T>
 MEDKERN_ALWAYS_INLINE T lane_min(T a, T b) {
-  if constexpr (std::is_floating_point_v<T>) return std::min(a, b);
-  else return a < b ? a : b;
+  if constexpr (std::is_floating_point_v<T>)
+    return std::min(a, b);
+  else
+    return a < b ? a : b;
 }
 template <class T>
 MEDKERN_ALWAYS_INLINE T lane_max(T a, T b) {
-  if constexpr (std::is_floating_point_v<T>) return std::max(a, b);
-  else return a < b ? b : a;
+  if constexpr (std::is_floating_point_v<T>)
+    return std::max(a, b);
+  else
+    return a < b ? b : a;
 }
 
 // Median of n (odd, >= 3) values per lane by forgetful selection (Paeth 1990; Devillard's
@@ -30,8 +34,8 @@ MEDKERN_ALWAYS_INLINE T lane_max(T a, T b) {
 // what is left. Branch-free min/max on whole lanes, so it vectorises across output voxels.
 // `Count` is std::integral_constant for the common sizes (the network unrolls) or index_t.
 template <class T, class Count>
-MEDKERN_SIMD_CLONES void forgetful_median(const T* const* elem, index_t i0, Count n_count,
-                                          T* work, T* out) {
+MEDKERN_SIMD_CLONES void forgetful_median(const T* const* elem, index_t i0, Count n_count, T* work,
+                                          T* out) {
   constexpr index_t L = kMedianLanes;
   const index_t n = n_count;
   index_t cur = (n + 3) / 2;
@@ -120,9 +124,12 @@ void median_filter(const T* in, T* out, const Shape3& s, const index_t* r, Bound
     return;
   }
   // Common windows get a compile-time size so the selection network is fully unrolled.
-  if (n == 27) return detail::median_rows(in, out, s, r, b, std::integral_constant<index_t, 27>{}, n_threads);
-  if (n == 9) return detail::median_rows(in, out, s, r, b, std::integral_constant<index_t, 9>{}, n_threads);
-  if (n == 25) return detail::median_rows(in, out, s, r, b, std::integral_constant<index_t, 25>{}, n_threads);
+  if (n == 27)
+    return detail::median_rows(in, out, s, r, b, std::integral_constant<index_t, 27>{}, n_threads);
+  if (n == 9)
+    return detail::median_rows(in, out, s, r, b, std::integral_constant<index_t, 9>{}, n_threads);
+  if (n == 25)
+    return detail::median_rows(in, out, s, r, b, std::integral_constant<index_t, 25>{}, n_threads);
   detail::median_rows(in, out, s, r, b, n, n_threads);
 }
 

@@ -74,7 +74,8 @@ inline std::array<double, 3> cross(const std::array<double, 3>& a, const std::ar
 
 inline double triangle_area(const EdgeTable& et, int a, int b, int c) {
   const auto A = et.midpoint(a), B = et.midpoint(b), C = et.midpoint(c);
-  const auto n = cross({B[0] - A[0], B[1] - A[1], B[2] - A[2]}, {C[0] - A[0], C[1] - A[1], C[2] - A[2]});
+  const auto n =
+      cross({B[0] - A[0], B[1] - A[1], B[2] - A[2]}, {C[0] - A[0], C[1] - A[1], C[2] - A[2]});
   return 0.5 * std::sqrt(n[0] * n[0] + n[1] * n[1] + n[2] * n[2]);
 }
 
@@ -220,8 +221,8 @@ inline MeshMeasures mesh_area_volume(const std::uint8_t* mask, index_t nk, index
   const double centre[3] = {0.5 * (nk - 1) * spacing[0], 0.5 * (nj - 1) * spacing[1],
                             0.5 * (ni - 1) * spacing[2]};
   std::vector<MeshMeasures> layer(static_cast<std::size_t>(nk - 1));
-#pragma omp parallel for schedule(dynamic, 1) num_threads(clamp_threads(n_threads)) \
-    if (nk * nj * ni > kParallelVoxels)
+#pragma omp parallel for schedule(dynamic, 1) \
+    num_threads(clamp_threads(n_threads)) if (nk * nj * ni > kParallelVoxels)
   for (index_t k = 0; k < nk - 1; ++k) {
     MeshMeasures acc;
     for (index_t j = 0; j < nj - 1; ++j) {
@@ -237,8 +238,10 @@ inline MeshMeasures mesh_area_volume(const std::uint8_t* mask, index_t nk, index
             const auto& m = mid[table.tri[config][3 * t + r]];
             v[r] = {o[0] + m[0], o[1] + m[1], o[2] + m[2]};
           }
-          const std::array<double, 3> ab = {v[1][0] - v[0][0], v[1][1] - v[0][1], v[1][2] - v[0][2]};
-          const std::array<double, 3> ac = {v[2][0] - v[0][0], v[2][1] - v[0][1], v[2][2] - v[0][2]};
+          const std::array<double, 3> ab = {v[1][0] - v[0][0], v[1][1] - v[0][1],
+                                            v[1][2] - v[0][2]};
+          const std::array<double, 3> ac = {v[2][0] - v[0][0], v[2][1] - v[0][1],
+                                            v[2][2] - v[0][2]};
           const auto n = mc::cross(ab, ac);
           acc.area += 0.5 * std::sqrt(n[0] * n[0] + n[1] * n[1] + n[2] * n[2]);
           const auto bc = mc::cross(v[1], v[2]);
@@ -302,8 +305,8 @@ inline index_t count_plane_vertices(const std::uint8_t* m, index_t nk, index_t n
 
 // The welded mesh: vertices (index units, half-integers, (k, j, i)) and triangles (vertex ids).
 struct Mesh {
-  std::vector<double> vertices;       // n_vertices x 3
-  std::vector<std::int32_t> faces;    // n_faces x 3
+  std::vector<double> vertices;     // n_vertices x 3
+  std::vector<std::int32_t> faces;  // n_faces x 3
 };
 
 inline Mesh surface_mesh(const std::uint8_t* mask, index_t nk, index_t nj, index_t ni,
@@ -314,14 +317,15 @@ inline Mesh surface_mesh(const std::uint8_t* mask, index_t nk, index_t nj, index
   const auto& et = mc::edge_table();
   std::vector<index_t> vert_offset(static_cast<std::size_t>(nk + 1), 0);
   std::vector<index_t> tri_offset(static_cast<std::size_t>(nk), 0);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(clamp_threads(n_threads)) \
-    if (nk * nj * ni > kParallelVoxels)
+#pragma omp parallel for schedule(dynamic, 1) \
+    num_threads(clamp_threads(n_threads)) if (nk * nj * ni > kParallelVoxels)
   for (index_t p = 0; p < nk; ++p) {
     vert_offset[static_cast<std::size_t>(p + 1)] = mc::count_plane_vertices(mask, nk, nj, ni, p);
     if (p + 1 < nk) {
       index_t nt = 0;
       for (index_t j = 0; j + 1 < nj; ++j)
-        for (index_t i = 0; i + 1 < ni; ++i) nt += table.n_tri[mc::cell_config(mask, nj, ni, p, j, i)];
+        for (index_t i = 0; i + 1 < ni; ++i)
+          nt += table.n_tri[mc::cell_config(mask, nj, ni, p, j, i)];
       tri_offset[static_cast<std::size_t>(p + 1)] = nt;
     }
   }
@@ -332,8 +336,7 @@ inline Mesh surface_mesh(const std::uint8_t* mask, index_t nk, index_t nj, index
   mesh.faces.resize(static_cast<std::size_t>(3 * tri_offset[static_cast<std::size_t>(nk - 1)]));
   double* verts = mesh.vertices.data();
   std::int32_t* faces = mesh.faces.data();
-#pragma omp parallel num_threads(clamp_threads(n_threads)) \
-    if (nk * nj * ni > kParallelVoxels)
+#pragma omp parallel num_threads(clamp_threads(n_threads)) if (nk * nj * ni > kParallelVoxels)
   {
     mc::PlaneIds lower, upper;
 #pragma omp for schedule(dynamic, 1)
@@ -366,8 +369,9 @@ inline Mesh surface_mesh(const std::uint8_t* mask, index_t nk, index_t nj, index
             const auto c = mc::corner_offset(et.corners[e][0]);
             const mc::PlaneIds& plane = c[0] ? upper : lower;
             const index_t q = (j + c[1]) * ni + (i + c[2]);
-            id[e] = et.axis[e] == 2 ? plane.along_i[q] : et.axis[e] == 1 ? plane.along_j[q]
-                                                                         : lower.along_k[q];
+            id[e] = et.axis[e] == 2   ? plane.along_i[q]
+                    : et.axis[e] == 1 ? plane.along_j[q]
+                                      : lower.along_k[q];
           }
           for (int r = 0; r < 3 * nt; ++r) faces[3 * t_out + r] = id[table.tri[config][r]];
           t_out += nt;
@@ -395,9 +399,9 @@ inline Diameter max_diameter(const std::int32_t* pts, index_t n, const double sp
   if (n == 0) return best;
   std::vector<index_t> keep(static_cast<std::size_t>(n));
   for (index_t p = 0; p < n; ++p) keep[p] = p;
-  static constexpr int directions[13][3] = {{1, 0, 0},  {0, 1, 0},  {0, 0, 1},  {1, 1, 0},  {1, -1, 0},
-                                            {1, 0, 1},  {1, 0, -1}, {0, 1, 1},  {0, 1, -1}, {1, 1, 1},
-                                            {1, 1, -1}, {1, -1, 1}, {1, -1, -1}};
+  static constexpr int directions[13][3] = {
+      {1, 0, 0}, {0, 1, 0},  {0, 0, 1}, {1, 1, 0},  {1, -1, 0}, {1, 0, 1},  {1, 0, -1},
+      {0, 1, 1}, {0, 1, -1}, {1, 1, 1}, {1, 1, -1}, {1, -1, 1}, {1, -1, -1}};
   struct Keyed {
     std::int64_t line[3];  // p x v: the same for every point of a line along v
     std::int64_t along;    // p . v: the position on it
@@ -410,7 +414,8 @@ inline Diameter max_diameter(const std::int32_t* pts, index_t n, const double sp
     for (index_t id : keep) {
       const std::int64_t x = pts[3 * id], y = pts[3 * id + 1], z = pts[3 * id + 2];
       keyed.push_back({{y * v[2] - z * v[1], z * v[0] - x * v[2], x * v[1] - y * v[0]},
-                       x * v[0] + y * v[1] + z * v[2], id});
+                       x * v[0] + y * v[1] + z * v[2],
+                       id});
     }
     std::sort(keyed.begin(), keyed.end(), [](const Keyed& a, const Keyed& b) {
       if (a.line[0] != b.line[0]) return a.line[0] < b.line[0];
@@ -438,8 +443,8 @@ inline Diameter max_diameter(const std::int32_t* pts, index_t n, const double sp
     z[r] = 0.5 * pts[3 * keep[r] + 2] * spacing[2];
   }
   // First the largest squared distance per row (a vectorisable max), then the pair itself.
-#pragma omp parallel for schedule(dynamic, 16) num_threads(clamp_threads(n_threads)) \
-    if (m > kParallelPoints)
+#pragma omp parallel for schedule(dynamic, 16) \
+    num_threads(clamp_threads(n_threads)) if (m > kParallelPoints)
   for (index_t r = 0; r < m; ++r) {
     double d2 = 0;
     for (index_t s = r + 1; s < m; ++s) {
@@ -448,7 +453,8 @@ inline Diameter max_diameter(const std::int32_t* pts, index_t n, const double sp
     }
     row_max[r] = d2;
   }
-  const index_t r = static_cast<index_t>(std::max_element(row_max.begin(), row_max.end()) - row_max.begin());
+  const index_t r =
+      static_cast<index_t>(std::max_element(row_max.begin(), row_max.end()) - row_max.begin());
   index_t partner = r;
   for (index_t s = r + 1; s < m; ++s) {
     const double dx = x[r] - x[s], dy = y[r] - y[s], dz = z[r] - z[s];

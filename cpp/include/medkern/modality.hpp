@@ -18,14 +18,16 @@ namespace medkern {
 // are at most 32 bits wide (int32 holds them); each step runs over a cache-sized chunk with its
 // branch outside the loop, so the loops vectorise.
 template <class In, class Out>
-void modality_lut(const In* stored, Out* out, index_t n_frames, index_t frame_size, const double* slope,
-                  const double* intercept, int bits_stored, bool is_signed, bool invert, int n_threads) {
+void modality_lut(const In* stored, Out* out, index_t n_frames, index_t frame_size,
+                  const double* slope, const double* intercept, int bits_stored, bool is_signed,
+                  bool invert, int n_threads) {
   using Acc = std::conditional_t<std::is_integral_v<In>, std::int32_t, double>;
   constexpr index_t kChunk = 4096;
   constexpr int width = static_cast<int>(sizeof(Acc) * 8);
   const bool trim = std::is_integral_v<In> && bits_stored > 0 && bits_stored < width;
   const int shift = trim ? width - bits_stored : 0;
-  const std::int64_t max_unsigned = (std::int64_t{1} << std::min(bits_stored > 0 ? bits_stored : 31, 31)) - 1;
+  const std::int64_t max_unsigned =
+      (std::int64_t{1} << std::min(bits_stored > 0 ? bits_stored : 31, 31)) - 1;
   const index_t chunks_per_frame = (frame_size + kChunk - 1) / kChunk;
 #pragma omp parallel num_threads(clamp_threads(n_threads))
   {
@@ -58,7 +60,8 @@ void modality_lut(const In* stored, Out* out, index_t n_frames, index_t frame_si
         const Acc offset = static_cast<Acc>(b);
         for (index_t i = 0; i < n; ++i) dst[i] = static_cast<Out>(buf[i] + offset);
       } else {
-        for (index_t i = 0; i < n; ++i) dst[i] = static_cast<Out>(static_cast<double>(buf[i]) * a + b);
+        for (index_t i = 0; i < n; ++i)
+          dst[i] = static_cast<Out>(static_cast<double>(buf[i]) * a + b);
       }
     }
   }

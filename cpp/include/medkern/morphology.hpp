@@ -19,7 +19,8 @@ namespace medkern {
 
 namespace morph {
 
-// filtered = in dilated (eroded) along i by [-w, w]; erosion treats i < 0 and i >= ni as background.
+// filtered = in dilated (eroded) along i by [-w, w]; erosion treats i < 0 and i >= ni as
+// background.
 inline void filter_rows(const std::uint8_t* in, std::uint8_t* filtered, index_t n_rows, index_t ni,
                         index_t w, bool erode, int n_threads) {
 #pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))

@@ -108,7 +108,8 @@ inline std::vector<double> bspline_scatter(const double* g, const BsplineAxes& a
       const double v = t2[static_cast<std::size_t>(k * n12 + c)];
       const double* w = &a0.w[static_cast<std::size_t>(4 * k)];
       for (int a = 0; a < 4; ++a)
-        lattice[static_cast<std::size_t>((a0.first[static_cast<std::size_t>(k)] + a) * n12 + c)] += w[a] * v;
+        lattice[static_cast<std::size_t>((a0.first[static_cast<std::size_t>(k)] + a) * n12 + c)] +=
+            w[a] * v;
     }
   return lattice;
 }
@@ -132,7 +133,8 @@ void bspline_evaluate(const double* phi, const BsplineAxes& ax, Store&& store, i
                                           w0[2] * p0[c + 2 * n1 * n2] + w0[3] * p0[c + 3 * n1 * n2];
       for (index_t j = 0; j < J; ++j) {
         const double* w1 = &a1.w[static_cast<std::size_t>(4 * j)];
-        const double* p1 = &e1[static_cast<std::size_t>(a1.first[static_cast<std::size_t>(j)] * n2)];
+        const double* p1 =
+            &e1[static_cast<std::size_t>(a1.first[static_cast<std::size_t>(j)] * n2)];
         for (index_t c = 0; c < n2; ++c)
           e2[static_cast<std::size_t>(c)] =
               w1[0] * p1[c] + w1[1] * p1[c + n2] + w1[2] * p1[c + 2 * n2] + w1[3] * p1[c + 3 * n2];
@@ -171,7 +173,8 @@ inline std::vector<double> bspline_refine_axis(const std::vector<double>& phi,
         for (int m = -2; m <= 2; ++m) {
           const index_t fine = 2 * coarse - 1 + m;
           if (fine < 0 || fine >= out_n[axis]) continue;
-          out[static_cast<std::size_t>(base_out + fine * stride_out)] += kSplit[m + 2] * phi[static_cast<std::size_t>(src)];
+          out[static_cast<std::size_t>(base_out + fine * stride_out)] +=
+              kSplit[m + 2] * phi[static_cast<std::size_t>(src)];
         }
       }
   return out;
@@ -201,8 +204,8 @@ inline void fft_radix2(std::vector<std::complex<double>>& a, bool inverse) {
 
 struct N4Settings {
   std::array<index_t, 3> control_points{4, 4, 4};  // initial lattice, per axis (>= 4)
-  std::array<bool, 3> refine{true, true, true};      // false on a one-voxel axis
-  std::vector<int> iterations{50, 50, 50, 50};      // per fitting level
+  std::array<bool, 3> refine{true, true, true};    // false on a one-voxel axis
+  std::vector<int> iterations{50, 50, 50, 50};     // per fitting level
   int histogram_bins = 200;
   double fwhm = 0.15;
   double wiener_noise = 0.01;
@@ -212,8 +215,8 @@ struct N4Settings {
 struct N4Result {
   std::vector<double> lattice;
   std::array<index_t, 3> lattice_shape{};
-  std::vector<int> iterations;       // run at each level
-  std::vector<double> convergence;   // last measurement at each level
+  std::vector<int> iterations;      // run at each level
+  std::vector<double> convergence;  // last measurement at each level
 };
 
 // Fixed-size blocks for floating-point reductions: same partial sums for any thread count.
@@ -262,14 +265,16 @@ inline void n4_sharpen(const double* v, const std::uint8_t* mask, index_t n, con
   }
   std::vector<double> hist(static_cast<std::size_t>(nb), 0.0);
   for (index_t b = 0; b < n_blocks; ++b)
-    for (int i = 0; i < nb; ++i) hist[static_cast<std::size_t>(i)] += partial[static_cast<std::size_t>(b * nb + i)];
+    for (int i = 0; i < nb; ++i)
+      hist[static_cast<std::size_t>(i)] += partial[static_cast<std::size_t>(b * nb + i)];
 
   // Zero-padded to a power of two at least twice the bin count, histogram centred.
   const int padded = 1 << (static_cast<int>(std::ceil(std::log2(static_cast<double>(nb)))) + 1);
   const int offset = (padded - nb) / 2;
   using cplx = std::complex<double>;
   std::vector<cplx> V(static_cast<std::size_t>(padded), cplx(0.0, 0.0));
-  for (int i = 0; i < nb; ++i) V[static_cast<std::size_t>(i + offset)] = hist[static_cast<std::size_t>(i)];
+  for (int i = 0; i < nb; ++i)
+    V[static_cast<std::size_t>(i + offset)] = hist[static_cast<std::size_t>(i)];
   fft_radix2(V, false);
 
   // Gaussian of the bias field's log-intensity blur, FWHM in bins (wrapped around zero).
@@ -296,7 +301,8 @@ inline void n4_sharpen(const double* v, const std::uint8_t* mask, index_t n, con
   // E[u | v] = (G * (u U)) / (G * U), both convolutions through the same transforms.
   std::vector<cplx> num(static_cast<std::size_t>(padded)), den(U);
   for (int i = 0; i < padded; ++i)
-    num[static_cast<std::size_t>(i)] = (lo + (double(i) - offset) * slope) * U[static_cast<std::size_t>(i)].real();
+    num[static_cast<std::size_t>(i)] =
+        (lo + (double(i) - offset) * slope) * U[static_cast<std::size_t>(i)].real();
   fft_radix2(num, false);
   fft_radix2(den, false);
   for (int i = 0; i < padded; ++i) {
@@ -308,7 +314,8 @@ inline void n4_sharpen(const double* v, const std::uint8_t* mask, index_t n, con
   std::vector<double> E(static_cast<std::size_t>(nb));
   for (int i = 0; i < nb; ++i) {
     const double d = den[static_cast<std::size_t>(i + offset)].real();
-    E[static_cast<std::size_t>(i)] = d != 0.0 ? num[static_cast<std::size_t>(i + offset)].real() / d : 0.0;
+    E[static_cast<std::size_t>(i)] =
+        d != 0.0 ? num[static_cast<std::size_t>(i + offset)].real() / d : 0.0;
   }
 #pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
   for (index_t i = 0; i < n; ++i) {
@@ -316,9 +323,11 @@ inline void n4_sharpen(const double* v, const std::uint8_t* mask, index_t n, con
     const double c_raw = (v[i] - lo) / slope;
     const double c = c_raw >= 0.0 ? std::min(c_raw, static_cast<double>(nb - 1)) : 0.0;  // NaN -> 0
     const auto idx = static_cast<index_t>(std::floor(c));
-    sharpened[i] = idx < nb - 1 ? E[static_cast<std::size_t>(idx)] +
-                                      (E[static_cast<std::size_t>(idx + 1)] - E[static_cast<std::size_t>(idx)]) * (c - double(idx))
-                                : E[static_cast<std::size_t>(nb - 1)];
+    sharpened[i] = idx < nb - 1
+                       ? E[static_cast<std::size_t>(idx)] + (E[static_cast<std::size_t>(idx + 1)] -
+                                                             E[static_cast<std::size_t>(idx)]) *
+                                                                (c - double(idx))
+                       : E[static_cast<std::size_t>(nb - 1)];
   }
 }
 
@@ -327,8 +336,8 @@ inline void n4_sharpen(const double* v, const std::uint8_t* mask, index_t n, con
 inline double n4_convergence(const double* a, const double* b, const std::uint8_t* mask, index_t n,
                              int n_threads) {
   const index_t n_blocks = (n + kN4Block - 1) / kN4Block;
-  std::vector<double> sum(static_cast<std::size_t>(n_blocks)), cnt(static_cast<std::size_t>(n_blocks)),
-      dev(static_cast<std::size_t>(n_blocks));
+  std::vector<double> sum(static_cast<std::size_t>(n_blocks)),
+      cnt(static_cast<std::size_t>(n_blocks)), dev(static_cast<std::size_t>(n_blocks));
 #pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
   for (index_t blk = 0; blk < n_blocks; ++blk) {
     double s = 0, c = 0;
@@ -380,12 +389,14 @@ inline N4Result n4_fit(const double* log_image, const std::uint8_t* mask, const 
   res.lattice.assign(static_cast<std::size_t>((mesh[0] + 3) * (mesh[1] + 3) * (mesh[2] + 3)), 0.0);
 
   for (std::size_t level = 0; level < s.iterations.size(); ++level) {
-    const BsplineAxis b0(u[0], shape[0], mesh[0]), b1(u[1], shape[1], mesh[1]), b2(u[2], shape[2], mesh[2]);
+    const BsplineAxis b0(u[0], shape[0], mesh[0]), b1(u[1], shape[1], mesh[1]),
+        b2(u[2], shape[2], mesh[2]);
     const BsplineAxis sq0 = b0.powered(2), sq1 = b1.powered(2), sq2 = b2.powered(2);
     const BsplineAxis cu0 = b0.powered(3), cu1 = b1.powered(3), cu2 = b2.powered(3);
     const BsplineAxes basis{&b0, &b1, &b2}, squares{&sq0, &sq1, &sq2}, cubes{&cu0, &cu1, &cu2};
-    // Lee et al. 1997: phi_c = sum_p w_pc^2 phi_pc / sum_p w_pc^2 with phi_pc = w_pc v_p / sum_c w_pc^2,
-    // i.e. sum_p w_pc^3 (v_p / sum_c w_pc^2) over sum_p w_pc^2; the denominator is fixed per level.
+    // Lee et al. 1997: phi_c = sum_p w_pc^2 phi_pc / sum_p w_pc^2 with phi_pc = w_pc v_p / sum_c
+    // w_pc^2, i.e. sum_p w_pc^3 (v_p / sum_c w_pc^2) over sum_p w_pc^2; the denominator is fixed
+    // per level.
     const std::vector<double> omega = bspline_scatter(mask_d.data(), squares, n_threads);
     const index_t J = shape[1], I = shape[2];
     int it = 0;
@@ -393,13 +404,16 @@ inline N4Result n4_fit(const double* log_image, const std::uint8_t* mask, const 
     while (it < s.iterations[level] && cv > s.convergence) {
       ++it;
 #pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
-      for (index_t i = 0; i < n; ++i) uncorrected[static_cast<std::size_t>(i)] = log_image[i] - field[static_cast<std::size_t>(i)];
+      for (index_t i = 0; i < n; ++i)
+        uncorrected[static_cast<std::size_t>(i)] =
+            log_image[i] - field[static_cast<std::size_t>(i)];
       n4_sharpen(uncorrected.data(), mask, n, s, sharpened.data(), n_threads);
 #pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
       for (index_t i = 0; i < n; ++i) {
         const index_t k = i / (J * I), j = (i / I) % J, c = i % I;
         g[static_cast<std::size_t>(i)] =
-            mask[i] ? (uncorrected[static_cast<std::size_t>(i)] - sharpened[static_cast<std::size_t>(i)]) /
+            mask[i] ? (uncorrected[static_cast<std::size_t>(i)] -
+                       sharpened[static_cast<std::size_t>(i)]) /
                           (b0.sum_of_squares(k) * b1.sum_of_squares(j) * b2.sum_of_squares(c))
                     : 0.0;
       }
@@ -407,7 +421,8 @@ inline N4Result n4_fit(const double* log_image, const std::uint8_t* mask, const 
       for (std::size_t c = 0; c < res.lattice.size(); ++c)
         if (omega[c] != 0.0) res.lattice[c] += delta[c] / omega[c];
       double* nx = next.data();
-      bspline_evaluate(res.lattice.data(), basis, [nx](index_t i, double v) { nx[i] = v; }, n_threads);
+      bspline_evaluate(
+          res.lattice.data(), basis, [nx](index_t i, double v) { nx[i] = v; }, n_threads);
       cv = n4_convergence(field.data(), next.data(), mask, n, n_threads);
       field.swap(next);
     }
@@ -458,8 +473,8 @@ template <class T>
 void n4_apply(const T* x, const double* lattice, const std::array<index_t, 3>& lattice_shape,
               const index_t* shape, const std::array<const double*, 3>& u, float* corrected,
               float* bias_field, int n_threads) {
-  const BsplineAxis b0(u[0], shape[0], lattice_shape[0] - 3), b1(u[1], shape[1], lattice_shape[1] - 3),
-      b2(u[2], shape[2], lattice_shape[2] - 3);
+  const BsplineAxis b0(u[0], shape[0], lattice_shape[0] - 3),
+      b1(u[1], shape[1], lattice_shape[1] - 3), b2(u[2], shape[2], lattice_shape[2] - 3);
   const BsplineAxes basis{&b0, &b1, &b2};
   bspline_evaluate(
       lattice, basis,

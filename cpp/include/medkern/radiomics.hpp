@@ -23,7 +23,8 @@ void offset_means(const T* image, texture::Grid g, const std::int64_t* centres, 
     double sum = 0.0;
     index_t count = 0;
     for (index_t o = 0; o < n_offsets; ++o) {
-      const index_t zz = z + offsets[3 * o], yy = y + offsets[3 * o + 1], xx = x + offsets[3 * o + 2];
+      const index_t zz = z + offsets[3 * o], yy = y + offsets[3 * o + 1],
+                    xx = x + offsets[3 * o + 2];
       if (!g.inside(zz, yy, xx)) continue;
       sum += static_cast<double>(image[g.at(zz, yy, xx)]);
       ++count;
@@ -90,7 +91,8 @@ inline std::vector<std::array<index_t, 3>> convex_hull(const std::int64_t* pts, 
       faces.push_back({h[0], h[1], p});
       alive.push_back(1);
     }
-    if (faces.size() > 64 && 2 * static_cast<std::size_t>(std::count(alive.begin(), alive.end(), 1)) < faces.size()) {
+    if (faces.size() > 64 &&
+        2 * static_cast<std::size_t>(std::count(alive.begin(), alive.end(), 1)) < faces.size()) {
       std::vector<std::array<index_t, 3>> kept;
       for (std::size_t f = 0; f < faces.size(); ++f)
         if (alive[f]) kept.push_back(faces[f]);

@@ -17,7 +17,8 @@
 #include "medkern/trilinear.hpp"
 
 // The interpolation and Parzen-window helpers below also run inside the CUDA kernels
-// (cpp/cuda/registration.cu), so both backends evaluate the very same arithmetic. (MEDKERN_HD, common.hpp)
+// (cpp/cuda/registration.cu), so both backends evaluate the very same arithmetic. (MEDKERN_HD,
+// common.hpp)
 
 namespace medkern {
 
@@ -25,8 +26,8 @@ namespace medkern {
 // dominates on the small volumes of coarse pyramid levels. The results do not depend on it.
 inline int threads_for(index_t work, int n_threads) {
   constexpr index_t kItemsPerThread = 32768;
-  return static_cast<int>(std::max<index_t>(
-      1, std::min<index_t>(clamp_threads(n_threads), work / kItemsPerThread)));
+  return static_cast<int>(
+      std::max<index_t>(1, std::min<index_t>(clamp_threads(n_threads), work / kItemsPerThread)));
 }
 
 // A float volume read with trilinear interpolation. Points are inside when every continuous
@@ -60,10 +61,14 @@ struct LinearVolume {
     const index_t off[8] = {k0 * sk + j0 * sj + i0, k0 * sk + j0 * sj + i1, k0 * sk + j1 * sj + i0,
                             k0 * sk + j1 * sj + i1, k1 * sk + j0 * sj + i0, k1 * sk + j0 * sj + i1,
                             k1 * sk + j1 * sj + i0, k1 * sk + j1 * sj + i1};
-    const double w[8] = {(1 - wk) * (1 - wj) * (1 - wi), (1 - wk) * (1 - wj) * wi,
-                         (1 - wk) * wj * (1 - wi),       (1 - wk) * wj * wi,
-                         wk * (1 - wj) * (1 - wi),       wk * (1 - wj) * wi,
-                         wk * wj * (1 - wi),             wk * wj * wi};
+    const double w[8] = {(1 - wk) * (1 - wj) * (1 - wi),
+                         (1 - wk) * (1 - wj) * wi,
+                         (1 - wk) * wj * (1 - wi),
+                         (1 - wk) * wj * wi,
+                         wk * (1 - wj) * (1 - wi),
+                         wk * (1 - wj) * wi,
+                         wk * wj * (1 - wi),
+                         wk * wj * wi};
     for (int c = 0; c < count; ++c) {
       const float* p = data + c * plane_size;
       double acc = 0;
@@ -98,7 +103,8 @@ MEDKERN_HD inline void map_sample(const double* M, index_t lin, index_t nj, inde
   x[0] = static_cast<double>(kj / nj);
   x[1] = static_cast<double>(kj % nj);
   x[2] = static_cast<double>(lin % ni);
-  for (int r = 0; r < 3; ++r) c[r] = M[4 * r] * x[0] + M[4 * r + 1] * x[1] + M[4 * r + 2] * x[2] + M[4 * r + 3];
+  for (int r = 0; r < 3; ++r)
+    c[r] = M[4 * r] * x[0] + M[4 * r + 1] * x[1] + M[4 * r + 2] * x[2] + M[4 * r + 3];
 }
 
 // Calls visit(f, m, grad_m, k, j, i, n) for every sample whose mapped point lies inside the moving
@@ -120,7 +126,8 @@ void for_each_sample(const MetricSamples& s, const LinearVolume& mov, index_t be
 }
 
 // dV/dM accumulated as coef * grad_m (outer) (k, j, i, 1).
-MEDKERN_HD inline void add_gradient(double* H, double coef, const double g[3], double k, double j, double i) {
+MEDKERN_HD inline void add_gradient(double* H, double coef, const double g[3], double k, double j,
+                                    double i) {
   for (int r = 0; r < 3; ++r) {
     const double c = coef * g[r];
     H[4 * r + 0] += c * k;
@@ -153,7 +160,8 @@ struct MetricResult {
 // Sums: d(sum (m - f)^2) as 12 values, sum (m - f)^2, count.
 struct MeanSquaresSums {
   static constexpr int kSize = 14;
-  MEDKERN_HD static void add(double* acc, double f, double m, const double g[3], const double x[3]) {
+  MEDKERN_HD static void add(double* acc, double f, double m, const double g[3],
+                             const double x[3]) {
     const double d = m - f;
     acc[12] += d * d;
     acc[13] += 1;
@@ -175,7 +183,8 @@ struct MeanSquaresSums {
 // Sums: n, Sf, Sm, Sff, Smm, Sfm, then d(Sm), d(Sfm), d(Smm)/2 as 12-vectors.
 struct CorrelationSums {
   static constexpr int kStats = 6, kSize = kStats + 36;
-  MEDKERN_HD static void add(double* acc, double f, double m, const double g[3], const double x[3]) {
+  MEDKERN_HD static void add(double* acc, double f, double m, const double g[3],
+                             const double x[3]) {
     acc[0] += 1;
     acc[1] += f;
     acc[2] += m;
@@ -211,11 +220,12 @@ MetricResult sums_metric(const MetricSamples& s, const LinearVolume& mov, int n_
   std::vector<std::array<double, Sums::kSize>> part(static_cast<std::size_t>(nb));
   for_each_block(s.count, n_threads, [&](index_t b, index_t begin, index_t end) {
     std::array<double, Sums::kSize> acc{};
-    for_each_sample(s, mov, begin, end, [&](double f, double m, const double* g, double k,
-                                             double j, double i, index_t) {
-      const double x[3] = {k, j, i};
-      Sums::add(acc.data(), f, m, g, x);
-    });
+    for_each_sample(
+        s, mov, begin, end,
+        [&](double f, double m, const double* g, double k, double j, double i, index_t) {
+          const double x[3] = {k, j, i};
+          Sums::add(acc.data(), f, m, g, x);
+        });
     part[static_cast<std::size_t>(b)] = acc;
   });
   std::array<double, Sums::kSize> tot{};
@@ -248,7 +258,9 @@ struct MattesBins {
     const double last = static_cast<double>(nbins - 3);
     return static_cast<int>(term >= 2.0 ? (term <= last ? term : last) : 2.0);
   }
-  MEDKERN_HD int fixed_bin(double f) const { return clamp_bin(f / fixed_bin_size - fixed_norm_min); }
+  MEDKERN_HD int fixed_bin(double f) const {
+    return clamp_bin(f / fixed_bin_size - fixed_norm_min);
+  }
   MEDKERN_HD double moving_term(double m) const { return m / moving_bin_size - moving_norm_min; }
   // The sample's first joint-histogram cell (fixed bin row, first of the 4 moving bins its cubic
   // window touches) and its Parzen term minus that first moving bin.
@@ -309,7 +321,8 @@ inline std::vector<double> mattes_log_ratio(std::vector<double> joint, int nbins
 // Per-sample derivative of V with respect to the moving value, from the pass-1 cache entry
 // (Parzen term minus the first bin, first joint-histogram cell): sum_c log_ratio beta3'(c - term)
 // divided by the histogram total and the moving bin size by the caller.
-MEDKERN_HD inline double mattes_sample_derivative(const double* log_ratio, double frac, index_t cell) {
+MEDKERN_HD inline double mattes_sample_derivative(const double* log_ratio, double frac,
+                                                  index_t cell) {
   const double* lr = log_ratio + cell;
   double dv = 0;
   for (int q = 0; q < 4; ++q) dv += lr[q] * cubic_bspline_derivative(q - frac);
@@ -327,18 +340,18 @@ inline MetricResult mattes_mutual_information(const MetricSamples& s, const Line
   for_each_block(s.count, n_threads, [&](index_t b, index_t begin, index_t end) {
     double* h = part.data() + b * nb2;
     for (index_t n = begin; n < end; ++n) cache[5 * n] = NAN;
-    for_each_sample(s, mov, begin, end, [&](double f, double m, const double* g, double, double,
-                                             double, index_t n) {
-      int cell;
-      const double frac = bins.parzen(f, m, cell);
-      for (int q = 0; q < 4; ++q) h[cell + q] += cubic_bspline(q - frac);
-      float* c = cache.data() + 5 * n;
-      c[0] = static_cast<float>(frac);
-      c[1] = static_cast<float>(cell);
-      c[2] = static_cast<float>(g[0]);
-      c[3] = static_cast<float>(g[1]);
-      c[4] = static_cast<float>(g[2]);
-    });
+    for_each_sample(s, mov, begin, end,
+                    [&](double f, double m, const double* g, double, double, double, index_t n) {
+                      int cell;
+                      const double frac = bins.parzen(f, m, cell);
+                      for (int q = 0; q < 4; ++q) h[cell + q] += cubic_bspline(q - frac);
+                      float* c = cache.data() + 5 * n;
+                      c[0] = static_cast<float>(frac);
+                      c[1] = static_cast<float>(cell);
+                      c[2] = static_cast<float>(g[0]);
+                      c[3] = static_cast<float>(g[1]);
+                      c[4] = static_cast<float>(g[2]);
+                    });
   });
   std::vector<double> joint(static_cast<std::size_t>(nb2), 0.0);
   for (index_t b = 0; b < nblocks; ++b)
@@ -355,7 +368,8 @@ inline MetricResult mattes_mutual_information(const MetricSamples& s, const Line
     for (index_t n = begin; n < end; ++n) {
       const float* c = cache.data() + 5 * n;
       if (std::isnan(c[0])) continue;
-      const double dv = mattes_sample_derivative(log_ratio.data(), c[0], static_cast<index_t>(c[1]));
+      const double dv =
+          mattes_sample_derivative(log_ratio.data(), c[0], static_cast<index_t>(c[1]));
       const index_t lin = s.indices ? static_cast<index_t>(s.indices[n]) : n;
       const index_t i = lin % s.ni, kj = lin / s.ni;
       const double g[3] = {c[2], c[3], c[4]};
@@ -415,7 +429,8 @@ template <class Body>
 void for_each_line_block(index_t outer, index_t inner, int n_threads, Body&& body) {
   constexpr index_t kColumns = 512;
   const index_t nb = (inner + kColumns - 1) / kColumns;
-#pragma omp parallel for collapse(2) schedule(static) num_threads(threads_for(outer * inner, n_threads))
+  const index_t work = outer * inner;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads_for(work, n_threads))
   for (index_t a = 0; a < outer; ++a)
     for (index_t blk = 0; blk < nb; ++blk)
       body(a, blk * kColumns, std::min(inner, (blk + 1) * kColumns));
@@ -429,7 +444,8 @@ void smooth_axis(const T* in, float* out, index_t outer, index_t n_in, index_t i
   const index_t n_out = static_cast<index_t>(taps.first.size());
   if (inner == 1) {
     // Along the contiguous axis: one dot product per output, no clamping in the interior.
-#pragma omp parallel for schedule(static) num_threads(threads_for(outer * n_in, n_threads))
+    const index_t work = outer * n_in;
+#pragma omp parallel for schedule(static) num_threads(threads_for(work, n_threads))
     for (index_t a = 0; a < outer; ++a) {
       const T* src = in + a * n_in;
       float* dst = out + a * n_out;
@@ -617,7 +633,8 @@ inline double lncc_force(const float* fixed, const float* warped, const float* g
     stats[3 * n + v] = m * m;
     stats[4 * n + v] = f * m;
   }
-  for (int q = 0; q < 5; ++q) box_mean(stats.data() + q * n, scratch.data(), shape, radius, n_threads);
+  for (int q = 0; q < 5; ++q)
+    box_mean(stats.data() + q * n, scratch.data(), shape, radius, n_threads);
   constexpr double kEps = 1e-5;
   const index_t nb = metric_blocks(n);
   std::vector<double> part(static_cast<std::size_t>(2 * nb), 0.0);

@@ -55,7 +55,8 @@ MEDKERN_HD inline void cubic_bspline_weights(double t, double w[4]) {
 // causal initialisation (Unser 1999; the same sums as scipy.ndimage.spline_filter1d), evaluated
 // in double; the sum stops once z^k < 1e-20, below double resolution of any term.
 template <class A>
-MEDKERN_HD void bspline_prefilter_lines(A* base, index_t n, index_t stride, index_t width, double* init) {
+MEDKERN_HD void bspline_prefilter_lines(A* base, index_t n, index_t stride, index_t width,
+                                        double* init) {
   if (n < 2) return;
   const double z = sqrt(3.0) - 2.0;
   const A gain = static_cast<A>((1.0 - z) * (1.0 - 1.0 / z));
@@ -118,8 +119,8 @@ void bspline_prefilter_axis(A* data, index_t outer, index_t n, index_t inner, in
     std::vector<index_t> idx(static_cast<std::size_t>(n));
     for (index_t i = 0; i < n; ++i) idx[i] = i;
     const std::vector<A> w(static_cast<std::size_t>(n), A(1));
-    resample_axis_pass(static_cast<const A*>(data), data, outer, n, 1, n, idx.data(), w.data(), 1, true,
-                       n_threads);
+    resample_axis_pass(static_cast<const A*>(data), data, outer, n, 1, n, idx.data(), w.data(), 1,
+                       true, n_threads);
     return;
   }
   constexpr index_t kBlock = 1024;
@@ -157,7 +158,8 @@ void resample_axis_pass(const T* in, A* out, index_t outer, index_t n_in, index_
       for (index_t grp = 0; grp < n_groups; ++grp) {
         const index_t g = std::min(kLineGroup, outer - grp * kLineGroup);
         load_line_group(in + grp * kLineGroup * n_in, n_in, g, block.data());
-        if (prefilter) bspline_prefilter_lines(block.data(), n_in, kLineGroup, kLineGroup, init.data());
+        if (prefilter)
+          bspline_prefilter_lines(block.data(), n_in, kLineGroup, kLineGroup, init.data());
         A* dst = out + grp * kLineGroup * n_out;
         for (index_t m = 0; m < n_out; ++m) {
           A acc[kLineGroup] = {};
@@ -213,8 +215,8 @@ template <class A>
 struct AxisTaps {
   index_t n_out;
   int taps;
-  const index_t* idx;    // n_out * taps input indices, boundary already resolved
-  const A* w;            // n_out * taps weights
+  const index_t* idx;         // n_out * taps input indices, boundary already resolved
+  const A* w;                 // n_out * taps weights
   const std::uint8_t* valid;  // n_out flags: 0 where the output coordinate is outside the input
 };
 
@@ -236,16 +238,19 @@ void resample_plane_passes(const S* src, A* dst, const index_t shape[3], const i
         const AxisTaps<A>& ax = axes[a];
         // the passes run inside this thread: the slice is the unit of parallel work
         if (a == 1)
-          resample_axis_pass(from, to, 1, sh[0], sh[1], ax.n_out, ax.idx, ax.w, ax.taps, prefilter, 1);
+          resample_axis_pass(from, to, 1, sh[0], sh[1], ax.n_out, ax.idx, ax.w, ax.taps, prefilter,
+                             1);
         else
-          resample_axis_pass(from, to, sh[0], sh[1], 1, ax.n_out, ax.idx, ax.w, ax.taps, prefilter, 1);
+          resample_axis_pass(from, to, sh[0], sh[1], 1, ax.n_out, ax.idx, ax.w, ax.taps, prefilter,
+                             1);
         sh[a - 1] = ax.n_out;
       };
       if (n_passes == 1) {
         run(src + k * in_size, dst + k * out_size, plane_order[0]);
       } else {
         const int a0 = plane_order[0];
-        mid.resize(static_cast<std::size_t>(a0 == 1 ? axes[1].n_out * shape[2] : shape[1] * axes[2].n_out));
+        mid.resize(static_cast<std::size_t>(a0 == 1 ? axes[1].n_out * shape[2]
+                                                    : shape[1] * axes[2].n_out));
         run(src + k * in_size, mid.data(), a0);
         run(static_cast<const A*>(mid.data()), dst + k * out_size, plane_order[1]);
       }
@@ -279,13 +284,16 @@ void resample_separable(const T* in, const index_t shape_in[3], A* out, const Ax
     auto group = [&](const auto* src) {
       if (order[p] == 0) {
         const AxisTaps<A>& ax = axes[0];
-        resample_axis_pass(src, dst, 1, shape[0], shape[1] * shape[2], ax.n_out, ax.idx, ax.w, ax.taps,
-                           prefilter, n_threads);
+        resample_axis_pass(src, dst, 1, shape[0], shape[1] * shape[2], ax.n_out, ax.idx, ax.w,
+                           ax.taps, prefilter, n_threads);
       } else {
         resample_plane_passes(src, dst, shape, order + p, end - p, axes, prefilter, n_threads);
       }
     };
-    if (inter) group(inter); else group(in);
+    if (inter)
+      group(inter);
+    else
+      group(in);
     for (int d = 0; d < 3; ++d) shape[d] = next[d];
     inter = dst;
     ++n_groups;
@@ -347,7 +355,8 @@ void gather_nearest(const T* in, const index_t shape_in[3], T* out, const index_
   run_start.push_back(shape_out[0]);
   const index_t n_runs = static_cast<index_t>(run_start.size()) - 1;
   // Rows per block: about 32 KiB of output, so a block stays in L1/L2 between gather and copies.
-  const index_t block = std::max<index_t>(1, static_cast<index_t>(32768 / (sizeof(T) * std::max<index_t>(m2, 1))));
+  const index_t block =
+      std::max<index_t>(1, static_cast<index_t>(32768 / (sizeof(T) * std::max<index_t>(m2, 1))));
   const index_t n_blocks = (m1 + block - 1) / block;
   index_t lo = 0, hi = m2;
   while (lo < hi && idx2[lo] < 0) ++lo;
@@ -434,7 +443,8 @@ struct NearestSampler {
                   i2 = static_cast<index_t>(c2 + 0.5);  // non-negative: truncation is floor
     return data[(i0 * n[1] + i1) * n[2] + i2];
   }
-  void interior_block(const double* c0, const double* c1, const double* c2, index_t count, T* out) const {
+  void interior_block(const double* c0, const double* c1, const double* c2, index_t count,
+                      T* out) const {
     interior_points(*this, c0, c1, c2, count, out);
   }
 };
@@ -464,7 +474,8 @@ struct LinearSampler {
   }
   // interior() for `count` points at once, in three loops the compiler vectorises (coordinates to
   // offsets and fractions; the eight neighbour loads; the blends). Needs 32-bit offsets.
-  void interior_block(const double* c0, const double* c1, const double* c2, index_t count, A* out) const {
+  void interior_block(const double* c0, const double* c1, const double* c2, index_t count,
+                      A* out) const {
     constexpr index_t kMax = kWarpBlock;
     const index_t s1 = n[2], s0 = n[1] * n[2];
     if (s0 * n[0] >= (index_t{1} << 31) || count > kMax) {
@@ -476,7 +487,8 @@ struct LinearSampler {
     std::int32_t off[kMax];
     A t0[kMax], t1[kMax], t2[kMax], v[4][kMax];
     for (index_t q = 0; q < count; ++q) {
-      const std::int32_t f0 = static_cast<std::int32_t>(c0[q]), f1 = static_cast<std::int32_t>(c1[q]),
+      const std::int32_t f0 = static_cast<std::int32_t>(c0[q]),
+                         f1 = static_cast<std::int32_t>(c1[q]),
                          f2 = static_cast<std::int32_t>(c2[q]);
       t0[q] = static_cast<A>(c0[q] - f0);
       t1[q] = static_cast<A>(c1[q] - f1);
@@ -507,7 +519,8 @@ struct LinearSampler {
         v[3][q] = static_cast<A>(p[is1 + 1]);
       }
       for (index_t q = 0; q < count; ++q) {
-        const A v00 = v[0][q] + t2[q] * (v[1][q] - v[0][q]), v01 = v[2][q] + t2[q] * (v[3][q] - v[2][q]);
+        const A v00 = v[0][q] + t2[q] * (v[1][q] - v[0][q]),
+                v01 = v[2][q] + t2[q] * (v[3][q] - v[2][q]);
         blended[q] = v00 + t1[q] * (v01 - v00);
       }
     };
@@ -521,10 +534,11 @@ struct LinearSampler {
     for (index_t q = 0; q < count; ++q) out[q] = a0[q] + t0[q] * (a1[q] - a0[q]);
   }
   // trilinear_blend of the four rows' (x, x + d2) pairs.
-  MEDKERN_HD static A blend(const T* r00, const T* r01, const T* r10, const T* r11, index_t d2, A t0, A t1, A t2) {
-    const A v[8] = {static_cast<A>(r00[0]), static_cast<A>(r00[d2]), static_cast<A>(r01[0]),
-                    static_cast<A>(r01[d2]), static_cast<A>(r10[0]), static_cast<A>(r10[d2]),
-                    static_cast<A>(r11[0]), static_cast<A>(r11[d2])};
+  MEDKERN_HD static A blend(const T* r00, const T* r01, const T* r10, const T* r11, index_t d2,
+                            A t0, A t1, A t2) {
+    const A v[8] = {static_cast<A>(r00[0]),  static_cast<A>(r00[d2]), static_cast<A>(r01[0]),
+                    static_cast<A>(r01[d2]), static_cast<A>(r10[0]),  static_cast<A>(r10[d2]),
+                    static_cast<A>(r11[0]),  static_cast<A>(r11[d2])};
     return trilinear_blend(v, t0, t1, t2);
   }
 };
@@ -581,7 +595,8 @@ struct CubicSampler {
     }
   }
   A interior(double c0, double c1, double c2) const { return (*this)(c0, c1, c2); }
-  void interior_block(const double* c0, const double* c1, const double* c2, index_t count, A* out) const {
+  void interior_block(const double* c0, const double* c1, const double* c2, index_t count,
+                      A* out) const {
     interior_points(*this, c0, c1, c2, count, out);
   }
 };
@@ -627,7 +642,8 @@ struct LabelSampler {
     }
     for (int m = 0; m < 16; ++m) {
       double sum = 0.0;
-      for (int c = 0; c < 4; ++c) sum += (m >> c) & 1 ? w[c] : 0.0;  // zeros leave the bits as they are
+      for (int c = 0; c < 4; ++c)
+        sum += (m >> c) & 1 ? w[c] : 0.0;  // zeros leave the bits as they are
       r.subset[m] = sum;
     }
     return r;
@@ -684,7 +700,8 @@ struct LabelSampler {
   T interior(double c0, double c1, double c2) const { return (*this)(c0, c1, c2); }
   // Axis-aligned maps (resampling to another spacing) keep c0 and c1 fixed along a row: the
   // neighbour rows and their subset sums are then found once for the whole block.
-  void interior_block(const double* c0, const double* c1, const double* c2, index_t count, T* out) const {
+  void interior_block(const double* c0, const double* c1, const double* c2, index_t count,
+                      T* out) const {
     bool fixed = true;
     for (index_t v = 1; v < count; ++v) fixed &= c0[v] == c0[0] && c1[v] == c1[0];
     if (!fixed || count < 2) {
@@ -705,7 +722,8 @@ struct LabelSampler {
       const double c = m[11] + m[10] * static_cast<double>(i);
       valid[static_cast<std::size_t>(i)] = inside(c, n[2]);
       // Taps only for points inside: floor_index of a far or non-finite c would be undefined.
-      taps[static_cast<std::size_t>(i)] = valid[static_cast<std::size_t>(i)] ? row_taps(c) : RowTaps{0, 0, 1.0, 0.0};
+      taps[static_cast<std::size_t>(i)] =
+          valid[static_cast<std::size_t>(i)] ? row_taps(c) : RowTaps{0, 0, 1.0, 0.0};
     }
 #pragma omp parallel num_threads(clamp_threads(n_threads))
     {
@@ -756,8 +774,8 @@ struct has_aligned_rows<S, std::void_t<decltype(&S::aligned_rows)>> : std::true_
 // Output index range [first, last) of one row c(i) = b + d * i that stays inside the box
 // lo <= c < hi on every axis. The range is solved per axis, then its ends are checked with the
 // exact row arithmetic, so the interior samplers only ever see interior points.
-inline void row_interior(const double b[3], const double d[3], const double lo[3], const double hi[3],
-                         index_t n, index_t& first, index_t& last) {
+inline void row_interior(const double b[3], const double d[3], const double lo[3],
+                         const double hi[3], index_t n, index_t& first, index_t& last) {
   double f = 0.0, l = static_cast<double>(n);
   for (int a = 0; a < 3; ++a) {
     if (d[a] == 0.0) {
@@ -791,10 +809,11 @@ inline void row_interior(const double b[3], const double d[3], const double lo[3
 // thread count gives the same bits. Interior points take the sampler's check-free path, which
 // computes the same value.
 template <class S>
-void warp(const S& sampler, typename S::value_type* out, const index_t shape_out[3], const double m[12],
-          const float* disp, int n_comp, const double* r, int n_threads) {
+void warp(const S& sampler, typename S::value_type* out, const index_t shape_out[3],
+          const double m[12], const float* disp, int n_comp, const double* r, int n_threads) {
   if constexpr (has_aligned_rows<S>::value) {
-    if (!disp && m[1] == 0.0 && m[2] == 0.0 && m[4] == 0.0 && m[6] == 0.0 && m[8] == 0.0 && m[9] == 0.0) {
+    if (!disp && m[1] == 0.0 && m[2] == 0.0 && m[4] == 0.0 && m[6] == 0.0 && m[8] == 0.0 &&
+        m[9] == 0.0) {
       sampler.aligned_rows(out, shape_out, m, n_threads);
       return;
     }

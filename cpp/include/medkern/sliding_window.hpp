@@ -65,8 +65,8 @@ void gather_patches(const T* src, const shape3& shape, index_t channels, const s
                     int n_threads) {
   const index_t spatial = shape[0] * shape[1] * shape[2];
   const index_t rows = n_patches * channels * roi[0] * roi[1];
-#pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads)) \
-    if (rows * roi[2] > kParallelMin)
+#pragma omp parallel for schedule(static) \
+    num_threads(clamp_threads(n_threads)) if (rows * roi[2] > kParallelMin)
   for (index_t r = 0; r < rows; ++r) {
     const index_t j = r % roi[1];
     const index_t k = (r / roi[1]) % roi[0];
@@ -83,8 +83,8 @@ void gather_patches(const T* src, const shape3& shape, index_t channels, const s
 // out (n_batch, channels, shape) += pred * weight for each patch, patches in the given order.
 // Threads own distinct output rows (z, y) and visit the patches in order, so each voxel's sum is
 // formed in patch order whatever the thread count, with one parallel region per batch.
-inline void accumulate_patches(float* out, const shape3& shape, index_t channels,
-                               const float* pred, const float* weight, const std::int64_t* batch,
+inline void accumulate_patches(float* out, const shape3& shape, index_t channels, const float* pred,
+                               const float* weight, const std::int64_t* batch,
                                const std::int64_t* start, index_t n_patches, const shape3& roi,
                                int n_threads) {
   if (n_patches == 0) return;
@@ -98,7 +98,8 @@ inline void accumulate_patches(float* out, const shape3& shape, index_t channels
   }
   const index_t height = y1 - y0, rows = (z1 - z0) * height;
   const index_t work = n_patches * channels * roi[0] * roi[1] * roi[2];
-#pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads)) if (work > kParallelMin)
+#pragma omp parallel for schedule(static) \
+    num_threads(clamp_threads(n_threads)) if (work > kParallelMin)
   for (index_t r = 0; r < rows; ++r) {
     const index_t z = z0 + r / height, y = y0 + r % height;
     for (index_t p = 0; p < n_patches; ++p) {
@@ -144,8 +145,8 @@ inline Cover covering_patches(const std::int64_t* starts, index_t n_starts, inde
 // added in that scan order, so every voxel's sum has MONAI's order of additions.
 inline void normalize_by_weight_sum(float* out, index_t n_images, const shape3& shape,
                                     const std::array<const std::int64_t*, 3>& starts,
-                                    const shape3& n_starts, const float* weight,
-                                    const shape3& roi, int n_threads) {
+                                    const shape3& n_starts, const float* weight, const shape3& roi,
+                                    int n_threads) {
   std::array<Cover, 3> cover;
   for (int a = 0; a < 2; ++a) cover[a] = covering_patches(starts[a], n_starts[a], shape[a], roi[a]);
   const index_t spatial = shape[0] * shape[1] * shape[2];

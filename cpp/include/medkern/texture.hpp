@@ -74,16 +74,15 @@ inline void for_each_directional_task(const std::int32_t* levels, Grid g, bool b
 inline void glcm(const std::int32_t* levels, Grid g, int n_levels, bool by_slice, index_t distance,
                  double* out, int n_threads) {
   const index_t nl = n_levels;
-  for_each_directional_task(
-      levels, g, by_slice, distance, nl * nl, out, n_threads,
-      [&](double* m, const Offset& d, index_t z, index_t y, index_t x) {
-        if (!g.inside(z + d.dz, y + d.dy, x + d.dx)) return;
-        const std::int32_t a = levels[g.at(z, y, x)];
-        const std::int32_t b = levels[g.at(z + d.dz, y + d.dy, x + d.dx)];
-        if (b <= 0) return;
-        m[(a - 1) * nl + (b - 1)] += 1.0;
-        m[(b - 1) * nl + (a - 1)] += 1.0;
-      });
+  for_each_directional_task(levels, g, by_slice, distance, nl * nl, out, n_threads,
+                            [&](double* m, const Offset& d, index_t z, index_t y, index_t x) {
+                              if (!g.inside(z + d.dz, y + d.dy, x + d.dx)) return;
+                              const std::int32_t a = levels[g.at(z, y, x)];
+                              const std::int32_t b = levels[g.at(z + d.dz, y + d.dy, x + d.dx)];
+                              if (b <= 0) return;
+                              m[(a - 1) * nl + (b - 1)] += 1.0;
+                              m[(b - 1) * nl + (a - 1)] += 1.0;
+                            });
 }
 
 // Grey level run length matrices (IBSI §3.7): out[group, dir, level - 1, run_length - 1], with
@@ -96,7 +95,8 @@ inline void glrlm(const std::int32_t* levels, Grid g, int n_levels, bool by_slic
       [&](double* m, const Offset& d, index_t z, index_t y, index_t x) {
         const std::int32_t a = levels[g.at(z, y, x)];
         // Only the first voxel of a run starts a walk, so every voxel is visited twice at most.
-        if (g.inside(z - d.dz, y - d.dy, x - d.dx) && levels[g.at(z - d.dz, y - d.dy, x - d.dx)] == a)
+        if (g.inside(z - d.dz, y - d.dy, x - d.dx) &&
+            levels[g.at(z - d.dz, y - d.dy, x - d.dx)] == a)
           return;
         index_t run = 1;
         while (g.inside(z + run * d.dz, y + run * d.dy, x + run * d.dx) &&
@@ -161,7 +161,9 @@ inline std::vector<Zone> zones(const std::int32_t* levels, Grid g, int n_levels,
   {
     std::vector<index_t> fill(start.begin(), start.end() - 1);
     for (index_t i = 0; i < g.size(); ++i)
-      if (levels[i] > 0) order[static_cast<std::size_t>(fill[static_cast<std::size_t>((i / per_group) * nl + levels[i] - 1)]++)] = i;
+      if (levels[i] > 0)
+        order[static_cast<std::size_t>(
+            fill[static_cast<std::size_t>((i / per_group) * nl + levels[i] - 1)]++)] = i;
   }
   std::vector<std::uint8_t> visited(static_cast<std::size_t>(g.size()), 0);
   std::vector<std::vector<Zone>> found(static_cast<std::size_t>(n_groups * nl));
@@ -171,34 +173,35 @@ inline std::vector<Zone> zones(const std::int32_t* levels, Grid g, int n_levels,
   for (index_t task = 0; task < n_groups * nl; ++task) {
     if (error.failed()) continue;
     error.capture([&] {
-    // Tasks own disjoint voxel sets (different level or slice), so `visited` bytes never clash.
-    std::vector<index_t> stack;
-    auto& out = found[static_cast<std::size_t>(task)];
-    const std::int32_t level = static_cast<std::int32_t>(task % nl + 1);
-    for (index_t s = start[static_cast<std::size_t>(task)]; s < start[static_cast<std::size_t>(task + 1)]; ++s) {
-      const index_t seed = order[static_cast<std::size_t>(s)];
-      if (visited[static_cast<std::size_t>(seed)]) continue;
-      visited[static_cast<std::size_t>(seed)] = 1;
-      stack.assign(1, seed);
-      Zone zone{static_cast<std::int32_t>(task / nl), level, 0, dist ? dist[seed] : 0};
-      while (!stack.empty()) {
-        const index_t i = stack.back();
-        stack.pop_back();
-        ++zone.size;
-        if (dist && dist[i] < zone.distance) zone.distance = dist[i];
-        const index_t z = i / (g.ny * g.nx), y = (i / g.nx) % g.ny, x = i % g.nx;
-        for (index_t dz = -zr; dz <= zr; ++dz)
-          for (index_t dy = -1; dy <= 1; ++dy)
-            for (index_t dx = -1; dx <= 1; ++dx) {
-              if (!g.inside(z + dz, y + dy, x + dx)) continue;
-              const index_t j = g.at(z + dz, y + dy, x + dx);
-              if (levels[j] != level || visited[static_cast<std::size_t>(j)]) continue;
-              visited[static_cast<std::size_t>(j)] = 1;
-              stack.push_back(j);
-            }
+      // Tasks own disjoint voxel sets (different level or slice), so `visited` bytes never clash.
+      std::vector<index_t> stack;
+      auto& out = found[static_cast<std::size_t>(task)];
+      const std::int32_t level = static_cast<std::int32_t>(task % nl + 1);
+      for (index_t s = start[static_cast<std::size_t>(task)];
+           s < start[static_cast<std::size_t>(task + 1)]; ++s) {
+        const index_t seed = order[static_cast<std::size_t>(s)];
+        if (visited[static_cast<std::size_t>(seed)]) continue;
+        visited[static_cast<std::size_t>(seed)] = 1;
+        stack.assign(1, seed);
+        Zone zone{static_cast<std::int32_t>(task / nl), level, 0, dist ? dist[seed] : 0};
+        while (!stack.empty()) {
+          const index_t i = stack.back();
+          stack.pop_back();
+          ++zone.size;
+          if (dist && dist[i] < zone.distance) zone.distance = dist[i];
+          const index_t z = i / (g.ny * g.nx), y = (i / g.nx) % g.ny, x = i % g.nx;
+          for (index_t dz = -zr; dz <= zr; ++dz)
+            for (index_t dy = -1; dy <= 1; ++dy)
+              for (index_t dx = -1; dx <= 1; ++dx) {
+                if (!g.inside(z + dz, y + dy, x + dx)) continue;
+                const index_t j = g.at(z + dz, y + dy, x + dx);
+                if (levels[j] != level || visited[static_cast<std::size_t>(j)]) continue;
+                visited[static_cast<std::size_t>(j)] = 1;
+                stack.push_back(j);
+              }
+        }
+        out.push_back(zone);
       }
-      out.push_back(zone);
-    }
     });
   }
   error.rethrow();

@@ -9,7 +9,9 @@
 
 namespace medkern {
 
-MEDKERN_HD inline index_t clamp_index(index_t i, index_t n) { return i < 0 ? 0 : (i >= n ? n - 1 : i); }
+MEDKERN_HD inline index_t clamp_index(index_t i, index_t n) {
+  return i < 0 ? 0 : (i >= n ? n - 1 : i);
+}
 
 // floor for coordinates already known to be inside an image: the baseline x86-64 target has no
 // rounding instruction, and a libm floor call per coordinate dominates the per-voxel cost.
@@ -25,7 +27,9 @@ MEDKERN_HD inline index_t floor_clamped(double f, index_t n) {
   return f >= 0.0 ? static_cast<index_t>(f <= last ? f : last) : 0;
 }
 
-MEDKERN_HD inline bool inside(double c, index_t n) { return c >= -0.5 && c < static_cast<double>(n) - 0.5; }
+MEDKERN_HD inline bool inside(double c, index_t n) {
+  return c >= -0.5 && c < static_cast<double>(n) - 0.5;
+}
 
 // Two linear taps per axis and the fraction t between them.
 struct LinearTaps {
@@ -92,8 +96,8 @@ MEDKERN_HD A trilinear(const T* data, const index_t n[3], const LinearTaps& p, A
                   static_cast<A>(r01[p.lo[2]]), static_cast<A>(r01[p.hi[2]]),
                   static_cast<A>(r10[p.lo[2]]), static_cast<A>(r10[p.hi[2]]),
                   static_cast<A>(r11[p.lo[2]]), static_cast<A>(r11[p.hi[2]])};
-  return trilinear_blend(v, static_cast<A>(p.t[0]), static_cast<A>(p.t[1]),
-                         static_cast<A>(p.t[2]), grad);
+  return trilinear_blend(v, static_cast<A>(p.t[0]), static_cast<A>(p.t[1]), static_cast<A>(p.t[2]),
+                         grad);
 }
 
 }  // namespace medkern
