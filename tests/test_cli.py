@@ -14,13 +14,15 @@ import pytest
 import medkern as mk
 from medkern.cli import main
 
+from _helpers import write_dicom_slices, write_dicom_volume
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def series_dir(helpers, tmp_path, rng) -> Path:
+def series_dir(tmp_path, rng) -> Path:
     array = rng.integers(-1000, 2000, size=(5, 9, 7)).astype(np.int16)
-    helpers.write_dicom_volume(tmp_path / "ct", array, (2.5, 0.8, 0.7), (-30.0, 12.5, 100.0), np.eye(3)[:, ::-1],
+    write_dicom_volume(tmp_path / "ct", array, (2.5, 0.8, 0.7), (-30.0, 12.5, 100.0), np.eye(3)[:, ::-1],
                                series_uid="1.2.3.4", intercept=-24, bits_stored=12)
     return tmp_path / "ct"
 
@@ -62,9 +64,9 @@ def test_convert_round_trip(series_dir, tmp_path, capsys):
     np.testing.assert_allclose(back.affine, img.affine, rtol=0, atol=1e-4)
 
 
-def test_convert_errors_leave_no_file(helpers, series_dir, tmp_path, rng, capsys):
+def test_convert_errors_leave_no_file(series_dir, tmp_path, rng, capsys):
     other = rng.integers(0, 10, size=(2, 4, 4)).astype(np.int16)
-    helpers.write_dicom_slices(series_dir, list(other), [(0, 0, 0), (0, 0, 1)], series_uid="1.2.3.5")
+    write_dicom_slices(series_dir, list(other), [(0, 0, 0), (0, 0, 1)], series_uid="1.2.3.5")
     out = tmp_path / "x.nii.gz"
     assert main(["convert", str(series_dir), str(out)]) == 1
     assert "holds 2 image series; pass series_uid" in capsys.readouterr().err and not out.exists()
@@ -74,9 +76,9 @@ def test_convert_errors_leave_no_file(helpers, series_dir, tmp_path, rng, capsys
     assert "unsupported output format '.vtk'" in capsys.readouterr().err
 
 
-def test_convert_irregular_needs_the_flag(helpers, tmp_path, rng, capsys):
+def test_convert_irregular_needs_the_flag(tmp_path, rng, capsys):
     stored = rng.integers(0, 100, size=(4, 5, 5)).astype(np.int16)
-    helpers.write_dicom_slices(tmp_path / "gap", list(stored), [(0, 0, z) for z in (0, 1, 2, 4)])
+    write_dicom_slices(tmp_path / "gap", list(stored), [(0, 0, z) for z in (0, 1, 2, 4)])
     out = tmp_path / "gap.nii"
     assert main(["convert", str(tmp_path / "gap"), str(out)]) == 1
     assert "missing slice" in capsys.readouterr().err and not out.exists()

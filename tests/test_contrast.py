@@ -7,6 +7,8 @@ import pytest
 
 import medkern as mk
 
+from _helpers import on_backend, to_numpy
+
 cv2 = pytest.importorskip("cv2")
 sitk = pytest.importorskip("SimpleITK")
 exposure = pytest.importorskip("skimage.exposure")
@@ -69,28 +71,28 @@ def radiograph():
 
 @pytest.mark.parametrize("dtype", CLAHE_DTYPES)
 @pytest.mark.parametrize("ndim", [2, 3])
-def test_clahe_matches_skimage_random(rng, backend, helpers, dtype, ndim):
+def test_clahe_matches_skimage_random(rng, backend, dtype, ndim):
     _skip_numba_dtype(backend, dtype)
     a = _random(rng, dtype, (13, 37, 29)[-ndim:] if ndim == 3 else (45, 38))
     for kw in ({}, {"kernel_size": 6, "clip_limit": 0.05, "nbins": 64}):
         ref = _skimage_clahe(a, **kw)
-        out = helpers.to_numpy(mk.clahe(helpers.on_backend(a, backend), backend=backend, **kw))
+        out = to_numpy(mk.clahe(on_backend(a, backend), backend=backend, **kw))
         assert out.dtype == np.float32
         # Same grey levels, maps and float32 interpolation sums as scikit-image: the only
         # difference is medkern's float32 output of scikit-image's float64 result.
         np.testing.assert_array_equal(out, ref.astype(np.float32))
 
 
-def test_clahe_matches_skimage_on_mni(mni, backend, helpers):
+def test_clahe_matches_skimage_on_mni(mni, backend):
     slab = np.ascontiguousarray(mni[60:100:2, 40:180:2, 30:160:2])
     ref = exposure.equalize_adapthist(slab, kernel_size=(5, 16, 16), clip_limit=0.02)
-    out = mk.clahe(helpers.on_backend(slab, backend), kernel_size=(5, 16, 16), clip_limit=0.02,
+    out = mk.clahe(on_backend(slab, backend), kernel_size=(5, 16, 16), clip_limit=0.02,
                    backend=backend)
-    np.testing.assert_array_equal(helpers.to_numpy(out), ref.astype(np.float32))
+    np.testing.assert_array_equal(to_numpy(out), ref.astype(np.float32))
     axial = np.ascontiguousarray(mni[90])
     ref2 = exposure.equalize_adapthist(axial)
-    out2 = mk.clahe(helpers.on_backend(axial, backend), backend=backend)
-    np.testing.assert_array_equal(helpers.to_numpy(out2), ref2.astype(np.float32))
+    out2 = mk.clahe(on_backend(axial, backend), backend=backend)
+    np.testing.assert_array_equal(to_numpy(out2), ref2.astype(np.float32))
 
 
 def test_clahe_matches_skimage_on_radiograph(radiograph, cpu_backend):

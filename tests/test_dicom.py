@@ -20,6 +20,15 @@ import medkern as mk
 from medkern.io import dicom
 from medkern.io.dicom import _header
 
+from _helpers import (
+    dicom_test_file,
+    part10_dataset,
+    same_world_grid,
+    write_dicom_slices,
+    write_dicom_volume,
+    write_rtstruct,
+)
+
 sitk = pytest.importorskip("SimpleITK")
 
 GEOMETRY_ATOL = 1e-4
@@ -173,10 +182,10 @@ SITK_DIFFERENCES = {
 
 
 @pytest.mark.parametrize("name", dicom_test_files())
-def test_pydicom_files_match_simpleitk(helpers, name):
+def test_pydicom_files_match_simpleitk(name):
     import pydicom
 
-    path = helpers.dicom_test_file(name)
+    path = dicom_test_file(name)
     difference = SITK_DIFFERENCES.get(name, "")
     try:
         ours = mk.read(path)
@@ -197,7 +206,7 @@ def test_pydicom_files_match_simpleitk(helpers, name):
                              r"truncated|Rows \d+ x Columns \d+ disagree with the compressed frame)", message)
         return
     if difference.startswith("frame0_of:"):
-        whole = mk.read(helpers.dicom_test_file(difference.split(":")[1]))
+        whole = mk.read(dicom_test_file(difference.split(":")[1]))
         np.testing.assert_array_equal(ours.array[0], whole.array[0])
         np.testing.assert_allclose(ours.origin, whole.origin, atol=GEOMETRY_ATOL)
         np.testing.assert_allclose(ours.direction, whole.direction, atol=GEOMETRY_ATOL)
@@ -213,7 +222,7 @@ def test_pydicom_files_match_simpleitk(helpers, name):
         pytest.skip(f"SimpleITK cannot read {name} (medkern can)")
     if ours.ndim == 2:
         ref = as_2d(ref)  # no patient geometry: SimpleITK makes a one-slice volume
-    _, ref = helpers.same_world_grid(ours, ref)  # SimpleITK keeps enhanced frames in stored order
+    _, ref = same_world_grid(ours, ref)  # SimpleITK keeps enhanced frames in stored order
     if difference.startswith("dose"):
         header = pydicom.dcmread(path, stop_before_pixels=True)
         ref = ref.with_array(ref.array * float(header.DoseGridScaling))
@@ -224,14 +233,14 @@ def test_pydicom_files_match_simpleitk(helpers, name):
     elif difference == "seg":
         ours = ours.with_array(ours.array * 255)
     elif difference.startswith("same_as:"):
-        ref = mk.read(helpers.dicom_test_file(difference.split(":")[1]))
+        ref = mk.read(dicom_test_file(difference.split(":")[1]))
     assert_same_image(ours, ref)
 
 
-def test_monochrome1_is_inverted_within_bits_stored(helpers):
+def test_monochrome1_is_inverted_within_bits_stored():
     import pydicom
 
-    path = helpers.dicom_test_file("RG1_UNCR.dcm")
+    path = dicom_test_file("RG1_UNCR.dcm")
     stored = pydicom.dcmread(path).pixel_array
     img = mk.read(path)
     np.testing.assert_array_equal(img.array, (1 << 15) - 1 - stored)
@@ -269,17 +278,17 @@ def direction_for(name: str, rng) -> tuple[np.ndarray, tuple[float, float, float
 
 @pytest.mark.parametrize("name", [*GEOMETRIES, "oblique"])
 @pytest.mark.parametrize("syntax", [None, "implicit", "rle"])
-def test_generated_series_match_simpleitk(helpers, tmp_path, rng, name, syntax):
+def test_generated_series_match_simpleitk(tmp_path, rng, name, syntax):
     direction, spacing = direction_for(name, rng)
     array = rng.integers(-1024, 3000, size=(7, 12, 10)).astype(np.int16)
     origin = rng.uniform(-200, 200, size=3)
-    helpers.write_dicom_volume(tmp_path, array, spacing, origin, direction, transfer_syntax=syntax)
+    write_dicom_volume(tmp_path, array, spacing, origin, direction, transfer_syntax=syntax)
     img = mk.read_dicom_series(tmp_path)
     ref = sitk_series(tmp_path)
     assert_same_image(img, ref)
     # And the truth: the written volume, up to the slice order along the normal.
     truth = mk.Image(array, spacing=spacing, origin=origin, direction=direction)
-    arr, truth = helpers.same_world_grid(img, truth)
+    arr, truth = same_world_grid(img, truth)
     assert img.same_geometry(truth, atol=1e-5)
     np.testing.assert_array_equal(img.array, arr)
 
@@ -292,11 +301,11 @@ def test_generated_series_match_simpleitk(helpers, tmp_path, rng, name, syntax):
     (16, True, 2, -10, np.int32),
     (12, True, 0.5, 3.25, np.float32),
 ])
-def test_rescale_output_dtype_and_values(helpers, tmp_path, rng, bits_stored, signed, slope, intercept, dtype):
+def test_rescale_output_dtype_and_values(tmp_path, rng, bits_stored, signed, slope, intercept, dtype):
     lo, hi = (-(1 << (bits_stored - 1)), 1 << (bits_stored - 1)) if signed else (0, 1 << bits_stored)
     stored = rng.integers(lo, hi, size=(4, 6, 5)).astype(np.int16 if signed else np.uint16)
     positions = [(0.0, 0.0, 2.0 * k) for k in range(4)]
-    helpers.write_dicom_slices(tmp_path, list(stored), positions, slope=slope, intercept=intercept,
+    write_dicom_slices(tmp_path, list(stored), positions, slope=slope, intercept=intercept,
                                bits_stored=bits_stored)
     img = mk.read_dicom_series(tmp_path)
     assert img.dtype == dtype
@@ -304,22 +313,23 @@ def test_rescale_output_dtype_and_values(helpers, tmp_path, rng, bits_stored, si
     assert_same_image(img, sitk_series(tmp_path), rtol=1e-7)
 
 
-def test_bits_above_bits_stored_are_ignored(helpers, tmp_path, rng):
+def test_bits_above_bits_stored_are_ignored(tmp_path, rng):
     # 12-bit signed values stored with garbage in the top 4 bits: mask to 12 bits, sign-extend.
     values = rng.integers(-2048, 2048, size=(3, 4, 4))
     stored = ((values & 0xFFF) | (rng.integers(0, 16, size=values.shape) << 12)).astype(np.uint16)
-    helpers.write_dicom_slices(tmp_path, list(stored.view(np.int16)), [(0, 0, k) for k in range(3)],
+    write_dicom_slices(tmp_path, list(stored.view(np.int16)), [(0, 0, k) for k in range(3)],
                                bits_stored=12)
     np.testing.assert_array_equal(mk.read(tmp_path).array, values)
 
 
-def test_per_slice_rescale_and_monochrome1(helpers, tmp_path, rng):
+def test_per_slice_rescale_and_monochrome1(tmp_path, rng):
     stored = rng.integers(0, 4096, size=(3, 5, 4)).astype(np.uint16)
     slopes, intercepts = [0.25, 0.5, 2.0], [0.0, -1.5, 10.0]
-    helpers.write_dicom_slices(tmp_path, list(stored), [(0, 0, 3 * k) for k in range(3)], slope=slopes,
+    write_dicom_slices(tmp_path, list(stored), [(0, 0, 3 * k) for k in range(3)], slope=slopes,
                                intercept=intercepts, bits_stored=12, photometric="MONOCHROME1")
     img = mk.read(tmp_path)
-    expect = (4095 - stored.astype(np.float64)) * np.asarray(slopes)[:, None, None] + np.asarray(intercepts)[:, None, None]
+    expect = ((4095 - stored.astype(np.float64)) * np.asarray(slopes)[:, None, None]
+              + np.asarray(intercepts)[:, None, None])
     assert img.dtype == np.float32
     np.testing.assert_array_equal(img.array, expect.astype(np.float32))
 
@@ -342,17 +352,17 @@ def test_modality_lut_backends_agree_and_threads_do_not_matter(rng, cpu_backend)
 
 
 # ---------------------------------------------------------------------------------- listing
-def test_list_dicom_series_groups_splits_and_skips_non_images(helpers, tmp_path, rng):
+def test_list_dicom_series_groups_splits_and_skips_non_images(tmp_path, rng):
     a = rng.integers(0, 100, size=(4, 6, 5)).astype(np.int16)
-    helpers.write_dicom_slices(tmp_path / "ct", list(a), [(0, 0, 2 * k) for k in range(4)], series_uid="1.2.3")
+    write_dicom_slices(tmp_path / "ct", list(a), [(0, 0, 2 * k) for k in range(4)], series_uid="1.2.3")
     # The same SeriesInstanceUID with another orientation (a localizer) and another frame size.
-    helpers.write_dicom_slices(tmp_path / "ct", [a[0]], [(0, 0, 0)], (1, 0, 0, 0, 0, -1), series_uid="1.2.3")
-    helpers.write_dicom_slices(tmp_path / "ct", [np.zeros((3, 3), np.int16)] * 2, [(0, 0, 0), (0, 0, 1)],
+    write_dicom_slices(tmp_path / "ct", [a[0]], [(0, 0, 0)], (1, 0, 0, 0, 0, -1), series_uid="1.2.3")
+    write_dicom_slices(tmp_path / "ct", [np.zeros((3, 3), np.int16)] * 2, [(0, 0, 0), (0, 0, 1)],
                                series_uid="1.2.3")
-    helpers.write_dicom_slices(tmp_path / "mr", list(a[:2]), [(0, 0, 0), (0, 0, 1)], series_uid="1.2.4",
+    write_dicom_slices(tmp_path / "mr", list(a[:2]), [(0, 0, 0), (0, 0, 1)], series_uid="1.2.4",
                                modality="MR")
     (tmp_path / "ct" / "notes.txt").write_text("not DICOM")
-    helpers.write_rtstruct(tmp_path / "ct" / "rs.dcm", {}, "1.2.9")
+    write_rtstruct(tmp_path / "ct" / "rs.dcm", {}, "1.2.9")
     series = mk.list_dicom_series(tmp_path)
     assert [s.key for s in series] == ["1.2.3#1", "1.2.3#2", "1.2.3#3", "1.2.4"]
     assert [s.n_frames for s in series] == [4, 2, 1, 2]
@@ -395,10 +405,10 @@ def linear_slices(base: np.ndarray, positions_z) -> np.ndarray:
     return np.stack([base + 8 * float(z) for z in positions_z])
 
 
-def test_duplicate_positions(helpers, tmp_path, rng):
+def test_duplicate_positions(tmp_path, rng):
     stored = rng.integers(0, 1000, size=(5, 6, 5)).astype(np.int16)
     z = [0, 2, 2, 4, 6]
-    paths = helpers.write_dicom_slices(tmp_path, list(stored), [(0, 0, v) for v in z])
+    paths = write_dicom_slices(tmp_path, list(stored), [(0, 0, v) for v in z])
     with pytest.raises(mk.DicomError, match=r"1 duplicate slice positions .* at 2\.000 mm") as err:
         mk.read(tmp_path)
     assert paths[1].name in str(err.value) and paths[2].name in str(err.value)
@@ -411,10 +421,10 @@ def test_duplicate_positions(helpers, tmp_path, rng):
     np.testing.assert_array_equal(img.array, stored[[0, kept, 3, 4]])
 
 
-def test_missing_slice(helpers, tmp_path, rng):
+def test_missing_slice(tmp_path, rng):
     z = [0, 2, 4, 8, 10]
     base, values = linear_volume(z, rng)
-    paths = helpers.write_dicom_slices(tmp_path, list(values.astype(np.int16)), [(0, 0, v) for v in z])
+    paths = write_dicom_slices(tmp_path, list(values.astype(np.int16)), [(0, 0, v) for v in z])
     with pytest.raises(mk.DicomError, match=rf"1 missing slice\(s\).*4\.000 mm between {paths[2].name} and "
                        rf"{paths[3].name}"):
         mk.read(tmp_path)
@@ -425,10 +435,10 @@ def test_missing_slice(helpers, tmp_path, rng):
     assert mk.list_dicom_series(tmp_path)[0].problems
 
 
-def test_varying_spacing(helpers, tmp_path, rng):
+def test_varying_spacing(tmp_path, rng):
     z = [0, 1, 2, 3.5, 5, 6]
     base, values = linear_volume(z, rng)
-    helpers.write_dicom_slices(tmp_path, list(values.astype(np.int16)), [(0, 0, v) for v in z])
+    write_dicom_slices(tmp_path, list(values.astype(np.int16)), [(0, 0, v) for v in z])
     with pytest.raises(mk.DicomError, match="varying slice spacing"):
         mk.read(tmp_path)
     img = mk.read_dicom_series(tmp_path, allow_irregular=True)
@@ -438,11 +448,11 @@ def test_varying_spacing(helpers, tmp_path, rng):
     np.testing.assert_allclose(img.array, expect, rtol=0, atol=1e-3)
 
 
-def test_gantry_tilt(helpers, tmp_path, rng):
+def test_gantry_tilt(tmp_path, rng):
     # Each slice shifted one column (0.7 mm along x) further: a tilted stack.
     stored = rng.integers(0, 1000, size=(4, 6, 8)).astype(np.int16)
     positions = [(0.7 * k, 0.0, 2.0 * k) for k in range(4)]
-    helpers.write_dicom_slices(tmp_path, list(stored), positions)
+    write_dicom_slices(tmp_path, list(stored), positions)
     with pytest.raises(mk.DicomError, match=r"gantry tilt: slice positions drift 2\.100 mm in-plane"):
         mk.read(tmp_path)
     img = mk.read_dicom_series(tmp_path, allow_irregular=True)
@@ -455,10 +465,10 @@ def test_gantry_tilt(helpers, tmp_path, rng):
         np.testing.assert_array_equal(img.array[k, :, :k], fill)
 
 
-def test_truncated_and_corrupt_files(helpers, tmp_path, rng):
+def test_truncated_and_corrupt_files(tmp_path, rng):
     z = [0, 2, 4, 6]
     _, values = linear_volume(z, rng)
-    paths = helpers.write_dicom_slices(tmp_path, list(values.astype(np.int16)), [(0, 0, v) for v in z])
+    paths = write_dicom_slices(tmp_path, list(values.astype(np.int16)), [(0, 0, v) for v in z])
     data = paths[2].read_bytes()
     paths[2].write_bytes(data[:-20])
     with pytest.raises(mk.DicomError, match=rf"unreadable files: .*{paths[2].name} \(pixel data truncated"):
@@ -474,9 +484,9 @@ def test_truncated_and_corrupt_files(helpers, tmp_path, rng):
         mk.read(tmp_path)
 
 
-def test_slices_without_positions_cannot_be_stacked(helpers, tmp_path, rng):
+def test_slices_without_positions_cannot_be_stacked(tmp_path, rng):
     stored = rng.integers(0, 100, size=(2, 4, 4)).astype(np.int16)
-    paths = helpers.write_dicom_slices(tmp_path, list(stored), [(0, 0, 0), (0, 0, 1)])
+    paths = write_dicom_slices(tmp_path, list(stored), [(0, 0, 0), (0, 0, 1)])
     import pydicom
 
     for p in paths:
@@ -489,11 +499,11 @@ def test_slices_without_positions_cannot_be_stacked(helpers, tmp_path, rng):
 
 
 # ---------------------------------------------------------------------------------- single files
-def test_radiograph_spacing_from_imager_pixel_spacing(helpers, tmp_path, rng):
+def test_radiograph_spacing_from_imager_pixel_spacing(tmp_path, rng):
     import pydicom
 
     stored = rng.integers(0, 4000, size=(1, 9, 7)).astype(np.uint16)
-    (path,) = helpers.write_dicom_slices(tmp_path, list(stored), [(0, 0, 0)], modality="DX")
+    (path,) = write_dicom_slices(tmp_path, list(stored), [(0, 0, 0)], modality="DX")
     ds = pydicom.dcmread(path)
     for key in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
         delattr(ds, key)
@@ -507,16 +517,16 @@ def test_radiograph_spacing_from_imager_pixel_spacing(helpers, tmp_path, rng):
     assert mk.read(path).spacing == (0.1, 0.12)
 
 
-def test_read_dicom_file_series_option(helpers, tmp_path, rng):
+def test_read_dicom_file_series_option(tmp_path, rng):
     stored = rng.integers(0, 100, size=(3, 4, 5)).astype(np.int16)
-    paths = helpers.write_dicom_slices(tmp_path, list(stored), [(0, 0, 5 * k) for k in range(3)])
+    paths = write_dicom_slices(tmp_path, list(stored), [(0, 0, 5 * k) for k in range(3)])
     one = mk.read(paths[1])
     assert one.shape == (1, 4, 5) and np.allclose(one.origin, (0, 0, 5))
     whole = mk.read(paths[1], series=True)
     np.testing.assert_array_equal(whole.array, stored)
 
 
-def test_single_file_errors(helpers, tmp_path):
+def test_single_file_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
         mk.read_dicom_file(tmp_path / "absent.dcm")
     with pytest.raises(ValueError, match="use read_dicom_series"):
@@ -524,14 +534,14 @@ def test_single_file_errors(helpers, tmp_path):
     (tmp_path / "a.dcm").write_text("plain text")
     with pytest.raises(mk.DicomError, match="not a DICOM image"):
         mk.read(tmp_path / "a.dcm")
-    rs = helpers.write_rtstruct(tmp_path / "rs.dcm", {}, "1.2")
+    rs = write_rtstruct(tmp_path / "rs.dcm", {}, "1.2")
     with pytest.raises(mk.DicomError, match="not a DICOM image .* without pixel data"):
         mk.read(rs)
 
 
-def test_missing_decoder_names_the_package(helpers, tmp_path, rng, monkeypatch):
+def test_missing_decoder_names_the_package(tmp_path, rng, monkeypatch):
     stored = rng.integers(0, 100, size=(2, 4, 4)).astype(np.int16)
-    helpers.write_dicom_slices(tmp_path, list(stored), [(0, 0, 0), (0, 0, 1)], transfer_syntax="rle")
+    write_dicom_slices(tmp_path, list(stored), [(0, 0, 0), (0, 0, 1)], transfer_syntax="rle")
     np.testing.assert_array_equal(mk.read(tmp_path).array, stored)
 
     class NoDecoder:
@@ -546,11 +556,11 @@ def test_missing_decoder_names_the_package(helpers, tmp_path, rng, monkeypatch):
         mk.read(tmp_path)
 
 
-def test_real_jpeg_lossless_without_decoder(helpers):
+def test_real_jpeg_lossless_without_decoder():
     from pydicom.pixels import get_decoder
     from pydicom.uid import JPEGLosslessSV1
 
-    path = helpers.dicom_test_file("JPEG-LL.dcm")
+    path = dicom_test_file("JPEG-LL.dcm")
     if get_decoder(JPEGLosslessSV1).is_available:
         assert mk.read(path).shape == (1024, 256)
     else:
@@ -558,10 +568,10 @@ def test_real_jpeg_lossless_without_decoder(helpers):
             mk.read(path)
 
 
-def test_split_frames_in_one_file(helpers, monkeypatch):
+def test_split_frames_in_one_file(monkeypatch):
     import dataclasses
 
-    path = helpers.dicom_test_file("eCT_Supplemental.dcm")
+    path = dicom_test_file("eCT_Supplemental.dcm")
     real = _header._frames_of
 
     def second_frame_turned(attrs, f):
@@ -574,10 +584,10 @@ def test_split_frames_in_one_file(helpers, monkeypatch):
         mk.read(path)
 
 
-def test_dicom_to_nifti_round_trip(helpers, tmp_path, rng):
+def test_dicom_to_nifti_round_trip(tmp_path, rng):
     direction = rotation(rng)
     array = rng.integers(-1000, 2000, size=(5, 8, 6)).astype(np.int16)
-    helpers.write_dicom_volume(tmp_path / "s", array, (1.3, 0.6, 0.9), (10.5, -20.25, 30.0), direction,
+    write_dicom_volume(tmp_path / "s", array, (1.3, 0.6, 0.9), (10.5, -20.25, 30.0), direction,
                                slope=0.5, intercept=-3)
     img = mk.read(tmp_path / "s")
     mk.write(img, tmp_path / "out.nii.gz")
@@ -589,17 +599,17 @@ def test_dicom_to_nifti_round_trip(helpers, tmp_path, rng):
     shutil.rmtree(tmp_path / "s")
 
 
-def test_series_text_in_a_specific_character_set(helpers, tmp_path, rng):
+def test_series_text_in_a_specific_character_set(tmp_path, rng):
     stored = rng.integers(0, 100, size=(2, 4, 4)).astype(np.int16)
-    helpers.write_dicom_slices(tmp_path, list(stored), [(0, 0, 0), (0, 0, 1)],
+    write_dicom_slices(tmp_path, list(stored), [(0, 0, 0), (0, 0, 1)],
                                extra={"SpecificCharacterSet": "ISO_IR 100", "SeriesDescription": "Kopf Müller"})
     (series,) = mk.list_dicom_series(tmp_path)
     assert series.description == "Kopf Müller" and series.summary()["description"] == "Kopf Müller"
 
 
-def test_float_pixel_data(helpers, tmp_path):
+def test_float_pixel_data(tmp_path):
     # Parametric maps store float32 values in Float Pixel Data (7FE0,0008): no rescale, no trimming.
-    ds = helpers.part10_dataset("1.2.840.10008.5.1.4.1.1.30", "MR")
+    ds = part10_dataset("1.2.840.10008.5.1.4.1.1.30", "MR")
     values = (np.arange(12, dtype=np.float32).reshape(3, 4) - 5.5) / 3
     ds.update({"Rows": 3, "Columns": 4, "SamplesPerPixel": 1, "PhotometricInterpretation": "MONOCHROME2",
                "BitsAllocated": 32, "NumberOfFrames": 1, "ImagePositionPatient": [1, 2, 3],
@@ -611,9 +621,9 @@ def test_float_pixel_data(helpers, tmp_path):
     np.testing.assert_array_equal(img.array[0], values)
 
 
-def test_more_decoding_errors(helpers, tmp_path, rng, monkeypatch):
+def test_more_decoding_errors(tmp_path, rng, monkeypatch):
     stored = rng.integers(0, 100, size=(2, 4, 4)).astype(np.int16)
-    paths = helpers.write_dicom_slices(tmp_path / "a", list(stored), [(0, 0, 0), (0, 0, 1)])
+    paths = write_dicom_slices(tmp_path / "a", list(stored), [(0, 0, 0), (0, 0, 1)])
     # A file cut short between listing and reading.
     (series,) = mk.list_dicom_series(tmp_path / "a")
     paths[1].write_bytes(paths[1].read_bytes()[:-8])
@@ -628,7 +638,7 @@ def test_more_decoding_errors(helpers, tmp_path, rng, monkeypatch):
     with pytest.raises(mk.DicomError, match="unreadable DICOM file .*BitsAllocated 12 is not supported"):
         mk.read(paths[0])
     # A transfer syntax pydicom has no decoder for at all.
-    helpers.write_dicom_slices(tmp_path / "b", list(stored), [(0, 0, 0), (0, 0, 1)], transfer_syntax="rle")
+    write_dicom_slices(tmp_path / "b", list(stored), [(0, 0, 0), (0, 0, 1)], transfer_syntax="rle")
     import pydicom.pixels
 
     def unknown(uid):

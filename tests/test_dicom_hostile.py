@@ -26,21 +26,23 @@ import medkern as mk
 from medkern.errors import DicomWarning
 from medkern.io.dicom._scanning import _iter_files, _scan
 
+from _helpers import dicom_test_file, part10_dataset, write_dicom_slices
+
 pydicom = pytest.importorskip("pydicom")
 
 
 # ---------------------------------------------------------------------------------- helpers
-def copy_test_file(helpers, name: str, tmp_path: Path, new_name: str | None = None) -> Path:
+def copy_test_file(name: str, tmp_path: Path, new_name: str | None = None) -> Path:
     dst = tmp_path / (new_name or name)
-    shutil.copy(helpers.dicom_test_file(name), dst)
+    shutil.copy(dicom_test_file(name), dst)
     return dst
 
 
-def edited(helpers, name: str, tmp_path: Path, **values) -> Path:
+def edited(name: str, tmp_path: Path, **values) -> Path:
     """A copy of a pydicom test file with the given attributes set (None deletes)."""
     from pydicom import config
 
-    src = helpers.dicom_test_file(name)
+    src = dicom_test_file(name)
     dst = tmp_path / name
     modes = config.settings.reading_validation_mode, config.settings.writing_validation_mode
     config.settings.reading_validation_mode = config.settings.writing_validation_mode = config.IGNORE
@@ -92,10 +94,10 @@ def run_child(code: str, timeout: float = 60) -> str:
     return proc.stdout
 
 
-def ct_series(helpers, directory: Path, n: int = 4, rng=None, **kw) -> tuple[list[Path], np.ndarray]:
+def ct_series(directory: Path, n: int = 4, rng=None, **kw) -> tuple[list[Path], np.ndarray]:
     rng = rng or np.random.default_rng(3)
     stored = rng.integers(-1000, 2000, size=(n, 6, 5)).astype(np.int16)
-    paths = helpers.write_dicom_slices(directory, list(stored), [(0, 0, 2.5 * k) for k in range(n)], **kw)
+    paths = write_dicom_slices(directory, list(stored), [(0, 0, 2.5 * k) for k in range(n)], **kw)
     return paths, stored
 
 
@@ -146,8 +148,8 @@ def enhanced_ct(path: Path, n: int = 3, *, drop_position: int | str | None = Non
 # ---------------------------------------------------------------------------------- allocation before validation
 @pytest.mark.parametrize("name", ["MR_small.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm", "MR_small_RLE.dcm",
                                   "MR_small_jpeg_ls_lossless.dcm", "liver_1frame.dcm", "SC_rgb_rle.dcm"])
-def test_a_billion_frames_is_refused_before_allocating(helpers, tmp_path, name):
-    path = edited(helpers, name, tmp_path, NumberOfFrames="1000000000")
+def test_a_billion_frames_is_refused_before_allocating(tmp_path, name):
+    path = edited(name, tmp_path, NumberOfFrames="1000000000")
     result, peak = peak_bytes(lambda: mk.read(path))
     assert isinstance(result, mk.DicomError), result
     assert path.name in str(result) and "NumberOfFrames" in str(result) or "fragments" in str(result)
@@ -156,9 +158,9 @@ def test_a_billion_frames_is_refused_before_allocating(helpers, tmp_path, name):
     assert listing == [] and peak < 64 << 20
 
 
-def test_a_billion_frames_in_a_child_process_finishes(helpers, tmp_path):
+def test_a_billion_frames_in_a_child_process_finishes(tmp_path):
     # The case that hung (10**9 Python frame objects) before the size check.
-    path = edited(helpers, "liver_1frame.dcm", tmp_path, NumberOfFrames="1000000000")
+    path = edited("liver_1frame.dcm", tmp_path, NumberOfFrames="1000000000")
     out = run_child(f"""
         import medkern as mk
         try:
@@ -169,10 +171,10 @@ def test_a_billion_frames_in_a_child_process_finishes(helpers, tmp_path):
     assert out.startswith("refused") and "NumberOfFrames" in out
 
 
-def test_a_header_length_claiming_gigabytes_allocates_nothing(helpers, tmp_path):
+def test_a_header_length_claiming_gigabytes_allocates_nothing(tmp_path):
     # A flipped byte in a length field: the value seems to run for 4 GB (pydicom reads values
     # with fp.read(length), which allocates the claimed size first).
-    src = helpers.dicom_test_file("MR_small.dcm")
+    src = dicom_test_file("MR_small.dcm")
     data = bytearray(src.read_bytes())
     at = data.find(b"\x08\x00\x80\x00LO")  # InstitutionName
     assert at > 0
@@ -186,9 +188,9 @@ def test_a_header_length_claiming_gigabytes_allocates_nothing(helpers, tmp_path)
 
 
 @pytest.mark.parametrize("z", [5e5, 1e9, 1e308])
-def test_a_slice_far_away_does_not_build_a_huge_grid(helpers, tmp_path, z):
+def test_a_slice_far_away_does_not_build_a_huge_grid(tmp_path, z):
     # 5e5: a 2e5-slice recovery grid (bounded: refused); beyond 1e6 mm: a corrupt position.
-    paths, stored = ct_series(helpers, tmp_path, n=6)
+    paths, stored = ct_series(tmp_path, n=6)
     ds = pydicom.dcmread(paths[-1])
     ds.ImagePositionPatient = [0, 0, z]
     ds.save_as(paths[-1])
@@ -215,8 +217,8 @@ def test_a_slice_far_away_does_not_build_a_huge_grid(helpers, tmp_path, z):
      ["truncated", "SamplesPerPixel 3"]),
 ])
 @pytest.mark.parametrize("name", ["MR_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm"])
-def test_pixel_data_must_have_the_size_the_header_says(helpers, tmp_path, name, values, fields):
-    path = edited(helpers, name, tmp_path, **values)
+def test_pixel_data_must_have_the_size_the_header_says(tmp_path, name, values, fields):
+    path = edited(name, tmp_path, **values)
     raises_naming(path, "Pixel Data", *fields)
     assert mk.list_dicom_series(tmp_path) == []
     with pytest.raises(mk.DicomError, match=rf"unreadable: {path.name} \(pixel data"):
@@ -224,16 +226,16 @@ def test_pixel_data_must_have_the_size_the_header_says(helpers, tmp_path, name, 
 
 
 @pytest.mark.parametrize("change, what", [(-2, "truncated"), (2, "too long"), (128, "too long")])
-def test_pixel_data_length_off_by_a_few_bytes(helpers, tmp_path, change, what):
-    ds = pydicom.dcmread(helpers.dicom_test_file("CT_small.dcm"))
+def test_pixel_data_length_off_by_a_few_bytes(tmp_path, change, what):
+    ds = pydicom.dcmread(dicom_test_file("CT_small.dcm"))
     ds.PixelData = ds.PixelData[:change] if change < 0 else ds.PixelData + b"\0" * change
     path = tmp_path / "ct.dcm"
     ds.save_as(path)
     raises_naming(path, f"pixel data {what}", "Rows 128 x Columns 128")
 
 
-def test_one_padding_byte_after_odd_pixel_data_is_allowed(tmp_path, helpers):
-    ds = helpers.part10_dataset("1.2.840.10008.5.1.4.1.1.7", "OT")
+def test_one_padding_byte_after_odd_pixel_data_is_allowed(tmp_path):
+    ds = part10_dataset("1.2.840.10008.5.1.4.1.1.7", "OT")
     stored = np.arange(9, dtype=np.uint8).reshape(3, 3)
     ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, 3, 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
@@ -246,27 +248,27 @@ def test_one_padding_byte_after_odd_pixel_data_is_allowed(tmp_path, helpers):
     raises_naming(path, "pixel data too long")
 
 
-def test_1_bit_and_rgb_sizes(helpers, tmp_path):
-    path = edited(helpers, "liver_1frame.dcm", tmp_path, Rows=513)
+def test_1_bit_and_rgb_sizes(tmp_path):
+    path = edited("liver_1frame.dcm", tmp_path, Rows=513)
     raises_naming(path, "Rows 513", "BitsAllocated 1")
-    ds = pydicom.dcmread(helpers.dicom_test_file("SC_rgb_small_odd.dcm"))
+    ds = pydicom.dcmread(dicom_test_file("SC_rgb_small_odd.dcm"))
     ds.PixelData = ds.PixelData * 2
     bad = tmp_path / "rgb.dcm"
     ds.save_as(bad)
     raises_naming(bad, "pixel data too long", "SamplesPerPixel 3")
 
 
-def test_truncated_pixel_data_of_every_native_syntax(helpers, tmp_path):
+def test_truncated_pixel_data_of_every_native_syntax(tmp_path):
     for name in ("MR_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "SC_rgb.dcm"):
-        data = helpers.dicom_test_file(name).read_bytes()
+        data = dicom_test_file(name).read_bytes()
         path = tmp_path / name
         path.write_bytes(data[:-300])  # the MR files end with 138 bytes after their Pixel Data
         raises_naming(path, "pixel data truncated")
 
 
 # ---------------------------------------------------------------------------------- deflated
-def test_deflated_truncated_or_corrupt(helpers, tmp_path):
-    data = helpers.dicom_test_file("image_dfl.dcm").read_bytes()
+def test_deflated_truncated_or_corrupt(tmp_path):
+    data = dicom_test_file("image_dfl.dcm").read_bytes()
     path = tmp_path / "dfl.dcm"
     for cut in (400, 1500, len(data) - 50):
         path.write_bytes(data[:cut])
@@ -325,20 +327,20 @@ def test_deflate_bomb_is_counted_not_kept(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- encapsulated
-def test_encapsulated_frames_are_counted_against_number_of_frames(helpers, tmp_path):
-    path = edited(helpers, "MR_small_RLE.dcm", tmp_path, NumberOfFrames="2")
+def test_encapsulated_frames_are_counted_against_number_of_frames(tmp_path):
+    path = edited("MR_small_RLE.dcm", tmp_path, NumberOfFrames="2")
     raises_naming(path, "Basic Offset Table lists 1 frames", "NumberOfFrames says 2")
     ds = pydicom.dcmread(path)
     ds.PixelData = pydicom.encaps.encapsulate(list(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1)),
                                               has_bot=False)
     ds.save_as(path)
     raises_naming(path, "1 fragments, NumberOfFrames says 2")
-    path = edited(helpers, "SC_rgb_rle_2frame.dcm", tmp_path, NumberOfFrames="3")
+    path = edited("SC_rgb_rle_2frame.dcm", tmp_path, NumberOfFrames="3")
     raises_naming(path, "NumberOfFrames")
 
 
-def test_encapsulated_basic_offset_table_must_list_every_frame(helpers, tmp_path):
-    ds = pydicom.dcmread(helpers.dicom_test_file("SC_rgb_rle_2frame.dcm"))
+def test_encapsulated_basic_offset_table_must_list_every_frame(tmp_path):
+    ds = pydicom.dcmread(dicom_test_file("SC_rgb_rle_2frame.dcm"))
     frames = list(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=2))
     ds.PixelData = pydicom.encaps.encapsulate(frames + [frames[0]], has_bot=True)
     path = tmp_path / "bot.dcm"
@@ -346,19 +348,19 @@ def test_encapsulated_basic_offset_table_must_list_every_frame(helpers, tmp_path
     raises_naming(path, "Basic Offset Table lists 3 frames", "NumberOfFrames")
 
 
-def test_truncated_encapsulated_pixel_data(helpers, tmp_path):
+def test_truncated_encapsulated_pixel_data(tmp_path):
     for name in ("MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm"):
-        data = helpers.dicom_test_file(name).read_bytes()
+        data = dicom_test_file(name).read_bytes()
         path = tmp_path / name
         path.write_bytes(data[:-300])
         raises_naming(path, "truncated")
 
 
-def test_compressed_frame_size_must_match_rows_and_columns(helpers, tmp_path):
-    path = edited(helpers, "MR_small_jpeg_ls_lossless.dcm", tmp_path, Rows=4096, Columns=4096)
+def test_compressed_frame_size_must_match_rows_and_columns(tmp_path):
+    path = edited("MR_small_jpeg_ls_lossless.dcm", tmp_path, Rows=4096, Columns=4096)
     raises_naming(path, "Rows 4096 x Columns 4096", "compressed frame", "64 x 64")
     # RLE: a 2-byte run decodes to at most 128 bytes, so a fragment bounds its frame.
-    path = edited(helpers, "MR_small_RLE.dcm", tmp_path, Rows=30000, Columns=30000)
+    path = edited("MR_small_RLE.dcm", tmp_path, Rows=30000, Columns=30000)
     raises_naming(path, "RLE fragment", "Rows 30000")
 
 
@@ -392,36 +394,36 @@ def test_compressed_frame_size_must_match_rows_and_columns(helpers, tmp_path):
     ({"RescaleSlope": "x"}, ["RescaleSlope 'x'"]),
     ({"RescaleIntercept": "inf"}, ["RescaleIntercept", "not finite"]),
 ])
-def test_malformed_header_fields_are_named(helpers, tmp_path, values, fields):
-    path = edited(helpers, "CT_small.dcm", tmp_path, **values)
+def test_malformed_header_fields_are_named(tmp_path, values, fields):
+    path = edited("CT_small.dcm", tmp_path, **values)
     raises_naming(path, *fields)
     # In a folder: the file is listed as unreadable, with the same reason.
     with pytest.raises(mk.DicomError, match=rf"unreadable: {path.name} \("):
         mk.read(tmp_path)
 
 
-def test_documented_lenient_fields_read_exactly(helpers, tmp_path):
-    ref = mk.read(helpers.dicom_test_file("CT_small.dcm"))
+def test_documented_lenient_fields_read_exactly(tmp_path):
+    ref = mk.read(dicom_test_file("CT_small.dcm"))
     # SliceThickness is not a spacing: not read at all.
     for value in ("-1", "nan", "0"):
-        img = mk.read(edited(helpers, "CT_small.dcm", tmp_path, SliceThickness=value))
+        img = mk.read(edited("CT_small.dcm", tmp_path, SliceThickness=value))
         np.testing.assert_array_equal(img.array, ref.array)
         assert img.spacing == ref.spacing
     # NumberOfFrames that is not a positive integer is 1 frame when the pixel data holds one.
     for value in ("0", "-3", "1A"):
-        img = mk.read(edited(helpers, "CT_small.dcm", tmp_path, NumberOfFrames=value))
+        img = mk.read(edited("CT_small.dcm", tmp_path, NumberOfFrames=value))
         np.testing.assert_array_equal(img.array, ref.array)
     # PixelSpacing 0\0 ("unknown", CR/DX) on a radiograph without patient position: 1 mm.
-    xr = edited(helpers, "CT_small.dcm", tmp_path, PixelSpacing=["0", "0"], ImagePositionPatient=None,
+    xr = edited("CT_small.dcm", tmp_path, PixelSpacing=["0", "0"], ImagePositionPatient=None,
                 ImageOrientationPatient=None)
     img = mk.read(xr)
     assert img.ndim == 2 and img.spacing == (1.0, 1.0)
     np.testing.assert_array_equal(img.array, ref.array[0])
 
 
-def test_frame_count_that_the_pixel_data_does_not_hold(helpers, tmp_path):
+def test_frame_count_that_the_pixel_data_does_not_hold(tmp_path):
     # '1A' read as 1 frame, but the Pixel Data holds 15: refused, not the first frame.
-    path = copy_test_file(helpers, "badVR.dcm", tmp_path)
+    path = copy_test_file("badVR.dcm", tmp_path)
     raises_naming(path, "NumberOfFrames '1A'", "pixel data too long")
 
 
@@ -434,12 +436,12 @@ def test_frame_count_that_the_pixel_data_does_not_hold(helpers, tmp_path):
     ("absent", ["GridFrameOffsetVector"]),
     ("start", ["GridFrameOffsetVector starts at 7"]),
 ])
-def test_rt_dose_frame_offsets(helpers, tmp_path, offsets, fields):
+def test_rt_dose_frame_offsets(tmp_path, offsets, fields):
     from pydicom import config
 
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setattr(config.settings, "reading_validation_mode", config.IGNORE)
-    ds = pydicom.dcmread(helpers.dicom_test_file("rtdose.dcm"))
+    ds = pydicom.dcmread(dicom_test_file("rtdose.dcm"))
     v = [float(x) for x in ds.GridFrameOffsetVector]
     if offsets == "count":
         v = v[:-1]
@@ -461,9 +463,9 @@ def test_rt_dose_frame_offsets(helpers, tmp_path, offsets, fields):
     raises_naming(path, *fields)
 
 
-def test_rt_dose_absolute_offsets_and_scaling(helpers, tmp_path):
-    ref = mk.read(helpers.dicom_test_file("rtdose.dcm"))
-    ds = pydicom.dcmread(helpers.dicom_test_file("rtdose.dcm"))
+def test_rt_dose_absolute_offsets_and_scaling(tmp_path):
+    ref = mk.read(dicom_test_file("rtdose.dcm"))
+    ds = pydicom.dcmread(dicom_test_file("rtdose.dcm"))
     z = float(ds.ImagePositionPatient[2])
     # Absolute offsets (PS3.3 C.8.8.3.2, axial grids): the first equals ImagePositionPatient z.
     ds.GridFrameOffsetVector = [f"{z + float(o):.6f}" for o in ds.GridFrameOffsetVector]
@@ -474,7 +476,7 @@ def test_rt_dose_absolute_offsets_and_scaling(helpers, tmp_path):
     np.testing.assert_allclose(img.origin, ref.origin, atol=1e-4)
     np.testing.assert_allclose(img.spacing, ref.spacing, atol=1e-4)
     for value in ("nan", "-1", "0"):
-        raises_naming(edited(helpers, "rtdose.dcm", tmp_path, DoseGridScaling=value), "DoseGridScaling")
+        raises_naming(edited("rtdose.dcm", tmp_path, DoseGridScaling=value), "DoseGridScaling")
 
 
 # ---------------------------------------------------------------------------------- enhanced multi-frame
@@ -499,13 +501,13 @@ def test_enhanced_multiframe_without_per_frame_groups(tmp_path, kw, fields):
 
 
 # ---------------------------------------------------------------------------------- series
-def test_same_series_uid_with_different_rows_modality_or_bits_is_split(helpers, tmp_path):
-    paths, stored = ct_series(helpers, tmp_path, series_uid="1.2.3")
-    helpers.write_dicom_slices(tmp_path, [np.zeros((3, 3), np.int16)] * 2, [(0, 0, 0), (0, 0, 2.5)],
+def test_same_series_uid_with_different_rows_modality_or_bits_is_split(tmp_path):
+    paths, stored = ct_series(tmp_path, series_uid="1.2.3")
+    write_dicom_slices(tmp_path, [np.zeros((3, 3), np.int16)] * 2, [(0, 0, 0), (0, 0, 2.5)],
                                series_uid="1.2.3")
-    helpers.write_dicom_slices(tmp_path, list(stored[:2]), [(0, 0, 0), (0, 0, 2.5)], series_uid="1.2.3",
+    write_dicom_slices(tmp_path, list(stored[:2]), [(0, 0, 0), (0, 0, 2.5)], series_uid="1.2.3",
                                modality="PT")
-    helpers.write_dicom_slices(tmp_path, list(stored[:2]), [(0, 0, 0), (0, 0, 2.5)], series_uid="1.2.3",
+    write_dicom_slices(tmp_path, list(stored[:2]), [(0, 0, 0), (0, 0, 2.5)], series_uid="1.2.3",
                                bits_stored=12)
     series = mk.list_dicom_series(tmp_path)
     assert len(series) == 4
@@ -515,8 +517,8 @@ def test_same_series_uid_with_different_rows_modality_or_bits_is_split(helpers, 
     np.testing.assert_array_equal(by_rows[(4, 6, 5)].read().array, stored)
 
 
-def test_duplicate_sop_instance_uid(helpers, tmp_path):
-    paths, stored = ct_series(helpers, tmp_path)
+def test_duplicate_sop_instance_uid(tmp_path):
+    paths, stored = ct_series(tmp_path)
     shutil.copy(paths[1], tmp_path / "copy.dcm")
     (s,) = mk.list_dicom_series(tmp_path)
     assert any("SOPInstanceUID" in p for p in s.problems)
@@ -525,8 +527,8 @@ def test_duplicate_sop_instance_uid(helpers, tmp_path):
     np.testing.assert_array_equal(s.read(allow_irregular=True).array, stored)
 
 
-def test_truncated_slice_in_a_series(helpers, tmp_path):
-    paths, stored = ct_series(helpers, tmp_path, n=5)
+def test_truncated_slice_in_a_series(tmp_path):
+    paths, stored = ct_series(tmp_path, n=5)
     data = paths[4].read_bytes()
     for cut in (100, 300, 600, len(data) - 30):  # preamble, meta header, data set, pixel data
         paths[4].write_bytes(data[:cut])
@@ -538,13 +540,13 @@ def test_truncated_slice_in_a_series(helpers, tmp_path):
         np.testing.assert_array_equal(series[0].read(allow_irregular=True).array, stored[:4])
 
 
-def test_truncation_at_every_offset_never_succeeds_nor_crashes(helpers, tmp_path):
+def test_truncation_at_every_offset_never_succeeds_nor_crashes(tmp_path):
     # Cut anywhere (preamble, meta header, mid-element, mid-pixel-data): a DicomError naming the
     # file, or, for a cut after the end of Pixel Data, exactly the image of the whole file.
     out = run_child(f"""
         import numpy as np, medkern as mk
         from pathlib import Path
-        for name, src in {[(n, str(helpers.dicom_test_file(n))) for n in
+        for name, src in {[(n, str(dicom_test_file(n))) for n in
                            ("MR_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm",
                             "MR_small_RLE.dcm", "rtdose.dcm")]!r}:
             data = Path(src).read_bytes()
@@ -571,8 +573,8 @@ def test_truncation_at_every_offset_never_succeeds_nor_crashes(helpers, tmp_path
 
 # ---------------------------------------------------------------------------------- folder scans
 @pytest.mark.skipif(not hasattr(os, "mkfifo") or not hasattr(socket, "AF_UNIX"), reason="POSIX named pipes and sockets")
-def test_named_pipe_socket_and_device_in_a_study_folder(helpers, tmp_path):
-    paths, stored = ct_series(helpers, tmp_path / "study" / "ct")
+def test_named_pipe_socket_and_device_in_a_study_folder(tmp_path):
+    paths, stored = ct_series(tmp_path / "study" / "ct")
     study = tmp_path / "study"
     os.mkfifo(study / "ct" / "pipe.dcm")
     os.mkfifo(study / "pipe_without_suffix")
@@ -611,8 +613,8 @@ def test_named_pipe_socket_and_device_in_a_study_folder(helpers, tmp_path):
     assert lines[5].startswith("ValueError") and "pipe_without_suffix" in lines[5]
 
 
-def test_unreadable_sub_folder_is_reported(helpers, tmp_path, monkeypatch):
-    paths, stored = ct_series(helpers, tmp_path / "study" / "ct")
+def test_unreadable_sub_folder_is_reported(tmp_path, monkeypatch):
+    paths, stored = ct_series(tmp_path / "study" / "ct")
     blocked = tmp_path / "study" / "mr"
     blocked.mkdir()
     real = os.scandir
@@ -634,13 +636,13 @@ def test_unreadable_sub_folder_is_reported(helpers, tmp_path, monkeypatch):
     np.testing.assert_array_equal(img.array, stored)
 
 
-def test_a_corrupt_file_does_not_abort_the_scan(helpers, tmp_path):
-    paths, stored = ct_series(helpers, tmp_path / "ct")
-    data = bytearray(helpers.dicom_test_file("image_dfl.dcm").read_bytes())
+def test_a_corrupt_file_does_not_abort_the_scan(tmp_path):
+    paths, stored = ct_series(tmp_path / "ct")
+    data = bytearray(dicom_test_file("image_dfl.dcm").read_bytes())
     data[1000:1010] = b"\xff" * 10  # a broken deflate stream
     (tmp_path / "ct" / "broken_deflate.dcm").write_bytes(bytes(data))
-    (tmp_path / "ct" / "short.dcm").write_bytes(helpers.dicom_test_file("MR_small.dcm").read_bytes()[:3000])
-    billion = edited(helpers, "MR_small_RLE.dcm", tmp_path, NumberOfFrames="1000000000")
+    (tmp_path / "ct" / "short.dcm").write_bytes(dicom_test_file("MR_small.dcm").read_bytes()[:3000])
+    billion = edited("MR_small_RLE.dcm", tmp_path, NumberOfFrames="1000000000")
     shutil.move(billion, tmp_path / "ct" / "billion.dcm")
     (s,) = mk.list_dicom_series(tmp_path)
     reasons = dict((p.name, why) for p, why in s.unreadable)
@@ -655,8 +657,8 @@ def test_a_corrupt_file_does_not_abort_the_scan(helpers, tmp_path):
 @pytest.mark.parametrize("error", [zlib.error("bad"), MemoryError(), struct.error("unpack"), KeyError("Rows"),
                                    AttributeError("no"), OverflowError("big"), ValueError("conversion"),
                                    RecursionError("deep")])
-def test_foreign_exceptions_become_dicom_errors_naming_the_file(helpers, tmp_path, monkeypatch, error):
-    path = copy_test_file(helpers, "CT_small.dcm", tmp_path)
+def test_foreign_exceptions_become_dicom_errors_naming_the_file(tmp_path, monkeypatch, error):
+    path = copy_test_file("CT_small.dcm", tmp_path)
 
     def fail(*args, **kwargs):
         raise error
@@ -667,13 +669,13 @@ def test_foreign_exceptions_become_dicom_errors_naming_the_file(helpers, tmp_pat
     assert path.name in str(info.value) and info.value.__cause__ is error
     # In a scan: an unreadable entry naming the exception.
     (tmp_path / "sub").mkdir()
-    shutil.copy(helpers.dicom_test_file("CT_small.dcm"), tmp_path / "sub" / "a.dcm")
+    shutil.copy(dicom_test_file("CT_small.dcm"), tmp_path / "sub" / "a.dcm")
     scan = _scan(_iter_files(tmp_path / "sub", recursive=True))
     assert [(p.name, type(error).__name__ in why) for p, why in scan.unreadable] == [("a.dcm", True)]
 
 
-def test_pixel_decoder_exceptions_become_dicom_errors(helpers, tmp_path, monkeypatch):
-    path = copy_test_file(helpers, "MR_small_RLE.dcm", tmp_path)
+def test_pixel_decoder_exceptions_become_dicom_errors(tmp_path, monkeypatch):
+    path = copy_test_file("MR_small_RLE.dcm", tmp_path)
 
     def fail(self):
         raise MemoryError()
@@ -684,8 +686,8 @@ def test_pixel_decoder_exceptions_become_dicom_errors(helpers, tmp_path, monkeyp
     assert isinstance(info.value.__cause__, MemoryError)
 
 
-def test_file_changed_after_its_header_was_read(helpers, tmp_path):
-    paths, stored = ct_series(helpers, tmp_path)
+def test_file_changed_after_its_header_was_read(tmp_path):
+    paths, stored = ct_series(tmp_path)
     (s,) = mk.list_dicom_series(tmp_path)
     paths[2].write_bytes(paths[2].read_bytes()[:-40])
     raises_naming(paths[2], "truncated", call=s.read)
@@ -693,10 +695,10 @@ def test_file_changed_after_its_header_was_read(helpers, tmp_path):
     raises_naming(paths[2], "cannot be read", call=s.read)
 
 
-def test_zero_filled_tail_is_unreadable_and_fast(helpers, tmp_path):
+def test_zero_filled_tail_is_unreadable_and_fast(tmp_path):
     # A copy that was never completed: the header, then zero bytes (preallocated space). Parsed
     # 8 bytes at a time this took seconds per 20 MB and skipped the file as "not an image".
-    paths, stored = ct_series(helpers, tmp_path, n=4)
+    paths, stored = ct_series(tmp_path, n=4)
     data = paths[3].read_bytes()
     with open(paths[3], "wb") as fp:
         fp.write(data[:600])
@@ -715,8 +717,8 @@ def test_zero_filled_tail_is_unreadable_and_fast(helpers, tmp_path):
     assert second == f"{paths[3].name} (3, 6, 5)"
 
 
-def test_a_file_that_cannot_be_opened_is_reported(helpers, tmp_path, monkeypatch):
-    paths, stored = ct_series(helpers, tmp_path, n=3)
+def test_a_file_that_cannot_be_opened_is_reported(tmp_path, monkeypatch):
+    paths, stored = ct_series(tmp_path, n=3)
     locked = tmp_path / "locked"  # no .dcm suffix: before, an unopenable file was skipped silently
     shutil.copy(paths[0], locked)
     real = os.open
@@ -733,19 +735,19 @@ def test_a_file_that_cannot_be_opened_is_reported(helpers, tmp_path, monkeypatch
         s.read()
 
 
-def test_rle_frame_of_other_columns_is_not_sheared(helpers, tmp_path):
+def test_rle_frame_of_other_columns_is_not_sheared(tmp_path):
     # pydicom keeps the start of a segment longer than Rows x Columns (with a warning): the
     # image would be sheared. The fragment count and size checks cannot see it; decoding does.
-    path = edited(helpers, "rtdose_rle.dcm", tmp_path, Columns=9)
+    path = edited("rtdose_rle.dcm", tmp_path, Columns=9)
     raises_naming(path, "RLE segment decodes to 100 bytes", "Columns 9")
 
 
 @pytest.mark.parametrize("damage", ["vr", "length"])
-def test_corrupt_value_representation_in_the_header(helpers, tmp_path, damage):
+def test_corrupt_value_representation_in_the_header(tmp_path, damage):
     # A flipped bit turns a VR into an unknown one (pydicom: NotImplementedError), or the meta
     # group length into 238 bytes that are not whole UL values (pydicom: BytesLengthException);
     # both escaped the reader.
-    data = bytearray(helpers.dicom_test_file("CT_small.dcm").read_bytes())
+    data = bytearray(dicom_test_file("CT_small.dcm").read_bytes())
     if damage == "vr":
         at = data.find(b"\x08\x00\x05\x00CS", 132)
         assert at > 0
@@ -760,15 +762,15 @@ def test_corrupt_value_representation_in_the_header(helpers, tmp_path, damage):
     assert path.name in str(info.value) and info.value.__cause__ is not None
     assert type(info.value.__cause__).__name__ in ("NotImplementedError", "BytesLengthException")
     # A folder scan goes on past it.
-    shutil.copy(helpers.dicom_test_file("MR_small.dcm"), tmp_path / "mr.dcm")
+    shutil.copy(dicom_test_file("MR_small.dcm"), tmp_path / "mr.dcm")
     (s,) = mk.list_dicom_series(tmp_path)
     assert [p.name for p, _ in s.unreadable] == ["vr.dcm"]
 
 
 @pytest.mark.parametrize("name", ["MR_small_jpeg_ls_lossless.dcm", "JPEG2000.dcm"])
-def test_compressed_frame_without_a_header_is_refused_before_decoding(helpers, tmp_path, name):
+def test_compressed_frame_without_a_header_is_refused_before_decoding(tmp_path, name):
     # Decoders allocate every frame at Rows x Columns before they find the codestream unusable.
-    ds = pydicom.dcmread(helpers.dicom_test_file(name))
+    ds = pydicom.dcmread(dicom_test_file(name))
     frame = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
     ds.PixelData = pydicom.encaps.encapsulate([b"\x00" * len(frame)])
     ds.Rows = ds.Columns = 60000
@@ -780,11 +782,11 @@ def test_compressed_frame_without_a_header_is_refused_before_decoding(helpers, t
 
 
 @pytest.mark.parametrize("photometric, samples", [("MONOCHROME2", 1), ("MONOCHROME1", 1), ("RGB", 3)])
-def test_signed_8_bit_with_fewer_bits_stored(helpers, tmp_path, photometric, samples):
+def test_signed_8_bit_with_fewer_bits_stored(tmp_path, photometric, samples):
     # Legal, and a TypeError from the modality LUT kernel before (it writes int16 at the narrowest).
     rng = np.random.default_rng(5)
     raw = rng.integers(-128, 128, size=(6, 7, samples) if samples > 1 else (6, 7)).astype(np.int8)
-    ds = helpers.part10_dataset("1.2.840.10008.5.1.4.1.1.7", "OT")
+    ds = part10_dataset("1.2.840.10008.5.1.4.1.1.7", "OT")
     ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 6, 7, samples, photometric
     if samples > 1:
         ds.PlanarConfiguration = 0
@@ -801,10 +803,10 @@ def test_signed_8_bit_with_fewer_bits_stored(helpers, tmp_path, photometric, sam
 
 
 @pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
-def test_unsigned_32_bit_with_fewer_bits_stored(helpers, tmp_path, photometric):
+def test_unsigned_32_bit_with_fewer_bits_stored(tmp_path, photometric):
     # A TypeError from the modality LUT kernel before (it has no uint32 output).
     raw = np.random.default_rng(6).integers(0, 1 << 32, size=(5, 4), dtype=np.uint64).astype(np.uint32)
-    ds = helpers.part10_dataset("1.2.840.10008.5.1.4.1.1.7", "OT")
+    ds = part10_dataset("1.2.840.10008.5.1.4.1.1.7", "OT")
     ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 5, 4, 1, photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 32, 29, 28, 0
     ds.PixelData = raw.tobytes()
@@ -818,7 +820,7 @@ def test_unsigned_32_bit_with_fewer_bits_stored(helpers, tmp_path, photometric):
     np.testing.assert_array_equal(img.array, expect.astype(np.uint32))
 
 
-def test_rescale_slope_that_overflows_the_values_is_refused(helpers, tmp_path):
+def test_rescale_slope_that_overflows_the_values_is_refused(tmp_path):
     # every voxel was inf, with no error
-    raises_naming(edited(helpers, "CT_small.dcm", tmp_path, RescaleSlope="1e308"), "RescaleSlope 1e+308",
+    raises_naming(edited("CT_small.dcm", tmp_path, RescaleSlope="1e308"), "RescaleSlope 1e+308",
                   "non-finite voxels")

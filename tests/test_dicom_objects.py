@@ -16,6 +16,8 @@ import medkern as mk
 from medkern.analysis.dicom_objects import write_measurement_report, write_segmentation
 from medkern.io.dicom_write import write_dicom_series
 
+from _helpers import dicom_test_file, part10_dataset
+
 hd = pytest.importorskip("highdicom")
 pydicom = pytest.importorskip("pydicom")
 from pydicom.sr.codedict import codes  # noqa: E402
@@ -116,8 +118,8 @@ def test_real_ct_tumour_contour(shared_data, tmp_path):
     assert seg.StudyInstanceUID == series.study_uid
 
 
-def test_pydicom_ct_slice_and_report(helpers, tmp_path):
-    source = helpers.dicom_test_file("CT_small.dcm")
+def test_pydicom_ct_slice_and_report(tmp_path):
+    source = dicom_test_file("CT_small.dcm")
     image = mk.read(source)
     labels = np.zeros(image.shape, np.uint8)
     labels[0, 30:50, 40:61] = 1
@@ -137,11 +139,11 @@ def test_pydicom_ct_slice_and_report(helpers, tmp_path):
         pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID]
 
 
-def test_two_dimensional_image(helpers, tmp_path):
+def test_two_dimensional_image(tmp_path):
     """An image without plane geometry (a secondary capture): one frame, pixel for pixel."""
     from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 
-    ds = helpers.part10_dataset(SecondaryCaptureImageStorage, "OT")
+    ds = part10_dataset(SecondaryCaptureImageStorage, "OT")
     ds.update({"PatientName": "Roe^Ann", "PatientID": "P2", "StudyInstanceUID": generate_uid(),
                "SeriesInstanceUID": generate_uid(), "Rows": 8, "Columns": 9, "SamplesPerPixel": 1,
                "PhotometricInterpretation": "MONOCHROME2", "BitsAllocated": 16, "BitsStored": 16, "HighBit": 15,

@@ -21,6 +21,8 @@ import medkern as mk
 from medkern.io import dicom_write
 from medkern.io.dicom_write import write_dicom_series
 
+from _helpers import random_direction, same_world_grid
+
 pydicom = pytest.importorskip("pydicom")
 sitk = pytest.importorskip("SimpleITK")
 
@@ -58,24 +60,24 @@ def assert_same_grid(ours: mk.Image, ref: mk.Image) -> None:
     np.testing.assert_allclose(ours.direction, ref.direction, rtol=0, atol=GEOMETRY_ATOL)
 
 
-def rotation(helpers, rng, along_normal: bool) -> np.ndarray:
+def rotation(rng, along_normal: bool) -> np.ndarray:
     """A random orthonormal direction whose slice axis is (or is not) row x column, the normal
     DICOM readers stack along; in array order [k, j, i] that is a determinant of -1."""
-    q = helpers.random_direction(rng, flip=False)
+    q = random_direction(rng, flip=False)
     q[:, 0] *= -np.sign(np.linalg.det(q)) * (1 if along_normal else -1)
     return q
 
 
-def grid(name: str, helpers, rng) -> dict:
+def grid(name: str, rng) -> dict:
     if name == "oblique":
-        return {"spacing": (2.0, 0.8, 0.6), "origin": (-40.5, 12.25, 97.0), "direction": rotation(helpers, rng, True)}
+        return {"spacing": (2.0, 0.8, 0.6), "origin": (-40.5, 12.25, 97.0), "direction": rotation(rng, True)}
     if name == "flipped":
         # Rows run towards -x, columns towards -y: both in-plane axes point the negative way.
         return {"spacing": (1.5, 0.9, 0.9), "origin": (100.0, 80.0, -20.0),
                 "direction": np.array([[0.0, 0, -1], [0, -1, 0], [1, 0, 0]])}
     if name == "left-handed":
         # Slice axis against row x column: readers stack the other way (same world points).
-        return {"spacing": (3.0, 0.7, 0.7), "origin": (5.0, -5.0, 30.0), "direction": rotation(helpers, rng, False)}
+        return {"spacing": (3.0, 0.7, 0.7), "origin": (5.0, -5.0, 30.0), "direction": rotation(rng, False)}
     return {"spacing": (4.5, 0.5, 1.25), "origin": (0.0, 0.0, 0.0), "direction": np.eye(3)[:, ::-1]}
 
 
@@ -92,8 +94,8 @@ def quantum(files: list[Path]) -> float:
 # ---------------------------------------------------------------------------------- round trips
 @pytest.mark.parametrize("dtype", [np.int16, np.float32])
 @pytest.mark.parametrize("name", ["oblique", "flipped", "left-handed", "anisotropic"])
-def test_round_trip_through_three_readers(helpers, tmp_path, rng, name, dtype):
-    img = mk.Image(volume(dtype, rng), **grid(name, helpers, rng))
+def test_round_trip_through_three_readers(tmp_path, rng, name, dtype):
+    img = mk.Image(volume(dtype, rng), **grid(name, rng))
     files = write_dicom_series(img, tmp_path / "series")
     assert [p.parent for p in files] == [tmp_path / "series"] * img.shape[0]
     readers = {"medkern": mk.read(tmp_path / "series"), "simpleitk": read_with_simpleitk(tmp_path / "series"),
@@ -102,7 +104,7 @@ def test_round_trip_through_three_readers(helpers, tmp_path, rng, name, dtype):
     if bound:
         assert 0 < bound < 500 * 8 / 65535  # the slope spans the value range in 16 bits
     for reader, back in readers.items():
-        values, aligned = helpers.same_world_grid(img, back)
+        values, aligned = same_world_grid(img, back)
         assert_same_grid(aligned, img)
         # Readers stack slices along row x column: a left-handed volume comes back reversed.
         assert np.allclose(back.direction[:, 0], img.direction[:, 0] * (-1 if name == "left-handed" else 1))
@@ -116,8 +118,8 @@ def test_round_trip_through_three_readers(helpers, tmp_path, rng, name, dtype):
 @pytest.mark.parametrize("modality,sop_class", [("MR", "1.2.840.10008.5.1.4.1.1.4"),
                                                 ("CT", "1.2.840.10008.5.1.4.1.1.2"),
                                                 ("OT", "1.2.840.10008.5.1.4.1.1.7")])
-def test_modalities(helpers, tmp_path, rng, modality, sop_class):
-    img = mk.Image(volume(np.int16, rng), **grid("oblique", helpers, rng))
+def test_modalities(tmp_path, rng, modality, sop_class):
+    img = mk.Image(volume(np.int16, rng), **grid("oblique", rng))
     files = write_dicom_series(img, tmp_path / "s", modality=modality)
     ds = pydicom.dcmread(files[0])
     assert (ds.SOPClassUID, ds.file_meta.MediaStorageSOPClassUID, ds.Modality) == (sop_class, sop_class, modality)
@@ -251,8 +253,8 @@ def test_patient_and_study_are_written_as_given(tmp_path, rng):
 
 
 @pytest.fixture
-def source_series(helpers, tmp_path, rng):
-    img = mk.Image(volume(np.int16, rng, (4, 6, 5)), **grid("oblique", helpers, rng))
+def source_series(tmp_path, rng):
+    img = mk.Image(volume(np.int16, rng, (4, 6, 5)), **grid("oblique", rng))
     write_dicom_series(img, tmp_path / "source", patient={"PatientName": "Doe^Jane", "PatientID": "P7"},
                        study={"StudyDate": "20230505"})
     return mk.list_dicom_series(tmp_path / "source")[0]
@@ -336,7 +338,7 @@ def test_failure_leaves_nothing_behind(tmp_path, rng, monkeypatch, existing):
 
 
 # ---------------------------------------------------------------------------------- bad input
-def test_bad_inputs(tmp_path, rng, helpers, source_series):
+def test_bad_inputs(tmp_path, rng, source_series):
     good = mk.Image(volume(np.float32, rng))
     out = tmp_path / "out"
     cases = [
@@ -391,7 +393,7 @@ def test_identifying_values_stay_out_of_messages(tmp_path, rng, capsys, caplog):
     with pytest.warns(UserWarning, match="bad name <identifying value>") as record:
         with caplog.at_level(logging.WARNING), dicom_write.identity_redacted() as secrets:
             logging.getLogger("pydicom").warning("Invalid value for VR PN: %r", "Roe^Richard")
-            warnings.warn("bad name Roe^Richard", UserWarning)
+            warnings.warn("bad name Roe^Richard", UserWarning, stacklevel=1)
             secrets.append("Roe^Richard")
     assert "Roe" not in str(record[0].message)
     assert "Invalid value for VR PN: '<identifying value>'" in caplog.text and "Roe" not in caplog.text

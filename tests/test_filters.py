@@ -9,6 +9,8 @@ import SimpleITK as sitk
 
 import medkern as mk
 
+from _helpers import on_backend, to_numpy
+
 DTYPES = [np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64]
 MODES = ["reflect", "nearest", "mirror", "wrap", "constant"]
 
@@ -56,10 +58,10 @@ def chest():
 # ------------------------------------------------------------------ gaussian (FIR)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("ndim", [2, 3])
-def test_gaussian_fir_matches_scipy(rng, backend, helpers, dtype, ndim):
+def test_gaussian_fir_matches_scipy(rng, backend, dtype, ndim):
     a = _random(rng, dtype, (11, 19, 23)[-ndim:])
     sigma = (1.0, 2.0, 0.7)[-ndim:]
-    out = helpers.to_numpy(mk.gaussian(helpers.on_backend(a, backend), sigma_vox=sigma, backend=backend))
+    out = to_numpy(mk.gaussian(on_backend(a, backend), sigma_vox=sigma, backend=backend))
     ref = ndi.gaussian_filter(a.astype(np.float64), sigma, mode="reflect", truncate=4.0)
     assert out.dtype == np.float32
     # float32 weights and accumulation against scipy's double: a few float32 ulps of the data scale.
@@ -67,22 +69,22 @@ def test_gaussian_fir_matches_scipy(rng, backend, helpers, dtype, ndim):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_gaussian_modes_and_truncate(rng, backend, helpers, mode):
+def test_gaussian_modes_and_truncate(rng, backend, mode):
     a = _random(rng, np.float32, (9, 12, 7))  # shorter than the kernel on axis 2: wrap-arounds
-    out = helpers.to_numpy(mk.gaussian(helpers.on_backend(a, backend), sigma_vox=(1.5, 0, 2.5),
+    out = to_numpy(mk.gaussian(on_backend(a, backend), sigma_vox=(1.5, 0, 2.5),
                                        truncate=3.0, mode=mode, cval=2.5, backend=backend))
     ref = ndi.gaussian_filter(a.astype(np.float64), (1.5, 0, 2.5), mode=mode, cval=2.5, truncate=3.0)
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4)
 
 
-def test_gaussian_sigma_mm_uses_spacing(rng, backend, helpers):
+def test_gaussian_sigma_mm_uses_spacing(rng, backend):
     a = _random(rng, np.float32, (10, 16, 16))
-    img = mk.Image(helpers.on_backend(a, backend), spacing=(3.0, 0.5, 1.0), origin=(1, 2, 3))
+    img = mk.Image(on_backend(a, backend), spacing=(3.0, 0.5, 1.0), origin=(1, 2, 3))
     out = mk.gaussian(img, 1.5, backend=backend)
     assert isinstance(out, mk.Image) and out.spacing == img.spacing
     np.testing.assert_array_equal(out.origin, img.origin)
     ref = ndi.gaussian_filter(a.astype(np.float64), (0.5, 3.0, 1.5))
-    np.testing.assert_allclose(helpers.to_numpy(out), ref, atol=1e-4)
+    np.testing.assert_allclose(to_numpy(out), ref, atol=1e-4)
 
 
 def test_gaussian_on_mni(mni, cpu_backend):
@@ -113,18 +115,18 @@ def test_gaussian_recursive_on_mni(mni, cpu_backend):
 
 # ------------------------------------------------------------------ mean, LoG, unsharp
 @pytest.mark.parametrize("mode", MODES)
-def test_mean_filter_matches_scipy(rng, backend, helpers, mode):
+def test_mean_filter_matches_scipy(rng, backend, mode):
     a = _random(rng, np.int16, (8, 13, 11))
-    out = helpers.to_numpy(mk.mean_filter(helpers.on_backend(a, backend), (1, 2, 3), mode=mode,
+    out = to_numpy(mk.mean_filter(on_backend(a, backend), (1, 2, 3), mode=mode,
                                           backend=backend))
     ref = ndi.uniform_filter(a.astype(np.float64), (3, 5, 7), mode=mode)
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-3)  # float32 sums of values up to 1000
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
-def test_log_matches_scipy(rng, backend, helpers, ndim):
+def test_log_matches_scipy(rng, backend, ndim):
     a = _random(rng, np.float32, (12, 15, 14)[-ndim:])
-    out = helpers.to_numpy(mk.log_filter(helpers.on_backend(a, backend), sigma_vox=1.5, backend=backend))
+    out = to_numpy(mk.log_filter(on_backend(a, backend), sigma_vox=1.5, backend=backend))
     ref = ndi.gaussian_laplace(a.astype(np.float64), 1.5)
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
@@ -185,24 +187,24 @@ def test_ibsi2_log_tests_2(shared_data, phantom, sigma_mm, mode):
 # ------------------------------------------------------------------ median
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("ndim", [2, 3])
-def test_median_matches_scipy_and_sitk(rng, backend, helpers, dtype, ndim):
+def test_median_matches_scipy_and_sitk(rng, backend, dtype, ndim):
     if backend == "numba" and dtype not in (np.float32, np.int16):
         pytest.skip("numba compiles per dtype; two dtypes cover its code path")
     a = _random(rng, dtype, (9, 17, 21)[-ndim:])
-    x = helpers.on_backend(a, backend)
-    out = helpers.to_numpy(mk.median(x, 1, backend=backend))
+    x = on_backend(a, backend)
+    out = to_numpy(mk.median(x, 1, backend=backend))
     assert out.dtype == a.dtype
     np.testing.assert_array_equal(out, sitk.GetArrayFromImage(sitk.Median(_sitk(a), [1] * ndim)))
     np.testing.assert_array_equal(out, ndi.median_filter(a, 3, mode="nearest"))
     radius = (2, 1, 3)[-ndim:]
-    out = helpers.to_numpy(mk.median(x, radius, mode="reflect", backend=backend))
+    out = to_numpy(mk.median(x, radius, mode="reflect", backend=backend))
     np.testing.assert_array_equal(out, ndi.median_filter(a, [2 * r + 1 for r in radius]))
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_median_modes(rng, backend, helpers, mode):
+def test_median_modes(rng, backend, mode):
     a = _random(rng, np.float32, (7, 6, 9))
-    out = helpers.to_numpy(mk.median(helpers.on_backend(a, backend), (1, 2, 0), mode=mode, backend=backend))
+    out = to_numpy(mk.median(on_backend(a, backend), (1, 2, 0), mode=mode, backend=backend))
     np.testing.assert_array_equal(out, ndi.median_filter(a, (3, 5, 1), mode=mode, cval=0.0))
 
 
@@ -243,11 +245,11 @@ def test_bilateral_int_input(rng, cpu_backend):
 # bin edge may land in the neighbouring bin).
 @pytest.mark.parametrize("backend", ["cuda", "cupy"], indirect=True)
 @pytest.mark.parametrize("ndim", [2, 3])
-def test_bilateral_gpu_matches_cpp_and_sitk(rng, backend, helpers, ndim):
+def test_bilateral_gpu_matches_cpp_and_sitk(rng, backend, ndim):
     a = rng.random((10, 20, 24)[-ndim:], dtype=np.float32)
     spacing = (1.5, 0.9, 1.2)[-ndim:]
-    img = mk.Image(helpers.on_backend(a, backend), spacing=spacing)
-    out = helpers.to_numpy(mk.bilateral(img, 1.6, 0.15, backend=backend))
+    img = mk.Image(on_backend(a, backend), spacing=spacing)
+    out = to_numpy(mk.bilateral(img, 1.6, 0.15, backend=backend))
     assert out.dtype == np.float32 and out.shape == a.shape
     refs = [sitk.GetArrayFromImage(sitk.Bilateral(_sitk(a, spacing), 1.6, 0.15))]
     if mk.backends()["cpp"]:
@@ -258,14 +260,14 @@ def test_bilateral_gpu_matches_cpp_and_sitk(rng, backend, helpers, ndim):
 
 
 @pytest.mark.parametrize("backend", ["cuda", "cupy"], indirect=True)
-def test_bilateral_gpu_int_input_and_radius(rng, backend, helpers):
+def test_bilateral_gpu_int_input_and_radius(rng, backend):
     a = rng.integers(0, 200, (8, 12, 12)).astype(np.uint8)
-    out = helpers.to_numpy(mk.bilateral(helpers.on_backend(a, backend), 1.0, 30.0, backend=backend))
+    out = to_numpy(mk.bilateral(on_backend(a, backend), 1.0, 30.0, backend=backend))
     ref = sitk.GetArrayFromImage(sitk.Bilateral(sitk.Cast(_sitk(a), sitk.sitkFloat32), 1.0, 30.0))
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-3)  # float32 of values up to 200
     if mk.backends()["cpp"]:
         # An explicit, anisotropic box (radius overrides the one from sigma_spatial_mm).
-        out = helpers.to_numpy(mk.bilateral(helpers.on_backend(a, backend), (1.0, 2.0, 0.5), 30.0,
+        out = to_numpy(mk.bilateral(on_backend(a, backend), (1.0, 2.0, 0.5), 30.0,
                                             radius=(1, 3, 2), backend=backend))
         ref = mk.bilateral(a, (1.0, 2.0, 0.5), 30.0, radius=(1, 3, 2), backend="cpp")
         np.testing.assert_allclose(out, ref, rtol=0, atol=1e-3)

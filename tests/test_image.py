@@ -8,20 +8,22 @@ import SimpleITK as sitk
 
 import medkern as mk
 
+from _helpers import random_direction
 
-def _oblique_image(rng, helpers, ndim=3, dtype=np.float32):
+
+def _oblique_image(rng, ndim=3, dtype=np.float32):
     shape = (5, 6, 7)[:ndim] if ndim == 3 else (6, 7)
     return mk.Image(
         rng.normal(size=shape).astype(dtype),
         spacing=(2.5, 0.7, 0.9)[-ndim:],
         origin=rng.normal(scale=50, size=ndim),
-        direction=helpers.random_direction(rng, ndim),
+        direction=random_direction(rng, ndim),
     )
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
-def test_affine_matches_sitk_index_to_physical(rng, helpers, ndim):
-    img = _oblique_image(rng, helpers, ndim)
+def test_affine_matches_sitk_index_to_physical(rng, ndim):
+    img = _oblique_image(rng, ndim)
     s = img.to_sitk()
     for _ in range(10):
         idx = rng.integers(0, np.array(img.shape))
@@ -35,8 +37,8 @@ def test_affine_matches_sitk_index_to_physical(rng, helpers, ndim):
 
 @pytest.mark.parametrize("ndim", [2, 3])
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64])
-def test_sitk_round_trip_is_exact(rng, helpers, ndim, dtype):
-    img = _oblique_image(rng, helpers, ndim, dtype)
+def test_sitk_round_trip_is_exact(rng, ndim, dtype):
+    img = _oblique_image(rng, ndim, dtype)
     back = mk.Image.from_sitk(img.to_sitk())
     assert back.shape == img.shape and back.dtype == img.dtype
     np.testing.assert_array_equal(back.array, img.array)
@@ -55,8 +57,8 @@ def test_sitk_axis_order_is_reversed(rng):
 
 
 @pytest.mark.parametrize("version", [1, 2])
-def test_nifti_round_trip(tmp_path, rng, helpers, version):
-    img = _oblique_image(rng, helpers, 3)
+def test_nifti_round_trip(tmp_path, rng, version):
+    img = _oblique_image(rng, 3)
     path = tmp_path / "x.nii.gz"
     mk.write(img, path, nifti_version=version)
     back = mk.read(path)
@@ -68,8 +70,8 @@ def test_nifti_round_trip(tmp_path, rng, helpers, version):
     np.testing.assert_allclose(back.direction, img.direction, atol=atol)
 
 
-def test_nifti_geometry_agrees_with_sitk(tmp_path, rng, helpers):
-    img = _oblique_image(rng, helpers, 3)
+def test_nifti_geometry_agrees_with_sitk(tmp_path, rng):
+    img = _oblique_image(rng, 3)
     path = tmp_path / "x.nii"
     mk.write(img, path, nifti_version=1)
     s = sitk.ReadImage(str(path))
@@ -92,16 +94,16 @@ def test_nibabel_reads_ras(tmp_path):
     assert isinstance(nii, nib.Nifti1Image)
 
 
-def test_slicing_is_a_view_with_geometry(rng, helpers):
-    img = _oblique_image(rng, helpers, 3)
+def test_slicing_is_a_view_with_geometry(rng):
+    img = _oblique_image(rng, 3)
     sub = img[1:4, ::2, 3:]
     assert np.shares_memory(sub.array, img.array)
     np.testing.assert_allclose(sub.index_to_world([0, 0, 0]), img.index_to_world([1, 0, 3]))
     np.testing.assert_allclose(sub.index_to_world([1, 1, 1]), img.index_to_world([2, 2, 4]))
 
 
-def test_geometry_is_immutable(rng, helpers):
-    img = _oblique_image(rng, helpers, 3)
+def test_geometry_is_immutable(rng):
+    img = _oblique_image(rng, 3)
     with pytest.raises(ValueError):
         img.origin[0] = 1.0
     with pytest.raises(AttributeError):

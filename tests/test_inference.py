@@ -20,6 +20,8 @@ from scipy import ndimage
 import medkern as mk
 from medkern.inference import reorient
 
+from _helpers import random_direction
+
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper  # noqa: E402
@@ -658,9 +660,9 @@ def test_model_providers_and_threads():
 # ----------------------------------------------------------------------------- predict
 
 
-def test_predict_reorients_preprocesses_and_returns_on_input_grid(seg_model, helpers, rng):
+def test_predict_reorients_preprocesses_and_returns_on_input_grid(seg_model, rng):
     """Oblique, flipped input: the pointwise model's answer is known voxel by voxel."""
-    direction = helpers.random_direction(rng)
+    direction = random_direction(rng)
     img = mk.Image(rng.normal(0, 100, (11, 17, 14)).astype(np.float32), (2.0, 1.0, 1.5), (3, 4, 5), direction)
     pred = seg_model.predict(img)
     expected = 1 / (1 + np.exp(2 * 0.01 * img.array.astype(np.float64)))
@@ -820,8 +822,8 @@ def test_one_model_from_several_threads(seg_model, rng):
         np.testing.assert_array_equal(results[n], ref)
 
 
-def test_reorient_is_exact_and_keeps_world_positions(helpers, rng):
-    direction = helpers.random_direction(rng)
+def test_reorient_is_exact_and_keeps_world_positions(rng):
+    direction = random_direction(rng)
     img = mk.Image(rng.normal(size=(5, 6, 7)).astype(np.float32), (1.0, 2.0, 3.0), (1, 2, 3), direction)
     out = reorient(img, "SPL")
     assert sorted(out.shape) == sorted(img.shape)

@@ -11,6 +11,8 @@ from skimage.measure import marching_cubes, mesh_surface_area
 import medkern as mk
 from medkern import _measure as measure
 
+from _helpers import serial_and_threaded
+
 
 def _ball(shape, radii_vox):
     grids = np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in shape], indexing="ij")
@@ -103,10 +105,10 @@ def test_mesh_of_one_voxel_and_of_a_cube():
     assert volume < 8 * 5 * 3 and volume == pytest.approx(_skimage_area_volume(cube, (2, 1, .5))[1])
 
 
-def test_mesh_serial_equals_threaded(rng, helpers):
+def test_mesh_serial_equals_threaded(rng):
     # Large enough (> 2**18 voxels, > 2048 points) for the kernels to use their thread team.
     mask = _ball((70, 71, 69), (30, 25, 32)) ^ (rng.random((70, 71, 69)) > 0.97)
-    serial, threaded = helpers.serial_and_threaded(
+    serial, threaded = serial_and_threaded(
         lambda: (measure.mesh_area_volume(mask, (1.0, 0.7, 0.7)), measure.surface_mesh(mask),
                  mk.regions(mask.astype(np.uint8))[0].max_diameter_mm))
     assert serial[0] == threaded[0]

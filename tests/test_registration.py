@@ -14,6 +14,8 @@ from scipy import ndimage as ndi
 import medkern as mk
 from medkern._registration import _rotation, metric_value, smooth_shrink
 
+from _helpers import on_backend, random_direction
+
 METRICS = ["mse", "ncc", "mi"]
 SITK_METRIC = {
     "mse": lambda r: r.SetMetricAsMeanSquares(),
@@ -105,11 +107,11 @@ def mni():
 # ------------------------------------------------------------------------------ metrics
 @pytest.mark.parametrize("kind", METRICS)
 @pytest.mark.parametrize("dtype", [np.float32, np.int16, np.float64])
-def test_metric_matches_sitk_random(rng, helpers, kind, dtype):
+def test_metric_matches_sitk_random(rng, kind, dtype):
     a, b = _smooth_pair(rng)
-    direction = helpers.random_direction(rng)
+    direction = random_direction(rng)
     fixed = mk.Image(a.astype(dtype), spacing=(2.0, 1.5, 1.2), origin=(1, 2, 3), direction=direction)
-    dm = helpers.random_direction(rng)
+    dm = random_direction(rng)
     centre = fixed.index_to_world((np.array(a.shape) - 1) / 2.0)
     origin = centre - dm @ (np.array([1.8, 1.4, 1.3]) * (np.array(b.shape) - 1) / 2.0)
     moving = mk.Image(b.astype(dtype), spacing=(1.8, 1.4, 1.3), origin=origin, direction=dm)
@@ -393,7 +395,7 @@ def test_register_input_errors(rng):
 
 
 @pytest.mark.gpu
-def test_metric_cuda_matches_cpp(rng, helpers):
+def test_metric_cuda_matches_cpp(rng):
     if not mk.backends()["cuda"]:
         pytest.skip(f"cuda backend unavailable: {mk.backends()['cuda'].detail}")
     a, b = _smooth_pair(rng)
@@ -401,8 +403,8 @@ def test_metric_cuda_matches_cpp(rng, helpers):
     T = _rigid(rng, np.array(a.shape, float) / 2, 0.1, 2.0)
     for kind in METRICS:
         v_cpu, g_cpu = metric_value(fixed, moving, T, kind)
-        v_gpu, g_gpu = metric_value(mk.Image(helpers.on_backend(a, "cuda")),
-                                    mk.Image(helpers.on_backend(b, "cuda")), T, kind)
+        v_gpu, g_gpu = metric_value(mk.Image(on_backend(a, "cuda")),
+                                    mk.Image(on_backend(b, "cuda")), T, kind)
         # float atomics on the GPU sum in another order than the blocked CPU sums.
         np.testing.assert_allclose(v_gpu, v_cpu, rtol=1e-5)
         np.testing.assert_allclose(g_gpu, g_cpu, rtol=1e-4, atol=1e-6 * np.abs(g_cpu).max())

@@ -16,6 +16,8 @@ import SimpleITK as sitk
 import medkern as mk
 from medkern._resample import map_coordinates
 
+from _helpers import on_backend, random_direction, to_numpy
+
 DTYPES = [np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64]
 ORDER = {"nearest": 0, "linear": 1, "cubic": 3}
 # scipy boundary mode that equals medkern's rule inside [-0.5, n - 0.5)
@@ -116,11 +118,11 @@ def test_resample_bare_array_uses_unit_spacing(rng, cpu_backend):
     np.testing.assert_allclose(out, ref, atol=_tol(x))
 
 
-def _oblique_pair(rng, helpers, shape=(14, 18, 16), ref_shape=(12, 15, 17)):
+def _oblique_pair(rng, shape=(14, 18, 16), ref_shape=(12, 15, 17)):
     x = _random(rng, np.float32, shape, smooth=1.5)
-    img = mk.Image(x, spacing=(1.5, 1.1, 0.9), origin=(3, -2, 5), direction=helpers.random_direction(rng))
+    img = mk.Image(x, spacing=(1.5, 1.1, 0.9), origin=(3, -2, 5), direction=random_direction(rng))
     centre = img.index_to_world((np.array(shape) - 1) / 2)
-    d2 = helpers.random_direction(rng, flip=False)
+    d2 = random_direction(rng, flip=False)
     sp = np.array((1.2, 1.0, 1.3))
     origin = centre - d2 @ (sp * (np.array(ref_shape) - 1) / 2)
     ref = mk.Image(np.zeros(ref_shape, np.uint8), spacing=sp, origin=origin, direction=d2)
@@ -128,8 +130,8 @@ def _oblique_pair(rng, helpers, shape=(14, 18, 16), ref_shape=(12, 15, 17)):
 
 
 @pytest.mark.parametrize("interpolation", ["nearest", "linear", "cubic"])
-def test_resample_to_oblique_matches_sitk(rng, helpers, cpu_backend, interpolation):
-    img, ref, centre = _oblique_pair(rng, helpers)
+def test_resample_to_oblique_matches_sitk(rng, cpu_backend, interpolation):
+    img, ref, centre = _oblique_pair(rng)
     t = mk.Affine.rotation((5, -7, 10), center=centre) @ mk.Affine.from_parts(np.eye(3) * 1.05, (1, 2, -1))
     out = mk.resample_to(img, ref, t, interpolation, fill=-5, backend=cpu_backend)
     s = sitk.Resample(img.to_sitk(), ref.to_sitk(), t.to_sitk(), SITK_INTERP[interpolation], -5.0,
@@ -154,8 +156,8 @@ def test_resample_to_flipped_axis_aligned_matches_sitk(rng, cpu_backend, interpo
     assert out.dtype == (np.int16 if interpolation == "nearest" else np.float32)
 
 
-def test_warp_displacement_field_and_composites_match_sitk(rng, helpers, cpu_backend):
-    img, ref, centre = _oblique_pair(rng, helpers)
+def test_warp_displacement_field_and_composites_match_sitk(rng, cpu_backend):
+    img, ref, centre = _oblique_pair(rng)
     u = ndi.gaussian_filter(rng.normal(size=ref.shape + (3,)), (2, 2, 2, 0)) * 20
     field = mk.DisplacementField(ref.with_array(u, vector=True))
     t = mk.Affine.rotation((3, 4, -6), center=centre)
@@ -169,8 +171,8 @@ def test_warp_displacement_field_and_composites_match_sitk(rng, helpers, cpu_bac
                                    atol=1e-4 * np.abs(img.array).max())
 
 
-def test_displacement_field_on_another_grid(rng, helpers, cpu_backend):
-    img, ref, _ = _oblique_pair(rng, helpers)
+def test_displacement_field_on_another_grid(rng, cpu_backend):
+    img, ref, _ = _oblique_pair(rng)
     coarse = mk.resample(ref, (3.0, 3.0, 3.0), "nearest")
     u = ndi.gaussian_filter(rng.normal(size=coarse.shape + (3,)), (1, 1, 1, 0)) * 10
     field = mk.DisplacementField(coarse.with_array(u, vector=True))
@@ -282,8 +284,8 @@ def test_displacement_field_inverse(rng):
     np.testing.assert_allclose((field @ inv).apply(pts), pts, atol=0.02)
 
 
-def test_serial_equals_threaded(rng, helpers, cpu_backend):
-    img, ref, centre = _oblique_pair(rng, helpers, (20, 30, 26), (22, 24, 28))
+def test_serial_equals_threaded(rng, cpu_backend):
+    img, ref, centre = _oblique_pair(rng, (20, 30, 26), (22, 24, 28))
     t = mk.Affine.rotation((10, 0, 5), center=centre)
     lab = mk.Image((img.array > 100).astype(np.uint8), **img.geometry)
     runs = []
@@ -304,9 +306,9 @@ def test_serial_equals_threaded(rng, helpers, cpu_backend):
 
 
 @pytest.mark.parametrize("interpolation", ["nearest", "linear", "cubic", "label"])
-def test_every_backend_matches_cpp(rng, helpers, backend, interpolation):
+def test_every_backend_matches_cpp(rng, backend, interpolation):
     """numba, CUDA and CuPy against the C++ kernels (float32 rounding apart; copies exact)."""
-    img, ref, centre = _oblique_pair(rng, helpers, (12, 15, 14), (10, 13, 12))
+    img, ref, centre = _oblique_pair(rng, (12, 15, 14), (10, 13, 12))
     if interpolation == "label":
         img = img.with_array((img.array > 100).astype(np.uint8) + (img.array > 300))
     u = ndi.gaussian_filter(rng.normal(size=ref.shape + (3,)), (2, 2, 2, 0)) * 5
@@ -315,12 +317,12 @@ def test_every_backend_matches_cpp(rng, helpers, backend, interpolation):
     pts = rng.uniform(-1, 14, size=(3, 50))
 
     def run(b, x):
-        moved = x.with_array(helpers.on_backend(x.array, b))
-        return [helpers.to_numpy(mk.resample(moved, (0.8, 1.7, 1.2), interpolation, backend=b)),
-                helpers.to_numpy(mk.resample_to(moved, ref, t, interpolation, fill=2, backend=b)),
-                helpers.to_numpy(mk.warp(moved, t @ field, reference=ref, interpolation=interpolation,
+        moved = x.with_array(on_backend(x.array, b))
+        return [to_numpy(mk.resample(moved, (0.8, 1.7, 1.2), interpolation, backend=b)),
+                to_numpy(mk.resample_to(moved, ref, t, interpolation, fill=2, backend=b)),
+                to_numpy(mk.warp(moved, t @ field, reference=ref, interpolation=interpolation,
                                          backend=b)),
-                helpers.to_numpy(map_coordinates(moved.array, helpers.on_backend(pts, b), interpolation,
+                to_numpy(map_coordinates(moved.array, on_backend(pts, b), interpolation,
                                                  backend=b))]
 
     exact = interpolation in ("nearest", "label")
@@ -373,7 +375,7 @@ def test_in_plane_rotation_matches_simpleitk(rng, cpu_backend, shape):
     assert (out.array == -5).mean() > 0.05  # the corners left the field of view
 
 
-def test_real_ibsi_ct(shared_data, helpers, cpu_backend):
+def test_real_ibsi_ct(shared_data, cpu_backend):
     ct = mk.read(shared_data / "ibsi" / "ibsi_1_ct_radiomics_phantom" / "nifti" / "image" / "phantom.nii.gz")
     ct = ct[10:40, 40:140, 50:150]
     x = np.asarray(ct.array)

@@ -9,6 +9,8 @@ import pytest
 import medkern as mk
 from medkern.io import rtstruct
 
+from _helpers import write_dicom_volume, write_rtstruct
+
 IBSI = [f"STS_00{p}/{m}" for p in (1, 2, 3, 4) for m in ("CT", "PET", "MR_T1")]
 
 
@@ -70,15 +72,15 @@ def square(x0, x1, y0, y1, z):
     return np.array([(x0, y0, z), (x1, y0, z), (x1, y1, z), (x0, y1, z)], dtype=np.float64)
 
 
-def test_nested_contours_cut_holes_and_half_slice_tolerance(helpers, tmp_path, rng):
+def test_nested_contours_cut_holes_and_half_slice_tolerance(tmp_path, rng):
     array = np.zeros((4, 12, 12), np.int16)
     spacing = (2.0, 1.0, 1.0)
-    helpers.write_dicom_volume(tmp_path / "ct", array, spacing, (0, 0, 0), np.eye(3)[:, ::-1], frame_uid="1.2.3")
+    write_dicom_volume(tmp_path / "ct", array, spacing, (0, 0, 0), np.eye(3)[:, ::-1], frame_uid="1.2.3")
     rois = {
         "ring": [square(1.5, 9.5, 1.5, 9.5, 2.0), square(3.5, 6.5, 3.5, 6.5, 2.0)],
         "off_plane": [square(0.5, 2.5, 0.5, 2.5, 4.9)],  # 0.45 slice from slice 2: still slice 2
     }
-    rs = helpers.write_rtstruct(tmp_path / "rs.dcm", rois, "1.2.3")
+    rs = write_rtstruct(tmp_path / "rs.dcm", rois, "1.2.3")
     masks = mk.read_rtstruct(rs, tmp_path / "ct")
     expect = np.zeros((4, 12, 12), np.uint8)
     expect[1, 2:10, 2:10] = 1
@@ -90,14 +92,14 @@ def test_nested_contours_cut_holes_and_half_slice_tolerance(helpers, tmp_path, r
     assert list(mk.read_rtstruct(rs, tmp_path / "ct", rois=["ring"])) == ["ring"]
 
 
-def test_oblique_reference_grid(helpers, tmp_path, rng):
+def test_oblique_reference_grid(tmp_path, rng):
     q, r = np.linalg.qr(rng.normal(size=(3, 3)))
     direction = q * np.sign(np.diag(r))[None, :]
     spacing, origin = (2.5, 0.8, 0.6), np.array([10.0, -40.0, 25.0])
     img = mk.Image(np.zeros((5, 20, 24), np.int16), spacing=spacing, origin=origin, direction=direction)
     # A triangle on slice 3 given in voxel indices, mapped to LPS.
     tri = np.array([(3, 2.3, 1.7), (3, 17.6, 5.2), (3, 9.1, 21.4)])
-    rs = helpers.write_rtstruct(tmp_path / "rs.dcm", {"tri": [img.index_to_world(tri)]}, "1.2.3")
+    rs = write_rtstruct(tmp_path / "rs.dcm", {"tri": [img.index_to_world(tri)]}, "1.2.3")
     mask = mk.read_rtstruct(rs, img)["tri"]
     from skimage.measure import points_in_poly
 
@@ -107,15 +109,15 @@ def test_oblique_reference_grid(helpers, tmp_path, rng):
     assert mask.array.sum() == inside.sum() > 0 and mask.same_geometry(img)
 
 
-def test_rtstruct_errors(helpers, tmp_path):
+def test_rtstruct_errors(tmp_path):
     array = np.zeros((3, 8, 8), np.int16)
-    helpers.write_dicom_volume(tmp_path / "ct", array, (2.0, 1.0, 1.0), (0, 0, 0), np.eye(3)[:, ::-1],
+    write_dicom_volume(tmp_path / "ct", array, (2.0, 1.0, 1.0), (0, 0, 0), np.eye(3)[:, ::-1],
                                frame_uid="1.2.3")
     ct = tmp_path / "ct"
     img = mk.read(ct)
 
     def rs(name, rois, frame="1.2.3"):
-        return helpers.write_rtstruct(tmp_path / f"{name}.dcm", rois, frame)
+        return write_rtstruct(tmp_path / f"{name}.dcm", rois, frame)
 
     with pytest.raises(mk.DicomError, match="ROI 'a' is defined in frame of reference 9.9.*cannot be placed"):
         mk.read_rtstruct(rs("for", {"a": [square(1, 3, 1, 3, 0)]}, frame="9.9"), ct)
@@ -143,15 +145,16 @@ def test_rtstruct_errors(helpers, tmp_path):
     with pytest.raises(mk.DicomError, match="not a readable DICOM file"):
         mk.read_rtstruct(tmp_path / "text.dcm", img)
     # An ROI without contours gives an empty mask, and says so.
-    dup = helpers.write_rtstruct(tmp_path / "dup.dcm", {"x": [square(1, 3, 1, 3, 2.0)], "y": []}, "1.2.3")
+    dup = write_rtstruct(tmp_path / "dup.dcm", {"x": [square(1, 3, 1, 3, 2.0)], "y": []}, "1.2.3")
     with pytest.warns(mk.errors.RTStructWarning, match="dup.dcm: ROI 'y' gives an empty mask: it has no contours"):
         masks = mk.read_rtstruct(dup, img)
     assert masks["y"].array.sum() == 0 and masks["x"].array.sum() == 4
 
 
-def test_contour_data_that_is_not_numbers(helpers, tmp_path):
+def test_contour_data_that_is_not_numbers(tmp_path):
     img = mk.Image(np.zeros((3, 8, 8), np.int16))
-    rs = helpers.write_rtstruct(tmp_path / "rs.dcm", {"a": [square(1, 3, 1, 3, 1.0)]}, "1.2.3")
+    rs = write_rtstruct(tmp_path / "rs.dcm", {"a": [square(1, 3, 1, 3, 1.0)]}, "1.2.3")
     rs.write_bytes(rs.read_bytes().replace(b"3.000000", b"3.0x0000"))
-    with pytest.raises(mk.DicomError, match=r"rs.dcm: ROI .a. contour 1: ContourData holds a value that is not a number"):
+    with pytest.raises(mk.DicomError,
+                       match=r"rs.dcm: ROI .a. contour 1: ContourData holds a value that is not a number"):
         mk.read_rtstruct(rs, img)

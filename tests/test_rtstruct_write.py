@@ -15,6 +15,8 @@ import pytest
 import medkern as mk
 from medkern.io.rtstruct_write import MAX_ROIS, boundary_loops
 
+from _helpers import dicom_test_file, random_direction, write_dicom_volume
+
 IBSI = [f"STS_00{p}/{m}" for p in (1, 2, 3, 4) for m in ("CT", "PET", "MR_T1")]
 # The IBSI headers carry Study IDs longer than SH allows; pydicom warns when it copies them.
 SH_LENGTH = "ignore:The value length .* exceeds the maximum length of 16 allowed for VR SH"
@@ -47,11 +49,11 @@ def test_ibsi_gtv_round_trip(shared_data, tmp_path, case):
     assert ds.RTROIObservationsSequence[0].RTROIInterpretedType == "GTV"
 
 
-def ct_series(helpers, directory, shape=(5, 22, 26), rng=None, **kw):
+def ct_series(directory, shape=(5, 22, 26), rng=None, **kw):
     """A CT series on an oblique grid (rotation only, so the reader's grid is the written one)."""
     rng = rng or np.random.default_rng(3)
-    direction = helpers.random_direction(rng, flip=False)
-    helpers.write_dicom_volume(directory, np.zeros(shape, np.int16), (2.5, 0.8, 0.7), (12.0, -30.0, 7.5), direction,
+    direction = random_direction(rng, flip=False)
+    write_dicom_volume(directory, np.zeros(shape, np.int16), (2.5, 0.8, 0.7), (12.0, -30.0, 7.5), direction,
                                extra=dict(IDENTITY), **kw)
     (series,) = mk.list_dicom_series(directory)
     return series, mk.read(directory)
@@ -78,8 +80,8 @@ def synthetic_labels(shape) -> np.ndarray:
     return lab
 
 
-def test_synthetic_round_trip_is_exact(helpers, tmp_path):
-    series, img = ct_series(helpers, tmp_path / "ct")
+def test_synthetic_round_trip_is_exact(tmp_path):
+    series, img = ct_series(tmp_path / "ct")
     lab = synthetic_labels(img.shape)
     names = {1: "ring", 2: "dots", 3: "border", 4: "checker", 5: "shell"}
     out = mk.write_rtstruct(img.with_array(lab), series, tmp_path / "rs.dcm", names=names,
@@ -108,13 +110,13 @@ def plane_of(path):
             np.asarray(ds.PixelSpacing, float))
 
 
-def test_contours_on_referenced_planes_and_filled_independently(helpers, tmp_path):
+def test_contours_on_referenced_planes_and_filled_independently(tmp_path):
     """pydicom only: each contour lies in the plane of the image it references (< 1e-3 mm), the
     even-odd fill of its points at the pixel centres (scikit-image) gives the mask, and the
     polygons' areas add up to the voxel count (the exact pixel-edge polygon)."""
     from skimage.measure import points_in_poly
 
-    series, img = ct_series(helpers, tmp_path / "ct")
+    series, img = ct_series(tmp_path / "ct")
     lab = synthetic_labels(img.shape)
     out = mk.write_rtstruct(img.with_array(lab), list(series.files), tmp_path / "rs.dcm")
     planes = {p[0]: p for p in map(plane_of, series.files)}
@@ -183,8 +185,8 @@ def test_boundary_loops_random_masks(rng):
     assert boundary_loops(np.zeros((2, 3, 3), bool))[2].size == 0
 
 
-def test_reference_forms_dict_of_overlapping_masks_and_empty_roi(helpers, tmp_path):
-    series, img = ct_series(helpers, tmp_path / "ct", shape=(3, 12, 14))
+def test_reference_forms_dict_of_overlapping_masks_and_empty_roi(tmp_path):
+    series, img = ct_series(tmp_path / "ct", shape=(3, 12, 14))
     a = np.zeros(img.shape, bool)
     a[1, 2:9, 3:10] = True
     b = np.zeros(img.shape, bool)
@@ -210,11 +212,11 @@ def test_reference_forms_dict_of_overlapping_masks_and_empty_roi(helpers, tmp_pa
         assert mk.read_rtstruct(out, list(series.files))["present"].array.sum() == a.sum()
 
 
-def test_dciodvfy_accepts_the_structure_set(helpers, tmp_path):
+def test_dciodvfy_accepts_the_structure_set(tmp_path):
     dciodvfy = shutil.which("dciodvfy")
     if dciodvfy is None:
         pytest.skip("dciodvfy (dicom3tools) not installed")
-    series, img = ct_series(helpers, tmp_path / "ct")
+    series, img = ct_series(tmp_path / "ct")
     out = mk.write_rtstruct(img.with_array(synthetic_labels(img.shape)), series, tmp_path / "rs.dcm",
                             roi_types="ORGAN")
     result = subprocess.run([dciodvfy, str(out)], capture_output=True, text=True, timeout=60)
@@ -224,8 +226,8 @@ def test_dciodvfy_accepts_the_structure_set(helpers, tmp_path):
     assert not [line for line in report.splitlines() if line.startswith(("Error", "Warning"))], report
 
 
-def test_atomic_write_and_errors(helpers, tmp_path):
-    series, img = ct_series(helpers, tmp_path / "ct", shape=(3, 10, 12))
+def test_atomic_write_and_errors(tmp_path):
+    series, img = ct_series(tmp_path / "ct", shape=(3, 10, 12))
     lab = np.zeros(img.shape, np.uint8)
     lab[1, 2:5, 2:6] = 1
     target = tmp_path / "rs.dcm"
@@ -283,8 +285,8 @@ def test_atomic_write_and_errors(helpers, tmp_path):
     assert mk.read_rtstruct(target, series)["Label 1"].array.sum() == 12
 
 
-def test_irregular_or_unreferenceable_series_raise(helpers, tmp_path):
-    series, img = ct_series(helpers, tmp_path / "ct", shape=(4, 8, 8))
+def test_irregular_or_unreferenceable_series_raise(tmp_path):
+    series, img = ct_series(tmp_path / "ct", shape=(4, 8, 8))
     lab = img.with_array(np.ones(img.shape, np.uint8))
     # A missing slice: the reader's recovered grid has an interpolated slice no image stands for.
     files = sorted(series.files, key=lambda p: float(plane_of(p)[2] @ np.cross(plane_of(p)[3], plane_of(p)[4])))
@@ -311,10 +313,10 @@ def test_irregular_or_unreferenceable_series_raise(helpers, tmp_path):
     assert not (tmp_path / "rs.dcm").exists()
 
 
-def test_enhanced_multiframe_reference_names_frames(helpers, tmp_path):
+def test_enhanced_multiframe_reference_names_frames(tmp_path):
     """An enhanced CT (one file, one frame per slice): each contour references its frame, whose
     plane (Per-frame Functional Groups) holds its points."""
-    source = helpers.dicom_test_file("eCT_Supplemental.dcm")
+    source = dicom_test_file("eCT_Supplemental.dcm")
     shutil.copy(source, tmp_path / "ect.dcm")
     (series,) = mk.list_dicom_series(tmp_path)
     img = series.read()

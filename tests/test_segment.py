@@ -10,6 +10,8 @@ import scipy.ndimage as ndi
 import medkern as mk
 from medkern._segment import ball, ball_offsets
 
+from _helpers import serial_and_threaded
+
 LABEL_DTYPES = [np.bool_, np.uint8, np.int8, np.int16, np.uint16, np.int32, np.uint32, np.int64]
 CONNECTIVITY = [(3, 6, 1), (3, 18, 2), (3, 26, 3), (2, 4, 1), (2, 8, 2)]  # ndim, ours, scipy rank
 
@@ -87,9 +89,9 @@ def test_label_real_masks_and_quantised_ct(shared_data):
     np.testing.assert_array_equal(labels, _scan_order(ref))
 
 
-def test_label_serial_equals_threaded(rng, helpers):
+def test_label_serial_equals_threaded(rng):
     mask = _blobs(rng, (40, 33, 35), 0.5, 1.0)
-    serial, threaded = helpers.serial_and_threaded(lambda: mk.label(mask))
+    serial, threaded = serial_and_threaded(lambda: mk.label(mask))
     assert serial[1] == threaded[1]
     np.testing.assert_array_equal(serial[0], threaded[0])
 
@@ -156,9 +158,9 @@ def test_distance_transform_without_background_is_inf(cpu_backend):
     assert np.all(np.isinf(out))
 
 
-def test_distance_transform_serial_equals_threaded(rng, helpers):
+def test_distance_transform_serial_equals_threaded(rng):
     mask = _blobs(rng, (30, 40, 35), 0.6, 1.5)
-    serial, threaded = helpers.serial_and_threaded(lambda: mk.distance_transform(mask, (3.0, 0.8, 0.8)))
+    serial, threaded = serial_and_threaded(lambda: mk.distance_transform(mask, (3.0, 0.8, 0.8)))
     np.testing.assert_array_equal(serial, threaded)
 
 
@@ -192,12 +194,12 @@ def test_morphology_direct_and_distance_paths_agree(rng, monkeypatch):
     np.testing.assert_array_equal(direct[1], via_edt[1])
 
 
-def test_morphology_and_fill_serial_equal_threaded(rng, helpers):
+def test_morphology_and_fill_serial_equal_threaded(rng):
     mask = _blobs(rng, (24, 30, 28), 0.5, 1.2)
     img = mk.Image(mask, spacing=(2.0, 0.9, 0.9))
     ops = (lambda: mk.binary_dilate(img, 2.5).array, lambda: mk.binary_erode(img, 6.0).array,
            lambda: mk.fill_holes(mask), lambda: mk.threshold_otsu(mask.astype(np.float32) + mask.sum()))
-    serial, threaded = helpers.serial_and_threaded(lambda: [op() for op in ops])
+    serial, threaded = serial_and_threaded(lambda: [op() for op in ops])
     for a, b in zip(serial, threaded):
         np.testing.assert_array_equal(a, b)
 

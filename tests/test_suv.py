@@ -18,6 +18,8 @@ from pydicom.dataset import Dataset
 import medkern as mk
 from medkern._pet import body_surface_area
 
+from _helpers import write_dicom_slices
+
 # The reference case: 370 MBq of F-18 (half-life 6586.2 s) injected at 10:00, scan at 11:00
 # (3600 s uptake), 75 kg, 1.80 m. Voxels hold 5000 Bq/ml (and 1000 Bq/ml outside a block).
 DOSE, HALF_LIFE, UPTAKE, WEIGHT, HEIGHT = 370e6, 6586.2, 3600.0, 75.0, 1.80
@@ -31,7 +33,7 @@ def activity() -> np.ndarray:
     return a
 
 
-def write_pet(helpers, directory, values=None, slopes=SLOPES, drug=None, per_slice=None, private=None,
+def write_pet(directory, values=None, slopes=SLOPES, drug=None, per_slice=None, private=None,
               **attributes):
     """A PET series (stored = values / slope per slice, exact); ``attributes`` / ``drug`` override
     the header and the radiopharmaceutical item (None removes); ``per_slice`` sets a keyword per
@@ -46,7 +48,7 @@ def write_pet(helpers, directory, values=None, slopes=SLOPES, drug=None, per_sli
     header.update(attributes)
     stored = [np.round(v / s).astype(np.uint16) for v, s in zip(values, slopes)]
     positions = [(0.0, 0.0, 3.0 * k) for k in range(len(stored))]
-    paths = helpers.write_dicom_slices(directory, stored, positions, modality="PT", slope=list(slopes), intercept=0.0)
+    paths = write_dicom_slices(directory, stored, positions, modality="PT", slope=list(slopes), intercept=0.0)
     for k, p in enumerate(paths):
         ds = pydicom.dcmread(p)
         ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.PositronEmissionTomographyImageStorage
@@ -70,8 +72,8 @@ def suv_of(values, factor):
     return (values * factor).astype(np.float32)
 
 
-def test_hand_computed_suv_bw_lbm_bsa(helpers, tmp_path):
-    d = write_pet(helpers, tmp_path / "pet")
+def test_hand_computed_suv_bw_lbm_bsa(tmp_path):
+    d = write_pet(tmp_path / "pet")
     a = activity()
     bw = mk.suv(d)
     assert bw.dtype == np.float32 and bw.same_geometry(mk.read(d))
@@ -89,8 +91,8 @@ def test_hand_computed_suv_bw_lbm_bsa(helpers, tmp_path):
     assert body_surface_area(75, 1.8) == pytest.approx(1.9424056, rel=1e-6)
 
 
-def test_female_lean_body_mass_and_overrides(helpers, tmp_path):
-    d = write_pet(helpers, tmp_path / "pet", PatientSex="F", PatientSize=None)
+def test_female_lean_body_mass_and_overrides(tmp_path):
+    d = write_pet(tmp_path / "pet", PatientSex="F", PatientSize=None)
     james_f = 1.07 * 75 - 148 * (75 / 180) ** 2  # 54.5556 kg
     janma_f = 9270 * 75 / (8780 + 244 * 75 / 1.80 ** 2)  # 48.1871 kg
     assert mk.suv(d, "lbm", height_m=1.8).array.max() == pytest.approx(1.07683580, rel=1e-6)
@@ -105,37 +107,37 @@ def test_female_lean_body_mass_and_overrides(helpers, tmp_path):
     assert mk.suv(d, weight_kg=60).array.max() == pytest.approx(5000 * 60000 / DECAYED, rel=1e-6)
 
 
-def test_midnight_crossing_and_start_datetime_preferred(helpers, tmp_path):
+def test_midnight_crossing_and_start_datetime_preferred(tmp_path):
     # Injection 23:50, scan 00:40 the next day (SeriesDate): 50 min of uptake.
     after_midnight = {"SeriesDate": "20240102", "SeriesTime": "004000", "AcquisitionDate": "20240102",
                       "AcquisitionTime": "004000"}
-    d = write_pet(helpers, tmp_path / "tm", drug={"RadiopharmaceuticalStartTime": "235000"}, **after_midnight)
+    d = write_pet(tmp_path / "tm", drug={"RadiopharmaceuticalStartTime": "235000"}, **after_midnight)
     expected = 5000 * 75000 / (370e6 * 2 ** (-3000 / 6586.2))
     assert expected == pytest.approx(1.38978642, rel=1e-6)
     assert mk.suv(d).array.max() == pytest.approx(expected, rel=1e-6)
-    d = write_pet(helpers, tmp_path / "dt", drug={"RadiopharmaceuticalStartTime": None,
+    d = write_pet(tmp_path / "dt", drug={"RadiopharmaceuticalStartTime": None,
                                                   "RadiopharmaceuticalStartDateTime": "20240101235000"},
                   **after_midnight)
     assert mk.suv(d).array.max() == pytest.approx(expected, rel=1e-6)
     # RadiopharmaceuticalStartDateTime wins over a contradicting StartTime (09:30 would be 90 min).
-    d = write_pet(helpers, tmp_path / "both", drug={"RadiopharmaceuticalStartDateTime": "20240101100000",
+    d = write_pet(tmp_path / "both", drug={"RadiopharmaceuticalStartDateTime": "20240101100000",
                                                     "RadiopharmaceuticalStartTime": "093000"})
     assert mk.suv(d).array.max() == pytest.approx(1.48037508, rel=1e-6)
 
 
-def test_post_processed_series_scan_time(helpers, tmp_path):
+def test_post_processed_series_scan_time(tmp_path):
     """SeriesTime after the earliest AcquisitionTime (a series made later): the earliest
     acquisition, the GE private scan time, or the frame back-computation gives the scan start."""
     later = {"SeriesTime": "150000", "per_slice": {"AcquisitionTime": ["110300", "110000", "110600"]}}
-    d = write_pet(helpers, tmp_path / "earliest", **later)
+    d = write_pet(tmp_path / "earliest", **later)
     assert mk.suv(d).array.max() == pytest.approx(1.48037508, rel=1e-6)  # 11:00, 60 min
     ge = {(0x0009, "GEMS_PETD_01", 0x0D): ("DT", ["20240101110500"] * 3)}
-    d = write_pet(helpers, tmp_path / "ge", private=ge, **later)
+    d = write_pet(tmp_path / "ge", private=ge, **later)
     assert mk.suv(d).array.max() == pytest.approx(5000 * 75000 / (370e6 * 2 ** (-3900 / 6586.2)), rel=1e-6)
     # Back computed from the earliest image's frame: start 11:00, 180 s frame, reference time 120 s.
     framed = dict(later, per_slice=dict(later["per_slice"], FrameReferenceTime=["0", "120000", "0"],
                                         ActualFrameDuration=["180000"] * 3))
-    d = write_pet(helpers, tmp_path / "frame", **framed)
+    d = write_pet(tmp_path / "frame", **framed)
     decay = math.log(2) / 6586.2
     mean_count_time = math.log(decay * 180 / (1 - math.exp(-decay * 180))) / decay
     assert abs(mean_count_time - 90) < 1  # the mean count time of a short frame is near its middle
@@ -143,33 +145,33 @@ def test_post_processed_series_scan_time(helpers, tmp_path):
     assert mk.suv(d).array.max() == pytest.approx(5000 * 75000 / (370e6 * 2 ** (-uptake / 6586.2)), rel=1e-6)
 
 
-def test_admin_decay_correction_gml_and_philips_units(helpers, tmp_path):
+def test_admin_decay_correction_gml_and_philips_units(tmp_path):
     a = activity()
-    d = write_pet(helpers, tmp_path / "admin", DecayCorrection="ADMIN")
+    d = write_pet(tmp_path / "admin", DecayCorrection="ADMIN")
     np.testing.assert_allclose(mk.suv(d).array, a * 75000 / 370e6, rtol=1e-6)  # no decay: 1.01351 at 5000
     # GML: already SUVbw; no radiopharmaceutical data needed. SUL rescales by LBM / weight.
     suv_values = np.full((3, 6, 7), 2.5)
-    d = write_pet(helpers, tmp_path / "gml", values=suv_values, slopes=(0.001,) * 3, Units="GML",
+    d = write_pet(tmp_path / "gml", values=suv_values, slopes=(0.001,) * 3, Units="GML",
                   drug={"RadionuclideTotalDose": None, "RadionuclideHalfLife": None})
     np.testing.assert_allclose(mk.suv(d).array, 2.5, rtol=1e-6)
     james = 1.10 * 75 - 128 * (75 / 180) ** 2
     np.testing.assert_allclose(mk.suv(d, "lbm").array, 2.5 * james / 75, rtol=1e-6)
     # Philips CNTS: the private SUV scale factor per image (after the rescale slope).
     factors = ["0.0001", "0.0002", "0.0003"]
-    d = write_pet(helpers, tmp_path / "philips", Units="CNTS",
+    d = write_pet(tmp_path / "philips", Units="CNTS",
                   private={(0x7053, "Philips PET Private Group", 0x00): ("DS", factors)})
     expect = a * np.asarray([1e-4, 2e-4, 3e-4])[:, None, None]
     np.testing.assert_allclose(mk.suv(d).array, expect, rtol=1e-6)
     np.testing.assert_allclose(mk.suv(d, "lbm").array, expect * james / 75, rtol=1e-6)
     # Without it, the activity concentration factor scales to Bq/ml, then as BQML.
-    d = write_pet(helpers, tmp_path / "philips_bqml", Units="CNTS",
+    d = write_pet(tmp_path / "philips_bqml", Units="CNTS",
                   private={(0x7053, "Philips PET Private Group", 0x09): ("DS", ["2.0"] * 3)})
     np.testing.assert_allclose(mk.suv(d).array, 2 * a * 75000 / DECAYED, rtol=1e-6)
 
 
-def test_directory_with_ct_and_pet_and_file_list(helpers, tmp_path):
-    d = write_pet(helpers, tmp_path / "study" / "pet")
-    helpers.write_dicom_slices(tmp_path / "study" / "ct", [np.zeros((4, 4), np.uint16)] * 2,
+def test_directory_with_ct_and_pet_and_file_list(tmp_path):
+    d = write_pet(tmp_path / "study" / "pet")
+    write_dicom_slices(tmp_path / "study" / "ct", [np.zeros((4, 4), np.uint16)] * 2,
                                [(0, 0, 0), (0, 0, 2)], modality="CT")
     assert mk.suv(tmp_path / "study").array.max() == pytest.approx(1.48037508, rel=1e-6)
     (series,) = mk.list_dicom_series(d)
@@ -231,14 +233,14 @@ ERRORS = [
 
 
 @pytest.mark.parametrize("case, kind, message", ERRORS)
-def test_missing_and_implausible_header_values(helpers, tmp_path, case, kind, message):
-    d = write_pet(helpers, tmp_path / "pet", **case)
+def test_missing_and_implausible_header_values(tmp_path, case, kind, message):
+    d = write_pet(tmp_path / "pet", **case)
     with pytest.raises(mk.DicomError, match=message):
         mk.suv(d, kind)
 
 
-def test_argument_errors_and_two_radiopharmaceuticals(helpers, tmp_path):
-    d = write_pet(helpers, tmp_path / "pet")
+def test_argument_errors_and_two_radiopharmaceuticals(tmp_path):
+    d = write_pet(tmp_path / "pet")
     with pytest.raises(ValueError, match="kind must be one of bw, lbm, lbm-janma, bsa, got 'sul'"):
         mk.suv(d, "sul")
     with pytest.raises(TypeError, match="does not keep the DICOM header the SUV needs"):
@@ -259,18 +261,18 @@ def test_argument_errors_and_two_radiopharmaceuticals(helpers, tmp_path):
         mk.suv(d)
 
 
-def test_per_image_factors_on_an_interpolated_grid_raise(helpers, tmp_path):
+def test_per_image_factors_on_an_interpolated_grid_raise(tmp_path):
     """Philips factors differ per image; a recovered (interpolated) grid has slices no image owns."""
     values = np.full((4, 5, 5), 1000.0)
     factors = ["0.0001", "0.0002", "0.0003", "0.0004"]
-    d = write_pet(helpers, tmp_path / "pet", values=values, slopes=(1.0,) * 4, Units="CNTS",
+    d = write_pet(tmp_path / "pet", values=values, slopes=(1.0,) * 4, Units="CNTS",
                   private={(0x7053, "Philips PET Private Group", 0x00): ("DS", factors)})
     (series,) = mk.list_dicom_series(d)
     third = sorted(series.files, key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))[2]
     third.unlink()  # slices at 0, 3, 9 mm: one missing
     with pytest.raises(mk.DicomError, match="different SUV scale factors and its slices were interpolated"):
         mk.suv(d, allow_irregular=True)
-    equal = write_pet(helpers, tmp_path / "equal", values=values, slopes=(1.0,) * 4, Units="CNTS",
+    equal = write_pet(tmp_path / "equal", values=values, slopes=(1.0,) * 4, Units="CNTS",
                       private={(0x7053, "Philips PET Private Group", 0x00): ("DS", ["0.0001"] * 4)})
     (series,) = mk.list_dicom_series(equal)
     sorted(series.files, key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))[2].unlink()
@@ -279,15 +281,15 @@ def test_per_image_factors_on_an_interpolated_grid_raise(helpers, tmp_path):
     assert recovered.shape[0] == 4
 
 
-def test_analysis_gives_models_pet_in_suv(helpers, tmp_path):
+def test_analysis_gives_models_pet_in_suv(tmp_path):
     """mk.analyze hands a model's PT input over in SUVbw, never in the stored Bq/ml."""
     from medkern.analysis.analyze import _in_model_units
     from medkern.analysis.study import choose, load_candidates
 
-    d = write_pet(helpers, tmp_path / "pet")
+    d = write_pet(tmp_path / "pet")
     chosen = _in_model_units(choose(load_candidates(d), "PT"))
     np.testing.assert_allclose(chosen.image.array, activity() * 75000 / DECAYED, rtol=1e-6)
     assert "SUVbw" in chosen.reason
-    unweighed = write_pet(helpers, tmp_path / "unweighed", PatientWeight=None)
+    unweighed = write_pet(tmp_path / "unweighed", PatientWeight=None)
     with pytest.raises(mk.DicomError, match="PatientWeight"):
         _in_model_units(choose(load_candidates(unweighed), "PT"))
