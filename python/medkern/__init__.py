@@ -7,10 +7,8 @@ Conventions (see the README): numpy axis order ``[k, j, i]``, LPS world millimet
 from __future__ import annotations
 
 from medkern import models
-from medkern.analysis import Report, analyze
-from medkern._dispatch import backends, get_num_threads, set_num_threads
 from medkern._contrast import clahe, equalize_hist, n4_bias_correction
-from medkern.errors import Cancelled, DicomError, MedkernError, ModelError
+from medkern._dispatch import backends, get_num_threads, set_num_threads
 from medkern._filters import (
     anisotropic_diffusion,
     bilateral,
@@ -20,13 +18,7 @@ from medkern._filters import (
     median,
     unsharp_mask,
 )
-from medkern.image import Image
-from medkern.inference import Model, Prediction, sliding_window, validate_metadata, write_model_metadata
 from medkern._intensity import normalize, window
-from medkern.io import read, write, write_dicom_series
-from medkern.io.dicom import DicomSeries, list_dicom_series, read_dicom_file, read_dicom_series
-from medkern.io.rtstruct import read_rtstruct
-from medkern.io.rtstruct_write import write_rtstruct
 from medkern._measure import Region, regions
 from medkern._pet import suv
 from medkern._radiomics import radiomics
@@ -45,8 +37,15 @@ from medkern._segment import (
     threshold_otsu,
 )
 from medkern._transforms import Affine, DisplacementField
-
-__version__ = "0.1.0"
+from medkern._version import __version__ as __version__
+from medkern.analysis import Report, analyze
+from medkern.errors import Cancelled, DicomError, MedkernError, ModelError
+from medkern.image import Image
+from medkern.inference import Model, Prediction, sliding_window, validate_metadata, write_model_metadata
+from medkern.io import read, write, write_dicom_series
+from medkern.io.dicom import DicomSeries, list_dicom_series, read_dicom_file, read_dicom_series
+from medkern.io.rtstruct import read_rtstruct
+from medkern.io.rtstruct_write import write_rtstruct
 
 
 def __getattr__(name: str):

@@ -506,7 +506,7 @@ def _replace_dir(new: Path, target: Path) -> None:
 
 def _models_spec(model: Any) -> list[tuple[str, str | None, bytes | None, str]]:
     """(shipped name, path, bytes for a non-shipped file, sha256) per model to load on workers."""
-    from medkern import models
+    import medkern.models as models
     from medkern.analysis.analyze import DEFAULT_MODELS
     from medkern.inference import Model
 
@@ -546,7 +546,7 @@ def _guideline_obj(guideline: Any) -> Any:
 
 
 def _settings_digest(spec: list, guideline: Any, options: dict[str, Any]) -> str:
-    from medkern import __version__
+    from medkern._version import __version__
 
     rules = None
     if guideline not in (None, False, "none"):

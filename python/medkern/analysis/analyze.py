@@ -23,10 +23,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from medkern.analysis.report import DISCLAIMER, REPORT_SCHEMA_VERSION, Report
-from medkern.analysis.study import StudyImage, choose, dicom_modality, load_candidates
 from medkern._docstrings import fill_doc
 from medkern._progress import Progress
+from medkern.analysis.report import DISCLAIMER, REPORT_SCHEMA_VERSION, Report
+from medkern.analysis.study import StudyImage, choose, dicom_modality, load_candidates
 from medkern.errors import ModelError
 from medkern.image import Image
 
@@ -87,7 +87,7 @@ def _sha256(path: Path) -> str:
 
 
 def _model_for(candidates: list, model: Any) -> Any:
-    from medkern import models
+    import medkern.models as models
     from medkern.inference import Model
 
     if isinstance(model, Model):
@@ -111,7 +111,7 @@ def _model_for(candidates: list, model: Any) -> Any:
 def _first_reading(candidates: list, nets: Any, kind: str) -> Any:
     """The first of ``nets`` whose input modalities the study holds, every one of them (a CT-only
     study skips a CT + PET model for a CT model further down the list)."""
-    from medkern import models
+    import medkern.models as models
 
     present = {dicom_modality(c.modality) for c in candidates if c.modality}
     tried = []
@@ -279,9 +279,9 @@ def analyze(study: Any, patient: Any = None, model: Any = None, guideline: Any =
     >>> [(d["name"], d["value"]) for d in report.guideline["derived"]]
     [('T category (AJCC 8th, trunk and extremities)', 'T2'), ('Stage group (AJCC 8th, trunk and extremities)', 'IIIA')]
     """
-    from medkern import __version__
-    from medkern.analysis.location import body_locations, brain_locations
     from medkern._measure import regions
+    from medkern._version import __version__
+    from medkern.analysis.location import body_locations, brain_locations
 
     if not isinstance(include_identifiers, bool):
         raise TypeError(f"include_identifiers must be True or False, got {include_identifiers!r}")

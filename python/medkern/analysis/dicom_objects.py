@@ -103,7 +103,7 @@ def _text(keyword: str, value: Any, argument: str) -> str:
 
 
 def _equipment() -> dict[str, Any]:
-    from medkern import __version__
+    from medkern._version import __version__
 
     # Software has no serial number (a type 1 attribute of the Enhanced General Equipment module):
     # the version names the build that made the object.
@@ -184,8 +184,13 @@ def write_segmentation(labels: Image, source_files: Sequence[os.PathLike], path:
     from pydicom.uid import generate_uid
 
     from medkern.io._atomic import atomic_path
-    from medkern.io.dicom_write import (GRID_TOLERANCE_MM, describe_grid, identifying_values, identity_redacted,
-                                        series_grid)
+    from medkern.io.dicom_write import (
+        GRID_TOLERANCE_MM,
+        describe_grid,
+        identifying_values,
+        identity_redacted,
+        series_grid,
+    )
 
     array = _labels_array(labels)
     values = [int(v) for v in np.unique(array) if v != 0]

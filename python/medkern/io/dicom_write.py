@@ -481,7 +481,7 @@ def _series_attributes(modality: str, description: str, series_number: int, pati
     """The attributes every file of the series shares, apart from grid and pixel encoding."""
     from pydicom.uid import generate_uid
 
-    from medkern import __version__
+    from medkern._version import __version__
 
     now = datetime.datetime.now()
     shared: dict[str, Any] = {

@@ -450,7 +450,7 @@ def write_rtstruct(labels: Any, reference: Any, path: str | os.PathLike, names: 
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 
-    from medkern import __version__
+    from medkern._version import __version__
     from medkern.io._atomic import atomic_path
     from medkern.io.dicom_write import _identity, dicom_text, identifying_values, identity_redacted
 
