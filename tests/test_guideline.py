@@ -14,8 +14,16 @@ import pytest
 import yaml
 
 import medkern as mk
-from medkern.analysis.guideline import (DISCLAIMER, MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES, Guideline, GuidelineError,
-                                        available_guidelines, load_guideline)
+from medkern.analysis.guideline import (
+    DISCLAIMER,
+    MAX_DEPTH,
+    MAX_FILE_BYTES,
+    MAX_NODES,
+    Guideline,
+    GuidelineError,
+    available_guidelines,
+    load_guideline,
+)
 from medkern.analysis.patient import PatientError
 from medkern.errors import MedkernError
 

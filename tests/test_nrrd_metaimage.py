@@ -495,7 +495,7 @@ def test_size_claims_beyond_the_file_fail_before_allocating(tmp_path, compressed
     nrrd_path.write_bytes(f"NRRD0004\ntype: uchar\ndimension: 3\nsizes: 10000 10000 10000\nencoding: {enc}\n\n"
                           .encode() + body)
     for path in (mha, mhd, nrrd_path):
-        peak, message = _small_peak(lambda: mk.read(path))
+        peak, message = _small_peak(lambda path=path: mk.read(path))
         assert peak < 8 * 2**20, f"{path.name}: {peak} bytes allocated"
         assert "truncated" in message or "more than" in message
 

@@ -9,8 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medkern.analysis.patient import (MAX_PATIENT_FILE_BYTES, PATIENT_SCHEMA_VERSION, PatientError, patient_schema,
-                                      validate_patient)
+from medkern.analysis.patient import (
+    MAX_PATIENT_FILE_BYTES,
+    PATIENT_SCHEMA_VERSION,
+    PatientError,
+    patient_schema,
+    validate_patient,
+)
 from medkern.errors import MedkernError
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "guidelines.md"

@@ -131,7 +131,8 @@ def test_drawn_lesions_and_acquisition(brain):
     case = simulate_brain_metastases(brain, 11)
     # Every drawn lesion is in the label map under its own label, and nothing else is.
     labels = np.unique(np.asarray(case.lesions.array))
-    assert sorted(labels[labels > 0].tolist()) == sorted(t.label for t in case.truth) == list(range(1, len(case.truth) + 1))
+    expected = list(range(1, len(case.truth) + 1))
+    assert sorted(labels[labels > 0].tolist()) == sorted(t.label for t in case.truth) == expected
     assert len(case.truth) <= 6
     assert all(3.0 <= t.diameter_mm <= 25.0 for t in case.truth)
     assert case.acquisition["name"] in ACQUISITIONS

@@ -191,7 +191,7 @@ def test_document_is_well_formed_and_self_contained(rendered):
     assert doc.errors == []
     names = [t for t, _ in doc.tags]
     assert names[:1] == ["html"] and "script" not in names and "link" not in names and "iframe" not in names
-    for tag, attrs in doc.tags:
+    for _tag, attrs in doc.tags:
         assert not attrs.get("src") or attrs["src"].startswith("data:image/png;base64,")
         href = attrs.get("href")
         assert href is None or href.startswith(("#", "https://", "http://")), href

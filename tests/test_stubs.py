@@ -54,7 +54,7 @@ def _binding_parameters(func) -> list[str]:
     first = (func.__doc__ or "").splitlines()[0]
     assert first.startswith(f"{func.__name__}("), f"{func.__name__}: no pybind11 signature in {first!r}"
     body, depth = first[len(func.__name__) + 1:], 1
-    for end, ch in enumerate(body):
+    for end, ch in enumerate(body):  # noqa: B007 (end is the closing parenthesis, used below)
         depth += {"(": 1, ")": -1}.get(ch, 0)
         if depth == 0:
             break

@@ -7,6 +7,7 @@ beside a sub-folder holding one good slice of the reference series.
 from __future__ import annotations
 
 import numpy as np
+
 from _harness import DOCUMENTED, SilentWrong, clear, instrument_parsers, main, mk, scratch
 
 instrument_parsers("pydicom")

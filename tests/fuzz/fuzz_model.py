@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+
 from _harness import DOCUMENTED, SilentWrong, main, mk
 
 _IMAGE = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 
 import numpy as np
+
 from _harness import DOCUMENTED, SilentWrong, instrument_parsers, main, mk, scratch
 
 instrument_parsers("nibabel")

@@ -6,6 +6,7 @@ The input is read as a text file when it starts with '#', otherwise as a .mat fi
 from __future__ import annotations
 
 import numpy as np
+
 from _harness import DOCUMENTED, SilentWrong, main, mk, scratch
 
 DIR = scratch()
