@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from medkern._dispatch import is_cupy_array
+from medkern._typing import Array
 
 __all__ = ["Image"]
 
@@ -100,10 +101,10 @@ class Image:
 
     def __init__(
         self,
-        array: Any,
+        array: Array,
         spacing: Sequence[float] | float | None = None,
-        origin: Sequence[float] | None = None,
-        direction: Any = None,
+        origin: Sequence[float] | np.ndarray | None = None,
+        direction: Sequence[Sequence[float]] | np.ndarray | None = None,
         *,
         vector: bool = False,
     ) -> None:
@@ -121,36 +122,38 @@ class Image:
                 f"Image needs a 2D or 3D array{' plus a component axis' if vector else ''}, "
                 f"got shape {tuple(array.shape)}"
             )
+        spacing_t: tuple[float, ...]
         if spacing is None:
-            spacing = (1.0,) * ndim
-        elif np.isscalar(spacing):
-            spacing = (float(spacing),) * ndim
-        spacing = tuple(float(s) for s in spacing)
-        if len(spacing) != ndim:
-            raise ValueError(f"spacing has {len(spacing)} values for a {ndim}D image (array-axis order)")
-        if not all(np.isfinite(s) and s > 0 for s in spacing):
-            raise ValueError(f"spacing must be finite and positive, got {spacing}")
-        origin = np.zeros(ndim) if origin is None else np.asarray(origin, dtype=np.float64)
-        if origin.shape != (ndim,) or not np.all(np.isfinite(origin)):
-            raise ValueError(f"origin must be {ndim} finite numbers (LPS x, y[, z]), got {origin!r}")
-        direction = np.eye(ndim)[:, ::-1] if direction is None else np.asarray(direction, dtype=np.float64)
-        if direction.shape == (ndim * ndim,):
-            direction = direction.reshape(ndim, ndim)
-        if direction.shape != (ndim, ndim) or not np.all(np.isfinite(direction)):
-            raise ValueError(f"direction must be a {ndim}x{ndim} finite matrix, got shape {direction.shape}")
-        if abs(np.linalg.det(direction)) < 1e-6:
+            spacing_t = (1.0,) * ndim
+        elif isinstance(spacing, (int, float, np.number)):
+            spacing_t = (float(spacing),) * ndim
+        else:
+            spacing_t = tuple(float(s) for s in spacing)
+        if len(spacing_t) != ndim:
+            raise ValueError(f"spacing has {len(spacing_t)} values for a {ndim}D image (array-axis order)")
+        if not all(np.isfinite(s) and s > 0 for s in spacing_t):
+            raise ValueError(f"spacing must be finite and positive, got {spacing_t}")
+        origin_a = np.zeros(ndim) if origin is None else np.asarray(origin, dtype=np.float64)
+        if origin_a.shape != (ndim,) or not np.all(np.isfinite(origin_a)):
+            raise ValueError(f"origin must be {ndim} finite numbers (LPS x, y[, z]), got {origin_a!r}")
+        direction_a = np.eye(ndim)[:, ::-1] if direction is None else np.asarray(direction, dtype=np.float64)
+        if direction_a.shape == (ndim * ndim,):
+            direction_a = direction_a.reshape(ndim, ndim)
+        if direction_a.shape != (ndim, ndim) or not np.all(np.isfinite(direction_a)):
+            raise ValueError(f"direction must be a {ndim}x{ndim} finite matrix, got shape {direction_a.shape}")
+        if abs(np.linalg.det(direction_a)) < 1e-6:
             raise ValueError("direction is singular: its columns (the axis unit vectors) must be independent")
-        lengths = np.linalg.norm(direction, axis=0)
+        lengths = np.linalg.norm(direction_a, axis=0)
         if np.any(np.abs(lengths - 1.0) > 1e-3):
             # A scaled column would stretch the world extent along that axis beyond what spacing says.
             raise ValueError(f"direction columns must be unit vectors (the scale belongs in spacing), got "
                              f"lengths {[round(float(v), 6) for v in lengths]}")
         if vector and array.shape[-1] < 1:
             raise ValueError("a vector image needs at least one component")
-        self._array = array
-        self._spacing = spacing
-        self._origin = _frozen(origin)
-        self._direction = _frozen(direction)
+        self._array: Any = array  # numpy or CuPy: the attributes used are the ones both have
+        self._spacing = spacing_t
+        self._origin = _frozen(origin_a)
+        self._direction = _frozen(direction_a)
         self._vector = bool(vector)
 
     # ------------------------------------------------------------------ basic attributes

@@ -169,7 +169,25 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
             raise _fail(note, f"must be a string, got {type(meta[note]).__name__}")
     if not isinstance(meta.get("name"), str) or not meta["name"]:
         raise _fail("name", "is missing (a short model name)")
+    nsp, channels = _validate_input(meta)
+    _validate_preprocessing(meta, channels)
+    _validate_inference(meta, nsp, channels)
+    _validate_output(meta)
+    _validate_postprocessing(meta)
 
+    metrics = meta.setdefault("metrics", {})
+    if not isinstance(metrics, dict):
+        raise _fail("metrics", f"must be an object (name -> value), got {type(metrics).__name__}")
+    try:
+        json.dumps(meta, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"medkern model metadata is not JSON-serialisable: {exc}") from None
+    return meta
+
+
+
+def _validate_input(meta: dict[str, Any]) -> tuple[int, int]:
+    """The ``input`` section, defaults filled in; returns (spatial dims, channels)."""
     inp = meta.get("input")
     if not isinstance(inp, dict):
         raise _fail("input", "is missing (modalities, spatial_dims, spacing, orientation)")
@@ -196,7 +214,10 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
                                              f"(letters L/R, P/A{', S/I' if nsp == 3 else ''}, "
                                              f"each world axis once, e.g. {'SPL' if nsp == 3 else 'PL'}), "
                                              f"got {code!r}")
+    return nsp, channels
 
+
+def _validate_preprocessing(meta: dict[str, Any], channels: int) -> None:
     for field, op in _operations(meta, "preprocessing", PREPROCESSING_OPS, ("channels",)):
         for key in PREPROCESSING_OPS[op["op"]][0]:
             _number(op[key], f"{field}.{key}")
@@ -221,6 +242,8 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
                 not 0 <= _number(op["low"], f"{field}.low") < _number(op["high"], f"{field}.high") <= 100:
             raise _fail(field, f"needs 0 <= low < high <= 100, got {op['low']} and {op['high']}")
 
+
+def _validate_inference(meta: dict[str, Any], nsp: int, channels: int) -> None:
     inf = meta.get("inference")
     if not isinstance(inf, dict):
         raise _fail("inference", "is missing (at least patch_size)")
@@ -245,6 +268,8 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
                                             f"channel(s) exceed {MAX_BATCH_VALUES} input values per batch")
     _choice(inf["padding"], PADDINGS, "inference.padding")
 
+
+def _validate_output(meta: dict[str, Any]) -> None:
     out = meta.get("output")
     if not isinstance(out, dict):
         raise _fail("output", "is missing (activation and labels)")
@@ -257,17 +282,6 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
     threshold = _number(out.setdefault("threshold", 0.5), "output.threshold")
     if not 0 < threshold < 1:
         raise _fail("output.threshold", f"must be in (0, 1), got {threshold}")
-
-    _validate_postprocessing(meta)
-
-    metrics = meta.setdefault("metrics", {})
-    if not isinstance(metrics, dict):
-        raise _fail("metrics", f"must be an object (name -> value), got {type(metrics).__name__}")
-    try:
-        json.dumps(meta, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ModelError(f"medkern model metadata is not JSON-serialisable: {exc}") from None
-    return meta
 
 
 def _operations(meta: dict[str, Any], section: str, table: dict[str, tuple[tuple[str, ...], dict[str, Any]]],
