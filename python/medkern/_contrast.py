@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from medkern._dispatch import Kernel
+from medkern._docstrings import fill_doc
 from medkern._progress import Progress
 from medkern._util import check_mask, check_range, check_stats, unwrap
 
@@ -84,19 +85,50 @@ def _extremes(x: Any, mask: Any, backend: str, name: str) -> tuple[float, float]
     return lo, hi
 
 
+@fill_doc
 def equalize_hist(img: Any, nbins: int = 256, mask: Any = None, *, backend: str = "auto") -> Any:
-    """Global histogram equalisation: each voxel mapped through the cumulative histogram.
+    """Global histogram equalisation: map each voxel through the cumulative histogram.
 
     The definition of scikit-image's ``exposure.equalize_hist``: float images get ``nbins``
     equal-width bins over their [min, max] (``numpy.histogram``); integer images get one bin per
     grey value between min and max and ``nbins`` is ignored, exactly as scikit-image does. The
     cumulative histogram, normalised to end at 1, is interpolated linearly between bin centres
-    (``numpy.interp``). With ``mask``, the histogram is taken over the masked voxels only and the
-    mapping is applied to every voxel. Returns float32 in (0, 1] with the input's geometry.
+    (``numpy.interp``).
 
-    Non-finite voxels (NaN, +-inf) in the histogram's voxels (the mask, or the whole image) raise
-    ValueError with their count, as does a float range whose width overflows float64. Voxels
-    outside the mask go through the same map: -inf gives the first value, +inf 1, NaN stays NaN.
+    Parameters
+    ----------
+    %(img)s
+    nbins : int, optional
+        Histogram bins for float images; default 256.
+    %(mask)s
+        The histogram is taken over the masked voxels only and the mapping is applied to every
+        voxel: outside the mask -inf gives the first value, +inf 1, NaN stays NaN.
+    %(backend)s
+
+    Returns
+    -------
+    Image or array
+        float32 in (0, 1], in the input's form.
+
+    Raises
+    ------
+    ValueError
+        Non-finite voxels (NaN, +-inf) among the histogram's voxels (the mask, or the whole
+        image), with their count; a float range whose width overflows float64.
+
+    See Also
+    --------
+    clahe : Adaptive, contrast-limited equalisation.
+    normalize : Linear intensity normalisation.
+
+    Examples
+    --------
+    >>> ramp = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    >>> mk.equalize_hist(ramp)
+    array([[0.0625, 0.125 , 0.1875, 0.25  ],
+           [0.3125, 0.375 , 0.4375, 0.5   ],
+           [0.5625, 0.625 , 0.6875, 0.75  ],
+           [0.8125, 0.875 , 0.9375, 1.    ]], dtype=float32)
     """
     x, _, rewrap = unwrap(img)
     nbins = _positive_int(nbins, "nbins")
@@ -127,38 +159,68 @@ def equalize_hist(img: Any, nbins: int = 256, mask: Any = None, *, backend: str 
     return rewrap(interp_map(x, centers, cdf, backend=backend))
 
 
+@fill_doc
 def clahe(img: Any, clip_limit: float | None = None, kernel_size: Any = None, nbins: int = 256, *,
           method: str = "skimage", tile_grid: Sequence[int] | None = None,
           backend: str = "auto") -> Any:
     """Contrast-limited adaptive histogram equalisation (Zuiderveld 1994), 2D and 3D.
 
-    ``method="skimage"`` (default) is scikit-image's ``exposure.equalize_adapthist``:
+    ``method="skimage"`` (default) is scikit-image's ``exposure.equalize_adapthist``: the image
+    is rescaled from its [min, max] to 14 bits as scikit-image does (float images within [0, 1]
+    first quantised to 16 bits exactly like ``img_as_uint``). Where scikit-image differs from a
+    plain min-max rescale (it clips negative signed integers to 0 and rejects floats outside
+    [-1, 1]) medkern rescales the image's own range instead, so CT in HU keeps its negative
+    values. The output is float32 in [0, 1], equal to scikit-image's result (its float64 output
+    rounded). ``method="opencv"`` is OpenCV's ``cv2.createCLAHE(clipLimit,
+    tileGridSize).apply`` for uint8 and uint16 images (3D: each slice along axis 0 on its own);
+    the output has the input's dtype and equals OpenCV's output.
 
-    - ``kernel_size``: contextual-region shape in voxels (int or one per axis, array order);
-      default 1/8 of each axis (at least 1).
-    - ``clip_limit``: normalised clip limit in [0, 1] (default 0.01); the histogram of each
-      region is clipped at ``max(1, int(clip_limit * region voxels))`` and the excess spread over
-      the bins; 0 means no clipping (plain AHE).
-    - ``nbins``: histogram bins over the 14-bit grey range.
-    - Grey levels: the image is rescaled from its [min, max] to 14 bits as scikit-image does.
-      Float images within [0, 1] are first quantised to 16 bits exactly like scikit-image's
-      ``img_as_uint``. Where scikit-image differs from a plain min-max rescale (it clips
-      negative signed integers to 0 and rejects floats outside [-1, 1]) medkern rescales the
-      image's own range instead, so CT in HU keeps its negative values.
-    - Output float32 in [0, 1], equal to scikit-image's result (its float64 output rounded).
+    Parameters
+    ----------
+    %(img)s
+    clip_limit : float, optional
+        ``"skimage"``: normalised clip limit in [0, 1] (default 0.01); the histogram of each
+        region is clipped at ``max(1, int(clip_limit * region voxels))`` and the excess spread
+        over the bins; 0 means no clipping (plain AHE). ``"opencv"``: OpenCV's clip limit
+        (default 40.0; 0 means no clipping).
+    kernel_size : int or sequence of int, optional
+        ``"skimage"``: contextual-region shape in voxels (one value or one per axis, array
+        order); default 1/8 of each axis (at least 1).
+    nbins : int, optional
+        ``"skimage"``: histogram bins over the 14-bit grey range; default 256.
+    method : {"skimage", "opencv"}, optional
+        Whose definition to follow.
+    tile_grid : sequence of int, optional
+        ``"opencv"``: number of tiles (rows, columns) in array order, default (8, 8) (OpenCV's
+        ``tileGridSize`` is (columns, rows)).
+    %(backend)s
 
-    ``method="opencv"`` is OpenCV's ``cv2.createCLAHE(clipLimit, tileGridSize).apply`` for
-    uint8 and uint16 images (3D: each slice along axis 0 on its own):
+    Returns
+    -------
+    Image or array
+        float32 in [0, 1] (``"skimage"``) or the input's dtype (``"opencv"``), in the input's
+        form.
 
-    - ``tile_grid``: number of tiles (rows, columns) in array order, default (8, 8) (OpenCV's
-      ``tileGridSize`` is (columns, rows)).
-    - ``clip_limit``: OpenCV's clip limit (default 40.0; 0 means no clipping).
-    - Output has the input's dtype and equals OpenCV's output.
+    Raises
+    ------
+    ValueError
+        Non-finite voxels (NaN, +-inf), with their count; an intensity range whose width
+        overflows float64; ``kernel_size`` beyond ``4 n + 16`` along an axis of n voxels; a
+        ``tile_grid`` with more tiles than pixels; a negative clip limit; an unknown method, or
+        parameters of the other method.
 
-    Non-finite voxels (NaN, +-inf) raise ValueError with their count, as does an intensity range
-    whose width overflows float64; ``kernel_size`` beyond ``4 n + 16`` along an axis of n voxels and a
-    ``tile_grid`` with more tiles than pixels raise ValueError. Returns the input's geometry (an
-    Image in, an Image out).
+    See Also
+    --------
+    equalize_hist : Global equalisation.
+
+    Examples
+    --------
+    >>> ramp = np.tile(np.arange(64, dtype=np.uint8), (64, 1))
+    >>> eq = mk.clahe(ramp, clip_limit=0.01)
+    >>> eq.dtype, float(eq.min()), float(eq.max())
+    (dtype('float32'), 0.0, 1.0)
+    >>> mk.clahe(ramp, method="opencv", clip_limit=2.0, tile_grid=(8, 8)).dtype
+    dtype('uint8')
     """
     x, _, rewrap = unwrap(img)
     if method == "skimage":
@@ -246,6 +308,7 @@ def _axis_positions(size: int, factor: int) -> np.ndarray:
     return centre / (size - 1)
 
 
+@fill_doc
 def n4_bias_correction(img: Any, mask: Any = None, *, shrink_factor: Any = 4,
                        iterations: Sequence[int] = (50, 50, 50, 50), control_points: Any = 4,
                        convergence_threshold: float = 0.001, histogram_bins: int = 200,
@@ -258,27 +321,72 @@ def n4_bias_correction(img: Any, mask: Any = None, *, shrink_factor: Any = 4,
     is a cubic B-spline with ``control_points`` per axis at the first fitting level; at each
     iteration the histogram of the log-corrected image (``histogram_bins`` bins) is sharpened by
     Wiener deconvolution (noise ``wiener_noise``) of a Gaussian of ``fwhm`` (log units) and the
-    residual is fitted by B-spline approximation and added to the field, until the coefficient of
-    variation of the field change is below ``convergence_threshold`` or ``iterations[level]``
-    iterations ran; each of the ``len(iterations)`` levels doubles the lattice resolution.
+    residual is fitted by B-spline approximation and added to the field, until the coefficient
+    of variation of the field change is below ``convergence_threshold`` or
+    ``iterations[level]`` iterations ran; each of the ``len(iterations)`` levels doubles the
+    lattice resolution. The fit runs on the grid subsampled by ``shrink_factor`` (the centre
+    voxel of each block), as SimpleITK users ``Shrink`` before N4, over the same physical domain
+    as the full image; the field is then evaluated on the full grid. The fit is one compiled
+    call, about a second at most at the default shrink factor.
 
-    The fit runs on the grid subsampled by ``shrink_factor`` (int or per axis, array order; the
-    centre voxel of each block), as SimpleITK users ``Shrink`` before N4, over the same physical
-    domain as the full image; the field is then evaluated on the full grid.
-    Only voxels inside ``mask`` (all voxels when None) with positive intensity take part.
-    Non-finite voxels (NaN, +-inf) inside the mask raise ValueError with their count; outside the
-    mask they are divided by the field like every voxel (NaN and +-inf stay so). ``iterations``
-    per level are capped at 10000, ``histogram_bins`` at 2**16 and the final control-point
-    lattice at 2**24 points: larger values raise ValueError (they buy nothing but time).
+    Parameters
+    ----------
+    %(img)s
+    %(mask)s
+        Only voxels inside it with positive intensity take part in the fit. Non-finite voxels
+        outside the mask are divided by the field like every voxel (NaN and +-inf stay so).
+    shrink_factor : int or sequence of int, optional
+        Subsampling of the fitting grid, one value or one per axis (array order); default 4.
+    iterations : sequence of int, optional
+        Iterations per fitting level (at most 10000 each); default ``(50, 50, 50, 50)``.
+    control_points : int or sequence of int, optional
+        B-spline control points per axis at the first level; default 4.
+    convergence_threshold : float, optional
+        Stop a level when the coefficient of variation of the field change is below this.
+    histogram_bins : int, optional
+        Bins of the log-intensity histogram (at most 2**16); default 200.
+    fwhm : float, optional
+        FWHM of the Gaussian deconvolved from the histogram, in log units; default 0.15.
+    wiener_noise : float, optional
+        Wiener filter noise; default 0.01.
+    return_bias_field : bool, optional
+        Also return the multiplicative bias field.
+    %(backend)s
+    %(progress)s
+        Called at the stages ``"shrink"``, ``"fit"`` and ``"apply"``.
 
-    Returns the corrected image ``img / bias`` (float32, every voxel), and with
-    ``return_bias_field=True`` the tuple ``(corrected, bias)`` where ``bias`` is the
-    multiplicative field (float32). Images in, Images out with the input's geometry.
+    Returns
+    -------
+    corrected : Image or array
+        ``img / bias``, float32, every voxel, in the input's form.
+    bias : Image or array
+        The multiplicative field (float32); only with ``return_bias_field=True``.
 
-    ``progress``: None, True (a tqdm bar on stderr) or a callable ``progress(stage, fraction)``
-    (see :mod:`medkern._progress`), called at the stages ``"shrink"``, ``"fit"`` and ``"apply"``;
-    returning False raises :class:`medkern.Cancelled` at the next of them. The fit (every level
-    and iteration) is one compiled call, about a second at most at the default shrink factor.
+    Raises
+    ------
+    ValueError
+        Non-finite voxels (NaN, +-inf) inside the mask, with their count; more than 10000
+        iterations per level, more than 2**16 histogram bins or a final control-point lattice
+        beyond 2**24 points (they buy nothing but time); an empty mask.
+    medkern.Cancelled
+        ``progress`` returned False.
+
+    See Also
+    --------
+    normalize : Intensity normalisation, often applied after N4.
+
+    Examples
+    --------
+    A T1-like image with a 2 % per voxel intensity ramp along x:
+
+    >>> k, j, i = np.mgrid[:16, :32, :32]
+    >>> t1 = mk.Image((100 * (1 + 0.02 * i)).astype(np.float32), spacing=2.0)
+    >>> corrected, bias = mk.n4_bias_correction(t1, shrink_factor=2, iterations=(20, 20),
+    ...                                         return_bias_field=True)
+    >>> def cv(a):
+    ...     return round(float(a.std() / a.mean()), 2)
+    >>> cv(t1.array), cv(corrected.array)     # coefficient of variation before and after
+    (0.14, 0.01)
     """
     x, _, rewrap = unwrap(img)
     m = check_mask(mask, x.shape)

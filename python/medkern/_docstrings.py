@@ -34,7 +34,7 @@ T = TypeVar("T")
 DOCS: dict[str, str] = {
     "img": """\
 img : Image or array_like
-    A 2D or 3D scalar image: a :class:`~medkern.Image`, or a bare numpy or cupy array (taken
+    A 2D or 3D scalar image: an :class:`~medkern.Image`, or a bare numpy or cupy array (taken
     to have unit spacing at the origin). An Image in gives an Image out with the same
     geometry; an array in gives an array out, on the device it came from.""",
     "img_geometry": """\
@@ -46,6 +46,11 @@ img : Image or array_like
 mask : Image or array_like of bool, optional
     Voxels to use, same shape as ``img`` (nonzero = inside). ``None`` (default) uses every
     voxel. An Image is accepted; only its array is read.""",
+    "binary_mask": """\
+mask : Image or array_like
+    A 2D or 3D mask: every nonzero voxel is set (bool or numeric; NaN and +-inf are refused).
+    Physical sizes come from the Image's spacing, 1 mm per voxel for a bare array. An Image in
+    gives an Image out with the same geometry; an array in gives an array out.""",
     "spacing": """\
 spacing : float or sequence of float
     Voxel size in mm, one value per array axis in array-axis order (``[k, j, i]`` for 3D), or one

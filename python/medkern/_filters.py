@@ -22,6 +22,7 @@ import numpy as np
 
 from medkern._backend_shared import MODES
 from medkern._dispatch import Kernel, array_module
+from medkern._docstrings import fill_doc
 from medkern._util import check_finite, per_axis, unwrap
 
 __all__ = ["gaussian", "mean_filter", "log_filter", "unsharp_mask", "median", "bilateral",
@@ -127,24 +128,63 @@ def gaussian_kernel(sigma_vox: float, truncate: float = 4.0, order: int = 0) -> 
 
 
 # ------------------------------------------------------------------ public API
+@fill_doc
 def gaussian(img: Any, sigma_mm: Any = None, *, sigma_vox: Any = None, truncate: float = 4.0,
              method: str = "fir", mode: str | None = None, cval: float = 0.0,
              backend: str = "auto") -> Any:
     """Gaussian smoothing with per-axis sigma in mm (``sigma_vox`` for voxel units).
 
-    - ``method="fir"`` (default): exact separable correlation with the sampled Gaussian of radius
-      ``int(truncate * sigma_vox + 0.5)`` normalised to sum 1, boundary ``mode`` (default
-      ``"reflect"``): the definition of ``scipy.ndimage.gaussian_filter`` with the same
-      ``truncate``.
-    - ``method="recursive"``: Deriche's 4th-order recursive Gaussian as SimpleITK's
-      ``SmoothingRecursiveGaussian`` computes it (lines extended by their end values, i.e.
-      ``mode="nearest"``; cost independent of sigma). Each smoothed axis needs >= 4 voxels;
-      ``truncate`` does not apply. CPU backends only.
+    A sigma of 0 leaves that axis untouched. Non-finite voxels propagate as in scipy.ndimage:
+    NaN and +-inf spread over the kernel's support (+inf next to -inf gives NaN).
 
-    A sigma of 0 leaves that axis untouched. Returns float32. Non-finite voxels propagate as in
-    scipy.ndimage: NaN and +-inf spread over the kernel's support (+inf next to -inf gives NaN).
-    A FIR kernel radius above ``16 n + 64`` voxels along an axis of n voxels, or a recursive
-    sigma above ``4 n`` voxels, raises ValueError (no benefit, unbounded work or precision loss).
+    Parameters
+    ----------
+    %(img)s
+    sigma_mm : float or sequence of float, optional
+        Standard deviation in mm, one value or one per array axis. Give this or ``sigma_vox``.
+    sigma_vox : float or sequence of float, optional
+        Standard deviation in voxels instead.
+    truncate : float, optional
+        ``method="fir"``: kernel radius ``int(truncate * sigma_vox + 0.5)``; default 4.
+    method : {"fir", "recursive"}, optional
+        ``"fir"`` (default): exact separable correlation with the sampled Gaussian normalised to
+        sum 1, boundary ``mode`` (default ``"reflect"``): the definition of
+        ``scipy.ndimage.gaussian_filter`` with the same ``truncate``. ``"recursive"``:
+        Deriche's 4th-order recursive Gaussian as SimpleITK's ``SmoothingRecursiveGaussian``
+        computes it (lines extended by their end values, i.e. ``mode="nearest"``; cost
+        independent of sigma; each smoothed axis needs >= 4 voxels; ``truncate`` does not
+        apply; CPU backends only).
+    mode : {"reflect", "nearest", "mirror", "wrap", "constant"}, optional
+        Boundary handling (scipy.ndimage's modes) for ``"fir"``.
+    cval : float, optional
+        The value outside the image for ``mode="constant"``.
+    %(backend)s
+
+    Returns
+    -------
+    Image or array
+        float32, in the input's form.
+
+    Raises
+    ------
+    ValueError
+        Neither or both of ``sigma_mm`` and ``sigma_vox``, a negative sigma, an unknown method
+        or mode, a FIR kernel radius above ``16 n + 64`` voxels along an axis of n voxels, or a
+        recursive sigma above ``4 n`` voxels (no benefit, unbounded work or precision loss).
+
+    See Also
+    --------
+    median : Edge-preserving, exact.
+    bilateral : Edge-preserving smoothing.
+    unsharp_mask : Sharpening with the same blur.
+
+    Examples
+    --------
+    >>> step = mk.Image(np.repeat([[0, 0, 0, 100, 100, 100]], 3, axis=0).astype(np.float32),
+    ...                 spacing=(1.0, 0.5))
+    >>> smooth = mk.gaussian(step, sigma_mm=0.5)      # one voxel along axis 1
+    >>> smooth.array[1].round(2)
+    array([ 0.47,  5.86, 30.05, 69.95, 94.14, 99.53], dtype=float32)
     """
     x, image, rewrap = unwrap(img)
     _check_nonempty(x, "gaussian")
@@ -168,14 +208,49 @@ def gaussian(img: Any, sigma_mm: Any = None, *, sigma_vox: Any = None, truncate:
     raise ValueError(f"gaussian: method must be 'fir' or 'recursive', got {method!r}")
 
 
+@fill_doc
 def mean_filter(img: Any, radius: Any = 1, *, mode: str = "reflect", cval: float = 0.0,
                 backend: str = "auto") -> Any:
-    """Mean (box) filter over ``2 * radius + 1`` voxels per axis (radius per array axis, voxels).
+    """Mean (box) filter over ``2 * radius + 1`` voxels per axis.
 
-    The IBSI 2 mean filter (IBSI 2 reference manual, "Mean filter") with its padding choices:
-    ``mode="constant"`` (zero), ``"nearest"``, ``"wrap"`` (periodic), ``"reflect"`` (symmetric).
-    Equals ``scipy.ndimage.uniform_filter(size=2r+1)``. Returns float32 (NaN and +-inf spread over
-    the box, as in scipy). A radius above ``16 n + 64`` along an axis of n voxels raises ValueError.
+    The IBSI 2 mean filter (IBSI 2 reference manual, "Mean filter") with its padding choices.
+    Equals ``scipy.ndimage.uniform_filter(size=2r+1)``. NaN and +-inf spread over the box, as in
+    scipy.
+
+    Parameters
+    ----------
+    %(img)s
+    radius : int or sequence of int, optional
+        Radius in voxels, one value or one per array axis; default 1.
+    mode : {"reflect", "constant", "nearest", "wrap"}, optional
+        ``"constant"`` (zero, or ``cval``), ``"nearest"``, ``"wrap"`` (periodic), ``"reflect"``
+        (symmetric, default).
+    cval : float, optional
+        The value outside the image for ``mode="constant"``.
+    %(backend)s
+
+    Returns
+    -------
+    Image or array
+        float32, in the input's form.
+
+    Raises
+    ------
+    ValueError
+        A negative radius, an unknown mode, or a radius above ``16 n + 64`` along an axis of n
+        voxels.
+
+    See Also
+    --------
+    median : The median over the same box.
+    gaussian : Gaussian smoothing.
+
+    Examples
+    --------
+    >>> step = mk.Image(np.repeat([[0, 0, 0, 100, 100, 100]], 3, axis=0).astype(np.float32),
+    ...                 spacing=(1.0, 0.5))
+    >>> mk.mean_filter(step, radius=(0, 1)).array[1].round(2)
+    array([  0.  ,   0.  ,  33.33,  66.67, 100.  , 100.  ], dtype=float32)
     """
     x, _, rewrap = unwrap(img)
     _check_nonempty(x, "mean_filter")
@@ -187,16 +262,53 @@ def mean_filter(img: Any, radius: Any = 1, *, mode: str = "reflect", cval: float
     return rewrap(separable_correlate(x, kernels, code, float(cval), backend=backend))
 
 
+@fill_doc
 def log_filter(img: Any, sigma_mm: Any = None, *, sigma_vox: Any = None, truncate: float = 4.0,
                mode: str = "reflect", cval: float = 0.0, backend: str = "auto") -> Any:
-    """Laplacian of Gaussian, sum over axes of the second Gaussian derivative along that axis.
+    """Laplacian of Gaussian: sum over axes of the second Gaussian derivative along that axis.
 
     Derivatives are physical (per mm^2: the voxel-unit response along axis a is divided by
     spacing_a^2); for a bare array (unit spacing) this is exactly
     ``scipy.ndimage.gaussian_laplace(sigma, mode, truncate)``. The IBSI 2 LoG filter (IBSI 2
-    reference manual, "Laplacian of Gaussian") with its 4-sigma truncation. Returns float32 (NaN
-    and +-inf spread over the kernel's support, as in scipy); kernel radius bounded as in
-    :func:`gaussian`.
+    reference manual, "Laplacian of Gaussian") with its 4-sigma truncation. NaN and +-inf spread
+    over the kernel's support, as in scipy.
+
+    Parameters
+    ----------
+    %(img)s
+    sigma_mm : float or sequence of float, optional
+        Standard deviation in mm, one value or one per array axis. Give this or ``sigma_vox``.
+    sigma_vox : float or sequence of float, optional
+        Standard deviation in voxels instead.
+    truncate : float, optional
+        Kernel radius ``int(truncate * sigma_vox + 0.5)``; default 4.
+    mode : {"reflect", "nearest", "mirror", "wrap", "constant"}, optional
+        Boundary handling (scipy.ndimage's modes); default ``"reflect"``.
+    cval : float, optional
+        The value outside the image for ``mode="constant"``.
+    %(backend)s
+
+    Returns
+    -------
+    Image or array
+        float32, in the input's form.
+
+    Raises
+    ------
+    ValueError
+        Neither or both sigmas, an unknown mode, or a kernel radius beyond the bound of
+        :func:`gaussian`.
+
+    See Also
+    --------
+    gaussian : The smoothing it differentiates.
+
+    Examples
+    --------
+    >>> step = mk.Image(np.repeat([[0, 0, 0, 100, 100, 100]], 3, axis=0).astype(np.float32),
+    ...                 spacing=(1.0, 0.5))
+    >>> mk.log_filter(step, sigma_mm=0.5).array[1].round(1)     # negative on the bright side
+    array([  15.5,   76.5,   63. , -119. , -132.5,  -71.5], dtype=float32)
     """
     x, image, rewrap = unwrap(img)
     _check_nonempty(x, "log_filter")
@@ -218,16 +330,55 @@ def log_filter(img: Any, sigma_mm: Any = None, *, sigma_vox: Any = None, truncat
     return rewrap(out)
 
 
+@fill_doc
 def unsharp_mask(img: Any, sigma_mm: Any = None, amount: float = 1.0, *, sigma_vox: Any = None,
                  method: str = "fir", mode: str | None = None, truncate: float = 4.0,
                  backend: str = "auto") -> Any:
-    """Unsharp masking ``x + amount * (x - gaussian(x))``.
+    """Sharpen by unsharp masking: ``x + amount * (x - gaussian(x))``.
 
     The blur is :func:`gaussian` with the same ``method`` / ``mode`` / ``truncate``:
     ``method="recursive"`` reproduces SimpleITK ``UnsharpMask`` (threshold 0); ``method="fir"``
-    uses the scipy ``gaussian_filter`` definition.
-    Returns float32; non-finite voxels propagate (NaN, and NaN where the blur meets +-inf), sigma
-    bounded as in :func:`gaussian`.
+    uses the scipy ``gaussian_filter`` definition. Non-finite voxels propagate (NaN, and NaN
+    where the blur meets +-inf).
+
+    Parameters
+    ----------
+    %(img)s
+    sigma_mm : float or sequence of float, optional
+        Standard deviation of the blur in mm, one value or one per array axis. Give this or
+        ``sigma_vox``.
+    amount : float, optional
+        How much of the detail ``x - gaussian(x)`` is added; default 1.
+    sigma_vox : float or sequence of float, optional
+        Standard deviation in voxels instead.
+    method : {"fir", "recursive"}, optional
+        The blur, as in :func:`gaussian`.
+    mode : str, optional
+        Boundary handling, as in :func:`gaussian`.
+    truncate : float, optional
+        As in :func:`gaussian`.
+    %(backend)s
+
+    Returns
+    -------
+    Image or array
+        float32, in the input's form.
+
+    Raises
+    ------
+    ValueError
+        As :func:`gaussian`.
+
+    See Also
+    --------
+    gaussian : The blur.
+
+    Examples
+    --------
+    >>> step = mk.Image(np.repeat([[0, 0, 0, 100, 100, 100]], 3, axis=0).astype(np.float32),
+    ...                 spacing=(1.0, 0.5))
+    >>> mk.unsharp_mask(step, sigma_mm=0.5).array[1].round(2)     # overshoot on both sides of the edge
+    array([ -0.47,  -5.86, -30.05, 130.05, 105.86, 100.47], dtype=float32)
     """
     amount = float(amount)
     if not np.isfinite(amount):
@@ -254,14 +405,47 @@ def _reject_nan(x, fn: str) -> None:
     check_finite(x, fn)
 
 
+@fill_doc
 def median(img: Any, radius: Any = 1, *, mode: str = "nearest", backend: str = "auto") -> Any:
-    """Median over the ``(2 r + 1)`` box per array axis (radius in voxels, any size, 2D and 3D).
+    """Median over the ``(2 r + 1)`` box per array axis (any radius, 2D and 3D).
 
-    Default ``mode="nearest"`` equals SimpleITK ``Median`` (zero-flux Neumann boundary);
-    ``mode="reflect"`` equals scipy ``median_filter(size=2r+1)`` with its default mode; every
-    scipy mode is accepted (``"constant"`` pads with 0). Values are selected, never averaged, so
-    the result has the input's dtype and is exact. Non-finite voxels (NaN, +-inf) raise ValueError
-    with their count; a radius beyond the axis length raises ValueError.
+    Values are selected, never averaged, so the result has the input's dtype and is exact.
+
+    Parameters
+    ----------
+    %(img)s
+    radius : int or sequence of int, optional
+        Radius in voxels, one value or one per array axis; default 1.
+    mode : {"nearest", "reflect", "mirror", "wrap", "constant"}, optional
+        Default ``"nearest"`` equals SimpleITK ``Median`` (zero-flux Neumann boundary);
+        ``"reflect"`` equals scipy ``median_filter(size=2r+1)`` with its default mode; every
+        scipy mode is accepted (``"constant"`` pads with 0).
+    %(backend)s
+
+    Returns
+    -------
+    Image or array
+        The input's dtype, in the input's form.
+
+    Raises
+    ------
+    ValueError
+        Non-finite voxels (NaN, +-inf), with their count; a radius beyond the axis length; an
+        unknown mode.
+
+    See Also
+    --------
+    mean_filter : The mean over the same box.
+    bilateral : Edge-preserving smoothing.
+
+    Examples
+    --------
+    >>> spike = np.zeros((3, 3), np.int16)
+    >>> spike[1, 1] = 1000
+    >>> mk.median(spike, radius=1)
+    array([[0, 0, 0],
+           [0, 0, 0],
+           [0, 0, 0]], dtype=int16)
     """
     x, _, rewrap = unwrap(img)
     _check_nonempty(x, "median")
@@ -279,17 +463,49 @@ BILATERAL_RANGE_MU = 4.0
 BILATERAL_RANGE_SAMPLES = 100
 
 
+@fill_doc
 def bilateral(img: Any, sigma_spatial_mm: Any, sigma_range: float, *, radius: Any = None,
               backend: str = "auto") -> Any:
     """Edge-preserving bilateral filter (Tomasi & Manduchi 1998), 2D and 3D.
 
-    Weight of neighbour q for voxel p: the Gaussian of the physical offset (``sigma_spatial_mm``
-    per array axis) times the Gaussian of the intensity difference (``sigma_range``, intensity
-    units). Defined as SimpleITK ``Bilateral``: box of radius ``ceil(2.5 sigma / spacing)`` voxels
-    per axis (override with ``radius``), range Gaussian tabulated at 100 steps up to
-    ``4 sigma_range`` and zero beyond, nearest-sample boundary. Returns float32. Non-finite
-    voxels (NaN, +-inf) raise ValueError with their count; a box radius (given, or from
-    ``sigma_spatial_mm``) beyond the axis length raises ValueError.
+    Weight of neighbour q for voxel p: the Gaussian of the physical offset times the Gaussian of
+    the intensity difference. Defined as SimpleITK ``Bilateral``: box of radius
+    ``ceil(2.5 sigma / spacing)`` voxels per axis, range Gaussian tabulated at 100 steps up to
+    ``4 sigma_range`` and zero beyond, nearest-sample boundary.
+
+    Parameters
+    ----------
+    %(img)s
+    sigma_spatial_mm : float or sequence of float
+        Spatial standard deviation in mm, one value or one per array axis.
+    sigma_range : float
+        Intensity standard deviation, in intensity units.
+    radius : int or sequence of int, optional
+        Box radius in voxels, overriding ``ceil(2.5 sigma / spacing)``.
+    %(backend)s
+
+    Returns
+    -------
+    Image or array
+        float32, in the input's form.
+
+    Raises
+    ------
+    ValueError
+        Non-finite voxels (NaN, +-inf), with their count; a box radius (given, or from
+        ``sigma_spatial_mm``) beyond the axis length; sigmas that are not positive.
+
+    See Also
+    --------
+    anisotropic_diffusion : Another edge-preserving smoother.
+    gaussian : Smoothing across edges.
+
+    Examples
+    --------
+    >>> step = mk.Image(np.repeat([[0, 0, 0, 100, 100, 100]], 3, axis=0).astype(np.float32),
+    ...                 spacing=(1.0, 0.5))
+    >>> mk.bilateral(step, sigma_spatial_mm=1.0, sigma_range=10.0).array[1]   # the edge survives
+    array([  0.,   0.,   0., 100., 100., 100.], dtype=float32)
     """
     x, image, rewrap = unwrap(img)
     _check_nonempty(x, "bilateral")
@@ -310,21 +526,52 @@ def bilateral(img: Any, sigma_spatial_mm: Any, sigma_range: float, *, radius: An
                                    BILATERAL_RANGE_SAMPLES, backend=backend))
 
 
+@fill_doc
 def anisotropic_diffusion(img: Any, iterations: int = 5, time_step: float | None = None,
                           conductance: float = 1.0, *, method: str = "gradient",
                           backend: str = "auto") -> Any:
     """Edge-preserving anisotropic diffusion, as ITK discretises it.
 
-    - ``method="gradient"``: Perona-Malik conductance exp(-|grad|^2 / (2 c^2 <|grad|^2>)), the
-      ``GradientAnisotropicDiffusion`` of SimpleITK.
-    - ``method="curvature"``: the modified curvature diffusion of Whitaker & Xue, SimpleITK's
-      ``CurvatureAnisotropicDiffusion``.
+    Derivatives use the spacing (mm). Computed and returned in float32 (integer input is
+    converted).
 
-    ``conductance`` is c, relative to the image's mean gradient magnitude (recomputed every
-    iteration). Derivatives use the spacing (mm). ``time_step=None`` takes the stable step
-    ``min(spacing) / 2^(ndim + 1)``; a larger step warns, as ITK does. Computed and returned in
-    float32 (integer input is converted). Non-finite voxels (NaN, +-inf) raise ValueError with
-    their count; more than 100000 iterations raise ValueError.
+    Parameters
+    ----------
+    %(img)s
+    iterations : int, optional
+        Number of diffusion steps (at most 100000); default 5.
+    time_step : float, optional
+        ``None`` takes the stable step ``min(spacing) / 2^(ndim + 1)``; a larger step warns, as
+        ITK does.
+    conductance : float, optional
+        ``c``, relative to the image's mean gradient magnitude (recomputed every iteration).
+    method : {"gradient", "curvature"}, optional
+        ``"gradient"``: Perona-Malik conductance ``exp(-|grad|^2 / (2 c^2 <|grad|^2>))``, the
+        ``GradientAnisotropicDiffusion`` of SimpleITK. ``"curvature"``: the modified curvature
+        diffusion of Whitaker & Xue, SimpleITK's ``CurvatureAnisotropicDiffusion``.
+    %(backend)s
+
+    Returns
+    -------
+    Image or array
+        float32, in the input's form.
+
+    Raises
+    ------
+    ValueError
+        Non-finite voxels (NaN, +-inf), with their count; more than 100000 iterations; an
+        unknown method.
+
+    See Also
+    --------
+    bilateral : Another edge-preserving smoother.
+
+    Examples
+    --------
+    >>> step = mk.Image(np.repeat([[0, 0, 0, 100, 100, 100]], 3, axis=0).astype(np.float32),
+    ...                 spacing=(1.0, 0.5))
+    >>> mk.anisotropic_diffusion(step, iterations=3).array[1].round(2)
+    array([  0.  ,   0.01,   0.08,  99.92,  99.99, 100.  ], dtype=float32)
     """
     x, image, rewrap = unwrap(img)
     _check_nonempty(x, "anisotropic_diffusion")

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from medkern._dispatch import Kernel, array_module
+from medkern._docstrings import fill_doc
 from medkern._util import check_finite, check_mask, check_nonempty, check_range, check_stats, unwrap
 
 __all__ = ["window", "normalize"]
@@ -32,16 +33,48 @@ moments = Kernel(
 )
 
 
+@fill_doc
 def window(img: Any, center: float, width: float, output_range: tuple[float, float] = (0.0, 1.0),
            *, backend: str = "auto") -> Any:
     """Window/level: map ``[center - width/2, center + width/2]`` linearly onto ``output_range``.
 
     Values below the window go to ``output_range[0]``, above it to ``output_range[1]`` (the
     SimpleITK ``IntensityWindowingImageFilter`` definition). NaN stays NaN; -inf and +inf go to
-    the ends of ``output_range`` like any value outside the window. Returns float32 with
-    the input's geometry (an Image in, an Image out; an array in, an array out).
+    the ends of ``output_range`` like any value outside the window.
 
-    Example: soft-tissue CT window ``mk.window(ct, center=40, width=400)``.
+    Parameters
+    ----------
+    %(img)s
+    center : float
+        The window centre (level), in image units (e.g. HU).
+    width : float
+        The window width, positive.
+    output_range : tuple of float, optional
+        The values the window's ends map to; default ``(0.0, 1.0)``.
+    %(backend)s
+
+    Returns
+    -------
+    Image or array
+        float32, in the input's form.
+
+    Raises
+    ------
+    ValueError
+        A centre that is not finite, a width that is not positive and finite, or an
+        ``output_range`` that is not two finite increasing values.
+
+    See Also
+    --------
+    normalize : Normalisation from image statistics.
+
+    Examples
+    --------
+    The soft-tissue CT window:
+
+    >>> ct = mk.Image(np.array([[-1000, -160, 40, 240, 3000]], np.int16))
+    >>> mk.window(ct, center=40, width=400).array
+    array([[0. , 0. , 0.5, 1. , 1. ]], dtype=float32)
     """
     x, _, rewrap = unwrap(img)
     check_nonempty(x, "window")
@@ -61,21 +94,56 @@ def window(img: Any, center: float, width: float, output_range: tuple[float, flo
     return rewrap(affine_intensity(x, scale, offset, out_lo, out_hi, backend=backend))
 
 
+@fill_doc
 def normalize(img: Any, method: str = "zscore", mask: Any = None, *,
               percentiles: tuple[float, float] = (0.5, 99.5), clip: bool = False,
               backend: str = "auto") -> Any:
-    """Intensity normalisation, statistics taken inside ``mask`` (all voxels when None).
+    """Normalise intensities with statistics taken inside a mask (all voxels when None).
 
-    - ``"zscore"``: ``(x - mean) / std`` with the population std (ddof=0, as MONAI's
-      ``NormalizeIntensity`` and nnU-Net); a constant image maps to 0.
-    - ``"minmax"``: ``(x - min) / (max - min)`` onto [0, 1].
-    - ``"percentile"``: ``(x - p_lo) / (p_hi - p_lo)`` with numpy's linear percentiles
-      ``percentiles`` (in %); ``clip=True`` clamps the result to [0, 1].
+    The map is applied to every voxel (outside the mask too, where NaN stays NaN and +-inf stay
+    infinite).
 
-    The map is applied to every voxel (outside the mask too). Non-finite voxels (NaN, +-inf)
-    inside the mask make the statistics undefined and raise ValueError with their count, as do
-    statistics that overflow float64; outside the mask they are mapped like any voxel (NaN stays
-    NaN, +-inf stay infinite). Returns float32 with the input's geometry.
+    Parameters
+    ----------
+    %(img)s
+    method : {"zscore", "minmax", "percentile"}, optional
+        ``"zscore"`` (default): ``(x - mean) / std`` with the population std (ddof=0, as MONAI's
+        ``NormalizeIntensity`` and nnU-Net); a constant image maps to 0. ``"minmax"``:
+        ``(x - min) / (max - min)`` onto [0, 1]. ``"percentile"``: ``(x - p_lo) / (p_hi -
+        p_lo)`` with numpy's linear percentiles.
+    %(mask)s
+    percentiles : tuple of float, optional
+        ``"percentile"``: ``(p_lo, p_hi)`` in %; default ``(0.5, 99.5)``.
+    clip : bool, optional
+        ``"percentile"``: clamp the result to [0, 1].
+    %(backend)s
+
+    Returns
+    -------
+    Image or array
+        float32, in the input's form.
+
+    Raises
+    ------
+    ValueError
+        Non-finite voxels (NaN, +-inf) inside the mask make the statistics undefined (the
+        message gives their count), as do statistics that overflow float64; an unknown method;
+        an empty mask.
+
+    See Also
+    --------
+    window : A fixed intensity window.
+    equalize_hist : Histogram equalisation.
+
+    Examples
+    --------
+    >>> x = np.array([[1, 2, 3, 4]], np.float32)
+    >>> mk.normalize(x, "zscore")
+    array([[-1.3416, -0.4472,  0.4472,  1.3416]], dtype=float32)
+    >>> mk.normalize(x, "zscore", mask=x > 1)     # statistics of 2, 3, 4; applied everywhere
+    array([[-2.4495, -1.2247,  0.    ,  1.2247]], dtype=float32)
+    >>> mk.normalize(x, "percentile", percentiles=(0, 50), clip=True)
+    array([[0.    , 0.6667, 1.    , 1.    ]], dtype=float32)
     """
     x, _, rewrap = unwrap(img)
     m = check_mask(mask, x.shape)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from medkern._dispatch import Kernel
+from medkern._docstrings import fill_doc
 from medkern._segment import _split
 from medkern._util import check_finite, check_same_geometry
 from medkern.image import Image
@@ -94,8 +95,68 @@ def mesh_area_volume(mask: Any, spacing: Any = None, *, backend: str = "auto") -
 # -------------------------------------------------------------------------------------- regions
 @dataclass(frozen=True)
 class Region:
-    """Measurements of one labelled region (``mk.regions``). Lengths in mm, array-axis order
-    where a per-axis tuple is given; a 2D image's "volume" is an area in mm²."""
+    """Measurements of one labelled region, as :func:`regions` returns them.
+
+    Lengths are in mm, array-axis order where a per-axis tuple is given; a 2D image's "volume"
+    is an area in mm².
+
+    Parameters
+    ----------
+    label : int
+        The region's label value.
+    voxel_count : int
+        Number of voxels.
+    volume_mm3 : float
+        Voxel count x voxel volume.
+    centroid : tuple of float
+        Mean of the voxel centres, LPS mm.
+    centroid_index : tuple of float
+        The same point as a continuous array index.
+    bbox : tuple of int
+        ``(start..., stop...)`` array indices, stop exclusive.
+    max_diameter_mm : float
+        Largest distance between two vertices of the region's marching-cubes surface (IBSI
+        "maximum 3D diameter"; 2D: of its marching-squares outline).
+    axial_diameter_mm : float
+        RECIST 1.1: the longest diameter within one plane of array axis 0 (the acquisition
+        slice), largest over the slices.
+    principal_axis_lengths_mm : tuple of float
+        ``4 sqrt(lambda)`` of the covariance of the voxel centres in mm, major first (IBSI major
+        / minor / least axis length; scikit-image's 2D ``axis_major_length``, while its 3D one
+        is ``sqrt(20 lambda)``, sqrt(5)/2 times this).
+    surface_area_mm2 : float or None
+        Marching-cubes mesh area as IBSI 2020 §3.1 defines it (3D only).
+    mesh_volume_mm3 : float or None
+        Volume enclosed by that mesh (3D only).
+    sphericity : float or None
+        ``(36 pi V^2)^(1/3) / A`` on the mesh (IBSI), 3D only.
+    intensity_mean : float, optional
+        With an intensity image: the mean over the region's voxels (float64).
+    intensity_std : float, optional
+        Population standard deviation.
+    intensity_min : float, optional
+        Minimum.
+    intensity_max : float, optional
+        Maximum.
+    intensity_median : float, optional
+        Median.
+    intensity_sum : float, optional
+        Sum.
+
+    See Also
+    --------
+    regions : Makes them.
+
+    Examples
+    --------
+    >>> k, j, i = np.mgrid[:20, :20, :20]
+    >>> ball = ((k - 10) ** 2 + (j - 10) ** 2 + (i - 10) ** 2 <= 36).astype(np.uint8)
+    >>> labels = mk.Image(ball, spacing=(2.0, 1.0, 1.0))
+    >>> ct = labels.with_array(np.where(ball, 40, -100).astype(np.int16))
+    >>> (region,) = mk.regions(labels, ct)
+    >>> region.volume_mm3, region.centroid, region.intensity_mean
+    (1850.0, (10.0, 10.0, 20.0), 40.0)
+    """
 
     label: int
     voxel_count: int
@@ -118,7 +179,7 @@ class Region:
 
     @property
     def slices(self) -> tuple[slice, ...]:
-        """The bounding box as slices: ``labels[region.slices]``."""
+        """The bounding box as slices, array-axis order: ``labels.array[region.slices]``."""
         n = len(self.bbox) // 2
         return tuple(slice(self.bbox[a], self.bbox[n + a]) for a in range(n))
 
@@ -150,24 +211,54 @@ def _axial_diameter(points: np.ndarray, spacing: tuple[float, ...], backend: str
     return best
 
 
+@fill_doc
 def regions(labels: Any, img: Any = None, *, backend: str = "auto") -> list[Region]:
-    """Per-label measurements of a label image (bool: one region with label 1), in label order.
+    """Measure every labelled region: volume, centroid, diameters, shape and intensity statistics.
 
     Geometry (spacing, LPS centroid) comes from ``labels`` when it is an Image, else from ``img``
-    when that is one, else 1 mm voxels with the default orientation. ``img`` (same shape) adds
-    intensity statistics over each region's voxels (float64; NaN or +-inf voxels inside a region
-    raise ValueError with their count). When both are Images their geometry must agree, else
-    ValueError.
+    when that is one, else 1 mm voxels with the default orientation. The measurements are those
+    of :class:`Region`: volume, LPS centroid, maximum 3D diameter (IBSI), axial diameter
+    (RECIST 1.1), principal axis lengths (IBSI), and in 3D the marching-cubes surface area, mesh
+    volume and sphericity (IBSI 2020 §3.1).
 
-    * ``volume_mm3``: voxel count x voxel volume. ``centroid``: mean voxel centre, LPS mm.
-    * ``max_diameter_mm``: largest distance between two vertices of the region's marching-cubes
-      surface (IBSI "maximum 3D diameter"); ``axial_diameter_mm``: the longest diameter within
-      one plane of array axis 0 (the acquisition slice, RECIST 1.1), largest over the slices.
-    * ``principal_axis_lengths_mm``: ``4 sqrt(lambda)`` of the covariance of the voxel centres in
-      mm (IBSI major / minor / least axis length; scikit-image's 2D ``axis_major_length``, while
-      its 3D one is ``sqrt(20 lambda)``, sqrt(5)/2 times this).
-    * ``surface_area_mm2``, ``mesh_volume_mm3``, ``sphericity``: on the marching-cubes mesh as
-      IBSI 2020 §3.1 defines them (3D only; None for 2D).
+    Parameters
+    ----------
+    labels : Image or array_like
+        A 2D or 3D integer label image (0 is background) or a bool mask (one region, label 1).
+    img : Image or array_like, optional
+        An intensity image of the same shape: adds intensity statistics over each region's
+        voxels (float64). When both are Images their geometry must agree.
+    %(backend)s
+
+    Returns
+    -------
+    list of Region
+        One per label present, in label order.
+
+    Raises
+    ------
+    TypeError
+        Float labels.
+    ValueError
+        NaN or +-inf voxels of ``img`` inside a region (with their count), shapes that differ,
+        or two Images whose geometry differs.
+
+    See Also
+    --------
+    label : Label the components of a mask first.
+    radiomics : IBSI radiomics features of one region.
+
+    Examples
+    --------
+    >>> k, j, i = np.mgrid[:20, :20, :20]
+    >>> ball = ((k - 10) ** 2 + (j - 10) ** 2 + (i - 10) ** 2 <= 36).astype(np.uint8)
+    >>> labels = mk.Image(ball, spacing=(2.0, 1.0, 1.0))
+    >>> ct = labels.with_array(np.where(ball, 40, -100).astype(np.int16))
+    >>> (region,) = mk.regions(labels, ct)
+    >>> region.label, region.voxel_count, region.bbox
+    (1, 925, (4, 4, 4, 17, 17, 17))
+    >>> round(region.max_diameter_mm, 1), round(region.axial_diameter_mm, 1), round(region.sphericity, 2)
+    (26.0, 13.0, 0.85)
     """
     lab, lab_image = _split(labels, "labels")
     if lab.dtype == np.bool_:

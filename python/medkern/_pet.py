@@ -364,24 +364,84 @@ def _factors(series: Any, headers: dict[Path, Any], kind: str, weight_kg: Any, h
 
 def suv(pet: Any, kind: str = "bw", *, series_uid: str | None = None, weight_kg: float | None = None,
         height_m: float | None = None, sex: str | None = None, allow_irregular: bool = False) -> Image:
-    """The PET series ``pet`` in standardized uptake values, as a float32 Image on its grid.
+    """Read a PET series in standardized uptake values (SUV), as a float32 Image on its grid.
+
+    ``SUV = C * N / D``: ``C`` the activity concentration of a voxel (Bq/ml), ``D`` the injected
+    activity decayed to the time the voxel values refer to (Bq), and ``N`` the body size: weight
+    in g (SUVbw), lean body mass in g (SUVlbm / SUL) or body surface area in cm2 (SUVbsa). The
+    SUVbw scale factor follows the QIBA vendor-neutral pseudo-code: CorrectedImage must contain
+    ATTN and DECY and DecayCorrection be START (ADMIN accepted too; NONE raises); Units BQML,
+    Philips CNTS (private SUV scale factor) or GML (already SUVbw); scan time from the series
+    or, for a post-processed series, the GE private scan time or the earliest acquisition;
+    injection time from RadiopharmaceuticalStartDateTime, or StartTime on the scan's date
+    (spanning midnight when the uptake stays below 12 hours);
+    ``decayed dose = RadionuclideTotalDose * 2 ** (-(scan - injection) / RadionuclideHalfLife)``.
+    Rescale slope and intercept are applied per slice. Plausibility limits: weight 1..500 kg,
+    height 0.3..2.5 m, injected activity 1 MBq..20 GBq, uptake 0..24 half-lives.
 
     Parameters
     ----------
-    pet : a :class:`~medkern.io.dicom.DicomSeries` of a PET series, a directory (its one PET
-        series; ``series_uid`` picks one of several), or the list of the series' files.
-    kind : ``"bw"`` (body weight, g/ml), ``"lbm"`` (lean body mass by James, g/ml),
-        ``"lbm-janma"`` (lean body mass by Janmahasatian, the recommended SUL, g/ml) or ``"bsa"``
-        (body surface area by Du Bois, cm2/ml).
-    weight_kg, height_m, sex : replace PatientWeight, PatientSize and PatientSex (e.g. when the
-        header lacks them). Height and sex are needed for lbm and bsa (sex for lbm only).
-    allow_irregular : read an irregular series onto a regular grid (see ``mk.read_dicom_series``).
+    pet : DicomSeries, str, os.PathLike or list of path
+        A :class:`~medkern.DicomSeries` of a PET series, a directory (its one PET series;
+        ``series_uid`` picks one of several), or the list of the series' files.
+    kind : {"bw", "lbm", "lbm-janma", "bsa"}, optional
+        ``"bw"`` (body weight, g/ml; default), ``"lbm"`` (lean body mass by James 1976, g/ml),
+        ``"lbm-janma"`` (lean body mass by Janmahasatian et al. 2005, the SUL recommended by
+        Tahari et al. 2014 for PERCIST, g/ml) or ``"bsa"`` (body surface area by Du Bois 1916,
+        cm2/ml).
+    series_uid : str, optional
+        Picks one of several PET series in a directory.
+    weight_kg : float, optional
+        Replaces PatientWeight (e.g. when the header lacks it).
+    height_m : float, optional
+        Replaces PatientSize; needed for lbm and bsa.
+    sex : {"M", "F"}, optional
+        Replaces PatientSex; needed for lbm.
+    allow_irregular : bool, optional
+        Read an irregular series onto a regular grid (see :func:`read_dicom_series`).
 
-    The scale factor follows the QIBA vendor-neutral pseudo-code (units BQML, Philips CNTS or
-    GML; decay correction START, one factor for the series; scan and injection times, midnight
-    included); see the module docstring for the rules, formulas and plausibility limits. Missing
-    or implausible header values raise :class:`medkern.DicomError` naming the attribute; bad
-    arguments raise ValueError / TypeError.
+    Returns
+    -------
+    Image
+        float32 SUV on the series' grid.
+
+    Raises
+    ------
+    medkern.DicomError
+        Missing or implausible header values (the message names the attribute), several
+        radiopharmaceuticals, or per-image factors on an interpolated grid.
+    ValueError
+        An unknown kind, or bad arguments.
+    TypeError
+        Arguments of the wrong type.
+
+    See Also
+    --------
+    read_dicom_series : The activity concentration as stored.
+    list_dicom_series : Find the PET series of a study.
+
+    Examples
+    --------
+    A PET series of 5000 Bq/ml everywhere: 370 MBq of F-18 injected at 10:00, scan at 11:00,
+    75 kg:
+
+    >>> import pydicom
+    >>> from pydicom.dataset import Dataset
+    >>> activity = mk.Image(np.full((2, 4, 4), 5000, np.int16), spacing=(3.0, 2.0, 2.0))
+    >>> for f in mk.write_dicom_series(activity, "pet", modality="OT"):
+    ...     ds = pydicom.dcmread(f)
+    ...     ds.Modality, ds.SOPClassUID = "PT", pydicom.uid.PositronEmissionTomographyImageStorage
+    ...     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ...     ds.Units, ds.CorrectedImage, ds.DecayCorrection = "BQML", ["DECY", "ATTN"], "START"
+    ...     ds.SeriesDate, ds.SeriesTime, ds.PatientWeight = "20240101", "110000", "75"
+    ...     drug = Dataset()
+    ...     drug.RadionuclideTotalDose, drug.RadionuclideHalfLife = "370000000", "6586.2"
+    ...     drug.RadiopharmaceuticalStartTime = "100000"
+    ...     ds.RadiopharmaceuticalInformationSequence = [drug]
+    ...     ds.save_as(f, enforce_file_format=True)
+    >>> suv = mk.suv("pet")
+    >>> suv.dtype, round(float(suv.array.mean()), 3)       # 5000 * 75000 g / 253.3 MBq
+    (dtype('float32'), 1.48)
     """
     from medkern.io.dicom_write import identifying_values, identity_redacted, source_header
 

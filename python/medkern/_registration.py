@@ -35,6 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from medkern._dispatch import Kernel, is_cupy_array
+from medkern._docstrings import fill_doc
 from medkern._progress import Progress
 from medkern._util import as_image, check_finite, check_mask
 from medkern.image import Image
@@ -69,13 +70,44 @@ force_kernel = Kernel("lncc_force", cpp="lncc_force")
 class RegistrationResult:
     """What :func:`register` found.
 
-    ``transform`` maps fixed world points to moving world points (use it with ``warp``): an
-    :class:`~medkern.Affine` for rigid/affine registrations, ``Affine @ DisplacementField`` (the
-    field applied first) for deformable ones. ``matrix`` is the affine part as a 4x4 LPS matrix.
-    ``metric`` is the final value of the metric on the finest level (sign convention in the
-    module docstring), ``iterations`` the number of optimiser steps per pyramid level, coarse to
-    fine (affine levels, then field levels for deformable registrations). ``field`` and
-    ``inverse_field`` are the diffeomorphic part exp(v) and its inverse exp(-v) on the fixed grid.
+    Parameters
+    ----------
+    transform : Affine or composite
+        Maps fixed world points to moving world points (use it with ``warp``): an
+        :class:`~medkern.Affine` for rigid/affine registrations, ``Affine @ DisplacementField``
+        (the field applied first) for deformable ones.
+    matrix : numpy.ndarray
+        The affine part as a 4x4 LPS matrix.
+    metric : float
+        The final value of the metric on the finest level (minimised: see :func:`register`).
+    metric_name : str
+        ``"mi"``, ``"ncc"``, ``"mse"`` or ``"lncc"``.
+    iterations : tuple of int
+        Optimiser steps per pyramid level, coarse to fine (affine levels, then field levels for
+        deformable registrations).
+    levels : tuple of int
+        The shrink factors used.
+    history : list of list of float, optional
+        The metric value at each step, per level.
+    field : DisplacementField, optional
+        Deformable registrations: the diffeomorphic part exp(v) on the fixed grid.
+    inverse_field : DisplacementField, optional
+        Deformable registrations: its inverse exp(-v).
+
+    See Also
+    --------
+    register : Makes one.
+    warp : Apply ``transform``.
+
+    Examples
+    --------
+    >>> k, j, i = np.mgrid[:32, :32, :32]
+    >>> blob = ((k - 16) ** 2 + 2 * (j - 15) ** 2 + 0.7 * (i - 16) ** 2 < 100) * np.float32(100)
+    >>> fixed = mk.Image(blob, spacing=2.0)
+    >>> moving = mk.Image(np.roll(blob, 2, axis=2), spacing=2.0)     # 4 mm along +x
+    >>> res = mk.register(fixed, moving, transform="rigid", metric="mse", levels=(2, 1))
+    >>> len(res.iterations) == len(res.levels), res.field is None
+    (True, True)
     """
 
     transform: Any
@@ -90,8 +122,7 @@ class RegistrationResult:
 
     @property
     def inverse_transform(self) -> Transform:
-        """The moving -> fixed world transform (``warp(fixed, res.inverse_transform,
-        reference=moving)`` brings the fixed image onto the moving grid)."""
+        """The moving -> fixed world transform: ``warp(fixed, res.inverse_transform, reference=moving)``."""
         inv = Affine(np.linalg.inv(self.matrix))
         return inv if self.inverse_field is None else self.inverse_field @ inv
 
@@ -380,6 +411,7 @@ def _as_float32(img: Image, name: str) -> Any:
 MAX_ITERATIONS = 100_000
 
 
+@fill_doc
 def register(fixed: Any, moving: Any, transform: str = "rigid", metric: str | None = None,
              levels: Sequence[int] = (4, 2, 1), initial: Any = "geometry", mask: Any = None,
              moving_mask: Any = None, sampling: Any = None, sampling_strategy: str = "random",
@@ -387,49 +419,110 @@ def register(fixed: Any, moving: Any, transform: str = "rigid", metric: str | No
              field_iterations: Sequence[int] | None = None, lncc_radius_vox: int = 2,
              field_sigmas_vox: tuple[float, float] = (1.5, 0.5), field_step_vox: float = 0.5,
              backend: str = "auto", progress: Any = None) -> RegistrationResult:
-    """Align ``moving`` onto ``fixed``; returns the fixed -> moving world transform.
+    """Align a moving image onto a fixed one: rigid, affine or diffeomorphic registration.
+
+    Returns the transform that maps fixed world points to moving world points (ITK convention),
+    i.e. exactly what ``warp(moving, res.transform, reference=fixed)`` needs. Optimisation is a
+    regular-step gradient descent in physical units (rotation and linear parameters scaled by the
+    radius of the sampled region, so one unit of every parameter moves points by about 1 mm;
+    updates composed on the right, so there is no gimbal lock); a level stops when the step
+    falls below ``0.005 x`` the level spacing or after ``max_iterations`` steps. Metric values
+    agree with SimpleITK's ``ImageRegistrationMethod.MetricEvaluate``; gradients are analytic.
 
     Parameters
     ----------
-    fixed, moving : 3D ``Image`` (or arrays, taken at unit spacing), any numeric dtype.
-    transform : ``"rigid"`` (6 parameters), ``"affine"`` (12) or ``"deformable"`` (an affine
-        stage followed by a diffeomorphic field, see :func:`medkern._registration` docs).
-    metric : ``"mi"`` (Mattes mutual information, default for rigid/affine, works across
-        modalities), ``"ncc"``, ``"mse"``; ``"lncc"`` (local NCC, the deformable stage's metric;
-        its reported value is minus the mean local squared correlation). Values are minimised;
-        see the module docstring for their definitions.
-    levels : pyramid shrink factors, coarse to fine. Level ``s`` resamples both images to about
+    fixed : Image or array_like
+        3D image (an array is taken at unit spacing), any numeric dtype. The reference grid.
+    moving : Image or array_like
+        3D image to align onto ``fixed``.
+    transform : {"rigid", "affine", "deformable"}, optional
+        6 parameters, 12, or an affine stage followed by a diffeomorphic field (see Notes).
+    metric : {"mi", "ncc", "mse", "lncc"}, optional
+        All minimised, and reported with that sign. ``"mi"``: minus the Mattes et al. 2003
+        mutual information with ITK's binning (50 bins), default for rigid/affine, works across
+        modalities; ``"ncc"``: minus the squared correlation coefficient (-1 at a perfect linear
+        relation); ``"mse"``: mean squared difference over the samples inside the moving image;
+        ``"lncc"``: local NCC, the deformable stage's metric (and its only one), reported as
+        minus the mean local squared correlation.
+    levels : sequence of int, optional
+        Pyramid shrink factors, coarse to fine. Level ``s`` resamples both images to about
         ``s x`` the finest fixed spacing (mm) after a Gaussian of sigma ``s x spacing / 2`` mm
         (no smoothing at ``s = 1``).
-    initial : ``"geometry"`` (align the image centres), ``"moments"`` (centres of mass and
-        principal axes), ``"identity"`` (images already roughly aligned in world space, e.g. PET
-        and CT of one scanner), or an ``Affine`` / 4x4 matrix (fixed -> moving).
-    mask, moving_mask : only fixed voxels in ``mask`` are samples; samples landing outside
-        ``moving_mask`` (nearest voxel) are ignored.
-    sampling : None (at most 65536 random samples per level), ``"full"`` (every voxel), a fraction
-        in (0, 1], or a number of samples. ``sampling_strategy``: ``"random"`` (with ``seed``) or
-        ``"regular"``. The sample set is fixed per level, so results are deterministic.
-    max_iterations : optimiser steps per level at most.
+    initial : {"geometry", "moments", "identity"} or Affine, optional
+        ``"geometry"`` aligns the image centres; ``"moments"`` the centres of mass and principal
+        axes; ``"identity"`` for images already roughly aligned in world space (e.g. PET and CT
+        of one scanner); or an Affine / 4x4 matrix (fixed -> moving).
+    mask : Image or array_like of bool, optional
+        Only fixed voxels in ``mask`` are samples.
+    moving_mask : Image or array_like of bool, optional
+        Samples landing outside ``moving_mask`` (nearest voxel) are ignored.
+    sampling : None, "full", float or int, optional
+        ``None``: at most 65536 samples per level; ``"full"``: every voxel; a fraction in
+        (0, 1]; or a number of samples. The sample set is fixed per level, so results are
+        deterministic.
+    sampling_strategy : {"random", "regular"}, optional
+        How samples are drawn (``"random"`` with ``seed``).
+    seed : int, optional
+        Seed of the random sampling.
+    max_iterations : int, optional
+        Optimiser steps per level at most (at most 100000).
+    field_iterations : sequence of int, optional
+        Deformable stage: iterations per level at most (default 30, 20, 10, 10, ... coarse to
+        fine); a level also stops when 10 iterations gained less than 0.05 %.
+    lncc_radius_vox : int, optional
+        Deformable stage: the local NCC window is ``2 r + 1`` voxels wide.
+    field_sigmas_vox : tuple of float, optional
+        Deformable stage: Gaussian sigmas (voxels) of the force and of the velocity field.
+    field_step_vox : float, optional
+        Deformable stage: the largest update of the velocity, in voxels.
+    %(backend)s
+        Deformable registration runs on numpy arrays only.
+    %(progress)s
+        Called once per optimiser step (stages ``"level 1/3"``..., then ``"field level 1/3"``...
+        and ``"field"`` for a deformable registration), the levels weighted by their cost.
 
+    Returns
+    -------
+    RegistrationResult
+        The transform (fixed -> moving), its inverse, the final metric value and the iterations
+        per level.
+
+    Raises
+    ------
+    ValueError
+        An unknown transform or metric, non-finite voxels (with their count) or values beyond
+        float32 range, shrink factors beyond the largest image extent, more than 100000
+        iterations per level, an empty mask, or arrays on different devices.
+    medkern.Cancelled
+        ``progress`` returned False.
+
+    See Also
+    --------
+    warp : Apply the transform.
+    RegistrationResult : What it returns.
+
+    Notes
+    -----
     Deformable stage (``transform="deformable"``): an affine registration with ``"mi"`` first,
     then a stationary velocity field on the fixed grid (log-domain diffeomorphic registration):
     each iteration adds the metric force, smoothed by a Gaussian of ``field_sigmas_vox[0]``
-    voxels and scaled to ``field_step_vox`` voxels at most, to the velocity, which is then smoothed
-    by ``field_sigmas_vox[1]`` voxels. ``field_iterations`` caps the iterations per level (default
-    30, 20, 10, 10, ... coarse to fine); a level also stops when 10 iterations gained less than
-    0.05 %. ``lncc_radius_vox``: the local NCC window is ``2 r + 1`` voxels wide. The displacement
-    is the exponential of the velocity (scaling and squaring), so it is invertible with a
-    positive Jacobian determinant; ``res.inverse_field`` is exp(-v).
+    voxels and scaled to ``field_step_vox`` voxels at most, to the velocity, which is then
+    smoothed by ``field_sigmas_vox[1]`` voxels. The displacement is the exponential of the
+    velocity (scaling and squaring), so it is invertible with a positive Jacobian determinant;
+    ``res.inverse_field`` is exp(-v).
 
-    progress : None, True (a tqdm bar on stderr) or a callable ``progress(stage, fraction)``
-        (see :mod:`medkern._progress`), called once per optimiser step (stages ``"level 1/3"``...,
-        then ``"field level 1/3"``... and ``"field"`` for a deformable registration), with the
-        levels weighted by their expected cost (samples x steps, voxels x field iterations).
-        Returning False stops the registration with :class:`medkern.Cancelled`.
-
-    Non-finite voxels (NaN, +-inf) in ``fixed`` or ``moving`` raise ValueError with their count,
-    as do values beyond float32 range; shrink factors beyond the largest image extent and more
-    than 100000 iterations per level raise ValueError.
+    Examples
+    --------
+    >>> k, j, i = np.mgrid[:32, :32, :32]
+    >>> blob = ((k - 16) ** 2 + 2 * (j - 15) ** 2 + 0.7 * (i - 16) ** 2 < 100) * np.float32(100)
+    >>> fixed = mk.Image(blob, spacing=2.0)
+    >>> moving = mk.Image(np.roll(blob, 2, axis=2), spacing=2.0)     # 4 mm along +x
+    >>> res = mk.register(fixed, moving, transform="rigid", metric="mse", levels=(2, 1))
+    >>> res.metric_name, res.levels
+    ('mse', (2, 1))
+    >>> bool(np.abs(res.transform.translation - [4, 0, 0]).max() < 0.05)
+    True
+    >>> aligned = mk.warp(moving, res.transform, reference=fixed)
     """
     if transform not in TRANSFORMS:
         raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")

@@ -15,10 +15,39 @@ ORIENTATION_LETTERS = {"L": (0, 1), "R": (0, -1), "P": (1, 1), "A": (1, -1), "S"
 
 
 def reorient(img: Image, code: str) -> Image:
-    """The same voxels with array axes permuted and flipped to point toward ``code`` (exact).
+    """Permute and flip the array axes to point toward an orientation code (exact, no resampling).
 
-    ``code`` names per array axis the LPS direction it should increase toward (``"SPL"`` is
-    medkern's default orientation). Oblique images get the closest axis-aligned match.
+    The voxels and their world positions are unchanged; only the array order and the geometry
+    that describes it change.
+
+    Parameters
+    ----------
+    img : Image
+        The image.
+    code : str
+        Per array axis, the LPS direction it should increase toward: letters from ``L R P A S
+        I`` (``"SPL"`` is medkern's default orientation). Oblique images get the closest
+        axis-aligned match.
+
+    Returns
+    -------
+    Image
+        The reoriented image (``img`` itself when it already has that orientation).
+
+    Raises
+    ------
+    KeyError
+        A letter that is not an orientation letter.
+
+    See Also
+    --------
+    medkern.resample : Change the spacing instead.
+
+    Examples
+    --------
+    >>> img = mk.Image(np.arange(24, dtype=np.int16).reshape(2, 3, 4), spacing=(3.0, 1.0, 0.5))
+    >>> mk.inference.reorient(img, "LPS")            # axis 0 now runs along x
+    Image(shape=(4, 3, 2), dtype=int16, spacing=(0.5, 1, 3), origin=(0, 0, 0), numpy)
     """
     out = _reoriented_view(img, code)
     return out if out is img else out.with_array(np.ascontiguousarray(out.array))

@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from medkern._dispatch import is_cupy_array
+from medkern._docstrings import fill_doc
 from medkern._sampling import (INTERPOLATIONS, _CODE, _as3d, _bits_view, _check_array, _check_fill,
                                _check_interpolation, _fill_arg, _out_dtype, coefficients_kernel,
                                gather_kernel, map_coordinates, separable_kernel, warp_kernel)
@@ -162,23 +163,78 @@ def _warp_array(x3: Any, out_shape: Sequence[int], matrix: np.ndarray, disp: Any
 MAX_OUTPUT_VOXELS = 2**33
 
 
+@fill_doc
 def resample(img: Any, spacing: Sequence[float] | float, interpolation: str = "linear",
              antialias: bool = True, fill: float = 0.0, *, backend: str = "auto") -> Any:
     """Resample to a new voxel spacing, keeping the physical field of view and its centre.
 
-    The output has ``spacing`` exactly (array-axis order, mm; a bare array is taken to have unit
-    spacing) and ``round(n * old_spacing / spacing)`` voxels per axis (at least 1), centred on the
-    input's field of view, so it covers the same extent edge to edge up to half an output voxel.
-    When the extent is a whole number of output voxels this is exactly
-    ``scipy.ndimage.zoom(x, n_out / n_in, grid_mode=True)``. Direction is kept; the origin moves
-    to the centre of the new first voxel.
+    The output has ``spacing`` exactly and ``round(n * old_spacing / spacing)`` voxels per axis
+    (at least 1), centred on the input's field of view, so it covers the same extent edge to
+    edge up to half an output voxel. When the extent is a whole number of output voxels this is
+    exactly ``scipy.ndimage.zoom(x, n_out / n_in, grid_mode=True)``. Direction is kept; the
+    origin moves to the centre of the new first voxel.
 
-    ``antialias`` (linear and cubic only) smooths each downsampled axis first with a Gaussian of
-    ``sigma = (new_spacing / old_spacing - 1) / 2`` input voxels (scikit-image ``resize``
-    convention), mirror boundary, truncated at 4 sigma. ``fill`` is only reached when an output
-    voxel centre lies outside the input (never for this function, kept for symmetry). See the
-    module docstring for boundary rules and output dtypes. 2D and 3D; an Image in gives an Image
-    out, an array gives an array.
+    Parameters
+    ----------
+    %(img)s
+    %(spacing)s
+        The new spacing; a bare array is taken to have unit spacing.
+    %(interpolation)s
+    antialias : bool, optional
+        ``"linear"`` and ``"cubic"`` only: smooth each downsampled axis first with a Gaussian of
+        ``sigma = (new_spacing / old_spacing - 1) / 2`` input voxels (scikit-image ``resize``
+        convention), mirror boundary, truncated at 4 sigma. Default True.
+    %(fill)s
+        Only reached when an output voxel centre lies outside the input (never for this
+        function, kept for symmetry with :func:`resample_to`).
+    %(backend)s
+
+    Returns
+    -------
+    Image or array
+        The resampled image, in the input's form (Image or array) and on its device.
+
+    Raises
+    ------
+    ValueError
+        An unknown interpolation, a spacing that is not positive and finite, or an output of
+        more than ``2**33`` voxels.
+    TypeError
+        A dtype the interpolation cannot take (``"label"`` needs integers or bool).
+
+    See Also
+    --------
+    resample_to : Resample onto another image's grid.
+    warp : Apply a spatial transform.
+
+    Notes
+    -----
+    Sampling conventions (every backend, every entry point): a continuous index ``c`` is inside
+    the image when ``-0.5 <= c < n - 0.5`` on every axis (ITK's ``IsInsideBuffer``).
+    ``"nearest"`` rounds half up (``floor(c + 0.5)``, as ITK and scipy); ``"linear"`` extends the
+    edge value over the outer half voxel (ITK's ``LinearInterpolateImageFunction``, scipy
+    ``mode="nearest"``); ``"cubic"`` is the interpolating cubic B-spline with an exact mirror
+    prefilter (scipy ``order=3, mode="mirror"``, ITK ``BSplineInterpolateImageFunction``) and can
+    overshoot near edges; ``"label"`` ties go to the nearest voxel's label. NaN and +-inf voxels
+    propagate through ``"linear"`` and ``"cubic"`` as in scipy.ndimage (``"cubic"`` spreads them
+    along whole lines through the prefilter) and are copied by ``"nearest"``. Integer input is
+    read as is (no float64 copy of the volume).
+
+    Examples
+    --------
+    >>> img = mk.Image(np.arange(16, dtype=np.float32).reshape(4, 4))
+    >>> half = mk.resample(img, 2.0, antialias=False)
+    >>> half
+    Image(shape=(2, 2), dtype=float32, spacing=(2, 2), origin=(0.5, 0.5), numpy)
+    >>> half.array
+    array([[ 2.5,  4.5],
+           [10.5, 12.5]], dtype=float32)
+    >>> labels = mk.Image(np.array([[0, 1], [2, 2]], np.uint8))
+    >>> mk.resample(labels, 0.5, interpolation="label").array
+    array([[0, 0, 1, 1],
+           [0, 0, 1, 1],
+           [2, 2, 2, 2],
+           [2, 2, 2, 2]], dtype=uint8)
     """
     _check_interpolation(interpolation)
     x, image, _ = unwrap(img, dtypes=None)
@@ -275,18 +331,55 @@ def _is_diagonal(lin: np.ndarray) -> bool:
     return bool(np.all(np.abs(off) <= 1e-12 * max(1.0, float(np.abs(lin).max()))))
 
 
+@fill_doc
 def resample_to(img: Any, reference: Image, transform: Transform | None = None,
                 interpolation: str = "linear", fill: float = 0.0, *, backend: str = "auto") -> Any:
-    """Resample ``img`` onto the grid of ``reference`` (shape, spacing, origin, direction).
+    """Resample an image onto the grid of a reference image (shape, spacing, origin, direction).
 
-    Each output voxel centre ``p`` (LPS mm) samples ``img`` at ``transform.apply(p)`` (identity
-    when None): transforms map output points to input points (ITK convention), so this is
-    SimpleITK ``Resample(img, reference, transform, ...)``. Only the geometry of ``reference`` is
-    used. Voxels whose sample point falls outside ``img`` get ``fill``. When the combined map is
-    axis-aligned (no rotation, shear or displacement field) the separable kernel runs; otherwise
-    the per-voxel one. No anti-aliasing here (use :func:`resample` for downsampling by spacing).
-    An Image in gives an Image with the reference geometry; a bare ``img`` array (unit spacing at
-    the origin) gives an array. Dtype rules in the module docstring.
+    Each output voxel centre ``p`` (LPS mm) samples ``img`` at ``transform.apply(p)``:
+    transforms map output points to input points (ITK convention), so this is SimpleITK
+    ``Resample(img, reference, transform, ...)``. Only the geometry of ``reference`` is used.
+    When the combined map is axis-aligned (no rotation, shear or displacement field) the
+    separable kernel runs; otherwise the per-voxel one. No anti-aliasing here (use
+    :func:`resample` for downsampling by spacing).
+
+    Parameters
+    ----------
+    %(img_geometry)s
+    reference : Image
+        Its grid is the output grid.
+    transform : Affine, DisplacementField or composite, optional
+        From reference points to ``img`` points; default the identity.
+    %(interpolation)s
+    %(fill)s
+    %(backend)s
+
+    Returns
+    -------
+    Image or array
+        An Image with the reference geometry when ``img`` is an Image, a bare array otherwise.
+
+    Raises
+    ------
+    TypeError
+        ``reference`` is not an Image, or a dtype the interpolation cannot take.
+    ValueError
+        An unknown interpolation, ``reference`` and ``img`` of different dimension, or a map
+        from the reference grid to ``img`` that is not finite in float64.
+
+    See Also
+    --------
+    resample : Change the spacing, keeping the field of view.
+    warp : The same, with the transform first and ``img``'s own grid by default.
+    medkern.Image.same_geometry : Whether two images already share a grid.
+
+    Examples
+    --------
+    >>> img = mk.Image(np.arange(16, dtype=np.float32).reshape(4, 4))
+    >>> coarse = mk.Image(np.zeros((2, 2), np.float32), spacing=2.0, origin=(0.5, 0.5))
+    >>> mk.resample_to(img, coarse).array
+    array([[ 2.5,  4.5],
+           [10.5, 12.5]], dtype=float32)
     """
     _check_interpolation(interpolation)
     if not isinstance(reference, Image):
@@ -332,14 +425,51 @@ def resample_to(img: Any, reference: Image, transform: Transform | None = None,
     return reference.with_array(out, vector=False)
 
 
+@fill_doc
 def warp(img: Any, transform: Transform, reference: Image | None = None, interpolation: str = "linear",
          fill: float = 0.0, *, backend: str = "auto") -> Any:
-    """Apply a spatial transform: ``resample_to(img, reference or img, transform, ...)``.
+    """Apply a spatial transform to an image: ``resample_to(img, reference or img, transform)``.
 
-    ``transform`` maps points of the output grid (``reference``; ``img``'s own grid when None) to
-    points of ``img`` (ITK convention), so ``mk.warp(moving, result.transform, reference=fixed)``
-    aligns a registered moving image onto the fixed one. Composite transforms apply right to left:
-    ``warp(x, a @ b)`` samples ``x`` at ``a.apply(b.apply(p))``.
+    ``transform`` maps points of the output grid to points of ``img`` (ITK convention), so
+    ``mk.warp(moving, result.transform, reference=fixed)`` aligns a registered moving image onto
+    the fixed one. Composite transforms apply right to left: ``warp(x, a @ b)`` samples ``x`` at
+    ``a.apply(b.apply(p))``.
+
+    Parameters
+    ----------
+    %(img_geometry)s
+    transform : Affine, DisplacementField or composite
+        From output points to ``img`` points.
+    reference : Image, optional
+        The output grid; default ``img``'s own grid.
+    %(interpolation)s
+    %(fill)s
+    %(backend)s
+
+    Returns
+    -------
+    Image or array
+        The warped image on the output grid, in the input's form.
+
+    Raises
+    ------
+    TypeError
+        ``transform`` is not a medkern transform.
+
+    See Also
+    --------
+    resample_to : The same with the grid first.
+    register : Find the transform that aligns two images.
+
+    Examples
+    --------
+    >>> img = mk.Image(np.arange(16, dtype=np.float32).reshape(4, 4))
+    >>> shift = mk.Affine.from_parts(np.eye(2), translation=(1.0, 0.0))   # sample 1 mm along +x
+    >>> mk.warp(img, shift).array
+    array([[ 1.,  2.,  3.,  0.],
+           [ 5.,  6.,  7.,  0.],
+           [ 9., 10., 11.,  0.],
+           [13., 14., 15.,  0.]], dtype=float32)
     """
     if transform is None or not isinstance(transform, Transform):
         raise TypeError(f"transform must be an mk.Affine, mk.DisplacementField or a composition of them, "

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from medkern._dispatch import Kernel, is_cupy_array
+from medkern._docstrings import fill_doc
 from medkern._util import KERNEL_DTYPES
 from medkern.image import Image
 
@@ -111,16 +112,49 @@ def _bits_view(x: Any) -> Any:
     return x.view(f"u{x.dtype.itemsize}")
 
 
+@fill_doc
 def map_coordinates(array: Any, coordinates: Any, interpolation: str = "linear", fill: float = 0.0, *,
                     backend: str = "auto") -> Any:
     """Sample a 2D/3D array at continuous indices: the low-level sampler the other functions use.
 
-    ``coordinates`` has shape ``(ndim, ...)`` (scipy.ndimage.map_coordinates layout), each row an
-    array-axis index with voxel centres at integers. Returns an array of shape
-    ``coordinates.shape[1:]`` on the input's device. Boundary rules and output dtype are those of
-    :mod:`medkern._resample`: points outside ``[-0.5, n - 0.5)`` on any axis get ``fill``. This is
-    ``scipy.ndimage.map_coordinates(array, coordinates, order=1, mode="nearest")`` inside the
-    image for ``"linear"``, and ``order=3, mode="mirror"`` for ``"cubic"``.
+    This is ``scipy.ndimage.map_coordinates(array, coordinates, order=1, mode="nearest")`` inside
+    the image for ``"linear"``, and ``order=3, mode="mirror"`` for ``"cubic"``; points outside
+    ``[-0.5, n - 0.5)`` on any axis get ``fill``. Boundary rules and output dtypes are those of
+    :func:`resample`.
+
+    Parameters
+    ----------
+    array : Image or array_like
+        A 2D or 3D numpy or cupy array (an Image's array is used; its geometry is not).
+    coordinates : array_like
+        Shape ``(ndim, ...)`` (scipy.ndimage.map_coordinates layout), each row an array-axis
+        index with voxel centres at integers.
+    %(interpolation)s
+    %(fill)s
+    %(backend)s
+
+    Returns
+    -------
+    numpy.ndarray or cupy.ndarray
+        The samples, shape ``coordinates.shape[1:]``, on the input's device.
+
+    Raises
+    ------
+    ValueError
+        An unknown interpolation, an array that is not 2D or 3D, or coordinates of the wrong
+        shape.
+    TypeError
+        A dtype the interpolation cannot take.
+
+    See Also
+    --------
+    resample_to : Sample onto a whole grid in world coordinates.
+
+    Examples
+    --------
+    >>> a = np.arange(16, dtype=np.float32).reshape(4, 4)
+    >>> mk.map_coordinates(a, [[0.5, 1.5, 3.0], [0.0, 2.0, 9.0]])   # row 0: j, row 1: i; the last point is outside
+    array([2., 8., 0.], dtype=float32)
     """
     code = _check_interpolation(interpolation)
     x = array.array if isinstance(array, Image) else array

@@ -15,6 +15,7 @@ import numpy as np
 
 from medkern._contrast import histogram_edges
 from medkern._dispatch import Kernel, is_cupy_array
+from medkern._docstrings import fill_doc
 from medkern._intensity import moments
 from medkern._util import check_finite, check_range, check_stats
 from medkern.image import Image
@@ -87,15 +88,57 @@ def _label_input(mask: np.ndarray) -> np.ndarray:
     return mask
 
 
+@fill_doc
 def label(mask: Any, connectivity: int | None = None, *, backend: str = "auto") -> tuple[Any, int]:
-    """Connected components: ``(labels, n)`` with int32 labels ``1..n`` and 0 for background.
+    """Label connected components: ``(labels, n)`` with labels ``1..n`` and 0 for background.
 
-    ``connectivity``: 6, 18 or 26 in 3D; 4 or 8 in 2D; default (None) the full neighbourhood
-    (26 / 8). A bool mask is labelled like ``scipy.ndimage.label`` with the matching structure;
-    an integer image labels each value's components separately (voxels connect only to
-    neighbours with the same value, like ``cc3d.connected_components``), so a 0/1 integer mask
-    gives the same result as a bool one. Components are numbered in scan (C) order of their
-    first voxel, exactly as scipy numbers them. Float input raises TypeError (threshold first).
+    A bool mask is labelled like ``scipy.ndimage.label`` with the matching structure; an integer
+    image labels each value's components separately (voxels connect only to neighbours with the
+    same value, like ``cc3d.connected_components``), so a 0/1 integer mask gives the same result
+    as a bool one. Components are numbered in scan (C) order of their first voxel, exactly as
+    scipy numbers them.
+
+    Parameters
+    ----------
+    mask : Image or array_like
+        A 2D or 3D bool or integer image (0 is background).
+    connectivity : int, optional
+        6, 18 or 26 in 3D; 4 or 8 in 2D; default (None) the full neighbourhood (26 / 8).
+    %(backend)s
+
+    Returns
+    -------
+    labels : Image or array
+        int32 labels, in the input's form.
+    n : int
+        The number of components.
+
+    Raises
+    ------
+    TypeError
+        Float input (threshold first, e.g. ``mask > 0.5``).
+    ValueError
+        A connectivity that does not fit the dimension.
+
+    See Also
+    --------
+    largest_component, remove_small_components
+    regions : Measure each labelled region.
+
+    Examples
+    --------
+    >>> m = np.array([[1, 1, 0, 0],
+    ...               [0, 0, 1, 0],
+    ...               [0, 0, 0, 0],
+    ...               [1, 0, 1, 1]], bool)
+    >>> labels, n = mk.label(m)             # 8-connected: the diagonal pair is one component
+    >>> labels, n
+    (array([[1, 1, 0, 0],
+           [0, 0, 1, 0],
+           [0, 0, 0, 0],
+           [2, 0, 3, 3]], dtype=int32), 3)
+    >>> mk.label(m, connectivity=4)[1]
+    4
     """
     x, image = _split(mask, "mask")
     conn = _connectivity(connectivity, x.ndim)
@@ -189,63 +232,279 @@ def _ball_array(m: np.ndarray, r: float, spacing: tuple[float, ...], erode: bool
 
 
 # ---------------------------------------------------------------------------------- functions
+@fill_doc
 def distance_transform(mask: Any, spacing: Any = None, *, squared: bool = False,
                        backend: str = "auto") -> Any:
-    """Exact Euclidean distance (mm) from every nonzero voxel to the nearest zero voxel; zero
-    voxels get 0. Equals ``scipy.ndimage.distance_transform_edt(mask, sampling=spacing)``
-    (float32 here, relative difference below 1e-6).
+    """Compute the exact Euclidean distance (mm) from every nonzero voxel to the nearest zero voxel.
 
-    ``spacing`` (array-axis order) defaults to the Image's spacing, 1 mm for a bare array.
-    ``squared=True`` returns squared distances (mm²) and skips the square root. Where the image
-    holds no zero voxel at all the distance is undefined and ``inf`` is returned (scipy returns
-    distances to a point outside the image there). Output float32, geometry kept.
+    Zero voxels get 0. Equals ``scipy.ndimage.distance_transform_edt(mask, sampling=spacing)``
+    (float32 here, relative difference below 1e-6). Where the image holds no zero voxel at all
+    the distance is undefined and ``inf`` is returned (scipy returns distances to a point outside
+    the image there).
+
+    Parameters
+    ----------
+    %(binary_mask)s
+    spacing : float or sequence of float, optional
+        Voxel size in mm (array-axis order); default the Image's spacing, 1 mm for a bare array.
+    squared : bool, optional
+        Return squared distances (mm²) and skip the square root.
+    %(backend)s
+
+    Returns
+    -------
+    Image or array
+        float32 distances, in the input's form.
+
+    Raises
+    ------
+    ValueError
+        A spacing that is not positive and finite, or non-finite mask values.
+
+    See Also
+    --------
+    binary_erode : Erosion by a ball, through the same transform for large radii.
+
+    Examples
+    --------
+    >>> square = np.zeros((7, 7), bool)
+    >>> square[1:6, 1:6] = True
+    >>> mk.distance_transform(square, squared=True)
+    array([[0., 0., 0., 0., 0., 0., 0.],
+           [0., 1., 1., 1., 1., 1., 0.],
+           [0., 1., 4., 4., 4., 1., 0.],
+           [0., 1., 4., 9., 4., 1., 0.],
+           [0., 1., 4., 4., 4., 1., 0.],
+           [0., 1., 1., 1., 1., 1., 0.],
+           [0., 0., 0., 0., 0., 0., 0.]], dtype=float32)
+    >>> float(mk.distance_transform(mk.Image(square, spacing=(2.0, 1.0))).array.max())
+    3.0
     """
     x, image = _split(mask, "mask")
     sp = _spacing(image, spacing, x.ndim)
     return _rewrap(_distance(_binary(x), sp, False, False, bool(squared), backend=backend), image)
 
 
+@fill_doc
 def binary_dilate(mask: Any, radius_mm: float, *, backend: str = "auto") -> Any:
-    """Dilation of ``mask != 0`` by a ball of ``radius_mm`` in physical units (the Image's spacing,
-    1 mm per voxel for a bare array): a voxel is set when a mask voxel lies within ``radius_mm``
-    of it (centre to centre). Equals ``scipy.ndimage.binary_dilation`` with the structuring
-    element of :func:`medkern._segment.ball`. Small balls are applied directly (decomposed into
-    line segments), large ones through the distance transform (same result). A radius beyond
-    the image diagonal is capped to it (same result). Returns bool.
+    """Dilate a mask by a ball of ``radius_mm`` in physical units.
+
+    A voxel is set when a mask voxel lies within ``radius_mm`` of it (centre to centre). Equals
+    ``scipy.ndimage.binary_dilation`` with the structuring element ``medkern._segment.ball``.
+    Small balls are applied directly (decomposed into line segments), large ones through the
+    distance transform (same result).
+
+    Parameters
+    ----------
+    %(binary_mask)s
+    radius_mm : float
+        Ball radius in mm, centre to centre, >= 0 (capped at the image diagonal: same result).
+    %(backend)s
+
+    Returns
+    -------
+    Image or array
+        bool, in the input's form.
+
+    Raises
+    ------
+    TypeError
+        ``radius_mm`` is not a number.
+    ValueError
+        ``radius_mm`` is negative or not finite.
+
+    See Also
+    --------
+    binary_erode, binary_open, binary_close
+
+    Examples
+    --------
+    >>> dot = np.zeros((5, 5), bool)
+    >>> dot[2, 2] = True
+    >>> mk.binary_dilate(dot, 1.0).astype(int)
+    array([[0, 0, 0, 0, 0],
+           [0, 0, 1, 0, 0],
+           [0, 1, 1, 1, 0],
+           [0, 0, 1, 0, 0],
+           [0, 0, 0, 0, 0]])
+    >>> mk.binary_dilate(mk.Image(dot, spacing=(2.0, 1.0)), 1.0).array.astype(int)   # rows 2 mm apart
+    array([[0, 0, 0, 0, 0],
+           [0, 0, 0, 0, 0],
+           [0, 1, 1, 1, 0],
+           [0, 0, 0, 0, 0],
+           [0, 0, 0, 0, 0]])
     """
     return _ball_op(mask, radius_mm, False, backend)
 
 
+@fill_doc
 def binary_erode(mask: Any, radius_mm: float, *, backend: str = "auto") -> Any:
-    """Erosion of ``mask != 0`` by a ball of ``radius_mm``: a voxel stays when every voxel within
-    ``radius_mm`` is in the mask, the outside of the image counting as background (scipy's
-    ``border_value=0``). Equals ``scipy.ndimage.binary_erosion`` with the same ball. Returns bool.
+    """Erode a mask by a ball of ``radius_mm`` in physical units.
+
+    A voxel stays when every voxel within ``radius_mm`` is in the mask, the outside of the image
+    counting as background (scipy's ``border_value=0``). Equals ``scipy.ndimage.binary_erosion``
+    with the same ball as :func:`binary_dilate`.
+
+    Parameters
+    ----------
+    %(binary_mask)s
+    radius_mm : float
+        Ball radius in mm, centre to centre, >= 0 (capped at the image diagonal: same result).
+    %(backend)s
+
+    Returns
+    -------
+    Image or array
+        bool, in the input's form.
+
+    Raises
+    ------
+    TypeError
+        ``radius_mm`` is not a number.
+    ValueError
+        ``radius_mm`` is negative or not finite.
+
+    See Also
+    --------
+    binary_dilate, binary_open, binary_close
+
+    Examples
+    --------
+    >>> square = np.zeros((7, 7), bool)
+    >>> square[1:6, 1:6] = True
+    >>> mk.binary_erode(square, 1.0).astype(int)
+    array([[0, 0, 0, 0, 0, 0, 0],
+           [0, 0, 0, 0, 0, 0, 0],
+           [0, 0, 1, 1, 1, 0, 0],
+           [0, 0, 1, 1, 1, 0, 0],
+           [0, 0, 1, 1, 1, 0, 0],
+           [0, 0, 0, 0, 0, 0, 0],
+           [0, 0, 0, 0, 0, 0, 0]])
     """
     return _ball_op(mask, radius_mm, True, backend)
 
 
+@fill_doc
 def binary_open(mask: Any, radius_mm: float, *, backend: str = "auto") -> Any:
-    """Opening: erosion then dilation by the ball of ``radius_mm`` (``scipy.ndimage.binary_opening``
-    with that ball). Removes structures thinner than the ball. Returns bool."""
+    """Open a mask: erosion then dilation by the ball of ``radius_mm``.
+
+    ``scipy.ndimage.binary_opening`` with that ball. Removes structures thinner than the ball.
+
+    Parameters
+    ----------
+    %(binary_mask)s
+    radius_mm : float
+        Ball radius in mm, centre to centre, >= 0 (capped at the image diagonal: same result).
+    %(backend)s
+
+    Returns
+    -------
+    Image or array
+        bool, in the input's form.
+
+    Raises
+    ------
+    TypeError
+        ``radius_mm`` is not a number.
+    ValueError
+        ``radius_mm`` is negative or not finite.
+
+    See Also
+    --------
+    binary_close, binary_erode, binary_dilate
+
+    Examples
+    --------
+    >>> square = np.zeros((7, 7), bool)
+    >>> square[1:6, 1:6] = True
+    >>> square[0, 0] = True                  # a speck outside the square
+    >>> opened = mk.binary_open(square, 1.0)
+    >>> bool(opened[0, 0]), int(opened.sum())   # the speck and the square's corners go
+    (False, 21)
+    """
     x, image = _split(mask, "mask")
     r, sp = _radius(radius_mm), _spacing(image, None, x.ndim)
     eroded = _ball_array(_binary(x), r, sp, True, backend)
     return _rewrap(_ball_array(eroded.view(np.uint8), r, sp, False, backend), image)
 
 
+@fill_doc
 def binary_close(mask: Any, radius_mm: float, *, backend: str = "auto") -> Any:
-    """Closing: dilation then erosion by the ball of ``radius_mm`` (``scipy.ndimage.binary_closing``
-    with that ball, including its border behaviour: the erosion treats the outside as
-    background, so a mask touching the image edge can lose voxels there). Returns bool."""
+    """Close a mask: dilation then erosion by the ball of ``radius_mm``.
+
+    ``scipy.ndimage.binary_closing`` with that ball, including its border behaviour: the erosion
+    treats the outside as background, so a mask touching the image edge can lose voxels there.
+
+    Parameters
+    ----------
+    %(binary_mask)s
+    radius_mm : float
+        Ball radius in mm, centre to centre, >= 0 (capped at the image diagonal: same result).
+    %(backend)s
+
+    Returns
+    -------
+    Image or array
+        bool, in the input's form.
+
+    Raises
+    ------
+    TypeError
+        ``radius_mm`` is not a number.
+    ValueError
+        ``radius_mm`` is negative or not finite.
+
+    See Also
+    --------
+    binary_open, fill_holes
+
+    Examples
+    --------
+    >>> square = np.zeros((7, 7), bool)
+    >>> square[1:6, 1:6] = True
+    >>> square[3, 1:4] = False               # a notch one voxel wide
+    >>> mk.binary_close(square, 1.0).astype(int)[3]   # closed, except where it meets the edge
+    array([0, 0, 1, 1, 1, 1, 0])
+    """
     x, image = _split(mask, "mask")
     r, sp = _radius(radius_mm), _spacing(image, None, x.ndim)
     dilated = _ball_array(_binary(x), r, sp, False, backend)
     return _rewrap(_ball_array(dilated.view(np.uint8), r, sp, True, backend), image)
 
 
+@fill_doc
 def fill_holes(mask: Any, *, backend: str = "auto") -> Any:
-    """Fill the holes of ``mask != 0``: background regions (face-connected: 6 in 3D, 4 in 2D) that
-    do not reach the image border. Equals ``scipy.ndimage.binary_fill_holes``. Returns bool."""
+    """Fill the holes of a mask: background regions that do not reach the image border.
+
+    Background regions are face-connected (6 in 3D, 4 in 2D). Equals
+    ``scipy.ndimage.binary_fill_holes``.
+
+    Parameters
+    ----------
+    %(binary_mask)s
+    %(backend)s
+
+    Returns
+    -------
+    Image or array
+        bool, in the input's form.
+
+    See Also
+    --------
+    binary_close : Closes gaps narrower than a ball.
+
+    Examples
+    --------
+    >>> ring = np.zeros((5, 5), bool)
+    >>> ring[1:4, 1:4] = True
+    >>> ring[2, 2] = False
+    >>> mk.fill_holes(ring).astype(int)
+    array([[0, 0, 0, 0, 0],
+           [0, 1, 1, 1, 0],
+           [0, 1, 1, 1, 0],
+           [0, 1, 1, 1, 0],
+           [0, 0, 0, 0, 0]])
+    """
     x, image = _split(mask, "mask")
     m = _binary(x)
     background, _ = _label(1 - m, 6, backend=backend)
@@ -262,9 +521,40 @@ def _component_sizes(x: np.ndarray, connectivity: Any, backend: str) -> tuple[np
     return labels, np.bincount(labels.ravel(), minlength=n + 1)
 
 
+@fill_doc
 def largest_component(mask: Any, connectivity: int | None = None, *, backend: str = "auto") -> Any:
-    """The largest connected component of ``mask != 0`` (ties: the first in scan order), as bool.
-    ``connectivity`` as in :func:`label` (default 26 / 8). An empty mask gives an empty mask."""
+    """Keep the largest connected component of a mask (ties: the first in scan order).
+
+    An empty mask gives an empty mask.
+
+    Parameters
+    ----------
+    %(binary_mask)s
+    connectivity : int, optional
+        6, 18 or 26 in 3D; 4 or 8 in 2D; default (None) the full neighbourhood (26 / 8).
+    %(backend)s
+
+    Returns
+    -------
+    Image or array
+        bool, in the input's form.
+
+    See Also
+    --------
+    label, remove_small_components
+
+    Examples
+    --------
+    >>> m = np.array([[1, 1, 0, 0],
+    ...               [0, 0, 1, 0],
+    ...               [0, 0, 0, 0],
+    ...               [1, 0, 1, 1]], bool)
+    >>> mk.largest_component(m).astype(int)
+    array([[1, 1, 0, 0],
+           [0, 0, 1, 0],
+           [0, 0, 0, 0],
+           [0, 0, 0, 0]])
+    """
     x, image = _split(mask, "mask")
     labels, sizes = _component_sizes(x, connectivity, backend)
     if len(sizes) == 1:
@@ -272,10 +562,49 @@ def largest_component(mask: Any, connectivity: int | None = None, *, backend: st
     return _rewrap(labels == 1 + int(np.argmax(sizes[1:])), image)
 
 
+@fill_doc
 def remove_small_components(mask: Any, min_volume_mm3: float, connectivity: int | None = None, *,
                             backend: str = "auto") -> Any:
-    """Keep the components of ``mask != 0`` whose volume (voxel count x voxel volume from the
-    Image's spacing; area in mm² for 2D) is at least ``min_volume_mm3``. Returns bool."""
+    """Keep the components of a mask whose volume is at least ``min_volume_mm3``.
+
+    The volume is the voxel count times the voxel volume from the Image's spacing (area in mm²
+    for 2D).
+
+    Parameters
+    ----------
+    %(binary_mask)s
+    min_volume_mm3 : float
+        The smallest volume kept (mm³, mm² in 2D), finite and >= 0.
+    connectivity : int, optional
+        6, 18 or 26 in 3D; 4 or 8 in 2D; default (None) the full neighbourhood (26 / 8).
+    %(backend)s
+
+    Returns
+    -------
+    Image or array
+        bool, in the input's form.
+
+    Raises
+    ------
+    ValueError
+        ``min_volume_mm3`` is negative or not finite.
+
+    See Also
+    --------
+    largest_component, label
+
+    Examples
+    --------
+    >>> m = np.array([[1, 1, 0, 0],
+    ...               [0, 0, 1, 0],
+    ...               [0, 0, 0, 0],
+    ...               [1, 0, 1, 1]], bool)
+    >>> mk.remove_small_components(mk.Image(m, spacing=(1.0, 0.5)), min_volume_mm3=1.0).array.astype(int)
+    array([[1, 1, 0, 0],
+           [0, 0, 1, 0],
+           [0, 0, 0, 0],
+           [0, 0, 1, 1]])
+    """
     x, image = _split(mask, "mask")
     if isinstance(min_volume_mm3, bool) or not np.isscalar(min_volume_mm3) or not (
             np.isfinite(float(min_volume_mm3)) and float(min_volume_mm3) >= 0):
@@ -290,16 +619,48 @@ def remove_small_components(mask: Any, min_volume_mm3: float, connectivity: int 
 MAX_OTSU_BINS = 2**24
 
 
+@fill_doc
 def threshold_otsu(img: Any, mask: Any = None, nbins: int = 256, *, backend: str = "auto") -> float:
-    """Otsu's threshold (Otsu 1979): the histogram split maximising the between-class variance,
-    over the voxels inside ``mask`` (all when None). Voxels ``> threshold`` are the bright class.
+    """Compute Otsu's threshold (Otsu 1979): the histogram split maximising between-class variance.
 
-    Same histogram as ``skimage.filters.threshold_otsu``: integer images get one bin per integer
-    value between their min and max (``nbins`` is ignored, as in scikit-image) unless that
-    exceeds 2**20 bins, float images ``nbins`` equal bins over [min, max] with numpy's edge rule.
-    The threshold is a bin centre; a constant image returns its value. Non-finite voxels (NaN,
-    +-inf) inside the mask raise ValueError with their count, as does a range whose width overflows
-    float64; ``nbins`` above 2**24 raises ValueError.
+    Voxels ``> threshold`` are the bright class. Same histogram as
+    ``skimage.filters.threshold_otsu``: integer images get one bin per integer value between
+    their min and max (``nbins`` is ignored, as in scikit-image) unless that exceeds 2**20 bins,
+    float images ``nbins`` equal bins over [min, max] with numpy's edge rule. The threshold is a
+    bin centre; a constant image returns its value.
+
+    Parameters
+    ----------
+    img : Image or array_like
+        A 2D or 3D numeric image.
+    %(mask)s
+    nbins : int, optional
+        Histogram bins for float images, 2 to 2**24; default 256.
+    %(backend)s
+
+    Returns
+    -------
+    float
+        The threshold.
+
+    Raises
+    ------
+    TypeError
+        A bool or non-numeric image.
+    ValueError
+        Non-finite voxels (NaN, +-inf) inside the mask, with their count; a range whose width
+        overflows float64; ``nbins`` below 2 or above 2**24; no voxel to threshold.
+
+    See Also
+    --------
+    label : Label the thresholded mask.
+
+    Examples
+    --------
+    >>> img = np.array([[10, 12, 11, 200, 210, 205]], np.uint8)
+    >>> t = mk.threshold_otsu(img)
+    >>> t, (img > t).astype(int)
+    (12.0, array([[0, 0, 0, 1, 1, 1]]))
     """
     x, _ = _split(img, "img")
     if x.dtype == np.bool_ or x.dtype.kind not in "iuf":

@@ -78,8 +78,35 @@ STUDY_COLUMNS = ("study", "status", "reused", "source", "study_uid", "modality",
 class Study:
     """One study of a cohort: what a task reads, by path only.
 
-    ``source`` is what ``mk.analyze`` is given: a folder holding this study alone, or the list of
-    its DICOM files where a folder mixes studies, or a NIfTI file.
+    Parameters
+    ----------
+    id : str
+        The study's name: the trailing parts of the folder that holds its files (as many as
+        needed to tell studies apart), or a NIfTI file's name.
+    source : str or tuple of str
+        What ``mk.analyze`` is given: a folder holding this study alone, or the list of its DICOM
+        files where a folder mixes studies, or a NIfTI file.
+    files : tuple of str
+        Every input file of the study.
+    study_uid : str, optional
+        StudyInstanceUID (DICOM studies).
+    patient_id : str, optional
+        PatientID (DICOM studies).
+
+    See Also
+    --------
+    find_studies : Makes them.
+
+    Examples
+    --------
+    >>> ct = np.full((24, 64, 64), -100, np.int16)
+    >>> k, j, i = np.mgrid[:24, :64, :64]
+    >>> ct[((k - 12) * 3) ** 2 + (j - 32) ** 2 + (i - 32) ** 2 < 15 ** 2] = 60
+    >>> mk.write(mk.Image(ct, spacing=(3.0, 1.0, 1.0)), "case1.nii.gz")
+    >>> mk.write(mk.Image(ct[:, ::-1].copy(), spacing=(3.0, 1.0, 1.0)), "case2.nii.gz")
+    >>> study = mk.batch.find_studies(["case1.nii.gz"])[0]
+    >>> study.id, study.study_uid
+    ('case1', None)
     """
 
     id: str
@@ -89,7 +116,28 @@ class Study:
     patient_id: str | None = None
 
     def fingerprint(self) -> str:
-        """SHA-256 of the input files' paths, sizes and modification times."""
+        """Return the SHA-256 of the input files' paths, sizes and modification times.
+
+        Returns
+        -------
+        str
+            Hex digest; part of what decides whether a later run reuses a study's result.
+
+        See Also
+        --------
+        analyze_many
+
+        Examples
+        --------
+        >>> ct = np.full((24, 64, 64), -100, np.int16)
+        >>> k, j, i = np.mgrid[:24, :64, :64]
+        >>> ct[((k - 12) * 3) ** 2 + (j - 32) ** 2 + (i - 32) ** 2 < 15 ** 2] = 60
+        >>> mk.write(mk.Image(ct, spacing=(3.0, 1.0, 1.0)), "case1.nii.gz")
+        >>> mk.write(mk.Image(ct[:, ::-1].copy(), spacing=(3.0, 1.0, 1.0)), "case2.nii.gz")
+        >>> study = mk.batch.find_studies(["case1.nii.gz"])[0]
+        >>> len(study.fingerprint())
+        64
+        """
         h = hashlib.sha256()
         for name in sorted(self.files):
             st = os.stat(name)
@@ -104,7 +152,40 @@ class Study:
 
 @dataclass
 class BatchResult:
-    """What ``analyze_many`` did: a row per study (``studies``) and per lesion (``findings``)."""
+    """What :func:`analyze_many` did: a row per study (``studies``) and per lesion (``findings``).
+
+    Parameters
+    ----------
+    out_dir : pathlib.Path
+        The output folder.
+    studies : list of dict
+        One row per study (columns of ``studies.csv``: ``study``, ``status``, ``reused``,
+        ``lesion_count``, the derived guideline values...).
+    findings : list of dict
+        One row per lesion (columns of ``findings.csv``).
+    seconds : float
+        Wall time of the run.
+    workers : int
+        Workers that ran the studies.
+    dashboard : str or None
+        The Dask dashboard address, if any.
+    files : dict of str to pathlib.Path, optional
+        The cohort files written (``studies_csv``, ``findings_parquet``, ``index_html``...).
+
+    See Also
+    --------
+    analyze_many : Makes one.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> from medkern.batch import BatchResult
+    >>> result = BatchResult(out_dir=Path("cohort"), findings=[], seconds=12.5, workers=2, dashboard=None,
+    ...                      studies=[{"status": "ok", "reused": False}, {"status": "ok", "reused": True},
+    ...                               {"status": "failed", "reused": False}])
+    >>> result.analysed, result.reused, len(result.failed)
+    (1, 1, 1)
+    """
 
     out_dir: Path
     studies: list[dict[str, Any]]
@@ -115,6 +196,32 @@ class BatchResult:
     files: dict[str, Path] = field(default_factory=dict)
 
     def count(self, status: str) -> int:
+        """Count the studies with a given status.
+
+        Parameters
+        ----------
+        status : str
+            ``"ok"`` or ``"failed"``.
+
+        Returns
+        -------
+        int
+            The number of study rows with that status (reused ones included).
+
+        See Also
+        --------
+        failed : The failed rows themselves.
+
+        Examples
+        --------
+        >>> from pathlib import Path
+        >>> from medkern.batch import BatchResult
+        >>> result = BatchResult(out_dir=Path("cohort"), findings=[], seconds=12.5, workers=2, dashboard=None,
+        ...                      studies=[{"status": "ok", "reused": False}, {"status": "ok", "reused": True},
+        ...                               {"status": "failed", "reused": False}])
+        >>> result.count("ok"), result.count("failed")
+        (2, 1)
+        """
         return sum(row["status"] == status for row in self.studies)
 
     @property
@@ -124,10 +231,12 @@ class BatchResult:
 
     @property
     def reused(self) -> int:
+        """Studies whose result of an earlier run was reused (same fingerprint)."""
         return sum(bool(row["reused"]) for row in self.studies)
 
     @property
     def failed(self) -> list[dict[str, Any]]:
+        """The rows of the studies that failed, with the stage and the error."""
         return [row for row in self.studies if row["status"] == "failed"]
 
     def __repr__(self) -> str:
@@ -176,12 +285,44 @@ def _unique_ids(paths: Sequence[tuple[str, ...]]) -> list[str]:
 
 
 def find_studies(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Study]:
-    """The studies under ``inputs``: NIfTI files (one study each) and folders of DICOM files.
+    """Find the studies under the inputs: NIfTI files (one study each) and folders of DICOM files.
 
     A folder is scanned recursively (headers only) and its image series are grouped by
-    StudyInstanceUID, so a study folder, a folder of study folders and a flat PACS export all work.
-    A study is named after the folder that holds its files (its trailing path parts, as many as
-    needed to tell studies apart), a NIfTI study after its file.
+    StudyInstanceUID, so a study folder, a folder of study folders and a flat PACS export all
+    work. A study is named after the folder that holds its files (its trailing path parts, as
+    many as needed to tell studies apart), a NIfTI study after its file.
+
+    Parameters
+    ----------
+    inputs : str, os.PathLike or iterable of them
+        NIfTI files and folders.
+
+    Returns
+    -------
+    list of Study
+        The studies, by path only.
+
+    Raises
+    ------
+    FileNotFoundError
+        An input does not exist.
+    ValueError
+        A folder holds no DICOM image series (the message says when it holds NIfTI files to give
+        instead), or no study was found.
+
+    See Also
+    --------
+    analyze_many : Analyse them.
+
+    Examples
+    --------
+    >>> ct = np.full((24, 64, 64), -100, np.int16)
+    >>> k, j, i = np.mgrid[:24, :64, :64]
+    >>> ct[((k - 12) * 3) ** 2 + (j - 32) ** 2 + (i - 32) ** 2 < 15 ** 2] = 60
+    >>> mk.write(mk.Image(ct, spacing=(3.0, 1.0, 1.0)), "case1.nii.gz")
+    >>> mk.write(mk.Image(ct[:, ::-1].copy(), spacing=(3.0, 1.0, 1.0)), "case2.nii.gz")
+    >>> [s.id for s in mk.batch.find_studies(["case1.nii.gz", "case2.nii.gz"])]
+    ['case1', 'case2']
     """
     from medkern.io.dicom import scan_dicom_folder
 
@@ -252,12 +393,42 @@ def find_studies(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> lis
 
 
 def read_patients(table: Any) -> dict[str, dict[str, Any]]:
-    """Patient records by study key, from a CSV or JSON file or a mapping; each validated.
+    """Read patient records by study key from a CSV or JSON file or a mapping, each validated.
 
     The key (column ``study`` in CSV; the mapping key, or a ``study`` field in a JSON list) is a
     study's id, its StudyInstanceUID, its DICOM PatientID or its input path. CSV cells are typed
     by the patient schema: numbers, integers, and lists separated by ``;``. An empty cell is a
     missing value: reported as missing by the guideline, never guessed.
+
+    Parameters
+    ----------
+    table : str, os.PathLike or mapping
+        A ``.csv`` or ``.json`` file, or a mapping of study key to record.
+
+    Returns
+    -------
+    dict of str to dict
+        The validated records (schema ``patient-v1``) by study key.
+
+    Raises
+    ------
+    medkern.analysis.patient.PatientError
+        A record breaks the patient schema (the message names the study and the field).
+    ValueError
+        A malformed table (no ``study`` column, a key given twice...).
+
+    See Also
+    --------
+    analyze_many : ``patients=`` takes the same tables.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> _ = Path("patients.csv").write_text("study,schema_version,grade,symptoms\\n"
+    ...                                     "case1,1,G3,pain;swelling\\n"
+    ...                                     "case2,1,,\\n")
+    >>> mk.batch.read_patients("patients.csv")
+    {'case1': {'schema_version': 1, 'grade': 'G3', 'symptoms': ['pain', 'swelling']}, 'case2': {'schema_version': 1}}
     """
     from medkern.analysis.patient import patient_schema, validate_patient
 
@@ -660,26 +831,105 @@ def analyze_many(studies: Any, out_dir: str | os.PathLike, patients: Any = None,
                  progress: bool | Callable[[int, int], Any] = False) -> BatchResult:
     """Run ``mk.analyze`` on every study on a Dask cluster; resumable, one failure never stops the rest.
 
+    One task per study; tasks carry paths, never pixels. Each worker loads the model and the
+    guideline once and runs its studies one at a time, with thread counts set so that workers x
+    threads never exceed the cores of a host.
+
     Parameters
     ----------
-    studies : study folders, NIfTI files, folders of studies (see :func:`find_studies`), or a list
-        of :class:`Study`.
-    out_dir : the output folder (created); see the module docstring for its layout.
-    patients : patient records (CSV/JSON path or dict, see :func:`read_patients`); studies without
-        a record are analysed without patient context (every patient field reported missing).
-    model, guideline : as for ``mk.analyze`` (a shipped name or a file path); model may also be a
-        list of them (the first that reads a study's modality runs); None: the shipped defaults.
-    scheduler : None or ``"local"`` for a ``LocalCluster`` on this machine, an address
-        (``tcp://host:8786``) or a ``distributed.Client``.
-    workers : the LocalCluster's worker processes (default one per core); a ValueError with a
-        running cluster, whose size is set where its workers start.
-    threads : medkern and ONNX Runtime threads per study (default: a host's cores divided by the
+    studies : str, os.PathLike, or list of them or of Study
+        Study folders, NIfTI files, folders of studies (see :func:`find_studies`), or a list of
+        :class:`Study`.
+    out_dir : str or os.PathLike
+        The output folder (created); see Notes for its layout. One batch at a time may write
+        into it (a lock file says which).
+    patients : str, os.PathLike or mapping, optional
+        Patient records (CSV/JSON path or dict, see :func:`read_patients`); studies without a
+        record are analysed without patient context (every patient field reported missing).
+    model : str, os.PathLike or list, optional
+        As for ``mk.analyze`` (a shipped name or a file path), or a list of them (the first that
+        reads a study's modality runs); None: the shipped defaults.
+    guideline : str, os.PathLike or False, optional
+        As for ``mk.analyze``.
+    scheduler : None, str or distributed.Client, optional
+        None or ``"local"`` for a ``LocalCluster`` on this machine (one single-threaded worker
+        process per core), an address (``tcp://host:8786``) or a ``distributed.Client``.
+    workers : int, optional
+        The LocalCluster's worker processes (default one per core); a ValueError with a running
+        cluster, whose size is set where its workers start.
+    threads : int, optional
+        medkern and ONNX Runtime threads per study (default: a host's cores divided by the
         studies it runs at once).
-    retry_failed : run again the studies whose analysis failed in an earlier run.
-    retries : Dask retries of a task that raised outside the analysis (e.g. a failed write);
-        a task whose worker died is rescheduled by Dask itself.
-    progress : True for a console bar and the dashboard link on stderr, or a callable
+    include_identifiers : bool, optional
+        As for ``mk.analyze``.
+    radiomics : bool, optional
+        As for ``mk.analyze``.
+    location : bool, optional
+        As for ``mk.analyze``.
+    retry_failed : bool, optional
+        Run again the studies whose analysis failed in an earlier run.
+    retries : int, optional
+        Dask retries of a task that raised outside the analysis (e.g. a failed write); a task
+        whose worker died is rescheduled by Dask itself.
+    progress : bool or callable, optional
+        True for a console bar and the dashboard link on stderr, or a callable
         ``(done, total)``.
+
+    Returns
+    -------
+    BatchResult
+        A row per study and per lesion; failures are rows, not exceptions.
+
+    Raises
+    ------
+    ValueError
+        No study in the inputs, ``workers`` with a running cluster, or another batch writing
+        into ``out_dir``.
+
+    See Also
+    --------
+    medkern.analyze : The analysis of one study.
+    find_studies : What the inputs become.
+
+    Notes
+    -----
+    ``studies/<id>/`` holds each study's report (``report.json``/``.html``, the lesion label map,
+    DICOM SEG and SR where the study was DICOM) and ``batch.json``, the record of the run that
+    made it: the input fingerprint, the summary row and the findings rows; a failed study holds
+    ``error.json`` (exception, message, the stage of ``mk.analyze`` that raised, traceback)
+    instead. A study folder is built under a temporary name and renamed into place whole, so a
+    worker killed at any moment leaves either the previous complete folder or none. Beside them:
+    ``studies.csv``/``.parquet``, ``findings.csv``/``.parquet``, ``index.html`` (the cohort
+    overview) and ``run.json`` (settings, counts, timings).
+
+    Resuming: a study is skipped when its ``batch.json`` records the same fingerprint (input
+    files' paths, sizes and modification times, its patient record, the model and guideline
+    file hashes, the analysis parameters and the medkern version). Studies that failed inside
+    the analysis are skipped too unless ``retry_failed=True``; studies lost to infrastructure
+    leave no record and always run again.
+
+    Examples
+    --------
+    Two CT studies on an in-process Dask cluster (``scheduler=None`` starts one worker process
+    per core instead):
+
+    >>> import distributed
+    >>> ct = np.full((24, 64, 64), -100, np.int16)
+    >>> k, j, i = np.mgrid[:24, :64, :64]
+    >>> ct[((k - 12) * 3) ** 2 + (j - 32) ** 2 + (i - 32) ** 2 < 15 ** 2] = 60
+    >>> mk.write(mk.Image(ct, spacing=(3.0, 1.0, 1.0)), "case1.nii.gz")
+    >>> mk.write(mk.Image(ct[:, ::-1].copy(), spacing=(3.0, 1.0, 1.0)), "case2.nii.gz")
+    >>> client = distributed.Client(processes=False, n_workers=1, threads_per_worker=1,
+    ...                             dashboard_address=None)
+    >>> run = mk.batch.analyze_many(["case1.nii.gz", "case2.nii.gz"], "cohort", model="sarcoma-ct",
+    ...                             scheduler=client, radiomics=False, location=False)
+    >>> [(row["study"], row["status"], row["lesion_count"]) for row in run.studies]
+    [('case1', 'ok', 1), ('case2', 'ok', 1)]
+    >>> again = mk.batch.analyze_many(["case1.nii.gz", "case2.nii.gz"], "cohort", model="sarcoma-ct",
+    ...                               scheduler=client, radiomics=False, location=False)
+    >>> again.reused, again.analysed                # nothing changed: nothing runs again
+    (2, 0)
+    >>> client.close()
     """
     from distributed import as_completed
 

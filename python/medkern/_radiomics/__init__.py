@@ -15,6 +15,7 @@ from typing import Any, Iterable, Iterator, NamedTuple
 import numpy as np
 
 from medkern._dispatch import is_cupy_array
+from medkern._docstrings import fill_doc
 from medkern._progress import Progress
 from medkern._radiomics import (
     glcm,
@@ -92,9 +93,11 @@ class RadiomicsResult(Mapping):
         return len(self._by_key)
 
     def code(self, key: str) -> str:
+        """Return the IBSI identifier of a feature key, e.g. ``"Q4LE"`` for the mean intensity."""
         return self._by_key[key].code
 
     def by_code(self, code: str) -> dict[str | None, float]:
+        """Return the values of one IBSI feature code, keyed by aggregation method (None outside texture)."""
         return {f.aggregation: f.value for f in self.features if f.code == code}
 
     def __repr__(self) -> str:
@@ -138,6 +141,7 @@ def _families(features: Iterable[str] | str) -> list[str]:
     return [f for f in FAMILIES if f in out]
 
 
+@fill_doc
 def radiomics(
     img: Any,
     mask: Any,
@@ -163,56 +167,114 @@ def radiomics(
     backend: str = "auto",
     progress: Any = None,
 ) -> RadiomicsResult:
-    """IBSI 1 features of the region ``mask`` (non-zero voxels) of ``img``.
+    """Compute IBSI 1 radiomics features of a region of an image.
+
+    The pipeline is IBSI's: optional resampling of image and mask (§2.4), re-segmentation of the
+    intensity mask by range and outliers (§2.5), discretisation (§2.7), then the feature
+    families. Every IBSI 1 reference value is checked (:doc:`../radiomics_compliance`).
 
     Parameters
     ----------
-    img, mask : Image or array (2D or 3D, same shape). Spacing comes from an Image (1 mm for a
-        bare array). Slices for the 2D/2.5D texture approaches are planes of array axis 0.
-        A mask given as an Image must have the image's geometry (spacing, origin, direction),
-        else ValueError. Non-finite values raise ValueError with their count: NaN or +-inf in
-        ``mask`` anywhere, in ``img`` inside the mask (outside it they are ignored).
-        Discretisation into more than 2**14 grey levels (``bin_width`` / ``bin_count``) raises
-        ValueError.
-    features : families to compute, from ``FAMILIES``: "morphology", "local_intensity", "statistics",
-        "histogram", "ivh", "glcm", "glrlm", "glszm", "gldzm", "ngtdm", "ngldm".
-    bin_width : fixed bin size discretisation (IBSI §2.7) for histogram and texture families;
-        bins start at ``bin_lower_bound``, else at ``resegment_range[0]``, else at the ROI minimum.
-    bin_count : fixed bin number discretisation instead (exactly one of the two is needed when a
+    img : Image or array_like
+        2D or 3D numpy image. Spacing comes from an Image (1 mm for a bare array). Slices for
+        the 2D/2.5D texture approaches are planes of array axis 0. NaN or +-inf inside the mask
+        raise ValueError (outside it they are ignored).
+    mask : Image or array_like
+        The region (non-zero voxels), same shape. An Image must have the image's geometry
+        (spacing, origin, direction). NaN or +-inf anywhere raise ValueError.
+    features : str or iterable of str, optional
+        Families to compute, from ``FAMILIES``: "morphology", "local_intensity", "statistics",
+        "histogram", "ivh", "glcm", "glrlm", "glszm", "gldzm", "ngtdm", "ngldm" (default all).
+    bin_width : float, optional
+        Fixed bin size discretisation (IBSI §2.7) for histogram and texture families; bins start
+        at ``bin_lower_bound``, else at ``resegment_range[0]``, else at the ROI minimum.
+    bin_count : int, optional
+        Fixed bin number discretisation instead (exactly one of the two is needed when a
         discretised family is asked for).
-    resegment_range : (low, high) intensity range kept in the ROI intensity mask (IBSI §2.5); use
-        -inf/inf for an open side. The morphological mask stays ``mask``.
-    outlier_sigma : drop voxels beyond mean ± outlier_sigma·std of the ROI (after the range), e.g. 3.
-    round_intensities : round intensities to the nearest integer (after any interpolation), as
-        IBSI asks for CT in HU.
-    resample_spacing : new voxel spacing in mm (array-axis order; a scalar for all axes; None for
-        an axis keeps it, e.g. ``(None, 2, 2)`` for IBSI's in-plane 2D interpolation). The new
-        grid is IBSI's (§2.4): grid centres aligned, ``ceil(n * spacing / new_spacing)`` voxels,
+    bin_lower_bound : float, optional
+        The lower edge of the first bin for ``bin_width``.
+    resegment_range : tuple of float, optional
+        ``(low, high)`` intensity range kept in the ROI intensity mask (IBSI §2.5); -inf/inf for
+        an open side. The morphological mask stays ``mask``.
+    outlier_sigma : float, optional
+        Drop voxels beyond mean ± outlier_sigma·std of the ROI (after the range), e.g. 3.
+    round_intensities : bool, optional
+        Round intensities to the nearest integer (after any interpolation), as IBSI asks for CT
+        in HU.
+    resample_spacing : float or sequence of float, optional
+        New voxel spacing in mm (array-axis order; a scalar for all axes; None for an axis keeps
+        it, e.g. ``(None, 2, 2)`` for IBSI's in-plane 2D interpolation). The new grid is IBSI's
+        (§2.4): grid centres aligned, ``ceil(n * spacing / new_spacing)`` voxels,
         nearest-boundary extrapolation.
-    interpolation : image interpolation for resampling: "linear" (IBSI trilinear), "cubic"
-        (cubic B-spline, IBSI tricubic spline) or "nearest".
-    mask_interpolation : "linear" (the mask as 0/1 intensities) or "nearest".
-    partial_volume : interpolated mask values >= this stay in the ROI (IBSI default 0.5).
-    texture_dims : any of "2D", "2.5D", "3D". GLCM and GLRLM give two aggregation methods each:
+    interpolation : {"linear", "cubic", "nearest"}, optional
+        Image interpolation for resampling: IBSI trilinear, cubic B-spline (IBSI tricubic
+        spline) or nearest.
+    mask_interpolation : {"linear", "nearest"}, optional
+        ``"linear"`` interpolates the mask as 0/1 intensities.
+    partial_volume : float, optional
+        Interpolated mask values >= this stay in the ROI (IBSI default 0.5).
+    texture_dims : str or iterable of str, optional
+        Any of "2D", "2.5D", "3D". GLCM and GLRLM give two aggregation methods each:
         "2D, averaged" / "2D, slice-merged", "2.5D, direction-merged" / "2.5D, merged",
         "3D, averaged" / "3D, merged"; GLSZM, GLDZM, NGTDM and NGLDM give "2D", "2.5D", "3D".
-    ivh_bin_width, ivh_bin_count : discretisation for the intensity-volume histogram. Without
-        either, integer intensities are used as they are (steps of 1) and other intensities are
-        put in 1000 bins (IBSI §3.5).
-    glcm_distance, ngtdm_distance, ngldm_distance : Chebyshev distance delta (IBSI default 1).
-    ngldm_alpha : NGLDM coarseness (IBSI default 0).
-    backend : "auto", "cpp" or "numba" for the texture-matrix and local-intensity kernels (the
-        mesh, diameter and hull kernels of the morphology family are C++ only).
-    progress : None, True (a tqdm bar on stderr) or a callable ``progress(stage, fraction)``
-        (see :mod:`medkern._progress`), called with stage ``"prepare"`` (resampling,
-        re-segmentation, discretisation) and then with each family's id before it is computed,
-        the families weighted by their cost; returning False raises :class:`medkern.Cancelled`.
+    ivh_bin_width : float, optional
+        Discretisation for the intensity-volume histogram. Without it or ``ivh_bin_count``,
+        integer intensities are used as they are (steps of 1) and other intensities are put in
+        1000 bins (IBSI §3.5).
+    ivh_bin_count : int, optional
+        The number of intensity-volume histogram bins instead.
+    glcm_distance : int, optional
+        Chebyshev distance delta of the GLCM (IBSI default 1).
+    ngtdm_distance : int, optional
+        Chebyshev distance delta of the NGTDM (IBSI default 1).
+    ngldm_distance : int, optional
+        Chebyshev distance delta of the NGLDM (IBSI default 1).
+    ngldm_alpha : int, optional
+        NGLDM coarseness (IBSI default 0).
+    backend : {"auto", "cpp", "numba"}, optional
+        For the texture-matrix and local-intensity kernels (the mesh, diameter and hull kernels
+        of the morphology family are C++ only). Radiomics runs on the CPU: cupy input is a
+        TypeError.
+    %(progress)s
+        Called with stage ``"prepare"`` (resampling, re-segmentation, discretisation) and then
+        with each family's id before it is computed, the families weighted by their cost.
 
     Returns
     -------
-    RadiomicsResult: a mapping ``"family/IBSI name [aggregation]" -> value`` with IBSI codes.
-    A feature the ROI leaves undefined (e.g. the correlation of a uniform ROI, the enclosing
-    ellipsoid of a flat one) is NaN.
+    RadiomicsResult
+        A mapping ``"family/IBSI name"`` (texture: ``"family/IBSI name [aggregation]"``) ->
+        value; ``result.code(key)`` gives a feature's IBSI code, ``result.by_code(code)`` its
+        values per aggregation method, ``result.features`` the records in IBSI order. A feature
+        the ROI leaves undefined (e.g. the correlation of a uniform ROI, the enclosing ellipsoid
+        of a flat one) is NaN.
+
+    Raises
+    ------
+    ValueError
+        Non-finite values (with their count), a mask whose geometry differs from the image's,
+        unknown families, neither or both of ``bin_width`` and ``bin_count`` for a discretised
+        family, or a discretisation into more than 2**14 grey levels.
+    TypeError
+        CuPy input.
+    medkern.Cancelled
+        ``progress`` returned False.
+
+    See Also
+    --------
+    regions : Size, shape and intensity of every labelled region.
+
+    Examples
+    --------
+    >>> k, j, i = np.mgrid[:12, :12, :12]
+    >>> roi = (k - 6) ** 2 + (j - 6) ** 2 + (i - 6) ** 2 <= 16
+    >>> ct = mk.Image(np.where(roi, 40 + 10 * ((i + j) % 3), -100).astype(np.int16), spacing=2.0)
+    >>> f = mk.radiomics(ct, roi, features=["morphology", "statistics", "glcm"], bin_width=5)
+    >>> round(f["statistics/Mean intensity"], 2), f.code("statistics/Mean intensity")
+    (50.27, 'Q4LE')
+    >>> round(f["glcm/Joint entropy [3D, merged]"], 3)
+    3.166
+    >>> sorted(f.by_code("TU9B"))       # joint entropy, per aggregation method
+    ['3D, averaged', '3D, merged']
     """
     for name, x in (("img", img), ("mask", mask)):
         if is_cupy_array(x.array if isinstance(x, Image) else x):

@@ -23,10 +23,29 @@ from medkern.inference.sliding import _scan_starts, sliding_window
 class Prediction:
     """What :meth:`Model.predict` returns, on the grid of the image that was given.
 
-    ``probabilities``: vector Image, one component per output channel (float32), for dense tasks.
-    ``labels``: uint8 Image, the argmax class (softmax) or the most probable channel above the
-    threshold, numbered from 1 (sigmoid), for dense tasks. ``scores``: class name -> probability,
-    for classification. ``label_names``: the model's output names.
+    Parameters
+    ----------
+    label_names : list of str
+        The model's output names.
+    probabilities : Image, optional
+        Dense tasks: a vector Image, one component per output channel (float32).
+    labels : Image, optional
+        Dense tasks: uint8, the argmax class (softmax) or the most probable channel above the
+        threshold, numbered from 1 (sigmoid).
+    scores : dict of str to float, optional
+        Classification: class name -> probability.
+
+    See Also
+    --------
+    Model.predict : Makes one.
+
+    Examples
+    --------
+    >>> grid = mk.Image(np.zeros((2, 2, 2), np.uint8))
+    >>> p = mk.Prediction(["background", "lesion"], labels=grid,
+    ...                   probabilities=mk.Image(np.zeros((2, 2, 2, 2), np.float32), vector=True))
+    >>> p.probability("lesion")
+    Image(shape=(2, 2, 2), dtype=float32, spacing=(1, 1, 1), origin=(0, 0, 0), numpy)
     """
 
     label_names: list[str]
@@ -35,7 +54,37 @@ class Prediction:
     scores: dict[str, float] | None = field(default=None)
 
     def probability(self, name: str) -> Image:
-        """The probability map of one output channel, by its label name."""
+        """Return the probability map of one output channel, by its label name.
+
+        Parameters
+        ----------
+        name : str
+            One of ``label_names``.
+
+        Returns
+        -------
+        Image
+            float32, on the prediction's grid.
+
+        Raises
+        ------
+        ValueError
+            The prediction has class scores, not probability maps.
+        KeyError
+            No output has that name.
+
+        See Also
+        --------
+        Model.predict
+
+        Examples
+        --------
+        >>> probs = np.zeros((2, 2, 2, 2), np.float32)
+        >>> probs[..., 1] = 0.75
+        >>> p = mk.Prediction(["background", "lesion"], probabilities=mk.Image(probs, vector=True))
+        >>> float(p.probability("lesion").array.mean())
+        0.75
+        """
         if self.probabilities is None:
             raise ValueError("this prediction has class scores, not probability maps")
         if name not in self.label_names:

@@ -25,7 +25,26 @@ _PROVIDERS = {
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """A graph input or output: name, shape (None for a dynamic axis) and ONNX element type."""
+    """A graph input or output: name, shape (None for a dynamic axis) and ONNX element type.
+
+    Parameters
+    ----------
+    name : str
+        The tensor's name in the graph.
+    shape : tuple of int or None
+        Its shape; None for a dynamic axis.
+    type : str
+        The ONNX element type, e.g. ``"tensor(float)"``.
+
+    See Also
+    --------
+    medkern.Model : ``model.inputs`` and ``model.outputs`` list them.
+
+    Examples
+    --------
+    >>> mk.models.load("sarcoma-ct", threads=1).inputs[0]
+    TensorInfo(name='image', shape=(None, 1, None, None, None), type='tensor(float)')
+    """
 
     name: str
     shape: tuple[int | None, ...]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator, Sequence
 
+from medkern._docstrings import fill_doc
 from medkern._progress import Progress
 from medkern._reorient import reorient as reorient
 from medkern.errors import ModelError
@@ -25,20 +26,45 @@ __all__ = ["Model", "Prediction", "TensorInfo"]
 class Model:
     """An exported model (ONNX) ready to run, with the preprocessing recorded in its metadata.
 
+    ``model.metadata`` is the validated medkern metadata (None for a bare ONNX file, which still
+    runs through :meth:`run` and as the ``fn`` of :func:`sliding_window`); ``model.inputs`` /
+    ``model.outputs`` describe the graph. The graph is loaded with the rewrites of
+    ``medkern.inference.graph`` (a single-slope ``PRelu`` becomes ``LeakyRelu``; a strided
+    ``ConvTranspose`` with at most 4 output channels takes its sub-pixel form). One Model may be
+    used from several threads at once (ONNX Runtime sessions are thread-safe; medkern keeps no
+    per-call state on it). Calling the model, ``model(batch)``, returns the first output for one
+    input: the ``fn`` that :func:`sliding_window` calls.
+
     Parameters
     ----------
-    source : path to an ``.onnx`` file, or its bytes.
-    providers : ``"auto"`` (CUDA when onnxruntime-gpu sees a device, else CPU), ``"cpu"``,
-        ``"cuda"``, ``"tensorrt"``, or a list of ONNX Runtime provider names.
-    threads : CPU cores to use: the intra-op threads of one run, and the number of batch items
-        :meth:`run_independent` runs at once; default :func:`medkern.get_num_threads`.
+    source : str, os.PathLike or bytes
+        Path to an ``.onnx`` file, or its bytes.
+    providers : str or list of str, optional
+        ``"auto"`` (CUDA when onnxruntime-gpu sees a device, else CPU), ``"cpu"``, ``"cuda"``,
+        ``"tensorrt"``, or a list of ONNX Runtime provider names.
+    threads : int, optional
+        CPU cores to use: the intra-op threads of one run, and the number of batch items
+        :meth:`run_independent` runs at once; default :func:`get_num_threads`.
 
-    ``model.metadata`` is the validated medkern metadata (None for a bare ONNX file, which still
-    runs through :meth:`run` and as the ``fn`` of :func:`medkern.sliding_window`);
-    ``model.inputs`` / ``model.outputs`` describe the graph. The graph is loaded with the
-    rewrites of :mod:`medkern.inference.graph` (faster activations, sub-pixel output heads).
-    One Model may be used from several threads at once (ONNX Runtime sessions are thread-safe;
-    medkern keeps no per-call state on it).
+    Raises
+    ------
+    medkern.ModelError
+        Not a readable ONNX model, invalid medkern metadata, or metadata that contradicts the
+        graph's inputs.
+
+    See Also
+    --------
+    medkern.models.load : Load a shipped model.
+    write_model_metadata : Attach the preprocessing recipe to an exported model.
+    sliding_window : Patch-wise inference with any callable.
+
+    Examples
+    --------
+    >>> model = mk.models.load("sarcoma-ct", threads=1)
+    >>> model
+    Model('sarcoma-ct', segmentation, providers=['CPUExecutionProvider'])
+    >>> model.metadata["input"]["spacing"], model.metadata["output"]["labels"]
+    ([3.0, 3.0, 3.0], ['background', 'gtv'])
     """
 
     def __init__(self, source: str | os.PathLike | bytes, providers: Any = "auto", threads: int | None = None):
@@ -64,14 +90,17 @@ class Model:
 
     @property
     def threads(self) -> int:
+        """CPU cores the model uses (intra-op threads, and concurrent items of :meth:`run_independent`)."""
         return self._onnx.threads
 
     @property
     def inputs(self) -> list[TensorInfo]:
+        """The graph's inputs: name, shape (None for a dynamic axis) and element type."""
         return self._onnx.inputs
 
     @property
     def outputs(self) -> list[TensorInfo]:
+        """The graph's outputs: name, shape (None for a dynamic axis) and element type."""
         return self._onnx.outputs
 
     def __repr__(self) -> str:
@@ -81,10 +110,37 @@ class Model:
 
     # ------------------------------------------------------------------ raw execution
     def run(self, *arrays: Any) -> list[Any]:
-        """Run the graph on its inputs (positional, in graph order); returns every output.
+        """Run the graph on its inputs (positional, in graph order) and return every output.
 
         NumPy inputs give NumPy outputs. CuPy inputs on a CUDA session are bound on the device
         (ONNX Runtime IO binding) and give CuPy outputs, with no host round trip.
+
+        Parameters
+        ----------
+        *arrays : numpy.ndarray or cupy.ndarray
+            One array per graph input, in graph order.
+
+        Returns
+        -------
+        list of numpy.ndarray or cupy.ndarray
+            Every graph output, in graph order.
+
+        Raises
+        ------
+        medkern.ModelError
+            Wrong number, shape or type of inputs.
+
+        See Also
+        --------
+        predict : Run on an Image with the metadata's preprocessing.
+        run_independent : A batch whose items run concurrently.
+
+        Examples
+        --------
+        >>> model = mk.models.load("sarcoma-ct", threads=1)
+        >>> (logits,) = model.run(np.zeros((1, 1, 32, 32, 32), np.float32))
+        >>> logits.shape
+        (1, 2, 32, 32, 32)
         """
         return self._onnx.run(*arrays)
 
@@ -93,16 +149,36 @@ class Model:
         return self.run(batch)[0]
 
     def run_independent(self, batch: Any) -> Any:
-        """First output for a batch whose items do not interact (patches, separate cases).
+        """Return the first output for a batch whose items do not interact (patches, separate cases).
 
         On the CPU the items run concurrently, ``threads`` at a time, each as a single-threaded
         run of one extra session (which holds the weights once more). One whole-network run per
         core has no per-operator thread synchronisation, a large part of a multi-threaded run of
         a small-channel 3D network (the benchmark UNet: 10-20 % faster). Items left over after
-        whole rounds, and batches on a GPU, run as :meth:`__call__`. For any network that treats
+        whole rounds, and batches on a GPU, run as ``model(batch)``. For any network that treats
         batch items separately the values equal ``model(batch)`` up to float32 rounding (ONNX
         Runtime's convolutions sum in another order for another thread count); this is what
-        :func:`medkern.sliding_window` calls.
+        :func:`sliding_window` calls.
+
+        Parameters
+        ----------
+        batch : numpy.ndarray or cupy.ndarray
+            The batch, items on axis 0.
+
+        Returns
+        -------
+        numpy.ndarray or cupy.ndarray
+            The first graph output for the whole batch.
+
+        See Also
+        --------
+        run : Every output, one session run.
+
+        Examples
+        --------
+        >>> model = mk.models.load("sarcoma-ct", threads=1)
+        >>> model.run_independent(np.zeros((2, 1, 32, 32, 32), np.float32)).shape
+        (2, 2, 32, 32, 32)
         """
         return self._onnx.run_independent(batch)
 
@@ -140,35 +216,105 @@ class Model:
                              "mk.write_model_metadata, or call model.run / mk.sliding_window directly")
         return self.metadata
 
+    @fill_doc
     def predict(self, *images: Any, tta: bool = False, postprocess: bool = True,
                 progress: Any = None) -> Prediction:
         """Predict on one image (or one image per input channel, in the metadata's order).
 
         Steps, all from the metadata: reorient to the model's orientation (axis permutation and
         flips, exact), resample to its spacing (linear; the field of view is kept), preprocess,
-        sliding window (dense tasks) or one centre-cropped pass (classification), activation, then
-        back onto the given image's grid: probabilities with linear interpolation, labels with
-        ``label`` interpolation. ``tta=True`` averages the probabilities over all flips of the
-        spatial axes (2^ndim passes). Last, the metadata's ``postprocessing`` (the model's declared
-        clean-up: small components removed, the top-n components kept) is applied to the labels;
-        ``postprocess=False`` returns the raw labels. Probabilities are never altered. Returns a
-        :class:`Prediction`.
+        sliding window (dense tasks) or one centre-cropped pass (classification), activation,
+        then back onto the given image's grid: probabilities with linear interpolation, labels
+        with ``label`` interpolation. Last, the metadata's ``postprocessing`` (the model's
+        declared clean-up: small components removed, the top-n components kept) is applied to
+        the labels. Probabilities are never altered.
 
-        ``progress``: None, True (a tqdm bar on stderr) or a callable ``progress(stage, fraction)``
-        (see :mod:`medkern._progress`) over the stages ``"preprocess"``, ``"patches"`` (the
-        sliding window, one call per batch of patches; ``"classify"`` for classification models)
-        and ``"postprocess"``; returning False raises :class:`medkern.Cancelled`.
+        Parameters
+        ----------
+        *images : Image
+            One image, or one per input channel in the metadata's order, on one grid.
+        tta : bool, optional
+            Average the probabilities over all flips of the spatial axes (2^ndim passes).
+        postprocess : bool, optional
+            Apply the metadata's post-processing to the labels (default); False returns the raw
+            labels.
+        %(progress)s
+            Stages ``"preprocess"``, ``"patches"`` (the sliding window, one call per batch of
+            patches; ``"classify"`` for classification models) and ``"postprocess"``.
+
+        Returns
+        -------
+        Prediction
+            Probabilities and labels on the given image's grid (dense tasks), or class scores.
+
+        Raises
+        ------
+        medkern.ModelError
+            The model has no medkern metadata, or the images do not fit it.
+        medkern.Cancelled
+            ``progress`` returned False.
+
+        See Also
+        --------
+        predict_many : Several cases, sharing patch batches.
+        medkern.analyze : Prediction, measurement and guideline in one call.
+
+        Examples
+        --------
+        >>> model = mk.models.load("sarcoma-ct", threads=1)
+        >>> ct = np.full((24, 64, 64), -100, np.int16)
+        >>> k, j, i = np.mgrid[:24, :64, :64]
+        >>> ct[((k - 12) * 3) ** 2 + (j - 32) ** 2 + (i - 32) ** 2 < 15 ** 2] = 60
+        >>> img = mk.Image(ct, spacing=(3.0, 1.0, 1.0))
+        >>> prediction = model.predict(img)
+        >>> prediction.labels
+        Image(shape=(24, 64, 64), dtype=uint8, spacing=(3, 1, 1), origin=(0, 0, 0), numpy)
+        >>> int(prediction.labels.array.max()), prediction.label_names
+        (1, ['background', 'gtv'])
         """
         with Progress(progress, "Model.predict") as prog:
             return self.predict_many([images[0] if len(images) == 1 else tuple(images)], tta=tta,
                                      postprocess=postprocess, progress=prog)[0]
 
+    @fill_doc
     def predict_many(self, images: Sequence[Any], tta: bool = False, postprocess: bool = True, *,
                      progress: Any = None) -> list[Prediction]:
-        """:meth:`predict` over several cases; cases whose model-grid shapes agree share patch batches.
+        """Predict on several cases; cases whose model-grid shapes agree share patch batches.
 
-        Each element of ``images`` is an Image or a tuple of per-channel Images. ``progress`` as
-        for :meth:`predict`, over all the cases.
+        Parameters
+        ----------
+        images : sequence of Image or of tuple of Image
+            One Image per case, or a tuple of per-channel Images.
+        tta : bool, optional
+            As for :meth:`predict`.
+        postprocess : bool, optional
+            As for :meth:`predict`.
+        %(progress)s
+            Over all the cases.
+
+        Returns
+        -------
+        list of Prediction
+            One per case, in order.
+
+        Raises
+        ------
+        medkern.ModelError
+            The model has no medkern metadata, or an image does not fit it.
+
+        See Also
+        --------
+        predict : One case.
+
+        Examples
+        --------
+        >>> model = mk.models.load("sarcoma-ct", threads=1)
+        >>> ct = np.full((24, 64, 64), -100, np.int16)
+        >>> k, j, i = np.mgrid[:24, :64, :64]
+        >>> ct[((k - 12) * 3) ** 2 + (j - 32) ** 2 + (i - 32) ** 2 < 15 ** 2] = 60
+        >>> img = mk.Image(ct, spacing=(3.0, 1.0, 1.0))
+        >>> [p.labels.shape for p in model.predict_many([img, img[:, :32, :32]])]
+        [(24, 64, 64), (24, 32, 32)]
         """
         self._require_metadata()
         prog = Progress(progress, "Model.predict_many")

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkabl
 import numpy as np
 
 from medkern._dispatch import get_num_threads, is_cupy_array
+from medkern._docstrings import fill_doc
 from medkern._progress import Progress
 from medkern._util import per_axis
 
@@ -57,37 +58,80 @@ def _weight_map(roi: tuple[int, int, int], blend: str, sigma_scale: tuple[float,
     return w
 
 
+@fill_doc
 def sliding_window(array: Any, fn: Callable[[np.ndarray], Any], roi_size: Sequence[int] | int,
                    overlap: float | Sequence[float] = 0.5, blend: str = "gaussian",
                    sigma_scale: float | Sequence[float] = 0.125, batch_size: int = 4,
                    padding: str = "constant", cval: float = 0.0, *,
                    spatial_dims: int | None = None, progress: Any = None) -> np.ndarray:
-    """Run ``fn`` over overlapping patches of ``array`` and blend the outputs (MONAI semantics).
+    """Run ``fn`` over overlapping patches of an array and blend the outputs (MONAI semantics).
+
+    Equals ``monai.inferers.sliding_window_inference`` with the same settings to float32
+    rounding. A CuPy ``array`` is blended on the GPU (same order of operations) and gives CuPy
+    back. Memory: the input, the output and one batch of patches. When ``fn`` is a
+    :class:`Model`, the patches of a batch run concurrently (:meth:`Model.run_independent`).
 
     Parameters
     ----------
-    array : numpy array ``(*spatial)``, ``(C, *spatial)`` or ``(N, C, *spatial)``, 2 or 3 spatial
-        axes (the trailing ``spatial_dims`` axes; by default as many as ``roi_size`` has entries).
-    fn : called with float32 batches ``(b, C, *roi_size)``, ``b <= batch_size``; returns an array
-        ``(b, C_out, *roi_size)`` (e.g. a :class:`medkern.Model`).
-    roi_size : patch size per spatial axis (array order); an int means the same on every axis.
-    overlap : fraction of a patch shared with its neighbour, in ``[0, 1)``, per axis or one value.
-        Patch starts are MONAI's: step ``int(roi * (1 - overlap))``, last patch flush with the end.
-    blend : ``"gaussian"`` (MONAI importance map, sigma = ``sigma_scale * roi``, clamped below at
-        ``max(min, 1e-3)``) or ``"constant"`` (plain average).
-    batch_size : patches per call of ``fn``; patches of several images share batches.
-    padding : when the volume is smaller than ``roi_size`` it is padded symmetrically (extra voxel
-        at the end) with torch's mode names ``"constant"`` (value ``cval``), ``"reflect"``,
-        ``"replicate"``, ``"circular"``; the output is cropped back.
-    progress : None, True (a tqdm bar on stderr) or a callable ``progress(stage, fraction)``
-        (see :mod:`medkern._progress`), called before each batch with stage ``"patches"`` and the
-        share of patches done; returning False raises :class:`medkern.Cancelled` before the next
-        call of ``fn``.
+    array : numpy.ndarray or cupy.ndarray
+        ``(*spatial)``, ``(C, *spatial)`` or ``(N, C, *spatial)``, 2 or 3 spatial axes (the
+        trailing ``spatial_dims`` axes; by default as many as ``roi_size`` has entries).
+    fn : callable
+        Called with float32 batches ``(b, C, *roi_size)``, ``b <= batch_size``; returns an array
+        ``(b, C_out, *roi_size)`` (e.g. a :class:`Model`).
+    roi_size : int or sequence of int
+        Patch size per spatial axis (array order); an int means the same on every axis.
+    overlap : float or sequence of float, optional
+        Fraction of a patch shared with its neighbour, in ``[0, 1)``, per axis or one value.
+        Patch starts are MONAI's: step ``int(roi * (1 - overlap))``, last patch flush with the
+        end.
+    blend : {"gaussian", "constant"}, optional
+        ``"gaussian"``: MONAI's importance map, sigma = ``sigma_scale * roi``, clamped below at
+        ``max(min, 1e-3)``; ``"constant"``: plain average.
+    sigma_scale : float or sequence of float, optional
+        Of the Gaussian importance map; default 0.125.
+    batch_size : int, optional
+        Patches per call of ``fn``; patches of several images share batches.
+    padding : {"constant", "reflect", "replicate", "circular"}, optional
+        When the volume is smaller than ``roi_size`` it is padded symmetrically (extra voxel at
+        the end) with torch's mode names; the output is cropped back.
+    cval : float, optional
+        The padding value for ``"constant"``.
+    spatial_dims : int, optional
+        2 or 3; by default from ``roi_size``.
+    %(progress)s
+        Called before each batch with stage ``"patches"`` and the share of patches done.
 
-    Returns float32 ``(C_out, *spatial)``, or ``(N, C_out, *spatial)`` when ``array`` had a batch
-    axis. A CuPy ``array`` is blended on the GPU (same order of operations) and gives CuPy back.
-    Equals ``monai.inferers.sliding_window_inference`` with the same settings to float32 rounding.
-    Memory: the input, the output and one batch of patches.
+    Returns
+    -------
+    numpy.ndarray or cupy.ndarray
+        float32 ``(C_out, *spatial)``, or ``(N, C_out, *spatial)`` when ``array`` had a batch
+        axis.
+
+    Raises
+    ------
+    TypeError
+        A non-numeric array.
+    ValueError
+        A shape that does not fit ``spatial_dims``, a bad ``roi_size``, ``overlap``, ``blend``
+        or ``padding``, or ``fn`` returning the wrong shape.
+    medkern.Cancelled
+        ``progress`` returned False.
+
+    See Also
+    --------
+    Model.predict : Sliding-window inference with a model's own settings.
+
+    Examples
+    --------
+    >>> volume = np.random.default_rng(0).random((1, 10, 12, 12), dtype=np.float32)
+    >>> def two_class(batch):                  # stands in for a network
+    ...     return np.concatenate([batch, 1 - batch], axis=1)
+    >>> out = mk.sliding_window(volume, two_class, roi_size=8, overlap=0.5, batch_size=2)
+    >>> out.shape, out.dtype
+    ((2, 10, 12, 12), dtype('float32'))
+    >>> bool(np.allclose(out[0], volume[0]))
+    True
     """
     on_gpu = is_cupy_array(array)
     x = array if on_gpu else np.asarray(array)

@@ -93,36 +93,69 @@ def _reference(reference: Any) -> tuple[Image, str | None]:
 
 def read_rtstruct(path: str | os.PathLike, reference: Any, rois: Sequence[str] | None = None
                   ) -> dict[str, Image]:
-    """Masks of the ROIs of an RTSTRUCT file on the grid of ``reference``.
+    """Rasterise the ROIs of an RT Structure Set (RTSTRUCT) onto the grid of its reference image.
+
+    Voxel centres are sampled with the even-odd rule, so nested contours are holes. Contours
+    without a ContourGeometricType are read as CLOSED_PLANAR, with a
+    ``medkern.errors.RTStructWarning``. Contours that enclose no area are skipped with that
+    warning, naming the file and the ROI: POINT, OPEN_PLANAR and OPEN_NONPLANAR contours, closed
+    contours of fewer than three points. An ROI left without any area (no contours at all, or
+    only skipped ones) gives an empty mask, with that warning.
 
     Parameters
     ----------
-    path : the RTSTRUCT file.
-    reference : the image the contours were drawn on: an :class:`Image` (3D), a
-        :class:`~medkern.io.dicom.DicomSeries`, the DICOM series directory or the list of its
-        files. With a series, a directory or files the RTSTRUCT's frame of reference is checked
-        against the image's.
-    rois : ROI names to rasterise (default: all).
+    path : str or os.PathLike
+        The RTSTRUCT file.
+    reference : Image, DicomSeries, str, os.PathLike or list of path
+        The image the contours were drawn on: a 3D :class:`~medkern.Image`, a
+        :class:`~medkern.DicomSeries`, the DICOM series directory or the list of its files.
+        With a series, a directory or files the RTSTRUCT's frame of reference is checked against
+        the image's.
+    rois : sequence of str, optional
+        ROI names to rasterise (default: all).
 
     Returns
     -------
-    ``{ROI name: Image}``, uint8 masks (1 inside) with the reference geometry, in the order of
-    the Structure Set ROI Sequence. A name used by several ROIs gets ``#<ROINumber>`` appended.
+    dict of str to Image
+        ``{ROI name: mask}``, uint8 masks (1 inside) with the reference geometry, in the order
+        of the Structure Set ROI Sequence. A name used by several ROIs gets ``#<ROINumber>``
+        appended.
 
-    Contours without a ContourGeometricType are read as CLOSED_PLANAR, with a
-    :class:`medkern.errors.RTStructWarning`. Contours that enclose no area are skipped with that
-    warning, naming the file and the ROI: POINT, OPEN_PLANAR and OPEN_NONPLANAR contours, closed contours of fewer
-    than three points. An ROI left without any area (no contours at all, or only skipped ones)
-    gives an empty mask, with that warning.
+    Raises
+    ------
+    medkern.DicomError
+        Naming the file, and the ROI and contour where there is one: the file is not an
+        RTSTRUCT, is cut short, lacks its ROI Contour Sequence, refers to another frame of
+        reference, or a contour lies off the reference grid or across its slices; and for a
+        corrupt structure set, where reading on would give a silently wrong mask: two ROIs
+        sharing a ROINumber, contours whose ReferencedROINumber is absent or names no ROI, two
+        contour sets for one ROI, ContourData whose length is not a multiple of 3 or does not
+        match NumberOfContourPoints, non-finite coordinates, an unknown ContourGeometricType.
+    FileNotFoundError
+        No such file.
+    ValueError
+        The reference is not a 3D scalar image.
 
-    Raises DicomError (naming the file, and the ROI and contour where there is one) when the file is
-    not an RTSTRUCT, is cut short (its element structure is checked: pydicom keeps quietly what a
-    truncated file holds), lacks its ROI Contour Sequence, refers to another frame of reference, or
-    a contour lies off the reference grid or across its slices; and for a corrupt structure set,
-    where reading on would give a silently wrong mask: two ROIs sharing a ROINumber, contours whose
-    ReferencedROINumber is absent or names no ROI, two contour sets for one ROI, ContourData whose
-    length is not a multiple of 3 or does not match NumberOfContourPoints, non-finite coordinates,
-    an unknown ContourGeometricType.
+    See Also
+    --------
+    write_rtstruct : Write a structure set from label maps.
+
+    Examples
+    --------
+    >>> ct = mk.Image(np.zeros((3, 6, 6), np.int16), spacing=(2.0, 1.0, 1.0))
+    >>> _ = mk.write_dicom_series(ct, "ct", modality="CT")
+    >>> labels = np.zeros((3, 6, 6), np.uint8)
+    >>> labels[1, 1:5, 1:5] = 1
+    >>> labels[1, 2:4, 2:4] = 0                     # a hole
+    >>> _ = mk.write_rtstruct(ct.with_array(labels), "ct", "RS.dcm", names=["GTV"])
+    >>> masks = mk.read_rtstruct("RS.dcm", "ct")
+    >>> masks["GTV"].array[1]
+    array([[0, 0, 0, 0, 0, 0],
+           [0, 1, 1, 1, 1, 0],
+           [0, 1, 0, 0, 1, 0],
+           [0, 1, 0, 0, 1, 0],
+           [0, 1, 1, 1, 1, 0],
+           [0, 0, 0, 0, 0, 0]], dtype=uint8)
     """
     import pydicom
 

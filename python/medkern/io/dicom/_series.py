@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from medkern._docstrings import fill_doc
 from medkern._progress import Progress
 from medkern.errors import DicomError
 from medkern.image import Image
@@ -24,9 +25,72 @@ from medkern.io.dicom._scanning import _describe_key, _iter_files, _part_key, _s
 class DicomSeries(_Identity):
     """One image series (or one part of a series split by orientation or frame size).
 
-    ``shape``/``spacing``/``origin``/``direction`` describe the Image that :meth:`read` returns
-    (for an irregular series: the recovered grid ``allow_irregular=True`` gives). ``problems``
-    lists what makes the series irregular; it is empty for a regular one.
+    Made by :func:`list_dicom_series` from the headers alone; :meth:`read` reads the pixels.
+
+    Parameters
+    ----------
+    series_uid : str
+        SeriesInstanceUID.
+    modality : str
+        Modality (CT, MR, PT...).
+    description : str
+        SeriesDescription.
+    series_number : int or None
+        SeriesNumber.
+    patient_id : str
+        PatientID.
+    study_uid : str
+        StudyInstanceUID.
+    frame_of_reference_uid : str
+        FrameOfReferenceUID.
+    sop_class : str
+        SOP Class UID of the images.
+    transfer_syntax : str
+        Transfer Syntax UID of the first file.
+    part : int or None
+        The part number when the series is split into parts whose frames differ in
+        orientation, size or pixel format; None otherwise.
+    files : tuple of pathlib.Path
+        The files, in slice order.
+    n_frames : int
+        Number of frames.
+    shape : tuple of int
+        Shape of the Image :meth:`read` returns (for an irregular series: the recovered grid
+        ``allow_irregular=True`` gives).
+    spacing : tuple of float
+        Its spacing in mm, array-axis order.
+    origin : numpy.ndarray
+        Its origin, LPS mm.
+    direction : numpy.ndarray
+        Its direction matrix.
+    dtype : str
+        Its dtype.
+    spacing_source : str
+        The attribute the in-plane spacing came from (PixelSpacing, ImagerPixelSpacing...).
+    problems : tuple of str
+        What makes the series irregular; empty for a regular one.
+    unreadable : tuple of tuple
+        ``(path, reason)`` pairs of files of the scan that could not be read (their series is
+        unknown).
+
+    See Also
+    --------
+    list_dicom_series : Lists them.
+    read_dicom_series : Reads one series of a folder.
+
+    Examples
+    --------
+    >>> import os
+    >>> os.mkdir("study")
+    >>> ct = mk.Image(np.full((3, 4, 4), 40, np.int16), spacing=(2.0, 0.8, 0.8), origin=(-100, -120, 50))
+    >>> files = mk.write_dicom_series(ct, "study/ct", modality="CT", series_description="head")
+    >>> mr = mk.Image(np.ones((2, 4, 4), np.float32), spacing=(3.0, 1.0, 1.0))
+    >>> _ = mk.write_dicom_series(mr, "study/mr", modality="MR", source="study/ct", series_number=2)
+    >>> ct_series, mr_series = mk.list_dicom_series("study")
+    >>> ct_series.modality, ct_series.description, ct_series.shape, ct_series.regular
+    ('CT', 'head', (3, 4, 4), True)
+    >>> ct_series.read()
+    Image(shape=(3, 4, 4), dtype=int16, spacing=(2, 0.8, 0.8), origin=(-100, -120, 50), numpy)
     """
 
     part: int | None
@@ -49,16 +113,78 @@ class DicomSeries(_Identity):
 
     @property
     def regular(self) -> bool:
+        """Whether the series reads without recovery: no problems and no unreadable files."""
         return not self.problems and not self.unreadable and self._layout.fatal is None
 
+    @fill_doc
     def read(self, allow_irregular: bool = False, *, progress: Any = None) -> Image:
-        """The series as an Image (see the module docstring for dtype and recovery rules).
-        ``progress`` as for :func:`read_dicom_series` (stages ``"read"`` and ``"values"``)."""
+        """Read the series as an Image.
+
+        Parameters
+        ----------
+        allow_irregular : bool, optional
+            Recover an irregular series onto a regular grid instead of raising (see
+            :func:`read_dicom_series`).
+        %(progress)s
+            Stages ``"read"`` and ``"values"``.
+
+        Returns
+        -------
+        Image
+            The volume in array order ``[k, j, i]`` with LPS geometry; dtype as described in
+            :func:`read_dicom_series`.
+
+        Raises
+        ------
+        medkern.DicomError
+            The series is irregular (without ``allow_irregular``) or a file cannot be read.
+        medkern.Cancelled
+            ``progress`` returned False.
+
+        See Also
+        --------
+        read_dicom_series : Scan a folder and read one series.
+
+        Examples
+        --------
+        >>> import os
+        >>> os.mkdir("study")
+        >>> ct = mk.Image(np.full((3, 4, 4), 40, np.int16), spacing=(2.0, 0.8, 0.8), origin=(-100, -120, 50))
+        >>> files = mk.write_dicom_series(ct, "study/ct", modality="CT", series_description="head")
+        >>> mr = mk.Image(np.ones((2, 4, 4), np.float32), spacing=(3.0, 1.0, 1.0))
+        >>> _ = mk.write_dicom_series(mr, "study/mr", modality="MR", source="study/ct", series_number=2)
+        >>> (ct_series, _) = mk.list_dicom_series("study")
+        >>> ct_series.read().same_geometry(ct)
+        True
+        """
         with Progress(progress, "DicomSeries.read") as prog:
             return _read_layout(self, allow_irregular, prog)
 
     def summary(self) -> dict[str, Any]:
-        """A JSON-able description (what ``medkern info`` prints)."""
+        """Describe the series as a JSON-able dict (what ``medkern info`` prints).
+
+        Returns
+        -------
+        dict
+            UIDs, modality, description, numbers of files and frames, shape, dtype, spacing,
+            origin, direction, directory, and ``problems`` when there are any.
+
+        See Also
+        --------
+        list_dicom_series
+
+        Examples
+        --------
+        >>> import os
+        >>> os.mkdir("study")
+        >>> ct = mk.Image(np.full((3, 4, 4), 40, np.int16), spacing=(2.0, 0.8, 0.8), origin=(-100, -120, 50))
+        >>> files = mk.write_dicom_series(ct, "study/ct", modality="CT", series_description="head")
+        >>> mr = mk.Image(np.ones((2, 4, 4), np.float32), spacing=(3.0, 1.0, 1.0))
+        >>> _ = mk.write_dicom_series(mr, "study/mr", modality="MR", source="study/ct", series_number=2)
+        >>> info = mk.list_dicom_series("study")[0].summary()
+        >>> info["modality"], info["shape"], info["spacing"]
+        ('CT', [3, 4, 4], [2.0, 0.8, 0.8])
+        """
         out: dict[str, Any] = {
             "series_uid": self.key,
             "modality": self.modality,
@@ -130,20 +256,56 @@ def _check_directory(directory: str | os.PathLike) -> Path:
     return d
 
 
+@fill_doc
 def list_dicom_series(directory: str | os.PathLike, recursive: bool = True, *,
                       progress: Any = None) -> list[DicomSeries]:
-    """The image series under ``directory`` (one entry per SeriesInstanceUID and part).
+    """List the image series under a folder, one entry per SeriesInstanceUID and part.
 
     Only headers are parsed, of regular files only (named pipes, sockets and devices are
-    skipped). Non-DICOM files and DICOM objects without pixel data are skipped; unreadable DICOM
-    files, and sub-folders that cannot be listed (each with a
-    :class:`medkern.errors.DicomWarning`), are attached to every series of the scan as
-    ``unreadable`` (path, reason) pairs: their series is unknown. Series are ordered by patient,
-    study and SeriesNumber.
+    skipped). Non-DICOM files and DICOM objects without pixel data (DICOMDIR, RTSTRUCT, SR, RT
+    plans) are skipped; unreadable DICOM files, and sub-folders that cannot be listed (each with
+    a ``medkern.errors.DicomWarning``), are attached to every series of the scan as
+    ``unreadable`` (path, reason) pairs: their series is unknown. A series whose frames differ
+    in orientation, size or pixel format is split into parts, addressed as ``"<uid>#<part>"``.
 
-    ``progress``: None, True (a tqdm bar on stderr) or a callable ``progress(stage, fraction)``
-    (see :mod:`medkern._progress`), called with stage ``"scan"`` before each file is parsed;
-    returning False raises :class:`medkern.Cancelled`.
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        The folder to scan.
+    recursive : bool, optional
+        Scan sub-folders too (default); links to folders are not followed.
+    %(progress)s
+        Called with stage ``"scan"`` before each file is parsed.
+
+    Returns
+    -------
+    list of DicomSeries
+        Ordered by patient, study and SeriesNumber.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``directory`` does not exist.
+    ValueError
+        ``directory`` is a file.
+    medkern.Cancelled
+        ``progress`` returned False.
+
+    See Also
+    --------
+    read_dicom_series : Read one series.
+    DicomSeries : What each entry holds.
+
+    Examples
+    --------
+    >>> import os
+    >>> os.mkdir("study")
+    >>> ct = mk.Image(np.full((3, 4, 4), 40, np.int16), spacing=(2.0, 0.8, 0.8), origin=(-100, -120, 50))
+    >>> files = mk.write_dicom_series(ct, "study/ct", modality="CT", series_description="head")
+    >>> mr = mk.Image(np.ones((2, 4, 4), np.float32), spacing=(3.0, 1.0, 1.0))
+    >>> _ = mk.write_dicom_series(mr, "study/mr", modality="MR", source="study/ct", series_number=2)
+    >>> [(s.modality, s.series_number, s.shape) for s in mk.list_dicom_series("study")]
+    [('CT', 1, (3, 4, 4)), ('MR', 2, (2, 4, 4))]
     """
     d = _check_directory(directory)
     prog = Progress(progress, "list_dicom_series")
@@ -195,19 +357,93 @@ def scan_dicom_folder(directory: str | os.PathLike, recursive: bool = True, *,
     return DicomScan(tuple(series), tuple(scan.unreadable), scan.skipped)
 
 
+@fill_doc
 def read_dicom_series(directory: str | os.PathLike, series_uid: str | None = None,
                       allow_irregular: bool = False, recursive: bool = True, *,
                       progress: Any = None) -> Image:
-    """Read one DICOM series from ``directory`` as an Image.
+    """Read one DICOM series from a folder as an Image, with its LPS geometry.
 
-    ``series_uid`` picks the series when the directory holds several (``"<uid>#<part>"`` for a
-    part of a split series; :func:`list_dicom_series` gives the keys). ``allow_irregular=True``
-    recovers irregular series as the module docstring describes instead of raising DicomError.
+    Slices are ordered by ImagePositionPatient projected on the slice normal (never by
+    InstanceNumber or file name) and the slice spacing comes from those positions, as ITK does
+    (SliceThickness is not a spacing; a single slice takes SpacingBetweenSlices, else 1 mm).
+    ``direction[:, 2]`` is the row cosine (along i), ``direction[:, 1]`` the column cosine (along
+    j), ``direction[:, 0]`` the slice normal; ``origin`` is the position of the first slice.
 
-    ``progress``: None, True (a tqdm bar on stderr) or a callable ``progress(stage, fraction)``
-    (see :mod:`medkern._progress`), called with stage ``"scan"`` before each file's header is
-    parsed (the first half), ``"read"`` before each file's pixel data is read and ``"values"``
-    before the modality LUT; returning False raises :class:`medkern.Cancelled`.
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        The folder holding the series' files.
+    series_uid : str, optional
+        Picks the series when the folder holds several (``"<uid>#<part>"`` for a part of a
+        split series; :func:`list_dicom_series` gives the keys).
+    allow_irregular : bool, optional
+        Recover an irregular series instead of raising (see Notes).
+    recursive : bool, optional
+        Scan sub-folders too (default).
+    %(progress)s
+        Called with stage ``"scan"`` before each file's header is parsed (the first half),
+        ``"read"`` before each file's pixel data is read and ``"values"`` before the modality
+        LUT.
+
+    Returns
+    -------
+    Image
+        The volume in array order ``[k, j, i]``. Dtype: stored values are inverted for
+        MONOCHROME1, then RescaleSlope/RescaleIntercept are applied per frame: no rescale in
+        any frame keeps the stored dtype; integral slopes and intercepts give int16 when the
+        full stored range maps into int16, else int32 (as SimpleITK/GDCM); otherwise float32. A
+        recovered volume is float32 whenever it was interpolated.
+
+    Raises
+    ------
+    medkern.DicomError
+        No image in the folder; several series without ``series_uid`` (the message lists the
+        keys); an unknown ``series_uid``; an irregular series without ``allow_irregular``; an
+        unreadable or malformed file (the message names the file and the attribute at fault).
+    FileNotFoundError
+        ``directory`` does not exist.
+    ValueError
+        ``directory`` is a file.
+    TypeError
+        ``series_uid`` is not a str.
+    medkern.Cancelled
+        ``progress`` returned False.
+
+    See Also
+    --------
+    list_dicom_series : The series of a folder and their keys.
+    read_dicom_file : Read one file.
+    medkern.read : Read any format.
+
+    Notes
+    -----
+    Irregular series: duplicate slice positions, missing slices or varying spacing, in-plane
+    drift of the slice positions (gantry tilt), unreadable or truncated files. With
+    ``allow_irregular=True`` of slices at the same position the one with the lowest
+    InstanceNumber is kept, unreadable files are left out, and the slices are resampled onto a
+    regular grid spanning the first to the last slice (linear interpolation along the normal);
+    tilted slices are shifted in-plane onto the grid of the first slice, and voxels no slice
+    covers get the series minimum. Reading never hangs, never allocates what a file merely
+    claims and never returns pixels the header does not account for: sizes and header
+    attributes are checked before anything is allocated (``medkern.io.dicom`` lists the
+    checks).
+
+    Examples
+    --------
+    >>> import os
+    >>> os.mkdir("study")
+    >>> ct = mk.Image(np.full((3, 4, 4), 40, np.int16), spacing=(2.0, 0.8, 0.8), origin=(-100, -120, 50))
+    >>> files = mk.write_dicom_series(ct, "study/ct", modality="CT", series_description="head")
+    >>> mr = mk.Image(np.ones((2, 4, 4), np.float32), spacing=(3.0, 1.0, 1.0))
+    >>> _ = mk.write_dicom_series(mr, "study/mr", modality="MR", source="study/ct", series_number=2)
+    >>> try:
+    ...     mk.read_dicom_series("study")
+    ... except mk.DicomError as exc:
+    ...     print(str(exc).splitlines()[0])
+    study holds 2 image series; pass series_uid= one of:
+    >>> mr_key = mk.list_dicom_series("study")[1].key
+    >>> mk.read_dicom_series("study", series_uid=mr_key)
+    Image(shape=(2, 4, 4), dtype=int16, spacing=(3, 1, 1), origin=(0, 0, 0), numpy)
     """
     d = _check_directory(directory)
     prog = Progress(progress, "read_dicom_series")
@@ -260,12 +496,54 @@ def _choose(series: list[DicomSeries], series_uid: str | None, where: Path) -> D
 
 
 def read_dicom_file(path: str | os.PathLike, series: bool = False, allow_irregular: bool = False) -> Image:
-    """Read one DICOM file: a 2D image (radiograph, secondary capture), a slice (as a one-slice
-    volume with its full geometry), or a multi-frame volume (enhanced CT/MR, RT dose).
+    """Read one DICOM file: a 2D image, a slice, or a multi-frame volume (enhanced CT/MR, RT dose).
 
-    ``series=True`` reads the whole series the file belongs to from the files in its directory.
-    Radiographs take PixelSpacing, else ImagerPixelSpacing (spacing at the detector, not corrected
-    for magnification); without either the spacing is 1 mm, as in ITK.
+    A 2D image is a radiograph or secondary capture; a slice of a series reads as a one-slice
+    volume with its full geometry. Radiographs take PixelSpacing, else ImagerPixelSpacing
+    (spacing at the detector, not corrected for magnification); without either the spacing is
+    1 mm, as in ITK. Dtype rules as in :func:`read_dicom_series`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+    series : bool, optional
+        Read the whole series the file belongs to from the files in its directory.
+    allow_irregular : bool, optional
+        Recover an irregular series or frame set (see :func:`read_dicom_series`).
+
+    Returns
+    -------
+    Image
+        The image with its LPS geometry.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        ``path`` is a directory.
+    medkern.DicomError
+        An unreadable or malformed file (chained to the foreign exception behind it), a DICOM
+        object without pixel data, or frames that differ in orientation or size.
+
+    See Also
+    --------
+    read_dicom_series : Read a series from a folder.
+    medkern.read : Read any format.
+
+    Examples
+    --------
+    >>> import os
+    >>> os.mkdir("study")
+    >>> ct = mk.Image(np.full((3, 4, 4), 40, np.int16), spacing=(2.0, 0.8, 0.8), origin=(-100, -120, 50))
+    >>> files = mk.write_dicom_series(ct, "study/ct", modality="CT", series_description="head")
+    >>> mr = mk.Image(np.ones((2, 4, 4), np.float32), spacing=(3.0, 1.0, 1.0))
+    >>> _ = mk.write_dicom_series(mr, "study/mr", modality="MR", source="study/ct", series_number=2)
+    >>> mk.read_dicom_file(files[0])                  # one slice, full geometry
+    Image(shape=(1, 4, 4), dtype=int16, spacing=(2, 0.8, 0.8), origin=(-100, -120, 50), numpy)
+    >>> mk.read_dicom_file(files[0], series=True).shape
+    (3, 4, 4)
     """
     p = Path(path)
     if not p.exists():
