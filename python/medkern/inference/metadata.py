@@ -150,9 +150,42 @@ def _per_axis(value: Any, n: int, field: str, kind: str) -> list:
 
 
 def validate_metadata(metadata: Any) -> dict[str, Any]:
-    """Check a metadata dict against schema version 1; return it with defaults filled in.
+    """Check model metadata against schema version 1 and return it with defaults filled in.
 
-    Raises :class:`medkern.ModelError` naming the first missing or malformed field.
+    The metadata records what a model expects around the network: input modalities, spatial
+    dimensions, spacing and orientation, preprocessing, sliding-window inference, activation,
+    output labels, post-processing, and the model card fields.
+
+    Parameters
+    ----------
+    metadata : dict
+        The metadata (JSON-able).
+
+    Returns
+    -------
+    dict
+        A validated copy with defaults filled in.
+
+    Raises
+    ------
+    medkern.ModelError
+        Names the first missing or malformed field.
+
+    See Also
+    --------
+    write_model_metadata : Attach it to an ONNX model.
+    Model : Reads it on load.
+
+    Examples
+    --------
+    >>> meta = mk.models.load("sarcoma-ct", threads=1).metadata
+    >>> mk.validate_metadata(meta)["task"]
+    'segmentation'
+    >>> try:
+    ...     mk.validate_metadata({"schema_version": 1, "task": "segmentation"})
+    ... except mk.ModelError as exc:
+    ...     print(exc)
+    medkern model metadata: name is missing (a short model name)
     """
     if not isinstance(metadata, dict):
         raise ModelError(f"medkern model metadata must be a JSON object (dict), got {type(metadata).__name__}")
@@ -335,12 +368,45 @@ def parse_metadata(text: str | None) -> dict[str, Any] | None:
 
 
 def write_model_metadata(model: Any, metadata: dict[str, Any], out: str | os.PathLike | None = None) -> Any:
-    """Attach validated medkern metadata to an ONNX model (replacing an earlier entry).
+    """Attach validated medkern metadata to an ONNX model, replacing an earlier entry.
 
-    ``model`` is a path, the serialised bytes or an ``onnx.ModelProto``. A path is rewritten
-    atomically (to ``out`` when given, else in place) and the written path is returned; bytes give
-    bytes back, a ModelProto a new ModelProto. The metadata's channel count and spatial rank are
-    checked against the graph's first input where its shape is static.
+    The metadata's channel count and spatial rank are checked against the graph's first input
+    where its shape is static.
+
+    Parameters
+    ----------
+    model : str, os.PathLike, bytes or onnx.ModelProto
+        The model. A path is rewritten atomically (to ``out`` when given, else in place).
+    metadata : dict
+        The metadata; validated by :func:`validate_metadata`.
+    out : str or os.PathLike, optional
+        Where to write when ``model`` is a path.
+
+    Returns
+    -------
+    pathlib.Path, bytes or onnx.ModelProto
+        The written path for a path, bytes for bytes, a new ModelProto for a ModelProto.
+
+    Raises
+    ------
+    medkern.ModelError
+        Invalid metadata, an unreadable model, or metadata that contradicts the graph.
+    FileNotFoundError
+        No model file at the path.
+    TypeError
+        ``model`` is none of the accepted types.
+
+    See Also
+    --------
+    validate_metadata : The checks.
+    Model : Loads a model with its metadata.
+
+    Examples
+    --------
+    >>> meta = dict(mk.models.load("sarcoma-ct", threads=1).metadata, name="my-ct")
+    >>> onnx_bytes = mk.models.path("sarcoma-ct").read_bytes()
+    >>> mk.Model(mk.write_model_metadata(onnx_bytes, meta))
+    Model('my-ct', segmentation, providers=['CPUExecutionProvider'])
     """
     import onnx
 
