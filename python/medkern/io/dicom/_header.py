@@ -32,7 +32,6 @@ from medkern.io.dicom._files import (
 from medkern.io.dicom._pixel_checks import _check_fragments, _check_native_length, _is_compressed, _native_bytes, _sizes
 from medkern.io.dicom._records import _File, _Frame, _NotRegular, _Unreadable
 
-
 # A file claiming more frames than this is refused (each frame becomes a Python object when listing).
 MAX_FRAMES = 1 << 17
 # A slice position further than this (mm) from the origin of the patient coordinates is corrupt.
@@ -275,53 +274,8 @@ def _parse_header(path: Path) -> tuple[_File, list[_Frame]] | None:
         n_frames = int(nf[0]) if nf is not None and nf[0] >= 1 and nf[0].is_integer() else 1
         frames_text = "" if frames_raw is None or (nf is not None and nf[0] >= 1 and nf[0].is_integer()) \
             else f"{_shown(frames_raw)} (read as 1)"
-        samples = a.us(0x00280002)
-        samples = 1 if samples is None else samples
-        if samples not in (1, 3):
-            raise _Unreadable(f"SamplesPerPixel {samples} is not supported (1 or 3)")
-        photometric = a.text(0x00280004) or ("MONOCHROME2" if samples == 1 else "RGB")
-        if photometric not in _MONOCHROME + _COLOUR:
-            raise _Unreadable(f"PhotometricInterpretation {photometric!r} is not supported "
-                              "(MONOCHROME1, MONOCHROME2, PALETTE COLOR, RGB or YBR_*)")
-        if samples != (1 if photometric in _MONOCHROME else 3):
-            raise _Unreadable(f"PhotometricInterpretation {photometric} needs SamplesPerPixel "
-                              f"{1 if photometric in _MONOCHROME else 3}, the file says {samples}")
-        if samples == 3 and a.us(0x00280006) not in (None, 0, 1):
-            raise _Unreadable(f"PlanarConfiguration {a.us(0x00280006)} is not 0 or 1")
-        bits_allocated = a.us(0x00280100)
-        bits_allocated = 16 if bits_allocated is None else bits_allocated
-        float_pixels = pixel_tag != 0x7FE00010
-        if pixel_tag not in _PIXEL_TAGS:
-            raise _Unreadable(f"the Pixel Data element header is corrupt (tag {pixel_tag:08X})")
-        if float_pixels:
-            need = 32 if pixel_tag == 0x7FE00008 else 64
-            if bits_allocated != need:
-                raise _Unreadable(f"BitsAllocated {bits_allocated} with {'Float' if need == 32 else 'Double Float'} "
-                                  f"Pixel Data (needs {need})")
-        elif bits_allocated not in (1, 8, 16, 32):
-            raise _Unreadable(f"BitsAllocated {bits_allocated} is not supported (1, 8, 16 or 32; 32 or 64 for float "
-                              "pixel data)")
-        bits_stored = a.us(0x00280101)
-        bits_stored = bits_allocated if bits_stored is None else bits_stored
-        if not 1 <= bits_stored <= bits_allocated:
-            raise _Unreadable(f"BitsStored {bits_stored} is not between 1 and BitsAllocated {bits_allocated}")
-        high_bit = a.us(0x00280102)
-        if high_bit is not None and not float_pixels and high_bit != bits_stored - 1:
-            raise _Unreadable(f"HighBit {high_bit} is not BitsStored - 1 = {bits_stored - 1} (PS3.5 8.1.1)")
-        representation = a.us(0x00280103)
-        if representation not in (None, 0, 1):
-            raise _Unreadable(f"PixelRepresentation {representation} is not 0 (unsigned) or 1 (signed)")
-        stored_samples, stored_bits = samples, bits_allocated
-        if photometric == "PALETTE COLOR":
-            # Indices into a colour table: the image is the RGB the table gives (PS3.3 C.7.6.3.1.5).
-            descriptor = ds.get("RedPaletteColorLookupTableDescriptor")
-            descriptor = list(descriptor) if descriptor is not None and not isinstance(descriptor, (int, bytes)) \
-                else None
-            if descriptor is None or len(descriptor) != 3 or not 1 <= int(descriptor[2]) <= 16:
-                raise _Unreadable(f"PALETTE COLOR with RedPaletteColorLookupTableDescriptor {descriptor} (three "
-                                  "values, the last 8 or 16 bits)")
-            lut_bits = 8 if descriptor[2] <= 8 else 16
-            samples, bits_allocated, bits_stored = 3, lut_bits, lut_bits
+        (samples, photometric, bits_allocated, bits_stored, representation, float_pixels, stored_samples,
+         stored_bits) = _pixel_format(a, ds, pixel_tag)
         sizes = _sizes(rows, cols, n_frames, stored_samples, stored_bits, frames_text)
         frame_bytes = _native_bytes(rows, cols, 1, stored_samples, stored_bits, photometric)
         data_size = inflater.total(value_at + length) if inflater is not None else size
@@ -373,6 +327,61 @@ def _parse_header(path: Path) -> tuple[_File, list[_Frame]] | None:
         inflated_end=value_at + length if inflater is not None else None,
     )
     return f, _frames_of(a, f)
+
+
+def _pixel_format(a: _Attrs, ds: Any, pixel_tag: int) -> tuple[int, str, int, int, int | None, bool, int, int]:
+    """The Image Pixel module, checked: (samples, photometric, bits allocated, bits stored, pixel
+    representation, float pixels, and the samples and bits as stored, which differ for PALETTE
+    COLOR, whose image is the RGB its table gives)."""
+    samples = a.us(0x00280002)
+    samples = 1 if samples is None else samples
+    if samples not in (1, 3):
+        raise _Unreadable(f"SamplesPerPixel {samples} is not supported (1 or 3)")
+    photometric = a.text(0x00280004) or ("MONOCHROME2" if samples == 1 else "RGB")
+    if photometric not in _MONOCHROME + _COLOUR:
+        raise _Unreadable(f"PhotometricInterpretation {photometric!r} is not supported "
+                          "(MONOCHROME1, MONOCHROME2, PALETTE COLOR, RGB or YBR_*)")
+    if samples != (1 if photometric in _MONOCHROME else 3):
+        raise _Unreadable(f"PhotometricInterpretation {photometric} needs SamplesPerPixel "
+                          f"{1 if photometric in _MONOCHROME else 3}, the file says {samples}")
+    if samples == 3 and a.us(0x00280006) not in (None, 0, 1):
+        raise _Unreadable(f"PlanarConfiguration {a.us(0x00280006)} is not 0 or 1")
+    bits_allocated = a.us(0x00280100)
+    bits_allocated = 16 if bits_allocated is None else bits_allocated
+    float_pixels = pixel_tag != 0x7FE00010
+    if pixel_tag not in _PIXEL_TAGS:
+        raise _Unreadable(f"the Pixel Data element header is corrupt (tag {pixel_tag:08X})")
+    if float_pixels:
+        need = 32 if pixel_tag == 0x7FE00008 else 64
+        if bits_allocated != need:
+            raise _Unreadable(f"BitsAllocated {bits_allocated} with {'Float' if need == 32 else 'Double Float'} "
+                              f"Pixel Data (needs {need})")
+    elif bits_allocated not in (1, 8, 16, 32):
+        raise _Unreadable(f"BitsAllocated {bits_allocated} is not supported (1, 8, 16 or 32; 32 or 64 for float "
+                          "pixel data)")
+    bits_stored = a.us(0x00280101)
+    bits_stored = bits_allocated if bits_stored is None else bits_stored
+    if not 1 <= bits_stored <= bits_allocated:
+        raise _Unreadable(f"BitsStored {bits_stored} is not between 1 and BitsAllocated {bits_allocated}")
+    high_bit = a.us(0x00280102)
+    if high_bit is not None and not float_pixels and high_bit != bits_stored - 1:
+        raise _Unreadable(f"HighBit {high_bit} is not BitsStored - 1 = {bits_stored - 1} (PS3.5 8.1.1)")
+    representation = a.us(0x00280103)
+    if representation not in (None, 0, 1):
+        raise _Unreadable(f"PixelRepresentation {representation} is not 0 (unsigned) or 1 (signed)")
+    stored_samples, stored_bits = samples, bits_allocated
+    if photometric == "PALETTE COLOR":
+        # Indices into a colour table: the image is the RGB the table gives (PS3.3 C.7.6.3.1.5).
+        descriptor = ds.get("RedPaletteColorLookupTableDescriptor")
+        descriptor = list(descriptor) if descriptor is not None and not isinstance(descriptor, (int, bytes)) \
+            else None
+        if descriptor is None or len(descriptor) != 3 or not 1 <= int(descriptor[2]) <= 16:
+            raise _Unreadable(f"PALETTE COLOR with RedPaletteColorLookupTableDescriptor {descriptor} (three "
+                              "values, the last 8 or 16 bits)")
+        lut_bits = 8 if descriptor[2] <= 8 else 16
+        samples, bits_allocated, bits_stored = 3, lut_bits, lut_bits
+    return (samples, photometric, bits_allocated, bits_stored, representation, float_pixels, stored_samples,
+            stored_bits)
 
 
 def _rescale_of(a: _Attrs, where: str = "") -> tuple[float, float]:
