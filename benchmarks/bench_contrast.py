@@ -12,10 +12,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import SimpleITK as sitk
-from _harness import Case
 from skimage import exposure
 
 import medkern as mk
+
+from _harness import Case
 
 
 def _mni() -> np.ndarray:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import scipy.ndimage as ndi
 import SimpleITK as sitk
-from _harness import Case
 
 import medkern as mk
+
+from _harness import Case
 
 
 def cases(quick: bool) -> list[Case]:

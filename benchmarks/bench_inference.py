@@ -18,9 +18,10 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from _harness import Case
 
 import medkern as mk
+
+from _harness import Case
 
 SHAPE = (128, 192, 192)
 ROI = (96, 96, 96)

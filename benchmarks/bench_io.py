@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from _harness import Case
 
 import medkern as mk
+
+from _harness import Case
 
 HERE = Path(__file__).resolve().parent
 SHARED = Path(os.environ.get("MEDKERN_SHARED_DATA", HERE.parents[1] / "shared" / "data"))

@@ -15,9 +15,10 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from _harness import Case
 
 import medkern as mk
+
+from _harness import Case
 
 DATA = Path(os.environ.get("MEDKERN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 PATIENT = DATA / "ibsi" / "ibsi_validation" / "nifti" / "STS_003"

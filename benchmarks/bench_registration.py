@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
-from _harness import Case
 from _registration_data import (
     brain_mask,
     dice,
@@ -19,6 +18,8 @@ from _registration_data import (
 )
 
 import medkern as mk
+
+from _harness import Case
 
 
 def _rigid_case(quick: bool) -> Case:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import cc3d
 import numpy as np
 import scipy.ndimage as ndi
-from _harness import Case
 from skimage.filters import threshold_otsu
 from skimage.measure import marching_cubes, mesh_surface_area, regionprops
 
 import medkern as mk
 from medkern._segment import ball
+
+from _harness import Case
 
 
 def _blob_mask(shape, seed=0):

@@ -70,9 +70,9 @@ def _other_library(argv: list[str]) -> None:
 
 _other_library(sys.argv)
 
-import _seeds as S  # noqa: E402
-
 import medkern as mk  # noqa: E402
+
+import _seeds as S  # noqa: E402
 
 OUTCOMES = ("crash", "hang", "silent_wrong", "undocumented", "clear_error", "correct")
 TITLES = {"crash": "crashes", "hang": "hangs", "silent_wrong": "silent wrong", "undocumented": "undocumented errors",

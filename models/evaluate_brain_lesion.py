@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import SHIPPED, dice, save_metrics, write_card
 from train_brain_lesion import CANDIDATE, CHANNELS, NAME, PATCH, SPACING, TRAIN_SEEDS, WORKDIR
+
+from _common import SHIPPED, dice, save_metrics, write_card
 
 EVALUATION_SEEDS = [5_000_000 + n for n in range(20)]
 TUNING_SEEDS = [4_000_000 + n for n in range(8)]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from _common import REPO, SHIPPED, dice
 
 GUIDELINE = REPO / "python" / "medkern" / "analysis" / "guidelines" / "sarcoma-extremity.yaml"

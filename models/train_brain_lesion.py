@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from _common import UNet, crop_and_flip, export, main, seed_everything, train
 
 NAME = "brain-lesion"

@@ -18,6 +18,8 @@ import datetime as dt
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
+
 from _common import (
     SHARED_DATA,
     SHIPPED,
@@ -30,7 +32,6 @@ from _common import (
     train,
     write_card,
 )
-from scipy import ndimage
 
 NAME = "sarcoma-ct"
 DATA = SHARED_DATA / "ibsi" / "ibsi_validation" / "nifti"

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import REPO, SHIPPED, UNet, dice, export, seed_everything, train, write_card
 from evaluate_sarcoma_ct import markdown_table, max_diameter_mm, summary, t_category
 from scipy import ndimage
 from train_sarcoma_ct import DATA, patients, sampler
+
+from _common import REPO, SHIPPED, UNet, dice, export, seed_everything, train, write_card
 
 NAME = "sarcoma-petct"
 FOLDS = 5

@@ -287,7 +287,8 @@ def _pet_series(pet: Any, series_uid: str | None) -> Any:
     elif isinstance(pet, (str, os.PathLike)):
         d = Path(pet)
         if not d.is_dir():
-            raise ValueError(f"pet must be a DicomSeries, a DICOM directory or the series' files; {d} is not a directory")
+            raise ValueError(f"pet must be a DicomSeries, a DICOM directory or the series' files; "
+                             f"{d} is not a directory")
         found = list_dicom_series(d)
         pets = [s for s in found if s.modality == "PT"]
         series = _choose(pets if series_uid is None and pets else found, series_uid, d)

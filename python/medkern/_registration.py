@@ -29,7 +29,8 @@ small and there is no gimbal lock.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Any, Sequence
 
 import numpy as np
@@ -37,9 +38,9 @@ import numpy as np
 from medkern._dispatch import Kernel, is_cupy_array
 from medkern._docstrings import fill_doc
 from medkern._progress import Progress
+from medkern._transforms import Affine, DisplacementField, Transform
 from medkern._util import as_image, check_finite, check_mask
 from medkern.image import Image
-from medkern._transforms import Affine, DisplacementField, Transform
 
 __all__ = ["register", "RegistrationResult", "metric_value"]
 

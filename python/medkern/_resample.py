@@ -35,9 +35,22 @@ import numpy as np
 
 from medkern._dispatch import is_cupy_array
 from medkern._docstrings import fill_doc
-from medkern._sampling import (INTERPOLATIONS, _CODE, _as3d, _bits_view, _check_array, _check_fill,
-                               _check_interpolation, _fill_arg, _out_dtype, coefficients_kernel,
-                               gather_kernel, map_coordinates, separable_kernel, warp_kernel)
+from medkern._sampling import (
+    _CODE,
+    INTERPOLATIONS,
+    _as3d,
+    _bits_view,
+    _check_array,
+    _check_fill,
+    _check_interpolation,
+    _fill_arg,
+    _out_dtype,
+    coefficients_kernel,
+    gather_kernel,
+    map_coordinates,
+    separable_kernel,
+    warp_kernel,
+)
 from medkern._transforms import Affine, Composite, DisplacementField, Transform
 from medkern._util import as_image, unwrap
 from medkern.image import Image

@@ -274,7 +274,8 @@ def _rotation(rng: np.random.Generator, max_angle: float | None = None) -> np.nd
     return rot
 
 
-def _smooth_field(rng: np.random.Generator, shape: Sequence[int], step_mm: float, spacing: Sequence[float]) -> np.ndarray:
+def _smooth_field(rng: np.random.Generator, shape: Sequence[int], step_mm: float,
+                  spacing: Sequence[float]) -> np.ndarray:
     """Unit-variance Gaussian noise correlated over about ``step_mm`` (cubic upsampling)."""
     from scipy import ndimage
 
@@ -381,7 +382,8 @@ def _deformation(rng: np.random.Generator, tpl: _Template) -> tuple[np.ndarray, 
     return coords, info
 
 
-def _ellipsoid(grid: np.ndarray, centre: np.ndarray, rotation: np.ndarray, axes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _ellipsoid(grid: np.ndarray, centre: np.ndarray, rotation: np.ndarray,
+               axes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Normalised radius and (first-order) signed distance to the surface, mm, on 1 mm voxels."""
     u = np.einsum("ba,b...->a...", rotation, grid - centre[:, None, None, None])
     rho = np.sqrt(sum((u[a] / axes[a]) ** 2 for a in range(3)))
@@ -395,7 +397,8 @@ def _draw_diameters(rng: np.random.Generator) -> list[float]:
     # them 3-6 mm, the rest log-uniform up to 25 mm.
     out = []
     for _ in range(int(rng.integers(1, 7))):
-        out.append(float(rng.uniform(3.0, 6.0)) if rng.random() < 0.45 else float(np.exp(rng.uniform(np.log(6.0), np.log(25.0)))))
+        small = rng.random() < 0.45
+        out.append(float(rng.uniform(3.0, 6.0)) if small else float(np.exp(rng.uniform(np.log(6.0), np.log(25.0)))))
     return out
 
 

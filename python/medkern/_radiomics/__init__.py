@@ -141,6 +141,48 @@ def _families(features: Iterable[str] | str) -> list[str]:
     return [f for f in FAMILIES if f in out]
 
 
+def _roi_inputs(img: Any, mask: Any) -> tuple[Image, np.ndarray, np.ndarray]:
+    """The image, its values as float64 and the ROI as booleans, every argument checked."""
+    for name, x in (("img", img), ("mask", mask)):
+        if is_cupy_array(x.array if isinstance(x, Image) else x):
+            raise TypeError(f"{name} is a CuPy array; radiomics runs on the CPU: pass {name}.get()")
+    image = as_image(img, "img")
+    array = np.asarray(image.array)
+    m = np.asarray(mask.array if isinstance(mask, Image) else mask)
+    if m.shape != array.shape:
+        raise ValueError(f"mask has shape {m.shape}, img has shape {array.shape}; they must match")
+    if m.dtype != np.bool_ and m.dtype.kind not in "iuf":
+        raise TypeError(f"mask must be boolean or numeric, got dtype {m.dtype}")
+    if array.dtype.kind not in "iuf" and array.dtype != np.bool_:
+        raise TypeError(f"img must be numeric, got dtype {array.dtype}")
+    if isinstance(mask, Image):
+        # The ROI is defined voxel by voxel: an Image mask must sit on the image's grid.
+        check_same_geometry(image, mask, "radiomics")
+    # A NaN mask voxel is neither in nor out of the ROI.
+    check_finite(m, "radiomics", "mask", hint="a mask must be 0 (outside) or non-zero (inside) everywhere")
+    morph = m != 0
+    if not morph.any():
+        raise ValueError("mask selects no voxel; radiomics needs a non-empty ROI")
+    values = np.asarray(array, np.float64)
+    check_finite(values, "radiomics", "img", mask=morph,
+                 hint="replace them or exclude them from mask")
+    return image, values, morph
+
+
+def _resampling(resample_spacing: Any, ndim: int, interpolation: str, mask_interpolation: str,
+                partial_volume: float) -> tuple[np.ndarray, float]:
+    """The checked resampling settings: the new spacing (NaN: axis kept) and the partial volume."""
+    new_spacing = _new_spacing(resample_spacing, ndim)
+    if interpolation not in ("nearest", "linear", "cubic"):
+        raise ValueError(f"interpolation must be 'nearest', 'linear' or 'cubic', got {interpolation!r}")
+    if mask_interpolation not in ("nearest", "linear"):
+        raise ValueError(f"mask_interpolation must be 'nearest' or 'linear', got {mask_interpolation!r}")
+    partial_volume = float(partial_volume)
+    if not 0.0 < partial_volume <= 1.0:
+        raise ValueError(f"partial_volume must lie in (0, 1], got {partial_volume}")
+    return new_spacing, partial_volume
+
+
 @fill_doc
 def radiomics(
     img: Any,
@@ -276,29 +318,7 @@ def radiomics(
     >>> sorted(f.by_code("TU9B"))       # joint entropy, per aggregation method
     ['3D, averaged', '3D, merged']
     """
-    for name, x in (("img", img), ("mask", mask)):
-        if is_cupy_array(x.array if isinstance(x, Image) else x):
-            raise TypeError(f"{name} is a CuPy array; radiomics runs on the CPU: pass {name}.get()")
-    image = as_image(img, "img")
-    array = np.asarray(image.array)
-    m = np.asarray(mask.array if isinstance(mask, Image) else mask)
-    if m.shape != array.shape:
-        raise ValueError(f"mask has shape {m.shape}, img has shape {array.shape}; they must match")
-    if m.dtype != np.bool_ and m.dtype.kind not in "iuf":
-        raise TypeError(f"mask must be boolean or numeric, got dtype {m.dtype}")
-    if array.dtype.kind not in "iuf" and array.dtype != np.bool_:
-        raise TypeError(f"img must be numeric, got dtype {array.dtype}")
-    if isinstance(mask, Image):
-        # The ROI is defined voxel by voxel: an Image mask must sit on the image's grid.
-        check_same_geometry(image, mask, "radiomics")
-    # A NaN mask voxel is neither in nor out of the ROI.
-    check_finite(m, "radiomics", "mask", hint="a mask must be 0 (outside) or non-zero (inside) everywhere")
-    morph = m != 0
-    if not morph.any():
-        raise ValueError("mask selects no voxel; radiomics needs a non-empty ROI")
-    values = np.asarray(array, np.float64)
-    check_finite(values, "radiomics", "img", mask=morph,
-                 hint="replace them or exclude them from mask")
+    image, values, morph = _roi_inputs(img, mask)
     families = _families(features)
     prog = Progress(progress, "radiomics")
     dims = (texture_dims,) if isinstance(texture_dims, str) else tuple(texture_dims)
@@ -332,14 +352,8 @@ def radiomics(
         raise ValueError(f"ngldm_alpha must be >= 0, got {ngldm_alpha!r}")
     spacing = tuple(image.spacing)
     if resample_spacing is not None:
-        new_spacing = _new_spacing(resample_spacing, values.ndim)
-        if interpolation not in ("nearest", "linear", "cubic"):
-            raise ValueError(f"interpolation must be 'nearest', 'linear' or 'cubic', got {interpolation!r}")
-        if mask_interpolation not in ("nearest", "linear"):
-            raise ValueError(f"mask_interpolation must be 'nearest' or 'linear', got {mask_interpolation!r}")
-        partial_volume = float(partial_volume)
-        if not 0.0 < partial_volume <= 1.0:
-            raise ValueError(f"partial_volume must lie in (0, 1], got {partial_volume}")
+        new_spacing, partial_volume = _resampling(resample_spacing, values.ndim, interpolation,
+                                                  mask_interpolation, partial_volume)
     n_roi = float(np.count_nonzero(morph))
     slices = _SLICE_FACTOR if any(d != "3D" for d in dims) else 0.0
     costs = [_PREPARE_NS * n_roi + (0.0 if resample_spacing is None else _RESAMPLE_NS * values.size)]

@@ -19,6 +19,7 @@ from medkern.errors import ModelError
 from medkern.image import Image
 from medkern.inference.sliding import _scan_starts, sliding_window
 
+
 @dataclass
 class Prediction:
     """What :meth:`Model.predict` returns, on the grid of the image that was given.

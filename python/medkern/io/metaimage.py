@@ -193,6 +193,30 @@ def _data_files(spec: str, names: list[str], ndims: int, dims: tuple[int, ...], 
     return [data_file_beside(path, n) for n in names]
 
 
+def _voxel_bytes(chunks: list[tuple[Path, int, int]], compressed: bool, binary: bool,
+                 compressed_size: int | None, p: Path) -> bytes | bytearray:
+    """The voxel data of ``(file, offset, size)`` chunks (offset -1: the last ``size`` bytes),
+    inflated or as text where the header says so."""
+    parts = []
+    for file, offset, size in chunks:
+        if compressed:
+            if offset < 0:
+                raise ValueError(f"{p}: HeaderSize = -1 cannot locate compressed data")
+            whole = compressed_size if len(chunks) == 1 else None
+            parts.append(inflate(read_span(file, offset, whole, p), size, "zlib", p))
+        elif not binary:
+            if offset < 0:
+                raise ValueError(f"{p}: HeaderSize = -1 cannot locate text data")
+            parts.append(read_span(file, offset, None, p) + b" ")
+        else:
+            if offset >= 0 and file.stat().st_size - offset > size:
+                raise ValueError(f"{p}: {file.stat().st_size - offset - size} bytes follow the {size} bytes of "
+                                 f"voxel data the header describes in {file.name} (wrong sizes or type)")
+            parts.append(read_span(file, -size if offset < 0 else offset, size, p))
+    data = parts[0] if len(parts) == 1 else bytearray().join(parts)
+    return data
+
+
 @fill_doc
 def read_metaimage(path: str | os.PathLike, volume: int | None = None) -> Image:
     """Read a ``.mha`` or ``.mhd`` MetaImage (ITK's own format) as an LPS Image.
@@ -283,23 +307,7 @@ def read_metaimage(path: str | os.PathLike, volume: int | None = None) -> Image:
     else:
         files = _data_files(spec, names, ndims, dims, p)
         chunks = [(f, header_size, nbytes // len(files)) for f in files]
-    parts = []
-    for file, offset, size in chunks:
-        if compressed:
-            if offset < 0:
-                raise ValueError(f"{p}: HeaderSize = -1 cannot locate compressed data")
-            whole = compressed_size if len(chunks) == 1 else None
-            parts.append(inflate(read_span(file, offset, whole, p), size, "zlib", p))
-        elif not binary:
-            if offset < 0:
-                raise ValueError(f"{p}: HeaderSize = -1 cannot locate text data")
-            parts.append(read_span(file, offset, None, p) + b" ")
-        else:
-            if offset >= 0 and file.stat().st_size - offset > size:
-                raise ValueError(f"{p}: {file.stat().st_size - offset - size} bytes follow the {size} bytes of "
-                                 f"voxel data the header describes in {file.name} (wrong sizes or type)")
-            parts.append(read_span(file, -size if offset < 0 else offset, size, p))
-    data = parts[0] if len(parts) == 1 else bytearray().join(parts)
+    data = _voxel_bytes(chunks, compressed, binary, compressed_size, p)
     shape = dims[::-1] + ((channels,) if channels > 1 else ())
     if binary or compressed:
         array = np.frombuffer(data, dtype=dtype).reshape(shape)

@@ -10,6 +10,7 @@ hole (PS3.3 C.8.8.6.3), by the C++ kernel ``fill_polygons`` (Numba fallback).
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -226,14 +227,36 @@ def _truncation(data: bytes, source: str) -> str | None:
     cut inside its ROI Contour Sequence would lose ROIs' contours without a word. This walks the
     element structure: every defined length must fit in the file and every undefined-length
     sequence or item must be closed by its delimiter. Other transfer syntaxes are not checked."""
-    import struct
-
     if len(data) < 132 or data[128:132] != b"DICM":
         return None
-    size = len(data)
+    walk = _ElementWalk(data)
+    try:
+        # File meta group (explicit VR little endian), then the data set in its transfer syntax.
+        pos, syntax = 132, b""
+        while pos + 8 <= walk.size and data[pos:pos + 2] == b"\x02\x00":
+            tag, vr, length, value = walk.header(pos, True)
+            if value + length > walk.size:
+                raise _Cut(pos, "the file meta information")
+            if tag == 0x00020010:
+                syntax = data[value:value + length].rstrip(b"\x00 ")
+            pos = value + length
+        if syntax not in (b"1.2.840.10008.1.2", b"1.2.840.10008.1.2.1"):
+            return None
+        walk.elements(pos, walk.size, syntax == b"1.2.840.10008.1.2.1", 0, None)
+    except _Cut as cut:
+        return f"{source}: the file ends inside {cut.what} at byte {cut.pos} (of {walk.size}): truncated or corrupt"
+    return None
 
-    def header(pos: int, explicit: bool) -> tuple[int, bytes | None, int, int]:
+
+class _ElementWalk:
+    """The element structure of a little-endian data set, walked without reading values."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.size = data, len(data)
+
+    def header(self, pos: int, explicit: bool) -> tuple[int, bytes | None, int, int]:
         """(tag, VR, length, position of the value) of the element at ``pos``."""
+        data, size = self.data, self.size
         if pos + 8 > size:
             raise _Cut(pos, "an element header")
         group, element = struct.unpack_from("<HH", data, pos)
@@ -247,53 +270,36 @@ def _truncation(data: bytes, source: str) -> str | None:
             return tag, vr, struct.unpack_from("<I", data, pos + 8)[0], pos + 12
         return tag, vr, struct.unpack_from("<H", data, pos + 6)[0], pos + 8
 
-    def elements(pos: int, end: int | None, explicit: bool, depth: int, closer: int | None) -> int:
+    def elements(self, pos: int, end: int | None, explicit: bool, depth: int, closer: int | None) -> int:
         """Walk elements from ``pos`` to ``end`` (None: to ``closer``'s delimiter or the file end)."""
         if depth > 64:
             raise _Cut(pos, "nesting deeper than 64 levels")
         while pos < end if end is not None else True:
-            tag, vr, length, value = header(pos, explicit)
+            tag, vr, length, value = self.header(pos, explicit)
             if closer is not None and tag == closer:
                 return value
             if length == _UNDEFINED:
-                pos = items(value, explicit, depth + 1)
+                pos = self.items(value, explicit, depth + 1)
                 continue
-            if value + length > size:
+            if value + length > self.size:
                 raise _Cut(pos, f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) of {length} bytes")
             pos = value + length
         return pos
 
-    def items(pos: int, explicit: bool, depth: int) -> int:
+    def items(self, pos: int, explicit: bool, depth: int) -> int:
         """An undefined-length sequence: items until the sequence delimiter."""
         while True:
-            tag, _, length, value = header(pos, explicit)
+            tag, _, length, value = self.header(pos, explicit)
             if tag == _SEQ_END:
                 return value
             if tag != _ITEM:
                 raise _Cut(pos, "a sequence item (found another tag: corrupt)")
             if length == _UNDEFINED:
-                pos = elements(value, None, explicit, depth + 1, _ITEM_END)
-            elif value + length > size:
+                pos = self.elements(value, None, explicit, depth + 1, _ITEM_END)
+            elif value + length > self.size:
                 raise _Cut(pos, f"a sequence item of {length} bytes")
             else:
                 pos = value + length
-
-    try:
-        # File meta group (explicit VR little endian), then the data set in its transfer syntax.
-        pos, syntax = 132, b""
-        while pos + 8 <= size and data[pos:pos + 2] == b"\x02\x00":
-            tag, vr, length, value = header(pos, True)
-            if value + length > size:
-                raise _Cut(pos, "the file meta information")
-            if tag == 0x00020010:
-                syntax = data[value:value + length].rstrip(b"\x00 ")
-            pos = value + length
-        if syntax not in (b"1.2.840.10008.1.2", b"1.2.840.10008.1.2.1"):
-            return None
-        elements(pos, size, syntax == b"1.2.840.10008.1.2.1", 0, None)
-    except _Cut as cut:
-        return f"{source}: the file ends inside {cut.what} at byte {cut.pos} (of {size}): truncated or corrupt"
-    return None
 
 
 class _Cut(Exception):

@@ -13,7 +13,6 @@ from typing import Any
 
 from medkern.io.dicom._records import _NotRegular, _Unreadable
 
-
 # The data set of a Deflated Explicit VR Little Endian file is inflated up to this many bytes to
 # find its header; the pixel data beyond is only counted.
 _MAX_INFLATED_HEADER = 64 << 20

@@ -12,7 +12,6 @@ import numpy as np
 from medkern.io.dicom._header import _MAX_EXTENT_MM
 from medkern.io.dicom._records import _Frame
 
-
 # A slice gap may differ from the mean spacing by this fraction before the series counts as
 # irregular: DS values are often rounded to 0.01 mm, which is 2% of a 0.5 mm spacing.
 SPACING_TOLERANCE = 0.05

@@ -14,7 +14,6 @@ from medkern.errors import DicomWarning
 from medkern.io.dicom._header import _read_header
 from medkern.io.dicom._records import _Frame, _Unreadable
 
-
 # Orientation cosines equal to this many decimals belong to the same part of a series.
 _ORIENTATION_DECIMALS = 4
 

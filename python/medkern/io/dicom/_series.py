@@ -18,7 +18,7 @@ from medkern.io.dicom._geometry import _Layout, _layout
 from medkern.io.dicom._header import _read_header
 from medkern.io.dicom._pixels import _output_dtype, _read_layout
 from medkern.io.dicom._records import _Frame, _Identity, _Unreadable
-from medkern.io.dicom._scanning import _describe_key, _iter_files, _part_key, _scan, _Scan
+from medkern.io.dicom._scanning import _describe_key, _iter_files, _part_key, _Scan, _scan
 
 
 @dataclass(eq=False)
