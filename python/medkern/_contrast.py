@@ -20,7 +20,9 @@ import numpy as np
 from medkern._dispatch import Kernel
 from medkern._docstrings import fill_doc
 from medkern._progress import Progress
+from medkern._typing import ImageLike, ProgressArg
 from medkern._util import check_mask, check_range, check_stats, unwrap
+from medkern.image import Image
 
 __all__ = ["equalize_hist", "clahe", "n4_bias_correction"]
 
@@ -86,7 +88,8 @@ def _extremes(x: Any, mask: Any, backend: str, name: str) -> tuple[float, float]
 
 
 @fill_doc
-def equalize_hist(img: Any, nbins: int = 256, mask: Any = None, *, backend: str = "auto") -> Any:
+def equalize_hist(img: Image | np.ndarray, nbins: int = 256, mask: Image | np.ndarray | None = None, *,
+                  backend: str = "auto") -> Image | np.ndarray:
     """Global histogram equalisation: map each voxel through the cumulative histogram.
 
     The definition of scikit-image's ``exposure.equalize_hist``: float images get ``nbins``
@@ -160,9 +163,10 @@ def equalize_hist(img: Any, nbins: int = 256, mask: Any = None, *, backend: str 
 
 
 @fill_doc
-def clahe(img: Any, clip_limit: float | None = None, kernel_size: Any = None, nbins: int = 256, *,
+def clahe(img: ImageLike, clip_limit: float | None = None, kernel_size: int | Sequence[int] | None = None,
+          nbins: int = 256, *,
           method: str = "skimage", tile_grid: Sequence[int] | None = None,
-          backend: str = "auto") -> Any:
+          backend: str = "auto") -> ImageLike:
     """Contrast-limited adaptive histogram equalisation (Zuiderveld 1994), 2D and 3D.
 
     ``method="skimage"`` (default) is scikit-image's ``exposure.equalize_adapthist``: the image
@@ -309,12 +313,15 @@ def _axis_positions(size: int, factor: int) -> np.ndarray:
 
 
 @fill_doc
-def n4_bias_correction(img: Any, mask: Any = None, *, shrink_factor: Any = 4,
-                       iterations: Sequence[int] = (50, 50, 50, 50), control_points: Any = 4,
+def n4_bias_correction(img: Image | np.ndarray, mask: Image | np.ndarray | None = None, *,
+                       shrink_factor: int | Sequence[int] = 4,
+                       iterations: Sequence[int] = (50, 50, 50, 50),
+                       control_points: int | Sequence[int] = 4,
                        convergence_threshold: float = 0.001, histogram_bins: int = 200,
                        fwhm: float = 0.15, wiener_noise: float = 0.01,
                        return_bias_field: bool = False, backend: str = "auto",
-                       progress: Any = None) -> Any:
+                       progress: ProgressArg = None
+                       ) -> Image | np.ndarray | tuple[Image | np.ndarray, Image | np.ndarray]:
     """N4 bias-field correction (Tustison et al., IEEE TMI 29(6) 2010), 2D or 3D.
 
     The algorithm and defaults of ITK's ``N4BiasFieldCorrectionImageFilter``: the log bias field

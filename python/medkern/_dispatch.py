@@ -12,9 +12,12 @@ from __future__ import annotations
 import importlib
 import os
 import threading
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, TypeGuard
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import cupy
 
 __all__ = [
     "BackendStatus",
@@ -205,7 +208,7 @@ def backends() -> dict[str, BackendStatus]:
     return {name: backend_status(name) for name in BACKENDS}
 
 
-def is_cupy_array(x: Any) -> bool:
+def is_cupy_array(x: Any) -> TypeGuard[cupy.ndarray]:
     return type(x).__module__.split(".")[0] == "cupy"
 
 

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Any, Sequence, cast
 
 import numpy as np
 
 from medkern._backend_shared import MODES
 from medkern._dispatch import Kernel, array_module
 from medkern._docstrings import fill_doc
+from medkern._typing import ImageLike, PerAxis
 from medkern._util import check_finite, per_axis, unwrap
+from medkern.image import Image
 
 __all__ = ["gaussian", "mean_filter", "log_filter", "unsharp_mask", "median", "bilateral",
            "anisotropic_diffusion"]
@@ -129,9 +131,10 @@ def gaussian_kernel(sigma_vox: float, truncate: float = 4.0, order: int = 0) -> 
 
 # ------------------------------------------------------------------ public API
 @fill_doc
-def gaussian(img: Any, sigma_mm: Any = None, *, sigma_vox: Any = None, truncate: float = 4.0,
+def gaussian(img: ImageLike, sigma_mm: PerAxis | None = None, *, sigma_vox: PerAxis | None = None,
+             truncate: float = 4.0,
              method: str = "fir", mode: str | None = None, cval: float = 0.0,
-             backend: str = "auto") -> Any:
+             backend: str = "auto") -> ImageLike:
     """Gaussian smoothing with per-axis sigma in mm (``sigma_vox`` for voxel units).
 
     A sigma of 0 leaves that axis untouched. Non-finite voxels propagate as in scipy.ndimage:
@@ -209,8 +212,8 @@ def gaussian(img: Any, sigma_mm: Any = None, *, sigma_vox: Any = None, truncate:
 
 
 @fill_doc
-def mean_filter(img: Any, radius: Any = 1, *, mode: str = "reflect", cval: float = 0.0,
-                backend: str = "auto") -> Any:
+def mean_filter(img: ImageLike, radius: int | Sequence[int] = 1, *, mode: str = "reflect",
+                cval: float = 0.0, backend: str = "auto") -> ImageLike:
     """Mean (box) filter over ``2 * radius + 1`` voxels per axis.
 
     The IBSI 2 mean filter (IBSI 2 reference manual, "Mean filter") with its padding choices.
@@ -263,8 +266,9 @@ def mean_filter(img: Any, radius: Any = 1, *, mode: str = "reflect", cval: float
 
 
 @fill_doc
-def log_filter(img: Any, sigma_mm: Any = None, *, sigma_vox: Any = None, truncate: float = 4.0,
-               mode: str = "reflect", cval: float = 0.0, backend: str = "auto") -> Any:
+def log_filter(img: ImageLike, sigma_mm: PerAxis | None = None, *, sigma_vox: PerAxis | None = None,
+               truncate: float = 4.0, mode: str = "reflect", cval: float = 0.0,
+               backend: str = "auto") -> ImageLike:
     """Laplacian of Gaussian: sum over axes of the second Gaussian derivative along that axis.
 
     Derivatives are physical (per mm^2: the voxel-unit response along axis a is divided by
@@ -331,9 +335,10 @@ def log_filter(img: Any, sigma_mm: Any = None, *, sigma_vox: Any = None, truncat
 
 
 @fill_doc
-def unsharp_mask(img: Any, sigma_mm: Any = None, amount: float = 1.0, *, sigma_vox: Any = None,
+def unsharp_mask(img: ImageLike, sigma_mm: PerAxis | None = None, amount: float = 1.0, *,
+                 sigma_vox: PerAxis | None = None,
                  method: str = "fir", mode: str | None = None, truncate: float = 4.0,
-                 backend: str = "auto") -> Any:
+                 backend: str = "auto") -> ImageLike:
     """Sharpen by unsharp masking: ``x + amount * (x - gaussian(x))``.
 
     The blur is :func:`gaussian` with the same ``method`` / ``mode`` / ``truncate``:
@@ -386,7 +391,7 @@ def unsharp_mask(img: Any, sigma_mm: Any = None, amount: float = 1.0, *, sigma_v
     x, image, rewrap = unwrap(img)
     blurred = gaussian(x if image is None else image, sigma_mm, sigma_vox=sigma_vox,
                        truncate=truncate, method=method, mode=mode, backend=backend)
-    blurred = blurred.array if image is not None else blurred
+    blurred = cast(Image, blurred).array if image is not None else blurred
     xp = array_module(blurred)
     with np.errstate(over="ignore", invalid="ignore"):  # non-finite voxels propagate (docstring)
         xf = x.astype(xp.float32, copy=False)
@@ -406,7 +411,8 @@ def _reject_nan(x, fn: str) -> None:
 
 
 @fill_doc
-def median(img: Any, radius: Any = 1, *, mode: str = "nearest", backend: str = "auto") -> Any:
+def median(img: ImageLike, radius: int | Sequence[int] = 1, *, mode: str = "nearest",
+           backend: str = "auto") -> ImageLike:
     """Median over the ``(2 r + 1)`` box per array axis (any radius, 2D and 3D).
 
     Values are selected, never averaged, so the result has the input's dtype and is exact.
@@ -464,8 +470,8 @@ BILATERAL_RANGE_SAMPLES = 100
 
 
 @fill_doc
-def bilateral(img: Any, sigma_spatial_mm: Any, sigma_range: float, *, radius: Any = None,
-              backend: str = "auto") -> Any:
+def bilateral(img: ImageLike, sigma_spatial_mm: PerAxis, sigma_range: float, *,
+              radius: int | Sequence[int] | None = None, backend: str = "auto") -> ImageLike:
     """Edge-preserving bilateral filter (Tomasi & Manduchi 1998), 2D and 3D.
 
     Weight of neighbour q for voxel p: the Gaussian of the physical offset times the Gaussian of
@@ -527,9 +533,9 @@ def bilateral(img: Any, sigma_spatial_mm: Any, sigma_range: float, *, radius: An
 
 
 @fill_doc
-def anisotropic_diffusion(img: Any, iterations: int = 5, time_step: float | None = None,
+def anisotropic_diffusion(img: Image | np.ndarray, iterations: int = 5, time_step: float | None = None,
                           conductance: float = 1.0, *, method: str = "gradient",
-                          backend: str = "auto") -> Any:
+                          backend: str = "auto") -> Image | np.ndarray:
     """Edge-preserving anisotropic diffusion, as ITK discretises it.
 
     Derivatives use the spacing (mm). Computed and returned in float32 (integer input is

@@ -6,12 +6,11 @@ C++ kernel on numpy input and by the CUDA kernel on CuPy input. Output is float3
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from medkern._dispatch import Kernel, array_module
 from medkern._docstrings import fill_doc
+from medkern._typing import ImageLike
 from medkern._util import check_finite, check_mask, check_nonempty, check_range, check_stats, unwrap
 
 __all__ = ["window", "normalize"]
@@ -34,8 +33,8 @@ moments = Kernel(
 
 
 @fill_doc
-def window(img: Any, center: float, width: float, output_range: tuple[float, float] = (0.0, 1.0),
-           *, backend: str = "auto") -> Any:
+def window(img: ImageLike, center: float, width: float, output_range: tuple[float, float] = (0.0, 1.0),
+           *, backend: str = "auto") -> ImageLike:
     """Window/level: map ``[center - width/2, center + width/2]`` linearly onto ``output_range``.
 
     Values below the window go to ``output_range[0]``, above it to ``output_range[1]`` (the
@@ -95,9 +94,9 @@ def window(img: Any, center: float, width: float, output_range: tuple[float, flo
 
 
 @fill_doc
-def normalize(img: Any, method: str = "zscore", mask: Any = None, *,
+def normalize(img: ImageLike, method: str = "zscore", mask: ImageLike | None = None, *,
               percentiles: tuple[float, float] = (0.5, 99.5), clip: bool = False,
-              backend: str = "auto") -> Any:
+              backend: str = "auto") -> ImageLike:
     """Normalise intensities with statistics taken inside a mask (all voxels when None).
 
     The map is applied to every voxel (outside the mask too, where NaN stays NaN and +-inf stay

@@ -212,7 +212,8 @@ def _axial_diameter(points: np.ndarray, spacing: tuple[float, ...], backend: str
 
 
 @fill_doc
-def regions(labels: Any, img: Any = None, *, backend: str = "auto") -> list[Region]:
+def regions(labels: Image | np.ndarray, img: Image | np.ndarray | None = None, *,
+            backend: str = "auto") -> list[Region]:
     """Measure every labelled region: volume, centroid, diameters, shape and intensity statistics.
 
     Geometry (spacing, LPS centroid) comes from ``labels`` when it is an Image, else from ``img``

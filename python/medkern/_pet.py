@@ -65,6 +65,7 @@ import numpy as np
 
 from medkern.errors import DicomError
 from medkern.image import Image
+from medkern.io.dicom import DicomSeries
 
 __all__ = ["suv", "SUV_KINDS", "lean_body_mass", "body_surface_area"]
 
@@ -363,8 +364,9 @@ def _factors(series: Any, headers: dict[Path, Any], kind: str, weight_kg: Any, h
     return dict.fromkeys(headers, size / _decayed_dose(ordered, drugs[0], where))
 
 
-def suv(pet: Any, kind: str = "bw", *, series_uid: str | None = None, weight_kg: float | None = None,
-        height_m: float | None = None, sex: str | None = None, allow_irregular: bool = False) -> Image:
+def suv(pet: DicomSeries | str | os.PathLike[str] | Sequence[str | os.PathLike[str]], kind: str = "bw", *,
+        series_uid: str | None = None, weight_kg: float | None = None, height_m: float | None = None,
+        sex: str | None = None, allow_irregular: bool = False) -> Image:
     """Read a PET series in standardized uptake values (SUV), as a float32 Image on its grid.
 
     ``SUV = C * N / D``: ``C`` the activity concentration of a voxel (Bq/ml), ``D`` the injected

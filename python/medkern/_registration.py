@@ -34,11 +34,13 @@ from dataclasses import field as dc_field
 from typing import Any, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from medkern._dispatch import Kernel, is_cupy_array
 from medkern._docstrings import fill_doc
 from medkern._progress import Progress
 from medkern._transforms import Affine, DisplacementField, Transform
+from medkern._typing import ImageLike, ProgressArg
 from medkern._util import as_image, check_finite, check_mask
 from medkern.image import Image
 
@@ -111,7 +113,7 @@ class RegistrationResult:
     (True, True)
     """
 
-    transform: Any
+    transform: Transform
     matrix: np.ndarray
     metric: float
     metric_name: str
@@ -413,13 +415,14 @@ MAX_ITERATIONS = 100_000
 
 
 @fill_doc
-def register(fixed: Any, moving: Any, transform: str = "rigid", metric: str | None = None,
-             levels: Sequence[int] = (4, 2, 1), initial: Any = "geometry", mask: Any = None,
-             moving_mask: Any = None, sampling: Any = None, sampling_strategy: str = "random",
+def register(fixed: ImageLike, moving: ImageLike, transform: str = "rigid", metric: str | None = None,
+             levels: Sequence[int] = (4, 2, 1), initial: str | Affine | ArrayLike = "geometry",
+             mask: ImageLike | None = None, moving_mask: ImageLike | None = None,
+             sampling: float | str | None = None, sampling_strategy: str = "random",
              seed: int = 0, max_iterations: int = 200, *,
              field_iterations: Sequence[int] | None = None, lncc_radius_vox: int = 2,
              field_sigmas_vox: tuple[float, float] = (1.5, 0.5), field_step_vox: float = 0.5,
-             backend: str = "auto", progress: Any = None) -> RegistrationResult:
+             backend: str = "auto", progress: ProgressArg = None) -> RegistrationResult:
     """Align a moving image onto a fixed one: rigid, affine or diffeomorphic registration.
 
     Returns the transform that maps fixed world points to moving world points (ITK convention),

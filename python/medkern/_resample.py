@@ -52,6 +52,7 @@ from medkern._sampling import (
     warp_kernel,
 )
 from medkern._transforms import Affine, Composite, DisplacementField, Transform
+from medkern._typing import ImageLike
 from medkern._util import as_image, unwrap
 from medkern.image import Image
 
@@ -177,8 +178,8 @@ MAX_OUTPUT_VOXELS = 2**33
 
 
 @fill_doc
-def resample(img: Any, spacing: Sequence[float] | float, interpolation: str = "linear",
-             antialias: bool = True, fill: float = 0.0, *, backend: str = "auto") -> Any:
+def resample(img: ImageLike, spacing: Sequence[float] | float, interpolation: str = "linear",
+             antialias: bool = True, fill: float = 0.0, *, backend: str = "auto") -> ImageLike:
     """Resample to a new voxel spacing, keeping the physical field of view and its centre.
 
     The output has ``spacing`` exactly and ``round(n * old_spacing / spacing)`` voxels per axis
@@ -345,8 +346,8 @@ def _is_diagonal(lin: np.ndarray) -> bool:
 
 
 @fill_doc
-def resample_to(img: Any, reference: Image, transform: Transform | None = None,
-                interpolation: str = "linear", fill: float = 0.0, *, backend: str = "auto") -> Any:
+def resample_to(img: ImageLike, reference: Image, transform: Transform | None = None,
+                interpolation: str = "linear", fill: float = 0.0, *, backend: str = "auto") -> ImageLike:
     """Resample an image onto the grid of a reference image (shape, spacing, origin, direction).
 
     Each output voxel centre ``p`` (LPS mm) samples ``img`` at ``transform.apply(p)``:
@@ -439,8 +440,8 @@ def resample_to(img: Any, reference: Image, transform: Transform | None = None,
 
 
 @fill_doc
-def warp(img: Any, transform: Transform, reference: Image | None = None, interpolation: str = "linear",
-         fill: float = 0.0, *, backend: str = "auto") -> Any:
+def warp(img: ImageLike, transform: Transform, reference: Image | None = None, interpolation: str = "linear",
+         fill: float = 0.0, *, backend: str = "auto") -> ImageLike:
     """Apply a spatial transform to an image: ``resample_to(img, reference or img, transform)``.
 
     ``transform`` maps points of the output grid to points of ``img`` (ITK convention), so

@@ -13,9 +13,11 @@ import math
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from medkern._dispatch import Kernel, is_cupy_array
 from medkern._docstrings import fill_doc
+from medkern._typing import Array, ImageLike
 from medkern._util import KERNEL_DTYPES
 from medkern.image import Image
 
@@ -113,8 +115,8 @@ def _bits_view(x: Any) -> Any:
 
 
 @fill_doc
-def map_coordinates(array: Any, coordinates: Any, interpolation: str = "linear", fill: float = 0.0, *,
-                    backend: str = "auto") -> Any:
+def map_coordinates(array: ImageLike, coordinates: Array | ArrayLike, interpolation: str = "linear",
+                    fill: float = 0.0, *, backend: str = "auto") -> Array:
     """Sample a 2D/3D array at continuous indices: the low-level sampler the other functions use.
 
     This is ``scipy.ndimage.map_coordinates(array, coordinates, order=1, mode="nearest")`` inside

@@ -17,6 +17,7 @@ from medkern._contrast import histogram_edges
 from medkern._dispatch import Kernel, is_cupy_array
 from medkern._docstrings import fill_doc
 from medkern._intensity import moments
+from medkern._typing import PerAxis
 from medkern._util import check_finite, check_range, check_stats
 from medkern.image import Image
 
@@ -89,7 +90,8 @@ def _label_input(mask: np.ndarray) -> np.ndarray:
 
 
 @fill_doc
-def label(mask: Any, connectivity: int | None = None, *, backend: str = "auto") -> tuple[Any, int]:
+def label(mask: Image | np.ndarray, connectivity: int | None = None, *,
+          backend: str = "auto") -> tuple[Image | np.ndarray, int]:
     """Label connected components: ``(labels, n)`` with labels ``1..n`` and 0 for background.
 
     A bool mask is labelled like ``scipy.ndimage.label`` with the matching structure; an integer
@@ -233,8 +235,8 @@ def _ball_array(m: np.ndarray, r: float, spacing: tuple[float, ...], erode: bool
 
 # ---------------------------------------------------------------------------------- functions
 @fill_doc
-def distance_transform(mask: Any, spacing: Any = None, *, squared: bool = False,
-                       backend: str = "auto") -> Any:
+def distance_transform(mask: Image | np.ndarray, spacing: PerAxis | None = None, *, squared: bool = False,
+                       backend: str = "auto") -> Image | np.ndarray:
     """Compute the exact Euclidean distance (mm) from every nonzero voxel to the nearest zero voxel.
 
     Zero voxels get 0. Equals ``scipy.ndimage.distance_transform_edt(mask, sampling=spacing)``
@@ -286,7 +288,7 @@ def distance_transform(mask: Any, spacing: Any = None, *, squared: bool = False,
 
 
 @fill_doc
-def binary_dilate(mask: Any, radius_mm: float, *, backend: str = "auto") -> Any:
+def binary_dilate(mask: Image | np.ndarray, radius_mm: float, *, backend: str = "auto") -> Image | np.ndarray:
     """Dilate a mask by a ball of ``radius_mm`` in physical units.
 
     A voxel is set when a mask voxel lies within ``radius_mm`` of it (centre to centre). Equals
@@ -338,7 +340,7 @@ def binary_dilate(mask: Any, radius_mm: float, *, backend: str = "auto") -> Any:
 
 
 @fill_doc
-def binary_erode(mask: Any, radius_mm: float, *, backend: str = "auto") -> Any:
+def binary_erode(mask: Image | np.ndarray, radius_mm: float, *, backend: str = "auto") -> Image | np.ndarray:
     """Erode a mask by a ball of ``radius_mm`` in physical units.
 
     A voxel stays when every voxel within ``radius_mm`` is in the mask, the outside of the image
@@ -385,7 +387,7 @@ def binary_erode(mask: Any, radius_mm: float, *, backend: str = "auto") -> Any:
 
 
 @fill_doc
-def binary_open(mask: Any, radius_mm: float, *, backend: str = "auto") -> Any:
+def binary_open(mask: Image | np.ndarray, radius_mm: float, *, backend: str = "auto") -> Image | np.ndarray:
     """Open a mask: erosion then dilation by the ball of ``radius_mm``.
 
     ``scipy.ndimage.binary_opening`` with that ball. Removes structures thinner than the ball.
@@ -429,7 +431,7 @@ def binary_open(mask: Any, radius_mm: float, *, backend: str = "auto") -> Any:
 
 
 @fill_doc
-def binary_close(mask: Any, radius_mm: float, *, backend: str = "auto") -> Any:
+def binary_close(mask: Image | np.ndarray, radius_mm: float, *, backend: str = "auto") -> Image | np.ndarray:
     """Close a mask: dilation then erosion by the ball of ``radius_mm``.
 
     ``scipy.ndimage.binary_closing`` with that ball, including its border behaviour: the erosion
@@ -473,7 +475,7 @@ def binary_close(mask: Any, radius_mm: float, *, backend: str = "auto") -> Any:
 
 
 @fill_doc
-def fill_holes(mask: Any, *, backend: str = "auto") -> Any:
+def fill_holes(mask: Image | np.ndarray, *, backend: str = "auto") -> Image | np.ndarray:
     """Fill the holes of a mask: background regions that do not reach the image border.
 
     Background regions are face-connected (6 in 3D, 4 in 2D). Equals
@@ -522,7 +524,8 @@ def _component_sizes(x: np.ndarray, connectivity: Any, backend: str) -> tuple[np
 
 
 @fill_doc
-def largest_component(mask: Any, connectivity: int | None = None, *, backend: str = "auto") -> Any:
+def largest_component(mask: Image | np.ndarray, connectivity: int | None = None, *,
+                      backend: str = "auto") -> Image | np.ndarray:
     """Keep the largest connected component of a mask (ties: the first in scan order).
 
     An empty mask gives an empty mask.
@@ -563,8 +566,8 @@ def largest_component(mask: Any, connectivity: int | None = None, *, backend: st
 
 
 @fill_doc
-def remove_small_components(mask: Any, min_volume_mm3: float, connectivity: int | None = None, *,
-                            backend: str = "auto") -> Any:
+def remove_small_components(mask: Image | np.ndarray, min_volume_mm3: float, connectivity: int | None = None, *,
+                            backend: str = "auto") -> Image | np.ndarray:
     """Keep the components of a mask whose volume is at least ``min_volume_mm3``.
 
     The volume is the voxel count times the voxel volume from the Image's spacing (area in mm²
@@ -620,7 +623,8 @@ MAX_OTSU_BINS = 2**24
 
 
 @fill_doc
-def threshold_otsu(img: Any, mask: Any = None, nbins: int = 256, *, backend: str = "auto") -> float:
+def threshold_otsu(img: Image | np.ndarray, mask: Image | np.ndarray | None = None, nbins: int = 256, *,
+                   backend: str = "auto") -> float:
     """Compute Otsu's threshold (Otsu 1979): the histogram split maximising between-class variance.
 
     Voxels ``> threshold`` are the bright class. Same histogram as

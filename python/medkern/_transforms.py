@@ -19,13 +19,17 @@ import math
 import os
 import struct
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from medkern._dispatch import is_cupy_array
 from medkern._sampling import map_coordinates
 from medkern.image import Image
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 __all__ = ["Transform", "Affine", "DisplacementField", "Composite"]
 
@@ -35,7 +39,7 @@ class Transform:
 
     ndim: int
 
-    def apply(self, points: Any) -> np.ndarray:
+    def apply(self, points: ArrayLike) -> np.ndarray:
         raise NotImplementedError
 
     def inverse(self) -> "Transform":
@@ -48,7 +52,7 @@ class Transform:
             raise ValueError(f"cannot compose a {self.ndim}D transform with a {other.ndim}D one")
         return Composite([self, other])
 
-    def _points(self, points: Any) -> np.ndarray:
+    def _points(self, points: ArrayLike) -> np.ndarray:
         pts = np.asarray(points, dtype=np.float64)
         if pts.shape[-1:] != (self.ndim,):
             raise ValueError(f"points must have a trailing axis of length {self.ndim} (LPS x, y[, z]), "
@@ -100,7 +104,7 @@ class Affine(Transform):
 
     __slots__ = ("_matrix",)
 
-    def __init__(self, matrix: Any) -> None:
+    def __init__(self, matrix: ArrayLike) -> None:
         m = np.array(matrix, dtype=np.float64, copy=True)
         if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] not in (3, 4):
             raise ValueError(f"Affine matrix must be 3x3 (2D) or 4x4 (3D) homogeneous, got shape {m.shape}")
@@ -154,7 +158,8 @@ class Affine(Transform):
         return cls(np.eye(ndim + 1))
 
     @classmethod
-    def from_parts(cls, linear: Any, translation: Any = None, center: Any = None) -> "Affine":
+    def from_parts(cls, linear: ArrayLike, translation: ArrayLike | None = None,
+                   center: ArrayLike | None = None) -> "Affine":
         """Make an affine from ITK's parameters: ``p -> L (p - c) + c + t``.
 
         Parameters
@@ -200,7 +205,7 @@ class Affine(Transform):
         return cls(m)
 
     @classmethod
-    def rotation(cls, angles_deg: Any, center: Any = None) -> "Affine":
+    def rotation(cls, angles_deg: float | Sequence[float], center: ArrayLike | None = None) -> "Affine":
         """Make a rotation about a centre.
 
         Parameters
@@ -261,7 +266,7 @@ class Affine(Transform):
         """The translation ``b`` in mm (read-only view)."""
         return self._matrix[: self.ndim, self.ndim]
 
-    def apply(self, points: Any) -> np.ndarray:
+    def apply(self, points: ArrayLike) -> np.ndarray:
         """Map LPS points of the output space to the input space.
 
         Parameters
@@ -357,7 +362,7 @@ class Affine(Transform):
 
     # ------------------------------------------------------------------ SimpleITK
     @classmethod
-    def from_sitk(cls, transform: Any) -> "Affine":
+    def from_sitk(cls, transform: sitk.Transform) -> "Affine":
         """Make an Affine from a SimpleITK matrix-offset transform.
 
         Parameters
@@ -411,7 +416,7 @@ class Affine(Transform):
                             "displacement fields")
         return cls.from_parts(np.asarray(t.GetMatrix()).reshape(n, n), t.GetTranslation(), t.GetCenter())
 
-    def to_sitk(self):
+    def to_sitk(self) -> sitk.AffineTransform:
         """Convert to a ``SimpleITK.AffineTransform`` with the same mapping (centre at the origin).
 
         Returns
@@ -869,7 +874,7 @@ class DisplacementField(Transform):
         """Spatial dimension, 2 or 3."""
         return self._field.ndim
 
-    def displacement(self, points: Any) -> np.ndarray:
+    def displacement(self, points: ArrayLike) -> np.ndarray:
         """Evaluate the displacement ``u(p)``: linear between grid points, zero outside the grid.
 
         Parameters
@@ -909,7 +914,7 @@ class DisplacementField(Transform):
             u[:, q] = map_coordinates(arr[..., q], idx, "linear", fill=0.0)
         return u.reshape(pts.shape)
 
-    def apply(self, points: Any) -> np.ndarray:
+    def apply(self, points: ArrayLike) -> np.ndarray:
         """Map LPS points of the output space to the input space: ``p + u(p)``.
 
         Parameters
@@ -991,7 +996,7 @@ class DisplacementField(Transform):
         return f"DisplacementField({self._field!r})"
 
     @classmethod
-    def from_sitk(cls, transform_or_image: Any) -> "DisplacementField":
+    def from_sitk(cls, transform_or_image: sitk.Transform | sitk.Image) -> "DisplacementField":
         """Make a DisplacementField from a SimpleITK displacement transform or vector image.
 
         Parameters
@@ -1033,7 +1038,7 @@ class DisplacementField(Transform):
             raise TypeError("expected a SimpleITK DisplacementFieldTransform or vector image")
         return cls(Image.from_sitk(obj))
 
-    def to_sitk(self):
+    def to_sitk(self) -> sitk.DisplacementFieldTransform:
         """Convert to a ``SimpleITK.DisplacementFieldTransform`` (float64 field, as ITK requires).
 
         Returns
@@ -1084,7 +1089,7 @@ class Composite(Transform):
     def ndim(self) -> int:
         return self._transforms[0].ndim
 
-    def apply(self, points: Any) -> np.ndarray:
+    def apply(self, points: ArrayLike) -> np.ndarray:
         pts = self._points(points)
         for t in reversed(self._transforms):
             pts = t.apply(pts)

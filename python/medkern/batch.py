@@ -51,12 +51,14 @@ import traceback
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 from medkern.analysis.analyze import _sha256
+from medkern.analysis.guideline import Guideline
+from medkern.inference import Model
 
 try:
-    from distributed import WorkerPlugin
+    from distributed import Client, WorkerPlugin
 except ImportError as exc:   # an optional dependency: say how to get it
     raise ImportError("medkern.batch runs on Dask's distributed scheduler: pip install 'medkern[batch]'") from exc
 
@@ -392,7 +394,7 @@ def find_studies(inputs: str | os.PathLike | Iterable[str | os.PathLike]) -> lis
 # ---------------------------------------------------------------------------------- patients
 
 
-def read_patients(table: Any) -> dict[str, dict[str, Any]]:
+def read_patients(table: str | os.PathLike[str] | dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Read patient records by study key from a CSV or JSON file or a mapping, each validated.
 
     The key (column ``study`` in CSV; the mapping key, or a ``study`` field in a JSON list) is a
@@ -824,11 +826,14 @@ def _accepts_n_workers(client: Any) -> bool:
     return "n_workers" in inspect.signature(client.scheduler_info).parameters
 
 
-def analyze_many(studies: Any, out_dir: str | os.PathLike, patients: Any = None, model: Any = None,
-                 guideline: Any = None, *, scheduler: Any = None, workers: int | None = None,
+def analyze_many(studies: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | Sequence[Study],
+                 out_dir: str | os.PathLike, patients: str | os.PathLike[str] | dict[str, Any] | None = None,
+                 model: str | os.PathLike[str] | Model | Sequence[str | os.PathLike[str] | Model] | None = None,
+                 guideline: str | os.PathLike[str] | Guideline | Literal[False] | None = None, *,
+                 scheduler: str | Client | None = None, workers: int | None = None,
                  threads: int | None = None, include_identifiers: bool = False, radiomics: bool = True,
                  location: bool = True, retry_failed: bool = False, retries: int = 2,
-                 progress: bool | Callable[[int, int], Any] = False) -> BatchResult:
+                 progress: bool | Callable[[int, int], object] = False) -> BatchResult:
     """Run ``mk.analyze`` on every study on a Dask cluster; resumable, one failure never stops the rest.
 
     One task per study; tasks carry paths, never pixels. Each worker loads the model and the

@@ -13,12 +13,17 @@ displacement field of shape ``(nz, ny, nx, 3)``; its geometry describes the spat
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from medkern._dispatch import is_cupy_array
 from medkern._typing import Array
+
+if TYPE_CHECKING:
+    import nibabel as nib
+    import SimpleITK as sitk
 
 __all__ = ["Image"]
 
@@ -158,7 +163,7 @@ class Image:
 
     # ------------------------------------------------------------------ basic attributes
     @property
-    def array(self):
+    def array(self) -> Array:
         """The voxel array (numpy or cupy), shared with the image, not a copy."""
         return self._array
 
@@ -193,7 +198,7 @@ class Image:
         return tuple(self._array.shape[: self.ndim])
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype:
         """The dtype of the voxel array."""
         return self._array.dtype
 
@@ -216,7 +221,7 @@ class Image:
         return {"spacing": self._spacing, "origin": self._origin, "direction": self._direction}
 
     # ------------------------------------------------------------------ coordinates
-    def index_to_world(self, index: Any) -> np.ndarray:
+    def index_to_world(self, index: ArrayLike) -> np.ndarray:
         """Map continuous indices in array order to LPS world points.
 
         Parameters
@@ -251,7 +256,7 @@ class Image:
         m = self.affine
         return idx @ m[: self.ndim, : self.ndim].T + m[: self.ndim, self.ndim]
 
-    def world_to_index(self, points: Any) -> np.ndarray:
+    def world_to_index(self, points: ArrayLike) -> np.ndarray:
         """Map LPS world points to continuous indices in array order.
 
         Parameters
@@ -287,7 +292,7 @@ class Image:
         return pts @ inv[: self.ndim, : self.ndim].T + inv[: self.ndim, self.ndim]
 
     # ------------------------------------------------------------------ derived images
-    def with_array(self, array: Any, *, vector: bool | None = None) -> "Image":
+    def with_array(self, array: Array, *, vector: bool | None = None) -> "Image":
         """Make a new Image with this geometry and another array of the same spatial shape.
 
         Parameters
@@ -345,7 +350,7 @@ class Image:
         """
         return self.with_array(self._array.copy())
 
-    def astype(self, dtype: Any) -> "Image":
+    def astype(self, dtype: DTypeLike) -> "Image":
         """Convert the voxels to another dtype, keeping the geometry.
 
         Parameters
@@ -440,7 +445,7 @@ class Image:
 
     # ------------------------------------------------------------------ SimpleITK interop
     @classmethod
-    def from_sitk(cls, image: Any) -> "Image":
+    def from_sitk(cls, image: sitk.Image) -> "Image":
         """Make an Image from a ``SimpleITK.Image``.
 
         ITK's ``(x, y, z)`` axis order is reversed to array order; the geometry is kept exactly.
@@ -483,7 +488,7 @@ class Image:
         return cls(array, spacing=image.GetSpacing()[::-1], origin=image.GetOrigin(),
                    direction=d_itk[:, ::-1], vector=vector)
 
-    def to_sitk(self):
+    def to_sitk(self) -> sitk.Image:
         """Convert to a ``SimpleITK.Image`` with identical geometry.
 
         Returns
@@ -515,7 +520,7 @@ class Image:
 
     # ------------------------------------------------------------------ nibabel interop
     @classmethod
-    def from_nibabel(cls, nifti: Any) -> "Image":
+    def from_nibabel(cls, nifti: nib.Nifti1Image | nib.Nifti2Image) -> "Image":
         """Make an Image from a nibabel image.
 
         NIfTI is RAS with axes ``(i, j, k)``: both the axis order and the orientation are
@@ -549,7 +554,7 @@ class Image:
 
         return image_from_nibabel(nifti)
 
-    def to_nibabel(self):
+    def to_nibabel(self) -> nib.Nifti1Image:
         """Convert to a ``nibabel.Nifti1Image`` (RAS affine, ``(i, j, k)`` axis order).
 
         Returns

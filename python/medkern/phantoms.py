@@ -36,7 +36,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
 
@@ -189,7 +189,7 @@ def _prepare(template: Any) -> _Template:
         return _CACHE[key]
     img = reorient(template, "SPL")
     if not np.allclose(img.spacing, 1.0, atol=1e-3):
-        img = resample(img, (1.0, 1.0, 1.0), interpolation="linear", antialias=True)
+        img = cast(Image, resample(img, (1.0, 1.0, 1.0), interpolation="linear", antialias=True))
     t1 = np.clip(np.asarray(img.array, np.float32), 0, None)
     brain = t1 > 0
     if not brain.any() or brain.all() or brain.sum() < 100_000:

@@ -10,7 +10,7 @@ The texture matrices are built in C++ (``medkern._core``), the features from the
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -32,6 +32,7 @@ from medkern._radiomics import (
 )
 from medkern._radiomics._interpolate import interpolate
 from medkern._radiomics._preprocess import Settings, prepare
+from medkern._typing import ProgressArg
 from medkern._util import as_image, check_finite, check_same_geometry
 from medkern.image import Image
 
@@ -185,8 +186,8 @@ def _resampling(resample_spacing: Any, ndim: int, interpolation: str, mask_inter
 
 @fill_doc
 def radiomics(
-    img: Any,
-    mask: Any,
+    img: Image | np.ndarray,
+    mask: Image | np.ndarray,
     features: Iterable[str] | str = FAMILIES,
     *,
     bin_width: float | None = None,
@@ -195,7 +196,7 @@ def radiomics(
     resegment_range: tuple[float, float] | None = None,
     outlier_sigma: float | None = None,
     round_intensities: bool = False,
-    resample_spacing: Any = None,
+    resample_spacing: float | Sequence[float | None] | None = None,
     interpolation: str = "linear",
     mask_interpolation: str = "linear",
     partial_volume: float = 0.5,
@@ -207,7 +208,7 @@ def radiomics(
     ngldm_distance: int = 1,
     ngldm_alpha: int = 0,
     backend: str = "auto",
-    progress: Any = None,
+    progress: ProgressArg = None,
 ) -> RadiomicsResult:
     """Compute IBSI 1 radiomics features of a region of an image.
 

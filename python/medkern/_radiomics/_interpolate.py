@@ -10,6 +10,7 @@ look further than the 1 cm³ local-intensity sphere), sampled by ``mk.resample_t
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
 
@@ -73,9 +74,9 @@ def interpolate(image: Image, mask: np.ndarray, new_spacing, interpolation: str,
                 direction=image.direction)
     reference = Image(np.zeros(out_shape, np.uint8), spacing=tuple(new_spacing),
                       origin=image.index_to_world(first), direction=image.direction)
-    out = resample_to(src, reference, interpolation=interpolation, backend=backend).array
-    out_mask = resample_to(src.with_array(m), reference, interpolation=mask_interpolation,
-                           backend=backend).array
+    out = cast(Image, resample_to(src, reference, interpolation=interpolation, backend=backend)).array
+    out_mask = cast(Image, resample_to(src.with_array(m), reference, interpolation=mask_interpolation,
+                                       backend=backend)).array
     # IBSI §5 warns that rounding turns an exact 0.5 into 0.4999... and drops the voxel: compare
     # with a margin far above double rounding and far below any real partial-volume difference.
     return np.asarray(out, np.float64), np.asarray(out_mask) >= partial_volume - 1e-9

@@ -19,7 +19,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from medkern._radiomics import _MODULES, RadiomicsResult, radiomics
 from medkern.image import Image
@@ -29,7 +29,7 @@ REFERENCE = Path("ibsi") / "ibsi_1_reference_values.json"
 
 # IBSI reference manual, chapter 5 ("Reference data sets"): the processing of each data set.
 # The digital phantom needs none: fixed bin size 1 leaves its grey levels as they are.
-CONFIGS = {
+CONFIGS: dict[str, dict[str, Any]] = {
     "dig. phantom": dict(bin_width=1.0, texture_dims=("2D", "2.5D", "3D")),
     "config. A": dict(round_intensities=True, resegment_range=(-500.0, 400.0), bin_width=25.0,
                       texture_dims=("2D", "2.5D")),

@@ -19,16 +19,19 @@ import platform
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal, Sequence, cast
 
 import numpy as np
 
 from medkern._docstrings import fill_doc
 from medkern._progress import Progress
+from medkern._typing import ProgressArg
+from medkern.analysis.guideline import Guideline
 from medkern.analysis.report import DISCLAIMER, REPORT_SCHEMA_VERSION, Report
 from medkern.analysis.study import StudyImage, choose, dicom_modality, load_candidates
 from medkern.errors import ModelError
 from medkern.image import Image
+from medkern.inference import Model
 
 __all__ = ["analyze", "DEFAULT_MODELS"]
 
@@ -186,9 +189,13 @@ def _identifiers(files: tuple[Path, ...]) -> dict[str, Any]:
 
 
 @fill_doc
-def analyze(study: Any, patient: Any = None, model: Any = None, guideline: Any = None,
+def analyze(study: str | os.PathLike[str] | Image | Sequence[Image] | Sequence[str | os.PathLike[str]]
+            | dict[str, Image],
+            patient: dict[str, Any] | str | os.PathLike[str] | None = None,
+            model: str | os.PathLike[str] | Model | Sequence[Model] | None = None,
+            guideline: str | os.PathLike[str] | Guideline | Literal[False] | None = None,
             out_dir: str | os.PathLike | None = None, *, include_identifiers: bool = False,
-            radiomics: bool = True, location: bool = True, progress: Any = False) -> Report:
+            radiomics: bool = True, location: bool = True, progress: ProgressArg = False) -> Report:
     """Analyse one study: findings, stage and guideline-based treatment options.
 
     The model segments the lesions; each lesion is measured (volume, diameters), optionally
@@ -428,7 +435,7 @@ def _on_primary_grid(secondary: StudyImage, primary: StudyImage) -> Image:
         raise ValueError(f"the {secondary.candidate.modality} series does not share the {primary.candidate.modality} "
                          f"series' frame of reference ({b} vs {a}); register it first (mk.register) and pass "
                          "both images on one grid")
-    return resample_to(secondary.image, primary.image)
+    return cast(Image, resample_to(secondary.image, primary.image))  # an Image in gives an Image out
 
 
 def _lesion_entry(r: Any, features: dict[str, Any], place: dict[str, Any]) -> dict[str, Any]:

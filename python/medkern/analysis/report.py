@@ -121,7 +121,7 @@ class Report:
     """
 
     def __init__(self, data: dict[str, Any], image: Image | None = None, labels: Image | None = None,
-                 source_files: Sequence[os.PathLike] = ()):
+                 source_files: Sequence[str | os.PathLike[str]] = ()) -> None:
         self._data = data
         self.image = image
         self.labels = labels

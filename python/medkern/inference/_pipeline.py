@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import numpy as np
 
@@ -200,11 +200,12 @@ class Pipeline:
                 if kind == "clip":
                     x = np.clip(x, op["low"], op["high"]).astype(np.float32)
                 elif kind == "window":
-                    x = window(x, op["center"], op["width"], tuple(op["output_range"]))
+                    x = cast(np.ndarray, window(x, op["center"], op["width"], tuple(op["output_range"])))
                 elif kind == "zscore":
-                    x = normalize(x, "zscore", mask=(x != 0) if op["mask"] == "nonzero" else None)
+                    x = cast(np.ndarray, normalize(x, "zscore", mask=(x != 0) if op["mask"] == "nonzero" else None))
                 elif kind == "percentile":
-                    x = normalize(x, "percentile", percentiles=(op["low"], op["high"]), clip=op["clip"])
+                    x = cast(np.ndarray, normalize(x, "percentile", percentiles=(op["low"], op["high"]),
+                                                   clip=op["clip"]))
                 else:
                     x = (x * np.float32(op["scale"]) + np.float32(op["offset"])).astype(np.float32)
             x = np.asarray(x, dtype=np.float32)
@@ -435,7 +436,7 @@ def _to_model_grid(img: Image, orientation: str | None, spacing: Sequence[float]
     if spacing is not None and not np.allclose(img.spacing, spacing, rtol=1e-4, atol=0):
         from medkern._resample import resample
 
-        img = resample(img, spacing, interpolation="linear", antialias=antialias)
+        img = cast(Image, resample(img, spacing, interpolation="linear", antialias=antialias))
     return img
 
 
@@ -462,4 +463,4 @@ def _back_to_input(img: Image, reference: Image, interpolation: str) -> Image:
     if not np.all((reach >= -0.5 + 1e-6) & (reach < np.array(source.shape) - 0.5 - 1e-6)):
         source = Image(np.pad(source.array, 1, mode="edge"), source.spacing,
                        source.index_to_world(-np.ones(source.ndim)), source.direction)
-    return resample_to(source, reference, interpolation=interpolation)
+    return cast(Image, resample_to(source, reference, interpolation=interpolation))

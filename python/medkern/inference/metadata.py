@@ -53,10 +53,13 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medkern._reorient import ORIENTATION_LETTERS
 from medkern.errors import ModelError
+
+if TYPE_CHECKING:
+    import onnx
 
 __all__ = ["METADATA_KEY", "SCHEMA_VERSION", "validate_metadata", "write_model_metadata"]
 
@@ -149,7 +152,7 @@ def _per_axis(value: Any, n: int, field: str, kind: str) -> list:
     return [_number(v, f"{field}[{i}]", positive=True, low=low, high=high) for i, v in enumerate(value)]
 
 
-def validate_metadata(metadata: Any) -> dict[str, Any]:
+def validate_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     """Check model metadata against schema version 1 and return it with defaults filled in.
 
     The metadata records what a model expects around the network: input modalities, spatial
@@ -367,7 +370,8 @@ def parse_metadata(text: str | None) -> dict[str, Any] | None:
     return validate_metadata(meta)
 
 
-def write_model_metadata(model: Any, metadata: dict[str, Any], out: str | os.PathLike | None = None) -> Any:
+def write_model_metadata(model: str | os.PathLike[str] | bytes | bytearray | onnx.ModelProto, metadata: dict[str, Any],
+                         out: str | os.PathLike[str] | None = None) -> Path | bytes | onnx.ModelProto:
     """Attach validated medkern metadata to an ONNX model, replacing an earlier entry.
 
     The metadata's channel count and spatial rank are checked against the graph's first input

@@ -14,7 +14,9 @@ from typing import Any, Iterator, Sequence
 from medkern._docstrings import fill_doc
 from medkern._progress import Progress
 from medkern._reorient import reorient as reorient
+from medkern._typing import Array, ProgressArg
 from medkern.errors import ModelError
+from medkern.image import Image
 from medkern.inference._pipeline import Pipeline, Prediction
 from medkern.inference._pipeline import postprocess_labels as postprocess_labels
 from medkern.inference._session import OnnxSession, TensorInfo
@@ -67,7 +69,8 @@ class Model:
     ([3.0, 3.0, 3.0], ['background', 'gtv'])
     """
 
-    def __init__(self, source: str | os.PathLike | bytes, providers: Any = "auto", threads: int | None = None):
+    def __init__(self, source: str | os.PathLike | bytes, providers: str | Sequence[str] = "auto",
+                 threads: int | None = None) -> None:
         self._onnx = OnnxSession(source, providers, threads)
         try:
             self.metadata = parse_metadata(self._onnx.custom_metadata.get(METADATA_KEY))
@@ -109,7 +112,7 @@ class Model:
         return f"Model({name!r}, {task}, providers={self.providers})"
 
     # ------------------------------------------------------------------ raw execution
-    def run(self, *arrays: Any) -> list[Any]:
+    def run(self, *arrays: Array) -> list[Array]:
         """Run the graph on its inputs (positional, in graph order) and return every output.
 
         NumPy inputs give NumPy outputs. CuPy inputs on a CUDA session are bound on the device
@@ -144,11 +147,11 @@ class Model:
         """
         return self._onnx.run(*arrays)
 
-    def __call__(self, batch: Any) -> Any:
+    def __call__(self, batch: Array) -> Array:
         """First output for one input: the ``fn`` that :func:`medkern.sliding_window` calls."""
         return self.run(batch)[0]
 
-    def run_independent(self, batch: Any) -> Any:
+    def run_independent(self, batch: Array) -> Array:
         """Return the first output for a batch whose items do not interact (patches, separate cases).
 
         On the CPU the items run concurrently, ``threads`` at a time, each as a single-threaded
@@ -217,8 +220,8 @@ class Model:
         return self.metadata
 
     @fill_doc
-    def predict(self, *images: Any, tta: bool = False, postprocess: bool = True,
-                progress: Any = None) -> Prediction:
+    def predict(self, *images: Image, tta: bool = False, postprocess: bool = True,
+                progress: ProgressArg | Progress = None) -> Prediction:
         """Predict on one image (or one image per input channel, in the metadata's order).
 
         Steps, all from the metadata: reorient to the model's orientation (axis permutation and
@@ -277,8 +280,8 @@ class Model:
                                      postprocess=postprocess, progress=prog)[0]
 
     @fill_doc
-    def predict_many(self, images: Sequence[Any], tta: bool = False, postprocess: bool = True, *,
-                     progress: Any = None) -> list[Prediction]:
+    def predict_many(self, images: Sequence[Image | tuple[Image, ...] | list[Image]], tta: bool = False,
+                     postprocess: bool = True, *, progress: ProgressArg | Progress = None) -> list[Prediction]:
         """Predict on several cases; cases whose model-grid shapes agree share patch batches.
 
         Parameters

@@ -18,6 +18,7 @@ import numpy as np
 from medkern._dispatch import get_num_threads, is_cupy_array
 from medkern._docstrings import fill_doc
 from medkern._progress import Progress
+from medkern._typing import Array, ProgressArg
 from medkern._util import per_axis
 
 __all__ = ["sliding_window"]
@@ -59,11 +60,11 @@ def _weight_map(roi: tuple[int, int, int], blend: str, sigma_scale: tuple[float,
 
 
 @fill_doc
-def sliding_window(array: Any, fn: Callable[[np.ndarray], Any], roi_size: Sequence[int] | int,
+def sliding_window(array: Array, fn: Callable[[Array], Array], roi_size: Sequence[int] | int,
                    overlap: float | Sequence[float] = 0.5, blend: str = "gaussian",
                    sigma_scale: float | Sequence[float] = 0.125, batch_size: int = 4,
                    padding: str = "constant", cval: float = 0.0, *,
-                   spatial_dims: int | None = None, progress: Any = None) -> np.ndarray:
+                   spatial_dims: int | None = None, progress: ProgressArg | Progress = None) -> Array:
     """Run ``fn`` over overlapping patches of an array and blend the outputs (MONAI semantics).
 
     Equals ``monai.inferers.sliding_window_inference`` with the same settings to float32

@@ -59,12 +59,16 @@ import warnings
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import numpy as np
 
 from medkern.errors import DicomError
 from medkern.image import Image
+from medkern.io.dicom import DicomSeries
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 __all__ = ["write_dicom_series", "PATIENT_KEYS", "STUDY_KEYS"]
 
@@ -513,7 +517,8 @@ def _series_attributes(modality: str, description: str, series_number: int, pati
 
 def write_dicom_series(img: Image, directory: str | os.PathLike, *, modality: str = "MR",
                        series_description: str = "medkern derived series", patient: dict | None = None,
-                       study: dict | None = None, source: Any = None, series_number: int = 1,
+                       study: dict | None = None,
+                       source: DicomSeries | str | os.PathLike[str] | Dataset | None = None, series_number: int = 1,
                        overwrite: bool = False) -> list[Path]:
     """Write an Image as a DICOM series, one single-frame file per slice (array axis 0).
 

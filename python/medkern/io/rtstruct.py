@@ -20,6 +20,7 @@ import numpy as np
 from medkern._dispatch import Kernel
 from medkern.errors import DicomError, RTStructWarning
 from medkern.image import Image
+from medkern.io.dicom import DicomSeries
 
 __all__ = ["fill_polygons", "read_rtstruct", "reference_series"]
 
@@ -92,8 +93,9 @@ def _reference(reference: Any) -> tuple[Image, str | None]:
     return series.read(), series.frame_of_reference_uid
 
 
-def read_rtstruct(path: str | os.PathLike, reference: Any, rois: Sequence[str] | None = None
-                  ) -> dict[str, Image]:
+def read_rtstruct(path: str | os.PathLike,
+                  reference: Image | DicomSeries | str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+                  rois: Sequence[str] | None = None) -> dict[str, Image]:
     """Rasterise the ROIs of an RT Structure Set (RTSTRUCT) onto the grid of its reference image.
 
     Voxel centres are sampled with the even-odd rule, so nested contours are holes. Contours

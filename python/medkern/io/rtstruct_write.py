@@ -50,6 +50,7 @@ import numpy as np
 
 from medkern.errors import DicomError
 from medkern.image import Image
+from medkern.io.dicom import DicomSeries
 
 __all__ = ["write_rtstruct"]
 
@@ -364,8 +365,13 @@ def _reference_source(reference: Any, labels_grid: Image) -> Any:
     return src, series
 
 
-def write_rtstruct(labels: Any, reference: Any, path: str | os.PathLike, names: Any = None, colors: Any = None, *,
-                   roi_types: Any = None, generation_algorithm: str | None = None, label: str = "medkern",
+def write_rtstruct(labels: Image | Mapping[str, Image],
+                   reference: DicomSeries | str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+                   path: str | os.PathLike, names: Mapping[int, str] | Sequence[str] | None = None,
+                   colors: Mapping[int, Sequence[int]] | Mapping[str, Sequence[int]] | Sequence[Sequence[int]]
+                   | None = None, *,
+                   roi_types: str | Mapping[int, str] | Mapping[str, str] | None = None,
+                   generation_algorithm: str | None = None, label: str = "medkern",
                    series_description: str = "medkern structure set",
                    series_number: int = _RTSTRUCT_SERIES_NUMBER) -> Path:
     """Write a label map as an RT Structure Set (RTSTRUCT) that references its image series.

@@ -12,6 +12,7 @@ import numpy as np
 
 from medkern._docstrings import fill_doc
 from medkern._progress import Progress
+from medkern._typing import ProgressArg
 from medkern.errors import DicomError
 from medkern.image import Image
 from medkern.io.dicom._geometry import _Layout, _layout
@@ -117,7 +118,7 @@ class DicomSeries(_Identity):
         return not self.problems and not self.unreadable and self._layout.fatal is None
 
     @fill_doc
-    def read(self, allow_irregular: bool = False, *, progress: Any = None) -> Image:
+    def read(self, allow_irregular: bool = False, *, progress: ProgressArg | Progress = None) -> Image:
         """Read the series as an Image.
 
         Parameters
@@ -258,7 +259,7 @@ def _check_directory(directory: str | os.PathLike) -> Path:
 
 @fill_doc
 def list_dicom_series(directory: str | os.PathLike, recursive: bool = True, *,
-                      progress: Any = None) -> list[DicomSeries]:
+                      progress: ProgressArg = None) -> list[DicomSeries]:
     """List the image series under a folder, one entry per SeriesInstanceUID and part.
 
     Only headers are parsed, of regular files only (named pipes, sockets and devices are
@@ -335,7 +336,7 @@ class DicomScan:
 
 
 def scan_dicom_folder(directory: str | os.PathLike, recursive: bool = True, *,
-                      progress: Any = None) -> DicomScan:
+                      progress: ProgressArg = None) -> DicomScan:
     """The header scan behind :func:`list_dicom_series`, with what it could not read.
 
     For callers that must account for every file of a folder (a study whose every file is
@@ -360,7 +361,7 @@ def scan_dicom_folder(directory: str | os.PathLike, recursive: bool = True, *,
 @fill_doc
 def read_dicom_series(directory: str | os.PathLike, series_uid: str | None = None,
                       allow_irregular: bool = False, recursive: bool = True, *,
-                      progress: Any = None) -> Image:
+                      progress: ProgressArg = None) -> Image:
     """Read one DICOM series from a folder as an Image, with its LPS geometry.
 
     Slices are ordered by ImagePositionPatient projected on the slice normal (never by
