@@ -57,7 +57,7 @@ class BackendStatus(NamedTuple):
     >>> status.available, bool(status)
     (True, True)
     >>> status.detail
-    'medkern._core (...OpenMP)'
+    'medkern._core (...OpenMP, SIMD level ...)'
     """
 
     available: bool
@@ -129,10 +129,10 @@ def get_num_threads() -> int:
 def _probe(name: str) -> BackendStatus:
     if name == "cpp":
         try:
-            from medkern import _core
+            from medkern import _core, _cpu
 
             omp = "OpenMP" if _core.openmp else "no OpenMP"
-            return BackendStatus(True, f"medkern._core ({omp})")
+            return BackendStatus(True, f"medkern._core ({omp}, SIMD level {_cpu.active_level()})")
         except ImportError as exc:
             return BackendStatus(False, f"compiled extension medkern._core not importable: {exc}")
     if name == "numba":
@@ -177,6 +177,12 @@ def backend_status(name: str) -> BackendStatus:
         return _status_cache[name]
 
 
+def _forget_status(name: str) -> None:
+    """Probe ``name`` again on next use (its detail changed, e.g. the SIMD level)."""
+    with _lock:
+        _status_cache.pop(name, None)
+
+
 def backends() -> dict[str, BackendStatus]:
     """Report which backends can run here, and why not.
 
@@ -185,6 +191,8 @@ def backends() -> dict[str, BackendStatus]:
     ``"cupy"`` the CuPy fallback. ``backend="auto"`` runs numpy input on ``"cpp"`` (``"numba"``
     when the extension is missing) and cupy input on ``"cuda"`` (``"cupy"`` when
     ``medkern._cuda`` is missing or sees no device). Each backend is probed once, on first use.
+    The ``"cpp"`` detail names the SIMD level the hot kernels run at (``baseline``, ``avx2`` or
+    ``avx512``: the best this CPU supports, or ``MEDKERN_ISA`` when set; see ``medkern._cpu``).
 
     Returns
     -------
@@ -203,7 +211,7 @@ def backends() -> dict[str, BackendStatus]:
     >>> list(status)
     ['cpp', 'numba', 'cuda', 'cupy']
     >>> status["cpp"]
-    BackendStatus(available=True, detail='medkern._core (...OpenMP)')
+    BackendStatus(available=True, detail='medkern._core (...OpenMP, SIMD level ...)')
     """
     return {name: backend_status(name) for name in BACKENDS}
 
@@ -291,13 +299,17 @@ class Kernel:
 
 
 def _core_binding(name: str) -> Callable[..., Any]:
-    """``medkern._core.<name>`` with the thread count appended, read at each call."""
-    from medkern import _core
+    """``medkern._core.<name>`` with the thread count appended, read at each call.
 
-    binding = getattr(_core, name)
+    The binding is taken at each call from the module of the active SIMD level
+    (``medkern._cpu``), which registers the same names for the hot families.
+    """
+    from medkern import _core, _cpu
+
+    getattr(_core, name)  # a missing binding fails here, at first use, as before
 
     def call(*args: Any) -> Any:
-        return binding(*args, get_num_threads())
+        return _cpu.binding(name)(*args, get_num_threads())
 
     call.__name__ = call.__qualname__ = name
     return call

@@ -11,8 +11,10 @@
 
 // Hot inner loops are compiled twice, for baseline x86-64 and for AVX2, and the loader picks one
 // at run time: a distributed wheel stays portable while AVX2 machines get 8 float lanes. No FMA is
-// enabled, so both clones round identically.
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__CUDACC__) && !defined(__clang__)
+// enabled, so both clones round identically. Not needed where the whole family is built per
+// instruction set (MEDKERN_MULTI_ISA, CMakeLists.txt) or already targets AVX2.
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__CUDACC__) && !defined(__clang__) && \
+    !defined(MEDKERN_MULTI_ISA) && !defined(__AVX2__)
 #define MEDKERN_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define MEDKERN_SIMD_CLONES
