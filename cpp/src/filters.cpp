@@ -4,6 +4,7 @@
 
 #include "bindings.hpp"
 #include "medkern/bilateral.hpp"
+#include "medkern/bilateral_grid.hpp"
 #include "medkern/diffusion.hpp"
 #include "medkern/filters.hpp"
 #include "medkern/median.hpp"
@@ -114,6 +115,45 @@ py::array_t<float> bilateral_filter(const py::array& x, const std::vector<double
   });
 }
 
+// Grid sampling, kernels and range from medkern._filters (which sizes the grid); checked here
+// again only so that no argument can index outside the grid.
+py::array_t<float> bilateral_grid(const py::array& x, const std::vector<double>& sampling,
+                                  const std::vector<std::vector<float>>& kernels,
+                                  const std::vector<float>& range_kernel, double lo, double hi,
+                                  double range_sampling, double max_bytes, int n_threads) {
+  const Shape3 s = volume_of(x);
+  medkern::BilateralGridPlan plan;
+  plan.n[0] = s.n0, plan.n[1] = s.n1, plan.n[2] = s.n2;
+  const auto sp = per_axis3<double>(sampling, x, 1.0, "sampling");
+  const auto ks = per_axis3<std::vector<float>>(kernels, x, {1.0f}, "kernels");
+  for (int a = 0; a < 3; ++a) {
+    if (!(sp[a] >= 1.0 && sp[a] <= 1e6)) throw py::value_error("sampling must be in [1, 1e6]");
+    if (ks[a].empty() || ks[a].size() % 2 == 0 || ks[a].size() > 1025)
+      throw py::value_error("kernels must have odd length <= 1025");
+    plan.sampling[a] = sp[a];
+    plan.kernel[a] = ks[a];
+  }
+  if (range_kernel.empty() || range_kernel.size() % 2 == 0 || range_kernel.size() > 1025)
+    throw py::value_error("range_kernel must have odd length <= 1025");
+  plan.range_kernel = range_kernel;
+  const float lo_f = static_cast<float>(lo), rs = static_cast<float>(range_sampling);
+  if (!(std::isfinite(lo_f) && std::isfinite(static_cast<float>(hi)) && hi >= lo && rs > 0 &&
+        std::isfinite(rs)))
+    throw py::value_error("need lo <= hi and range_sampling > 0, finite in float32");
+  if (!(max_bytes > 0 && std::isfinite(max_bytes))) throw py::value_error("max_bytes must be > 0");
+  const float top = (static_cast<float>(hi) - lo_f) * (1.0f / rs);
+  if (!(top < float(1 << 24))) throw py::value_error("more than 2**24 range cells");
+  plan.lo = lo_f;
+  plan.range_sampling = rs;
+  plan.range_cells = static_cast<index_t>(top) + 2;
+  const auto layout = medkern::bilateral_grid_layout(plan, n_threads, max_bytes);
+  if (static_cast<double>(layout.task_floats()) * sizeof(float) > max_bytes)
+    throw py::value_error("the bilateral grid exceeds max_bytes");
+  return float_result(x, [&](const auto* src, float* dst) {
+    medkern::bilateral_grid(src, dst, plan, layout, n_threads);
+  });
+}
+
 py::array_t<float> anisotropic_diffusion(const py::array& x, const std::vector<double>& spacing,
                                          int iterations, double time_step, double conductance,
                                          int kind, int n_threads) {
@@ -143,6 +183,9 @@ void register_filters(py::module_& m) {
   m.def("bilateral_filter", &bilateral_filter, py::arg("x"), py::arg("spacing"),
         py::arg("sigma_mm"), py::arg("radius"), py::arg("sigma_range"), py::arg("cutoff_sigmas"),
         py::arg("samples"), py::arg("n_threads"));
+  m.def("bilateral_grid", &bilateral_grid, py::arg("x"), py::arg("sampling"), py::arg("kernels"),
+        py::arg("range_kernel"), py::arg("lo"), py::arg("hi"), py::arg("range_sampling"),
+        py::arg("max_bytes"), py::arg("n_threads"));
   m.def("anisotropic_diffusion", &anisotropic_diffusion, py::arg("x"), py::arg("spacing"),
         py::arg("iterations"), py::arg("time_step"), py::arg("conductance"), py::arg("kind"),
         py::arg("n_threads"));

@@ -44,6 +44,7 @@ median_filter = Kernel("median_filter", cpp="median_filter", numba=_NUMBA + "med
                        cuda=_CUPY + "median_filter_cuda", cupy=_CUPY + "median_filter")
 bilateral_filter = Kernel("bilateral_filter", cpp="bilateral_filter", numba=_NUMBA + "bilateral_filter",
                           cuda=_CUPY + "bilateral_filter_cuda", cupy=_CUPY + "bilateral_filter")
+bilateral_grid_filter = Kernel("bilateral_grid", cpp="bilateral_grid")
 diffusion = Kernel("anisotropic_diffusion", cpp="anisotropic_diffusion",
                    numba=_NUMBA + "anisotropic_diffusion")
 
@@ -469,15 +470,118 @@ BILATERAL_RANGE_MU = 4.0
 BILATERAL_RANGE_SAMPLES = 100
 
 
+# Bilateral grid: one cell per 1.5 sigma along each axis (at least one voxel) and per sigma_range
+# of intensity. Paris & Durand 2009 sample at one sigma; since the blur here makes up only the
+# spread that the linear splat and slice leave missing (_bilateral_grid_plan), cells of 1.5 sigma
+# cost ~1.4x the mean error of 1-sigma cells (MNI152 T1) for half the time, while coarser range
+# cells cost more error than they save.
+# The working set is a few grid planes per thread; past this many bytes method="grid" refuses (a
+# larger sigma_range or a narrower intensity range shrinks it).
+BILATERAL_GRID_CELL_SIGMAS = 1.5
+BILATERAL_GRID_MAX_BYTES = 1 << 30
+
+
+def _discrete_gaussian(variance: float, max_radius: int) -> list[float]:
+    """Sampled, normalised Gaussian (radius ``ceil(2 sigma)``, at most ``max_radius``) whose
+    discrete variance is ``variance`` (cells^2): the grid blur then adds exactly the spread that
+    splatting and slicing leave missing. ``[1]`` for a variance of 0."""
+    if variance <= 1e-6:
+        return [1.0]
+
+    def kernel(s: float) -> tuple[np.ndarray, np.ndarray]:
+        r = min(max(1, math.ceil(2 * s)), max_radius)
+        x = np.arange(-r, r + 1, dtype=np.float64)
+        w = np.exp(-0.5 * (x / s) ** 2)
+        return w / w.sum(), x
+
+    s = math.sqrt(variance)
+    if s < 4:  # below a few cells the sampled variance differs from s^2: solve for it
+        lo_s, hi_s = 1e-3, s + 1.0
+        for _ in range(50):
+            mid = 0.5 * (lo_s + hi_s)
+            w, x = kernel(mid)
+            lo_s, hi_s = (mid, hi_s) if float((w * x * x).sum()) < variance else (lo_s, mid)
+        s = 0.5 * (lo_s + hi_s)
+    return [float(v) for v in kernel(s)[0]]
+
+
+def _sampled_gaussian(sigma: float, radius: int) -> list[float]:
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    w = np.exp(-0.5 * (x / sigma) ** 2)
+    return [float(v) for v in w / w.sum()]
+
+
+def _tent_variance(n: int, sampling: float) -> float:
+    """Mean variance (cells^2) that a linear splat, or slice, adds at the voxels of one axis."""
+    u = np.arange(n, dtype=np.float64) / sampling
+    f = u - np.floor(u)
+    return float(np.mean(f * (1 - f)))
+
+
+def _bilateral_grid_plan(shape, sigma_vox, sigma_range: float, lo: float, hi: float):
+    """Sampling (voxels per cell), blur kernels, range cells and the bytes one thread holds."""
+    sampling = [min(max(1.0, BILATERAL_GRID_CELL_SIGMAS * s), 1e6) for s in sigma_vox]
+    cells = [int((n - 1) / c) + 2 for n, c in zip(shape, sampling)]
+    # Splatting and slicing each spread a voxel over its cell (the tent variance); the blur adds
+    # the rest of sigma^2. A kernel wider than the grid is cut there (no cell lies beyond).
+    # With one cell per voxel nothing is spread: the exact filter's sampled Gaussian, as is.
+    kernels = [_discrete_gaussian((s / c) ** 2 - 2 * _tent_variance(n, c), g) if c > 1 else
+               _sampled_gaussian(s, min(math.ceil(BILATERAL_DOMAIN_MU * s), g))
+               for n, s, c, g in zip(shape, sigma_vox, sampling, cells)]
+    range_cells = int(min((hi - lo) / sigma_range, 2.0**60)) + 2
+    # Intensities are continuous: a linear splat and slice add 1/6 + 1/6 of a cell^2 each.
+    range_kernel = _discrete_gaussian(1.0 - 1.0 / 3.0, range_cells)
+    radius0 = len(kernels[0]) // 2 if len(shape) == 3 else 0
+    row = cells[-1] * range_cells * 2
+    task_bytes = 4 * ((2 * radius0 + 5) * cells[-2] * row + row)
+    return sampling, kernels, range_kernel, range_cells, task_bytes
+
+
+def _bilateral_grid(x, spacing, sig, sigma_range: float, backend: str):
+    lo, hi = float(x.min()), float(x.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # the exact filter's message and counts
+        _reject_nan(x, "bilateral")
+    if max(-lo, hi) > float(np.finfo(np.float32).max):
+        raise ValueError(f"bilateral: method='grid' computes in float32, and the image holds values up to "
+                         f"{max(-lo, hi):g}; rescale it first")
+    sigma_vox = [s / sp for s, sp in zip(sig, spacing)]
+    sampling, kernels, range_kernel, range_cells, task_bytes = _bilateral_grid_plan(
+        x.shape, sigma_vox, sigma_range, lo, hi)
+    if task_bytes > BILATERAL_GRID_MAX_BYTES:
+        raise ValueError(
+            f"bilateral: method='grid' needs {task_bytes / 2**30:.1f} GiB of grid (more than "
+            f"{BILATERAL_GRID_MAX_BYTES / 2**30:g} GiB): {range_cells} intensity cells, the intensity "
+            f"range {hi - lo:g} / sigma_range {sigma_range:g}, times the cells of a plane. Raise "
+            "sigma_range, clip outlying intensities first (np.clip, mk.window), or use method='exact'")
+    return bilateral_grid_filter(x, sampling, kernels, range_kernel, lo, hi, sigma_range,
+                                 float(BILATERAL_GRID_MAX_BYTES), backend=backend)
+
+
 @fill_doc
 def bilateral(img: ImageLike, sigma_spatial_mm: PerAxis, sigma_range: float, *,
-              radius: int | Sequence[int] | None = None, backend: str = "auto") -> ImageLike:
+              radius: int | Sequence[int] | None = None, method: str = "exact",
+              backend: str = "auto") -> ImageLike:
     """Edge-preserving bilateral filter (Tomasi & Manduchi 1998), 2D and 3D.
 
     Weight of neighbour q for voxel p: the Gaussian of the physical offset times the Gaussian of
-    the intensity difference. Defined as SimpleITK ``Bilateral``: box of radius
+    the intensity difference. ``method="exact"`` is SimpleITK ``Bilateral``: box of radius
     ``ceil(2.5 sigma / spacing)`` voxels per axis, range Gaussian tabulated at 100 steps up to
     ``4 sigma_range`` and zero beyond, nearest-sample boundary.
+
+    ``method="grid"`` is the bilateral grid (Chen, Paris & Durand 2007; Paris & Durand 2009), an
+    approximation whose cost hardly grows with sigma: voxels are splatted with linear weights
+    into a grid with one cell per 1.5 ``sigma_spatial_mm`` along each axis (in voxels through the
+    spacing, at least one voxel) and one per ``sigma_range`` of intensity, the grid is blurred
+    with a small separable Gaussian (the spread that splatting and slicing leave missing, so the
+    total matches sigma), and each voxel reads the result back by linear interpolation at its
+    own position and intensity, normalised by the blurred weight. It trades exactness for speed
+    (SIMD-wide work on a coarse grid instead of a weight per neighbour): the weights are smooth
+    Gaussians without the exact filter's box and range cut-offs, sampled on the grid. Against
+    ``"exact"``, relative to the intensity range, the mean absolute error is 0.03%% (CT, sigma_range
+    50 HU) to 0.3%% (MR, uniform noise 0.6%%), the 99th percentile 0.1%% to 1.5%% (noise 2%%), the
+    PSNR 43 to 69 dB; edges much stronger than ``sigma_range`` stay as sharp as with ``"exact"``.
+    The memory held is a few grid planes per thread, growing with ``(max - min) / sigma_range``;
+    past 1 GiB a ValueError says how to shrink it (an outlying voxel stretches the range: clip).
 
     Parameters
     ----------
@@ -487,7 +591,10 @@ def bilateral(img: ImageLike, sigma_spatial_mm: PerAxis, sigma_range: float, *,
     sigma_range : float
         Intensity standard deviation, in intensity units.
     radius : int or sequence of int, optional
-        Box radius in voxels, overriding ``ceil(2.5 sigma / spacing)``.
+        Box radius in voxels, overriding ``ceil(2.5 sigma / spacing)`` (``method="exact"`` only).
+    method : {"exact", "grid"}, optional
+        ``"exact"`` (default): SimpleITK's definition. ``"grid"``: the fast bilateral grid
+        approximation, CPU only.
     %(backend)s
 
     Returns
@@ -499,12 +606,19 @@ def bilateral(img: ImageLike, sigma_spatial_mm: PerAxis, sigma_range: float, *,
     ------
     ValueError
         Non-finite voxels (NaN, +-inf), with their count; a box radius (given, or from
-        ``sigma_spatial_mm``) beyond the axis length; sigmas that are not positive.
+        ``sigma_spatial_mm``) beyond the axis length (``"exact"``); sigmas that are not positive;
+        an unknown method; a grid beyond 1 GiB (``"grid"``).
 
     See Also
     --------
     anisotropic_diffusion : Another edge-preserving smoother.
     gaussian : Smoothing across edges.
+
+    Notes
+    -----
+    Chen, Paris & Durand, "Real-time edge-aware image processing with the bilateral grid",
+    SIGGRAPH 2007. Paris & Durand, "A fast approximation of the bilateral filter using a signal
+    processing approach", IJCV 81(1), 2009.
 
     Examples
     --------
@@ -512,9 +626,13 @@ def bilateral(img: ImageLike, sigma_spatial_mm: PerAxis, sigma_range: float, *,
     ...                 spacing=(1.0, 0.5))
     >>> mk.bilateral(step, sigma_spatial_mm=1.0, sigma_range=10.0).array[1]   # the edge survives
     array([  0.,   0.,   0., 100., 100., 100.], dtype=float32)
+    >>> mk.bilateral(step, 1.0, 10.0, method="grid").array[1]               # and on the grid
+    array([  0.,   0.,   0., 100., 100., 100.], dtype=float32)
     """
     x, image, rewrap = unwrap(img)
     _check_nonempty(x, "bilateral")
+    if method not in ("exact", "grid"):
+        raise ValueError(f"bilateral: method must be 'exact' or 'grid', got {method!r}")
     spacing = _spacing(image, x)
     sig = per_axis(sigma_spatial_mm, x.ndim, "bilateral: sigma_spatial_mm")
     if any(s <= 0 for s in sig):
@@ -522,6 +640,11 @@ def bilateral(img: ImageLike, sigma_spatial_mm: PerAxis, sigma_range: float, *,
     sigma_range = float(sigma_range)
     if not (np.isfinite(sigma_range) and sigma_range > 0):
         raise ValueError(f"bilateral: sigma_range must be positive and finite, got {sigma_range}")
+    if method == "grid":
+        if radius is not None:
+            raise ValueError("bilateral: radius sets the exact filter's box; method='grid' has none "
+                             "(its extent follows sigma_spatial_mm): drop radius or use method='exact'")
+        return rewrap(_bilateral_grid(x, spacing, sig, sigma_range, backend))
     if radius is None:
         r = tuple(int(math.ceil(BILATERAL_DOMAIN_MU * s / sp)) for s, sp in zip(sig, spacing))
     else:
