@@ -1,6 +1,9 @@
 // Bilateral filter (Tomasi & Manduchi 1998) with the weights of ITK's BilateralImageFilter.
 #pragma once
 #include <vector>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #include "medkern/filters.hpp"
 
@@ -25,12 +28,31 @@ namespace detail {
 
 constexpr index_t kBilateralLanes = 32;
 
+// The range weights of bins b .. b + 7 (bin b: the Gaussian at the bin's left edge b * bin_width,
+// the value ITK tabulates), computed with the same lane arithmetic the chunk used before it
+// looked them up, so a table entry has the bits the evaluation at that bin gave.
+MEDKERN_ALWAYS_INLINE vf8 range_weights8(vi8 bin, const RangeKernel& rk) {
+  const vf8 at = __builtin_convertvector(bin, vf8) * rk.bin_width;
+  return exp_neg8(at * at * rk.neg_half_inv_var);
+}
+
+// table[b] for the eight lanes' bins (all in [0, samples]).
+MEDKERN_ALWAYS_INLINE vf8 lookup8(const float* table, vi8 bin) {
+#if defined(__AVX2__)
+  return reinterpret_cast<vf8>(_mm256_i32gather_ps(table, reinterpret_cast<__m256i>(bin), 4));
+#else
+  return vf8{table[bin[0]], table[bin[1]], table[bin[2]], table[bin[3]],
+             table[bin[4]], table[bin[5]], table[bin[6]], table[bin[7]]};
+#endif
+}
+
 // One chunk of kBilateralLanes voxels: centre values c, neighbour rows elem[q] shifted to the
-// chunk, domain weights wd[q]. The table lookup is replaced by evaluating the Gaussian at the
-// bin's left edge (the tabulated value), so the loop runs on SIMD lanes without gathers.
+// chunk, domain weights wd[q]. The range weight of each lane is looked up by bin in `table`
+// (range_weights8 of bins 0 .. samples) or, where table is null, evaluated at the bin's left
+// edge; both give the same bits, and the loop runs on SIMD lanes either way.
 MEDKERN_SIMD_CLONES
 inline void bilateral_chunk(const float* const* elem, const float* wd, index_t n, index_t i0,
-                            const float* c, const RangeKernel& rk, float* out) {
+                            const float* c, const RangeKernel& rk, const float* table, float* out) {
   constexpr int G = kBilateralLanes / 8;
   vf8 num[G], den[G], cen[G];
   for (int g = 0; g < G; ++g) {
@@ -47,11 +69,9 @@ inline void bilateral_chunk(const float* const* elem, const float* wd, index_t n
       // they are clamped to the table size first, since converting a bin position beyond int
       // range (a huge intensity difference) to an integer is undefined.
       const vf8 pos = d * rk.to_bin, last = vf8{} + static_cast<float>(rk.samples);
-      const vf8 at = __builtin_convertvector(
-                         __builtin_convertvector(select8(pos < last, pos, last), vi8), vf8) *
-                     rk.bin_width;
-      const vf8 w =
-          select8(d < rk.cutoff, exp_neg8(at * at * rk.neg_half_inv_var) * w_domain, vf8{});
+      const vi8 bin = __builtin_convertvector(select8(pos < last, pos, last), vi8);
+      const vf8 wr = table ? lookup8(table, bin) : range_weights8(bin, rk);
+      const vf8 w = select8(d < rk.cutoff, wr * w_domain, vf8{});
       num[g] += w * x;
       den[g] += w;
     }
@@ -83,6 +103,16 @@ void bilateral_filter(const T* in, float* out, const Shape3& s, const double* sp
         }
     for (double v : w) wd.push_back(static_cast<float>(v / sum));
   }
+  // The range weights per bin, for the lookup (the usual 100 samples: 101 entries).
+  std::vector<float> table;
+  if (rk.samples >= 0 && rk.samples <= (1 << 16)) {
+    table.resize(static_cast<std::size_t>(rk.samples + 8));
+    for (int b = 0; b <= rk.samples; b += 8) {
+      const vf8 w = detail::range_weights8(vi8{0, 1, 2, 3, 4, 5, 6, 7} + b, rk);
+      std::memcpy(table.data() + b, &w, sizeof w);
+    }
+  }
+  const float* lut = table.empty() ? nullptr : table.data();
   const index_t n = static_cast<index_t>(wd.size());
   const index_t nrows = (2 * r[0] + 1) * (2 * r[1] + 1);
   constexpr index_t L = detail::kBilateralLanes;
@@ -107,7 +137,8 @@ void bilateral_filter(const T* in, float* out, const Shape3& s, const double* sp
       for (index_t i0 = 0; i0 < s.n2; i0 += L) {
         for (index_t l = 0; l < L; ++l) centre[l] = mid[i0 + l];
         const bool full = i0 + L <= s.n2;
-        detail::bilateral_chunk(elem.data(), wd.data(), n, i0, centre, rk, full ? o + i0 : tail);
+        detail::bilateral_chunk(elem.data(), wd.data(), n, i0, centre, rk, lut,
+                                full ? o + i0 : tail);
         if (!full)
           for (index_t i = i0; i < s.n2; ++i) o[i] = tail[i - i0];
       }
