@@ -1,9 +1,13 @@
 """Sliding-window inference: medkern (ONNX Runtime + C++ blending) vs MONAI (PyTorch CPU).
 
-Same network (a monai UNet exported to ONNX), same 192x192x128 volume, roi 96^3, overlap 0.5,
-Gaussian blending, same patch batch size. Peak RSS increase is measured in fresh subprocesses
-(one per library) from just before the call to its end, so imports and weights do not count.
-Needs torch and monai (benchmark/test-only dependencies).
+The three MONAI 3D segmentation networks of ``inference_nets.py`` (UNet, DynUNet nnU-Net-style,
+SegResNet; fixed-seed random weights, each named with its config in its row), exported to ONNX;
+same 128x192x192 volume, roi 96^3, overlap 0.5, Gaussian blending, patch batch 4 on both sides,
+the same threads. Peak RSS increase is measured in fresh subprocesses (one per library) from just
+before the call to its end, so imports and weights do not count. Then ``model.predict`` on each
+network and on the shipped models, with the share of its time spent outside the network. The
+other levers (ONNX Runtime settings, batch size, INT8) are ``inference_levers.py``; OpenVINO is
+``inference_openvino.py``. Needs torch and monai (benchmark/test-only dependencies).
 """
 
 from __future__ import annotations
@@ -14,39 +18,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
+from inference_nets import NETS, ROI, build, export_onnx
 
 import medkern as mk
 
 from _harness import Case
 
 SHAPE = (128, 192, 192)
-ROI = (96, 96, 96)
-BATCH = 2
+BATCH = 4
 HERE = Path(__file__).resolve().parent
-
-
-def build_unet():
-    import torch
-    from monai.networks.nets import UNet
-
-    torch.manual_seed(0)
-    return UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(8, 16, 32, 64), strides=(2, 2, 2),
-                num_res_units=1).eval()
-
-
-def export_onnx(net, path: Path) -> None:
-    import torch
-
-    axes = {0: "b", 2: "z", 3: "y", 4: "x"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.zeros(1, 1, *ROI),), str(path), input_names=["image"],
-                          output_names=["logits"], opset_version=17, dynamo=False,
-                          dynamic_axes={"image": axes, "logits": axes})
+SHARED = Path(os.environ.get("MEDKERN_SHARED_DATA", HERE.parent.parent / "shared" / "data"))
 
 
 def volume() -> np.ndarray:
@@ -76,8 +60,8 @@ def _peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-# Run in a subprocess: `python bench_inference.py rss medkern|monai MODEL.onnx`.
-def _rss_child(which: str, onnx_path: str) -> None:
+# Run in a subprocess: `python bench_inference.py rss medkern|monai NET MODEL.onnx`.
+def _rss_child(which: str, net_name: str, onnx_path: str) -> None:
     x = volume()
     if which == "medkern":
         model = mk.Model(onnx_path)
@@ -87,7 +71,7 @@ def _rss_child(which: str, onnx_path: str) -> None:
         import torch
         from monai.inferers import sliding_window_inference
 
-        net = build_unet()
+        net = build(net_name)
         t = torch.from_numpy(x)
         before = _peak_rss_mb()
         with torch.no_grad():
@@ -96,21 +80,19 @@ def _rss_child(which: str, onnx_path: str) -> None:
     print(json.dumps({"increase_mb": after - before}))
 
 
-def peak_rss_increase(which: str, onnx_path: Path) -> float:
+def peak_rss_increase(which: str, net_name: str, onnx_path: Path) -> float:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent / "python"), str(HERE)]))
-    out = subprocess.run([sys.executable, __file__, "rss", which, str(onnx_path)], env=env,
+    out = subprocess.run([sys.executable, __file__, "rss", which, net_name, str(onnx_path)], env=env,
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["increase_mb"]
 
 
-def cases(quick: bool) -> list[Case]:
+def net_case(net_name: str, tmp: Path, quick: bool) -> tuple[Case, Path]:
     import torch
     from monai.inferers import sliding_window_inference
 
-    net = build_unet()
-    tmp = Path(tempfile.mkdtemp(prefix="medkern_bench_"))
-    onnx_path = tmp / "unet.onnx"
-    export_onnx(net, onnx_path)
+    net = build(net_name)
+    onnx_path = export_onnx(net, tmp / f"{net_name}.onnx")
     model = mk.Model(onnx_path)
     x = volume()
     t = torch.from_numpy(x)
@@ -119,20 +101,29 @@ def cases(quick: bool) -> list[Case]:
         with torch.no_grad():
             return sliding_window_inference(t, ROI, BATCH, net, overlap=0.5, mode="gaussian", sigma_scale=0.125)
 
-    mk_mb, monai_mb = peak_rss_increase("medkern", onnx_path), peak_rss_increase("monai", onnx_path)
+    mk_mb, monai_mb = (peak_rss_increase(w, net_name, onnx_path) for w in ("medkern", "monai"))
     ref = monai_run().numpy()
     err = float(np.abs(mk.sliding_window(x, model, ROI, 0.5, "gaussian", 0.125, BATCH) - ref).max())
-    name = (f"sliding_window UNet {SHAPE} roi 96^3 ov 0.5 gaussian, batch {BATCH} "
+    name = (f"sliding_window {NETS[net_name][0]}, {SHAPE} roi 96^3 ov 0.5 gaussian, batch {BATCH} "
             f"(max |diff| {err:.1e}; peak RSS increase {mk_mb:.0f} MB vs MONAI {monai_mb:.0f} MB "
             f"= {mk_mb / monai_mb:.2f}x)")
-    out = [Case(name, lambda: mk.sliding_window(x, model, ROI, 0.5, "gaussian", 0.125, BATCH),
+    case = Case(name, lambda: mk.sliding_window(x, model, ROI, 0.5, "gaussian", 0.125, BATCH),
                 {f"MONAI sliding_window_inference (torch {torch.__version__}, {torch.get_num_threads()} threads)":
-                 monai_run}, target=">= 1.5x, RSS <= 0.5x", repeats=2 if quick else 3)]
-    out += predict_cases(onnx_path, tmp)
+                 monai_run}, target=">= 2x, RSS <= 0.5x", repeats=2 if quick else 3)
+    return case, onnx_path
+
+
+def cases(quick: bool) -> list[Case]:
+    tmp = Path(tempfile.mkdtemp(prefix="medkern_bench_"))
+    out, paths = [], {}
+    for net_name in (["UNet"] if quick else NETS):
+        case, paths[net_name] = net_case(net_name, tmp, quick)
+        out.append(case)
+    out += predict_cases(paths, tmp)
     return out
 
 
-def predict_overhead(model: mk.Model, image: mk.Image, runs: int = 3) -> tuple[float, float]:
+def predict_overhead(model: mk.Model, *images: mk.Image, runs: int = 3) -> tuple[float, float]:
     """(median share of model.predict's time spent outside the network, median total seconds).
 
     Network time is the union of the intervals in which any ONNX Runtime session of the model
@@ -155,12 +146,12 @@ def predict_overhead(model: mk.Model, image: mk.Image, runs: int = 3) -> tuple[f
 
     model._session = Timed(model._session)
     model._single = Timed(model._single_threaded())
-    model.predict(image)
+    model.predict(*images)
     shares, totals = [], []
     for _ in range(runs):
         spans.clear()
         t0 = time.perf_counter()
-        model.predict(image)
+        model.predict(*images)
         totals.append(time.perf_counter() - t0)
         network, reach = 0.0, -np.inf
         for s0, s1 in sorted(spans):
@@ -170,29 +161,45 @@ def predict_overhead(model: mk.Model, image: mk.Image, runs: int = 3) -> tuple[f
     return float(np.median(shares)), float(np.median(totals))
 
 
-def predict_cases(onnx_path: Path, tmp: Path) -> list[Case]:
-    """model.predict on images that need reorientation and resampling: the benchmark UNet (random
-    weights, so its label map is voxel noise: the worst case for label resampling) on a chest-like
-    phantom, and the shipped brain-lesion model on the real MNI152 T1 template (nilearn)."""
-    meta = {"schema_version": 1, "name": "bench-unet", "task": "segmentation",
-            "input": {"modalities": ["CT"], "spatial_dims": 3, "spacing": [1.5, 1.5, 1.5], "orientation": "SPL"},
-            "preprocessing": [{"op": "window", "center": 40, "width": 400}],
-            "inference": {"patch_size": list(ROI), "overlap": 0.5, "batch_size": BATCH},
-            "output": {"activation": "softmax", "labels": ["background", "foreground"]}}
-    model = mk.Model(mk.write_model_metadata(onnx_path, meta, out=tmp / "unet_meta.onnx"))
+def predict_cases(paths: dict[str, Path], tmp: Path) -> list[Case]:
+    """model.predict on images that need reorientation and resampling: each benchmark network
+    (random weights, so its label map is voxel noise: the worst case for label resampling) on a
+    chest-like phantom; the shipped sarcoma models on an IBSI soft-tissue-sarcoma patient (when
+    ../shared/data is there); the shipped brain-lesion model on the real MNI152 T1 template."""
+    out = []
     # 1.2 mm in-plane, 2 mm slices, flipped rows: resampled to 1.5 mm isotropic, 192x192x128-ish.
     ct = mk.Image(ct_phantom((96, 240, 240)), (2.0, 1.2, 1.2), direction=np.diag([1.0, -1.0, 1.0])[:, ::-1])
-    share, total = predict_overhead(model, ct)
-    out = [Case(f"model.predict UNet, CT phantom {ct.shape} -> 1.5 mm, window, sliding window, back "
-                f"(overhead beyond the network {share:.1%} of {total:.1f} s)",
-                lambda: model.predict(ct), target="overhead <= 10%", repeats=1)]
+    for net_name, onnx_path in paths.items():
+        meta = {"schema_version": 1, "name": f"bench-{net_name}", "task": "segmentation",
+                "input": {"modalities": ["CT"], "spatial_dims": 3, "spacing": [1.5, 1.5, 1.5],
+                          "orientation": "SPL"},
+                "preprocessing": [{"op": "window", "center": 40, "width": 400}],
+                "inference": {"patch_size": list(ROI), "overlap": 0.5, "batch_size": BATCH},
+                "output": {"activation": "softmax", "labels": ["background", "foreground"]}}
+        model = mk.Model(mk.write_model_metadata(onnx_path, meta, out=tmp / f"{net_name}_meta.onnx"))
+        share, total = predict_overhead(model, ct)
+        out.append(Case(f"model.predict {net_name}, CT phantom {ct.shape} -> 1.5 mm, window, sliding window, "
+                        f"back (overhead beyond the network {share:.1%} of {total:.1f} s)",
+                        lambda model=model: model.predict(ct), target="overhead <= 10%", repeats=1))
+    sts = SHARED / "ibsi" / "ibsi_validation" / "nifti" / "STS_004"
+    if sts.is_dir():
+        ct_sts = mk.read(sts / "CT_image.nii.gz")
+        pet = mk.resample_to(mk.read(sts / "PET_image.nii.gz"), ct_sts)
+        for name, images in (("sarcoma-ct", (ct_sts,)), ("sarcoma-petct", (ct_sts, pet))):
+            model = mk.models.load(name)
+            share, total = predict_overhead(model, *images)
+            out.append(Case(f"model.predict {name} (shipped), IBSI STS_004 {ct_sts.shape} "
+                            f"{tuple(round(v, 2) for v in ct_sts.spacing)} mm -> 3 mm, window, sliding window, back "
+                            f"(overhead beyond the network {share:.1%} of {total:.2f} s)",
+                            lambda model=model, images=images: model.predict(*images),
+                            target="overhead <= 10%", repeats=3))
     try:
         from nilearn.datasets import load_mni152_template
     except ImportError:
         return out
     template = load_mni152_template(resolution=1)
     t1 = mk.Image.from_nibabel(template)
-    brain = mk.Model(Path(mk.__file__).parent / "models" / "brain-lesion.onnx")
+    brain = mk.models.load("brain-lesion")
     share, total = predict_overhead(brain, t1)
     out.append(Case(f"model.predict brain-lesion (shipped), MNI152 T1 {t1.shape} 1 mm -> 2 mm, z-score, "
                     f"sliding window 32^3, back (overhead beyond the network {share:.1%} of {total:.1f} s)",
@@ -200,5 +207,5 @@ def predict_cases(onnx_path: Path, tmp: Path) -> list[Case]:
     return out
 
 
-if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "rss":
-    _rss_child(sys.argv[2], sys.argv[3])
+if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "rss":
+    _rss_child(sys.argv[2], sys.argv[3], sys.argv[4])

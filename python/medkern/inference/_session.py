@@ -73,6 +73,17 @@ def _resolve_providers(providers: Any) -> list[str]:
 
 
 
+# ONNX Runtime session settings, each measured on the three MONAI networks of
+# benchmarks/inference_levers.py (results in benchmarks/inference_results.md). Memory patterns pre-plan
+# one block for every intermediate of a shape; the arena alone reuses freed blocks and keeps the
+# peak lower. Module-level so that the benchmarks can compare alternatives; not an API.
+SESSION_SETTINGS: dict[str, Any] = {
+    "graph_optimization_level": "ORT_ENABLE_ALL",
+    "execution_mode": "ORT_SEQUENTIAL",
+    "enable_mem_pattern": False,
+    "enable_cpu_mem_arena": True,
+}
+
 # Larger files are handed to ONNX Runtime as they are: parsing them twice costs load time and memory.
 _REWRITE_MAX_BYTES = 1 << 30
 
@@ -229,12 +240,13 @@ class OnnxSession:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                                   SESSION_SETTINGS["graph_optimization_level"])
+        options.execution_mode = getattr(ort.ExecutionMode, SESSION_SETTINGS["execution_mode"])
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        # Memory patterns pre-plan one block for every intermediate of a shape; the arena alone
-        # reuses freed blocks and keeps the peak lower (measured in benchmarks/bench_inference.py).
-        options.enable_mem_pattern = False
+        options.enable_mem_pattern = SESSION_SETTINGS["enable_mem_pattern"]
+        options.enable_cpu_mem_arena = SESSION_SETTINGS["enable_cpu_mem_arena"]
         # Warnings about unused initialisers are not the user's concern, and errors arrive as
         # exceptions (a ModelError with ONNX Runtime's message): nothing is logged on stderr.
         options.log_severity_level = 4
@@ -301,26 +313,33 @@ class OnnxSession:
 
     def _run_parts(self, batch: Any) -> Iterator[tuple[Any, int]]:
         """:meth:`run_independent` as consecutive pieces of the batch, each handed out with the
-        number of cores still running later pieces, so the caller can use the others on it."""
+        number of cores still running later pieces, so the caller can use the others on it.
+
+        Whole rounds of ``threads`` items run one item per single-threaded run, ``threads`` runs
+        at a time: a run's intermediates are those of one item, so a batch of 4 on 2 cores peaks
+        like a batch of 2 (UNet of benchmarks/inference_levers.py: -35 % peak RSS, no slower)."""
         lanes = self.threads if self.providers == ["CPUExecutionProvider"] and not is_cupy_array(batch) else 1
         items = len(batch) if getattr(batch, "ndim", 0) >= 1 else 0
-        per_lane = items // lanes
-        if lanes == 1 or per_lane == 0 or len(self.inputs) != 1:
+        rounds = items // lanes
+        if lanes == 1 or rounds == 0 or len(self.inputs) != 1:
             yield self(batch), 0
             return
         name = self.inputs[0].name
         x = self._feeds([batch])[name]
         session = self._single_threaded()
 
-        def run_lane(n: int) -> np.ndarray:
-            return self._ort_run(session, {name: x[n * per_lane:(n + 1) * per_lane]})[0]
+        def run_item(n: int) -> np.ndarray:
+            return self._ort_run(session, {name: x[n:n + 1]})[0]
 
-        pool = self._thread_pool(lanes - 1)
-        futures = [pool.submit(run_lane, n) for n in range(1, lanes)]
-        yield run_lane(0), lanes - 1
-        for n, future in enumerate(futures, 2):
-            yield future.result(), lanes - n
-        done = lanes * per_lane
+        done = lanes * rounds
+        pool = self._thread_pool(lanes)
+        futures = [pool.submit(run_item, n) for n in range(done)]
+        try:
+            for n, future in enumerate(futures):
+                yield future.result(), min(lanes, done - n - 1)
+        finally:  # an error (or an abandoned generator) leaves no queued run behind
+            for future in futures:
+                future.cancel()
         if done < items:
             yield self._ort_run(self._session, {name: x[done:]})[0], 0
 

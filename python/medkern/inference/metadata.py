@@ -30,7 +30,9 @@ Version 1 (key ``"medkern"``). Per-axis values are in array-axis order, millimet
         {"op": "keep_top", "n": 1, "by": "probability" | "volume"} # components of each label)
       ],
       "training_data": "...", "licence": "...", "intended_use": "...",
-      "metrics": {"dice_median": 0.8, ...}
+      "metrics": {"dice_median": 0.8, ...},
+      "precision": "fp32" | "int8",      # optional, default fp32; int8 models are written by
+      "quantization": {...}              # medkern.inference.quantize with its settings here
     }
 
 ``orientation`` names, for each array axis in order, the LPS direction it increases toward
@@ -85,6 +87,7 @@ POSTPROCESSING_OPS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
 INFERENCE_DEFAULTS = {"overlap": 0.5, "blend": "gaussian", "sigma_scale": 0.125, "batch_size": 4,
                       "padding": "constant"}
 NOTES = ("name", "version", "description", "training_data", "licence", "intended_use")
+PRECISIONS = ("fp32", "int8")
 
 # Bounds on every number the metadata gives, far beyond any real model, so that a hostile or
 # corrupt file fails here with the field named instead of asking for absurd memory or time.
@@ -214,6 +217,10 @@ def validate_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     metrics = meta.setdefault("metrics", {})
     if not isinstance(metrics, dict):
         raise _fail("metrics", f"must be an object (name -> value), got {type(metrics).__name__}")
+    if "precision" in meta:
+        _choice(meta["precision"], PRECISIONS, "precision")
+    if not isinstance(meta.get("quantization", {}), dict):
+        raise _fail("quantization", f"must be an object (settings), got {type(meta['quantization']).__name__}")
     try:
         json.dumps(meta, allow_nan=False)
     except (TypeError, ValueError) as exc:
