@@ -575,8 +575,9 @@ def bilateral(img: ImageLike, sigma_spatial_mm: PerAxis, sigma_range: float, *,
     with a small separable Gaussian (the spread that splatting and slicing leave missing, so the
     total matches sigma), and each voxel reads the result back by linear interpolation at its
     own position and intensity, normalised by the blurred weight. It trades exactness for speed
-    (SIMD-wide work on a coarse grid instead of a weight per neighbour): the weights are smooth
-    Gaussians without the exact filter's box and range cut-offs, sampled on the grid. Against
+    (25x the exact filter at sigma 1.5 voxels, 60x at 2 voxels; more for larger sigmas): the
+    weights are smooth Gaussians without the exact filter's box and range cut-offs, sampled on
+    a coarse grid. Against
     ``"exact"``, relative to the intensity range, the mean absolute error is 0.03%% (CT, sigma_range
     50 HU) to 0.3%% (MR, uniform noise 0.6%%), the 99th percentile 0.1%% to 1.5%% (noise 2%%), the
     PSNR 43 to 69 dB; edges much stronger than ``sigma_range`` stay as sharp as with ``"exact"``.
