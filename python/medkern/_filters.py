@@ -577,10 +577,10 @@ def bilateral(img: ImageLike, sigma_spatial_mm: PerAxis, sigma_range: float, *,
     own position and intensity, normalised by the blurred weight. It trades exactness for speed
     (25x the exact filter at sigma 1.5 voxels, 60x at 2 voxels; more for larger sigmas): the
     weights are smooth Gaussians without the exact filter's box and range cut-offs, sampled on
-    a coarse grid. Against
-    ``"exact"``, relative to the intensity range, the mean absolute error is 0.03%% (CT, sigma_range
-    50 HU) to 0.3%% (MR, uniform noise 0.6%%), the 99th percentile 0.1%% to 1.5%% (noise 2%%), the
-    PSNR 43 to 69 dB; edges much stronger than ``sigma_range`` stay as sharp as with ``"exact"``.
+    a coarse grid. Against ``"exact"``, relative to the intensity range, the mean absolute error
+    is 0.03%% (CT, sigma_range 50 HU) to 0.3%% (MR, uniform noise 0.6%%), the 99th percentile 0.1%%
+    to 1.5%% (noise 2%%), the PSNR 43 to 69 dB; edges much stronger than ``sigma_range`` stay as
+    sharp as with ``"exact"``.
     The memory held is a few grid planes per thread, growing with ``(max - min) / sigma_range``;
     past 1 GiB a ValueError says how to shrink it (an outlying voxel stretches the range: clip).
 
