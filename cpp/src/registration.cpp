@@ -97,10 +97,6 @@ py::array_t<float> smooth_shrink(const py::array& x, std::array<int, 3> shrink,
   });
 }
 
-medkern::Grid grid_of(const carray<float>& fixed, const py::array& index_to_world) {
-  return medkern::Grid{fixed.shape(0), fixed.shape(1), fixed.shape(2), matrix3x4(index_to_world)};
-}
-
 // A (3, nk, nj, ni) float32 field on the grid of `like`, or null when `field` is None.
 const float* field_ptr(const py::object& field, carray<float>& holder, const carray<float>& like,
                        const char* name) {
@@ -115,51 +111,6 @@ const float* field_ptr(const py::object& field, carray<float>& holder, const car
 
 py::array_t<float> new_field(const carray<float>& like) {
   return py::array_t<float>({py::ssize_t{3}, like.shape(0), like.shape(1), like.shape(2)});
-}
-
-py::tuple warp_with_gradient(const py::array& moving, const py::array& to_moving,
-                             const py::array& fixed_like, const py::array& index_to_world,
-                             const py::object& displacement, bool with_gradient, int n_threads) {
-  auto m = volume(moving, "moving");
-  auto like = volume(fixed_like, "fixed");
-  const medkern::Grid grid = grid_of(like, index_to_world);
-  carray<float> disp_holder;
-  const float* disp = field_ptr(displacement, disp_holder, like, "displacement");
-  py::array_t<float> out({like.shape(0), like.shape(1), like.shape(2)});
-  py::object grad_obj = py::none();
-  float* grad = nullptr;
-  if (with_gradient) {
-    auto g = new_field(like);
-    grad = g.mutable_data();
-    grad_obj = g;
-  }
-  const medkern::LinearVolume mov{m.data(), m.shape(0), m.shape(1), m.shape(2)};
-  const auto M = matrix3x4(to_moving);
-  float* dst = out.mutable_data();
-  {
-    py::gil_scoped_release release;  // all buffers are owned by arrays held in this frame
-    medkern::warp_with_gradient(mov, M, grid, disp, dst, grad, n_threads);
-  }
-  return py::make_tuple(out, grad_obj);
-}
-
-py::array_t<float> compose_displacements(const py::array& outer, const py::array& inner,
-                                         const py::array& fixed_like,
-                                         const py::array& index_to_world,
-                                         const py::array& world_to_index, int n_threads) {
-  auto like = volume(fixed_like, "fixed");
-  carray<float> oh, ih;
-  const float* o = field_ptr(outer, oh, like, "outer");
-  const float* in = field_ptr(inner, ih, like, "inner");
-  const medkern::Grid grid = grid_of(like, index_to_world);
-  const auto w2i = matrix3x4(world_to_index);
-  auto out = new_field(like);
-  float* dst = out.mutable_data();
-  {
-    py::gil_scoped_release release;  // raw pointers into arrays held by this frame
-    medkern::compose_displacements(o, in, grid, w2i, dst, n_threads);
-  }
-  return out;
 }
 
 py::tuple lncc_force(const py::array& fixed, const py::array& warped, const py::array& gradient,
@@ -185,20 +136,141 @@ py::tuple lncc_force(const py::array& fixed, const py::array& warped, const py::
   return py::make_tuple(value, force);
 }
 
+py::array_t<float> new_field(const index_t shape[3]) {
+  return py::array_t<float>({py::ssize_t{3}, shape[0], shape[1], shape[2]});
+}
+
+// A (3, nk, nj, ni) float32 field argument and its grid shape.
+carray<float> field_arg(const py::array& a, const char* name, index_t shape[3]) {
+  auto f = carray<float>::ensure(a);
+  if (!f || f.ndim() != 4 || f.shape(0) != 3 || f.size() == 0)
+    throw py::value_error(std::string(name) + " must be a non-empty (3, nk, nj, ni) float32 field");
+  for (int a2 = 0; a2 < 3; ++a2) shape[a2] = f.shape(a2 + 1);
+  return f;
+}
+
+template <std::size_t N>
+std::array<float, N> float_matrix(const py::array& m, const char* name) {
+  auto a = carray<double>::ensure(m);
+  if (!a || a.size() != static_cast<py::ssize_t>(N))
+    throw py::value_error(std::string(name) + " must have " + std::to_string(N) + " entries");
+  std::array<float, N> out{};
+  for (std::size_t c = 0; c < N; ++c) out[c] = static_cast<float>(a.data()[c]);
+  return out;
+}
+
+double field_max_norm(const py::array& field, int n_threads) {
+  index_t shape[3];
+  auto f = field_arg(field, "field", shape);
+  const float* p = f.data();
+  py::gil_scoped_release release;  // f is held by this frame
+  return medkern::field_max_norm(p, shape[0] * shape[1] * shape[2], n_threads);
+}
+
+py::array_t<float> field_exponential(const py::array& velocity, const py::array& to_index,
+                                     int n_squarings, int n_threads) {
+  index_t shape[3];
+  auto v = field_arg(velocity, "velocity", shape);
+  if (n_squarings < 0 || n_squarings > 64) throw py::value_error("n_squarings must be in [0, 64]");
+  const auto M = float_matrix<9>(to_index, "to_index");
+  auto out = new_field(shape);
+  std::vector<float> scratch(static_cast<std::size_t>(v.size()));
+  float* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;  // raw pointers into arrays held by this frame
+    medkern::field_exponential(v.data(), shape, M.data(), n_squarings, dst, scratch.data(),
+                               n_threads);
+  }
+  return out;
+}
+
+py::tuple velocity_update(const py::array& velocity, const py::array& force, double sigma_u,
+                          double sigma_v, double step, int n_threads) {
+  index_t shape[3], fshape[3];
+  auto v = field_arg(velocity, "velocity", shape);
+  auto u = field_arg(force, "force", fshape);
+  if (!std::equal(shape, shape + 3, fshape))
+    throw py::value_error("force must have the velocity's shape");
+  for (double sigma : {sigma_u, sigma_v})
+    if (!(sigma >= 0 && sigma <= 1e3)) throw py::value_error("sigmas must be in [0, 1000] voxels");
+  if (!(std::isfinite(step) && step > 0)) throw py::value_error("step must be positive");
+  py::array_t<float> out = new_field(shape);
+  std::vector<float> work(u.data(), u.data() + u.size());  // the force is left untouched
+  float* dst = out.mutable_data();
+  std::copy(v.data(), v.data() + v.size(), dst);
+  double umax;
+  {
+    py::gil_scoped_release release;  // out and work are owned by this frame
+    umax = medkern::velocity_update(dst, work.data(), shape, sigma_u, sigma_v, step, n_threads);
+  }
+  return py::make_tuple(out, umax);
+}
+
+py::tuple warp_field_gradient(const py::array& moving, const py::array& to_moving_index,
+                              const py::array& disp_to_moving, const py::array& displacement,
+                              const py::object& to_field, std::array<index_t, 3> shape,
+                              int n_threads) {
+  auto m = volume(moving, "moving");
+  index_t dshape[3];
+  auto d = field_arg(displacement, "displacement", dshape);
+  for (index_t e : shape)
+    if (e < 1) throw py::value_error("shape must be positive");
+  const auto P = float_matrix<12>(to_moving_index, "to_moving_index");
+  const auto Q = float_matrix<9>(disp_to_moving, "disp_to_moving");
+  std::array<float, 12> F{};
+  const bool resampled = !to_field.is_none();
+  if (resampled) {
+    F = float_matrix<12>(to_field.cast<py::array>(), "to_field");
+  } else if (!std::equal(dshape, dshape + 3, shape.begin())) {
+    throw py::value_error("displacement must be on the output grid when to_field is None");
+  }
+  const index_t mshape[3] = {m.shape(0), m.shape(1), m.shape(2)};
+  py::array_t<float> out({shape[0], shape[1], shape[2]});
+  auto grad = new_field(shape.data());
+  float* o = out.mutable_data();
+  float* g = grad.mutable_data();
+  {
+    py::gil_scoped_release release;  // raw pointers into arrays held by this frame
+    medkern::warp_field_gradient(m.data(), mshape, shape.data(), P.data(), Q.data(), d.data(),
+                                 dshape, resampled ? F.data() : nullptr, o, g, n_threads);
+  }
+  return py::make_tuple(out, grad);
+}
+
+py::array_t<float> resample_field(const py::array& field, const py::array& to_source,
+                                  std::array<index_t, 3> shape, int n_threads) {
+  index_t src[3];
+  auto f = field_arg(field, "field", src);
+  for (index_t e : shape)
+    if (e < 1) throw py::value_error("shape must be positive");
+  const auto P = float_matrix<12>(to_source, "to_source");
+  auto out = new_field(shape.data());
+  float* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;  // raw pointers into arrays held by this frame
+    medkern::resample_field(f.data(), src, shape.data(), P.data(), dst, n_threads);
+  }
+  return out;
+}
+
 }  // namespace
 
 void register_registration(py::module_& m) {
   m.def("registration_metric", &metric, py::arg("fixed"), py::arg("moving"), py::arg("indices"),
         py::arg("fixed_values"), py::arg("moving_mask"), py::arg("to_moving"), py::arg("kind"),
         py::arg("bins"), py::arg("ranges"), py::arg("n_threads"));
-  m.def("warp_with_gradient", &warp_with_gradient, py::arg("moving"), py::arg("to_moving"),
-        py::arg("fixed"), py::arg("index_to_world"), py::arg("displacement"),
-        py::arg("with_gradient"), py::arg("n_threads"));
-  m.def("compose_displacements", &compose_displacements, py::arg("outer"), py::arg("inner"),
-        py::arg("fixed"), py::arg("index_to_world"), py::arg("world_to_index"),
-        py::arg("n_threads"));
   m.def("lncc_force", &lncc_force, py::arg("fixed"), py::arg("warped"), py::arg("gradient"),
         py::arg("mask"), py::arg("radius"), py::arg("n_threads"));
+  m.def("field_max_norm", &field_max_norm, py::arg("field"), py::arg("n_threads"));
+  m.def("field_exponential", &field_exponential, py::arg("velocity"), py::arg("to_index"),
+        py::arg("n_squarings"), py::arg("n_threads"));
+  m.def("velocity_update", &velocity_update, py::arg("velocity"), py::arg("force"),
+        py::arg("sigma_u"), py::arg("sigma_v"), py::arg("step"), py::arg("n_threads"));
+  m.def("warp_field_gradient", &warp_field_gradient, py::arg("moving"), py::arg("to_moving_index"),
+        py::arg("disp_to_moving"), py::arg("displacement"), py::arg("to_field"), py::arg("shape"),
+        py::arg("n_threads"));
+  m.def("resample_field", &resample_field, py::arg("field"), py::arg("to_source"), py::arg("shape"),
+        py::arg("n_threads"));
   m.def("smooth_shrink", &smooth_shrink, py::arg("x"), py::arg("shrink"), py::arg("sigma_vox"),
         py::arg("n_threads"));
 }

@@ -8,9 +8,11 @@
 // respect to the 12 entries of `to_moving` (dV/dM[r][c] = sum coef * dm/dc_r * x_c); the caller
 // chains them to any transform parameterisation, so one kernel serves rigid and affine models.
 #pragma once
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "medkern/common.hpp"
@@ -503,115 +505,8 @@ void smooth_shrink(const T* in, float* out, const index_t shape[3], const int sh
 }
 
 // ---------------------------------------------------------------- dense fields
-// A dense vector field on the fixed grid is stored as three component planes (x, y, z in LPS mm),
-// each of the grid's shape: component c of voxel n at field[c * n_voxels + n].
-struct Grid {
-  index_t nk, nj, ni;
-  std::array<double, 12> index_to_world;  // 3x4, row-major
-  index_t size() const { return nk * nj * ni; }
-  void world(index_t k, index_t j, index_t i, double p[3]) const {
-    const auto& A = index_to_world;
-    for (int r = 0; r < 3; ++r)
-      p[r] = A[4 * r] * k + A[4 * r + 1] * j + A[4 * r + 2] * i + A[4 * r + 3];
-  }
-};
-
-inline void apply3x4(const std::array<double, 12>& M, const double p[3], double out[3]) {
-  for (int r = 0; r < 3; ++r)
-    out[r] = M[4 * r] * p[0] + M[4 * r + 1] * p[1] + M[4 * r + 2] * p[2] + M[4 * r + 3];
-}
-
-// Calls body(v, p) for every voxel v of the grid with p its world position plus displacement[v]
-// (when a displacement field is given).
-template <class Body>
-void for_each_displaced_voxel(const Grid& grid, const float* displacement, int n_threads,
-                              Body&& body) {
-  const index_t n = grid.size();
-#pragma omp parallel for collapse(2) schedule(static) num_threads(threads_for(n, n_threads))
-  for (index_t k = 0; k < grid.nk; ++k)
-    for (index_t j = 0; j < grid.nj; ++j)
-      for (index_t i = 0; i < grid.ni; ++i) {
-        const index_t v = (k * grid.nj + j) * grid.ni + i;
-        double p[3];
-        grid.world(k, j, i, p);
-        if (displacement)
-          for (int r = 0; r < 3; ++r) p[r] += displacement[r * n + v];
-        body(v, p);
-      }
-}
-
-// Moving image read at to_moving(x + d(x)) for every fixed voxel x (d: a displacement field on
-// the fixed grid, or null), with the gradient of that value with respect to the displaced point
-// in world coordinates (d's own derivative left out, as in demons forces). `to_moving` maps world
-// to the moving continuous index and folds any affine transform in; points outside the moving
-// image read the clamped border.
-inline void warp_with_gradient(const LinearVolume& mov, const std::array<double, 12>& to_moving,
-                               const Grid& grid, const float* displacement, float* out,
-                               float* gradient, int n_threads) {
-  const index_t n = grid.size();
-  for_each_displaced_voxel(grid, displacement, n_threads, [&](index_t v, const double* p) {
-    double c[3], g[3];
-    apply3x4(to_moving, p, c);
-    const bool inside = mov.inside(c[0], c[1], c[2]);
-    out[v] = static_cast<float>(mov.sample(c[0], c[1], c[2], g));
-    if (!gradient) return;
-    for (int r = 0; r < 3; ++r) {
-      const double gw = to_moving[r] * g[0] + to_moving[4 + r] * g[1] + to_moving[8 + r] * g[2];
-      gradient[r * n + v] = inside ? static_cast<float>(gw) : 0.0f;
-    }
-  });
-}
-
-// out(x) = inner(x) + outer(x + inner(x)): the displacement of outer o inner (inner applied
-// first), outer read with trilinear interpolation on the same grid (clamped at the border).
-// Scaling and squaring (Arsigny et al. 2006) calls it with outer == inner.
-inline void compose_displacements(const float* outer, const float* inner, const Grid& grid,
-                                  const std::array<double, 12>& world_to_index, float* out,
-                                  int n_threads) {
-  const index_t n = grid.size();
-  const LinearVolume comp{outer, grid.nk, grid.nj, grid.ni};
-  for_each_displaced_voxel(grid, inner, n_threads, [&](index_t v, const double* p) {
-    double c[3], o[3];
-    apply3x4(world_to_index, p, c);
-    comp.sample_components(c[0], c[1], c[2], 3, n, o);
-    for (int r = 0; r < 3; ++r) out[r * n + v] = static_cast<float>(inner[r * n + v] + o[r]);
-  });
-}
-
-// Mean over a (2r+1)^3 box, separable running sums, border voxels replicated.
-inline void box_mean_axis(const float* in, float* out, index_t outer, index_t len, index_t inner,
-                          index_t radius, int n_threads) {
-  const double norm = 1.0 / static_cast<double>(2 * radius + 1);
-  for_each_line_block(outer, inner, n_threads, [&](index_t a, index_t b0, index_t b1) {
-    double sum[512];
-    const index_t width = b1 - b0;
-    auto row = [&](index_t t) {
-      return in + (a * len + std::min(std::max<index_t>(t, 0), len - 1)) * inner + b0;
-    };
-    std::fill(sum, sum + width, 0.0);
-    for (index_t t = -radius; t <= radius; ++t) {
-      const float* r = row(t);
-      for (index_t b = 0; b < width; ++b) sum[b] += r[b];
-    }
-    for (index_t t = 0; t < len; ++t) {
-      float* dst = out + (a * len + t) * inner + b0;
-      const float* add = row(t + radius + 1);
-      const float* sub = row(t - radius);
-      for (index_t b = 0; b < width; ++b) {
-        dst[b] = static_cast<float>(sum[b] * norm);
-        sum[b] += static_cast<double>(add[b]) - sub[b];
-      }
-    }
-  });
-}
-
-inline void box_mean(float* data, float* scratch, const index_t shape[3], const int radius[3],
-                     int n_threads) {
-  box_mean_axis(data, scratch, shape[0] * shape[1], shape[2], 1, radius[2], n_threads);
-  box_mean_axis(scratch, data, shape[0], shape[1], shape[2], radius[1], n_threads);
-  box_mean_axis(data, scratch, 1, shape[0], shape[1] * shape[2], radius[0], n_threads);
-  std::copy(scratch, scratch + shape[0] * shape[1] * shape[2], data);
-}
+// A dense vector field on a grid is stored as three component planes (x, y, z in LPS mm), each of
+// the grid's shape: component c of voxel n at field[c * n_voxels + n].
 
 // Local normalised cross-correlation over (2r+1)^3 windows and its force (Avants et al. 2008,
 // "Symmetric diffeomorphic image registration", eq. for the CC gradient): with local means and
@@ -619,49 +514,388 @@ inline void box_mean(float* data, float* scratch, const index_t shape[3], const 
 // d cc / d m(x) = 2 sfm / (sff smm) (f~ - sfm / smm m~), f~ = f - mean f, m~ = m - mean m.
 // force = that derivative times grad m (the direction that increases cc). Returns mean cc over
 // the voxels (mask != 0 when a mask is given).
+//
+// The window means of f, m, f^2, m^2 and f m are separable running sums (border voxels
+// replicated) in three passes: along i straight from the images, along j in place slab by slab,
+// and along k fused with the force, so the five statistics are written once and read twice.
 inline double lncc_force(const float* fixed, const float* warped, const float* gradient,
                          const std::uint8_t* mask, const index_t shape[3], const int radius[3],
                          float* force, int n_threads) {
-  const index_t n = shape[0] * shape[1] * shape[2];
-  std::vector<float> stats(static_cast<std::size_t>(5 * n)), scratch(static_cast<std::size_t>(n));
-#pragma omp parallel for schedule(static) num_threads(threads_for(n, n_threads))
-  for (index_t v = 0; v < n; ++v) {
-    const float f = fixed[v], m = warped[v];
-    stats[v] = f;
-    stats[n + v] = m;
-    stats[2 * n + v] = f * f;
-    stats[3 * n + v] = m * m;
-    stats[4 * n + v] = f * m;
-  }
-  for (int q = 0; q < 5; ++q)
-    box_mean(stats.data() + q * n, scratch.data(), shape, radius, n_threads);
-  constexpr double kEps = 1e-5;
-  const index_t nb = metric_blocks(n);
-  std::vector<double> part(static_cast<std::size_t>(2 * nb), 0.0);
-  for_each_block(n, n_threads, [&](index_t b, index_t begin, index_t end) {
-    double sum = 0, count = 0;
-    for (index_t v = begin; v < end; ++v) {
-      const double mf = stats[v], mm = stats[n + v];
-      const double sff = stats[2 * n + v] - mf * mf, smm = stats[3 * n + v] - mm * mm;
-      const double sfm = stats[4 * n + v] - mf * mm;
-      double coef = 0;
-      const bool use = !mask || mask[v];
-      if (use && sff > kEps && smm > kEps) {
-        sum += sfm * sfm / (sff * smm);
-        coef = 2 * sfm / (sff * smm) * ((fixed[v] - mf) - sfm / smm * (warped[v] - mm));
+  constexpr int kStats = 5;
+  const index_t nk = shape[0], nj = shape[1], ni = shape[2], sk = nj * ni, n = nk * sk;
+  const index_t rk = radius[0], rj = radius[1], ri = radius[2];
+  std::vector<float> stats(static_cast<std::size_t>(kStats * n));
+  float* S = stats.data();
+  const int nt = threads_for(n, n_threads);
+  // Pass 1, along i: window sums of the five products of each row.
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<double> prod(static_cast<std::size_t>(kStats * (ni + 2 * ri)));
+#pragma omp for schedule(static)
+    for (index_t row = 0; row < nk * nj; ++row) {
+      const float* f = fixed + row * ni;
+      const float* m = warped + row * ni;
+      const index_t len = ni + 2 * ri;
+      for (index_t t = 0; t < len; ++t) {
+        const index_t p = clamp_index(t - ri, ni);
+        const double a = f[p], b = m[p];
+        double* q = prod.data() + kStats * t;
+        q[0] = a;
+        q[1] = b;
+        q[2] = a * a;
+        q[3] = b * b;
+        q[4] = a * b;
       }
-      if (use) count += 1;
-      for (int r = 0; r < 3; ++r) force[r * n + v] = static_cast<float>(coef * gradient[r * n + v]);
+      double sum[kStats] = {0, 0, 0, 0, 0};
+      for (index_t t = 0; t < 2 * ri + 1; ++t)
+        for (int c = 0; c < kStats; ++c) sum[c] += prod[kStats * t + c];
+      for (index_t i = 0; i < ni; ++i) {
+        for (int c = 0; c < kStats; ++c) {
+          S[c * n + row * ni + i] = static_cast<float>(sum[c]);
+          if (i + 1 < ni) sum[c] += prod[kStats * (i + 2 * ri + 1) + c] - prod[kStats * i + c];
+        }
+      }
     }
-    part[2 * b] = sum;
-    part[2 * b + 1] = count;
-  });
+  }
+  // Pass 2, along j: each (statistic, k) slab from a copy of itself.
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<float> slab(static_cast<std::size_t>(sk));
+    std::vector<double> sum(static_cast<std::size_t>(ni));
+#pragma omp for schedule(static)
+    for (index_t job = 0; job < kStats * nk; ++job) {
+      float* base = S + (job / nk) * n + (job % nk) * sk;
+      std::copy(base, base + sk, slab.data());
+      auto row = [&](index_t t) { return slab.data() + clamp_index(t, nj) * ni; };
+      std::fill(sum.begin(), sum.end(), 0.0);
+      for (index_t t = -rj; t <= rj; ++t) {
+        const float* r = row(t);
+        for (index_t i = 0; i < ni; ++i) sum[i] += r[i];
+      }
+      for (index_t j = 0; j < nj; ++j) {
+        float* dst = base + j * ni;
+        const float* add = row(j + rj + 1);
+        const float* sub = row(j - rj);
+        for (index_t i = 0; i < ni; ++i) {
+          dst[i] = static_cast<float>(sum[i]);
+          sum[i] += static_cast<double>(add[i]) - sub[i];
+        }
+      }
+    }
+  }
+  // Pass 3, along k, fused with the force: column blocks of one j row, the cc sums per block
+  // (fixed blocks, so any thread count adds them in the same order).
+  constexpr index_t kColumns = 256;
+  const index_t col_blocks = (ni + kColumns - 1) / kColumns, nb = nj * col_blocks;
+  const double norm = 1.0 / (static_cast<double>(2 * rk + 1) * (2 * rj + 1) * (2 * ri + 1));
+  constexpr double kEps = 1e-5;
+  std::vector<double> part(static_cast<std::size_t>(2 * nb), 0.0);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (index_t blk = 0; blk < nb; ++blk) {
+    const index_t j = blk / col_blocks, i0 = (blk % col_blocks) * kColumns;
+    const index_t w = std::min(kColumns, ni - i0);
+    double sum[kStats][kColumns];
+    auto at = [&](int c, index_t k) { return S + c * n + clamp_index(k, nk) * sk + j * ni + i0; };
+    for (int c = 0; c < kStats; ++c) {
+      std::fill(sum[c], sum[c] + w, 0.0);
+      for (index_t t = -rk; t <= rk; ++t) {
+        const float* r = at(c, t);
+        for (index_t b = 0; b < w; ++b) sum[c][b] += r[b];
+      }
+    }
+    double cc_sum = 0, count = 0;
+    for (index_t k = 0; k < nk; ++k) {
+      const index_t v0 = k * sk + j * ni + i0;
+      for (index_t b = 0; b < w; ++b) {
+        const index_t v = v0 + b;
+        const double mf = sum[0][b] * norm, mm = sum[1][b] * norm;
+        const double sff = sum[2][b] * norm - mf * mf, smm = sum[3][b] * norm - mm * mm;
+        const double sfm = sum[4][b] * norm - mf * mm;
+        double coef = 0;
+        const bool use = !mask || mask[v];
+        if (use && sff > kEps && smm > kEps) {
+          cc_sum += sfm * sfm / (sff * smm);
+          coef = 2 * sfm / (sff * smm) * ((fixed[v] - mf) - sfm / smm * (warped[v] - mm));
+        }
+        if (use) count += 1;
+        for (int r = 0; r < 3; ++r)
+          force[r * n + v] = static_cast<float>(coef * gradient[r * n + v]);
+      }
+      if (k + 1 < nk)
+        for (int c = 0; c < kStats; ++c) {
+          const float* add = at(c, k + rk + 1);
+          const float* sub = at(c, k - rk);
+          for (index_t b = 0; b < w; ++b) sum[c][b] += static_cast<double>(add[b]) - sub[b];
+        }
+    }
+    part[2 * blk] = cc_sum;
+    part[2 * blk + 1] = count;
+  }
   double sum = 0, count = 0;
   for (index_t b = 0; b < nb; ++b) {
     sum += part[2 * b];
     count += part[2 * b + 1];
   }
   return count > 0 ? sum / count : 0.0;
+}
+
+// ---------------------------------------------------------------- fast field kernels (float32)
+// The iteration of the deformable stage works on whole fields in float32: every voxel's taps
+// come from its own index plus its displacement (no world coordinates per voxel), floors are
+// integer conversions of non-negative values (the baseline x86-64 target has no rounding
+// instruction), and each field pass is one parallel loop over all three components.
+
+// Linear taps of a continuous index c on an axis of n voxels with LinearTaps::clamped's
+// convention: below 0 (or NaN) the first two voxels at t = 0, at or beyond the last voxel that
+// voxel twice (flat value, zero derivative).
+struct FieldTap {
+  index_t lo, hi;
+  float t;
+};
+
+inline FieldTap field_tap(float c, index_t n) {
+  if (!(c >= 0.0f)) return {0, n > 1 ? 1 : 0, 0.0f};
+  const float last = static_cast<float>(n - 1);
+  if (c >= last) return {n - 1, n - 1, 0.0f};
+  const auto f = static_cast<index_t>(c);
+  return {f, f + 1, c - static_cast<float>(f)};
+}
+
+// Trilinear values of the three component planes of `field` (plane size n) at taps (tk, tj, ti)
+// of a grid with row strides sj, sk.
+inline void sample_field3(const float* field, index_t n, index_t sk, index_t sj, const FieldTap& tk,
+                          const FieldTap& tj, const FieldTap& ti, float out[3]) {
+  const index_t o00 = tk.lo * sk + tj.lo * sj, o01 = tk.lo * sk + tj.hi * sj;
+  const index_t o10 = tk.hi * sk + tj.lo * sj, o11 = tk.hi * sk + tj.hi * sj;
+  for (int c = 0; c < 3; ++c) {
+    const float* p = field + c * n;
+    const float v[8] = {p[o00 + ti.lo], p[o00 + ti.hi], p[o01 + ti.lo], p[o01 + ti.hi],
+                        p[o10 + ti.lo], p[o10 + ti.hi], p[o11 + ti.lo], p[o11 + ti.hi]};
+    out[c] = trilinear_blend(v, tk.t, tj.t, ti.t);
+  }
+}
+
+// out(x) = inner(x) + outer(x + inner(x)) on one grid, for fields of world displacements:
+// `to_index` (3x3, row-major) maps a world displacement to an index displacement. Outer is read
+// with clamped trilinear interpolation.
+inline void compose_fields(const float* outer, const float* inner, const index_t shape[3],
+                           const float to_index[9], float* out, int n_threads) {
+  const index_t nk = shape[0], nj = shape[1], ni = shape[2], n = nk * nj * ni, sk = nj * ni;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads_for(n, n_threads))
+  for (index_t k = 0; k < nk; ++k)
+    for (index_t j = 0; j < nj; ++j) {
+      const index_t row = k * sk + j * ni;
+      for (index_t i = 0; i < ni; ++i) {
+        const index_t v = row + i;
+        const float d[3] = {inner[v], inner[n + v], inner[2 * n + v]};
+        const float* M = to_index;
+        const float ck = static_cast<float>(k) + M[0] * d[0] + M[1] * d[1] + M[2] * d[2];
+        const float cj = static_cast<float>(j) + M[3] * d[0] + M[4] * d[1] + M[5] * d[2];
+        const float ci = static_cast<float>(i) + M[6] * d[0] + M[7] * d[1] + M[8] * d[2];
+        float o[3];
+        sample_field3(outer, n, sk, ni, field_tap(ck, nk), field_tap(cj, nj), field_tap(ci, ni), o);
+        for (int c = 0; c < 3; ++c) out[c * n + v] = d[c] + o[c];
+      }
+    }
+}
+
+// Largest vector length of a three-plane field (plane size n); the order of a max does not
+// change it, so any thread count gives the same value.
+inline double field_max_norm(const float* field, index_t n, int n_threads) {
+  double best = 0;
+#pragma omp parallel for schedule(static) reduction(max : best) \
+    num_threads(threads_for(n, n_threads))
+  for (index_t v = 0; v < n; ++v) {
+    const double a = field[v], b = field[n + v], c = field[2 * n + v];
+    const double s = a * a + b * b + c * c;
+    if (s > best) best = s;
+  }
+  return std::sqrt(best);
+}
+
+// exp(v) by scaling and squaring (Arsigny et al. 2006): d = v / 2^n, then n times d <- d o d.
+// `scratch` and `out` hold a field each; the result lands in `out`.
+inline void field_exponential(const float* v, const index_t shape[3], const float to_index[9],
+                              int n_squarings, float* out, float* scratch, int n_threads) {
+  const index_t n = shape[0] * shape[1] * shape[2];
+  // Ping-pong so that the last squaring writes `out`.
+  float* a = (n_squarings % 2 == 0) ? out : scratch;
+  float* b = (a == out) ? scratch : out;
+  const float scale = std::ldexp(1.0f, -n_squarings);
+#pragma omp parallel for schedule(static) num_threads(threads_for(3 * n, n_threads))
+  for (index_t q = 0; q < 3 * n; ++q) a[q] = v[q] * scale;
+  for (int s = 0; s < n_squarings; ++s) {
+    compose_fields(a, a, shape, to_index, b, n_threads);
+    std::swap(a, b);
+  }
+}
+
+// Gaussian of sigma_vox (truncated at 3 sigma, weights renormalised, border voxels replicated:
+// smooth_shrink's filter at shrink 1) along every axis of `count` planes, in place, in float.
+inline std::vector<float> gaussian_weights(double sigma_vox, int& radius) {
+  radius = static_cast<int>(std::ceil(3 * sigma_vox));
+  std::vector<double> w(static_cast<std::size_t>(2 * radius + 1));
+  double sum = 0;
+  for (int t = -radius; t <= radius; ++t)
+    sum += w[t + radius] = std::exp(-0.5 * t * t / (sigma_vox * sigma_vox));
+  std::vector<float> out(w.size());
+  for (std::size_t t = 0; t < w.size(); ++t) out[t] = static_cast<float>(w[t] / sum);
+  return out;
+}
+
+inline void gaussian_planes(float* data, int count, const index_t shape[3], double sigma_vox,
+                            int n_threads) {
+  if (!(sigma_vox >= 0.2)) return;  // smooth_shrink's threshold: below it, no smoothing
+  int r = 0;
+  const std::vector<float> w = gaussian_weights(sigma_vox, r);
+  const int taps = 2 * r + 1;
+  const index_t nk = shape[0], nj = shape[1], ni = shape[2], sk = nj * ni, n = nk * sk;
+  const int nt = threads_for(count * n, n_threads);
+  // Along i: each row through a padded copy.
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<float> buf(static_cast<std::size_t>(ni + 2 * r)), acc(static_cast<std::size_t>(ni));
+#pragma omp for schedule(static)
+    for (index_t row = 0; row < count * nk * nj; ++row) {
+      float* line = data + row * ni;
+      for (index_t t = 0; t < ni + 2 * r; ++t) buf[t] = line[clamp_index(t - r, ni)];
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int t = 0; t < taps; ++t) {
+        const float wt = w[t];
+        const float* src = buf.data() + t;
+        for (index_t i = 0; i < ni; ++i) acc[i] += wt * src[i];
+      }
+      std::copy(acc.begin(), acc.end(), line);
+    }
+  }
+  // Along j and k: whole rows of i at once, from a copy of the lines being filtered.
+  auto strided = [&](index_t outer, index_t len, index_t stride, index_t width) {
+#pragma omp parallel num_threads(nt)
+    {
+      std::vector<float> copy(static_cast<std::size_t>(len * width)),
+          acc(static_cast<std::size_t>(width));
+      const index_t blocks = (stride + width - 1) / width;
+#pragma omp for schedule(static)
+      for (index_t job = 0; job < outer * blocks; ++job) {
+        const index_t a = job / blocks, b0 = (job % blocks) * width;
+        const index_t wd = std::min(width, stride - b0);
+        float* base = data + a * len * stride + b0;
+        for (index_t t = 0; t < len; ++t)
+          std::copy(base + t * stride, base + t * stride + wd, copy.data() + t * wd);
+        for (index_t o = 0; o < len; ++o) {
+          std::fill(acc.begin(), acc.begin() + wd, 0.0f);
+          for (int t = 0; t < taps; ++t) {
+            const float wt = w[t];
+            const float* src = copy.data() + clamp_index(o + t - r, len) * wd;
+            for (index_t b = 0; b < wd; ++b) acc[b] += wt * src[b];
+          }
+          std::copy(acc.begin(), acc.begin() + wd, base + o * stride);
+        }
+      }
+    }
+  };
+  strided(count * nk, nj, ni, ni);  // along j: one k-slab of one plane per job
+  strided(count, nk, sk, 1024);     // along k: column blocks of one plane per job
+}
+
+// One update of the velocity: the force u smoothed by sigma_u, scaled so that its largest
+// vector is step (mm), added to v, and v smoothed by sigma_v; u is overwritten. Returns the
+// largest force vector after smoothing (0: v is left unchanged).
+inline double velocity_update(float* v, float* u, const index_t shape[3], double sigma_u,
+                              double sigma_v, double step, int n_threads) {
+  const index_t n = shape[0] * shape[1] * shape[2];
+  gaussian_planes(u, 3, shape, sigma_u, n_threads);
+  const double umax = field_max_norm(u, n, n_threads);
+  if (!(umax > 0)) return 0.0;
+  const float scale = static_cast<float>(step / umax);
+#pragma omp parallel for schedule(static) num_threads(threads_for(3 * n, n_threads))
+  for (index_t q = 0; q < 3 * n; ++q) v[q] += scale * u[q];
+  gaussian_planes(v, 3, shape, sigma_v, n_threads);
+  return umax;
+}
+
+// The moving image read at x + d(x) for every voxel x of the grid and the gradient of that value
+// with respect to the displaced point in world coordinates (d's own derivative left out, as in
+// demons forces; zero outside the moving image, whose border voxels extend outward), from
+// `to_moving_index` (3x4: grid index -> moving index, affine folded in) and `disp_to_moving` (3x3:
+// world displacement -> moving index displacement), in float.
+//
+// The displacement lives on the grid itself (`to_field` null) or on another grid of shape
+// `dshape`, read with clamped trilinear interpolation at to_field (3x4: grid index -> field
+// index), which spares a coarse velocity's exponential the trip through a full-size field.
+inline void warp_field_gradient(const float* moving, const index_t mshape[3],
+                                const index_t shape[3], const float to_moving_index[12],
+                                const float disp_to_moving[9], const float* displacement,
+                                const index_t dshape[3], const float* to_field, float* out,
+                                float* gradient, int n_threads) {
+  const index_t dsk = dshape[1] * dshape[2], dsj = dshape[2], dn = dshape[0] * dsk;
+  const index_t nk = shape[0], nj = shape[1], ni = shape[2], n = nk * nj * ni;
+  const index_t mk = mshape[0], mj = mshape[1], mi = mshape[2], msj = mi, msk = mj * mi;
+  const float* P = to_moving_index;
+  const float* Q = disp_to_moving;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads_for(n, n_threads))
+  for (index_t k = 0; k < nk; ++k)
+    for (index_t j = 0; j < nj; ++j) {
+      const float fk = static_cast<float>(k), fj = static_cast<float>(j);
+      float base[3];
+      for (int r = 0; r < 3; ++r) base[r] = P[4 * r] * fk + P[4 * r + 1] * fj + P[4 * r + 3];
+      for (index_t i = 0; i < ni; ++i) {
+        const index_t v = (k * nj + j) * ni + i;
+        const float fi = static_cast<float>(i);
+        float d[3];
+        if (!to_field) {
+          for (int r = 0; r < 3; ++r) d[r] = displacement[r * n + v];
+        } else {
+          const float* F = to_field;
+          sample_field3(displacement, dn, dsk, dsj,
+                        field_tap(F[0] * fk + F[1] * fj + F[2] * fi + F[3], dshape[0]),
+                        field_tap(F[4] * fk + F[5] * fj + F[6] * fi + F[7], dshape[1]),
+                        field_tap(F[8] * fk + F[9] * fj + F[10] * fi + F[11], dshape[2]), d);
+        }
+        float c[3];
+        for (int r = 0; r < 3; ++r)
+          c[r] = base[r] + P[4 * r + 2] * fi + Q[3 * r] * d[0] + Q[3 * r + 1] * d[1] +
+                 Q[3 * r + 2] * d[2];
+        const FieldTap tk = field_tap(c[0], mk), tj = field_tap(c[1], mj), ti = field_tap(c[2], mi);
+        const index_t o00 = tk.lo * msk + tj.lo * msj, o01 = tk.lo * msk + tj.hi * msj;
+        const index_t o10 = tk.hi * msk + tj.lo * msj, o11 = tk.hi * msk + tj.hi * msj;
+        const float s[8] = {moving[o00 + ti.lo], moving[o00 + ti.hi], moving[o01 + ti.lo],
+                            moving[o01 + ti.hi], moving[o10 + ti.lo], moving[o10 + ti.hi],
+                            moving[o11 + ti.lo], moving[o11 + ti.hi]};
+        float g[3];
+        out[v] = trilinear_blend(s, tk.t, tj.t, ti.t, g);
+        const bool inside = c[0] >= -0.5f && c[0] < static_cast<float>(mk) - 0.5f &&
+                            c[1] >= -0.5f && c[1] < static_cast<float>(mj) - 0.5f &&
+                            c[2] >= -0.5f && c[2] < static_cast<float>(mi) - 0.5f;
+        for (int r = 0; r < 3; ++r)
+          gradient[r * n + v] = inside ? Q[r] * g[0] + Q[3 + r] * g[1] + Q[6 + r] * g[2] : 0.0f;
+      }
+    }
+}
+
+// A three-plane field read (clamped trilinear) at the voxels of another grid: `to_source`
+// (3x4) maps a voxel index of the output grid to the continuous index of the source grid.
+inline void resample_field(const float* field, const index_t src_shape[3], const index_t shape[3],
+                           const float to_source[12], float* out, int n_threads) {
+  const index_t sk = src_shape[1] * src_shape[2], sj = src_shape[2], sn = src_shape[0] * sk;
+  const index_t nk = shape[0], nj = shape[1], ni = shape[2], n = nk * nj * ni;
+  const float* P = to_source;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads_for(n, n_threads))
+  for (index_t k = 0; k < nk; ++k)
+    for (index_t j = 0; j < nj; ++j) {
+      const float fk = static_cast<float>(k), fj = static_cast<float>(j);
+      float base[3];
+      for (int r = 0; r < 3; ++r) base[r] = P[4 * r] * fk + P[4 * r + 1] * fj + P[4 * r + 3];
+      for (index_t i = 0; i < ni; ++i) {
+        const index_t v = (k * nj + j) * ni + i;
+        const float fi = static_cast<float>(i);
+        float o[3];
+        sample_field3(field, sn, sk, sj, field_tap(base[0] + P[2] * fi, src_shape[0]),
+                      field_tap(base[1] + P[6] * fi, src_shape[1]),
+                      field_tap(base[2] + P[10] * fi, src_shape[2]), o);
+        for (int c = 0; c < 3; ++c) out[c * n + v] = o[c];
+      }
+    }
 }
 
 }  // namespace medkern
