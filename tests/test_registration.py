@@ -357,7 +357,7 @@ def test_field_kernels_match_references(rng):
     bitwise equal on 1 and 3 threads."""
     from medkern import _core
 
-    shape = (40, 48, 56)  # enough voxels for 3 threads
+    shape = (64, 96, 96)  # enough voxels for 2 threads (field_threads: 256k voxels each)
     grid = np.indices(shape).astype(np.float64)
     v = np.stack([ndi.gaussian_filter(rng.normal(size=shape), 2.0) for _ in range(3)])
     v = (v * 3.0 / np.sqrt((v**2).sum(0)).max()).astype(np.float32)
@@ -376,7 +376,7 @@ def test_field_kernels_match_references(rng):
     umax = np.sqrt((np.stack(smooth) ** 2).sum(0)).max()
     v_ref = np.stack([ndi.gaussian_filter(v[c] + np.float64(0.7 / umax) * smooth[c], 0.5,
                                           mode="nearest", truncate=3.0) for c in range(3)])
-    moving = ndi.gaussian_filter(rng.normal(size=(42, 50, 60)), 1.5).astype(np.float32)
+    moving = ndi.gaussian_filter(rng.normal(size=(66, 98, 100)), 1.5).astype(np.float32)
     P = np.array([[0.9, 0.1, 0.0, 0.5], [0.0, 1.1, 0.0, -1.0], [0.05, 0.0, 1.0, 0.3]])
     Q = np.array([[0.5, 0.0, 0.1], [0.0, 0.8, 0.0], [0.0, 0.2, 0.7]])
     F = np.array([[0.5, 0, 0, 0.25], [0, 0.5, 0, 0.25], [0, 0, 0.5, 0.25]])  # onto a 2x coarser grid
@@ -426,7 +426,7 @@ def test_field_kernels_match_references(rng):
 def test_lncc_force_matches_numpy(rng):
     from medkern import _core
 
-    shape = (13, 30, 300)  # rows longer than one column block of the fused pass; 3 threads
+    shape = (20, 90, 300)  # rows longer than one column block of the fused pass; 2 threads
     f = ndi.gaussian_filter(rng.normal(size=shape), 1).astype(np.float32)
     m = (f + 0.3 * ndi.gaussian_filter(rng.normal(size=shape), 1)).astype(np.float32)
     g = rng.normal(size=(3,) + shape).astype(np.float32)

@@ -32,6 +32,15 @@ inline int threads_for(index_t work, int n_threads) {
       std::max<index_t>(1, std::min<index_t>(clamp_threads(n_threads), work / kItemsPerThread)));
 }
 
+// Threads for a field pass over `work` voxels: a deformable registration runs a dozen passes per
+// iteration, and on a busy machine every barrier can wait for a descheduled thread, so coarse
+// levels (under 256k voxels a thread) run on one thread. The results do not depend on it.
+inline int field_threads(index_t work, int n_threads) {
+  constexpr index_t kVoxelsPerThread = 262144;
+  return static_cast<int>(
+      std::max<index_t>(1, std::min<index_t>(clamp_threads(n_threads), work / kVoxelsPerThread)));
+}
+
 // A float volume read with trilinear interpolation. Points are inside when every continuous
 // index lies in [-0.5, n - 0.5) (ITK's InterpolateImageFunction::IsInsideBuffer); neighbours
 // beyond the last voxel are clamped to it, so the border half-voxel is constant outward.
@@ -526,7 +535,7 @@ inline double lncc_force(const float* fixed, const float* warped, const float* g
   const index_t rk = radius[0], rj = radius[1], ri = radius[2];
   std::vector<float> stats(static_cast<std::size_t>(kStats * n));
   float* S = stats.data();
-  const int nt = threads_for(n, n_threads);
+  const int nt = field_threads(n, n_threads);
   // Pass 1, along i: window sums of the five products of each row.
 #pragma omp parallel num_threads(nt)
   {
@@ -640,6 +649,7 @@ inline double lncc_force(const float* fixed, const float* warped, const float* g
 }
 
 // ---------------------------------------------------------------- fast field kernels (float32)
+
 // The iteration of the deformable stage works on whole fields in float32: every voxel's taps
 // come from its own index plus its displacement (no world coordinates per voxel), floors are
 // integer conversions of non-negative values (the baseline x86-64 target has no rounding
@@ -681,7 +691,7 @@ inline void sample_field3(const float* field, index_t n, index_t sk, index_t sj,
 inline void compose_fields(const float* outer, const float* inner, const index_t shape[3],
                            const float to_index[9], float* out, int n_threads) {
   const index_t nk = shape[0], nj = shape[1], ni = shape[2], n = nk * nj * ni, sk = nj * ni;
-#pragma omp parallel for collapse(2) schedule(static) num_threads(threads_for(n, n_threads))
+#pragma omp parallel for collapse(2) schedule(static) num_threads(field_threads(n, n_threads))
   for (index_t k = 0; k < nk; ++k)
     for (index_t j = 0; j < nj; ++j) {
       const index_t row = k * sk + j * ni;
@@ -704,7 +714,7 @@ inline void compose_fields(const float* outer, const float* inner, const index_t
 inline double field_max_norm(const float* field, index_t n, int n_threads) {
   double best = 0;
 #pragma omp parallel for schedule(static) reduction(max : best) \
-    num_threads(threads_for(n, n_threads))
+    num_threads(field_threads(n, n_threads))
   for (index_t v = 0; v < n; ++v) {
     const double a = field[v], b = field[n + v], c = field[2 * n + v];
     const double s = a * a + b * b + c * c;
@@ -722,7 +732,7 @@ inline void field_exponential(const float* v, const index_t shape[3], const floa
   float* a = (n_squarings % 2 == 0) ? out : scratch;
   float* b = (a == out) ? scratch : out;
   const float scale = std::ldexp(1.0f, -n_squarings);
-#pragma omp parallel for schedule(static) num_threads(threads_for(3 * n, n_threads))
+#pragma omp parallel for schedule(static) num_threads(field_threads(3 * n, n_threads))
   for (index_t q = 0; q < 3 * n; ++q) a[q] = v[q] * scale;
   for (int s = 0; s < n_squarings; ++s) {
     compose_fields(a, a, shape, to_index, b, n_threads);
@@ -750,7 +760,7 @@ inline void gaussian_planes(float* data, int count, const index_t shape[3], doub
   const std::vector<float> w = gaussian_weights(sigma_vox, r);
   const int taps = 2 * r + 1;
   const index_t nk = shape[0], nj = shape[1], ni = shape[2], sk = nj * ni, n = nk * sk;
-  const int nt = threads_for(count * n, n_threads);
+  const int nt = field_threads(count * n, n_threads);
   // Along i: each row through a padded copy.
 #pragma omp parallel num_threads(nt)
   {
@@ -808,7 +818,7 @@ inline double velocity_update(float* v, float* u, const index_t shape[3], double
   const double umax = field_max_norm(u, n, n_threads);
   if (!(umax > 0)) return 0.0;
   const float scale = static_cast<float>(step / umax);
-#pragma omp parallel for schedule(static) num_threads(threads_for(3 * n, n_threads))
+#pragma omp parallel for schedule(static) num_threads(field_threads(3 * n, n_threads))
   for (index_t q = 0; q < 3 * n; ++q) v[q] += scale * u[q];
   gaussian_planes(v, 3, shape, sigma_v, n_threads);
   return umax;
@@ -833,7 +843,7 @@ inline void warp_field_gradient(const float* moving, const index_t mshape[3],
   const index_t mk = mshape[0], mj = mshape[1], mi = mshape[2], msj = mi, msk = mj * mi;
   const float* P = to_moving_index;
   const float* Q = disp_to_moving;
-#pragma omp parallel for collapse(2) schedule(static) num_threads(threads_for(n, n_threads))
+#pragma omp parallel for collapse(2) schedule(static) num_threads(field_threads(n, n_threads))
   for (index_t k = 0; k < nk; ++k)
     for (index_t j = 0; j < nj; ++j) {
       const float fk = static_cast<float>(k), fj = static_cast<float>(j);
@@ -880,7 +890,7 @@ inline void resample_field(const float* field, const index_t src_shape[3], const
   const index_t sk = src_shape[1] * src_shape[2], sj = src_shape[2], sn = src_shape[0] * sk;
   const index_t nk = shape[0], nj = shape[1], ni = shape[2], n = nk * nj * ni;
   const float* P = to_source;
-#pragma omp parallel for collapse(2) schedule(static) num_threads(threads_for(n, n_threads))
+#pragma omp parallel for collapse(2) schedule(static) num_threads(field_threads(n, n_threads))
   for (index_t k = 0; k < nk; ++k)
     for (index_t j = 0; j < nj; ++j) {
       const float fk = static_cast<float>(k), fj = static_cast<float>(j);
