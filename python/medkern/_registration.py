@@ -489,11 +489,12 @@ def register(fixed: ImageLike, moving: ImageLike, transform: str = "rigid", metr
         Deformable stage: the largest update of the velocity, in voxels.
     field_spacing_mm : float, optional
         Deformable stage: the finest grid of the velocity field (mm). A level at least twice as
-        fine runs no field iterations by default; given some (``field_iterations``), it computes
-        its force on its own grid and updates the velocity on a grid about this coarse (the
-        force smoothed and shrunk onto it, exp(v) read back trilinearly). The final field is
-        read (trilinearly) at the fixed voxels. ``0``: the velocity on every level's grid and
-        every level iterated, as before this parameter existed.
+        fine runs no field iterations by default, nor affine steps; given some
+        (``field_iterations``), it computes its force on its own grid and updates the velocity
+        on a grid about this coarse (the force smoothed and shrunk onto it, exp(v) read back
+        trilinearly). The final field is read (trilinearly) at the fixed voxels. ``0``: the
+        velocity on every level's grid and every level iterated, as before this parameter
+        existed.
     %(backend)s
         Deformable registration runs on numpy arrays only.
     %(progress)s
@@ -612,6 +613,13 @@ def register(fixed: ImageLike, moving: ImageLike, transform: str = "rigid", metr
             smooth = s > 1
             stage = f"level {n + 1}/{n_levels}"
             spans[n].update(stage, 0.0)
+            if cfg is not None and n > 0 and cfg.iterations[n] == 0 \
+                    and _finer_than_field(target, cfg.velocity_spacing_mm):
+                # The field stage skips this level; its affine steps would only polish what the
+                # field corrects anyway.
+                iterations.append(0)
+                history.append([])
+                continue
             flev = _level_image(fixed_img, fa, fmask, target, smooth, backend)
             mlev = _level_image(moving_img, ma, mmask, target, smooth, backend)
             idx = _sample_indices(int(np.prod(flev.array.shape)), flev.mask, sampling,
@@ -839,6 +847,11 @@ def _vector_image(ref: Image, d: np.ndarray) -> Image:
 _FINE_FIELD_ITERATIONS = 0
 
 
+def _finer_than_field(level_mm: float, field_spacing_mm: float) -> bool:
+    """A level at least twice as fine as the velocity grid (``field_spacing_mm``, 0: none)."""
+    return field_spacing_mm > 0 and round(field_spacing_mm / level_mm) >= 2
+
+
 def _deformable_settings(levels, field_iterations, lncc_radius_vox, field_sigmas_vox,
                          field_step_vox, field_spacing_mm, spacing) -> _DeformableSettings:
     grid = float(field_spacing_mm)
@@ -848,7 +861,7 @@ def _deformable_settings(levels, field_iterations, lncc_radius_vox, field_sigmas
     if field_iterations is None:
         base = float(min(spacing))
         field_iterations = tuple(
-            _FINE_FIELD_ITERATIONS if grid > 0 and round(grid / (s * base)) >= 2
+            _FINE_FIELD_ITERATIONS if _finer_than_field(s * base, grid)
             else max(10, 30 - 10 * i) for i, s in enumerate(levels))
     field_iterations = tuple(field_iterations)
     if len(field_iterations) != len(levels) or not all(
