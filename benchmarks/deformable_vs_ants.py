@@ -197,7 +197,13 @@ def write_report(args, case: str, rows, t_mk: float, stages, total_s: float) -> 
     lines += ["", "medkern's time per stage (affine levels, then field levels, then the final "
               "exponentials):", "", "| stage | time (s) |", "|---|---|"]
     lines += [f"| {name} | {dt:.2f} |" for name, dt in stages]
-    args.out.write_text("\n".join(lines) + "\n")
+    # The hand-written "## Notes" section of an earlier report (history, analysis) is kept.
+    notes = ""
+    if args.out.exists():
+        old = args.out.read_text()
+        if "\n## Notes" in old:
+            notes = "\n" + old[old.index("\n## Notes") + 1:]
+    args.out.write_text("\n".join(lines) + "\n" + notes)
     print(f"wrote {args.out}")
 
 
