@@ -35,7 +35,7 @@ def quantize(model: str | os.PathLike[str], calibration: Sequence[Any], out: str
     """Write a static INT8 copy of a model, calibrated on patches of its own preprocessed inputs.
 
     Each calibration image goes through the model's preprocessing (reorientation, resampling,
-    intensity operations, as :meth:`Model.predict` does); ``patches_per_image`` patches of the
+    intensity operations, as :meth:`medkern.Model.predict` does); ``patches_per_image`` patches of the
     metadata's ``patch_size`` are drawn from it at seeded random positions (padded as the sliding
     window pads), and ONNX Runtime's ``quantize_static`` records the range of every activation on
     them. The result is QDQ ONNX with per-channel int8 weights and uint8 activations, the form
@@ -53,7 +53,7 @@ def quantize(model: str | os.PathLike[str], calibration: Sequence[Any], out: str
     model : str or os.PathLike
         The float32 ONNX model, with medkern metadata (a dense task: segmentation or detection).
     calibration : sequence of Image, of tuple of Image, or of numpy.ndarray
-        Calibration cases, as :meth:`Model.predict_many` takes them (one Image, or one per input
+        Calibration cases, as :meth:`medkern.Model.predict_many` takes them (one Image, or one per input
         channel). A numpy array is taken as already preprocessed, ``(channels, *spatial)`` on
         the model grid.
     out : str or os.PathLike
@@ -89,8 +89,8 @@ def quantize(model: str | os.PathLike[str], calibration: Sequence[Any], out: str
 
     See Also
     --------
-    Model : Loads the INT8 model as any other.
-    sliding_window : The patches the model runs on.
+    medkern.Model : Loads the INT8 model as any other.
+    medkern.sliding_window : The patches the model runs on.
 
     Examples
     --------
@@ -151,7 +151,7 @@ def quantize(model: str | os.PathLike[str], calibration: Sequence[Any], out: str
 
 def _calibration_patches(model: Any, cases: Sequence[Any], per_case: int, seed: int) -> Iterator[np.ndarray]:
     """``per_case`` patches ``(1, C, *patch_size)`` of each preprocessed case, at seeded random
-    positions; a case smaller than the patch is padded as :func:`sliding_window` pads it."""
+    positions; a case smaller than the patch is padded as :func:`medkern.sliding_window` pads it."""
     from medkern.inference.sliding import _PADDING
 
     inf = model.metadata["inference"]
