@@ -281,15 +281,17 @@ def test_missing_file_in_a_dicom_file_list(tmp_path):
 
 
 def test_second_input_needs_the_primary_frame_of_reference():
-    from medkern.analysis.analyze import _on_primary_grid
+    from medkern.analysis.analyze import _check_same_frame
 
     img = mk.Image(np.zeros((4, 5, 6), np.float32))
     ct, pet = choose(load_candidates({"CT": img}), "CT"), choose(load_candidates({"PT": img}), "PT")
     with pytest.raises(ValueError, match="does not share the CT series' frame of reference"):
-        _on_primary_grid(pet, ct)
-    ct.candidate.frame_of_reference_uid = pet.candidate.frame_of_reference_uid = "1.2.3"
-    moved = _on_primary_grid(pet, ct)
-    assert moved.same_geometry(ct.image)
+        _check_same_frame(pet, ct)
+    pet.candidate.frame_of_reference_uid = "1.2.3"
+    with pytest.raises(ValueError, match=r"frame of reference \(1.2.3 vs None\)"):
+        _check_same_frame(pet, ct)
+    ct.candidate.frame_of_reference_uid = "1.2.3"
+    _check_same_frame(pet, ct)
 
 
 def test_progress_over_the_stages_and_cancellation(shared_data, tmp_path):

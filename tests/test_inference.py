@@ -644,6 +644,94 @@ def test_model_error_spacing_mismatch_between_channels(rng):
     np.testing.assert_allclose(out.probabilities.array, 0.5, atol=1e-6)
 
 
+def _two_channel(modalities=("CT", "PT"), antialias=False) -> mk.Model:
+    """logits = [x1 + x2, -(x1 + x2)] of the scaled channels: class 0 = sigmoid(0.02 (x1 + x2))."""
+    return mk.Model(mk.write_model_metadata(pointwise_model(in_channels=2),
+                                            metadata(input__modalities=list(modalities), input__antialias=antialias)))
+
+
+def _sitk_linear_onto(img: mk.Image, reference: mk.Image) -> np.ndarray:
+    """SimpleITK's linear resampling of ``img`` onto ``reference``'s grid (0 outside)."""
+    sitk = pytest.importorskip("SimpleITK")
+    out = sitk.Resample(img.to_sitk(), reference.to_sitk(), sitk.Transform(), sitk.sitkLinear, 0.0,
+                        sitk.sitkFloat64)
+    return mk.Image.from_sitk(out).array
+
+
+def test_predict_mapping_same_grid_is_the_positional_call(ct_image, rng):
+    model = _two_channel()
+    pet = ct_image.with_array(rng.normal(0, 50, ct_image.shape).astype(np.float32))
+    positional = model.predict(ct_image, pet)
+    mapped = model.predict({"PT": pet, "CT": ct_image})  # keys in any order; the metadata's order counts
+    np.testing.assert_array_equal(mapped.probabilities.array, positional.probabilities.array)
+    np.testing.assert_array_equal(mapped.labels.array, positional.labels.array)
+
+
+def test_predict_mapping_resamples_the_secondary_like_simpleitk(ct_image, rng):
+    """A PET on its own coarser, shifted grid in the CT's frame: resampled onto the CT's model
+    grid (here the CT grid itself, input.spacing None), equal to SimpleITK linear resampling."""
+    model = _two_channel()
+    pet = mk.Image(rng.normal(0, 50, (9, 14, 12)).astype(np.float32), (3.0, 3.0, 2.5),
+                   np.asarray(ct_image.origin) + (1.2, -0.7, 0.4), ct_image.direction)
+    with pytest.raises(mk.ModelError, match="does not record its frame of reference"):
+        model.predict({"CT": ct_image, "PT": pet})
+    # the PET is never finer than the CT here, so no anti-aliasing smooths it
+    out = model.predict({"CT": ct_image, "PT": pet}, same_frame=True)
+    pet_on_ct = _sitk_linear_onto(pet, ct_image)
+    expected = 1.0 / (1.0 + np.exp(-0.02 * (ct_image.array.astype(np.float64) + pet_on_ct)))
+    np.testing.assert_allclose(out.probability("background").array, expected, atol=2e-5)
+    assert out.labels.same_geometry(ct_image)
+
+
+def test_predict_mapping_antialiases_a_finer_secondary(rng):
+    """A secondary twice as fine per axis as the model grid is smoothed with resample's sigma
+    ((scale - 1) / 2 voxels, mirror) before the linear sampling when the metadata asks for
+    anti-aliasing, and sampled as it is when not: scipy.ndimage reference."""
+    ct = mk.Image(np.zeros((6, 8, 10), np.float32), (2.0, 2.0, 2.0))
+    fine = mk.Image(rng.normal(0, 100, (12, 16, 20)).astype(np.float32), (1.0, 1.0, 1.0), (-0.5, -0.5, -0.5))
+    # CT voxel (k, j, i) is world 2 (k, j, i) in this identity frame: fine index 2 (k, j, i) + 0.5
+    coords = np.stack(np.meshgrid(*[np.arange(n) * 2.0 + 0.5 for n in ct.shape], indexing="ij"))
+    smooth = ndimage.gaussian_filter(fine.array.astype(np.float64), 0.5, mode="mirror", truncate=4.0)
+    for antialias, source in ((True, smooth), (False, fine.array.astype(np.float64))):
+        out = _two_channel(antialias=antialias).predict({"CT": ct, "PT": fine}, same_frame=True)
+        expected = 1.0 / (1.0 + np.exp(-0.02 * ndimage.map_coordinates(source, coords, order=1)))
+        np.testing.assert_allclose(out.probability("background").array, expected, atol=2e-5)
+
+
+def test_predict_mapping_refuses_what_it_cannot_check(ct_image, rng):
+    model = _two_channel()
+    pet = ct_image.with_array(rng.normal(size=ct_image.shape).astype(np.float32))
+    with pytest.raises(mk.ModelError, match=r"missing \['PT'\]"):
+        model.predict({"CT": ct_image})
+    with pytest.raises(mk.ModelError, match=r"not an input of this model: \['MR'\]"):
+        model.predict({"CT": ct_image, "PT": pet, "MR": pet})
+    with pytest.raises(TypeError, match="PT must be an mk.Image or an mk.DicomSeries"):
+        model.predict({"CT": ct_image, "PT": pet.array})
+    far = mk.Image(pet.array, pet.spacing, np.asarray(pet.origin) + 1000.0, pet.direction)
+    with pytest.raises(mk.ModelError, match="do not overlap in space"):
+        model.predict({"CT": ct_image, "PT": far}, same_frame=True)
+    with pytest.raises(mk.ModelError, match="channel images must share one grid"):
+        model.predict(ct_image, far)
+
+
+def test_predict_mapping_compares_dicom_frames_of_reference(tmp_path, rng):
+    model = _two_channel(("CT", "MR"))
+    ct = mk.Image(rng.integers(-100, 100, (6, 16, 16)).astype(np.int16), (3.0, 1.0, 1.0))
+    mr = mk.Image(rng.integers(0, 200, (4, 8, 8)).astype(np.int16), (4.0, 2.0, 2.0), (1.0, 0.5, 0.5))
+    mk.write_dicom_series(ct, tmp_path / "ct", modality="CT")
+    mk.write_dicom_series(mr, tmp_path / "same", modality="MR", source=tmp_path / "ct", series_number=2)
+    mk.write_dicom_series(mr, tmp_path / "other", modality="MR", series_number=3)
+    ct_series = mk.list_dicom_series(tmp_path / "ct")[0]
+    same = mk.list_dicom_series(tmp_path / "same")[0]
+    other = mk.list_dicom_series(tmp_path / "other")[0]
+    assert same.frame_of_reference_uid == ct_series.frame_of_reference_uid != other.frame_of_reference_uid
+    out = model.predict({"CT": ct_series, "MR": same})  # UIDs checked: no same_frame needed
+    vouched = model.predict({"CT": ct_series.read(), "MR": same.read()}, same_frame=True)
+    np.testing.assert_array_equal(out.probabilities.array, vouched.probabilities.array)
+    with pytest.raises(mk.ModelError, match="different frames of reference"):
+        model.predict({"CT": ct_series, "MR": other}, same_frame=True)
+
+
 def test_model_providers_and_threads():
     with pytest.raises(ValueError, match="providers must be 'auto'"):
         mk.Model(pointwise_model(), providers="gpu")

@@ -19,7 +19,7 @@ import platform
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence, cast
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -311,9 +311,12 @@ def analyze(study: str | os.PathLike[str] | Image | Sequence[Image] | Sequence[s
             rules = _guideline_for(guideline, meta["name"])
             picked: list[StudyImage] = [_in_model_units(choose(candidates, m)) for m in meta["input"]["modalities"]]
             primary = picked[0]
-            inputs = [primary.image] + [_on_primary_grid(p, primary) for p in picked[1:]]
+            for p in picked[1:]:
+                _check_same_frame(p, primary)
+            # Checked above: each secondary is resampled once, straight onto the model grid.
+            inputs = {m: p.image for m, p in zip(meta["input"]["modalities"], picked)}
         with stages("predict") as span:
-            prediction = net.predict(*inputs, progress=span)
+            prediction = net.predict(inputs, same_frame=True, progress=span)
         with stages("lesions"):
             lesion_array, n = _lesions(np.asarray(prediction.labels.array))
             lesion_labels = primary.image.with_array(lesion_array)
@@ -426,16 +429,13 @@ def _in_model_units(chosen: StudyImage) -> StudyImage:
     return StudyImage(image, c, chosen.reason + "; PET values converted to SUVbw (QIBA) from the DICOM header")
 
 
-def _on_primary_grid(secondary: StudyImage, primary: StudyImage) -> Image:
-    """A second model input on the primary's grid: allowed only within one frame of reference."""
-    from medkern._resample import resample_to
-
+def _check_same_frame(secondary: StudyImage, primary: StudyImage) -> None:
+    """A second model input must lie in the primary's frame of reference (same UID, both known)."""
     a, b = primary.candidate.frame_of_reference_uid, secondary.candidate.frame_of_reference_uid
     if a is None or b is None or a != b:
         raise ValueError(f"the {secondary.candidate.modality} series does not share the {primary.candidate.modality} "
                          f"series' frame of reference ({b} vs {a}); register it first (mk.register) and pass "
                          "both images on one grid")
-    return cast(Image, resample_to(secondary.image, primary.image))  # an Image in gives an Image out
 
 
 def _lesion_entry(r: Any, features: dict[str, Any], place: dict[str, Any]) -> dict[str, Any]:

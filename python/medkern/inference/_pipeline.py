@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, cast
+from typing import Any, Callable, Mapping, Sequence, cast
 
 import numpy as np
 
@@ -105,6 +105,86 @@ _MAX_GRID_VOXELS = 1 << 30
 _MAX_WINDOWS = 1 << 21
 
 
+class SharedFrame(tuple):
+    """One case's channel images, in the metadata's order, whose frame of reference was checked
+    by :func:`channel_images`: a secondary image on another grid than the primary's is resampled
+    straight onto the primary's model grid (one interpolation, not two)."""
+
+
+def channel_images(meta: dict[str, Any], images: Mapping[str, Any], same_frame: bool) -> SharedFrame:
+    """The channel images of ``{modality: Image or DicomSeries}``, in the metadata's order.
+
+    The first modality is the primary: the prediction comes back on its grid. A secondary image
+    on another grid must share the primary's frame of reference: DICOM series carry their
+    FrameOfReferenceUID, which must be equal; a plain Image carries none, so the caller vouches
+    with ``same_frame=True``. Either way the two fields of view must overlap in space. A DICOM
+    PET series is read in SUVbw (:func:`medkern.suv`), the unit models read PET in.
+    """
+    from medkern.io.dicom import DicomSeries
+
+    if not isinstance(images, Mapping):
+        raise TypeError(f"predict: expected a mapping of modality to image, got {type(images).__name__}")
+    modalities = list(meta["input"]["modalities"])
+    missing = [m for m in modalities if m not in images]
+    unexpected = [str(k) for k in images if k not in modalities]
+    if missing or unexpected:
+        raise ModelError(f"{meta['name']} takes the modalities {modalities}; "
+                         + "; ".join(([f"missing {missing}"] if missing else [])
+                                     + ([f"not an input of this model: {unexpected}"] if unexpected else [])))
+    read: list[Image] = []
+    frames: list[str | None] = []
+    for modality in modalities:
+        value = images[modality]
+        if isinstance(value, DicomSeries):
+            frames.append(value.frame_of_reference_uid or None)
+            if modality.upper() in ("PT", "PET"):
+                from medkern._pet import suv
+
+                read.append(suv(value, "bw"))
+            else:
+                read.append(value.read())
+        elif isinstance(value, Image):
+            frames.append(None)
+            read.append(value)
+        else:
+            raise TypeError(f"predict: {modality} must be an mk.Image or an mk.DicomSeries, got "
+                            f"{type(value).__name__}")
+    primary = read[0]
+    for modality, img, frame in zip(modalities[1:], read[1:], frames[1:]):
+        _check_same_frame(modalities[0], primary, frames[0], modality, img, frame, same_frame)
+    return SharedFrame(read)
+
+
+def _check_same_frame(name_a: str, a: Image, frame_a: str | None, name_b: str, b: Image, frame_b: str | None,
+                      same_frame: bool) -> None:
+    if frame_a and frame_b and frame_a != frame_b:
+        raise ModelError(f"{name_b} and {name_a} lie in different frames of reference (FrameOfReferenceUID "
+                         f"{frame_b} vs {frame_a}): their coordinates are not comparable. Register {name_b} to "
+                         f"{name_a} first (mk.register), resample it with mk.resample_to, and pass the result")
+    if isinstance(b, Image) and b.ndim == a.ndim and b.same_geometry(a, atol=1e-3):
+        return
+    if not (frame_a and frame_b) and not same_frame:
+        raise ModelError(f"{name_b} lies on another grid than {name_a}, and an mk.Image does not record its frame of "
+                         f"reference, so medkern cannot check that the two share one. Pass the DICOM series "
+                         f"(mk.DicomSeries, whose FrameOfReferenceUID is compared), or same_frame=True when you "
+                         f"know they do (a PET/CT pair from one acquisition); otherwise register {name_b} first "
+                         "(mk.register)")
+    if b.ndim == a.ndim and not _overlap(a, b):
+        raise ModelError(f"{name_b} and {name_a} do not overlap in space (world bounding boxes disjoint), so they "
+                         "cannot share a frame of reference as placed; check their origins and directions")
+
+
+def _overlap(a: Image, b: Image) -> bool:
+    """Whether the world bounding boxes of two grids (voxel edges included) intersect."""
+    boxes = []
+    for img in (a, b):
+        corners = np.array(list(itertools.product(*[(-0.5, n - 0.5) for n in img.shape])), dtype=np.float64)
+        world = img.index_to_world(corners)
+        boxes.append((world.min(axis=0), world.max(axis=0)))
+    (lo_a, hi_a), (lo_b, hi_b) = boxes
+    return bool(np.all(np.minimum(hi_a, hi_b) > np.maximum(lo_a, lo_b)))
+
+
 @dataclass
 class _Case:
     reference: Image     # the first channel image as given: the output grid
@@ -166,6 +246,7 @@ class Pipeline:
         if len(channel_images) != inp["channels"]:
             raise ModelError(f"{meta['name']} takes {inp['channels']} channel image(s) "
                              f"({', '.join(inp['modalities'])}), got {len(channel_images)}")
+        shared_frame = isinstance(channel_images, SharedFrame)
         imgs = []
         for n, img in enumerate(channel_images):
             if not isinstance(img, Image):
@@ -174,10 +255,11 @@ class Pipeline:
             if img.is_vector or img.ndim != inp["spatial_dims"]:
                 raise ModelError(f"{meta['name']} takes {inp['spatial_dims']}D scalar images, channel {n} "
                                  f"({inp['modalities'][n]}) is {img.ndim}D{' vector' if img.is_vector else ''}")
-            if n and not img.same_geometry(imgs[0], atol=1e-3):
+            if n and not shared_frame and not img.same_geometry(imgs[0], atol=1e-3):
                 raise ModelError(f"channel images must share one grid, but {inp['modalities'][n]} differs "
                                  f"from {inp['modalities'][0]} (spacing {img.spacing} vs {imgs[0].spacing}, "
-                                 f"shape {img.shape} vs {imgs[0].shape}); resample it with mk.resample_to first")
+                                 f"shape {img.shape} vs {imgs[0].shape}); resample it with mk.resample_to first, "
+                                 f"or pass {{modality: image}} (resampled for you within one frame of reference)")
             imgs.append(img)
         reference = imgs[0]
         grid = None
@@ -190,8 +272,11 @@ class Pipeline:
                                      f"{img.shape} image of spacing {tuple(round(v, 4) for v in img.spacing)} to "
                                      f"~{grid_voxels:.3g} voxels, more than the {_MAX_GRID_VOXELS} medkern runs a "
                                      "model on")
-            img = _to_model_grid(img, inp["orientation"], inp["spacing"], inp["antialias"])
-            grid = img
+            if grid is None or img.same_geometry(imgs[0], atol=1e-3):
+                img = _to_model_grid(img, inp["orientation"], inp["spacing"], inp["antialias"])
+            else:
+                img = _onto_grid(img, grid, inp["antialias"])
+            grid = grid or img
             x = np.asarray(img.array)
             for op in meta["preprocessing"]:
                 if "channels" in op and n not in op["channels"]:
@@ -438,6 +523,25 @@ def _to_model_grid(img: Image, orientation: str | None, spacing: Sequence[float]
 
         img = cast(Image, resample(img, spacing, interpolation="linear", antialias=antialias))
     return img
+
+
+def _onto_grid(img: Image, grid: Image, antialias: bool) -> Image:
+    """A secondary channel image (same frame of reference, another grid) resampled straight onto
+    the primary's model grid; smoothed first where the model grid is coarser (as
+    :func:`medkern.resample` does with ``antialias``)."""
+    from medkern._filters import gaussian
+    from medkern._resample import resample_to
+
+    # The model grid's voxel extent along each axis of ``img`` (exact for permuted or flipped
+    # axes), in ``img`` voxels; the sigma is resample's: (scale - 1) / 2 input voxels.
+    d_img = np.asarray(img.direction).reshape(img.ndim, img.ndim)
+    d_grid = np.asarray(grid.direction).reshape(grid.ndim, grid.ndim)
+    extent = np.abs(d_img.T @ d_grid) @ np.asarray(grid.spacing)
+    scale = extent / np.asarray(img.spacing)
+    if antialias and np.any(scale > 1.0):
+        sigma = np.where(scale > 1.0, (scale - 1.0) / 2.0, 0.0)
+        img = cast(Image, gaussian(img.astype(np.float32), sigma_vox=tuple(float(v) for v in sigma), mode="mirror"))
+    return cast(Image, resample_to(img, grid, interpolation="linear"))
 
 
 def _back_to_input(img: Image, reference: Image, interpolation: str) -> Image:

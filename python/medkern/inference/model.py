@@ -9,7 +9,7 @@ The session side (providers, threads, graph rewrites, device I/O, parallel lanes
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from medkern._docstrings import fill_doc
 from medkern._progress import Progress
@@ -17,7 +17,7 @@ from medkern._reorient import reorient as reorient
 from medkern._typing import Array, ProgressArg
 from medkern.errors import ModelError
 from medkern.image import Image
-from medkern.inference._pipeline import Pipeline, Prediction
+from medkern.inference._pipeline import Pipeline, Prediction, channel_images
 from medkern.inference._pipeline import postprocess_labels as postprocess_labels
 from medkern.inference._session import OnnxSession, TensorInfo
 from medkern.inference.metadata import METADATA_KEY, check_graph_against_metadata, parse_metadata
@@ -222,9 +222,9 @@ class Model:
         return self.metadata
 
     @fill_doc
-    def predict(self, *images: Image, tta: bool = False, postprocess: bool = True,
-                progress: ProgressArg | Progress = None) -> Prediction:
-        """Predict on one image (or one image per input channel, in the metadata's order).
+    def predict(self, *images: Image | Mapping[str, Any], tta: bool = False, postprocess: bool = True,
+                same_frame: bool = False, progress: ProgressArg | Progress = None) -> Prediction:
+        """Predict on one image, one image per input channel, or a ``{modality: image}`` mapping.
 
         Steps, all from the metadata: reorient to the model's orientation (axis permutation and
         flips, exact), resample to its spacing (linear; the field of view is kept), preprocess,
@@ -234,15 +234,32 @@ class Model:
         declared clean-up: small components removed, the top-n components kept) is applied to
         the labels. Probabilities are never altered.
 
+        A multi-input model (``input.modalities`` such as ``["CT", "PT"]``) takes its channels
+        either positionally, all on one grid, or as one mapping ``{"CT": ct, "PT": pet}`` whose
+        keys are the metadata's modalities. The first modality is the primary: the prediction
+        comes back on its grid, and each other image on another grid is resampled straight onto
+        the primary's model grid (linear, anti-aliased where coarser) -- but only within one frame
+        of reference. A :class:`~medkern.DicomSeries` value carries its FrameOfReferenceUID,
+        which must equal the primary's; an :class:`~medkern.Image` records none, so pass
+        ``same_frame=True`` when you know the images share one (a PET/CT pair of one
+        acquisition). Images in different frames of reference must be registered first
+        (:func:`medkern.register`). A DICOM PET series value is read in SUVbw
+        (:func:`medkern.suv`).
+
         Parameters
         ----------
-        *images : Image
-            One image, or one per input channel in the metadata's order, on one grid.
+        *images : Image or mapping of str to Image or DicomSeries
+            One image; one per input channel in the metadata's order, on one grid; or one mapping
+            of modality name to image (or DICOM series), the grids may differ.
         tta : bool, optional
             Average the probabilities over all flips of the spatial axes (2^ndim passes).
         postprocess : bool, optional
             Apply the metadata's post-processing to the labels (default); False returns the raw
             labels.
+        same_frame : bool, optional
+            Mapping input only: vouch that plain Images on different grids share the primary's
+            frame of reference (their fields of view must still overlap). Default False: such
+            images are refused.
         %(progress)s
             Stages ``"preprocess"``, ``"patches"`` (the sliding window, one call per batch of
             patches; ``"classify"`` for classification models) and ``"postprocess"``.
@@ -255,7 +272,9 @@ class Model:
         Raises
         ------
         medkern.ModelError
-            The model has no medkern metadata, or the images do not fit it.
+            The model has no medkern metadata; the images do not fit it; a mapping names other
+            modalities than the model's; secondary images lie in another frame of reference, or
+            on another grid without ``same_frame=True``.
         medkern.Cancelled
             ``progress`` returned False.
 
@@ -279,20 +298,24 @@ class Model:
         """
         with Progress(progress, "Model.predict") as prog:
             return self.predict_many([images[0] if len(images) == 1 else tuple(images)], tta=tta,
-                                     postprocess=postprocess, progress=prog)[0]
+                                     postprocess=postprocess, same_frame=same_frame, progress=prog)[0]
 
     @fill_doc
-    def predict_many(self, images: Sequence[Image | tuple[Image, ...] | list[Image]], tta: bool = False,
-                     postprocess: bool = True, *, progress: ProgressArg | Progress = None) -> list[Prediction]:
+    def predict_many(self, images: Sequence[Image | tuple[Image, ...] | list[Image] | Mapping[str, Any]],
+                     tta: bool = False, postprocess: bool = True, *, same_frame: bool = False,
+                     progress: ProgressArg | Progress = None) -> list[Prediction]:
         """Predict on several cases; cases whose model-grid shapes agree share patch batches.
 
         Parameters
         ----------
-        images : sequence of Image or of tuple of Image
-            One Image per case, or a tuple of per-channel Images.
+        images : sequence of Image, of tuple of Image, or of mapping
+            One Image per case, a tuple of per-channel Images, or a ``{modality: image}`` mapping
+            (as for :meth:`predict`).
         tta : bool, optional
             As for :meth:`predict`.
         postprocess : bool, optional
+            As for :meth:`predict`.
+        same_frame : bool, optional
             As for :meth:`predict`.
         %(progress)s
             Over all the cases.
@@ -321,7 +344,8 @@ class Model:
         >>> [p.labels.shape for p in model.predict_many([img, img[:, :32, :32]])]
         [(24, 64, 64), (24, 32, 32)]
         """
-        self._require_metadata()
+        meta = self._require_metadata()
         prog = Progress(progress, "Model.predict_many")
-        inputs = [case if isinstance(case, (tuple, list)) else (case,) for case in images]
+        inputs = [channel_images(meta, case, same_frame) if isinstance(case, Mapping)
+                  else case if isinstance(case, (tuple, list)) else (case,) for case in images]
         return self._pipeline.predict_many(inputs, tta, postprocess, prog)
