@@ -428,30 +428,32 @@ def postprocess_labels(labels: np.ndarray, probabilities: np.ndarray, spacing: S
     from medkern._segment import label as connected
 
     out = np.array(labels, copy=True)
+    flat = out.ravel()          # a view: ``out`` is a fresh C-contiguous copy
     voxel = float(np.prod(spacing))
     for op in ops:
         components, n = connected(out)
-        components = np.asarray(components).ravel()
         if n == 0:
             break
-        volume = np.bincount(components, minlength=n + 1) * voxel
+        # Only labelled voxels are read or cleared: a tumour is a few % of a CT.
+        fg = np.flatnonzero(flat)
+        fg_components = np.asarray(components).ravel()[fg]
+        volume = np.bincount(fg_components, minlength=n + 1) * voxel
         if op["op"] == "remove_small":
             keep = volume >= float(op["min_volume_mm3"])
         else:
             if op["by"] == "volume":
                 score = volume
             else:
-                flat = out.ravel()
-                channel = np.clip(flat.astype(np.int64) - first_channel, 0, probabilities.shape[-1] - 1)
-                own = probabilities.reshape(-1, probabilities.shape[-1])[np.arange(flat.size), channel]
-                score = np.bincount(components, weights=np.where(flat > 0, own, 0.0), minlength=n + 1)
+                channel = np.clip(flat[fg].astype(np.intp) - first_channel, 0, probabilities.shape[-1] - 1)
+                own = probabilities.reshape(-1, probabilities.shape[-1])[fg, channel]
+                score = np.bincount(fg_components, weights=own, minlength=n + 1)
             score[0] = -np.inf
             # Stable order: ties keep the earlier component in scan order.
             top = np.argsort(-score[1:], kind="stable")[: int(op["n"])] + 1
             keep = np.zeros(n + 1, bool)
             keep[top] = True
         keep[0] = False
-        out.ravel()[~keep[components]] = 0
+        flat[fg[~keep[fg_components]]] = 0
     return out
 
 
