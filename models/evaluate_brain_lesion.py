@@ -32,21 +32,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from train_brain_lesion import CANDIDATE, CHANNELS, NAME, PATCH, SPACING, TRAIN_SEEDS, WORKDIR
+from train_brain_lesion import CANDIDATE, CHANNELS, NAME, PATCH, PHASES, SPACING, TRAIN_SEEDS, WORKDIR
+
+from medkern.demo import DEMO_ACQUISITION, DEMO_DIAMETERS_MM
 
 from _common import SHIPPED, dice, save_metrics, write_card
 
 EVALUATION_SEEDS = [5_000_000 + n for n in range(20)]
 TUNING_SEEDS = [4_000_000 + n for n in range(8)]
-DEMO_SEED, DEMO_DIAMETERS_MM = 0, (6.0, 10.0, 16.0)
+DEMO_SEED = 0
 SMALL_MM = 6.0                                  # size classes: 3-6 mm and >= 6 mm
 MIN_VOLUME_CANDIDATES_MM3 = (5.0, 10.0, 15.0, 20.0, 30.0, 40.0)
 THRESHOLD_CANDIDATES = (0.2, 0.3, 0.4, 0.5)
 MAX_FALSE_PER_PATIENT = 0.3
 
 
-def cases(seeds: list[int], diameters_mm: tuple[float, ...] | None = None) -> list[Any]:
-    """Simulated patients, acquisitions in turn, cached under WORKDIR/eval (not in the repository)."""
+def cases(seeds: list[int], diameters_mm: tuple[float, ...] | None = None,
+          acquisition: str | None = None) -> list[Any]:
+    """Simulated patients, acquisitions in turn (or the one named), cached under WORKDIR/eval (not
+    in the repository)."""
     from medkern.analysis.location import mni_template
     from medkern.phantoms import ACQUISITIONS, simulate_brain_metastases
 
@@ -55,11 +59,11 @@ def cases(seeds: list[int], diameters_mm: tuple[float, ...] | None = None) -> li
     template = None
     out = []
     for n, seed in enumerate(seeds):
-        acquisition = None if diameters_mm else list(ACQUISITIONS)[n % len(ACQUISITIONS)]
-        path = cache / f"{seed}-{acquisition}-{diameters_mm}.pkl"
+        acq = acquisition or list(ACQUISITIONS)[n % len(ACQUISITIONS)]
+        path = cache / f"{seed}-{acq}-{diameters_mm}.pkl"
         if not path.is_file():
             template = template or mni_template()
-            case = simulate_brain_metastases(template, seed, diameters_mm=diameters_mm, acquisition=acquisition)
+            case = simulate_brain_metastases(template, seed, diameters_mm=diameters_mm, acquisition=acq)
             partial = path.with_suffix(".partial")
             partial.write_bytes(pickle.dumps(case, protocol=5))
             os.replace(partial, path)
@@ -166,7 +170,8 @@ def choose_postprocessing(path: Path) -> tuple[float, float, dict[str, Any]]:
 
 
 def demo_check(model: Any) -> dict[str, Any]:
-    case = cases([DEMO_SEED], DEMO_DIAMETERS_MM)[0]
+    """The patient `medkern demo` simulates (its seed, lesion sizes and acquisition)."""
+    case = cases([DEMO_SEED], DEMO_DIAMETERS_MM, DEMO_ACQUISITION)[0]
     result = score(case, np.asarray(model.predict(case.image).labels.array))
     rows = result["lesions"]
     return {"seed": DEMO_SEED, "acquisition": case.acquisition["name"],
@@ -256,6 +261,12 @@ def model_card(m: dict[str, Any], meta: dict[str, Any]) -> None:
                      for r in m["demo"]["lesions"])
     presets = ", ".join(f"{k} ({v['field_strength_T']:g} T, {' x '.join(f'{s:g}' for s in v['spacing_mm'])} mm)"
                         for k, v in ACQUISITIONS.items())
+    phases = "; ".join(
+        f"phase {n} {'from scratch' if n == 1 else 'from the previous weights'}: {len(seeds)} patients, {steps} steps, "
+        f"learning rate {lr:g}, patches on lesions {lesion:g} / bright structures {bright:g} / anywhere "
+        f"{1 - lesion - bright:g}" + (f" ({secs} s)" if secs is not None else "")
+        for n, ((seeds, steps, lr, lesion, bright), secs) in enumerate(
+            zip(PHASES, m["training"].get("phase_seconds", [None] * len(PHASES))), start=1))
     card = f"""# Model card: `{NAME}` {meta.get("version", "")}
 
 **Task**: segmentation of enhancing focal brain lesions (metastasis-like) on skull-stripped,
@@ -290,9 +301,9 @@ Not a medical device.
 3D U-Net (channels {"/".join(map(str, CHANNELS))}, instance norm, leaky ReLU), {size:.2f} MB ONNX. Input: T1
 reoriented to SPL, resampled to {SPACING} mm, z-score over the non-zero (brain) voxels. Sliding
 window {PATCH} voxels, overlap {meta["inference"]["overlap"]}, Gaussian blending. Dice + binary
-cross-entropy, Adam with poly decay; patches centred on lesions (1/2), on bright non-lesion
-structures such as vessels (1/4) or anywhere in the brain (1/4); flips, intensity scale and shift.
-Seed 0, one thread, {m["training"]["steps"]} steps ({m["training"]["seconds"]} s). Reproduce with
+cross-entropy, Adam with poly decay; patches centred on lesions, on bright non-lesion structures
+such as vessels, or anywhere in the brain; flips, intensity scale and shift. {phases}.
+Seed 0, one thread, {m["training"]["steps"]} steps in all ({m["training"]["seconds"]} s). Reproduce with
 `python models/train_brain_lesion.py` (`--resume` continues an interrupted run).
 
 ## Validation ({m["patients"]} held-out simulated patients, {m["lesions"]} lesions: {m["lesions_3_6mm"]} of 3-6 mm, {m["lesions_ge_6mm"]} of >= 6 mm)
@@ -301,7 +312,7 @@ Measured as a user would: `predict` on the T1's own grid (1 mm or 1 x 1 x 3 mm),
 with `mk.label`, sizes with `mk.regions`. A lesion is detected when a predicted component overlaps
 it; a component overlapping no lesion is a false lesion. Size errors compare the component over
 the lesion with the simulator's analytic size (ellipsoid volume, longest axis). The previous
-model ({p.get("version", "1.0")}: 8/16/32 channels, 2 mm, 600 steps) is evaluated on the same patients.
+shipped model (version {p.get("version", "n/a")}) is evaluated on the same patients.
 
 | metric | this model | previous model | target |
 |---|---|---|---|

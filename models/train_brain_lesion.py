@@ -9,9 +9,13 @@ Evaluation and the model card: ``models/evaluate_brain_lesion.py`` (also ``--sta
     python models/train_brain_lesion.py --stage train --resume    # after an interruption
     python models/train_brain_lesion.py --stage evaluate
 
-Reproducible: seed 0, one PyTorch thread, deterministic kernels, a fixed number of steps. The
+Two phases: phase 1 trains from scratch on the first 32 simulated patients; phase 2 continues
+from its weights on 64, at a lower learning rate and with more patches on the bright non-lesion
+structures (vessels, sinuses, choroid plexus) that false lesions come from.
+
+Reproducible: seed 0, one PyTorch thread, deterministic kernels, fixed step counts. The
 training cases are cached, and checkpoints written, under ``$MEDKERN_BRAIN_LESION_WORKDIR``
-(default /tmp/brain-lesion), never into the repository. About 70 minutes on one core of a shared
+(default /tmp/brain-lesion), never into the repository. About 100 minutes on one core of a
 two-core machine; the model is exported there and replaces the shipped one only when the
 evaluation finds it better.
 """
@@ -31,18 +35,19 @@ SPACING = [1.5, 1.5, 1.5]     # mm, array order
 PATCH = [48, 48, 48]
 CHANNELS = (12, 24, 48, 96)
 SEED = 0
-STEPS = 4300
 THREADS = 1
 BATCH = 2
-N_TRAIN = 32
-TRAIN_SEEDS = [SEED * 1_000_000 + n for n in range(N_TRAIN)]
+TRAIN_SEEDS = [SEED * 1_000_000 + n for n in range(64)]
+# (training patients, steps, learning rate, share of patches on lesions, on bright non-lesion structures)
+PHASES = ((TRAIN_SEEDS[:32], 4300, 2e-3, 0.5, 0.25),
+          (TRAIN_SEEDS, 2000, 1e-3, 0.4, 0.4))
 WORKDIR = Path(os.environ.get("MEDKERN_BRAIN_LESION_WORKDIR", "/tmp/brain-lesion"))
 CANDIDATE = WORKDIR / f"{NAME}.onnx"
 
 METADATA = {
     "schema_version": 1,
     "name": NAME,
-    "version": "2.0",
+    "version": "2.1",
     "description": "Enhancing brain lesions (metastasis-like) on contrast T1 MR, skull-stripped input",
     "task": "segmentation",
     "input": {"modalities": ["T1"], "spatial_dims": 3, "spacing": SPACING, "orientation": "SPL"},
@@ -74,8 +79,8 @@ def model_grid(case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return x.astype(np.float32), fraction >= 0.5, ids.astype(np.int32)
 
 
-def training_cases() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The simulated training patients on the model grid, cached in WORKDIR (same seeds, same cases)."""
+def training_cases(seeds: list[int]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Simulated training patients on the model grid, cached in WORKDIR (same seeds, same cases)."""
     from medkern.analysis.location import mni_template
     from medkern.phantoms import simulate_brain_metastases
 
@@ -84,7 +89,7 @@ def training_cases() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     template = mni_template()
     cases = []
     t0 = time.perf_counter()
-    for seed in TRAIN_SEEDS:
+    for seed in seeds:
         path = cache / f"train-{seed}.npz"
         if not path.is_file():
             x, y, ids = model_grid(simulate_brain_metastases(template, seed))
@@ -98,12 +103,15 @@ def training_cases() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
 
 
 class Sampler:
-    """Patches centred on a lesion (half), on a bright structure that is not a lesion (a quarter:
-    vessels, sinuses and choroid plexus are where false lesions come from) or anywhere in the
-    brain; random flips and an intensity scale and shift of the z-scored input."""
+    """Patches centred on a lesion (a share ``lesion``), on a bright structure that is not a
+    lesion (a share ``bright``: vessels, sinuses and choroid plexus are where false lesions come
+    from) or anywhere in the brain; random flips and an intensity scale and shift of the z-scored
+    input."""
 
-    def __init__(self, cases: list[tuple[np.ndarray, np.ndarray, np.ndarray]], rng: np.random.Generator):
+    def __init__(self, cases: list[tuple[np.ndarray, np.ndarray, np.ndarray]], rng: np.random.Generator,
+                 lesion: float, bright: float):
         self.cases, self.rng = cases, rng
+        self.lesion, self.bright_share = lesion, bright
         self.lesion_voxels = [[np.argwhere(ids == i) for i in np.unique(ids) if i] for _, _, ids in cases]
         self.bright = []
         self.brain = []
@@ -117,10 +125,10 @@ class Sampler:
         rng = self.rng
         x, y, _ = self.cases[n]
         u = rng.random()
-        if u < 0.5 and self.lesion_voxels[n]:
+        if u < self.lesion and self.lesion_voxels[n]:
             voxels = self.lesion_voxels[n][int(rng.integers(len(self.lesion_voxels[n])))]
             centre = voxels[rng.integers(len(voxels))] + rng.integers(-12, 13, 3)
-        elif u < 0.75 and len(self.bright[n]):
+        elif u < self.lesion + self.bright_share and len(self.bright[n]):
             centre = self.bright[n][rng.integers(len(self.bright[n]))] + rng.integers(-6, 7, 3)
         else:
             centre = self.brain[n][rng.integers(len(self.brain[n]))]
@@ -140,12 +148,27 @@ class Sampler:
 
 
 def stage_train(resume: bool = False) -> None:
-    rng = seed_everything(SEED, THREADS)
-    cases = training_cases()
-    net = UNet(1, 1, CHANNELS)
-    sample = Sampler(cases, rng)
-    log = train(net, sample, steps=STEPS, sigmoid=True, lr=2e-3, checkpoint=WORKDIR / "checkpoint.pt",
-                sampler_state=(sample.state, sample.set_state), resume=resume)
+    import torch
+
+    logs = []
+    for phase, (seeds, steps, lr, lesion, bright) in enumerate(PHASES, start=1):
+        path = WORKDIR / ("checkpoint.pt" if phase == 1 else f"checkpoint-phase{phase}.pt")
+        rng = seed_everything(SEED + phase - 1, THREADS)
+        if phase == 1:
+            net = UNet(1, 1, CHANNELS)
+        state = torch.load(path, weights_only=False) if path.is_file() else None
+        if state is not None and state["step"] == steps:
+            net.load_state_dict(state["net"])
+        else:
+            sample = Sampler(training_cases(seeds), rng, lesion, bright)
+            print(f"phase {phase}: {steps} steps on {len(seeds)} patients", flush=True)
+            train(net, sample, steps=steps, sigmoid=True, lr=lr, checkpoint=path,
+                  sampler_state=(sample.state, sample.set_state), resume=resume)
+            state = torch.load(path, weights_only=False)
+        logs.append(state)
+    log = {"steps": sum(s["step"] for s in logs), "seconds": round(sum(s["seconds"] for s in logs)),
+           "phase_seconds": [round(s["seconds"]) for s in logs],
+           "final_loss": float(np.mean(logs[-1]["losses"][-50:]))}
     print(log, flush=True)
     export(net, 1, PATCH, dict(METADATA, metrics={"training": log}), NAME, out=CANDIDATE)
 
