@@ -88,13 +88,16 @@ def peak_rss_increase(which: str, net_name: str, onnx_path: Path) -> float:
     return json.loads(out.stdout.strip().splitlines()[-1])["increase_mb"]
 
 
-def net_case(net_name: str, tmp: Path, quick: bool) -> tuple[Case, Path]:
+def net_cases(net_name: str, tmp: Path, quick: bool) -> tuple[list[Case], Path]:
+    """mk.sliding_window with mk.Model against MONAI + PyTorch on one network: with ONNX
+    Runtime's CPU provider, and also with its OpenVINO provider (``providers="openvino"``) where
+    the installed onnxruntime has it (the ``onnxruntime-openvino`` package)."""
+    import onnxruntime as ort
     import torch
     from monai.inferers import sliding_window_inference
 
     net = build(net_name)
     onnx_path = export_onnx(net, tmp / f"{net_name}.onnx")
-    model = mk.Model(onnx_path)
     x = volume()
     t = torch.from_numpy(x)
 
@@ -104,22 +107,28 @@ def net_case(net_name: str, tmp: Path, quick: bool) -> tuple[Case, Path]:
 
     mk_mb, monai_mb = (peak_rss_increase(w, net_name, onnx_path) for w in ("medkern", "monai"))
     ref = monai_run().numpy()
-    err = float(np.abs(mk.sliding_window(x, model, ROI, 0.5, "gaussian", 0.125, BATCH) - ref).max())
-    name = (f"sliding_window {NETS[net_name][0]}, {SHAPE} roi 96^3 ov 0.5 gaussian, batch {BATCH} "
-            f"(max |diff| {err:.1e}; peak RSS increase {mk_mb:.0f} MB vs MONAI {monai_mb:.0f} MB "
-            f"= {mk_mb / monai_mb:.2f}x)")
-    case = Case(name, lambda: mk.sliding_window(x, model, ROI, 0.5, "gaussian", 0.125, BATCH),
-                {f"MONAI sliding_window_inference (torch {torch.__version__}, {torch.get_num_threads()} threads)":
-                 monai_run}, target=">= 2x, RSS <= 0.5x", repeats=2 if quick else 3)
-    return case, onnx_path
+    reference = {f"MONAI sliding_window_inference (torch {torch.__version__}, {torch.get_num_threads()} threads)":
+                 monai_run}
+    providers = ["cpu"] + (["openvino"] if "OpenVINOExecutionProvider" in ort.get_available_providers() else [])
+    out = []
+    for provider in providers:
+        model = mk.Model(onnx_path, providers=provider)
+        err = float(np.abs(mk.sliding_window(x, model, ROI, 0.5, "gaussian", 0.125, BATCH) - ref).max())
+        memory = (f"; peak RSS increase {mk_mb:.0f} MB vs MONAI {monai_mb:.0f} MB = {mk_mb / monai_mb:.2f}x"
+                  if provider == "cpu" else f"; ONNX Runtime {ort.__version__} OpenVINO EP")
+        name = (f"sliding_window {NETS[net_name][0]}, {SHAPE} roi 96^3 ov 0.5 gaussian, batch {BATCH}, "
+                f"providers={provider!r} (max |diff| {err:.1e}{memory})")
+        out.append(Case(name, lambda model=model: mk.sliding_window(x, model, ROI, 0.5, "gaussian", 0.125, BATCH),
+                        reference, target=">= 2x, RSS <= 0.5x", repeats=2 if quick else 3))
+    return out, onnx_path
 
 
 def cases(quick: bool) -> list[Case]:
     tmp = Path(tempfile.mkdtemp(prefix="medkern_bench_"))
     out, paths = [], {}
     for net_name in (["UNet"] if quick else NETS):
-        case, paths[net_name] = net_case(net_name, tmp, quick)
-        out.append(case)
+        net_out, paths[net_name] = net_cases(net_name, tmp, quick)
+        out.extend(net_out)
     out += predict_cases(paths, tmp)
     return out
 

@@ -796,6 +796,35 @@ def test_predict_tta_and_predict_many(seg_model, ct_image, rng):
                                single[0].probabilities.array, atol=1e-6)
 
 
+def _shift_model() -> bytes:
+    """logits = [y, -y], y = x[i] + 0.5 x[i + 1] (zero past the end): not symmetric under flips."""
+    w = np.zeros((2, 1, 1, 1, 2), np.float32)
+    w[0, 0, 0, 0] = (1.0, 0.5)
+    w[1] = -w[0]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["logits"], pads=[0, 0, 0, 0, 0, 1])], "shift",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["b", 1, None, None, None])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", 2, None, None, None])],
+        [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def test_metadata_declares_test_time_flips(ct_image):
+    plain = mk.Model(mk.write_model_metadata(_shift_model(), metadata()))
+    flips = mk.Model(mk.write_model_metadata(_shift_model(), metadata(inference__tta=True)))
+    assert plain.metadata["inference"]["tta"] is False and flips.metadata["inference"]["tta"] is True
+    with_flips = plain.predict(ct_image, tta=True).probabilities.array
+    without = plain.predict(ct_image).probabilities.array
+    assert np.abs(with_flips - without).max() > 1e-3       # the flips change this model's output
+    np.testing.assert_array_equal(flips.predict(ct_image).probabilities.array, with_flips)
+    np.testing.assert_array_equal(flips.predict(ct_image, tta=False).probabilities.array, without)
+    np.testing.assert_array_equal(flips.predict_many([ct_image])[0].probabilities.array, with_flips)
+    with pytest.raises(mk.ModelError, match="inference.tta"):
+        mk.write_model_metadata(_shift_model(), metadata(inference__tta="yes"))
+
+
 def test_predict_sigmoid_threshold_labels(rng):
     meta = metadata(output={"activation": "sigmoid", "labels": ["pos", "neg"], "threshold": 0.7},
                     preprocessing=[])

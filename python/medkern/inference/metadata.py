@@ -22,7 +22,8 @@ Version 1 (key ``"medkern"``). Per-axis values are in array-axis order, millimet
         {"op": "scale", "scale": 0.001, "offset": 0.0}             # x * scale + offset
       ],
       "inference": {"patch_size": [64, 64, 64], "overlap": 0.5, "blend": "gaussian",
-                    "sigma_scale": 0.125, "batch_size": 4, "padding": "constant"},
+                    "sigma_scale": 0.125, "batch_size": 4, "padding": "constant",
+                    "tta": false},       # test-time flips by default (predict(tta=None))
       "output": {"activation": "softmax" | "sigmoid" | "none",
                  "labels": ["background", "tumour"], "threshold": 0.5},
       "postprocessing": [                # optional; applied in order to the label map on the
@@ -85,7 +86,7 @@ POSTPROCESSING_OPS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "keep_top": (("n",), {"by": "probability"}),
 }
 INFERENCE_DEFAULTS = {"overlap": 0.5, "blend": "gaussian", "sigma_scale": 0.125, "batch_size": 4,
-                      "padding": "constant"}
+                      "padding": "constant", "tta": False}
 NOTES = ("name", "version", "description", "training_data", "licence", "intended_use")
 PRECISIONS = ("fp32", "int8")
 
@@ -310,6 +311,8 @@ def _validate_inference(meta: dict[str, Any], nsp: int, channels: int) -> None:
         raise _fail("inference.batch_size", f"{inf['batch_size']} patches of {inf['patch_size']} x {channels} "
                                             f"channel(s) exceed {MAX_BATCH_VALUES} input values per batch")
     _choice(inf["padding"], PADDINGS, "inference.padding")
+    if not isinstance(inf["tta"], bool):
+        raise _fail("inference.tta", f"must be true or false, got {inf['tta']!r}")
 
 
 def _validate_output(meta: dict[str, Any]) -> None:

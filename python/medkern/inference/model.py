@@ -222,7 +222,7 @@ class Model:
         return self.metadata
 
     @fill_doc
-    def predict(self, *images: Image | Mapping[str, Any], tta: bool = False, postprocess: bool = True,
+    def predict(self, *images: Image | Mapping[str, Any], tta: bool | None = None, postprocess: bool = True,
                 same_frame: bool = False, progress: ProgressArg | Progress = None) -> Prediction:
         """Predict on one image, one image per input channel, or a ``{modality: image}`` mapping.
 
@@ -252,7 +252,9 @@ class Model:
             One image; one per input channel in the metadata's order, on one grid; or one mapping
             of modality name to image (or DICOM series), the grids may differ.
         tta : bool, optional
-            Average the probabilities over all flips of the spatial axes (2^ndim passes).
+            Average the probabilities over all flips of the spatial axes (2^ndim passes). Default
+            None: as the metadata's ``inference.tta`` declares (false unless the model's authors
+            validated it with flips).
         postprocess : bool, optional
             Apply the metadata's post-processing to the labels (default); False returns the raw
             labels.
@@ -302,7 +304,7 @@ class Model:
 
     @fill_doc
     def predict_many(self, images: Sequence[Image | tuple[Image, ...] | list[Image] | Mapping[str, Any]],
-                     tta: bool = False, postprocess: bool = True, *, same_frame: bool = False,
+                     tta: bool | None = None, postprocess: bool = True, *, same_frame: bool = False,
                      progress: ProgressArg | Progress = None) -> list[Prediction]:
         """Predict on several cases; cases whose model-grid shapes agree share patch batches.
 
@@ -348,4 +350,6 @@ class Model:
         prog = Progress(progress, "Model.predict_many")
         inputs = [channel_images(meta, case, same_frame) if isinstance(case, Mapping)
                   else case if isinstance(case, (tuple, list)) else (case,) for case in images]
+        if tta is None:
+            tta = bool(meta["inference"]["tta"])
         return self._pipeline.predict_many(inputs, tta, postprocess, prog)
