@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from sarcoma import Recipe, cli
 
-RECIPE = Recipe(name="sarcoma-petct", version="1.1", modalities=("CT", "PT"))
+RECIPE = Recipe(name="sarcoma-petct", version="1.0", modalities=("CT", "PT"))
 
 if __name__ == "__main__":
     cli(RECIPE, __doc__)
