@@ -59,6 +59,7 @@ FILES = {"CT": "CT_image.nii.gz", "PT": "PET_image.nii.gz"}
 WINDOWS = {"CT": (40.0, 500.0),    # soft tissue, HU -> [0, 1]
            "PT": (5.0, 10.0)}      # SUV 0..10 -> [0, 1]
 UNITS = {"CT": "HU", "PT": "SUV"}
+VARIABLES = {"CT": "ct", "PT": "pet"}   # as the cards write the predict call
 
 
 @dataclass(frozen=True)
@@ -299,7 +300,7 @@ def ship(recipe: Recipe) -> None:
     cv = json.loads((recipe.candidates / "cv.json").read_text())
     final = training_log(recipe, "all")
     shutil.copyfile(export_fold(recipe, "all"), SHIPPED / f"{recipe.name}.onnx")
-    call = ", ".join(f'"{m}": {m.lower()}' for m in recipe.modalities)
+    call = ", ".join(f'"{m}": {VARIABLES[m]}' for m in recipe.modalities)
     save_metrics(recipe.name, {
         "cross_validation": cv["cv"], "training": final, "fold_training": cv["training"],
         "evaluated": dt.date.today().isoformat(),
@@ -316,7 +317,7 @@ def model_card(recipe: Recipe, result: dict[str, Any], final: dict[str, Any], fo
     within_5mm = sum(abs(r["diameter_error_mm"]) <= 5 for r in result["per_patient"].values())
     counts = {t: sum(r["true_t"] == t for r in result["per_patient"].values()) for t in ("T1", "T2", "T3", "T4")}
     low = sorted((r["dice"], p) for p, r in result["per_patient"].items() if r["dice"] < 0.5)
-    call = ", ".join(f'"{m}": {m.lower()}' for m in recipe.modalities)
+    call = ", ".join(f'"{m}": {VARIABLES[m]}' for m in recipe.modalities)
     windows = "; ".join(f"{m} window centre {WINDOWS[m][0]:g} {UNITS[m]} width {WINDOWS[m][1]:g} {UNITS[m]}"
                         for m in recipe.modalities)
     (patch, foreground, steps, lr), = PHASES
