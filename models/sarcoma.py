@@ -69,6 +69,7 @@ class Recipe:
     name: str
     version: str
     modalities: tuple[str, ...]
+    history: str = ""          # the card's paragraph on earlier versions, measured on the same patients
 
     @property
     def work(self) -> Path:
@@ -295,18 +296,39 @@ def report(recipe: Recipe) -> dict[str, Any]:
     return result
 
 
+REFERENCE_PATIENT = "STS_038"
+
+
+def reference_case(recipe: Recipe, path: Path) -> dict[str, Any]:
+    """The Dice of the model at ``path`` on one patient (a training patient of the shipped model):
+    recorded so that a test can check that medkern still reproduces the model's output."""
+    import medkern as mk
+
+    images, truth = read_case(recipe, REFERENCE_PATIENT)
+    predicted = mk.Model(path).predict(images, same_frame=True).labels.array == 1
+    return {"patient": REFERENCE_PATIENT, "dice": round(dice(predicted, truth.array > 0), 4)}
+
+
 def ship(recipe: Recipe) -> None:
     """Copy the all-patients model into the package with the cross-validation in its metadata."""
     cv = json.loads((recipe.candidates / "cv.json").read_text())
     final = training_log(recipe, "all")
     shutil.copyfile(export_fold(recipe, "all"), SHIPPED / f"{recipe.name}.onnx")
-    call = ", ".join(f'"{m}": {VARIABLES[m]}' for m in recipe.modalities)
     save_metrics(recipe.name, {
         "cross_validation": cv["cv"], "training": final, "fold_training": cv["training"],
+        "reference_case": reference_case(recipe, SHIPPED / f"{recipe.name}.onnx"),
         "evaluated": dt.date.today().isoformat(),
-        "evaluation": f"5-fold cross-validation by patient over all 45; mk.Model.predict({{{call}}}, "
-                      "same_frame=True) on the original grids vs the GTV mask, declared post-processing"})
+        "evaluation": f"5-fold cross-validation by patient over all 45; mk.Model.{_call(recipe)} "
+                      "on the original grids vs the GTV mask, declared post-processing"})
     model_card(recipe, cv["cv"], final, cv["training"])
+
+
+def _call(recipe: Recipe, vouch: bool = True) -> str:
+    """The predict call as the cards write it (the IBSI NIfTI pairs need ``same_frame``)."""
+    if len(recipe.modalities) == 1:
+        return f"predict({VARIABLES[recipe.modalities[0]]})"
+    call = ", ".join(f'"{m}": {VARIABLES[m]}' for m in recipe.modalities)
+    return f"predict({{{call}}}{', same_frame=True' if vouch else ''})"
 
 
 def model_card(recipe: Recipe, result: dict[str, Any], final: dict[str, Any], fold_training: dict[str, Any]) -> None:
@@ -317,7 +339,6 @@ def model_card(recipe: Recipe, result: dict[str, Any], final: dict[str, Any], fo
     within_5mm = sum(abs(r["diameter_error_mm"]) <= 5 for r in result["per_patient"].values())
     counts = {t: sum(r["true_t"] == t for r in result["per_patient"].values()) for t in ("T1", "T2", "T3", "T4")}
     low = sorted((r["dice"], p) for p, r in result["per_patient"].items() if r["dice"] < 0.5)
-    call = ", ".join(f'"{m}": {VARIABLES[m]}' for m in recipe.modalities)
     windows = "; ".join(f"{m} window centre {WINDOWS[m][0]:g} {UNITS[m]} width {WINDOWS[m][1]:g} {UNITS[m]}"
                         for m in recipe.modalities)
     (patch, foreground, steps, lr), = PHASES
@@ -326,7 +347,7 @@ def model_card(recipe: Recipe, result: dict[str, Any], final: dict[str, Any], fo
 
 **Task**: segmentation of the gross tumour volume (GTV) of soft-tissue sarcoma of the extremities
 on {"CT with the FDG-PET of the same study" if pet else "CT"}. {"Inputs: CT (HU) and PET (SUV) in one frame of reference. " if pet else ""}\
-`mk.models.load("{name}").predict({{{call}}})` returns the probabilities and the label map on the
+`mk.models.load("{name}").{_call(recipe, vouch=False)}` returns the probabilities and the label map on the
 CT's grid{"; the PET may stay on its own grid: it is resampled once onto the model grid, after the frames of reference are checked (DICOM series) or vouched for (`same_frame=True` for plain images)" if pet else ""}.
 `mk.analyze` reads the AJCC 8th T category from the maximum 3D diameter of this segmentation, so
 that diameter is validated below as well{"; it picks this model for a study that has a CT and a PET" if pet else ""}.
@@ -362,7 +383,7 @@ Reproduce with `python models/train_{name.replace("-", "_")}.py --all` (see mode
 ## Validation: 5-fold cross-validation by patient over all 45
 
 Each patient is predicted by the fold model that never saw it (fold = index in sorted order
-modulo 5), with `predict({{{call}}}, same_frame=True)` on the original grids and the declared
+modulo 5), with `{_call(recipe)}` on the original grids and the declared
 post-processing. Dice against the GTV mask, maximum 3D diameter (`mk.regions(...)[0].max_diameter_mm`)
 of prediction and mask, and the AJCC 8th T category read from each by the shipped
 `sarcoma-extremity` guideline (T1 <= 50 mm, T2 <= 100, T3 <= 150, T4 > 150).
@@ -375,7 +396,7 @@ error of the maximum diameter {result["diameter_abs_error_median_mm"]:.1f} mm (s
 {result["diameter_error_median_mm"]:+.1f} mm); T category agreement {100 * result["t_agreement"]:.1f} %.
 True T categories: {", ".join(f"{t} {n}" for t, n in counts.items())}.
 
-**Limitations**: a small network at 4 mm, trained for a few thousand steps on CPU so that it ships
+{recipe.history}**Limitations**: a small network at 4 mm, trained for a few thousand steps on CPU so that it ships
 in the package and retrains within the two-hour budget. The collection holds no T1 tumour, so
 that category is untested; the cross-validation folds share scanners and protocols, so they
 estimate performance on this collection, not elsewhere. {"The PET must be in SUV: `mk.analyze` and `predict` convert a DICOM PET series with `mk.suv` (body weight); a NIfTI PET is taken as given. " if pet else ""}\

@@ -68,7 +68,7 @@ class Model:
     >>> model
     Model('sarcoma-ct', segmentation, providers=['CPUExecutionProvider'])
     >>> model.metadata["input"]["spacing"], model.metadata["output"]["labels"]
-    ([3.0, 3.0, 3.0], ['background', 'gtv'])
+    ([4.0, 4.0, 4.0], ['background', 'gtv'])
     """
 
     def __init__(self, source: str | os.PathLike | bytes, providers: str | Sequence[str] = "auto",
