@@ -262,7 +262,7 @@ def model_card(m: dict[str, Any], meta: dict[str, Any]) -> None:
     presets = ", ".join(f"{k} ({v['field_strength_T']:g} T, {' x '.join(f'{s:g}' for s in v['spacing_mm'])} mm)"
                         for k, v in ACQUISITIONS.items())
     phases = "; ".join(
-        f"phase {n} {'from scratch' if n == 1 else 'from the previous weights'}: {len(seeds)} patients, {steps} steps, "
+        f"Phase {n} {'from scratch' if n == 1 else 'from the previous weights'}: {len(seeds)} patients, {steps} steps, "
         f"learning rate {lr:g}, patches on lesions {lesion:g} / bright structures {bright:g} / anywhere "
         f"{1 - lesion - bright:g}" + (f" ({secs} s)" if secs is not None else "")
         for n, ((seeds, steps, lr, lesion, bright), secs) in enumerate(
