@@ -61,11 +61,11 @@ def _peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-# Run in a subprocess: `python bench_inference.py rss medkern|monai NET MODEL.onnx`.
-def _rss_child(which: str, net_name: str, onnx_path: str) -> None:
+# Run in a subprocess: `python bench_inference.py rss medkern|monai NET MODEL.onnx [PROVIDERS]`.
+def _rss_child(which: str, net_name: str, onnx_path: str, providers: str = "auto") -> None:
     x = volume()
     if which == "medkern":
-        model = mk.Model(onnx_path)
+        model = mk.Model(onnx_path, providers=providers)
         before = _peak_rss_mb()
         mk.sliding_window(x, model, ROI, 0.5, "gaussian", 0.125, BATCH)
     else:
@@ -81,9 +81,11 @@ def _rss_child(which: str, net_name: str, onnx_path: str) -> None:
     print(json.dumps({"increase_mb": after - before}))
 
 
-def peak_rss_increase(which: str, net_name: str, onnx_path: Path) -> float:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent / "python"), str(HERE)]))
-    out = subprocess.run([sys.executable, __file__, "rss", which, net_name, str(onnx_path)], env=env,
+def peak_rss_increase(which: str, net_name: str, onnx_path: Path, providers: str = "auto") -> float:
+    # A PYTHONPATH already set (another build of medkern) comes first.
+    paths = [os.environ.get("PYTHONPATH", ""), str(HERE.parent / "python"), str(HERE)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
+    out = subprocess.run([sys.executable, __file__, "rss", which, net_name, str(onnx_path), providers], env=env,
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["increase_mb"]
 
@@ -105,7 +107,7 @@ def net_cases(net_name: str, tmp: Path, quick: bool) -> tuple[list[Case], Path]:
         with torch.no_grad():
             return sliding_window_inference(t, ROI, BATCH, net, overlap=0.5, mode="gaussian", sigma_scale=0.125)
 
-    mk_mb, monai_mb = (peak_rss_increase(w, net_name, onnx_path) for w in ("medkern", "monai"))
+    monai_mb = peak_rss_increase("monai", net_name, onnx_path)
     ref = monai_run().numpy()
     reference = {f"MONAI sliding_window_inference (torch {torch.__version__}, {torch.get_num_threads()} threads)":
                  monai_run}
@@ -114,8 +116,9 @@ def net_cases(net_name: str, tmp: Path, quick: bool) -> tuple[list[Case], Path]:
     for provider in providers:
         model = mk.Model(onnx_path, providers=provider)
         err = float(np.abs(mk.sliding_window(x, model, ROI, 0.5, "gaussian", 0.125, BATCH) - ref).max())
+        mk_mb = peak_rss_increase("medkern", net_name, onnx_path, provider)
         memory = (f"; peak RSS increase {mk_mb:.0f} MB vs MONAI {monai_mb:.0f} MB = {mk_mb / monai_mb:.2f}x"
-                  if provider == "cpu" else f"; ONNX Runtime {ort.__version__} OpenVINO EP")
+                  + ("" if provider == "cpu" else f"; ONNX Runtime {ort.__version__}"))
         name = (f"sliding_window {NETS[net_name][0]}, {SHAPE} roi 96^3 ov 0.5 gaussian, batch {BATCH}, "
                 f"providers={provider!r} (max |diff| {err:.1e}{memory})")
         out.append(Case(name, lambda model=model: mk.sliding_window(x, model, ROI, 0.5, "gaussian", 0.125, BATCH),
@@ -221,5 +224,5 @@ def predict_cases(paths: dict[str, Path], tmp: Path) -> list[Case]:
     return out
 
 
-if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "rss":
-    _rss_child(sys.argv[2], sys.argv[3], sys.argv[4])
+if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "rss":
+    _rss_child(*sys.argv[2:6])
