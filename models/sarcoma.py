@@ -185,12 +185,14 @@ def fit(recipe: Recipe, fold: str, resume: bool) -> None:
     """Each phase on every patient but the fold's, checkpointed every 250 steps and resumable."""
     import torch
 
-    cases = [load_case(recipe, p) for p in patients() if p not in held_out(fold)]
-    print(f"{len(cases)} training cases loaded", flush=True)
+    cases: list[tuple[np.ndarray, np.ndarray]] = []
     for phase, (patch, foreground, steps, lr) in enumerate(PHASES, start=1):
         path = checkpoint(recipe, fold, phase)
         if path.is_file() and torch.load(path, weights_only=False)["step"] == steps:
             continue
+        if not cases:   # read only when a phase still has steps to run
+            cases = [load_case(recipe, p) for p in patients() if p not in held_out(fold)]
+            print(f"{len(cases)} training cases loaded", flush=True)
         rng = seed_everything(SEED + phase - 1, THREADS)
         net = UNet(len(recipe.modalities), 2, CHANNELS)
         if phase > 1:

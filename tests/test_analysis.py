@@ -167,7 +167,7 @@ def test_analyze_nifti_ct_pet_pair_needs_the_callers_word(shared_data):
         pytest.skip(f"{folder} is absent: the IBSI STS NIfTI data are not available here")
     study = {"CT": mk.read(folder / "CT_image.nii.gz"), "PT": mk.read(folder / "PET_image.nii.gz")}
     assert not study["PT"].same_geometry(study["CT"], atol=1e-3)
-    with pytest.raises(ValueError, match="same_frame=True when they share one"):
+    with pytest.raises(mk.ModelError, match="does not record its frame of reference"):
         mk.analyze(study, guideline=False, radiomics=False, location=False)
     report = mk.analyze(study, guideline=False, radiomics=False, location=False, same_frame=True)
     d = report.to_dict()
@@ -300,17 +300,24 @@ def test_missing_file_in_a_dicom_file_list(tmp_path):
 
 
 def test_second_input_needs_the_primary_frame_of_reference():
+    """The model's own check, with the UIDs the study's series carry (None for Images)."""
     from medkern.analysis.analyze import _check_same_frame
 
     img = mk.Image(np.zeros((4, 5, 6), np.float32))
-    ct, pet = choose(load_candidates({"CT": img}), "CT"), choose(load_candidates({"PT": img}), "PT")
-    with pytest.raises(ValueError, match="does not share the CT series' frame of reference"):
-        _check_same_frame(pet, ct)
-    pet.candidate.frame_of_reference_uid = "1.2.3"
-    with pytest.raises(ValueError, match=r"frame of reference \(1.2.3 vs None\)"):
-        _check_same_frame(pet, ct)
-    ct.candidate.frame_of_reference_uid = "1.2.3"
-    _check_same_frame(pet, ct)
+    other_grid = mk.Image(np.zeros((3, 4, 5), np.float32), (2.0, 1.5, 1.5))
+    ct = choose(load_candidates({"CT": img}), "CT")
+    same, moved = (choose(load_candidates({"PT": i}), "PT") for i in (img, other_grid))
+    _check_same_frame(same, ct)            # one grid: nothing to resample, nothing to vouch for
+    with pytest.raises(mk.ModelError, match="does not record its frame of reference"):
+        _check_same_frame(moved, ct)
+    _check_same_frame(moved, ct, same_frame=True)
+    moved.candidate.frame_of_reference_uid = ct.candidate.frame_of_reference_uid = "1.2.3"
+    _check_same_frame(moved, ct)           # equal UIDs: checked, no word needed
+    ct.candidate.frame_of_reference_uid = "4.5.6"
+    for pet in (same, moved):
+        pet.candidate.frame_of_reference_uid = "1.2.3"
+        with pytest.raises(mk.ModelError, match=r"different frames of reference \(FrameOfReferenceUID 1.2.3 vs 4.5.6"):
+            _check_same_frame(pet, ct, same_frame=True)   # known and different: never overridden
 
 
 def test_progress_over_the_stages_and_cancellation(shared_data, tmp_path):

@@ -239,7 +239,7 @@ def analyze(study: str | os.PathLike[str] | Image | Sequence[Image] | Sequence[s
         For a model with several inputs (CT and PET): vouch that images which record no frame of
         reference (Images, NIfTI) share the primary's, as a PET/CT pair of one acquisition does.
         DICOM series are compared by FrameOfReferenceUID whatever this says. Default False: such
-        a pair is refused.
+        a pair on different grids is refused (on one grid there is nothing to resample).
     %(progress)s
         The stages are ``"read"``, ``"predict"``, ``"lesions"``, ``"measure"``,
         ``"radiomics"``, ``"location"`` and ``"guideline"`` (with the model's own stages within
@@ -437,16 +437,13 @@ def _in_model_units(chosen: StudyImage) -> StudyImage:
 
 
 def _check_same_frame(secondary: StudyImage, primary: StudyImage, same_frame: bool = False) -> None:
-    """A second model input must lie in the primary's frame of reference: the same UID when both
-    are known, the caller's word (``same_frame``) when either is not."""
-    a, b = primary.candidate.frame_of_reference_uid, secondary.candidate.frame_of_reference_uid
-    if (a is None or b is None) and same_frame:
-        return
-    if a is None or b is None or a != b:
-        vouch = "" if a and b else " (images that record none: same_frame=True when they share one)"
-        raise ValueError(f"the {secondary.candidate.modality} series does not share the {primary.candidate.modality} "
-                         f"series' frame of reference ({b} vs {a}){vouch}; register it first (mk.register) and "
-                         "pass both images on one grid")
+    """A second model input must lie in the primary's frame of reference (the model's own check,
+    with the UIDs the study's series carry)."""
+    from medkern.inference._pipeline import check_same_frame
+
+    a, b = primary.candidate, secondary.candidate
+    check_same_frame(str(a.modality), primary.image, a.frame_of_reference_uid or None, str(b.modality),
+                     secondary.image, b.frame_of_reference_uid or None, same_frame)
 
 
 def _lesion_entry(r: Any, features: dict[str, Any], place: dict[str, Any]) -> dict[str, Any]:

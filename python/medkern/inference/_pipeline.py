@@ -122,8 +122,6 @@ def channel_images(meta: dict[str, Any], images: Mapping[str, Any], same_frame: 
     """
     from medkern.io.dicom import DicomSeries
 
-    if not isinstance(images, Mapping):
-        raise TypeError(f"predict: expected a mapping of modality to image, got {type(images).__name__}")
     modalities = list(meta["input"]["modalities"])
     missing = [m for m in modalities if m not in images]
     unexpected = [str(k) for k in images if k not in modalities]
@@ -151,12 +149,15 @@ def channel_images(meta: dict[str, Any], images: Mapping[str, Any], same_frame: 
                             f"{type(value).__name__}")
     primary = read[0]
     for modality, img, frame in zip(modalities[1:], read[1:], frames[1:]):
-        _check_same_frame(modalities[0], primary, frames[0], modality, img, frame, same_frame)
+        check_same_frame(modalities[0], primary, frames[0], modality, img, frame, same_frame)
     return SharedFrame(read)
 
 
-def _check_same_frame(name_a: str, a: Image, frame_a: str | None, name_b: str, b: Image, frame_b: str | None,
-                      same_frame: bool) -> None:
+def check_same_frame(name_a: str, a: Image, frame_a: str | None, name_b: str, b: Image, frame_b: str | None,
+                     same_frame: bool) -> None:
+    """ModelError unless ``b`` may be resampled onto ``a``: FrameOfReferenceUIDs (None: unknown)
+    must not differ; on another grid, unknown UIDs need the caller's ``same_frame``; the two
+    fields of view must overlap."""
     if frame_a and frame_b and frame_a != frame_b:
         raise ModelError(f"{name_b} and {name_a} lie in different frames of reference (FrameOfReferenceUID "
                          f"{frame_b} vs {frame_a}): their coordinates are not comparable. Register {name_b} to "
@@ -276,7 +277,8 @@ class Pipeline:
                 img = _to_model_grid(img, inp["orientation"], inp["spacing"], inp["antialias"])
             else:
                 img = _onto_grid(img, grid, inp["antialias"])
-            grid = grid or img
+            if grid is None:
+                grid = img
             x = np.asarray(img.array)
             for op in meta["preprocessing"]:
                 if "channels" in op and n not in op["channels"]:
