@@ -61,11 +61,11 @@ def _peak_rss_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-# Run in a subprocess: `python bench_inference.py rss medkern|monai NET MODEL.onnx [PROVIDERS]`.
-def _rss_child(which: str, net_name: str, onnx_path: str, providers: str = "auto") -> None:
+# Run in a subprocess: `python bench_inference.py rss medkern|monai NET MODEL.onnx PROVIDERS PRECISION`.
+def _rss_child(which: str, net_name: str, onnx_path: str, providers: str, precision: str) -> None:
     x = volume()
     if which == "medkern":
-        model = mk.Model(onnx_path, providers=providers)
+        model = mk.Model(onnx_path, providers=providers, precision=precision)
         before = _peak_rss_mb()
         mk.sliding_window(x, model, ROI, 0.5, "gaussian", 0.125, BATCH)
     else:
@@ -81,19 +81,22 @@ def _rss_child(which: str, net_name: str, onnx_path: str, providers: str = "auto
     print(json.dumps({"increase_mb": after - before}))
 
 
-def peak_rss_increase(which: str, net_name: str, onnx_path: Path, providers: str = "auto") -> float:
+def peak_rss_increase(which: str, net_name: str, onnx_path: Path, providers: str = "auto",
+                      precision: str = "fp32") -> float:
     # A PYTHONPATH already set (another build of medkern) comes first.
     paths = [os.environ.get("PYTHONPATH", ""), str(HERE.parent / "python"), str(HERE)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
-    out = subprocess.run([sys.executable, __file__, "rss", which, net_name, str(onnx_path), providers], env=env,
+    out = subprocess.run([sys.executable, __file__, "rss", which, net_name, str(onnx_path), providers, precision],
+                         env=env,
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["increase_mb"]
 
 
 def net_cases(net_name: str, tmp: Path, quick: bool) -> tuple[list[Case], Path]:
     """mk.sliding_window with mk.Model against MONAI + PyTorch on one network: with ONNX
-    Runtime's CPU provider, and also with its OpenVINO provider (``providers="openvino"``) where
-    the installed onnxruntime has it (the ``onnxruntime-openvino`` package)."""
+    Runtime's CPU provider, and also with its OpenVINO provider (``providers="openvino"``), in
+    float32 and in bfloat16, where the installed onnxruntime has it (the ``onnxruntime-openvino``
+    package)."""
     import onnxruntime as ort
     import torch
     from monai.inferers import sliding_window_inference
@@ -111,16 +114,19 @@ def net_cases(net_name: str, tmp: Path, quick: bool) -> tuple[list[Case], Path]:
     ref = monai_run().numpy()
     reference = {f"MONAI sliding_window_inference (torch {torch.__version__}, {torch.get_num_threads()} threads)":
                  monai_run}
-    providers = ["cpu"] + (["openvino"] if "OpenVINOExecutionProvider" in ort.get_available_providers() else [])
+    settings = [("cpu", "fp32")]
+    if "OpenVINOExecutionProvider" in ort.get_available_providers():
+        settings += [("openvino", "fp32"), ("openvino", "bf16")]
     out = []
-    for provider in providers:
-        model = mk.Model(onnx_path, providers=provider)
+    for provider, precision in settings:
+        model = mk.Model(onnx_path, providers=provider, precision=precision)
         err = float(np.abs(mk.sliding_window(x, model, ROI, 0.5, "gaussian", 0.125, BATCH) - ref).max())
-        mk_mb = peak_rss_increase("medkern", net_name, onnx_path, provider)
+        mk_mb = peak_rss_increase("medkern", net_name, onnx_path, provider, precision)
         memory = (f"; peak RSS increase {mk_mb:.0f} MB vs MONAI {monai_mb:.0f} MB = {mk_mb / monai_mb:.2f}x"
                   + ("" if provider == "cpu" else f"; ONNX Runtime {ort.__version__}"))
+        chosen = f"providers={provider!r}" + ("" if precision == "fp32" else f", precision={precision!r}")
         name = (f"sliding_window {NETS[net_name][0]}, {SHAPE} roi 96^3 ov 0.5 gaussian, batch {BATCH}, "
-                f"providers={provider!r} (max |diff| {err:.1e}{memory})")
+                f"{chosen} (max |diff| {err:.1e}{memory})")
         out.append(Case(name, lambda model=model: mk.sliding_window(x, model, ROI, 0.5, "gaussian", 0.125, BATCH),
                         reference, target=">= 2x, RSS <= 0.5x", repeats=2 if quick else 3))
     return out, onnx_path
@@ -224,5 +230,5 @@ def predict_cases(paths: dict[str, Path], tmp: Path) -> list[Case]:
     return out
 
 
-if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "rss":
-    _rss_child(*sys.argv[2:6])
+if __name__ == "__main__" and len(sys.argv) == 7 and sys.argv[1] == "rss":
+    _rss_child(*sys.argv[2:7])

@@ -1,56 +1,47 @@
-"""Accuracy guard of INT8: Dice of the shipped models' FP32 and INT8 (mk.inference.quantize)
-predictions against the truth on their validation cases, and the time of each ``predict``.
+"""Accuracy guard of the reduced-precision options: Dice of the shipped models' float32 and
+reduced-precision labels against the truth on their validation cases, and the time of each
+``predict``.
 
-    python benchmarks/inference_accuracy.py [--cases 4]
+    python benchmarks/inference_accuracy.py --variant int8 [--cases N]
+    python benchmarks/inference_accuracy.py --variant bf16 [--cases N]   # with onnxruntime-openvino
 
-* ``sarcoma-ct`` and ``sarcoma-petct``: IBSI soft-tissue-sarcoma patients held out by
-  ``models/train_sarcoma_ct.py`` (CT, PET resampled onto the CT as
-  ``models/train_sarcoma_petct.py`` reads them; truth ``CT_mask``), calibrated on patients
-  training used.
-* ``brain-lesion``: simulated patients of ``models/evaluate_brain_lesion.py`` (its evaluation
-  seeds; truth the simulator's lesion map), calibrated on its tuning seeds.
+Variants:
 
-Times: FP32 and INT8 ``predict`` alternating on the same case, median of 3.
+* ``int8``: :func:`medkern.inference.quantize` (static INT8 QDQ) against the float32 model, both
+  on ONNX Runtime's CPU provider; calibrated on patients the model trained on.
+* ``bf16``: ``mk.Model(..., providers="openvino", precision="bf16")`` against the same provider
+  in float32.
+
+Validation cases, as the models' own evaluations define them (``models/``):
+
+* ``sarcoma-ct`` and ``sarcoma-petct``: each IBSI soft-tissue-sarcoma patient predicted by the
+  cross-validation fold model that never saw it (``build/<name>/<name>-fold<k>.onnx``, written
+  by ``models/train_sarcoma_*.py``), the images on their own grids as a user passes them;
+  truth ``CT_mask``. ``--cases N`` takes the first N patients of each fold.
+* ``brain-lesion``: the shipped model on the evaluation patients of
+  ``models/evaluate_brain_lesion.py`` (simulated, seeds training never used), the first N.
+
+Times: float32 and the variant alternating on the same case, median over the cases.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 
 import medkern as mk
 
 HERE = Path(__file__).resolve().parent
-SHARED = Path(os.environ.get("MEDKERN_SHARED_DATA", HERE.parent.parent / "shared" / "data"))
-STS = SHARED / "ibsi" / "ibsi_validation" / "nifti"
-HELD_OUT = ["STS_004", "STS_007", "STS_009", "STS_011", "STS_016", "STS_017", "STS_020", "STS_029"]
-CALIBRATION = ["STS_001", "STS_002", "STS_003", "STS_005"]
+sys.path.insert(0, str(HERE.parent / "models"))
+GUARD = 0.005  # largest Dice change accepted (issue: segmentation Dice change <= 0.005 vs FP32)
 
-
-def sts_case(patient: str, channels: int) -> tuple[tuple[mk.Image, ...], np.ndarray]:
-    ct = mk.read(STS / patient / "CT_image.nii.gz")
-    truth = np.asarray(mk.read(STS / patient / "CT_mask.nii.gz").array) > 0
-    if channels == 1:
-        return (ct,), truth
-    return (ct, mk.resample_to(mk.read(STS / patient / "PET_image.nii.gz"), ct)), truth
-
-
-def brain_cases(seeds: list[int]) -> list[tuple[tuple[mk.Image, ...], np.ndarray]]:
-    from medkern.analysis.location import mni_template
-    from medkern.phantoms import ACQUISITIONS, simulate_brain_metastases
-
-    template = mni_template()
-    out = []
-    for n, seed in enumerate(seeds):
-        case = simulate_brain_metastases(template, seed, acquisition=list(ACQUISITIONS)[n % len(ACQUISITIONS)])
-        out.append(((case.image,), np.asarray(case.lesions.array) > 0))
-    return out
+Case = tuple[Any, np.ndarray]  # (predict's first argument, truth mask on the input grid)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -58,49 +49,104 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * np.count_nonzero(a & b) / total
 
 
-def evaluate(name: str, calibration: list, cases: list, folder: Path) -> None:
-    fp32 = mk.models.load(name)
+def sarcoma_groups(name: str, cases: int | None) -> Iterator[tuple[Path, list[Case], list[Case]]]:
+    """Per fold: the fold model, its held-out patients and four of its training patients (INT8
+    calibration)."""
+    import sarcoma
+    from train_sarcoma_ct import RECIPE as CT
+    from train_sarcoma_petct import RECIPE as PETCT
+
+    recipe = {"sarcoma-ct": CT, "sarcoma-petct": PETCT}[name]
+
+    def case(patient: str) -> Case:
+        images, truth = sarcoma.read_case(recipe, patient)
+        return images, np.asarray(truth.array) > 0
+
+    for k, held in enumerate(sarcoma.folds()):
+        path = sarcoma.candidate(recipe, str(k))
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: run models/train_{name.replace('-', '_')}.py --all first")
+        training = [p for p in sarcoma.patients() if p not in held]
+        yield path, [case(p) for p in held[:cases]], [case(p) for p in training[:4]]
+
+
+def brain_groups(cases: int | None) -> Iterator[tuple[Path, list[Case], list[Case]]]:
+    from evaluate_brain_lesion import EVALUATION_SEEDS, TUNING_SEEDS
+    from evaluate_brain_lesion import cases as simulated
+
+    def as_cases(patients: list[Any]) -> list[Case]:
+        return [(p.image, np.asarray(p.lesions.array) > 0) for p in patients]
+
+    yield (mk.models.path("brain-lesion"), as_cases(simulated(EVALUATION_SEEDS[:cases])),
+           as_cases(simulated(TUNING_SEEDS[:4])))
+
+
+def variant_models(variant: str, path: Path, calibration: list[Case], folder: Path) -> tuple[mk.Model, mk.Model]:
+    """(float32 reference, variant) for one model file."""
+    if variant == "bf16":
+        return mk.Model(path, providers="openvino"), mk.Model(path, providers="openvino", precision="bf16")
+    int8 = mk.inference.quantize(path, [positional(images) for images, _ in calibration],
+                                 folder / f"{path.stem}-int8.onnx", patches_per_image=8)
+    return mk.Model(path, providers="cpu"), mk.Model(int8, providers="cpu")
+
+
+def positional(images: Any) -> Any:
+    """Calibration input for quantize: an Image, or a CT + PET pair on the CT's grid."""
+    if not isinstance(images, dict):
+        return images
+    first, *others = images.values()
+    return (first, *(mk.resample_to(other, first) for other in others)) if others else first
+
+
+def predict(model: mk.Model, images: Any) -> mk.Prediction:
+    """As a user calls it: several modalities on their own grids of one frame of reference."""
+    if isinstance(images, dict) and len(images) > 1:
+        return model.predict(images, same_frame=True)
+    return model.predict(images)
+
+
+def predict_labels(model: mk.Model, images: Any) -> np.ndarray:
+    return np.asarray(predict(model, images).labels.array) > 0
+
+
+def timed(model: mk.Model, images: Any) -> float:
     t0 = time.perf_counter()
-    path = mk.inference.quantize(mk.models.path(name), [c[0] if len(c) == 1 else c for c, _ in calibration],
-                                 folder / f"{name}-int8.onnx", patches_per_image=8)
-    t_quant = time.perf_counter() - t0
-    int8 = mk.Model(path)
-    changes, t32, t8 = [], [], []
-    for n, (images, truth) in enumerate(cases):
-        d = {}
-        for tag, model in (("fp32", fp32), ("int8", int8)):
-            d[tag] = dice(np.asarray(model.predict(*images).labels.array) > 0, truth)
-        for _ in range(3):
-            for model, times in ((fp32, t32), (int8, t8)):
-                t0 = time.perf_counter()
-                model.predict(*images)
-                times.append(time.perf_counter() - t0)
-        changes.append(d["int8"] - d["fp32"])
-        print(f"| {name} | case {n} | {d['fp32']:.4f} | {d['int8']:.4f} | {changes[-1]:+.4f} |", flush=True)
-    print(f"| {name} | **all {len(cases)}** | mean change {np.mean(changes):+.4f} | max abs change "
-          f"{np.max(np.abs(changes)):.4f} | predict FP32 {np.median(t32):.2f} s, INT8 {np.median(t8):.2f} s "
-          f"(quantize {t_quant:.0f} s) |", flush=True)
+    predict(model, images)
+    return time.perf_counter() - t0
+
+
+def evaluate(name: str, variant: str, groups: Iterator[tuple[Path, list[Case], list[Case]]], folder: Path) -> dict:
+    changes, t_ref, t_var = [], [], []
+    for path, cases, calibration in groups:
+        reference, reduced = variant_models(variant, path, calibration, folder)
+        for images, truth in cases:
+            d_ref = dice(predict_labels(reference, images), truth)
+            d_var = dice(predict_labels(reduced, images), truth)
+            changes.append(d_var - d_ref)
+            t_ref.append(timed(reference, images))
+            t_var.append(timed(reduced, images))
+            print(f"| {name} | {path.stem} | {d_ref:.4f} | {d_var:.4f} | {changes[-1]:+.4f} |", flush=True)
+    worst = float(np.max(np.abs(changes)))
+    row = {"model": name, "cases": len(changes), "mean_change": float(np.mean(changes)), "max_abs_change": worst,
+           "within_guard": sum(abs(c) <= GUARD for c in changes), "predict_fp32_s": float(np.median(t_ref)),
+           "predict_variant_s": float(np.median(t_var))}
+    print(f"| {name} | **all {len(changes)}** | mean change {row['mean_change']:+.4f} | max abs. change {worst:.4f} "
+          f"({row['within_guard']}/{len(changes)} within {GUARD}) | predict FP32 {row['predict_fp32_s']:.2f} s, "
+          f"{variant} {row['predict_variant_s']:.2f} s |", flush=True)
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--cases", type=int, default=4)
+    parser.add_argument("--variant", choices=["int8", "bf16"], default="int8")
+    parser.add_argument("--cases", type=int, default=None, help="per sarcoma fold / brain patients (default all)")
     parser.add_argument("models", nargs="*", default=["sarcoma-ct", "sarcoma-petct", "brain-lesion"])
     args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="medkern_int8_"))
-    print("| model | case | Dice FP32 | Dice INT8 | change |\n|---|---|---|---|---|")
+    folder = Path(tempfile.mkdtemp(prefix="medkern_precision_"))
+    print(f"| model | model file | Dice FP32 | Dice {args.variant} | change |\n|---|---|---|---|---|")
     for name in args.models:
-        if name.startswith("sarcoma"):
-            if not STS.is_dir():
-                print(f"{name}: no IBSI data at {STS}", file=sys.stderr)
-                continue
-            channels = 1 if name == "sarcoma-ct" else 2
-            calibration = [sts_case(p, channels) for p in CALIBRATION]
-            cases = [sts_case(p, channels) for p in HELD_OUT[:args.cases]]
-        else:
-            calibration = brain_cases([4_000_000 + n for n in range(4)])
-            cases = brain_cases([5_000_000 + n for n in range(args.cases)])
-        evaluate(name, calibration, cases, folder)
+        groups = brain_groups(args.cases) if name == "brain-lesion" else sarcoma_groups(name, args.cases)
+        evaluate(name, args.variant, groups, folder)
 
 
 if __name__ == "__main__":

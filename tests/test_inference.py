@@ -739,10 +739,37 @@ def test_model_providers_and_threads():
         mk.Model(pointwise_model(), providers=["NoSuchExecutionProvider"])
     with pytest.raises(ValueError, match="threads must be a positive integer"):
         mk.Model(pointwise_model(), threads=0)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        mk.Model(pointwise_model(), precision="fp16")
+    with pytest.raises(ValueError, match="needs providers='openvino'"):
+        mk.Model(pointwise_model(), providers="cpu", precision="bf16")
     m = mk.Model(pointwise_model(), providers="cpu", threads=1)
-    assert m.providers == ["CPUExecutionProvider"]
+    assert m.providers == ["CPUExecutionProvider"] and m.precision == "fp32"
     assert m.inputs[0].name == "image" and m.inputs[0].shape[1] == 1
     assert m.outputs[0].shape[1] == 2
+
+
+def test_openvino_provider_items_and_bf16(rng):
+    """The OpenVINO provider (onnxruntime-openvino) runs a batch's items one per run with the
+    values of the whole batch, and in bfloat16 stays within bf16 rounding of float32 (8-bit
+    mantissa: relative 2**-8 per operand)."""
+    import onnxruntime as ort
+
+    if "OpenVINOExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime-openvino is not installed (it replaces the onnxruntime package)")
+    model = mk.Model(mk.write_model_metadata(pointwise_model(), metadata()), providers="openvino", threads=2)
+    assert model.providers[0] == "OpenVINOExecutionProvider"
+    batch = rng.normal(0, 100, (3, 1, 8, 9, 10)).astype(np.float32)
+    whole = model(batch)
+    np.testing.assert_allclose(model.run_independent(batch), whole, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(whole[:, 1], -batch[:, 0])
+    bf16 = mk.Model(mk.write_model_metadata(pointwise_model(), metadata()), providers="openvino", precision="bf16")
+    assert bf16.precision == "bf16"
+    np.testing.assert_allclose(bf16(batch), whole, rtol=2 ** -7, atol=1e-2)
+    from medkern._cpu import _cpu_flags
+
+    if {"avx512_bf16", "amx_bf16"} & _cpu_flags():  # computed in bfloat16, not float32
+        assert np.any(bf16(batch) != whole)
 
 
 # ----------------------------------------------------------------------------- predict

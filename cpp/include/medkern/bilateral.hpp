@@ -1,5 +1,6 @@
 // Bilateral filter (Tomasi & Manduchi 1998) with the weights of ITK's BilateralImageFilter.
 #pragma once
+#include <algorithm>
 #include <vector>
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -79,6 +80,56 @@ inline void bilateral_chunk(const float* const* elem, const float* wd, index_t n
   for (int g = 0; g < G; ++g) store8(out + 8 * g, num[g] / den[g]);
 }
 
+#if defined(__AVX512F__)
+// The same chunk on 16-float registers (the AVX-512 build), the range weights looked up in
+// registers: a table of at most 128 entries (ITK's 100 samples: 101) is held in eight; each
+// two-source permute selects one of 32 entries by the bin's low 5 bits, blends by bits 5 and 6
+// pick among the four. Lane by lane the arithmetic is bilateral_chunk's (no FMA), so the output
+// has the same bits; on the 2-core AMD EPYC of benchmarks/RESULTS.md one gather of 8 lanes costs
+// more than the seven permute/blend instructions of 16.
+constexpr int kRegisterTable = 128;
+
+MEDKERN_ALWAYS_INLINE __m512 lookup16(const __m512* t, __m512i bin) {
+  const __mmask16 bit5 = _mm512_test_epi32_mask(bin, _mm512_set1_epi32(32));
+  const __mmask16 bit6 = _mm512_test_epi32_mask(bin, _mm512_set1_epi32(64));
+  const __m512 e0 = _mm512_mask_blend_ps(bit5, _mm512_permutex2var_ps(t[0], bin, t[1]),
+                                         _mm512_permutex2var_ps(t[2], bin, t[3]));
+  const __m512 e1 = _mm512_mask_blend_ps(bit5, _mm512_permutex2var_ps(t[4], bin, t[5]),
+                                         _mm512_permutex2var_ps(t[6], bin, t[7]));
+  return _mm512_mask_blend_ps(bit6, e0, e1);
+}
+
+inline void bilateral_chunk16(const float* const* elem, const float* wd, index_t n, index_t i0,
+                              const float* c, const RangeKernel& rk, const float* table,
+                              float* out) {
+  constexpr int G = kBilateralLanes / 16;
+  __m512 t[8];
+  for (int m = 0; m < 8; ++m) t[m] = _mm512_loadu_ps(table + 16 * m);
+  const __m512 to_bin = _mm512_set1_ps(rk.to_bin), last = _mm512_set1_ps(rk.samples),
+               cutoff = _mm512_set1_ps(rk.cutoff);
+  __m512 num[G], den[G], cen[G];
+  for (int g = 0; g < G; ++g) {
+    num[g] = den[g] = _mm512_setzero_ps();
+    cen[g] = _mm512_loadu_ps(c + 16 * g);
+  }
+  for (index_t q = 0; q < n; ++q) {
+    const float* v = elem[q] + i0;
+    const __m512 w_domain = _mm512_set1_ps(wd[q]);
+    for (int g = 0; g < G; ++g) {
+      const __m512 x = _mm512_loadu_ps(v + 16 * g);
+      const __m512 d = _mm512_abs_ps(_mm512_sub_ps(x, cen[g]));
+      const __m512 pos = _mm512_mul_ps(d, to_bin);
+      const __m512i bin = _mm512_cvttps_epi32(_mm512_min_ps(pos, last));
+      const __m512 wr = lookup16(t, bin);
+      const __m512 w = _mm512_maskz_mul_ps(_mm512_cmp_ps_mask(d, cutoff, _CMP_LT_OQ), wr, w_domain);
+      num[g] = _mm512_add_ps(num[g], _mm512_mul_ps(w, x));
+      den[g] = _mm512_add_ps(den[g], w);
+    }
+  }
+  for (int g = 0; g < G; ++g) _mm512_storeu_ps(out + 16 * g, _mm512_div_ps(num[g], den[g]));
+}
+#endif
+
 }  // namespace detail
 
 // out = sum_q wd(q) wr(|x_q - x_p|) x_q / sum_q wd(q) wr(|x_q - x_p|) over the box of radius r
@@ -106,13 +157,18 @@ void bilateral_filter(const T* in, float* out, const Shape3& s, const double* sp
   // The range weights per bin, for the lookup (the usual 100 samples: 101 entries).
   std::vector<float> table;
   if (rk.samples >= 0 && rk.samples <= (1 << 16)) {
-    table.resize(static_cast<std::size_t>(rk.samples + 8));
+    // (zero-padded to the register table's 128 entries, which only the AVX-512 chunk reads)
+    table.resize(static_cast<std::size_t>(std::max(rk.samples + 8, 128)));
     for (int b = 0; b <= rk.samples; b += 8) {
       const vf8 w = detail::range_weights8(vi8{0, 1, 2, 3, 4, 5, 6, 7} + b, rk);
       std::memcpy(table.data() + b, &w, sizeof w);
     }
   }
   const float* lut = table.empty() ? nullptr : table.data();
+  auto chunk = detail::bilateral_chunk;
+#if defined(__AVX512F__)
+  if (lut && rk.samples < detail::kRegisterTable) chunk = detail::bilateral_chunk16;
+#endif
   const index_t n = static_cast<index_t>(wd.size());
   const index_t nrows = (2 * r[0] + 1) * (2 * r[1] + 1);
   constexpr index_t L = detail::kBilateralLanes;
@@ -137,8 +193,7 @@ void bilateral_filter(const T* in, float* out, const Shape3& s, const double* sp
       for (index_t i0 = 0; i0 < s.n2; i0 += L) {
         for (index_t l = 0; l < L; ++l) centre[l] = mid[i0 + l];
         const bool full = i0 + L <= s.n2;
-        detail::bilateral_chunk(elem.data(), wd.data(), n, i0, centre, rk, lut,
-                                full ? o + i0 : tail);
+        chunk(elem.data(), wd.data(), n, i0, centre, rk, lut, full ? o + i0 : tail);
         if (!full)
           for (index_t i = i0; i < s.n2; ++i) o[i] = tail[i - i0];
       }

@@ -3,6 +3,7 @@ external data), and the ways to run it: host or device arrays, batch items on pa
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,13 @@ _PROVIDERS = {
     # MONAI nets of benchmarks/inference_openvino.py, equal labels, float32 rounding apart.
     "openvino": ["OpenVINOExecutionProvider", "CPUExecutionProvider"],
 }
+_OPENVINO = "OpenVINOExecutionProvider"
+
+# Arithmetic of the network's operators. bfloat16 keeps float32's range with an 8-bit mantissa;
+# OpenVINO runs it natively on CPUs with AVX-512 BF16 or AMX (2.6-5.3x MONAI on the nets of
+# bench_inference.py, against 1.8-2.7x in float32). ONNX Runtime's CPU provider has no x86 BF16
+# convolutions, so there it is refused rather than emulated.
+PRECISIONS = ("fp32", "bf16")
 
 
 
@@ -200,7 +208,8 @@ class OnnxSession:
     per-call state is kept here.
     """
 
-    def __init__(self, source: str | os.PathLike | bytes, providers: Any = "auto", threads: int | None = None):
+    def __init__(self, source: str | os.PathLike | bytes, providers: Any = "auto", threads: int | None = None,
+                 precision: str = "fp32"):
         if isinstance(source, (bytes, bytearray, memoryview)):
             model, self.name, empty = bytes(source), "model bytes", len(source) == 0
         elif isinstance(source, (str, os.PathLike)):
@@ -217,6 +226,12 @@ class OnnxSession:
             raise ValueError(f"Model: threads must be a positive integer or None, got {threads!r}")
         self.providers = _resolve_providers(providers)
         self.threads = threads or get_num_threads()
+        if precision not in PRECISIONS:
+            raise ValueError(f"Model: precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision != "fp32" and self.providers[0] != _OPENVINO:
+            raise ValueError(f"Model: precision={precision!r} needs providers='openvino' (the onnxruntime-openvino "
+                             f"package); {self.providers[0]} computes in float32 only")
+        self.precision = precision
         self._source = _rewritten(model, self.name)
         try:
             self._session = self._new_session(self.threads)
@@ -253,7 +268,17 @@ class OnnxSession:
         # Warnings about unused initialisers are not the user's concern, and errors arrive as
         # exceptions (a ModelError with ONNX Runtime's message): nothing is logged on stderr.
         options.log_severity_level = 4
-        return ort.InferenceSession(self._source, options, providers=self.providers)
+        return ort.InferenceSession(self._source, options, providers=[self._with_options(p, threads)
+                                                                      for p in self.providers])
+
+    def _with_options(self, provider: str, threads: int) -> Any:
+        """OpenVINO gets the thread count and the precision as explicit settings: its own
+        defaults are every core and, on CPUs with AMX, bfloat16."""
+        if provider != _OPENVINO:
+            return provider
+        hint = {"fp32": "f32", "bf16": "bf16"}[self.precision]
+        return (provider, {"device_type": "CPU", "num_of_threads": str(threads),
+                           "load_config": json.dumps({"CPU": {"INFERENCE_PRECISION_HINT": hint}})})
 
     def run(self, *arrays: Any) -> list[Any]:
         """Run the graph on its inputs (positional, in graph order); returns every output.
@@ -309,7 +334,8 @@ class OnnxSession:
         whole rounds, and batches on a GPU, run as :meth:`__call__`. For any network that treats
         batch items separately the values equal ``model(batch)`` up to float32 rounding (ONNX
         Runtime's convolutions sum in another order for another thread count); this is what
-        :func:`medkern.sliding_window` calls.
+        :func:`medkern.sliding_window` calls. With the OpenVINO provider the items run one after
+        another, each on all threads.
         """
         parts = [part for part, _ in self._run_parts(batch)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -323,6 +349,14 @@ class OnnxSession:
         like a batch of 2 (UNet of benchmarks/inference_levers.py: -35 % peak RSS, no slower)."""
         lanes = self.threads if self.providers == ["CPUExecutionProvider"] and not is_cupy_array(batch) else 1
         items = len(batch) if getattr(batch, "ndim", 0) >= 1 else 0
+        if self.providers[0] == _OPENVINO and items > 1 and len(self.inputs) == 1:
+            # One item per run, on all threads: as fast as the whole batch, with the
+            # intermediates of one item (bench_inference.py UNet, batch 4: 387 -> 242 MB peak).
+            name = self.inputs[0].name
+            x = self._feeds([batch])[name]
+            for n in range(items):
+                yield self._ort_run(self._session, {name: x[n:n + 1]})[0], 0
+            return
         rounds = items // lanes
         if lanes == 1 or rounds == 0 or len(self.inputs) != 1:
             yield self(batch), 0

@@ -84,7 +84,7 @@ def load(name: str, **kwargs: Any):
     name : str
         One of :func:`available`.
     **kwargs
-        Passed to :class:`~medkern.Model` (``providers``, ``threads``).
+        Passed to :class:`~medkern.Model` (``providers``, ``threads``, ``precision``).
 
     Returns
     -------
