@@ -175,76 +175,107 @@ inline void weighted_rows(const float* const* src, const float* w, int taps, flo
 
 }  // namespace detail
 
+namespace detail {
+
+// Slice k filtered along axes 2 and 1 (each where its kernel is non-empty) into dst (one plane);
+// `row`, `slice` and `src` are the caller's scratch.
+template <class T>
+void filter_slice(const T* in, const Shape3& s, index_t k, const std::vector<float>* w, Boundary b,
+                  float cval, float* dst, std::vector<float>& row, std::vector<float>& slice,
+                  std::vector<const float*>& src) {
+  const index_t r1 = w[1].empty() ? 0 : static_cast<index_t>(w[1].size() / 2);
+  const index_t r2 = w[2].empty() ? 0 : static_cast<index_t>(w[2].size() / 2);
+  const index_t plane = s.n1 * s.n2;
+  float* axis2_out = w[1].empty() ? dst : slice.data();
+  for (index_t j = 0; j < s.n1; ++j) {
+    float* o = axis2_out + j * s.n2;
+    if (w[2].empty()) {
+      const T* x = in + k * plane + j * s.n2;
+      for (index_t i = 0; i < s.n2; ++i) o[i] = static_cast<float>(x[i]);
+      continue;
+    }
+    padded_row(in, s, k, j, r2, b, cval, row.data());
+    for (index_t t = 0; t <= 2 * r2; ++t) src[static_cast<std::size_t>(t)] = row.data() + t;
+    weighted_rows(src.data(), w[2].data(), static_cast<int>(2 * r2 + 1), cval, o, s.n2);
+  }
+  if (w[1].empty()) return;
+  for (index_t j = 0; j < s.n1; ++j) {
+    for (index_t t = 0; t <= 2 * r1; ++t) {
+      const index_t jj = boundary_index(j + t - r1, s.n1, b);
+      src[static_cast<std::size_t>(t)] = jj < 0 ? nullptr : slice.data() + jj * s.n2;
+    }
+    weighted_rows(src.data(), w[1].data(), static_cast<int>(2 * r1 + 1), cval, dst + j * s.n2,
+                  s.n2);
+  }
+}
+
+}  // namespace detail
+
 // Separable correlation out = w0 (x) w1 (x) w2 applied to `in` along axes 0, 1, 2, each kernel
 // of odd length 2r+1 centred on the output sample (scipy.ndimage.correlate1d with origin 0). An
-// empty kernel leaves that axis untouched. Computed in float; the axis-2 and axis-1 passes run on
-// one slice at a time (cache resident), the axis-0 pass streams rows.
+// empty kernel leaves that axis untouched. Computed in float, slice by slice: each thread walks
+// its own run of output slices and keeps the 2 r0 + 1 slices filtered along axes 2 and 1 that
+// the axis-0 taps read in a ring of planes, so nothing the size of the volume is written in
+// between (one pass over memory instead of three) and every slice but those at the runs' ends
+// is filtered once. Every output sample sees the same sums in the same order as a pass per axis.
 template <class T>
 void separable_correlate(const T* in, float* out, const Shape3& s, const std::vector<float>* w,
                          Boundary b, float cval, int n_threads) {
   const index_t plane = s.n1 * s.n2;
-  const bool pass0 = !w[0].empty();
-  // Uninitialised on purpose: every element is written by the first pass before it is read.
-  std::unique_ptr<float[]> mid(pass0 ? new float[static_cast<std::size_t>(s.size())] : nullptr);
-  float* stage = pass0 ? mid.get() : out;
-  const index_t r1 = w[1].empty() ? 0 : static_cast<index_t>(w[1].size() / 2);
+  const index_t r0 = w[0].empty() ? 0 : static_cast<index_t>(w[0].size() / 2);
+  const index_t taps0 = w[0].empty() ? 0 : 2 * r0 + 1;
+  // A tap reads one of at most min(taps0, n0) distinct slices: that many ring planes suffice.
+  const index_t slots = std::min(taps0, s.n0);
   const index_t r2 = w[2].empty() ? 0 : static_cast<index_t>(w[2].size() / 2);
-
   ParallelError error;
 #pragma omp parallel num_threads(clamp_threads(n_threads))
   {
-    std::vector<float> row, slice;
-    std::vector<const float*> src;
+    std::vector<float> row, slice, ring;
+    std::vector<const float*> src, planes, rows;
+    std::vector<index_t> needed, held;  // per tap its source slice; per ring plane the slice in it
     error.capture([&] {
       row.resize(static_cast<std::size_t>(s.n2 + 2 * r2));
       slice.resize(static_cast<std::size_t>(w[1].empty() ? 0 : plane));
       src.resize(std::max(w[1].size(), w[2].size()) + 1);
+      ring.resize(static_cast<std::size_t>(slots * plane));
+      planes.resize(static_cast<std::size_t>(taps0));
+      rows.resize(static_cast<std::size_t>(taps0));
+      needed.resize(static_cast<std::size_t>(taps0));
+      held.assign(static_cast<std::size_t>(slots), -1);
     });
 #pragma omp for schedule(static)
     for (index_t k = 0; k < s.n0; ++k) {
       if (error.failed()) continue;
-      float* dst_slice = stage + k * plane;
-      float* axis2_out = w[1].empty() ? dst_slice : slice.data();
-      for (index_t j = 0; j < s.n1; ++j) {
-        float* o = axis2_out + j * s.n2;
-        if (w[2].empty()) {
-          const T* x = in + k * plane + j * s.n2;
-          for (index_t i = 0; i < s.n2; ++i) o[i] = static_cast<float>(x[i]);
+      if (taps0 == 0) {
+        detail::filter_slice(in, s, k, w, b, cval, out + k * plane, row, slice, src);
+        continue;
+      }
+      // The slices output slice k reads (-1: outside the image under Boundary::constant), each
+      // from a ring plane: the one holding it already, else one that no tap of k reads (there
+      // are as many planes as k can read distinct slices, so there always is one), filtered anew.
+      for (index_t t = 0; t < taps0; ++t) needed[t] = boundary_index(k + t - r0, s.n0, b);
+      for (index_t t = 0; t < taps0; ++t) {
+        const index_t kk = needed[t];
+        if (kk < 0) {
+          planes[t] = nullptr;
           continue;
         }
-        padded_row(in, s, k, j, r2, b, cval, row.data());
-        for (index_t t = 0; t <= 2 * r2; ++t) src[static_cast<std::size_t>(t)] = row.data() + t;
-        detail::weighted_rows(src.data(), w[2].data(), static_cast<int>(2 * r2 + 1), cval, o, s.n2);
-      }
-      if (w[1].empty()) continue;
-      for (index_t j = 0; j < s.n1; ++j) {
-        for (index_t t = 0; t <= 2 * r1; ++t) {
-          const index_t jj = boundary_index(j + t - r1, s.n1, b);
-          src[static_cast<std::size_t>(t)] = jj < 0 ? nullptr : slice.data() + jj * s.n2;
+        auto slot = std::find(held.begin(), held.end(), kk);
+        if (slot == held.end()) {
+          slot = std::find_if(held.begin(), held.end(), [&](index_t h) {
+            return h < 0 || std::find(needed.begin(), needed.end(), h) == needed.end();
+          });
+          *slot = kk;
+          detail::filter_slice(in, s, kk, w, b, cval, ring.data() + (slot - held.begin()) * plane,
+                               row, slice, src);
         }
-        detail::weighted_rows(src.data(), w[1].data(), static_cast<int>(2 * r1 + 1), cval,
-                              dst_slice + j * s.n2, s.n2);
+        planes[t] = ring.data() + (slot - held.begin()) * plane;
       }
-    }
-  }
-  error.rethrow();
-  if (!pass0) return;
-  const index_t r0 = static_cast<index_t>(w[0].size() / 2);
-#pragma omp parallel num_threads(clamp_threads(n_threads))
-  {
-    std::vector<const float*> src;
-    error.capture([&] { src.resize(w[0].size()); });
-    // k runs fastest so consecutive outputs share all but one of their source rows (cache hits).
-#pragma omp for schedule(static)
-    for (index_t row = 0; row < s.n0 * s.n1; ++row) {
-      if (error.failed()) continue;
-      const index_t k = row % s.n0, j = row / s.n0;
-      for (index_t t = 0; t <= 2 * r0; ++t) {
-        const index_t kk = boundary_index(k + t - r0, s.n0, b);
-        src[static_cast<std::size_t>(t)] = kk < 0 ? nullptr : mid.get() + kk * plane + j * s.n2;
+      for (index_t j = 0; j < s.n1; ++j) {
+        for (index_t t = 0; t < taps0; ++t) rows[t] = planes[t] ? planes[t] + j * s.n2 : nullptr;
+        detail::weighted_rows(rows.data(), w[0].data(), static_cast<int>(taps0), cval,
+                              out + k * plane + j * s.n2, s.n2);
       }
-      detail::weighted_rows(src.data(), w[0].data(), static_cast<int>(2 * r0 + 1), cval,
-                            out + (k * s.n1 + j) * s.n2, s.n2);
     }
   }
   error.rethrow();
