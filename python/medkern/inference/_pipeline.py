@@ -430,14 +430,17 @@ def postprocess_labels(labels: np.ndarray, probabilities: np.ndarray, spacing: S
     from medkern._segment import label as connected
 
     out = np.array(labels, copy=True)
-    flat = out.ravel()          # a view: ``out`` is a fresh C-contiguous copy
     voxel = float(np.prod(spacing))
     for op in ops:
-        components, n = connected(out)
-        if n == 0:
+        # Only the labelled voxels' bounding box is read or cleared: a tumour is a few % of a CT.
+        # Raster order inside the box is the whole array's, so components are numbered alike.
+        box = _foreground_box(out)
+        if box is None:
             break
-        # Only labelled voxels are read or cleared: a tumour is a few % of a CT.
-        fg = np.flatnonzero(flat)
+        region = np.ascontiguousarray(out[box])
+        flat = region.ravel()
+        components, n = connected(region)
+        fg = np.nonzero(flat != 0)[0]
         fg_components = np.asarray(components).ravel()[fg]
         volume = np.bincount(fg_components, minlength=n + 1) * voxel
         if op["op"] == "remove_small":
@@ -447,7 +450,7 @@ def postprocess_labels(labels: np.ndarray, probabilities: np.ndarray, spacing: S
                 score = volume
             else:
                 channel = np.clip(flat[fg].astype(np.intp) - first_channel, 0, probabilities.shape[-1] - 1)
-                own = probabilities.reshape(-1, probabilities.shape[-1])[fg, channel]
+                own = probabilities[box][np.unravel_index(fg, region.shape) + (channel,)]
                 score = np.bincount(fg_components, weights=own, minlength=n + 1)
             score[0] = -np.inf
             # Stable order: ties keep the earlier component in scan order.
@@ -456,7 +459,25 @@ def postprocess_labels(labels: np.ndarray, probabilities: np.ndarray, spacing: S
             keep[top] = True
         keep[0] = False
         flat[fg[~keep[fg_components]]] = 0
+        out[box] = region
     return out
+
+
+def _foreground_box(labels: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest box holding every non-zero voxel; None when there is none."""
+    mask = labels != 0
+    box = []
+    # One pass over the volume (any along axis 0), then only the small projections: the first
+    # axis from contiguous row blocks, the others from the projection.
+    first = mask.reshape(mask.shape[0], -1).any(axis=1)
+    rest = mask.any(axis=0)
+    hits = [first] + [rest.any(axis=tuple(a for a in range(rest.ndim) if a != axis)) for axis in range(rest.ndim)]
+    for hit in hits:
+        at = np.flatnonzero(hit)
+        if not at.size:
+            return None
+        box.append(slice(int(at[0]), int(at[-1]) + 1))
+    return tuple(box)
 
 
 def _count_non_finite(values: np.ndarray) -> int:
