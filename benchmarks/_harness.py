@@ -26,9 +26,16 @@ class Case:
     repeats: int = 5
 
 
-def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 3, warmup_budget_s: float = 2.0) -> float:
+    """Median of ``repeats`` timed calls after up to ``warmup`` untimed ones (fewer once they
+    have taken ``warmup_budget_s``). The first calls of a process that allocates large arrays
+    pay the kernel's page faults and the allocator's adaptation (glibc raises its mmap threshold
+    after the first frees), and on this machine that lasts two or three calls of a 256^3 filter."""
+    start = time.perf_counter()
     for _ in range(warmup):
         fn()
+        if time.perf_counter() - start > warmup_budget_s:
+            break
     times = []
     for _ in range(repeats):
         gc.collect()

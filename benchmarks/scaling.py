@@ -349,9 +349,9 @@ def write_md(rows: list[dict], fl: dict, machine: str, command: str, elapsed: fl
         "# Scaling with volume size",
         "",
         f"Written by `{command}` on {date}, {elapsed / 60:.0f} min. Machine: {machine}.",
-        "Figures come from a **2-core shared machine** (other builds and tests ran at the same time, the",
-        "benchmark under `nice`; 1-minute load average " + " → ".join(f"{x:.1f}" for x in loads)
-        + " from start to end): read the trends, not the last digit.",
+        "Figures come from a **2-core machine**; its 1-minute load average went "
+        + " → ".join(f"{x:.1f}" for x in loads)
+        + " from start to end (about 2 means the benchmark alone): read the trends, not the last digit.",
         "",
         "## Memory-bandwidth floor (same run)",
         "",

@@ -27,9 +27,9 @@ _PROVIDERS = {
 _OPENVINO = "OpenVINOExecutionProvider"
 
 # Arithmetic of the network's operators. bfloat16 keeps float32's range with an 8-bit mantissa;
-# OpenVINO runs it natively on CPUs with AVX-512 BF16 or AMX (2.6-5.3x MONAI on the nets of
-# bench_inference.py, against 1.8-2.7x in float32). ONNX Runtime's CPU provider has no x86 BF16
-# convolutions, so there it is refused rather than emulated.
+# OpenVINO runs it natively on CPUs with AVX-512 BF16 or AMX (2.9-5.0x MONAI on the nets of
+# bench_inference.py, against 1.8-2.5x in float32; benchmarks/inference_results.md). ONNX
+# Runtime's CPU provider has no x86 BF16 convolutions, so there it is refused, not emulated.
 PRECISIONS = ("fp32", "bf16")
 
 
