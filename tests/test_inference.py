@@ -904,6 +904,25 @@ def test_postprocess_labels_matches_scipy_components(rng, ops, first_channel):
     assert got.dtype == labels.dtype and (got != labels).any()
 
 
+@pytest.mark.parametrize("shape, box", [((16, 20, 22), (slice(3, 9), slice(11, 19), slice(0, 7))),
+                                        ((30, 25), (slice(20, 30), slice(4, 12)))])
+def test_postprocess_labels_in_a_corner_and_empty(rng, shape, box):
+    """Labels only inside a sub-box touching one face (the work is cropped to their bounding
+    box), in 3D and 2D: the same labels as on the whole array; an empty map comes back as it was."""
+    from medkern.inference.model import postprocess_labels
+
+    ops = [{"op": "remove_small", "min_volume_mm3": 2.0}, {"op": "keep_top", "n": 2, "by": "probability"}]
+    labels = np.zeros(shape, np.uint8)
+    labels[box] = (rng.random(labels[box].shape) > 0.6) * rng.integers(1, 3, labels[box].shape)
+    prob = rng.random(shape + (3,)).astype(np.float32)
+    spacing = (1.0,) * len(shape)
+    expected = _postprocess_reference(labels, prob, spacing, ops, 0)
+    np.testing.assert_array_equal(postprocess_labels(labels, prob, spacing, ops, 0), expected)
+    assert (expected != labels).any()
+    empty = np.zeros(shape, np.uint8)
+    np.testing.assert_array_equal(postprocess_labels(empty, prob, spacing, ops, 0), empty)
+
+
 def test_predict_applies_the_declared_postprocessing():
     """A faint blob of 12 voxels (class probability 0.6, sum 7.2) and a sure one of 8 (sum ~8):
     remove_small(10 mm3) keeps the faint one, keep_top by probability the sure one, by volume the

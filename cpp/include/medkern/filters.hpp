@@ -3,7 +3,6 @@
 // vectorisable helpers the non-linear filters (median.hpp, bilateral.hpp, diffusion.hpp) share.
 #pragma once
 #include <cstring>
-#include <memory>
 #include <vector>
 
 #include "medkern/boundary.hpp"
@@ -172,10 +171,6 @@ inline void weighted_rows(const float* const* src, const float* w, int taps, flo
     out[i] = acc;
   }
 }
-
-}  // namespace detail
-
-namespace detail {
 
 // Slice k filtered along axes 2 and 1 (each where its kernel is non-empty) into dst (one plane);
 // `row`, `slice` and `src` are the caller's scratch.

@@ -346,23 +346,23 @@ class OnnxSession:
 
         Whole rounds of ``threads`` items run one item per single-threaded run, ``threads`` runs
         at a time: a run's intermediates are those of one item, so a batch of 4 on 2 cores peaks
-        like a batch of 2 (UNet of benchmarks/inference_levers.py: -35 % peak RSS, no slower)."""
+        like a batch of 2 (UNet of benchmarks/inference_levers.py: -35 % peak RSS, no slower).
+        OpenVINO runs the items one after another, each on all threads: as fast as the whole
+        batch, with one item's intermediates (bench_inference.py UNet, batch 4: 387 -> 242 MB)."""
+        sequential = self.providers[0] == _OPENVINO
         lanes = self.threads if self.providers == ["CPUExecutionProvider"] and not is_cupy_array(batch) else 1
         items = len(batch) if getattr(batch, "ndim", 0) >= 1 else 0
-        if self.providers[0] == _OPENVINO and items > 1 and len(self.inputs) == 1:
-            # One item per run, on all threads: as fast as the whole batch, with the
-            # intermediates of one item (bench_inference.py UNet, batch 4: 387 -> 242 MB peak).
-            name = self.inputs[0].name
-            x = self._feeds([batch])[name]
-            for n in range(items):
-                yield self._ort_run(self._session, {name: x[n:n + 1]})[0], 0
-            return
         rounds = items // lanes
-        if lanes == 1 or rounds == 0 or len(self.inputs) != 1:
+        split = items > 1 if sequential else lanes > 1 and rounds > 0
+        if not split or len(self.inputs) != 1:
             yield self(batch), 0
             return
         name = self.inputs[0].name
         x = self._feeds([batch])[name]
+        if sequential:
+            for n in range(items):
+                yield self._ort_run(self._session, {name: x[n:n + 1]})[0], 0
+            return
         session = self._single_threaded()
 
         def run_item(n: int) -> np.ndarray:
