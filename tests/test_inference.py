@@ -319,6 +319,26 @@ def test_channel_argmax_matches_numpy(rng, channels):
         _core.channel_argmax(np.zeros((256, 4), np.float32), 0.5, 1)
 
 
+@pytest.mark.parametrize("planes", [1, 2, 4])
+@pytest.mark.parametrize("complement", [False, True])
+def test_interleave_channels_matches_numpy(rng, planes, complement):
+    """The vector image of a prediction: the planes as channels (after the complement channel,
+    1 minus their float32 sum in channel order), the same bits as numpy, with 1 and 2 threads."""
+    from medkern import _core
+
+    channels = [rng.random((5, 37, 41)).astype(np.float32) / planes for _ in range(planes)]
+    expected = np.stack(([np.float32(1) - np.sum(np.stack(channels, -1), -1, dtype=np.float32)] if complement
+                         else []) + channels, axis=-1)
+    for threads in (1, 2):
+        got = _core.interleave_channels(channels, complement, threads)
+        assert got.dtype == np.float32 and got.shape == (5, 37, 41, planes + complement)
+        np.testing.assert_array_equal(got, expected)
+    with pytest.raises(ValueError, match="one shape"):
+        _core.interleave_channels([channels[0], channels[0][:2]], True, 1)
+    with pytest.raises(ValueError, match="at least one channel"):
+        _core.interleave_channels([], True, 1)
+
+
 @pytest.mark.parametrize("channels", [1, 2, 5])
 def test_softmax_and_sigmoid_kernels_match_float64(rng, channels):
     from medkern import _core
@@ -919,6 +939,9 @@ def test_postprocess_labels_in_a_corner_and_empty(rng, shape, box):
     expected = _postprocess_reference(labels, prob, spacing, ops, 0)
     np.testing.assert_array_equal(postprocess_labels(labels, prob, spacing, ops, 0), expected)
     assert (expected != labels).any()
+    # probabilities that are a view (channels-first memory) give the same labels
+    channels_first = np.moveaxis(np.ascontiguousarray(np.moveaxis(prob, -1, 0)), 0, -1)
+    np.testing.assert_array_equal(postprocess_labels(labels, channels_first, spacing, ops, 0), expected)
     empty = np.zeros(shape, np.uint8)
     np.testing.assert_array_equal(postprocess_labels(empty, prob, spacing, ops, 0), empty)
 

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <optional>
 #include <string>
 #include <vector>
@@ -164,6 +165,31 @@ py::array_t<std::uint8_t> channel_argmax(const py::array& x_, std::optional<floa
   return out;
 }
 
+// planes: the channels first..C-1 of a prediction on the input grid, each float32 of one shape.
+py::array_t<float> interleave_channels(const py::list& planes, bool complement, int n_threads) {
+  std::vector<carray<float>> held;
+  for (const auto& plane : planes) {
+    held.push_back(carray<float>::ensure(plane));
+    const auto& a = held.front();
+    const auto& b = held.back();
+    if (!b || b.ndim() != a.ndim() || !std::equal(a.shape(), a.shape() + a.ndim(), b.shape()))
+      throw py::value_error("planes must be float arrays of one shape");
+  }
+  if (held.empty()) throw py::value_error("planes must hold at least one channel");
+  const index_t channels = static_cast<index_t>(held.size()) + (complement ? 1 : 0);
+  std::vector<py::ssize_t> shape(held[0].shape(), held[0].shape() + held[0].ndim());
+  shape.push_back(channels);
+  py::array_t<float> out(shape);
+  std::vector<const float*> ptr;
+  for (const auto& h : held) ptr.push_back(h.data());
+  const index_t n = held[0].size();
+  float* dst = out.mutable_data();
+  // Arrays held by this frame; only raw pointers are used without the GIL.
+  py::gil_scoped_release release;
+  medkern::interleave_channels(ptr.data(), channels, complement, n, dst, n_threads);
+  return out;
+}
+
 void activate(const py::array& x_, const std::string& activation, int n_threads) {
   auto x = inplace_float32(x_, "x");
   if (x.ndim() < 1) throw py::value_error("x must have a channel axis");
@@ -191,6 +217,8 @@ void register_inference(py::module_& m) {
   m.def("normalize_by_weight_sum", &normalize_by_weight_sum, py::arg("out"), py::arg("starts"),
         py::arg("weight"), py::arg("n_threads"));
   m.def("channel_argmax", &channel_argmax, py::arg("x"), py::arg("threshold"),
+        py::arg("n_threads"));
+  m.def("interleave_channels", &interleave_channels, py::arg("planes"), py::arg("complement"),
         py::arg("n_threads"));
   m.def("activate", &activate, py::arg("x"), py::arg("activation"), py::arg("n_threads"));
 }

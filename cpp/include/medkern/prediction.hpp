@@ -103,4 +103,37 @@ inline void channel_argmax(const float* x, index_t channels, index_t n, bool use
   }
 }
 
+// A prediction's vector image, channels last, written in one pass: out[v][c] = planes[c - first][v]
+// for c >= first, where first = 1 with `complement` and 0 without; with `complement`, channel 0
+// is 1 minus the other channels summed in channel order (after softmax the channels sum to one,
+// and so do they after a linear resampling, whose weights sum to one: the first one needs no
+// resampling of its own).
+inline void interleave_channels(const float* const* planes, index_t channels, bool complement,
+                                index_t n, float* out, int n_threads) {
+  const index_t first = complement ? 1 : 0;
+  const index_t n_blocks = (n + kVoxelBlock - 1) / kVoxelBlock;
+#pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads)) if (n > (1 << 16))
+  for (index_t b = 0; b < n_blocks; ++b) {
+    const index_t v0 = b * kVoxelBlock, v1 = std::min(n, v0 + kVoxelBlock);
+    if (complement && channels == 2) {  // the common case, in a loop the compiler vectorises
+      const float* p = planes[0];
+      for (index_t v = v0; v < v1; ++v) {
+        out[2 * v] = 1.0f - p[v];
+        out[2 * v + 1] = p[v];
+      }
+      continue;
+    }
+    for (index_t v = v0; v < v1; ++v) {
+      float* o = out + v * channels;
+      float others = 0.0f;
+      for (index_t c = first; c < channels; ++c) {
+        const float p = planes[c - first][v];
+        o[c] = p;
+        others = c == first ? p : others + p;
+      }
+      if (complement) o[0] = 1.0f - others;
+    }
+  }
+}
+
 }  // namespace medkern

@@ -19,6 +19,10 @@
 #include "medkern/common.hpp"
 #include "medkern/trilinear.hpp"
 
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#endif
+
 // The point samplers and their helpers also compile as CUDA device code (cpp/cuda/resample.cu),
 // so CPU and GPU evaluate the same arithmetic. (MEDKERN_HD, common.hpp)
 
@@ -137,6 +141,65 @@ void bspline_prefilter_axis(A* data, index_t outer, index_t n, index_t inner, in
   }
 }
 
+// dst[b] = sum_t w[t] * rows[idx[t] * stride + b] for b < width, taps summed in order t = 0, 1, ...
+// (the first one multiplied, the others added) through an accumulator block that stays in L1
+// while the rows stream in. Every pass along a strided axis sums its taps here, so the fused
+// slice path and the whole-volume pass give the same bits.
+template <class S, class A>
+void blend_rows(const S* rows, const index_t* idx, index_t stride, const A* w, int taps,
+                index_t width, A* dst) {
+  constexpr index_t kBlock = 512;
+  A acc[kBlock];
+  for (index_t b0 = 0; b0 < width; b0 += kBlock) {
+    const index_t n = std::min(kBlock, width - b0);
+    {
+      const A w0 = w[0];
+      const S* s = rows + idx[0] * stride + b0;
+      for (index_t b = 0; b < n; ++b) acc[b] = w0 * static_cast<A>(s[b]);
+    }
+    for (int t = 1; t < taps; ++t) {
+      const A wt = w[t];
+      const S* s = rows + idx[t] * stride + b0;
+      for (index_t b = 0; b < n; ++b) acc[b] += wt * static_cast<A>(s[b]);
+    }
+    for (index_t b = 0; b < n; ++b) dst[b0 + b] = acc[b];
+  }
+}
+
+// Lines along the contiguous axis with at most this many taps (linear, cubic without
+// anti-aliasing) read their taps straight from the line instead of going through the transposed
+// line groups, whose transposes cost more than the few taps they serve.
+constexpr int kDirectTaps = 4;
+
+// out[o][m] = sum_t w[m][t] * in[o][idx[m][t]], taps summed in the order of blend_rows. The tap
+// table is split into one contiguous 32-bit column per tap so the loop over m vectorises with
+// gathers.
+template <class T, class A>
+void resample_lines_direct(const T* in, A* out, index_t outer, index_t n_in, index_t n_out,
+                           const index_t* idx, const A* w, int taps, int n_threads) {
+  (void)n_in;  // every index is < n_in (checked by the caller)
+  std::vector<std::int32_t> col(static_cast<std::size_t>(taps * n_out));
+  std::vector<A> wc(static_cast<std::size_t>(taps * n_out));
+  for (index_t m = 0; m < n_out; ++m)
+    for (int t = 0; t < taps; ++t) {
+      col[t * n_out + m] = static_cast<std::int32_t>(idx[m * taps + t]);
+      wc[t * n_out + m] = w[m * taps + t];
+    }
+  const std::int32_t* __restrict c = col.data();
+  const A* __restrict wt = wc.data();
+#pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
+  for (index_t o = 0; o < outer; ++o) {
+    const T* __restrict line = in + o * n_in;
+    A* __restrict dst = out + o * n_out;
+    for (index_t m = 0; m < n_out; ++m) dst[m] = wt[m] * static_cast<A>(line[c[m]]);
+    for (int t = 1; t < taps; ++t) {
+      const std::int32_t* __restrict ct = c + t * n_out;
+      const A* __restrict wtt = wt + t * n_out;
+      for (index_t m = 0; m < n_out; ++m) dst[m] += wtt[m] * static_cast<A>(line[ct[m]]);
+    }
+  }
+}
+
 // ------------------------------------------------------------------ separable axis pass
 // One 1D resampling pass along the middle axis of a [outer][n_in][inner] array:
 //   out[o][m][:] = sum_t w[m][t] * line(in[o][idx[m][t]][:]),
@@ -148,6 +211,10 @@ template <class T, class A>
 void resample_axis_pass(const T* in, A* out, index_t outer, index_t n_in, index_t inner,
                         index_t n_out, const index_t* idx, const A* w, int taps, bool prefilter,
                         int n_threads) {
+  if (inner == 1 && !prefilter && taps <= kDirectTaps) {
+    resample_lines_direct(in, out, outer, n_in, n_out, idx, w, taps, n_threads);
+    return;
+  }
   if (inner == 1) {
     const index_t n_groups = (outer + kLineGroup - 1) / kLineGroup;
 #pragma omp parallel num_threads(clamp_threads(n_threads))
@@ -185,29 +252,11 @@ void resample_axis_pass(const T* in, A* out, index_t outer, index_t n_in, index_
                        taps, false, n_threads);
     return;
   }
-  constexpr index_t kBlock = 512;  // accumulator lanes: stays in L1 while the taps stream in
 #pragma omp parallel for collapse(2) schedule(static) num_threads(clamp_threads(n_threads))
-  for (index_t o = 0; o < outer; ++o) {
-    for (index_t m = 0; m < n_out; ++m) {
-      A acc[kBlock];
-      const T* src = in + o * n_in * inner;
-      A* dst = out + (o * n_out + m) * inner;
-      for (index_t b0 = 0; b0 < inner; b0 += kBlock) {
-        const index_t width = std::min(kBlock, inner - b0);
-        {
-          const A w0 = w[m * taps];
-          const T* s = src + idx[m * taps] * inner + b0;
-          for (index_t b = 0; b < width; ++b) acc[b] = w0 * static_cast<A>(s[b]);
-        }
-        for (int t = 1; t < taps; ++t) {
-          const A wt = w[m * taps + t];
-          const T* s = src + idx[m * taps + t] * inner + b0;
-          for (index_t b = 0; b < width; ++b) acc[b] += wt * static_cast<A>(s[b]);
-        }
-        for (index_t b = 0; b < width; ++b) dst[b0 + b] = acc[b];
-      }
-    }
-  }
+  for (index_t o = 0; o < outer; ++o)
+    for (index_t m = 0; m < n_out; ++m)
+      blend_rows(in + o * n_in * inner, idx + m * taps, inner, w + m * taps, taps, inner,
+                 out + (o * n_out + m) * inner);
 }
 
 // One tap table per axis for resample_separable.
@@ -220,52 +269,157 @@ struct AxisTaps {
   const std::uint8_t* valid;  // n_out flags: 0 where the output coordinate is outside the input
 };
 
-// In-plane passes (axes 1 and/or 2, in the given order) applied slice by slice, so a slice and
-// its intermediate stay in cache instead of making a round trip through memory per pass.
+// In-plane passes (axes 1 and/or 2, in the given order; n_passes of them) of one slice `src` of
+// shape sh[2] into `dst`; `mid` holds the intermediate of two passes. The passes run inside the
+// calling thread: the slice is the unit of parallel work.
+template <class S, class A>
+void plane_passes(const S* src, A* dst, const index_t sh_in[2], const int* plane_order,
+                  int n_passes, const AxisTaps<A> axes[3], bool prefilter, std::vector<A>& mid) {
+  index_t sh[2] = {sh_in[0], sh_in[1]};
+  auto run = [&](const auto* from, A* to, int a) {
+    const AxisTaps<A>& ax = axes[a];
+    if (a == 1)
+      resample_axis_pass(from, to, 1, sh[0], sh[1], ax.n_out, ax.idx, ax.w, ax.taps, prefilter, 1);
+    else
+      resample_axis_pass(from, to, sh[0], sh[1], 1, ax.n_out, ax.idx, ax.w, ax.taps, prefilter, 1);
+    sh[a - 1] = ax.n_out;
+  };
+  if (n_passes == 1) {
+    run(src, dst, plane_order[0]);
+    return;
+  }
+  const int a0 = plane_order[0];
+  mid.resize(static_cast<std::size_t>(a0 == 1 ? axes[1].n_out * sh[1] : sh[0] * axes[2].n_out));
+  run(src, mid.data(), a0);
+  run(static_cast<const A*>(mid.data()), dst, plane_order[1]);
+}
+
+// The plane shape after the in-plane passes plane_order[0 .. n_passes).
+template <class A>
+void plane_shape_after(index_t plane[2], const int* plane_order, int n_passes,
+                       const AxisTaps<A> axes[3]) {
+  for (int q = 0; q < n_passes; ++q) plane[plane_order[q] - 1] = axes[plane_order[q]].n_out;
+}
+
+// In-plane passes applied slice by slice, so a slice and its intermediate stay in cache instead
+// of making a round trip through memory per pass.
 template <class S, class A>
 void resample_plane_passes(const S* src, A* dst, const index_t shape[3], const int* plane_order,
                            int n_passes, const AxisTaps<A> axes[3], bool prefilter, int n_threads) {
   index_t out_plane[2] = {shape[1], shape[2]};
-  for (int q = 0; q < n_passes; ++q) out_plane[plane_order[q] - 1] = axes[plane_order[q]].n_out;
+  plane_shape_after(out_plane, plane_order, n_passes, axes);
   const index_t in_size = shape[1] * shape[2], out_size = out_plane[0] * out_plane[1];
 #pragma omp parallel num_threads(clamp_threads(n_threads))
   {
     std::vector<A> mid;
 #pragma omp for schedule(static)
-    for (index_t k = 0; k < shape[0]; ++k) {
-      index_t sh[2] = {shape[1], shape[2]};
-      auto run = [&](const auto* from, A* to, int a) {
-        const AxisTaps<A>& ax = axes[a];
-        // the passes run inside this thread: the slice is the unit of parallel work
-        if (a == 1)
-          resample_axis_pass(from, to, 1, sh[0], sh[1], ax.n_out, ax.idx, ax.w, ax.taps, prefilter,
-                             1);
-        else
-          resample_axis_pass(from, to, sh[0], sh[1], 1, ax.n_out, ax.idx, ax.w, ax.taps, prefilter,
-                             1);
-        sh[a - 1] = ax.n_out;
-      };
-      if (n_passes == 1) {
-        run(src + k * in_size, dst + k * out_size, plane_order[0]);
+    for (index_t k = 0; k < shape[0]; ++k)
+      plane_passes(src + k * in_size, dst + k * out_size, shape + 1, plane_order, n_passes, axes,
+                   prefilter, mid);
+  }
+}
+
+// All passes fused per output slice (no B-spline prefilter: it needs whole lines along axis 0).
+// order[split] == 0; the in-plane passes before it ("pre") and after it ("post") run per slice:
+//   out[k] = post(sum_t w0[k][t] * pre(in[idx0[k][t]])).
+// Each thread walks a contiguous range of output slices and keeps the pre-passed input slices it
+// last used in a small cache (taps + 1 slots, least recently used out), so each is computed about
+// once and no volume-sized intermediate is written. The sums are those of the whole-volume passes
+// (plane_passes, blend_rows), in the same order, so the bits are the same. Output slices outside
+// the input along axis 0 are left to the caller's fill.
+template <class T, class A>
+void resample_slices_fused(const T* in, const index_t shape[3], A* out, const AxisTaps<A> axes[3],
+                           const int* order, int n_passes, int split, int n_threads) {
+  const AxisTaps<A>& ax = axes[0];
+  const int n_pre = split, n_post = n_passes - split - 1;
+  index_t pre_plane[2] = {shape[1], shape[2]};
+  plane_shape_after(pre_plane, order, n_pre, axes);
+  index_t out_plane[2] = {pre_plane[0], pre_plane[1]};
+  plane_shape_after(out_plane, order + split + 1, n_post, axes);
+  const index_t in_size = shape[1] * shape[2], pre_size = pre_plane[0] * pre_plane[1];
+  const index_t out_size = out_plane[0] * out_plane[1];
+  const int slots = ax.taps + 1;  // the taps of one output slice never evict each other
+#pragma omp parallel num_threads(clamp_threads(n_threads))
+  {
+    std::vector<A> cache(n_pre ? static_cast<std::size_t>(slots * pre_size) : 0);
+    std::vector<index_t> tag(static_cast<std::size_t>(slots), -1), used(tag), slot(tag);
+    std::vector<A> blended(n_post ? static_cast<std::size_t>(pre_size) : 0), mid;
+#pragma omp for schedule(static)
+    for (index_t k = 0; k < ax.n_out; ++k) {
+      if (!ax.valid[k]) continue;
+      const index_t* taps = ax.idx + k * ax.taps;
+      A* dst = out + k * out_size;
+      A* sum = n_post ? blended.data() : dst;
+      if (n_pre == 0) {
+        blend_rows(in, taps, in_size, ax.w + k * ax.taps, ax.taps, pre_size, sum);
       } else {
-        const int a0 = plane_order[0];
-        mid.resize(static_cast<std::size_t>(a0 == 1 ? axes[1].n_out * shape[2]
-                                                    : shape[1] * axes[2].n_out));
-        run(src + k * in_size, mid.data(), a0);
-        run(static_cast<const A*>(mid.data()), dst + k * out_size, plane_order[1]);
+        for (int t = 0; t < ax.taps; ++t) {
+          int s = 0;
+          while (s < slots && tag[s] != taps[t]) ++s;
+          if (s == slots) {  // not cached: replace the least recently used slot
+            s = static_cast<int>(std::min_element(used.begin(), used.end()) - used.begin());
+            tag[s] = taps[t];
+            plane_passes(in + taps[t] * in_size, cache.data() + s * pre_size, shape + 1, order,
+                         n_pre, axes, false, mid);
+          }
+          used[s] = k;
+          slot[t] = s;
+        }
+        blend_rows(static_cast<const A*>(cache.data()), slot.data(), pre_size, ax.w + k * ax.taps,
+                   ax.taps, pre_size, sum);
       }
+      if (n_post)
+        plane_passes(static_cast<const A*>(blended.data()), dst, pre_plane, order + split + 1,
+                     n_post, axes, false, mid);
+    }
+  }
+}
+
+// Exact fill (not a weighted sum of fills) wherever any axis was outside the input.
+template <class A>
+void fill_outside(A* out, const index_t shape[3], const AxisTaps<A> axes[3], A fill,
+                  int n_threads) {
+  bool any_invalid = false;
+  for (int a = 0; a < 3; ++a)
+    for (index_t v = 0; v < axes[a].n_out; ++v) any_invalid = any_invalid || !axes[a].valid[v];
+  if (!any_invalid) return;
+  const index_t n1 = shape[1], n2 = shape[2];
+#pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
+  for (index_t k = 0; k < shape[0]; ++k) {
+    A* plane = out + k * n1 * n2;
+    if (!axes[0].valid[k]) {
+      for (index_t v = 0; v < n1 * n2; ++v) plane[v] = fill;
+      continue;
+    }
+    for (index_t j = 0; j < n1; ++j) {
+      A* row = plane + j * n2;
+      if (!axes[1].valid[j]) {
+        for (index_t i = 0; i < n2; ++i) row[i] = fill;
+        continue;
+      }
+      for (index_t i = 0; i < n2; ++i)
+        if (!axes[2].valid[i]) row[i] = fill;
     }
   }
 }
 
 // Separable resampling of a 3D array whose output->input index map is axis-aligned: one pass per
 // axis listed in `order` (n_passes of them; the other axes keep their size and values), shrinking
-// axes first to keep the intermediates small; consecutive in-plane passes run slice by slice.
+// axes first to keep the intermediates small. Without the B-spline prefilter, a pass along axis 0
+// and the in-plane passes around it run fused per output slice (resample_slices_fused); otherwise
+// consecutive in-plane passes run slice by slice and the axis-0 pass over the whole volume.
 // Then `fill` goes on the output slabs whose coordinate fell outside the input on any axis.
 template <class T, class A>
 void resample_separable(const T* in, const index_t shape_in[3], A* out, const AxisTaps<A> axes[3],
                         const int* order, int n_passes, bool prefilter, A fill, int n_threads) {
   index_t shape[3] = {shape_in[0], shape_in[1], shape_in[2]};
+  const int split = static_cast<int>(std::find(order, order + n_passes, 0) - order);
+  if (!prefilter && split < n_passes) {
+    resample_slices_fused(in, shape_in, out, axes, order, n_passes, split, n_threads);
+    for (int q = 0; q < n_passes; ++q) shape[order[q]] = axes[order[q]].n_out;
+    fill_outside(out, shape, axes, fill, n_threads);
+    return;
+  }
   std::unique_ptr<A[]> buf[2];  // uninitialised: every element is written by the next pass
   const A* inter = nullptr;     // current intermediate, null while reading the input
   int n_groups = 0;
@@ -299,29 +453,7 @@ void resample_separable(const T* in, const index_t shape_in[3], A* out, const Ax
     ++n_groups;
     p = end;
   }
-  // Exact fill (not a weighted sum of fills) wherever any axis was outside the input.
-  bool any_invalid = false;
-  for (int a = 0; a < 3; ++a)
-    for (index_t v = 0; v < axes[a].n_out; ++v) any_invalid = any_invalid || !axes[a].valid[v];
-  if (!any_invalid) return;
-  const index_t n1 = shape[1], n2 = shape[2];
-#pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
-  for (index_t k = 0; k < shape[0]; ++k) {
-    A* plane = out + k * n1 * n2;
-    if (!axes[0].valid[k]) {
-      for (index_t v = 0; v < n1 * n2; ++v) plane[v] = fill;
-      continue;
-    }
-    for (index_t j = 0; j < n1; ++j) {
-      A* row = plane + j * n2;
-      if (!axes[1].valid[j]) {
-        for (index_t i = 0; i < n2; ++i) row[i] = fill;
-        continue;
-      }
-      for (index_t i = 0; i < n2; ++i)
-        if (!axes[2].valid[i]) row[i] = fill;
-    }
-  }
+  fill_outside(out, shape, axes, fill, n_threads);
 }
 
 // Maximal runs of equal consecutive entries of an index table, as [start, end) pairs.
@@ -336,6 +468,75 @@ inline std::vector<index_t> index_runs(const index_t* idx, index_t n) {
   }
   return runs;
 }
+
+// dst[i] = row[idx[i]] for lo <= i < hi, every index in [0, n). With AVX-512, each run of 32
+// two-byte or 16 four-byte outputs whose inputs lie within a window of two registers is a
+// masked load of that window and one two-register permute (vpermt2w / vpermt2d) instead of 32 or
+// 16 scalar loads: the in-plane step of an axis-aligned resampling is regular, so the plan of
+// windows is built once and serves every row. Runs with a wider spread (downsampling by more
+// than 2x) and the tail are copied element by element. The masks keep the loads inside the row.
+template <class T>
+class RowGather {
+ public:
+  RowGather(const index_t* idx, index_t lo, index_t hi, index_t n) : idx_(idx), lo_(lo), hi_(hi) {
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    if constexpr (kLanes > 0) {
+      for (index_t i0 = lo; i0 + kLanes <= hi; i0 += kLanes) {
+        const auto [mn, mx] = std::minmax_element(idx + i0, idx + i0 + kLanes);
+        const index_t base = *mn, avail = n - base;  // row elements from the window's start
+        window_.push_back(*mx - base < 2 * kLanes ? base : -1);
+        mask_.push_back(first_lanes(avail));
+        mask_.push_back(first_lanes(avail - kLanes));
+        for (int l = 0; l < kLanes; ++l) lane_.push_back(static_cast<Lane>(idx[i0 + l] - base));
+      }
+    }
+#else
+    (void)n;
+#endif
+  }
+
+  void operator()(const T* row, T* dst) const {
+    index_t i = lo_;
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    if constexpr (kLanes > 0) {
+      for (std::size_t c = 0; c < window_.size(); ++c, i += kLanes) {
+        if (window_[c] < 0) {
+          for (index_t v = i; v < i + kLanes; ++v) dst[v] = row[idx_[v]];
+          continue;
+        }
+        const T* w = row + window_[c];
+        const __m512i lanes = _mm512_loadu_si512(lane_.data() + c * kLanes);
+        if constexpr (sizeof(T) == 2) {
+          const __m512i a = _mm512_maskz_loadu_epi16(static_cast<__mmask32>(mask_[2 * c]), w);
+          const __m512i b =
+              _mm512_maskz_loadu_epi16(static_cast<__mmask32>(mask_[2 * c + 1]), w + kLanes);
+          _mm512_storeu_si512(dst + i, _mm512_permutex2var_epi16(a, lanes, b));
+        } else {
+          const __m512i a = _mm512_maskz_loadu_epi32(static_cast<__mmask16>(mask_[2 * c]), w);
+          const __m512i b =
+              _mm512_maskz_loadu_epi32(static_cast<__mmask16>(mask_[2 * c + 1]), w + kLanes);
+          _mm512_storeu_si512(dst + i, _mm512_permutex2var_epi32(a, lanes, b));
+        }
+      }
+    }
+#endif
+    for (; i < hi_; ++i) dst[i] = row[idx_[i]];
+  }
+
+ private:
+  static constexpr int kLanes = sizeof(T) == 2 ? 32 : sizeof(T) == 4 ? 16 : 0;
+  using Lane = std::conditional_t<sizeof(T) == 2, std::uint16_t, std::uint32_t>;
+  // Bit mask of the first min(max(count, 0), kLanes) lanes.
+  static std::uint64_t first_lanes(index_t count) {
+    if (count <= 0) return 0;
+    return count >= kLanes ? (std::uint64_t{1} << kLanes) - 1 : (std::uint64_t{1} << count) - 1;
+  }
+  const index_t* idx_;
+  index_t lo_, hi_;
+  std::vector<index_t> window_;      // per run: first input element of its window, -1 if too wide
+  std::vector<std::uint64_t> mask_;  // per run: load masks of the window's two registers
+  std::vector<Lane> lane_;           // per run: kLanes permute indices into the window
+};
 
 // Axis-aligned nearest neighbour: out[k][j][i] = in[idx0[k]][idx1[j]][idx2[i]], fill where any
 // index is -1. Values are copied bit for bit, so T only needs the element size.
@@ -363,6 +564,8 @@ void gather_nearest(const T* in, const index_t shape_in[3], T* out, const index_
   while (hi > lo && idx2[hi - 1] < 0) --hi;
   bool contiguous_valid = true;
   for (index_t i = lo; i < hi; ++i) contiguous_valid = contiguous_valid && idx2[i] >= 0;
+  const RowGather<T> gather(idx2, contiguous_valid ? lo : 0, contiguous_valid ? hi : 0,
+                            shape_in[2]);
 #pragma omp parallel for collapse(2) schedule(static) num_threads(clamp_threads(n_threads))
   for (index_t r = 0; r < n_runs; ++r) {
     for (index_t b = 0; b < n_blocks; ++b) {
@@ -378,7 +581,7 @@ void gather_nearest(const T* in, const index_t shape_in[3], T* out, const index_
         const T* row = in + (idx0[k0] * shape_in[1] + idx1[j]) * shape_in[2];
         if (contiguous_valid) {
           for (index_t i = 0; i < lo; ++i) dst[i] = fill;
-          for (index_t i = lo; i < hi; ++i) dst[i] = row[idx2[i]];
+          gather(row, dst);
           for (index_t i = hi; i < m2; ++i) dst[i] = fill;
         } else {
           for (index_t i = 0; i < m2; ++i) dst[i] = idx2[i] < 0 ? fill : row[idx2[i]];

@@ -372,16 +372,14 @@ class Pipeline:
         threshold = None if out["activation"] == "softmax" else float(out["threshold"])
         labels = _core.channel_argmax(prob, threshold, get_num_threads())
         # Linear interpolation weights sum to one, so with softmax the first class is one minus the
-        # others on the input grid too: one resampling pass saved. Channels are written straight
-        # into the vector image.
+        # others on the input grid too: one resampling pass saved. The channels go into the vector
+        # image in one pass.
         complement = out["activation"] == "softmax" and len(prob) > 1
-        stacked = np.empty(case.reference.shape + (len(prob),), dtype=np.float32)
+        planes = []
         for c in range(int(complement), len(prob)):
             progress.update("postprocess", c / (len(prob) + 1))
-            stacked[..., c] = _back_to_input(case.grid.with_array(prob[c]), case.reference, "linear").array
-        if complement:
-            others = stacked[..., 1] if len(prob) == 2 else stacked[..., 1:].sum(axis=-1, dtype=np.float32)
-            np.subtract(np.float32(1), others, out=stacked[..., 0])
+            planes.append(_back_to_input(case.grid.with_array(prob[c]), case.reference, "linear").array)
+        stacked = _core.interleave_channels(planes, complement, get_num_threads())
         progress.update("postprocess", len(prob) / (len(prob) + 1))
         label_image = _back_to_input(case.grid.with_array(labels), case.reference, "label")
         if postprocess and meta["postprocessing"]:
@@ -449,9 +447,8 @@ def postprocess_labels(labels: np.ndarray, probabilities: np.ndarray, spacing: S
             if op["by"] == "volume":
                 score = volume
             else:
-                channel = np.clip(flat[fg].astype(np.intp) - first_channel, 0, probabilities.shape[-1] - 1)
-                own = probabilities[box][np.unravel_index(fg, region.shape) + (channel,)]
-                score = np.bincount(fg_components, weights=own, minlength=n + 1)
+                score = np.bincount(fg_components, weights=_own_probability(
+                    probabilities, box, region.shape, fg, flat[fg], first_channel), minlength=n + 1)
             score[0] = -np.inf
             # Stable order: ties keep the earlier component in scan order.
             top = np.argsort(-score[1:], kind="stable")[: int(op["n"])] + 1
@@ -461,6 +458,20 @@ def postprocess_labels(labels: np.ndarray, probabilities: np.ndarray, spacing: S
         flat[fg[~keep[fg_components]]] = 0
         out[box] = region
     return out
+
+
+def _own_probability(probabilities: np.ndarray, box: tuple[slice, ...], box_shape: tuple[int, ...],
+                     at: np.ndarray, values: np.ndarray, first_channel: int) -> np.ndarray:
+    """The probability of each labelled voxel in its own label's channel: ``at`` are flat indices
+    into the ``box`` of the label map, ``values`` their labels. One flat take from the whole
+    (channels-last) array: a fancy index of the box view costs several times more."""
+    probabilities = np.ascontiguousarray(probabilities)
+    strides = [st // probabilities.itemsize for st in probabilities.strides]
+    channel = np.clip(values.astype(np.intp) - first_channel, 0, probabilities.shape[-1] - 1)
+    index = channel * strides[-1] + sum(s.start * st for s, st in zip(box, strides))
+    for coordinate, stride in zip(np.unravel_index(at, box_shape), strides):
+        index += coordinate * stride
+    return np.take(probabilities.reshape(-1), index)
 
 
 def _foreground_box(labels: np.ndarray) -> tuple[slice, ...] | None:
