@@ -110,6 +110,26 @@ def test_geometry_is_immutable(rng):
         img.spacing = (1, 1, 1)
 
 
+def test_with_array_keeps_geometry_and_checks_the_array(rng):
+    img = mk.Image(np.zeros((3, 4, 5)), spacing=(2.0, 1.0, 0.5), origin=(1, 2, 3), direction=np.eye(3))
+    out = img.with_array(rng.random((3, 4, 5)).astype(np.float32))
+    assert out.spacing == img.spacing and out.dtype == np.float32 and not out.is_vector
+    np.testing.assert_array_equal(out.origin, img.origin)
+    np.testing.assert_array_equal(out.direction, img.direction)
+    vec = img.with_array(np.zeros((3, 4, 5, 3), np.float32), vector=True)
+    assert vec.is_vector and vec.shape == (3, 4, 5) and vec.spacing == img.spacing
+    with pytest.raises(ValueError, match=r"spatial shape \(3, 4, 6\) differs"):
+        img.with_array(np.zeros((3, 4, 6)))
+    with pytest.raises(ValueError, match="differs"):  # one axis too many, not a vector image
+        mk.Image(np.zeros((3, 4))).with_array(np.zeros((3, 4, 5)))
+    with pytest.raises(ValueError, match="2D or 3D array"):
+        img.with_array(np.zeros((3, 4, 5, 2, 2)))
+    with pytest.raises(TypeError, match="not supported"):
+        img.with_array(np.zeros((3, 4, 5), np.complex64))
+    with pytest.raises(ValueError, match="at least one component"):
+        img.with_array(np.zeros((3, 4, 5, 0)), vector=True)
+
+
 def test_vector_image_round_trip(tmp_path, rng):
     field = mk.Image(rng.normal(size=(4, 5, 6, 3)), spacing=(2, 1, 1), vector=True)
     assert field.shape == (4, 5, 6) and field.ndim == 3

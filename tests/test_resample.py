@@ -236,6 +236,8 @@ def test_label_interpolation_on_noisy_labels(rng, cpu_backend, n_labels):
     trilinear weight, i.e. the argmax of the linearly interpolated indicator maps (scipy)."""
     x = rng.integers(0, n_labels, size=(9, 11, 13)).astype(np.int16) * 3 - 2
     x[:4, :5] = 4  # a uniform block
+    x[5:7, 6:8] = 1  # whole rows of one label (shortcut) next to a row of another (votes)
+    x[6, 7] = 7
     spacing, new = (2.0, 1.0, 1.0), (0.7, 0.6, 1.3)
     out = mk.resample(mk.Image(x, spacing=spacing), new, "label", backend=cpu_backend)
     scale, offset = _zoom_map(x.shape, out.shape, spacing, new)

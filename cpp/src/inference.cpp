@@ -190,6 +190,44 @@ py::array_t<float> interleave_channels(const py::list& planes, bool complement, 
   return out;
 }
 
+// components: int32 (2D or 3D) from _core.label; labels: the same box of the label map;
+// probabilities: the same box of a channels-last float32 array (any strides, e.g. a view).
+py::tuple component_probability_sums(const py::array& components_, const py::array& labels_,
+                                     const py::array& probabilities, index_t first_channel,
+                                     index_t n) {
+  auto components = carray<std::int32_t>::ensure(components_);
+  const auto ndim = labels_.ndim();
+  if (!components || (ndim != 2 && ndim != 3) || components.ndim() != ndim ||
+      !std::equal(labels_.shape(), labels_.shape() + ndim, components.shape()))
+    throw py::value_error("components and labels must be 2D or 3D arrays of one shape");
+  if (!probabilities.dtype().is(py::dtype::of<float>()) || probabilities.ndim() != ndim + 1 ||
+      !std::equal(labels_.shape(), labels_.shape() + ndim, probabilities.shape()) ||
+      probabilities.shape(ndim) < 1)
+    throw py::value_error("probabilities must be float32 of the labels' shape plus a channel axis");
+  if (n < 0) throw py::value_error("n must be the number of components (>= 0)");
+  index_t shape[3] = {1, 1, 1}, stride[4] = {0, 0, 0, 0};
+  for (py::ssize_t a = 0; a < ndim; ++a) {
+    shape[3 - ndim + a] = labels_.shape(a);
+    stride[3 - ndim + a] = probabilities.strides(a) / static_cast<py::ssize_t>(sizeof(float));
+  }
+  stride[3] = probabilities.strides(ndim) / static_cast<py::ssize_t>(sizeof(float));
+  py::array_t<std::int64_t> counts(n + 1);
+  py::array_t<double> sums(n + 1);
+  std::fill_n(counts.mutable_data(), n + 1, 0);
+  std::fill_n(sums.mutable_data(), n + 1, 0.0);
+  medkern::bind::visit_label_dtype(labels_.dtype(), [&](auto tag) {
+    using L = decltype(tag);
+    auto labels = carray<L>::ensure(labels_);
+    const auto* prob = static_cast<const float*>(probabilities.data());
+    // Arrays held by this frame; only raw pointers are used without the GIL.
+    py::gil_scoped_release release;
+    medkern::component_probability_sums(components.data(), labels.data(), shape, prob, stride,
+                                        probabilities.shape(ndim), first_channel, n,
+                                        counts.mutable_data(), sums.mutable_data());
+  });
+  return py::make_tuple(counts, sums);
+}
+
 void activate(const py::array& x_, const std::string& activation, int n_threads) {
   auto x = inplace_float32(x_, "x");
   if (x.ndim() < 1) throw py::value_error("x must have a channel axis");
@@ -220,5 +258,7 @@ void register_inference(py::module_& m) {
         py::arg("n_threads"));
   m.def("interleave_channels", &interleave_channels, py::arg("planes"), py::arg("complement"),
         py::arg("n_threads"));
+  m.def("component_probability_sums", &component_probability_sums, py::arg("components"),
+        py::arg("labels"), py::arg("probabilities"), py::arg("first_channel"), py::arg("n"));
   m.def("activate", &activate, py::arg("x"), py::arg("activation"), py::arg("n_threads"));
 }

@@ -37,6 +37,26 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _checked_array(array: Any, vector: bool) -> Any:
+    """``array`` as an Image's voxels (numpy unless it is CuPy), or the error that says why not."""
+    if isinstance(array, Image):
+        raise TypeError("array is already an Image; use img.with_array(...) or img.copy()")
+    if not is_cupy_array(array):
+        array = np.asarray(array)
+    if array.dtype.name not in _ACCEPTED_DTYPES:
+        raise TypeError(
+            f"Image array dtype {array.dtype} is not supported; use one of {', '.join(_ACCEPTED_DTYPES)}"
+        )
+    if array.ndim - (1 if vector else 0) not in (2, 3):
+        raise ValueError(
+            f"Image needs a 2D or 3D array{' plus a component axis' if vector else ''}, "
+            f"got shape {tuple(array.shape)}"
+        )
+    if vector and array.shape[-1] < 1:
+        raise ValueError("a vector image needs at least one component")
+    return array
+
+
 class Image:
     """A 2D or 3D image with LPS geometry: a voxel array plus spacing, origin and direction.
 
@@ -113,20 +133,8 @@ class Image:
         *,
         vector: bool = False,
     ) -> None:
-        if isinstance(array, Image):
-            raise TypeError("array is already an Image; use img.with_array(...) or img.copy()")
-        if not is_cupy_array(array):
-            array = np.asarray(array)
-        if array.dtype.name not in _ACCEPTED_DTYPES:
-            raise TypeError(
-                f"Image array dtype {array.dtype} is not supported; use one of {', '.join(_ACCEPTED_DTYPES)}"
-            )
+        array = _checked_array(array, vector)
         ndim = array.ndim - (1 if vector else 0)
-        if ndim not in (2, 3):
-            raise ValueError(
-                f"Image needs a 2D or 3D array{' plus a component axis' if vector else ''}, "
-                f"got shape {tuple(array.shape)}"
-            )
         spacing_t: tuple[float, ...]
         if spacing is None:
             spacing_t = (1.0,) * ndim
@@ -153,8 +161,6 @@ class Image:
             # A scaled column would stretch the world extent along that axis beyond what spacing says.
             raise ValueError(f"direction columns must be unit vectors (the scale belongs in spacing), got "
                              f"lengths {[round(float(v), 6) for v in lengths]}")
-        if vector and array.shape[-1] < 1:
-            raise ValueError("a vector image needs at least one component")
         self._array: Any = array  # numpy or CuPy: the attributes used are the ones both have
         self._spacing = spacing_t
         self._origin = _frozen(origin_a)
@@ -323,9 +329,15 @@ class Image:
         Image(shape=(2, 3), dtype=uint8, spacing=(2, 1), origin=(0, 0), numpy)
         """
         vector = self._vector if vector is None else vector
-        out = Image(array, self._spacing, self._origin, self._direction, vector=vector)
-        if out.shape != self.shape:
-            raise ValueError(f"array spatial shape {out.shape} differs from the image's {self.shape}")
+        # The geometry is this image's, already checked and frozen: only the array is checked
+        # (pipelines call this for every intermediate, where the full check showed in profiles).
+        out = Image.__new__(Image)
+        out._array = _checked_array(array, vector)
+        out._spacing, out._origin, out._direction = self._spacing, self._origin, self._direction
+        out._vector = bool(vector)
+        spatial = tuple(out._array.shape[: out._array.ndim - out._vector])
+        if spatial != self.shape:
+            raise ValueError(f"array spatial shape {spatial} differs from the image's {self.shape}")
         return out
 
     def copy(self) -> "Image":

@@ -136,4 +136,28 @@ inline void interleave_channels(const float* const* planes, index_t channels, bo
   }
 }
 
+// Per component c in 1..n of `components` (over a box of a label map; 0 is background): its voxel
+// count and the sum over its voxels, in raster order and in double (numpy.bincount's weighted
+// sums), of each voxel's probability in its own label's channel, clamp(label - first_channel, 0,
+// channels - 1). `prob` points at the box's first voxel of a channels-last array with element
+// strides `stride` (k, j, i, channel). One pass and no temporaries: post-processing runs right
+// after the network, where every fresh temporary costs its page faults.
+template <class L>
+void component_probability_sums(const std::int32_t* components, const L* labels,
+                                const index_t shape[3], const float* prob, const index_t stride[4],
+                                index_t channels, index_t first_channel, index_t n,
+                                std::int64_t* counts, double* sums) {
+  index_t v = 0;
+  for (index_t k = 0; k < shape[0]; ++k)
+    for (index_t j = 0; j < shape[1]; ++j)
+      for (index_t i = 0; i < shape[2]; ++i, ++v) {
+        const std::int32_t c = components[v];
+        if (c <= 0 || c > n) continue;
+        const index_t channel =
+            std::clamp(static_cast<index_t>(labels[v]) - first_channel, index_t{0}, channels - 1);
+        ++counts[c];
+        sums[c] += prob[k * stride[0] + j * stride[1] + i * stride[2] + channel * stride[3]];
+      }
+}
+
 }  // namespace medkern

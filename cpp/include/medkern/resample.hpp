@@ -965,6 +965,18 @@ struct LabelSampler {
       taps[static_cast<std::size_t>(i)] =
           valid[static_cast<std::size_t>(i)] ? row_taps(c) : RowTaps{0, 0, 1.0, 0.0};
     }
+    // Input rows holding one label only (background, mostly, around a segmentation): an output
+    // row whose four neighbour rows are uniform with the same label is that label wherever it is
+    // inside, which is what every vote there gives, so those rows cost one pass of stores.
+    const index_t n_rows = n[0] * n[1];
+    std::vector<unsigned char> uniform(static_cast<std::size_t>(n_rows));
+#pragma omp parallel for schedule(static) num_threads(clamp_threads(n_threads))
+    for (index_t r = 0; r < n_rows; ++r) {
+      const T* row = data + r * n[2];
+      bool same = true;
+      for (index_t x = 1; x < n[2]; ++x) same &= row[x] == row[0];
+      uniform[static_cast<std::size_t>(r)] = same;
+    }
 #pragma omp parallel num_threads(clamp_threads(n_threads))
     {
       // Input columns where the four neighbour rows agree: an output voxel between two such
@@ -981,6 +993,15 @@ struct LabelSampler {
         }
         const Rows rows = neighbour_rows(LinearTaps(n, c0, c1, 0.0));
         const T *a = rows.row[0], *b = rows.row[1], *c = rows.row[2], *d = rows.row[3];
+        bool one_label = true;
+        for (const T* row : rows.row)
+          one_label &= uniform[static_cast<std::size_t>((row - data) / n[2])] && row[0] == a[0];
+        if (one_label) {
+          const T label = a[0];
+          for (index_t i = 0; i < m2; ++i)
+            dst[i] = valid[static_cast<std::size_t>(i)] ? label : fill;
+          continue;
+        }
         for (index_t x = 0; x < n[2]; ++x)
           agree[static_cast<std::size_t>(x)] = (a[x] == b[x]) & (a[x] == c[x]) & (a[x] == d[x]);
         for (index_t i = 0; i < m2; ++i) {

@@ -380,6 +380,7 @@ class Pipeline:
             progress.update("postprocess", c / (len(prob) + 1))
             planes.append(_back_to_input(case.grid.with_array(prob[c]), case.reference, "linear").array)
         stacked = _core.interleave_channels(planes, complement, get_num_threads())
+        del planes
         progress.update("postprocess", len(prob) / (len(prob) + 1))
         label_image = _back_to_input(case.grid.with_array(labels), case.reference, "label")
         if postprocess and meta["postprocessing"]:
@@ -425,9 +426,12 @@ def postprocess_labels(labels: np.ndarray, probabilities: np.ndarray, spacing: S
     output on the last axis; label ``v`` reads channel ``v - first_channel`` (0 for softmax, whose
     channel 0 is the background; 1 for sigmoid, whose labels count from 1).
     """
+    from medkern import _core
     from medkern._segment import label as connected
 
     out = np.array(labels, copy=True)
+    if probabilities.dtype != np.float32:
+        probabilities = probabilities.astype(np.float32)
     voxel = float(np.prod(spacing))
     for op in ops:
         # Only the labelled voxels' bounding box is read or cleared: a tumour is a few % of a CT.
@@ -436,42 +440,23 @@ def postprocess_labels(labels: np.ndarray, probabilities: np.ndarray, spacing: S
         if box is None:
             break
         region = np.ascontiguousarray(out[box])
-        flat = region.ravel()
         components, n = connected(region)
-        fg = np.nonzero(flat != 0)[0]
-        fg_components = np.asarray(components).ravel()[fg]
-        volume = np.bincount(fg_components, minlength=n + 1) * voxel
+        counts, own = _core.component_probability_sums(components, region, probabilities[box], first_channel, n)
+        volume = counts * voxel
         if op["op"] == "remove_small":
             keep = volume >= float(op["min_volume_mm3"])
         else:
-            if op["by"] == "volume":
-                score = volume
-            else:
-                score = np.bincount(fg_components, weights=_own_probability(
-                    probabilities, box, region.shape, fg, flat[fg], first_channel), minlength=n + 1)
+            score = volume if op["by"] == "volume" else own
             score[0] = -np.inf
             # Stable order: ties keep the earlier component in scan order.
             top = np.argsort(-score[1:], kind="stable")[: int(op["n"])] + 1
             keep = np.zeros(n + 1, bool)
             keep[top] = True
-        keep[0] = False
-        flat[fg[~keep[fg_components]]] = 0
+        drop = ~keep
+        drop[0] = False  # background
+        region[drop[components]] = 0
         out[box] = region
     return out
-
-
-def _own_probability(probabilities: np.ndarray, box: tuple[slice, ...], box_shape: tuple[int, ...],
-                     at: np.ndarray, values: np.ndarray, first_channel: int) -> np.ndarray:
-    """The probability of each labelled voxel in its own label's channel: ``at`` are flat indices
-    into the ``box`` of the label map, ``values`` their labels. One flat take from the whole
-    (channels-last) array: a fancy index of the box view costs several times more."""
-    probabilities = np.ascontiguousarray(probabilities)
-    strides = [st // probabilities.itemsize for st in probabilities.strides]
-    channel = np.clip(values.astype(np.intp) - first_channel, 0, probabilities.shape[-1] - 1)
-    index = channel * strides[-1] + sum(s.start * st for s, st in zip(box, strides))
-    for coordinate, stride in zip(np.unravel_index(at, box_shape), strides):
-        index += coordinate * stride
-    return np.take(probabilities.reshape(-1), index)
 
 
 def _foreground_box(labels: np.ndarray) -> tuple[slice, ...] | None:
