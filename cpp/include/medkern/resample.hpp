@@ -991,17 +991,21 @@ struct LabelSampler {
           std::fill(dst, dst + m2, fill);
           continue;
         }
-        const Rows rows = neighbour_rows(LinearTaps(n, c0, c1, 0.0));
-        const T *a = rows.row[0], *b = rows.row[1], *c = rows.row[2], *d = rows.row[3];
+        const LinearTaps p(n, c0, c1, 0.0);
+        const index_t r0[2] = {p.lo[0], p.hi[0]}, r1[2] = {p.lo[1], p.hi[1]};
+        const T label = data[(r0[0] * n[1] + r1[0]) * n[2]];
         bool one_label = true;
-        for (const T* row : rows.row)
-          one_label &= uniform[static_cast<std::size_t>((row - data) / n[2])] && row[0] == a[0];
+        for (index_t u : r0)
+          for (index_t v : r1)
+            one_label &= uniform[static_cast<std::size_t>(u * n[1] + v)] &&
+                         data[(u * n[1] + v) * n[2]] == label;
         if (one_label) {
-          const T label = a[0];
           for (index_t i = 0; i < m2; ++i)
             dst[i] = valid[static_cast<std::size_t>(i)] ? label : fill;
           continue;
         }
+        const Rows rows = neighbour_rows(p);
+        const T *a = rows.row[0], *b = rows.row[1], *c = rows.row[2], *d = rows.row[3];
         for (index_t x = 0; x < n[2]; ++x)
           agree[static_cast<std::size_t>(x)] = (a[x] == b[x]) & (a[x] == c[x]) & (a[x] == d[x]);
         for (index_t i = 0; i < m2; ++i) {
