@@ -939,6 +939,10 @@ def test_postprocess_labels_in_a_corner_and_empty(rng, shape, box):
     expected = _postprocess_reference(labels, prob, spacing, ops, 0)
     np.testing.assert_array_equal(postprocess_labels(labels, prob, spacing, ops, 0), expected)
     assert (expected != labels).any()
+    for dtype in (np.int16, np.uint32, np.int64):  # any integer labels, signed ones too
+        got = postprocess_labels(labels.astype(dtype), prob, spacing, ops, 0)
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got, expected)
     # probabilities that are a view (channels-first memory) give the same labels
     channels_first = np.moveaxis(np.ascontiguousarray(np.moveaxis(prob, -1, 0)), 0, -1)
     np.testing.assert_array_equal(postprocess_labels(labels, channels_first, spacing, ops, 0), expected)

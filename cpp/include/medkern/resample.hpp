@@ -982,6 +982,10 @@ struct LabelSampler {
       // Input columns where the four neighbour rows agree: an output voxel between two such
       // columns of the same label is decided by one comparison (one vectorised pass per row).
       std::vector<unsigned char> agree(static_cast<std::size_t>(n[2]));
+      // The output row of a one-label stretch (that label where inside, fill elsewhere).
+      std::vector<T> one_row(static_cast<std::size_t>(m2));
+      T row_label{};
+      bool have_row = false;
 #pragma omp for schedule(static)
       for (index_t r = 0; r < shape_out[0] * m1; ++r) {
         const double c0 = m[0] * static_cast<double>(r / m1) + m[3];
@@ -1000,8 +1004,14 @@ struct LabelSampler {
             one_label &= uniform[static_cast<std::size_t>(u * n[1] + v)] &&
                          data[(u * n[1] + v) * n[2]] == label;
         if (one_label) {
-          for (index_t i = 0; i < m2; ++i)
-            dst[i] = valid[static_cast<std::size_t>(i)] ? label : fill;
+          if (!have_row || row_label != label) {  // rebuilt when the label changes, rarely
+            for (index_t i = 0; i < m2; ++i)
+              one_row[static_cast<std::size_t>(i)] =
+                  valid[static_cast<std::size_t>(i)] ? label : fill;
+            row_label = label;
+            have_row = true;
+          }
+          std::memcpy(dst, one_row.data(), static_cast<std::size_t>(m2) * sizeof(T));
           continue;
         }
         const Rows rows = neighbour_rows(p);

@@ -461,13 +461,15 @@ def postprocess_labels(labels: np.ndarray, probabilities: np.ndarray, spacing: S
 
 def _foreground_box(labels: np.ndarray) -> tuple[slice, ...] | None:
     """The smallest box holding every non-zero voxel; None when there is none."""
-    mask = labels != 0
+    # Integer labels as unsigned: non-zero is then > 0, and maxima find it without a volume-sized
+    # temporary (whose fresh pages cost more than the reduction, right after the network).
+    bits = labels.view(f"u{labels.itemsize}") if labels.dtype.kind in "biu" else (labels != 0)
     box = []
-    # One pass over the volume (any along axis 0), then only the small projections: the first
-    # axis from contiguous row blocks, the others from the projection.
-    first = mask.reshape(mask.shape[0], -1).any(axis=1)
-    rest = mask.any(axis=0)
-    hits = [first] + [rest.any(axis=tuple(a for a in range(rest.ndim) if a != axis)) for axis in range(rest.ndim)]
+    # Two passes over the volume, then only the small projections: the first axis from
+    # contiguous row blocks, the others from the projection along axis 0.
+    first = bits.reshape(bits.shape[0], -1).max(axis=1)
+    rest = bits.max(axis=0)
+    hits = [first] + [rest.max(axis=tuple(a for a in range(rest.ndim) if a != axis)) for axis in range(rest.ndim)]
     for hit in hits:
         at = np.flatnonzero(hit)
         if not at.size:
