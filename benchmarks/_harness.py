@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
+
 
 @dataclass
 class Case:
@@ -24,6 +26,24 @@ class Case:
     bytes_moved: int | None = None
     target: str = ""
     repeats: int = 5
+
+
+def touch_memory(gib: float = 4.0) -> None:
+    """Write and free ``gib`` GiB once (at most a quarter of the available memory), before any timing.
+
+    On a virtual machine the host backs guest memory on its first use: until a process has cycled
+    through enough memory, every fresh array pays that on top of the usual page faults. A 256^3
+    Gaussian took 150 ms for its first ten calls and 50 ms afterwards in one process; after this
+    touch it takes 50 ms from the first call. It runs once, so medkern and the references all
+    see the same memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        available = 4 * int(gib * 2**30)
+    n = min(int(gib * 2**30), available // 4) // 4
+    block = np.ones(n, dtype=np.float32)
+    del block
 
 
 def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 3, warmup_budget_s: float = 2.0) -> float:

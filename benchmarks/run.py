@@ -24,7 +24,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _harness import median_time  # noqa: E402
+from _harness import median_time, touch_memory  # noqa: E402
 
 RESULTS = HERE / "RESULTS.md"
 
@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     import medkern as mk
 
     configure_references()
+    touch_memory()
     bandwidth = copy_bandwidth_gbs()
     machine = (f"{cpu_name()}, {os.cpu_count()} cores, medkern threads {mk.get_num_threads()}, "
                f"numpy {np.__version__}, copy bandwidth {bandwidth:.1f} GB/s")
