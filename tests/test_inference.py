@@ -319,6 +319,36 @@ def test_channel_argmax_matches_numpy(rng, channels):
         _core.channel_argmax(np.zeros((256, 4), np.float32), 0.5, 1)
 
 
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_component_probability_sums_match_bincount(rng, ndim):
+    """Voxel counts and own-label probability sums per component (channel = label - first,
+    clamped) against numpy.bincount, the same bits; on a strided box view; bad input refused."""
+    from medkern import _core
+    from medkern._segment import label as connected
+
+    shape = (9, 14, 11)[-ndim:]
+    labels = ((rng.random(shape) > 0.6) * rng.integers(1, 4, shape)).astype(np.int16)
+    components, n = connected(labels)
+    prob = rng.random((12, 16, 13, 3)[-ndim - 1:]).astype(np.float32)
+    box = tuple(slice(1, 1 + s) for s in shape)
+    for first in (0, 1):
+        counts, sums = _core.component_probability_sums(components, labels, prob[box], first, n)
+        fg = labels.ravel() != 0
+        comp = components.ravel()[fg]
+        channel = np.clip(labels.ravel()[fg].astype(np.intp) - first, 0, 2)
+        own = prob[box].reshape(-1, 3)[np.flatnonzero(fg), channel]
+        np.testing.assert_array_equal(counts[1:], np.bincount(comp, minlength=n + 1)[1:])
+        np.testing.assert_array_equal(sums[1:], np.bincount(comp, weights=own, minlength=n + 1)[1:])
+    with pytest.raises(ValueError, match="one shape"):
+        _core.component_probability_sums(components, labels[:-1], prob[box][:-1], 0, n)
+    with pytest.raises(ValueError, match="float32"):
+        _core.component_probability_sums(components, labels, prob[box].astype(np.float64), 0, n)
+    with pytest.raises(ValueError, match="channel axis"):
+        _core.component_probability_sums(components, labels, prob[box][..., 0], 0, n)
+    with pytest.raises(ValueError, match="number of components"):
+        _core.component_probability_sums(components, labels, prob[box], 0, -1)
+
+
 @pytest.mark.parametrize("planes", [1, 2, 4])
 @pytest.mark.parametrize("complement", [False, True])
 def test_interleave_channels_matches_numpy(rng, planes, complement):

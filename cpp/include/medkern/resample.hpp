@@ -177,7 +177,6 @@ constexpr int kDirectTaps = 4;
 template <class T, class A>
 void resample_lines_direct(const T* in, A* out, index_t outer, index_t n_in, index_t n_out,
                            const index_t* idx, const A* w, int taps, int n_threads) {
-  (void)n_in;  // every index is < n_in (checked by the caller)
   std::vector<std::int32_t> col(static_cast<std::size_t>(taps * n_out));
   std::vector<A> wc(static_cast<std::size_t>(taps * n_out));
   for (index_t m = 0; m < n_out; ++m)

@@ -380,6 +380,7 @@ class Pipeline:
             progress.update("postprocess", c / (len(prob) + 1))
             planes.append(_back_to_input(case.grid.with_array(prob[c]), case.reference, "linear").array)
         stacked = _core.interleave_channels(planes, complement, get_num_threads())
+        # Freed now, the planes' memory serves the arrays below without fresh page faults.
         del planes
         progress.update("postprocess", len(prob) / (len(prob) + 1))
         label_image = _back_to_input(case.grid.with_array(labels), case.reference, "label")
