@@ -9,15 +9,19 @@ Evaluation and the model card: ``models/evaluate_brain_lesion.py`` (also ``--sta
     python models/train_brain_lesion.py --stage train --resume    # after an interruption
     python models/train_brain_lesion.py --stage evaluate
 
-Two phases: phase 1 trains from scratch on the first 32 simulated patients; phase 2 continues
+Three phases: phase 1 trains from scratch on the first 32 simulated patients; phase 2 continues
 from its weights on 64, at a lower learning rate and with more patches on the bright non-lesion
-structures (vessels, sinuses, choroid plexus) that false lesions come from.
+structures (vessels, sinuses, choroid plexus) that false lesions come from. Phase 3 is
+hard-negative mining: the phase-2 model predicts 48 further simulated patients as a user would
+(``Model.predict`` with its post-processing), and training continues on those patients with a
+share of the patches centred on its false lesions (mostly choroid plexus in the ventricular atria,
+bright ellipsoids like a metastasis that only their surroundings tell apart).
 
 Reproducible: seed 0, one PyTorch thread, deterministic kernels, fixed step counts. The
 training cases are cached, and checkpoints written, under ``$MEDKERN_BRAIN_LESION_WORKDIR``
-(default /tmp/brain-lesion), never into the repository. About 100 minutes on one core of a
-two-core machine; the model is exported there and replaces the shipped one only when the
-evaluation finds it better.
+(default /tmp/brain-lesion), never into the repository. About two and a half hours on one core
+of a two-core machine (the three phases 135 minutes, mining 11); the model is exported there and
+replaces the shipped one only when the evaluation finds it better (or ``--install`` says so).
 """
 
 from __future__ import annotations
@@ -38,16 +42,23 @@ SEED = 0
 THREADS = 1
 BATCH = 2
 TRAIN_SEEDS = [SEED * 1_000_000 + n for n in range(64)]
-# (training patients, steps, learning rate, share of patches on lesions, on bright non-lesion structures)
-PHASES = ((TRAIN_SEEDS[:32], 4300, 2e-3, 0.5, 0.25),
-          (TRAIN_SEEDS, 2000, 1e-3, 0.4, 0.4))
+# Phase 3's patients; the tuning (4_000_000..) and evaluation (5_000_000..) seeds stay unseen.
+MINING_SEEDS = [6_000_000 + n for n in range(48)]
+# (training patients, steps, learning rate, share of patches on lesions, on bright non-lesion
+# structures, on the previous phase's false lesions)
+PHASES = ((TRAIN_SEEDS[:32], 4300, 2e-3, 0.5, 0.25, 0.0),
+          (TRAIN_SEEDS, 2000, 1e-3, 0.4, 0.4, 0.0),
+          (MINING_SEEDS, 1200, 5e-4, 0.4, 0.15, 0.3))
+# Version 2.1's post-processing (with METADATA's threshold 0.5), chosen on the tuning patients:
+# mining sees the false lesions a user of the phase-2 model saw.
+MINING_POSTPROCESSING = [{"op": "remove_small", "min_volume_mm3": 10.0}]
 WORKDIR = Path(os.environ.get("MEDKERN_BRAIN_LESION_WORKDIR", "/tmp/brain-lesion"))
 CANDIDATE = WORKDIR / f"{NAME}.onnx"
 
 METADATA = {
     "schema_version": 1,
     "name": NAME,
-    "version": "2.1",
+    "version": "2.2",
     "description": "Enhancing brain lesions (metastasis-like) on contrast T1 MR, skull-stripped input",
     "task": "segmentation",
     "input": {"modalities": ["T1"], "spatial_dims": 3, "spacing": SPACING, "orientation": "SPL"},
@@ -79,8 +90,12 @@ def model_grid(case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return x.astype(np.float32), fraction >= 0.5, ids.astype(np.int32)
 
 
-def training_cases(seeds: list[int]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Simulated training patients on the model grid, cached in WORKDIR (same seeds, same cases)."""
+Case = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]   # x, lesion mask, lesion ids, hard negatives
+
+
+def training_cases(seeds: list[int]) -> list[Case]:
+    """Simulated training patients on the model grid, cached in WORKDIR (same seeds, same cases);
+    no hard negatives."""
     from medkern.analysis.location import mni_template
     from medkern.phantoms import simulate_brain_metastases
 
@@ -97,25 +112,68 @@ def training_cases(seeds: list[int]) -> list[tuple[np.ndarray, np.ndarray, np.nd
             np.savez(partial, x=x, y=y, ids=ids)
             os.replace(partial, path)
         with np.load(path) as f:
-            cases.append((f["x"], f["y"], f["ids"]))
+            cases.append((f["x"], f["y"], f["ids"], np.zeros((0, 3), np.int64)))
     print(f"{len(cases)} simulated training cases in {time.perf_counter() - t0:.0f} s", flush=True)
     return cases
+
+
+def mining_cases(seeds: list[int], model_path: Path) -> tuple[list[Case], dict]:
+    """The patients of ``seeds`` (the evaluation's simulator settings: acquisitions in turn) on the
+    model grid, with the voxels of the false lesions that the model at ``model_path`` reports on
+    them as a user would (``Model.predict``, declared post-processing included), cached in WORKDIR."""
+    from evaluate_brain_lesion import cases as simulated
+
+    import medkern as mk
+
+    cache = WORKDIR / "mining"
+    cache.mkdir(parents=True, exist_ok=True)
+    model = mk.Model(model_path)
+    out, false_lesions = [], 0
+    t0 = time.perf_counter()
+    for seed in seeds:
+        path = cache / f"mining-{seed}.npz"
+        if not path.is_file():
+            case = simulated([seed], acquisition=_acquisition(seed))[0]
+            labels = np.asarray(model.predict(case.image).labels.array)
+            components, n = mk.label(labels > 0, connectivity=26)
+            touched = np.unique(components[(case.lesions.array > 0) & (components > 0)])
+            false = (components > 0) & ~np.isin(components, touched)   # components that touch no lesion
+            hard = mk.resample(case.image.with_array(false.astype(np.uint8)), SPACING, interpolation="nearest")
+            x, y, ids = model_grid(case)
+            partial = path.with_suffix(".partial.npz")
+            np.savez(partial, x=x, y=y, ids=ids, hard=np.argwhere(hard.array > 0),
+                     false_lesions=n - len(touched))
+            os.replace(partial, path)
+        with np.load(path) as f:
+            out.append((f["x"], f["y"], f["ids"], f["hard"]))
+            false_lesions += int(f["false_lesions"])
+    print(f"{len(out)} mining cases, {false_lesions} false lesions, in {time.perf_counter() - t0:.0f} s", flush=True)
+    return out, {"patients": len(out), "false_lesions": false_lesions}
+
+
+def _acquisition(seed: int) -> str:
+    """The acquisition the evaluation gives a seed (its presets in turn)."""
+    from medkern.phantoms import ACQUISITIONS
+
+    return list(ACQUISITIONS)[seed % len(ACQUISITIONS)]
 
 
 class Sampler:
     """Patches centred on a lesion (a share ``lesion``), on a bright structure that is not a
     lesion (a share ``bright``: vessels, sinuses and choroid plexus are where false lesions come
-    from) or anywhere in the brain; random flips and an intensity scale and shift of the z-scored
-    input."""
+    from), on a hard negative (a share ``hard``: a false lesion of the previous phase's model; a
+    bright structure where the patient has none) or anywhere in the brain; random flips and an
+    intensity scale and shift of the z-scored input."""
 
-    def __init__(self, cases: list[tuple[np.ndarray, np.ndarray, np.ndarray]], rng: np.random.Generator,
-                 lesion: float, bright: float):
+    def __init__(self, cases: list[Case], rng: np.random.Generator, lesion: float, bright: float,
+                 hard: float = 0.0):
         self.cases, self.rng = cases, rng
-        self.lesion, self.bright_share = lesion, bright
-        self.lesion_voxels = [[np.argwhere(ids == i) for i in np.unique(ids) if i] for _, _, ids in cases]
+        self.lesion, self.bright_share, self.hard_share = lesion, bright, hard
+        self.lesion_voxels = [[np.argwhere(ids == i) for i in np.unique(ids) if i] for _, _, ids, _ in cases]
+        self.hard = [h for *_, h in cases]
         self.bright = []
         self.brain = []
-        for x, y, _ in cases:
+        for x, y, _, _ in cases:
             inside = x != x.flat[0]
             self.brain.append(np.argwhere(inside)[::97])
             threshold = np.percentile(x[inside], 99.0)
@@ -123,12 +181,14 @@ class Sampler:
 
     def crop(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         rng = self.rng
-        x, y, _ = self.cases[n]
+        x, y, _, _ = self.cases[n]
         u = rng.random()
         if u < self.lesion and self.lesion_voxels[n]:
             voxels = self.lesion_voxels[n][int(rng.integers(len(self.lesion_voxels[n])))]
             centre = voxels[rng.integers(len(voxels))] + rng.integers(-12, 13, 3)
-        elif u < self.lesion + self.bright_share and len(self.bright[n]):
+        elif u >= 1 - self.hard_share and len(self.hard[n]):
+            centre = self.hard[n][rng.integers(len(self.hard[n]))] + rng.integers(-6, 7, 3)
+        elif (u < self.lesion + self.bright_share or u >= 1 - self.hard_share) and len(self.bright[n]):
             centre = self.bright[n][rng.integers(len(self.bright[n]))] + rng.integers(-6, 7, 3)
         else:
             centre = self.brain[n][rng.integers(len(self.brain[n]))]
@@ -151,16 +211,23 @@ def stage_train(resume: bool = False) -> None:
     import torch
 
     logs = []
-    for phase, (seeds, steps, lr, lesion, bright) in enumerate(PHASES, start=1):
+    mining: dict = {}
+    for phase, (seeds, steps, lr, lesion, bright, hard) in enumerate(PHASES, start=1):
         path = WORKDIR / ("checkpoint.pt" if phase == 1 else f"checkpoint-phase{phase}.pt")
         rng = seed_everything(SEED + phase - 1, THREADS)
         if phase == 1:
             net = UNet(1, 1, CHANNELS)
+        if hard:
+            # The previous phase's model, exported with the shipped post-processing, finds the
+            # false lesions this phase trains on.
+            previous = export(net, 1, PATCH, dict(METADATA, postprocessing=MINING_POSTPROCESSING),
+                              NAME, out=WORKDIR / f"{NAME}-phase{phase - 1}.onnx")
+            cases, mining = mining_cases(seeds, previous)
         state = torch.load(path, weights_only=False) if path.is_file() else None
         if state is not None and state["step"] == steps:
             net.load_state_dict(state["net"])
         else:
-            sample = Sampler(training_cases(seeds), rng, lesion, bright)
+            sample = Sampler(cases if hard else training_cases(seeds), rng, lesion, bright, hard)
             print(f"phase {phase}: {steps} steps on {len(seeds)} patients", flush=True)
             train(net, sample, steps=steps, sigmoid=True, lr=lr, checkpoint=path,
                   sampler_state=(sample.state, sample.set_state), resume=resume)
@@ -168,7 +235,7 @@ def stage_train(resume: bool = False) -> None:
         logs.append(state)
     log = {"steps": sum(s["step"] for s in logs), "seconds": round(sum(s["seconds"] for s in logs)),
            "phase_seconds": [round(s["seconds"]) for s in logs],
-           "final_loss": float(np.mean(logs[-1]["losses"][-50:]))}
+           "final_loss": float(np.mean(logs[-1]["losses"][-50:])), "mining": mining}
     print(log, flush=True)
     export(net, 1, PATCH, dict(METADATA, metrics={"training": log}), NAME, out=CANDIDATE)
 
