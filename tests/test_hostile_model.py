@@ -224,6 +224,10 @@ def test_finite_predictions_unchanged(image):
     (metadata(postprocessing=[{"op": "remove_small", "min_volume_mm3": 1e300}]),
      r"postprocessing\[0\].min_volume_mm3 must be within"),
     (metadata(postprocessing=[{"op": "keep_top", "n": 10**12}]), r"postprocessing\[0\].n must be an integer <="),
+    (metadata(postprocessing=[{"op": "classify_components", "features": ["volume_mm3"], "weights": [1e300],
+                               "bias": 0}]), r"postprocessing\[0\].weights\[0\] must be within"),
+    (metadata(postprocessing=[{"op": "classify_components", "features": [["volume_mm3"]], "weights": [1],
+                               "bias": 0}]), r"postprocessing\[0\].features\[0\] must be one of"),
 ])
 def test_absurd_metadata_numbers(meta, field):
     with pytest.raises(mk.ModelError, match=field):

@@ -599,6 +599,25 @@ def test_metadata_round_trip_path_bytes_proto(tmp_path):
     (metadata(postprocessing=[{"op": "keep_top", "n": 1, "by": "size"}]), "by must be one of"),
     (metadata(postprocessing=[{"op": "keep_top", "n": 1, "k": 2}]), "unknown field"),
     (metadata(task="classification", postprocessing=[{"op": "keep_top", "n": 1}]), "dense"),
+    (metadata(postprocessing=[{"op": "classify_components", "features": [], "weights": [], "bias": 0}]),
+     r"postprocessing\[0\].features must be a non-empty list"),
+    (metadata(postprocessing=[{"op": "classify_components", "features": ["roundness"], "weights": [1],
+                               "bias": 0}]), r"features\[0\] must be one of"),
+    (metadata(postprocessing=[{"op": "classify_components", "features": ["elongation", "elongation"],
+                               "weights": [1, 1], "bias": 0}]), "names a feature twice"),
+    (metadata(postprocessing=[{"op": "classify_components", "features": ["elongation"], "weights": [1, 2],
+                               "bias": 0}]), r"weights must be a list of 1 numbers"),
+    (metadata(postprocessing=[{"op": "classify_components", "features": ["elongation"], "weights": ["1"],
+                               "bias": 0}]), r"weights\[0\]"),
+    (metadata(postprocessing=[{"op": "classify_components", "features": ["elongation"], "weights": [1],
+                               "bias": float("nan")}]), r"\.bias"),
+    (metadata(postprocessing=[{"op": "classify_components", "features": ["elongation"], "weights": [1],
+                               "bias": 0, "min_score": 1.5}]), r"min_score"),
+    (metadata(postprocessing=[{"op": "classify_components", "features": ["elongation"], "weights": [1]}]),
+     r"\.bias is missing"),
+    (metadata(input__spatial_dims=2, input__orientation="PL", inference={"patch_size": [16, 16]},
+              postprocessing=[{"op": "classify_components", "features": ["flatness"], "weights": [1], "bias": 0}]),
+     "needs a 3D model"),
     (metadata(metrics={"dice": float("nan")}), "not JSON-serialisable"),
 ])
 def test_metadata_validation_errors(meta, message):
@@ -952,6 +971,77 @@ def test_postprocess_labels_matches_scipy_components(rng, ops, first_channel):
     expected = _postprocess_reference(labels, prob, spacing, ops, first_channel)
     np.testing.assert_array_equal(got, expected)
     assert got.dtype == labels.dtype and (got != labels).any()
+
+
+def _component_features_reference(components, labels, prob, spacing, first_channel):
+    """Each component's features from its own voxels (numpy.cov, numpy.linalg.eigvalsh)."""
+    rows = {}
+    for c in range(1, components.max() + 1):
+        at = np.argwhere(components == c)
+        own = prob[tuple(at.T) + (labels[tuple(at.T)].astype(int) - first_channel,)].astype(np.float64)
+        cov = np.cov((at * spacing).T, bias=True).reshape(len(spacing), len(spacing))
+        lam = np.sort(np.linalg.eigvalsh(cov + np.diag(np.square(spacing) / 12)))[::-1]
+        rows[c] = dict(volume_mm3=len(at) * np.prod(spacing), log_volume_mm3=np.log(len(at) * np.prod(spacing)),
+                       mean_probability=own.mean(), max_probability=own.max(), elongation=np.sqrt(lam[1] / lam[0]))
+        if len(spacing) == 3:
+            rows[c]["flatness"] = np.sqrt(lam[2] / lam[0])
+    return rows
+
+
+@pytest.mark.parametrize("shape, spacing", [((9, 11, 13), (2.0, 0.7, 0.5)), ((17, 19), (0.8, 1.3))])
+@pytest.mark.parametrize("first_channel", [0, 1])
+def test_component_features_match_each_components_voxels(rng, shape, spacing, first_channel):
+    """Features of classify_components against each component's own voxels: a random two-label
+    map (blobs of every shape, one-voxel components among them) and a single straight tube, whose
+    elongation and flatness are known."""
+    from medkern._segment import label as connected
+    from medkern.inference._pipeline import component_features
+
+    labels = (rng.random(shape) > 0.75) * rng.integers(1, 3, shape)
+    labels = labels.astype(np.uint8)
+    prob = rng.random(shape + (3,)).astype(np.float32)
+    components, n = connected(labels)
+    names = ["volume_mm3", "log_volume_mm3", "mean_probability", "max_probability", "elongation"]
+    names += ["flatness"] if len(shape) == 3 else []
+    got = component_features(components, labels, prob, spacing, names, first_channel)
+    expected = _component_features_reference(components, labels, prob, np.array(spacing), first_channel)
+    assert n > 20 and any(r["volume_mm3"] == np.prod(spacing) for r in expected.values())
+    for name in names:
+        np.testing.assert_allclose(got[name][1:], [expected[c][name] for c in range(1, n + 1)], rtol=1e-9,
+                                   err_msg=name)
+    # A one-voxel-wide tube of 10 voxels along the last axis (unit spacing): variances 99/12 + 1/12
+    # along it and 1/12 across, so elongation = flatness = sqrt(1/100).
+    tube = np.zeros(shape, np.uint8)
+    tube[(2,) * (len(shape) - 1) + (slice(1, 11),)] = 1
+    comps, _ = connected(tube)
+    f = component_features(comps, tube, prob, (1.0,) * len(shape), names, 1)
+    np.testing.assert_allclose(f["elongation"][1], 0.1, rtol=1e-12)
+    if len(shape) == 3:
+        np.testing.assert_allclose(f["flatness"][1], 0.1, rtol=1e-12)
+
+
+def test_predict_classify_components_keeps_what_the_classifier_accepts():
+    """A logistic classifier on volume: score = sigmoid(log(volume) - log(10 mm3)), so components
+    of at least 10 mm3 score >= 0.5. It then keeps what remove_small(10 mm3) keeps; a weight on
+    max_probability alone decides by it."""
+    faint, sure = np.zeros((8, 16, 16), bool), np.zeros((8, 16, 16), bool)
+    faint[1:3, 1:3, 1:4] = True       # 12 voxels, probability 0.6
+    sure[5:7, 10:12, 10:12] = True    # 8 voxels, probability ~1
+    x = np.where(faint, -np.log(1.5) / 2, np.where(sure, -8.0, 5.0)).astype(np.float32)
+    img = mk.Image(x)
+
+    def labels(ops):
+        meta = metadata(preprocessing=[], postprocessing=ops)
+        return mk.Model(mk.write_model_metadata(pointwise_model(), meta)).predict(img).labels.array > 0
+
+    by_volume = {"op": "classify_components", "features": ["log_volume_mm3"], "weights": [1.0],
+                 "bias": -float(np.log(10.0))}
+    np.testing.assert_array_equal(labels([by_volume]), faint)
+    np.testing.assert_array_equal(labels([{"op": "remove_small", "min_volume_mm3": 10.0}]), faint)
+    by_max = {"op": "classify_components", "features": ["max_probability"], "weights": [20.0], "bias": -15.0,
+              "min_score": 0.9}
+    np.testing.assert_array_equal(labels([by_max]), sure)
+    np.testing.assert_array_equal(labels([dict(by_max, min_score=0.0)]), faint | sure)
 
 
 @pytest.mark.parametrize("shape, box", [((16, 20, 22), (slice(3, 9), slice(11, 19), slice(0, 7))),

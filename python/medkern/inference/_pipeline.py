@@ -446,6 +446,9 @@ def postprocess_labels(labels: np.ndarray, probabilities: np.ndarray, spacing: S
         volume = counts * voxel
         if op["op"] == "remove_small":
             keep = volume >= float(op["min_volume_mm3"])
+        elif op["op"] == "classify_components":
+            keep = component_scores(components, region, probabilities[box], spacing, op, first_channel,
+                                    counts, own) >= float(op["min_score"])
         else:
             score = volume if op["by"] == "volume" else own
             score[0] = -np.inf
@@ -458,6 +461,65 @@ def postprocess_labels(labels: np.ndarray, probabilities: np.ndarray, spacing: S
         region[drop[components]] = 0
         out[box] = region
     return out
+
+
+def component_features(components: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
+                       spacing: Sequence[float], names: Sequence[str], first_channel: int = 0,
+                       counts: np.ndarray | None = None, own: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-component features of ``classify_components`` (see medkern.inference.metadata), index 0
+    (background) included and meaningless.
+
+    ``components`` numbers the components 1..n (0 elsewhere) of the label map ``labels``;
+    ``probabilities`` holds one channel per output on the last axis. ``counts`` and ``own``
+    (voxels and summed own-class probability per component) are computed when not given.
+    """
+    from medkern import _core
+
+    n = int(components.max(initial=0))
+    if counts is None or own is None:
+        counts, own = _core.component_probability_sums(
+            np.ascontiguousarray(components, np.int32), np.ascontiguousarray(labels),
+            np.ascontiguousarray(probabilities, np.float32), first_channel, n)
+    size = np.maximum(counts, 1).astype(np.float64)
+    sp = np.asarray(spacing, np.float64)
+    out: dict[str, np.ndarray] = {}
+    with np.errstate(divide="ignore"):
+        if "volume_mm3" in names or "log_volume_mm3" in names:
+            out["volume_mm3"] = counts * float(np.prod(sp))
+            out["log_volume_mm3"] = np.log(out["volume_mm3"])
+    out["mean_probability"] = own / size
+    at = np.nonzero(components)
+    which = components[at]
+    if "max_probability" in names:
+        channel = labels[at].astype(np.intp) - first_channel
+        out["max_probability"] = np.zeros(n + 1)
+        np.maximum.at(out["max_probability"], which, probabilities[at + (channel,)])
+    if "elongation" in names or "flatness" in names:
+        # Coordinates in mm about the grid centre: the moments then stay small enough in double.
+        mm = [(a - components.shape[d] / 2) * sp[d] for d, a in enumerate(at)]
+        mean = [np.bincount(which, x, n + 1) / size for x in mm]
+        cov = np.empty((n + 1, len(mm), len(mm)))
+        for i in range(len(mm)):
+            for j in range(i + 1):
+                c = np.bincount(which, mm[i] * mm[j], n + 1) / size - mean[i] * mean[j]
+                cov[:, i, j] = cov[:, j, i] = c + (sp[i] ** 2 / 12 if i == j else 0.0)
+        lam = np.clip(np.linalg.eigvalsh(cov), 0.0, None)  # ascending
+        out["elongation"] = np.sqrt(lam[:, -2] / lam[:, -1])
+        if len(mm) == 3:
+            out["flatness"] = np.sqrt(lam[:, 0] / lam[:, -1])
+    return {name: out[name] for name in names}
+
+
+def component_scores(components: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
+                     spacing: Sequence[float], op: dict[str, Any], first_channel: int = 0,
+                     counts: np.ndarray | None = None, own: np.ndarray | None = None) -> np.ndarray:
+    """The logistic score of a validated ``classify_components`` operation for each component
+    (index 0, the background, included)."""
+    features = component_features(components, labels, probabilities, spacing, op["features"], first_channel,
+                                   counts, own)
+    z = float(op["bias"]) + sum(float(w) * features[name] for name, w in zip(op["features"], op["weights"]))
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-z))
 
 
 def _foreground_box(labels: np.ndarray) -> tuple[slice, ...] | None:

@@ -28,7 +28,9 @@ Version 1 (key ``"medkern"``). Per-axis values are in array-axis order, millimet
                  "labels": ["background", "tumour"], "threshold": 0.5},
       "postprocessing": [                # optional; applied in order to the label map on the
         {"op": "remove_small", "min_volume_mm3": 20.0},            # input grid (26-/8-connected
-        {"op": "keep_top", "n": 1, "by": "probability" | "volume"} # components of each label)
+        {"op": "keep_top", "n": 1, "by": "probability" | "volume"}, # components of each label)
+        {"op": "classify_components", "features": ["log_volume_mm3", "max_probability"],
+         "weights": [0.8, 6.0], "bias": -5.0, "min_score": 0.5}
       ],
       "training_data": "...", "licence": "...", "intended_use": "...",
       "metrics": {"dice_median": 0.8, ...},
@@ -44,7 +46,15 @@ Detection models are dense (a heat map per class) and are blended like segmentat
 ``postprocessing`` is the model's declared clean-up, part of the model as its authors validated it
 (dense tasks only): ``remove_small`` drops components smaller than a physical volume (area in 2D),
 ``keep_top`` keeps the ``n`` components with the largest summed probability of their own class
-(``"probability"``) or the largest volume (``"volume"``).
+(``"probability"``) or the largest volume (``"volume"``), and ``classify_components`` keeps the
+components whose logistic score ``1 / (1 + exp(-(bias + weights . features)))`` reaches
+``min_score``: a false-positive reduction stage as in computer-aided detection, fitted by the
+model's authors on candidate components of their own validation data. Its features, per component:
+``volume_mm3``, ``log_volume_mm3`` (natural log), ``mean_probability`` and ``max_probability`` (of
+the component's own class), ``elongation`` and ``flatness`` (IBSI's PCA definitions,
+``sqrt(lambda_minor / lambda_major)`` and ``sqrt(lambda_least / lambda_major)``, from the covariance
+of the voxel centres in mm with each voxel's own extent, ``spacing**2 / 12`` per axis, added so
+that one-voxel components have a defined shape; ``flatness`` is 3D only).
 Resampling to ``spacing`` is linear and keeps the field of view (``mk.resample``); ``antialias``
 defaults to false, as MONAI's ``Spacing`` and nnU-Net prepare their training data.
 """
@@ -84,7 +94,11 @@ PREPROCESSING_OPS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
 POSTPROCESSING_OPS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "remove_small": (("min_volume_mm3",), {}),
     "keep_top": (("n",), {"by": "probability"}),
+    "classify_components": (("features", "weights", "bias"), {"min_score": 0.5}),
 }
+# Per-component features classify_components can weigh (medkern.inference._pipeline computes them).
+COMPONENT_FEATURES = ("volume_mm3", "log_volume_mm3", "mean_probability", "max_probability", "elongation",
+                      "flatness")
 INFERENCE_DEFAULTS = {"overlap": 0.5, "blend": "gaussian", "sigma_scale": 0.125, "batch_size": 4,
                       "padding": "constant", "tta": False}
 NOTES = ("name", "version", "description", "training_data", "licence", "intended_use")
@@ -366,6 +380,27 @@ def _validate_postprocessing(meta: dict[str, Any]) -> None:
         if op["op"] == "keep_top":
             _int(op["n"], f"{field}.n", high=MAX_KEEP_TOP)
             _choice(op["by"], ("probability", "volume"), f"{field}.by")
+        if op["op"] == "classify_components":
+            _validate_component_classifier(op, field, meta["input"]["spatial_dims"])
+
+
+def _validate_component_classifier(op: dict[str, Any], field: str, spatial_dims: int) -> None:
+    features, weights = op["features"], op["weights"]
+    if not isinstance(features, list) or not features or len(features) > len(COMPONENT_FEATURES):
+        raise _fail(f"{field}.features", f"must be a non-empty list of feature names, got {_short(features)}")
+    for n, name in enumerate(features):
+        _choice(name, COMPONENT_FEATURES, f"{field}.features[{n}]")
+    if len(set(features)) != len(features):
+        raise _fail(f"{field}.features", f"names a feature twice: {features}")
+    if "flatness" in features and spatial_dims != 3:
+        raise _fail(f"{field}.features", "uses 'flatness', which needs a 3D model (input.spatial_dims 3)")
+    if not isinstance(weights, list) or len(weights) != len(features):
+        raise _fail(f"{field}.weights", f"must be a list of {len(features)} numbers (one per feature), "
+                    f"got {_short(weights)}")
+    for n, w in enumerate(weights):
+        _number(w, f"{field}.weights[{n}]")
+    _number(op["bias"], f"{field}.bias")
+    _number(op["min_score"], f"{field}.min_score", low=0.0, high=1.0)
 
 
 def parse_metadata(text: str | None) -> dict[str, Any] | None:
