@@ -224,8 +224,11 @@ def predict_cases(paths: dict[str, Path], tmp: Path) -> list[Case]:
     t1 = mk.Image.from_nibabel(template)
     brain = mk.models.load("brain-lesion")
     share, total = predict_overhead(brain, t1)
-    out.append(Case(f"model.predict brain-lesion (shipped), MNI152 T1 {t1.shape} 1 mm -> 2 mm, z-score, "
-                    f"sliding window 32^3, back (overhead beyond the network {share:.1%} of {total:.1f} s)",
+    grid = brain.metadata["input"]["spacing"][0]
+    patch = brain.metadata["inference"]["patch_size"][0]
+    out.append(Case(f"model.predict brain-lesion (shipped), MNI152 T1 {t1.shape} 1 mm -> {grid:g} mm, z-score, "
+                    f"sliding window {patch}^3, back, declared post-processing "
+                    f"(overhead beyond the network {share:.1%} of {total:.1f} s)",
                     lambda: brain.predict(t1), target="overhead <= 10%", repeats=1))
     return out
 
