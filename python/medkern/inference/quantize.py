@@ -1,7 +1,8 @@
 """Static INT8 quantisation of a medkern model, calibrated on the model's own preprocessed inputs.
 
-ONNX Runtime's ``quantize_static`` in QDQ format: per-channel signed 8-bit weights, unsigned
-8-bit activations (the U8S8 form the x86 VNNI kernels run; ONNX Runtime fuses each
+ONNX Runtime's ``quantize_static`` in QDQ format: per-channel signed weights in a reduced (7-bit)
+range, so that CPUs without VNNI do not saturate, and unsigned 8-bit activations (the U8S8 form
+the x86 kernels run; ONNX Runtime fuses each
 ``DequantizeLinear -> Conv -> QuantizeLinear`` into one integer ``QLinearConv`` when the session
 is created). The medkern graph rewrites (:mod:`medkern.inference.graph`) are applied first, so
 that the single-slope ``PRelu`` of MONAI blocks is a quantisable ``LeakyRelu`` and a small
@@ -221,6 +222,11 @@ def _quantized_proto(source: Path, input_name: str, patches: list[np.ndarray], m
         try:
             quantize_static(str(fp32_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            # 7-bit weights: x86 CPUs without VNNI multiply u8 x s8 with VPMADDUBSW,
+                            # whose 16-bit pair sums saturate with full 8-bit weights (labels then
+                            # change, Dice 0.86 on an AVX2 machine). A model quantised anywhere may
+                            # run on such a CPU, so the range is always reduced.
+                            reduce_range=True,
                             calibrate_method=methods[method],
                             extra_options={"CalibTensorRangeSymmetric": False,
                                            "CalibMovingAverage": method == "minmax"})
