@@ -488,6 +488,9 @@ def component_features(components: np.ndarray, labels: np.ndarray, probabilities
             out["volume_mm3"] = counts * float(np.prod(sp))
             out["log_volume_mm3"] = np.log(out["volume_mm3"])
     out["mean_probability"] = own / size
+    if not {"max_probability", "elongation", "flatness"} & set(names):
+        return {name: out[name] for name in names}
+    # Only these need the voxels themselves: one scan of the box for their positions.
     at = np.nonzero(components)
     which = components[at]
     if "max_probability" in names:
