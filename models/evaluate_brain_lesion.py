@@ -41,7 +41,7 @@ import numpy as np
 from train_brain_lesion import CANDIDATE, CHANNELS, MINING_SEEDS, NAME, PATCH, PHASES, SPACING, TRAIN_SEEDS, WORKDIR
 
 from medkern.demo import DEMO_ACQUISITION, DEMO_DIAMETERS_MM
-from medkern.inference.metadata import COMPONENT_FEATURES
+from medkern.inference.metadata import COMPONENT_FEATURES, SHELL_FEATURES
 
 from _common import SHIPPED, dice, save_metrics, write_card
 
@@ -53,6 +53,9 @@ SMALL_MM = 6.0                                  # size classes: 3-6 mm and >= 6 
 MIN_VOLUME_CANDIDATES_MM3 = (5.0, 10.0, 15.0, 20.0, 30.0, 40.0)
 THRESHOLD_CANDIDATES = (0.2, 0.3, 0.4, 0.5)
 MAX_FALSE_PER_PATIENT = 0.3
+# The classifier's shell: 3 mm around the simulated choroid plexus reaches the CSF of its ventricle
+# (2 voxels of the 1.5 mm model grid); around a lesion it stays in brain tissue.
+SHELL_MM = 3.0
 
 
 def cases(seeds: list[int], diameters_mm: tuple[float, ...] | None = None,
@@ -187,7 +190,7 @@ def choose_postprocessing(path: Path) -> tuple[float, float, dict[str, Any], dic
         for threshold, model in models.items():
             prediction = model.predict(case.image)
             raw = prediction.labels
-            candidates[threshold] += component_candidates(case, prediction, n)
+            candidates[threshold] += component_candidates(case, prediction, n, model.metadata["preprocessing"])
             for volume in MIN_VOLUME_CANDIDATES_MM3:
                 s = score(case, np.asarray(mk.remove_small_components(raw, volume).array))
                 found, false = table[(threshold, volume)]
@@ -209,11 +212,13 @@ def choose_postprocessing(path: Path) -> tuple[float, float, dict[str, Any], dic
     return best[0], best[1], tuning, classifier
 
 
-def component_candidates(case: Any, prediction: Any, patient: int) -> list[dict[str, Any]]:
+def component_candidates(case: Any, prediction: Any, patient: int,
+                         preprocessing: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The components of an unprocessed prediction of at least the smallest candidate volume:
-    their classify_components features and the lesions each touches."""
+    their classify_components features (the intensity ones from the image as the model's
+    ``preprocessing`` leaves it) and the lesions each touches."""
     import medkern as mk
-    from medkern.inference._pipeline import component_features
+    from medkern.inference._pipeline import component_features, component_intensity
 
     labels = np.asarray(mk.remove_small_components(prediction.labels, min(MIN_VOLUME_CANDIDATES_MM3)).array)
     components, n = mk.label(labels > 0, connectivity=26)
@@ -221,7 +226,9 @@ def component_candidates(case: Any, prediction: Any, patient: int) -> list[dict[
         return []
     features = component_features(components, (labels > 0).astype(np.uint8),
                                   np.asarray(prediction.probabilities.array, np.float32), case.image.spacing,
-                                  COMPONENT_FEATURES, first_channel=1)
+                                  COMPONENT_FEATURES, first_channel=1,
+                                  intensity=component_intensity(np.asarray(case.image.array), preprocessing),
+                                  shell_mm=SHELL_MM)
     truth = case.lesions.array
     inside = (truth > 0) & (components > 0)
     return [{"patient": patient, "features": [float(features[f][c]) for f in COMPONENT_FEATURES],
@@ -236,7 +243,6 @@ def fit_component_classifier(candidates: list[dict[str, Any]], patients: list[An
     Its score threshold is chosen on out-of-fold scores (5 folds by patient): the most lesions
     found with at most ``limit`` false lesions over the tuning patients. The declared classifier is
     then fitted on all of them."""
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GroupKFold
 
     x = np.array([c["features"] for c in candidates])
@@ -244,8 +250,7 @@ def fit_component_classifier(candidates: list[dict[str, Any]], patients: list[An
     groups = np.array([c["patient"] for c in candidates])
     out_of_fold = np.zeros(len(y))
     for train, test in GroupKFold(5).split(x, y, groups):
-        fitted = LogisticRegression(max_iter=5000).fit(x[train], y[train])
-        out_of_fold[test] = fitted.predict_proba(x[test])[:, 1]
+        out_of_fold[test] = _logistic(x[train], y[train]).predict_proba(x[test])[:, 1]
 
     def found(keep: np.ndarray) -> tuple[int, int]:
         lesions = {(c["patient"], v) for c, k in zip(candidates, keep) if k for v in c["lesions"]}
@@ -260,13 +265,27 @@ def fit_component_classifier(candidates: list[dict[str, Any]], patients: list[An
           f"minimum size alone: {plain}", flush=True)
     if detected <= plain:
         return None
-    fitted = LogisticRegression(max_iter=5000).fit(x, y)
+    fitted = _logistic(x, y)
+    # The model standardises the features; the declared weights act on the raw ones.
+    scale, logistic = fitted.named_steps["standardscaler"], fitted.named_steps["logisticregression"]
+    weights = logistic.coef_[0] / scale.scale_
+    bias = float(logistic.intercept_[0] - np.sum(weights * scale.mean_))
     return {"op": "classify_components", "features": list(COMPONENT_FEATURES),
-            "weights": [round(float(w), 6) for w in fitted.coef_[0]], "bias": round(float(fitted.intercept_[0]), 6),
-            "min_score": float(score),
+            "weights": [float(f"{w:.8g}") for w in weights], "bias": float(f"{bias:.8g}"),
+            "min_score": float(score), "shell_mm": SHELL_MM,
             "tuning": {"candidates": len(y), "true_candidates": int(y.sum()), "detected_out_of_fold": detected,
                        "false_lesions_out_of_fold": false, "detected_minimum_size_alone": plain,
                        "patients": len(patients)}}
+
+
+def _logistic(x: np.ndarray, y: np.ndarray) -> Any:
+    """Logistic regression on standardised features (volumes and intensities differ by orders of
+    magnitude, and the L2 penalty should weigh them alike)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(x, y)
 
 
 def demo_check(model: Any) -> dict[str, Any]:
@@ -396,8 +415,9 @@ def model_card(m: dict[str, Any], meta: dict[str, Any]) -> None:
     classifier = next((op for op in meta["postprocessing"] if op["op"] == "classify_components"), None)
     classifier_line = "" if classifier is None else (
         ", then a logistic false-lesion classifier keeps the components scoring at least "
-        f"{classifier['min_score']:g} on {', '.join(classifier['features'])} (`classify_components`; "
-        "weights in the metadata)")
+        f"{classifier['min_score']:g} on {', '.join(classifier['features'])} (`classify_components`"
+        + (f", its shell the unlabelled brain voxels within {classifier['shell_mm']:g} mm of the component"
+           if set(classifier["features"]) & set(SHELL_FEATURES) else "") + "; weights in the metadata)")
     chosen = tuning["candidates"][f"threshold {meta['output']['threshold']:g}, min {min_volume:g} mm3"]
     smallest = f"threshold {meta['output']['threshold']:g}, min {min(MIN_VOLUME_CANDIDATES_MM3):g} mm3"
     wider = tuning["candidates"][smallest]

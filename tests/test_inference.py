@@ -618,6 +618,10 @@ def test_metadata_round_trip_path_bytes_proto(tmp_path):
     (metadata(input__spatial_dims=2, input__orientation="PL", inference={"patch_size": [16, 16]},
               postprocessing=[{"op": "classify_components", "features": ["flatness"], "weights": [1], "bias": 0}]),
      "needs a 3D model"),
+    (metadata(postprocessing=[{"op": "classify_components", "features": ["shell_p10_intensity"], "weights": [1],
+                               "bias": 0, "shell_mm": 0}]), r"shell_mm must be positive"),
+    (metadata(postprocessing=[{"op": "classify_components", "features": ["shell_p10_intensity"], "weights": [1],
+                               "bias": 0, "shell_mm": 80.0}]), r"shell_mm must be at most 50"),
     (metadata(metrics={"dice": float("nan")}), "not JSON-serialisable"),
 ])
 def test_metadata_validation_errors(meta, message):
@@ -1042,6 +1046,122 @@ def test_predict_classify_components_keeps_what_the_classifier_accepts():
               "min_score": 0.9}
     np.testing.assert_array_equal(labels([by_max]), sure)
     np.testing.assert_array_equal(labels([dict(by_max, min_score=0.0)]), faint | sure)
+
+
+def _shell_reference(components, labels, image, allowed, spacing, shell_mm):
+    """Each component's shell from scipy's exact distance to it over the whole array."""
+    rows = {}
+    for c in range(1, components.max() + 1):
+        distance = ndimage.distance_transform_edt(components != c, sampling=spacing)
+        shell = (distance <= shell_mm) & (labels == 0) & (True if allowed is None else allowed)
+        inside = image[components == c].astype(np.float64).mean()
+        values = image[shell].astype(np.float64)
+        rows[c] = dict(mean_intensity=inside,
+                       shell_mean_intensity=values.mean() if values.size else inside,
+                       shell_p10_intensity=np.percentile(values, 10) if values.size else inside)
+    return rows
+
+
+@pytest.mark.parametrize("shape, spacing, shell_mm", [((12, 14, 16), (2.0, 0.7, 0.5), 3.0),
+                                                      ((12, 14, 16), (1.0, 1.0, 1.0), 1.5),
+                                                      ((23, 21), (0.8, 1.3), 2.5)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_intensity_features_match_scipy_shells(rng, shape, spacing, shell_mm, masked):
+    """Mean intensity and the shell's mean and 10th percentile against shells from
+    scipy.ndimage.distance_transform_edt over the whole array (sparse random components, some at
+    the array's border, with and without a shell mask); a component whose shell the mask
+    removes takes its own mean."""
+    from medkern._segment import label as connected
+    from medkern.inference._pipeline import component_features
+
+    labels = ((rng.random(shape) > 0.93) * rng.integers(1, 3, shape)).astype(np.uint8)
+    image = rng.normal(size=shape).astype(np.float32)
+    allowed = rng.random(shape) > 0.3 if masked else None
+    prob = rng.random(shape + (3,)).astype(np.float32)
+    components, n = connected(labels)
+    names = ["mean_intensity", "shell_mean_intensity", "shell_p10_intensity"]
+    got = component_features(components, labels, prob, spacing, names, 1, intensity=(image, allowed),
+                             shell_mm=shell_mm)
+    expected = _shell_reference(components, labels, image, allowed, np.array(spacing), shell_mm)
+    assert n > 10
+    for name in names:
+        np.testing.assert_allclose(got[name][1:], [expected[c][name] for c in range(1, n + 1)], rtol=1e-6,
+                                   atol=1e-6, err_msg=name)
+    if masked:
+        lonely = np.zeros(shape, bool)
+        lonely[(slice(1, 3),) * len(shape)] = True
+        one, _ = connected(lonely.astype(np.uint8))
+        f = component_features(one, lonely.astype(np.uint8), prob, spacing, names, 1,
+                               intensity=(image, lonely), shell_mm=shell_mm)
+        own = image[lonely].mean(dtype=np.float64)
+        np.testing.assert_allclose([f[k][1] for k in names], [own] * 3, rtol=1e-6)
+
+
+def test_postprocess_labels_with_shell_features_sees_beyond_the_labels_box(rng):
+    """A classifier on the shell's mean keeps the blobs in bright surroundings and drops those in
+    dark ones, blobs at the labels' bounding box included (their shells lie outside it): the same
+    labels as the scipy-shell reference on the whole array."""
+    from medkern._segment import label as connected
+    from medkern.inference._pipeline import postprocess_labels
+
+    shape, spacing = (20, 24, 22), (1.5, 1.0, 1.0)
+    labels = np.zeros(shape, np.uint8)
+    image = np.full(shape, 5.0, np.float32)
+    for n, corner in enumerate([(5, 4, 4), (5, 14, 14), (12, 4, 15), (12, 15, 4)]):
+        box = tuple(slice(c, c + 3) for c in corner)
+        labels[box] = 1
+        if n % 2:
+            grown = tuple(slice(c - 3, c + 6) for c in corner)
+            image[grown] = rng.uniform(-3.0, -1.0, image[grown].shape)
+    prob = rng.uniform(0.6, 1.0, shape + (1,)).astype(np.float32)
+    op = {"op": "classify_components", "features": ["shell_mean_intensity"], "weights": [1.0], "bias": 0.0,
+          "min_score": 0.5, "shell_mm": 2.0}
+    got = postprocess_labels(labels, prob, spacing, [op], first_channel=1, intensity=(image, None))
+    components, n = connected(labels)
+    reference = _shell_reference(components, labels, image, None, np.array(spacing), 2.0)
+    keep = [c for c in range(1, n + 1) if reference[c]["shell_mean_intensity"] >= 0]
+    np.testing.assert_array_equal(got > 0, np.isin(components, keep))
+    assert len(keep) == 2
+    with pytest.raises(ValueError, match="need the image"):
+        postprocess_labels(labels, prob, spacing, [op], first_channel=1)
+    with pytest.raises(ValueError, match="must share the grid"):
+        postprocess_labels(labels, prob, spacing, [op], first_channel=1, intensity=(image[1:], None))
+
+
+def test_predict_shell_features_read_the_preprocessed_image_inside_the_brain():
+    """Through predict: two equally sure blobs, one in a dark surround. The classifier reads the
+    image as the model's z-score over the non-zero voxels (then scaled) leaves it, and the shell
+    only inside those voxels: the kept blob touches the zeros (air), which would have dropped it."""
+    from medkern._segment import label as connected
+    from medkern.inference._pipeline import component_features, component_intensity
+
+    x = np.full((10, 20, 20), 3.0, np.float32)
+    x[:, :, 17:] = 0.0                           # outside the "brain"
+    x[2:9, 7:16, 0:9] = 0.5                      # a dark surround
+    blobs = np.zeros(x.shape, bool)
+    blobs[5:7, 10:12, 3:5] = blobs[5:7, 10:12, 15:17] = True
+    x[blobs] = 6.0
+    # x' = 8 - 4 z: the network's class 1 where z > 2 (the blobs); tissue 7, dark surround 22, air 25.
+    preprocessing = [{"op": "zscore", "mask": "nonzero"}, {"op": "scale", "scale": -4.0, "offset": 8.0}]
+    op = {"op": "classify_components", "features": ["shell_mean_intensity"], "weights": [-1.0], "bias": 8.5,
+          "shell_mm": 2.0}
+    model = mk.Model(mk.write_model_metadata(pointwise_model(), metadata(preprocessing=preprocessing,
+                                                                          postprocessing=[op])))
+    np.testing.assert_array_equal(model.predict(mk.Image(x), postprocess=False).labels.array > 0, blobs)
+    kept = np.zeros(x.shape, bool)
+    kept[5:7, 10:12, 15:17] = True
+    np.testing.assert_array_equal(model.predict(mk.Image(x)).labels.array > 0, kept)
+    image, allowed = component_intensity(x, preprocessing)
+    z = (x - x[x != 0].mean()) / x[x != 0].std()
+    np.testing.assert_allclose(image, 8.0 - 4.0 * z, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(allowed, x != 0)
+    assert component_intensity(x, [{"op": "zscore", "mask": "all"}])[1] is None
+    # Without the mask the air enters the kept blob's shell and its score falls below 0.5.
+    components, _ = connected(blobs.astype(np.uint8))
+    prob = np.ones(x.shape + (2,), np.float32)
+    unmasked = component_features(components, blobs.astype(np.uint8), prob, (1.0,) * 3, ["shell_mean_intensity"],
+                                  intensity=(image, None), shell_mm=2.0)["shell_mean_intensity"]
+    assert unmasked[components[kept][0]] > 8.5
 
 
 @pytest.mark.parametrize("shape, box", [((16, 20, 22), (slice(3, 9), slice(11, 19), slice(0, 7))),

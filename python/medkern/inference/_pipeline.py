@@ -17,6 +17,7 @@ from medkern._progress import Progress
 from medkern._reorient import _orientation_code, _reoriented_view, reorient
 from medkern.errors import ModelError
 from medkern.image import Image
+from medkern.inference.metadata import INTENSITY_FEATURES, SHELL_FEATURES
 from medkern.inference.sliding import _scan_starts, sliding_window
 
 
@@ -240,8 +241,6 @@ class Pipeline:
             return results  # type: ignore[return-value]
 
     def _prepare(self, channel_images: Sequence[Any]) -> _Case:
-        from medkern._intensity import normalize, window
-
         meta = self.meta
         inp = meta["input"]
         if len(channel_images) != inp["channels"]:
@@ -279,29 +278,20 @@ class Pipeline:
                 img = _onto_grid(img, grid, inp["antialias"])
             if grid is None:
                 grid = img
-            x = np.asarray(img.array)
-            for op in meta["preprocessing"]:
-                if "channels" in op and n not in op["channels"]:
-                    continue
-                kind = op["op"]
-                if kind == "clip":
-                    x = np.clip(x, op["low"], op["high"]).astype(np.float32)
-                elif kind == "window":
-                    x = cast(np.ndarray, window(x, op["center"], op["width"], tuple(op["output_range"])))
-                elif kind == "zscore":
-                    x = cast(np.ndarray, normalize(x, "zscore", mask=(x != 0) if op["mask"] == "nonzero" else None))
-                elif kind == "percentile":
-                    x = cast(np.ndarray, normalize(x, "percentile", percentiles=(op["low"], op["high"]),
-                                                   clip=op["clip"]))
-                else:
-                    x = (x * np.float32(op["scale"]) + np.float32(op["offset"])).astype(np.float32)
-            x = np.asarray(x, dtype=np.float32)
+            x = preprocess_channel(np.asarray(img.array), n, meta["preprocessing"])
             bad = _count_non_finite(x)
             if bad:
                 raise ValueError(f"predict: channel {n} ({inp['modalities'][n]}) holds {bad} non-finite value(s) "
                                  f"(NaN or infinity) after {meta['name']}'s preprocessing; the image must be finite")
             arrays.append(x)
         return _Case(reference, grid, arrays[0][None] if len(arrays) == 1 else np.stack(arrays))
+
+    def _intensity(self, case: _Case) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """What ``classify_components`` reads from the image, when an operation asks for it."""
+        ops = self.meta["postprocessing"]
+        if not any(set(op.get("features", ())) & set(INTENSITY_FEATURES) for op in ops):
+            return None
+        return component_intensity(np.asarray(case.reference.array), self.meta["preprocessing"])
 
     def _activate(self, logits: np.ndarray) -> np.ndarray:
         """Softmax or sigmoid over the channels of ``(N, C, ...)`` logits, in place on one float32
@@ -387,7 +377,7 @@ class Pipeline:
         if postprocess and meta["postprocessing"]:
             label_image = label_image.with_array(postprocess_labels(
                 np.asarray(label_image.array), stacked, label_image.spacing, meta["postprocessing"],
-                first_channel=0 if out["activation"] == "softmax" else 1))
+                first_channel=0 if out["activation"] == "softmax" else 1, intensity=self._intensity(case)))
         return Prediction(label_names=list(out["labels"]),
                           probabilities=Image(stacked, **case.reference.geometry, vector=True),
                           labels=label_image)
@@ -418,14 +408,47 @@ class Pipeline:
         return Prediction(label_names=list(labels), scores={k: float(v) for k, v in zip(labels, scores)})
 
 
+def preprocess_channel(x: np.ndarray, channel: int, ops: Sequence[dict[str, Any]]) -> np.ndarray:
+    """The declared intensity ``preprocessing`` of input channel ``channel`` (float32 out)."""
+    from medkern._intensity import normalize, window
+
+    for op in ops:
+        if "channels" in op and channel not in op["channels"]:
+            continue
+        kind = op["op"]
+        if kind == "clip":
+            x = np.clip(x, op["low"], op["high"]).astype(np.float32)
+        elif kind == "window":
+            x = cast(np.ndarray, window(x, op["center"], op["width"], tuple(op["output_range"])))
+        elif kind == "zscore":
+            x = cast(np.ndarray, normalize(x, "zscore", mask=(x != 0) if op["mask"] == "nonzero" else None))
+        elif kind == "percentile":
+            x = cast(np.ndarray, normalize(x, "percentile", percentiles=(op["low"], op["high"]), clip=op["clip"]))
+        else:
+            x = (x * np.float32(op["scale"]) + np.float32(op["offset"])).astype(np.float32)
+    return np.asarray(x, dtype=np.float32)
+
+
+def component_intensity(image: np.ndarray, ops: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The image ``classify_components`` reads its intensity features from: the first input
+    channel ``image`` (on the label grid) after the declared ``preprocessing`` ops, and the voxels
+    a shell may hold (the non-zero ones when the model z-scores over those: a skull-stripped brain;
+    None for all)."""
+    nonzero = any(op["op"] == "zscore" and op["mask"] == "nonzero" and 0 in op.get("channels", [0]) for op in ops)
+    return preprocess_channel(image, 0, ops), (image != 0) if nonzero else None
+
+
 def postprocess_labels(labels: np.ndarray, probabilities: np.ndarray, spacing: Sequence[float],
-                       ops: Sequence[dict[str, Any]], first_channel: int = 0) -> np.ndarray:
+                       ops: Sequence[dict[str, Any]], first_channel: int = 0,
+                       intensity: tuple[np.ndarray, np.ndarray | None] | None = None) -> np.ndarray:
     """Apply validated ``postprocessing`` operations to a label map (new array, same dtype).
 
     Components are those of each label value separately (full neighbourhood: 26 in 3D, 8 in 2D),
     so touching lesions of different classes stay apart. ``probabilities`` holds one channel per
     output on the last axis; label ``v`` reads channel ``v - first_channel`` (0 for softmax, whose
-    channel 0 is the background; 1 for sigmoid, whose labels count from 1).
+    channel 0 is the background; 1 for sigmoid, whose labels count from 1). ``intensity``, the
+    preprocessed image and shell mask of :func:`component_intensity` on the same grid, is needed
+    by a ``classify_components`` that weighs intensity features.
     """
     from medkern import _core
     from medkern._segment import label as connected
@@ -435,9 +458,19 @@ def postprocess_labels(labels: np.ndarray, probabilities: np.ndarray, spacing: S
         probabilities = probabilities.astype(np.float32)
     voxel = float(np.prod(spacing))
     for op in ops:
+        needs = set(op.get("features", ())) if op["op"] == "classify_components" else set()
+        if needs & set(INTENSITY_FEATURES) and intensity is None:
+            raise ValueError(f"postprocess_labels: classify_components weighs "
+                             f"{sorted(needs & set(INTENSITY_FEATURES))}, which need the image: pass "
+                             "intensity=component_intensity(image, preprocessing)")
+        if intensity is not None and intensity[0].shape != labels.shape:
+            raise ValueError(f"postprocess_labels: the intensity image has shape {intensity[0].shape}, "
+                             f"the labels {labels.shape}; they must share the grid")
         # Only the labelled voxels' bounding box is read or cleared: a tumour is a few % of a CT.
-        # Raster order inside the box is the whole array's, so components are numbered alike.
-        box = _foreground_box(out)
+        # Raster order inside the box is the whole array's, so components are numbered alike. The
+        # shell features see a margin of shell_mm beyond it.
+        margin = [math.ceil(float(op["shell_mm"]) / s) for s in spacing] if needs & set(SHELL_FEATURES) else None
+        box = _foreground_box(out, margin)
         if box is None:
             break
         region = np.ascontiguousarray(out[box])
@@ -447,8 +480,10 @@ def postprocess_labels(labels: np.ndarray, probabilities: np.ndarray, spacing: S
         if op["op"] == "remove_small":
             keep = volume >= float(op["min_volume_mm3"])
         elif op["op"] == "classify_components":
+            boxed = None if intensity is None else \
+                (intensity[0][box], None if intensity[1] is None else intensity[1][box])
             keep = component_scores(components, region, probabilities[box], spacing, op, first_channel,
-                                    counts, own) >= float(op["min_score"])
+                                    counts, own, boxed) >= float(op["min_score"])
         else:
             score = volume if op["by"] == "volume" else own
             score[0] = -np.inf
@@ -465,13 +500,17 @@ def postprocess_labels(labels: np.ndarray, probabilities: np.ndarray, spacing: S
 
 def component_features(components: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
                        spacing: Sequence[float], names: Sequence[str], first_channel: int = 0,
-                       counts: np.ndarray | None = None, own: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                       counts: np.ndarray | None = None, own: np.ndarray | None = None,
+                       intensity: tuple[np.ndarray, np.ndarray | None] | None = None,
+                       shell_mm: float = 3.0) -> dict[str, np.ndarray]:
     """Per-component features of ``classify_components`` (see medkern.inference.metadata), index 0
     (background) included and meaningless.
 
     ``components`` numbers the components 1..n (0 elsewhere) of the label map ``labels``;
     ``probabilities`` holds one channel per output on the last axis. ``counts`` and ``own``
     (voxels and summed own-class probability per component) are computed when not given.
+    ``intensity`` (:func:`component_intensity` on the same grid) is needed for the intensity
+    features; the shell ones see only what the arrays hold, so give them ``shell_mm`` of margin.
     """
     from medkern import _core
 
@@ -488,8 +527,11 @@ def component_features(components: np.ndarray, labels: np.ndarray, probabilities
             out["volume_mm3"] = counts * float(np.prod(sp))
             out["log_volume_mm3"] = np.log(out["volume_mm3"])
     out["mean_probability"] = own / size
-    if not {"max_probability", "elongation", "flatness"} & set(names):
+    if not {"max_probability", "elongation", "flatness", *INTENSITY_FEATURES} & set(names):
         return {name: out[name] for name in names}
+    if set(INTENSITY_FEATURES) & set(names) and intensity is None:
+        raise ValueError(f"component_features: {sorted(set(INTENSITY_FEATURES) & set(names))} need the image "
+                         "(intensity=component_intensity(...))")
     # Only these need the voxels themselves: one scan of the box for their positions.
     at = np.nonzero(components)
     which = components[at]
@@ -510,23 +552,63 @@ def component_features(components: np.ndarray, labels: np.ndarray, probabilities
         out["elongation"] = np.sqrt(lam[:, -2] / lam[:, -1])
         if len(mm) == 3:
             out["flatness"] = np.sqrt(lam[:, 0] / lam[:, -1])
+    if intensity is not None and set(INTENSITY_FEATURES) & set(names):
+        image = intensity[0]
+        out["mean_intensity"] = np.bincount(which, image[at].astype(np.float64), n + 1) / size
+        if set(SHELL_FEATURES) & set(names):
+            out["shell_mean_intensity"], out["shell_p10_intensity"] = _shell_intensities(
+                components, labels, intensity, spacing, shell_mm, at, out["mean_intensity"])
     return {name: out[name] for name in names}
+
+
+def _shell_intensities(components: np.ndarray, labels: np.ndarray, intensity: tuple[np.ndarray, np.ndarray | None],
+                       spacing: Sequence[float], shell_mm: float, at: tuple[np.ndarray, ...],
+                       inside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and 10th percentile of the image over each component's shell: the unlabelled voxels
+    (inside the shell mask) within ``shell_mm`` of it; ``inside`` (its own mean) where it has none."""
+    from medkern._segment import distance_transform
+
+    image, allowed = intensity
+    n = inside.size - 1
+    which = components[at]
+    reach = [math.ceil(shell_mm / s) for s in spacing]
+    lo = [np.full(n + 1, np.iinfo(np.intp).max) for _ in at]
+    hi = [np.full(n + 1, -1) for _ in at]
+    for d, a in enumerate(at):
+        np.minimum.at(lo[d], which, a)
+        np.maximum.at(hi[d], which, a)
+    mean, p10 = inside.copy(), inside.copy()
+    for c in range(1, n + 1):
+        # The component's box grown by the shell's reach: the transform stays small.
+        sub = tuple(slice(max(int(lo[d][c]) - reach[d], 0), min(int(hi[d][c]) + reach[d] + 1, components.shape[d]))
+                    for d in range(len(at)))
+        near = distance_transform(components[sub] != c, spacing, squared=True) <= shell_mm ** 2
+        shell = near & (labels[sub] == 0)
+        if allowed is not None:
+            shell &= allowed[sub]
+        values = image[sub][shell]
+        if values.size:
+            mean[c] = float(np.mean(values, dtype=np.float64))
+            p10[c] = float(np.percentile(values, 10))
+    return mean, p10
 
 
 def component_scores(components: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
                      spacing: Sequence[float], op: dict[str, Any], first_channel: int = 0,
-                     counts: np.ndarray | None = None, own: np.ndarray | None = None) -> np.ndarray:
+                     counts: np.ndarray | None = None, own: np.ndarray | None = None,
+                     intensity: tuple[np.ndarray, np.ndarray | None] | None = None) -> np.ndarray:
     """The logistic score of a validated ``classify_components`` operation for each component
     (index 0, the background, included)."""
     features = component_features(components, labels, probabilities, spacing, op["features"], first_channel,
-                                   counts, own)
+                                   counts, own, intensity, float(op["shell_mm"]))
     z = float(op["bias"]) + sum(float(w) * features[name] for name, w in zip(op["features"], op["weights"]))
     with np.errstate(over="ignore"):
         return 1.0 / (1.0 + np.exp(-z))
 
 
-def _foreground_box(labels: np.ndarray) -> tuple[slice, ...] | None:
-    """The smallest box holding every non-zero voxel; None when there is none."""
+def _foreground_box(labels: np.ndarray, margin: Sequence[int] | None = None) -> tuple[slice, ...] | None:
+    """The smallest box holding every non-zero voxel, grown by ``margin`` voxels per axis within
+    the array; None when there is none."""
     # Integer labels as unsigned: non-zero is then > 0, and maxima find it without a volume-sized
     # temporary (whose fresh pages cost more than the reduction, right after the network).
     bits = labels.view(f"u{labels.itemsize}") if labels.dtype.kind in "biu" else (labels != 0)
@@ -540,7 +622,8 @@ def _foreground_box(labels: np.ndarray) -> tuple[slice, ...] | None:
         at = np.flatnonzero(hit)
         if not at.size:
             return None
-        box.append(slice(int(at[0]), int(at[-1]) + 1))
+        grow = 0 if margin is None else margin[len(box)]
+        box.append(slice(max(int(at[0]) - grow, 0), min(int(at[-1]) + 1 + grow, hit.size)))
     return tuple(box)
 
 

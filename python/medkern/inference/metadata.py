@@ -30,7 +30,7 @@ Version 1 (key ``"medkern"``). Per-axis values are in array-axis order, millimet
         {"op": "remove_small", "min_volume_mm3": 20.0},            # input grid (26-/8-connected
         {"op": "keep_top", "n": 1, "by": "probability" | "volume"}, # components of each label)
         {"op": "classify_components", "features": ["log_volume_mm3", "max_probability"],
-         "weights": [0.8, 6.0], "bias": -5.0, "min_score": 0.5}
+         "weights": [0.8, 6.0], "bias": -5.0, "min_score": 0.5, "shell_mm": 3.0}
       ],
       "training_data": "...", "licence": "...", "intended_use": "...",
       "metrics": {"dice_median": 0.8, ...},
@@ -54,7 +54,14 @@ model's authors on candidate components of their own validation data. Its featur
 the component's own class), ``elongation`` and ``flatness`` (IBSI's PCA definitions,
 ``sqrt(lambda_minor / lambda_major)`` and ``sqrt(lambda_least / lambda_major)``, from the covariance
 of the voxel centres in mm with each voxel's own extent, ``spacing**2 / 12`` per axis, added so
-that one-voxel components have a defined shape; ``flatness`` is 3D only).
+that one-voxel components have a defined shape; ``flatness`` is 3D only), and three read from the
+image, its first input channel as the network sees it (the declared ``preprocessing`` applied on
+the input grid): ``mean_intensity`` over the component, and ``shell_mean_intensity`` and
+``shell_p10_intensity`` (mean and 10th percentile) over its shell, the voxels within ``shell_mm``
+(default 3 mm, Euclidean) of the component that no label covers, inside the brain (the image's
+non-zero voxels) when the model z-scores over the non-zero voxels. A component without a shell
+takes its own mean intensity there. The surroundings tell apart what looks alike inside: an
+enhancing lesion in brain tissue, and the choroid plexus in the dark CSF of a ventricle.
 Resampling to ``spacing`` is linear and keeps the field of view (``mk.resample``); ``antialias``
 defaults to false, as MONAI's ``Spacing`` and nnU-Net prepare their training data.
 """
@@ -94,11 +101,16 @@ PREPROCESSING_OPS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
 POSTPROCESSING_OPS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "remove_small": (("min_volume_mm3",), {}),
     "keep_top": (("n",), {"by": "probability"}),
-    "classify_components": (("features", "weights", "bias"), {"min_score": 0.5}),
+    "classify_components": (("features", "weights", "bias"), {"min_score": 0.5, "shell_mm": 3.0}),
 }
 # Per-component features classify_components can weigh (medkern.inference._pipeline computes them).
 COMPONENT_FEATURES = ("volume_mm3", "log_volume_mm3", "mean_probability", "max_probability", "elongation",
-                      "flatness")
+                      "flatness", "mean_intensity", "shell_mean_intensity", "shell_p10_intensity")
+# The features read from the image (its first channel as the network sees it) rather than the
+# prediction; the shell ones from the unlabelled voxels within shell_mm of the component.
+INTENSITY_FEATURES = ("mean_intensity", "shell_mean_intensity", "shell_p10_intensity")
+SHELL_FEATURES = ("shell_mean_intensity", "shell_p10_intensity")
+MAX_SHELL_MM = 50.0
 INFERENCE_DEFAULTS = {"overlap": 0.5, "blend": "gaussian", "sigma_scale": 0.125, "batch_size": 4,
                       "padding": "constant", "tta": False}
 NOTES = ("name", "version", "description", "training_data", "licence", "intended_use")
@@ -401,6 +413,7 @@ def _validate_component_classifier(op: dict[str, Any], field: str, spatial_dims:
         _number(w, f"{field}.weights[{n}]")
     _number(op["bias"], f"{field}.bias")
     _number(op["min_score"], f"{field}.min_score", low=0.0, high=1.0)
+    _number(op["shell_mm"], f"{field}.shell_mm", positive=True, low=0.0, high=MAX_SHELL_MM)
 
 
 def parse_metadata(text: str | None) -> dict[str, Any] | None:
