@@ -1095,6 +1095,8 @@ def test_intensity_features_match_scipy_shells(rng, shape, spacing, shell_mm, ma
                                intensity=(image, lonely), shell_mm=shell_mm)
         own = image[lonely].mean(dtype=np.float64)
         np.testing.assert_allclose([f[k][1] for k in names], [own] * 3, rtol=1e-6)
+    with pytest.raises(ValueError, match="need the image"):
+        component_features(components, labels, prob, spacing, ["volume_mm3", "shell_p10_intensity"], 1)
 
 
 def test_postprocess_labels_with_shell_features_sees_beyond_the_labels_box(rng):

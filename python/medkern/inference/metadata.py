@@ -104,12 +104,12 @@ POSTPROCESSING_OPS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "classify_components": (("features", "weights", "bias"), {"min_score": 0.5, "shell_mm": 3.0}),
 }
 # Per-component features classify_components can weigh (medkern.inference._pipeline computes them).
-COMPONENT_FEATURES = ("volume_mm3", "log_volume_mm3", "mean_probability", "max_probability", "elongation",
-                      "flatness", "mean_intensity", "shell_mean_intensity", "shell_p10_intensity")
 # The features read from the image (its first channel as the network sees it) rather than the
 # prediction; the shell ones from the unlabelled voxels within shell_mm of the component.
-INTENSITY_FEATURES = ("mean_intensity", "shell_mean_intensity", "shell_p10_intensity")
 SHELL_FEATURES = ("shell_mean_intensity", "shell_p10_intensity")
+INTENSITY_FEATURES = ("mean_intensity", *SHELL_FEATURES)
+COMPONENT_FEATURES = ("volume_mm3", "log_volume_mm3", "mean_probability", "max_probability", "elongation",
+                      "flatness", *INTENSITY_FEATURES)
 MAX_SHELL_MM = 50.0
 INFERENCE_DEFAULTS = {"overlap": 0.5, "blend": "gaussian", "sigma_scale": 0.125, "batch_size": 4,
                       "padding": "constant", "tta": False}
