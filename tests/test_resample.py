@@ -441,6 +441,65 @@ def test_in_plane_rotation_matches_simpleitk(rng, cpu_backend, shape):
     assert (out.array == -5).mean() > 0.05  # the corners left the field of view
 
 
+def _warp_coordinates(m, shape_out):
+    """The continuous input indices the affine warp evaluates, in its own arithmetic (row start
+    M[:, 0] k + M[:, 1] j + M[:, 3], then plus M[:, 2] i), flattened to map_coordinates' layout."""
+    k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in shape_out), indexing="ij")
+    return np.stack([(m[a, 0] * k + m[a, 1] * j + m[a, 3]) + m[a, 2] * i for a in range(3)]).reshape(3, -1)
+
+
+def _rotation_index_map(shape, angles_deg, shift=(0.0, 0.0, 0.0)):
+    """3 x 4 index map: a rotation about the array's centre (axes 0-1, 0-2, 1-2), then a shift."""
+    r = np.eye(3)
+    for (p, q), a in zip(((0, 1), (0, 2), (1, 2)), np.deg2rad(angles_deg)):
+        g = np.eye(3)
+        g[p, p] = g[q, q] = np.cos(a)
+        g[p, q], g[q, p] = -np.sin(a), np.sin(a)
+        r = r @ g
+    centre = (np.array(shape) - 1) / 2
+    return np.hstack([r, (centre - r @ centre + np.array(shift))[:, None]])
+
+
+@pytest.mark.parametrize("case", ["in_plane", "between_planes", "oblique", "single_slice"])
+def test_affine_warp_fast_paths_equal_checked_sampling(rng, case):
+    """The affine warp fills rows outside the image without sampling, streams the planes of a map
+    within axis-0 planes and evaluates interior points in blocks: every voxel must equal the
+    checked point-by-point path (map_coordinates at the same continuous indices), bit for bit,
+    for every interpolation, at every instruction-set level, edges and fill included."""
+    from medkern import _cpu
+
+    shape = (1, 37, 41) if case == "single_slice" else (9, 37, 41)
+    angles = {"oblique": (7, -12, 25)}.get(case, (0, 0, 17))
+    shift = (0.5, 0.3, -0.2) if case == "between_planes" else (0.0, 1.7, -2.3)
+    m = _rotation_index_map(shape, angles, shift)
+    if case == "single_slice":
+        m[0] = (1.0, 0.0, 0.0, 0.0)
+    out_shape = (shape[0], 33, 45)  # another grid: rows run partly outside the image
+    coords = _warp_coordinates(m, out_shape)
+    smooth = ndi.uniform_filter(rng.normal(size=shape), 3)
+    inputs = {
+        "float32": (smooth.astype(np.float32), (0, 1), -7.0),
+        "int16": ((smooth * 900).astype(np.int16), (0, 1), -7),
+        "cubic": (_cpu.binding("bspline_coefficients")(smooth.astype(np.float32), 1), (2,), -7.0),
+        "labels": (rng.integers(0, 4, size=shape).astype(np.uint8), (3, 0), 5),
+    }
+    for level in _cpu.available_levels():
+        with _cpu.use_level(level):
+            warp, points = _cpu.binding("warp"), _cpu.binding("map_coordinates")
+            for name, (x, interpolations, fill) in inputs.items():
+                for interpolation in interpolations:
+                    data, fill_arg = x, float(fill)
+                    if interpolation in (0, 3):  # nearest and label copy elements: as bits
+                        data = x.view(f"u{x.itemsize}")
+                        fill_arg = int(np.array(fill, x.dtype).view(data.dtype))
+                    got = warp(data, interpolation, out_shape, m.ravel(), None, None, fill_arg, 2)
+                    ref = points(data, interpolation, coords, fill_arg, 1).reshape(out_shape)
+                    if interpolation in (0, 3):
+                        got, ref = got.view(x.dtype), ref.view(x.dtype)
+                    assert (got == fill).any() and (got != fill).mean() > 0.5, (name, interpolation)
+                    np.testing.assert_array_equal(got, ref, err_msg=f"{level} {name} {interpolation}")
+
+
 def test_real_ibsi_ct(shared_data, cpu_backend):
     ct = mk.read(shared_data / "ibsi" / "ibsi_1_ct_radiomics_phantom" / "nifti" / "image" / "phantom.nii.gz")
     ct = ct[10:40, 40:140, 50:150]

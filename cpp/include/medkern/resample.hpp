@@ -616,6 +616,37 @@ inline void unit_step_box(const index_t n[3], double lo[3], double hi[3]) {
   if (n[0] == 1) hi[0] = 0.25;
 }
 
+// Requests part `part` of `parts` equal parts of the input planes [first, last] (axis-0
+// indices) into the cache, in address order: warp() streams the planes the next output slice
+// will read while it computes this one.
+template <class E>
+inline void prefetch_planes(const E* data, const index_t n[3], index_t first, index_t last,
+                            index_t part, index_t parts) {
+#if defined(__GNUC__)
+  constexpr index_t kLine = 64;
+  const index_t bytes = n[1] * n[2] * static_cast<index_t>(sizeof(E));
+  const index_t begin = bytes * part / parts / kLine * kLine, end = bytes * (part + 1) / parts;
+  for (index_t p = first; p <= last; ++p) {
+    const char* plane = reinterpret_cast<const char*>(data + p * n[1] * n[2]);
+    for (index_t b = begin; b < end; b += kLine) __builtin_prefetch(plane + b, 0, 2);
+  }
+#else
+  (void)data, (void)n, (void)first, (void)last, (void)part, (void)parts;
+#endif
+}
+
+// The axis-0 planes [first, last] that samples on the axis-0 index c0 read with a non-zero
+// weight, for a sampler whose taps there are floor(c0) + lo .. floor(c0) + lo + taps - 1
+// (clamped into the image, any c0, NaN included); a zero fraction leaves the last linear tap
+// without weight.
+inline void weighted_planes(double c0, index_t n0, int lo, int taps, index_t& first,
+                            index_t& last) {
+  const index_t f = floor_clamped(c0, n0);
+  const bool integral = c0 == static_cast<double>(f);
+  first = clamp_index(f + lo, n0);
+  last = clamp_index(f + lo + taps - 1 - (integral && taps == 2 ? 1 : 0), n0);
+}
+
 // interior() point by point, for samplers without a blocked version.
 template <class S, class V>
 void interior_points(const S& sampler, const double* c0, const double* c1, const double* c2,
@@ -648,6 +679,11 @@ struct NearestSampler {
   void interior_block(const double* c0, const double* c1, const double* c2, index_t count,
                       T* out) const {
     interior_points(*this, c0, c1, c2, count, out);
+  }
+  void prefetch_slice(double c0, index_t part, index_t parts) const {
+    index_t first, last;
+    weighted_planes(c0 + 0.5, n[0], 0, 1, first, last);
+    prefetch_planes(data, n, first, last, part, parts);
   }
 };
 
@@ -688,53 +724,104 @@ struct LinearSampler {
     const index_t d0 = n[0] > 1 ? s0 : 0;  // a length-1 slice axis steps by 0
     return blend(p, p + s1, p + d0, p + d0 + s1, 1, t0, t1, t2);
   }
-  // interior() for `count` points at once, in three loops the compiler vectorises (coordinates to
-  // offsets and fractions; the eight neighbour loads; the blends). Needs 32-bit offsets.
+  // interior() for `count` points at once, in loops the compiler vectorises (coordinates to
+  // offsets and fractions; the neighbour loads; the blends). Needs 32-bit offsets.
   void interior_block(const double* c0, const double* c1, const double* c2, index_t count,
                       A* out) const {
-    constexpr index_t kMax = kWarpBlock;
-    const index_t s1 = n[2], s0 = n[1] * n[2];
-    if (s0 * n[0] >= (index_t{1} << 31) || count > kMax) {
+    if (!block_fits(count)) {
       for (index_t v = 0; v < count; ++v) out[v] = interior(c0[v], c1[v], c2[v]);
       return;
     }
+    const double* c[3] = {c0, c1, c2};
+    sample_block<false>([&](index_t q, int a) { return c[a][q]; }, 0.0, count, out);
+  }
+  // The interior points b + d * (i0 + q), q < count, of one output row of a warp: the same
+  // values as interior_block on those coordinates, without storing them in between.
+  void interior_row(const double b[3], const double d[3], index_t i0, index_t count, A* out) const {
+    if (!block_fits(count) || i0 + count >= (index_t{1} << 31)) {
+      for (index_t q = 0; q < count; ++q) {
+        const double i = static_cast<double>(i0 + q);
+        out[q] = interior(b[0] + d[0] * i, b[1] + d[1] * i, b[2] + d[2] * i);
+      }
+      return;
+    }
+    // The column through int32, which x86 converts to double four at a time (from int64 only
+    // AVX-512 does, and the loop would stay scalar); exact either way.
+    const auto first = static_cast<std::int32_t>(i0);
+    auto column = [&](index_t q) {
+      return static_cast<double>(first + static_cast<std::int32_t>(q));
+    };
+    if (d[0] == 0.0) {  // the row stays on one axis-0 index: its offset and fraction once
+      sample_block<true>([&](index_t q, int a) { return b[a] + d[a] * column(q); }, b[0], count,
+                         out);
+    } else {
+      sample_block<false>([&](index_t q, int a) { return b[a] + d[a] * column(q); }, 0.0, count,
+                          out);
+    }
+  }
+
+ private:
+  bool block_fits(index_t count) const {
+    return n[0] * n[1] * n[2] < (index_t{1} << 31) && count <= kWarpBlock;
+  }
+  // The block of points whose continuous index on axis a is coord(q, a); with kFixedAxis0 every
+  // point's axis-0 index is c0_fixed, and coord is asked for axes 1 and 2 only.
+  template <bool kFixedAxis0, class Coord>
+  void sample_block(Coord coord, double c0_fixed, index_t n_points, A* out) const {
+    constexpr index_t kMax = kWarpBlock;
+    // int counters: with 64-bit ones GCC vectorises these loops over int32 offsets poorly, and
+    // a 256^3 rotation takes a third longer.
+    const int count = static_cast<int>(n_points);
+    const index_t s1 = n[2], s0 = n[1] * n[2];
     const std::int32_t is0 = static_cast<std::int32_t>(s0), is1 = static_cast<std::int32_t>(s1);
     const std::int32_t d0 = n[0] > 1 ? is0 : 0;
-    std::int32_t off[kMax];
-    A t0[kMax], t1[kMax], t2[kMax], v[4][kMax];
-    for (index_t q = 0; q < count; ++q) {
-      const std::int32_t f0 = static_cast<std::int32_t>(c0[q]),
-                         f1 = static_cast<std::int32_t>(c1[q]),
-                         f2 = static_cast<std::int32_t>(c2[q]);
-      t0[q] = static_cast<A>(c0[q] - f0);
-      t1[q] = static_cast<A>(c1[q] - f1);
-      t2[q] = static_cast<A>(c2[q] - f2);
-      off[q] = f0 * is0 + f1 * is1 + f2;
+    alignas(32) std::int32_t off[kMax];
+    alignas(32) A t0[kMax], t1[kMax], t2[kMax], v[4][kMax];
+    const std::int32_t f0_fixed = static_cast<std::int32_t>(c0_fixed);
+    const A t0_fixed = static_cast<A>(c0_fixed - f0_fixed);
+    // Offsets within the axis-0 plane `plane` starts at (per point where the plane varies).
+    const T* plane = data + (kFixedAxis0 ? f0_fixed * is0 : 0);
+    for (int q = 0; q < count; ++q) {
+      const double c1 = coord(q, 1), c2 = coord(q, 2);
+      const std::int32_t f1 = static_cast<std::int32_t>(c1), f2 = static_cast<std::int32_t>(c2);
+      t1[q] = static_cast<A>(c1 - f1);
+      t2[q] = static_cast<A>(c2 - f2);
+      off[q] = f1 * is1 + f2;
+      if constexpr (!kFixedAxis0) {
+        const double c0 = coord(q, 0);
+        const std::int32_t f0 = static_cast<std::int32_t>(c0);
+        t0[q] = static_cast<A>(c0 - f0);
+        off[q] += f0 * is0;
+      }
     }
     // In-plane maps (a rotation about axis 0, any 2D image) put every point of a block on one
     // axis-0 plane: the second plane has weight 0 and is not read. (The full blend would add
     // 0 * (a1 - a0); only a non-finite value on the unread plane, which would turn that into
     // NaN, or the sign of a zero result can differ.)
-    bool planar = true;
-    for (index_t q = 0; q < count; ++q) planar &= t0[q] == A(0);
-#if defined(__GNUC__)
-    // An oblique row enters a new input row every few voxels, a pattern the hardware prefetcher
-    // does not follow: request the block's leading rows together so their misses overlap.
-    for (index_t q = 0; q < count; ++q) {
-      __builtin_prefetch(data + off[q] + is1);
-      if (!planar) __builtin_prefetch(data + off[q] + d0 + is1);
+    // Interior fractions are +0 or positive, so all are zero exactly when no bit is set (an
+    // integer OR the compiler vectorises, where a chain of float compares it does not).
+    bool planar = t0_fixed == A(0);
+    if constexpr (!kFixedAxis0) {
+      using Bits = std::conditional_t<sizeof(A) == 4, std::uint32_t, std::uint64_t>;
+      Bits any_bit = 0;
+      for (int q = 0; q < count; ++q) {
+        Bits b;
+        std::memcpy(&b, &t0[q], sizeof b);
+        any_bit |= b;
+      }
+      planar = any_bit == 0;
     }
-#endif
     // Per axis-0 plane (offset 0 or d0): the four neighbours of each point, blended in-plane.
     // Each (x, x + 1) pair is one load of twice T's width where such an integer exists, which
     // halves the scalar loads of this loop, the hot one of a rotation (perf); the pair is then
     // split lane-wise, so the values, and the blend's bits, are those of four separate loads.
     auto in_plane = [&](std::int32_t base, A* blended) {
+      const T* origin = plane + base;
       if constexpr (kLittleEndian && (sizeof(T) == 4 || sizeof(T) == 2)) {
         using Pair = std::conditional_t<sizeof(T) == 4, std::uint64_t, std::uint32_t>;
-        Pair near_row[kMax], far_row[kMax];
-        for (index_t q = 0; q < count; ++q) {
-          const T* p = data + off[q] + base;
+        alignas(32) Pair near_row[kMax], far_row[kMax];
+        for (int q = 0; q < count; ++q) {
+          const T* p = origin + off[q];
           std::memcpy(&near_row[q], p, sizeof(Pair));
           std::memcpy(&far_row[q], p + is1, sizeof(Pair));
         }
@@ -742,22 +829,22 @@ struct LinearSampler {
         using Word = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint16_t>;
         auto first = [](Pair w) { return from_bits(static_cast<Word>(w)); };
         auto second = [](Pair w) { return from_bits(static_cast<Word>(w >> kBits)); };
-        for (index_t q = 0; q < count; ++q) {
+        for (int q = 0; q < count; ++q) {
           v[0][q] = static_cast<A>(first(near_row[q]));
           v[1][q] = static_cast<A>(second(near_row[q]));
           v[2][q] = static_cast<A>(first(far_row[q]));
           v[3][q] = static_cast<A>(second(far_row[q]));
         }
       } else {
-        for (index_t q = 0; q < count; ++q) {
-          const T* p = data + off[q] + base;
+        for (int q = 0; q < count; ++q) {
+          const T* p = origin + off[q];
           v[0][q] = static_cast<A>(p[0]);
           v[1][q] = static_cast<A>(p[1]);
           v[2][q] = static_cast<A>(p[is1]);
           v[3][q] = static_cast<A>(p[is1 + 1]);
         }
       }
-      for (index_t q = 0; q < count; ++q) {
+      for (int q = 0; q < count; ++q) {
         const A v00 = v[0][q] + t2[q] * (v[1][q] - v[0][q]),
                 v01 = v[2][q] + t2[q] * (v[3][q] - v[2][q]);
         blended[q] = v00 + t1[q] * (v01 - v00);
@@ -767,10 +854,21 @@ struct LinearSampler {
       in_plane(0, out);
       return;
     }
-    A a0[kMax], a1[kMax];
+    alignas(32) A a0[kMax], a1[kMax];
     in_plane(0, a0);
     in_plane(d0, a1);
-    for (index_t q = 0; q < count; ++q) out[q] = a0[q] + t0[q] * (a1[q] - a0[q]);
+    if constexpr (kFixedAxis0) {
+      for (int q = 0; q < count; ++q) out[q] = a0[q] + t0_fixed * (a1[q] - a0[q]);
+    } else {
+      for (int q = 0; q < count; ++q) out[q] = a0[q] + t0[q] * (a1[q] - a0[q]);
+    }
+  }
+
+ public:
+  void prefetch_slice(double c0, index_t part, index_t parts) const {
+    index_t first, last;
+    weighted_planes(c0, n[0], 0, 2, first, last);
+    prefetch_planes(data, n, first, last, part, parts);
   }
   // trilinear_blend of the four rows' (x, x + d2) pairs.
   MEDKERN_HD static A blend(const T* r00, const T* r01, const T* r10, const T* r11, index_t d2,
@@ -837,6 +935,11 @@ struct CubicSampler {
   void interior_block(const double* c0, const double* c1, const double* c2, index_t count,
                       A* out) const {
     interior_points(*this, c0, c1, c2, count, out);
+  }
+  void prefetch_slice(double c0, index_t part, index_t parts) const {
+    index_t first, last;
+    weighted_planes(c0, n[0], -1, 4, first, last);
+    prefetch_planes(coef, n, first, last, part, parts);
   }
 };
 
@@ -937,6 +1040,11 @@ struct LabelSampler {
     }
   }
   T interior(double c0, double c1, double c2) const { return (*this)(c0, c1, c2); }
+  void prefetch_slice(double c0, index_t part, index_t parts) const {
+    index_t first, last;
+    weighted_planes(c0, n[0], 0, 2, first, last);
+    prefetch_planes(data, n, first, last, part, parts);
+  }
   // Axis-aligned maps (resampling to another spacing) keep c0 and c1 fixed along a row: the
   // neighbour rows and their subset sums are then found once for the whole block.
   void interior_block(const double* c0, const double* c1, const double* c2, index_t count,
@@ -1037,6 +1145,12 @@ template <class S, class = void>
 struct has_aligned_rows : std::false_type {};
 template <class S>
 struct has_aligned_rows<S, std::void_t<decltype(&S::aligned_rows)>> : std::true_type {};
+// Samplers with an `interior_row` member take the interior points of an affine warp's row
+// directly from the row's start and step.
+template <class S, class = void>
+struct has_interior_row : std::false_type {};
+template <class S>
+struct has_interior_row<S, std::void_t<decltype(&S::interior_row)>> : std::true_type {};
 
 // ------------------------------------------------------------------ per-voxel warps
 // General output->input map for every output voxel (k, j, i):
@@ -1073,6 +1187,12 @@ inline void row_interior(const double b[3], const double d[3], const double lo[3
   };
   while (first < last && !in_box(first)) ++first;
   while (last > first && !in_box(last - 1)) --last;
+  // Rounding can leave the solved range one short; each coordinate is monotone in i (b + d * i
+  // rounds monotonically), so growing it while the next point is inside makes it exact.
+  if (first < last) {
+    while (first > 0 && in_box(first - 1)) --first;
+    while (last < n && in_box(last)) ++last;
+  }
 }
 
 // General output->input map for every output voxel (k, j, i):
@@ -1100,18 +1220,91 @@ void warp(const S& sampler, typename S::value_type* out, const index_t shape_out
   // footprint per tile that stays in L1, where whole rows would sweep a long band through L2.
   constexpr index_t kTileRows = 8;
   const index_t n_tiles = (m1 + kTileRows - 1) / kTileRows;
+  auto row_base = [&](index_t k, index_t j, double b[3]) {
+    const double kk = static_cast<double>(k), jj = static_cast<double>(j);
+    b[0] = m[0] * kk + m[1] * jj + m[3];
+    b[1] = m[4] * kk + m[5] * jj + m[7];
+    b[2] = m[8] * kk + m[9] * jj + m[11];
+  };
+  // The column index as double through int32 (exact: rows are shorter than 2^31), which x86
+  // converts four at a time; from a 64-bit integer only AVX-512 does, and the coordinate loops
+  // would stay scalar.
+  auto column = [](index_t i) { return static_cast<double>(static_cast<std::int32_t>(i)); };
+  // The box of continuous indices inside the image (-0.5 <= c < n - 0.5, as `inside`): a row's
+  // points outside it are `fill`, which the checked path would return for them one by one.
+  const double image_lo[3] = {-0.5, -0.5, -0.5};
+  const double image_hi[3] = {static_cast<double>(sampler.n[0]) - 0.5,
+                              static_cast<double>(sampler.n[1]) - 0.5,
+                              static_cast<double>(sampler.n[2]) - 0.5};
+  // A row's ranges of columns inside the sampler's interior box ([first, last)) and inside the
+  // image ([in_first, in_last), which holds the other).
+  struct RowRanges {
+    index_t first, last, in_first, in_last;
+  };
+  auto row_ranges = [&](const double b[3]) {
+    RowRanges r;
+    row_interior(b, d, lo, hi, m2, r.first, r.last);
+    row_interior(b, d, image_lo, image_hi, m2, r.in_first, r.in_last);
+    return r;
+  };
+  // Columns [i_begin, i_end) of the output row with input-index start b, without displacement:
+  // fill outside the image, the sampler's checked path between the image and its interior box,
+  // the interior in blocks.
+  auto affine_row = [&](const double b[3], const RowRanges& r, index_t i_begin, index_t i_end,
+                        typename S::value_type* dst) {
+    auto at = [&](index_t i, int a) { return b[a] + d[a] * column(i); };
+    const index_t first = r.first, last = r.last, in_first = r.in_first, in_last = r.in_last;
+    const index_t g = std::min(std::max(in_first, i_begin), i_end);
+    const index_t h = std::max(g, std::min(in_last, i_end));
+    const index_t a = std::min(std::max(first, g), h);
+    const index_t e = std::max(a, std::min(last, h));
+    std::fill(dst + i_begin, dst + g, sampler.fill);
+    for (index_t i = g; i < a; ++i) dst[i] = sampler(at(i, 0), at(i, 1), at(i, 2));
+    for (index_t i = a; i < e; i += kWarpBlock) {
+      const index_t count = std::min(kWarpBlock, e - i);
+      if constexpr (has_interior_row<S>::value) {
+        sampler.interior_row(b, d, i, count, dst + i);
+      } else {
+        double c0[kWarpBlock], c1[kWarpBlock], c2[kWarpBlock];
+        for (index_t v = 0; v < count; ++v) {
+          c0[v] = at(i + v, 0);
+          c1[v] = at(i + v, 1);
+          c2[v] = at(i + v, 2);
+        }
+        sampler.interior_block(c0, c1, c2, count, dst + i);
+      }
+    }
+    for (index_t i = e; i < h; ++i) dst[i] = sampler(at(i, 0), at(i, 1), at(i, 2));
+    std::fill(dst + h, dst + i_end, sampler.fill);
+  };
+  // A map within axis-0 planes (a rotation about axis 0, a 2D image) reads one input plane (two
+  // where the slice falls between planes) per output slice, whole rows at a time. Its rows enter
+  // a new input row every few voxels, in an order the hardware prefetcher does not follow, and
+  // each miss would stall the row: so each output row also streams its share of the planes of
+  // the next output slice into the cache, in address order. A 256^3 rotation about axis 0 runs
+  // about twice as fast.
+  if (!disp && m[1] == 0.0 && m[2] == 0.0) {
+#pragma omp parallel for collapse(2) schedule(static) num_threads(clamp_threads(n_threads))
+    for (index_t k = 0; k < shape_out[0]; ++k) {
+      for (index_t j = 0; j < m1; ++j) {
+        if (k + 1 < shape_out[0])
+          sampler.prefetch_slice(m[0] * static_cast<double>(k + 1) + m[3], j, m1);
+        double b[3];
+        row_base(k, j, b);
+        affine_row(b, row_ranges(b), 0, m2, out + (k * m1 + j) * m2);
+      }
+    }
+    return;
+  }
 #pragma omp parallel for collapse(2) schedule(static) num_threads(clamp_threads(n_threads))
   for (index_t k = 0; k < shape_out[0]; ++k) {
     for (index_t tile = 0; tile < n_tiles; ++tile) {
       const index_t j0 = tile * kTileRows, rows = std::min(kTileRows, m1 - j0);
       double base[kTileRows][3];
-      index_t first[kTileRows], last[kTileRows];
+      RowRanges ranges[kTileRows];
       for (index_t q = 0; q < rows; ++q) {
-        const double kk = static_cast<double>(k), jj = static_cast<double>(j0 + q);
-        base[q][0] = m[0] * kk + m[1] * jj + m[3];
-        base[q][1] = m[4] * kk + m[5] * jj + m[7];
-        base[q][2] = m[8] * kk + m[9] * jj + m[11];
-        if (!disp) row_interior(base[q], d, lo, hi, m2, first[q], last[q]);
+        row_base(k, j0 + q, base[q]);
+        if (!disp) ranges[q] = row_ranges(base[q]);
       }
       double c0[kWarpBlock], c1[kWarpBlock], c2[kWarpBlock];
       for (index_t i0 = 0; i0 < m2; i0 += kWarpBlock) {
@@ -1119,20 +1312,11 @@ void warp(const S& sampler, typename S::value_type* out, const index_t shape_out
         for (index_t q = 0; q < rows; ++q) {
           const double* b = base[q];
           auto* dst = out + (k * m1 + j0 + q) * m2;
-          auto at = [&](index_t i, int a) { return b[a] + d[a] * static_cast<double>(i); };
           if (!disp) {
-            const index_t a = std::min(std::max(first[q], i0), i1);
-            const index_t e = std::max(a, std::min(last[q], i1));
-            for (index_t i = i0; i < a; ++i) dst[i] = sampler(at(i, 0), at(i, 1), at(i, 2));
-            for (index_t i = a; i < e; ++i) {
-              c0[i - a] = at(i, 0);
-              c1[i - a] = at(i, 1);
-              c2[i - a] = at(i, 2);
-            }
-            if (e > a) sampler.interior_block(c0, c1, c2, e - a, dst + a);
-            for (index_t i = e; i < i1; ++i) dst[i] = sampler(at(i, 0), at(i, 1), at(i, 2));
+            affine_row(b, ranges[q], i0, i1, dst);
             continue;
           }
+          auto at = [&](index_t i, int a) { return b[a] + d[a] * column(i); };
           const float* u = disp + ((k * m1 + j0 + q) * m2 + i0) * n_comp;
           bool all_interior = true;
           for (index_t i = i0; i < i1; ++i, u += n_comp) {
