@@ -41,7 +41,7 @@ import numpy as np
 from train_brain_lesion import CANDIDATE, CHANNELS, MINING_SEEDS, NAME, PATCH, PHASES, SPACING, TRAIN_SEEDS, WORKDIR
 
 from medkern.demo import DEMO_ACQUISITION, DEMO_DIAMETERS_MM
-from medkern.inference.metadata import COMPONENT_FEATURES, SHELL_FEATURES
+from medkern.inference.metadata import COMPONENT_FEATURES, OUTER_SHELL_FEATURES, SHELL_FEATURES
 
 from _common import SHIPPED, dice, save_metrics, write_card
 
@@ -54,7 +54,8 @@ MIN_VOLUME_CANDIDATES_MM3 = (5.0, 10.0, 15.0, 20.0, 30.0, 40.0)
 THRESHOLD_CANDIDATES = (0.2, 0.3, 0.4, 0.5)
 MAX_FALSE_PER_PATIENT = 0.3
 # The classifier's shell: 3 mm around the simulated choroid plexus reaches the CSF of its ventricle
-# (2 voxels of the 1.5 mm model grid); around a lesion it stays in brain tissue.
+# (2 voxels of the 1.5 mm model grid); around a lesion it stays in brain tissue. Its outer shell,
+# 3 to 6 mm away, follows a vessel seen in cross-section where it goes on beyond the component.
 SHELL_MM = 3.0
 
 
@@ -417,7 +418,9 @@ def model_card(m: dict[str, Any], meta: dict[str, Any]) -> None:
         ", then a logistic false-lesion classifier keeps the components scoring at least "
         f"{classifier['min_score']:g} on {', '.join(classifier['features'])} (`classify_components`"
         + (f", its shell the unlabelled brain voxels within {classifier['shell_mm']:g} mm of the component"
-           if set(classifier["features"]) & set(SHELL_FEATURES) else "") + "; weights in the metadata)")
+           if set(classifier["features"]) & set(SHELL_FEATURES) else "")
+        + (f", its outer shell those {classifier['shell_mm']:g} to {2 * classifier['shell_mm']:g} mm from it"
+           if set(classifier["features"]) & set(OUTER_SHELL_FEATURES) else "") + "; weights in the metadata)")
     chosen = tuning["candidates"][f"threshold {meta['output']['threshold']:g}, min {min_volume:g} mm3"]
     smallest = f"threshold {meta['output']['threshold']:g}, min {min(MIN_VOLUME_CANDIDATES_MM3):g} mm3"
     wider = tuning["candidates"][smallest]

@@ -58,7 +58,7 @@ CANDIDATE = WORKDIR / f"{NAME}.onnx"
 METADATA = {
     "schema_version": 1,
     "name": NAME,
-    "version": "2.3",
+    "version": "2.4",
     "description": "Enhancing brain lesions (metastasis-like) on contrast T1 MR, skull-stripped input",
     "task": "segmentation",
     "input": {"modalities": ["T1"], "spatial_dims": 3, "spacing": SPACING, "orientation": "SPL"},

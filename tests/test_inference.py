@@ -1053,12 +1053,15 @@ def _shell_reference(components, labels, image, allowed, spacing, shell_mm):
     rows = {}
     for c in range(1, components.max() + 1):
         distance = ndimage.distance_transform_edt(components != c, sampling=spacing)
-        shell = (distance <= shell_mm) & (labels == 0) & (True if allowed is None else allowed)
+        free = (labels == 0) & (True if allowed is None else allowed)
+        shell, outer = free & (distance <= shell_mm), free & (distance > shell_mm) & (distance <= 2 * shell_mm)
         inside = image[components == c].astype(np.float64).mean()
-        values = image[shell].astype(np.float64)
+        values, beyond = image[shell].astype(np.float64), image[outer].astype(np.float64)
         rows[c] = dict(mean_intensity=inside,
                        shell_mean_intensity=values.mean() if values.size else inside,
-                       shell_p10_intensity=np.percentile(values, 10) if values.size else inside)
+                       shell_p10_intensity=np.percentile(values, 10) if values.size else inside,
+                       shell_p90_intensity=np.percentile(values, 90) if values.size else inside,
+                       outer_shell_p90_intensity=np.percentile(beyond, 90) if beyond.size else inside)
     return rows
 
 
@@ -1067,10 +1070,10 @@ def _shell_reference(components, labels, image, allowed, spacing, shell_mm):
                                                       ((23, 21), (0.8, 1.3), 2.5)])
 @pytest.mark.parametrize("masked", [False, True])
 def test_intensity_features_match_scipy_shells(rng, shape, spacing, shell_mm, masked):
-    """Mean intensity and the shell's mean and 10th percentile against shells from
-    scipy.ndimage.distance_transform_edt over the whole array (sparse random components, some at
-    the array's border, with and without a shell mask); a component whose shell the mask
-    removes takes its own mean."""
+    """Mean intensity, the shell's mean and 10th and 90th percentiles and the outer shell's 90th
+    percentile against shells from scipy.ndimage.distance_transform_edt over the whole array
+    (sparse random components, some at the array's border, with and without a shell mask); a
+    component whose shells the mask removes takes its own mean."""
     from medkern._segment import label as connected
     from medkern.inference._pipeline import component_features
 
@@ -1079,7 +1082,8 @@ def test_intensity_features_match_scipy_shells(rng, shape, spacing, shell_mm, ma
     allowed = rng.random(shape) > 0.3 if masked else None
     prob = rng.random(shape + (3,)).astype(np.float32)
     components, n = connected(labels)
-    names = ["mean_intensity", "shell_mean_intensity", "shell_p10_intensity"]
+    names = ["mean_intensity", "shell_mean_intensity", "shell_p10_intensity", "shell_p90_intensity",
+             "outer_shell_p90_intensity"]
     got = component_features(components, labels, prob, spacing, names, 1, intensity=(image, allowed),
                              shell_mm=shell_mm)
     expected = _shell_reference(components, labels, image, allowed, np.array(spacing), shell_mm)
@@ -1094,7 +1098,7 @@ def test_intensity_features_match_scipy_shells(rng, shape, spacing, shell_mm, ma
         f = component_features(one, lonely.astype(np.uint8), prob, spacing, names, 1,
                                intensity=(image, lonely), shell_mm=shell_mm)
         own = image[lonely].mean(dtype=np.float64)
-        np.testing.assert_allclose([f[k][1] for k in names], [own] * 3, rtol=1e-6)
+        np.testing.assert_allclose([f[k][1] for k in names], [own] * len(names), rtol=1e-6)
     with pytest.raises(ValueError, match="need the image"):
         component_features(components, labels, prob, spacing, ["volume_mm3", "shell_p10_intensity"], 1)
 
@@ -1128,6 +1132,35 @@ def test_postprocess_labels_with_shell_features_sees_beyond_the_labels_box(rng):
         postprocess_labels(labels, prob, spacing, [op], first_channel=1)
     with pytest.raises(ValueError, match="must share the grid"):
         postprocess_labels(labels, prob, spacing, [op], first_channel=1, intensity=(image[1:], None))
+
+
+def test_outer_shell_feature_sees_a_vessel_beyond_the_component(rng):
+    """A bright tube crossing the image, labelled over a short stretch only (a vessel seen in
+    cross-section), and a bright blob of the same size in plain tissue: the tube goes on, bright,
+    beyond its component, into its shells, so a classifier on the outer shell's 90th percentile
+    drops it. The outer shell reaches 2 shell_mm past the labels' bounding box, which
+    postprocess_labels grows by as much: it agrees with the scipy reference over the whole array."""
+    from medkern._segment import label as connected
+    from medkern.inference._pipeline import postprocess_labels
+
+    shape, spacing, shell_mm = (40, 30, 30), (1.0, 1.0, 1.0), 1.5
+    image = rng.normal(0.0, 0.1, shape).astype(np.float32)
+    labels = np.zeros(shape, np.uint8)
+    image[:, 8:11, 8:11] = 3.0          # the tube along axis 0
+    labels[18:21, 8:11, 8:11] = 1       # its labelled stretch: 3 voxels long
+    image[18:21, 19:22, 19:22] = 3.0    # the blob
+    labels[18:21, 19:22, 19:22] = 1
+    prob = np.full(shape + (1,), 0.9, np.float32)
+    op = {"op": "classify_components", "features": ["outer_shell_p90_intensity"], "weights": [-4.0],
+          "bias": 2.0, "min_score": 0.5, "shell_mm": shell_mm}
+    got = postprocess_labels(labels, prob, spacing, [op], first_channel=1, intensity=(image, None))
+    components, n = connected(labels)
+    reference = _shell_reference(components, labels, image, None, np.array(spacing), shell_mm)
+    keep = [c for c in range(1, n + 1) if 2.0 - 4.0 * reference[c]["outer_shell_p90_intensity"] >= 0]
+    np.testing.assert_array_equal(got > 0, np.isin(components, keep))
+    tube, blob = int(components[19, 9, 9]), int(components[19, 20, 20])
+    assert n == 2 and keep == [blob]
+    assert reference[tube]["outer_shell_p90_intensity"] > 2.5 > 0.5 > reference[blob]["outer_shell_p90_intensity"]
 
 
 def test_predict_shell_features_read_the_preprocessed_image_inside_the_brain():

@@ -17,7 +17,7 @@ from medkern._progress import Progress
 from medkern._reorient import _orientation_code, _reoriented_view, reorient
 from medkern.errors import ModelError
 from medkern.image import Image
-from medkern.inference.metadata import INTENSITY_FEATURES, SHELL_FEATURES
+from medkern.inference.metadata import INTENSITY_FEATURES, OUTER_SHELL_FEATURES, SHELL_FEATURES
 from medkern.inference.sliding import _scan_starts, sliding_window
 
 
@@ -468,8 +468,9 @@ def postprocess_labels(labels: np.ndarray, probabilities: np.ndarray, spacing: S
                              f"the labels {labels.shape}; they must share the grid")
         # Only the labelled voxels' bounding box is read or cleared: a tumour is a few % of a CT.
         # Raster order inside the box is the whole array's, so components are numbered alike. The
-        # shell features see a margin of shell_mm beyond it.
-        margin = [math.ceil(float(op["shell_mm"]) / s) for s in spacing] if needs & set(SHELL_FEATURES) else None
+        # shell features see a margin of their reach beyond it.
+        margin = [math.ceil(shell_reach_mm(needs, float(op["shell_mm"])) / s) for s in spacing] \
+            if needs & set(SHELL_FEATURES) else None
         box = _foreground_box(out, margin)
         if box is None:
             break
@@ -510,7 +511,8 @@ def component_features(components: np.ndarray, labels: np.ndarray, probabilities
     ``probabilities`` holds one channel per output on the last axis. ``counts`` and ``own``
     (voxels and summed own-class probability per component) are computed when not given.
     ``intensity`` (:func:`component_intensity` on the same grid) is needed for the intensity
-    features; the shell ones see only what the arrays hold, so give them ``shell_mm`` of margin.
+    features; the shell ones see only what the arrays hold, so give them
+    ``shell_reach_mm(names, shell_mm)`` of margin.
     """
     from medkern import _core
 
@@ -556,41 +558,54 @@ def component_features(components: np.ndarray, labels: np.ndarray, probabilities
         image = intensity[0]
         out["mean_intensity"] = np.bincount(which, image[at].astype(np.float64), n + 1) / size
         if set(SHELL_FEATURES) & set(names):
-            out["shell_mean_intensity"], out["shell_p10_intensity"] = _shell_intensities(
-                components, labels, intensity, spacing, shell_mm, at, out["mean_intensity"])
+            out.update(_shell_intensities(components, labels, intensity, spacing, shell_mm,
+                                          bool(set(OUTER_SHELL_FEATURES) & set(names)), at,
+                                          out["mean_intensity"]))
     return {name: out[name] for name in names}
 
 
+def shell_reach_mm(names: Any, shell_mm: float) -> float:
+    """How far from a component the shell features ``names`` look: 2 shell_mm with an outer shell."""
+    return 2.0 * shell_mm if set(OUTER_SHELL_FEATURES) & set(names) else shell_mm
+
+
 def _shell_intensities(components: np.ndarray, labels: np.ndarray, intensity: tuple[np.ndarray, np.ndarray | None],
-                       spacing: Sequence[float], shell_mm: float, at: tuple[np.ndarray, ...],
-                       inside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and 10th percentile of the image over each component's shell: the unlabelled voxels
-    (inside the shell mask) within ``shell_mm`` of it; ``inside`` (its own mean) where it has none."""
+                       spacing: Sequence[float], shell_mm: float, outer: bool, at: tuple[np.ndarray, ...],
+                       inside: np.ndarray) -> dict[str, np.ndarray]:
+    """The shell features of every component: mean, 10th and 90th percentiles of the image over
+    its shell, the unlabelled voxels (inside the shell mask) within ``shell_mm`` of it, and with
+    ``outer`` the 90th percentile over those between ``shell_mm`` and ``2 shell_mm``; ``inside``
+    (its own mean) where a shell is empty."""
     from medkern._segment import distance_transform
 
     image, allowed = intensity
     n = inside.size - 1
     which = components[at]
-    reach = [math.ceil(shell_mm / s) for s in spacing]
+    reach_mm = 2.0 * shell_mm if outer else shell_mm
+    reach = [math.ceil(reach_mm / s) for s in spacing]
     lo = [np.full(n + 1, np.iinfo(np.intp).max) for _ in at]
     hi = [np.full(n + 1, -1) for _ in at]
     for d, a in enumerate(at):
         np.minimum.at(lo[d], which, a)
         np.maximum.at(hi[d], which, a)
-    mean, p10 = inside.copy(), inside.copy()
+    out = {name: inside.copy() for name in SHELL_FEATURES}
     for c in range(1, n + 1):
-        # The component's box grown by the shell's reach: the transform stays small.
+        # The component's box grown by the shells' reach: the transform stays small.
         sub = tuple(slice(max(int(lo[d][c]) - reach[d], 0), min(int(hi[d][c]) + reach[d] + 1, components.shape[d]))
                     for d in range(len(at)))
-        near = distance_transform(components[sub] != c, spacing, squared=True) <= shell_mm ** 2
-        shell = near & (labels[sub] == 0)
+        squared = distance_transform(components[sub] != c, spacing, squared=True)
+        free = labels[sub] == 0
         if allowed is not None:
-            shell &= allowed[sub]
-        values = image[sub][shell]
+            free &= allowed[sub]
+        values = image[sub][free & (squared <= shell_mm ** 2)]
         if values.size:
-            mean[c] = float(np.mean(values, dtype=np.float64))
-            p10[c] = float(np.percentile(values, 10))
-    return mean, p10
+            out["shell_mean_intensity"][c] = float(np.mean(values, dtype=np.float64))
+            out["shell_p10_intensity"][c], out["shell_p90_intensity"][c] = np.percentile(values, (10, 90))
+        if outer:
+            values = image[sub][free & (squared > shell_mm ** 2) & (squared <= reach_mm ** 2)]
+            if values.size:
+                out["outer_shell_p90_intensity"][c] = float(np.percentile(values, 90))
+    return out
 
 
 def component_scores(components: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,

@@ -57,11 +57,14 @@ of the voxel centres in mm with each voxel's own extent, ``spacing**2 / 12`` per
 that one-voxel components have a defined shape; ``flatness`` is 3D only), and three read from the
 image, its first input channel as the network sees it (the declared ``preprocessing`` applied on
 the input grid): ``mean_intensity`` over the component, and ``shell_mean_intensity`` and
-``shell_p10_intensity`` (mean and 10th percentile) over its shell, the voxels within ``shell_mm``
-(default 3 mm, Euclidean) of the component that no label covers, inside the brain (the image's
-non-zero voxels) when the model z-scores over the non-zero voxels. A component without a shell
-takes its own mean intensity there. The surroundings tell apart what looks alike inside: an
-enhancing lesion in brain tissue, and the choroid plexus in the dark CSF of a ventricle.
+``shell_p10_intensity`` and ``shell_p90_intensity`` (mean, 10th and 90th percentiles) over its
+shell, the voxels within ``shell_mm`` (default 3 mm, Euclidean) of the component that no label
+covers, inside the brain (the image's non-zero voxels) when the model z-scores over the non-zero
+voxels, and ``outer_shell_p90_intensity`` over the outer shell, the same voxels between ``shell_mm``
+and ``2 * shell_mm`` from it. A component without a shell (an outer shell) takes its own mean
+intensity there. The surroundings tell apart what looks alike inside: an enhancing lesion in brain
+tissue, the choroid plexus in the dark CSF of a ventricle, and a vessel seen in cross-section,
+which goes on, bright, beyond the component.
 Resampling to ``spacing`` is linear and keeps the field of view (``mk.resample``); ``antialias``
 defaults to false, as MONAI's ``Spacing`` and nnU-Net prepare their training data.
 """
@@ -105,8 +108,10 @@ POSTPROCESSING_OPS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
 }
 # Per-component features classify_components can weigh (medkern.inference._pipeline computes them).
 # The features read from the image (its first channel as the network sees it) rather than the
-# prediction; the shell ones from the unlabelled voxels within shell_mm of the component.
-SHELL_FEATURES = ("shell_mean_intensity", "shell_p10_intensity")
+# prediction; the shell ones from the unlabelled voxels within shell_mm of the component, the outer
+# shell ones from those between shell_mm and 2 shell_mm.
+OUTER_SHELL_FEATURES = ("outer_shell_p90_intensity",)
+SHELL_FEATURES = ("shell_mean_intensity", "shell_p10_intensity", "shell_p90_intensity", *OUTER_SHELL_FEATURES)
 INTENSITY_FEATURES = ("mean_intensity", *SHELL_FEATURES)
 COMPONENT_FEATURES = ("volume_mm3", "log_volume_mm3", "mean_probability", "max_probability", "elongation",
                       "flatness", *INTENSITY_FEATURES)
