@@ -500,6 +500,40 @@ def test_affine_warp_fast_paths_equal_checked_sampling(rng, case):
                     np.testing.assert_array_equal(got, ref, err_msg=f"{level} {name} {interpolation}")
 
 
+def test_affine_warp_equals_checked_sampling_on_random_maps(rng):
+    """Random index maps on small grids (a length-1 axis, rows whose step is zero, maps within
+    axis-0 planes, integral maps, grids mostly outside the image): the warp's fast paths against
+    the checked point path, bit for bit, every interpolation, every instruction-set level."""
+    from medkern import _cpu
+
+    for trial in range(60):
+        shape = tuple(int(v) for v in rng.integers(1, 9, 3))
+        out_shape = tuple(int(v) for v in rng.integers(1, 11, 3))
+        m = np.zeros((3, 4))
+        m[:, :3] = rng.normal(size=(3, 3)) * rng.choice([0.3, 1.0, 2.0])
+        kind = trial % 4
+        if kind == 0:
+            m[0, 1:3] = 0.0  # within axis-0 planes
+        elif kind == 1:
+            m[:, 2] = 0.0  # every row stays on one point
+        elif kind == 2:
+            m[:, :3] = np.round(m[:, :3])
+        m[:, 3] = rng.normal(size=3) * 4
+        coords = _warp_coordinates(m, out_shape)
+        x = rng.normal(size=shape).astype(np.float32)
+        for level in _cpu.available_levels():
+            with _cpu.use_level(level):
+                warp, points = _cpu.binding("warp"), _cpu.binding("map_coordinates")
+                bits = int(np.array(-7, np.float32).view(np.uint32))
+                for interpolation, data, fill in ((0, x.view(np.uint32), bits), (1, x, -7.0),
+                                                  (2, _cpu.binding("bspline_coefficients")(x, 1), -7.0),
+                                                  (3, rng.integers(0, 3, shape).astype(np.uint8), 5)):
+                    got = warp(data, interpolation, out_shape, m.ravel(), None, None, fill, 2)
+                    ref = points(data, interpolation, coords, fill, 1).reshape(out_shape)
+                    np.testing.assert_array_equal(got.view(np.uint8), ref.view(np.uint8),
+                                                  err_msg=f"{level} trial {trial} interpolation {interpolation}")
+
+
 def test_real_ibsi_ct(shared_data, cpu_backend):
     ct = mk.read(shared_data / "ibsi" / "ibsi_1_ct_radiomics_phantom" / "nifti" / "image" / "phantom.nii.gz")
     ct = ct[10:40, 40:140, 50:150]
