@@ -559,8 +559,7 @@ def component_features(components: np.ndarray, labels: np.ndarray, probabilities
         out["mean_intensity"] = np.bincount(which, image[at].astype(np.float64), n + 1) / size
         if set(SHELL_FEATURES) & set(names):
             out.update(_shell_intensities(components, labels, intensity, spacing, shell_mm,
-                                          bool(set(OUTER_SHELL_FEATURES) & set(names)), at,
-                                          out["mean_intensity"]))
+                                          shell_reach_mm(names, shell_mm), at, out["mean_intensity"]))
     return {name: out[name] for name in names}
 
 
@@ -570,18 +569,18 @@ def shell_reach_mm(names: Any, shell_mm: float) -> float:
 
 
 def _shell_intensities(components: np.ndarray, labels: np.ndarray, intensity: tuple[np.ndarray, np.ndarray | None],
-                       spacing: Sequence[float], shell_mm: float, outer: bool, at: tuple[np.ndarray, ...],
+                       spacing: Sequence[float], shell_mm: float, reach_mm: float, at: tuple[np.ndarray, ...],
                        inside: np.ndarray) -> dict[str, np.ndarray]:
     """The shell features of every component: mean, 10th and 90th percentiles of the image over
-    its shell, the unlabelled voxels (inside the shell mask) within ``shell_mm`` of it, and with
-    ``outer`` the 90th percentile over those between ``shell_mm`` and ``2 shell_mm``; ``inside``
-    (its own mean) where a shell is empty."""
+    its shell, the unlabelled voxels (inside the shell mask) within ``shell_mm`` of it, and where
+    ``reach_mm`` (:func:`shell_reach_mm`) goes beyond it, the 90th percentile over those between
+    ``shell_mm`` and ``reach_mm``; ``inside`` (its own mean) where a shell is empty."""
     from medkern._segment import distance_transform
 
     image, allowed = intensity
     n = inside.size - 1
     which = components[at]
-    reach_mm = 2.0 * shell_mm if outer else shell_mm
+    outer = reach_mm > shell_mm
     reach = [math.ceil(reach_mm / s) for s in spacing]
     lo = [np.full(n + 1, np.iinfo(np.intp).max) for _ in at]
     hi = [np.full(n + 1, -1) for _ in at]
