@@ -534,6 +534,17 @@ def test_affine_warp_equals_checked_sampling_on_random_maps(rng):
                                                   err_msg=f"{level} trial {trial} interpolation {interpolation}")
 
 
+def test_warp_refuses_rows_it_cannot_count():
+    """The warp counts a row's columns in int32: a longer output row is refused before anything
+    is allocated, at every level."""
+    from medkern import _cpu
+
+    x = np.zeros((2, 2, 2), np.float32)
+    for level in _cpu.available_levels():
+        with _cpu.use_level(level), pytest.raises(ValueError, match="2\\^31 voxels"):
+            _cpu.binding("warp")(x, 1, (1, 1, 2 ** 31), np.eye(3, 4).ravel(), None, None, 0.0, 1)
+
+
 def test_real_ibsi_ct(shared_data, cpu_backend):
     ct = mk.read(shared_data / "ibsi" / "ibsi_1_ct_radiomics_phantom" / "nifti" / "image" / "phantom.nii.gz")
     ct = ct[10:40, 40:140, 50:150]

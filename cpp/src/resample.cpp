@@ -65,6 +65,9 @@ py::array warp(const py::array& x, int interpolation, const std::vector<index_t>
   const auto so = shape3(out_shape, "out_shape");
   for (index_t v : so)
     if (v < 1) throw py::value_error("out_shape entries must be positive");
+  // The warp counts a row's columns in int32 (column_index, resample.hpp).
+  if (so[2] >= (index_t{1} << 31))
+    throw py::value_error("out_shape: output rows of 2^31 voxels or more are not supported");
   if (matrix.size() != 12) throw py::value_error("matrix must be 3x4");
   carray<float> disp;
   carray<double> rmat;

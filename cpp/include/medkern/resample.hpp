@@ -616,36 +616,30 @@ inline void unit_step_box(const index_t n[3], double lo[3], double hi[3]) {
   if (n[0] == 1) hi[0] = 0.25;
 }
 
-// Requests part `part` of `parts` equal parts of the input planes [first, last] (axis-0
-// indices) into the cache, in address order: warp() streams the planes the next output slice
-// will read while it computes this one.
+// Requests part `part` of `parts` equal parts of the `count` input planes from axis-0 index
+// `first` (clamped into the image) into the cache, in address order: warp() streams the planes
+// the next output slice will read while it computes this one.
 template <class E>
-inline void prefetch_planes(const E* data, const index_t n[3], index_t first, index_t last,
+inline void prefetch_planes(const E* data, const index_t n[3], index_t first, index_t count,
                             index_t part, index_t parts) {
 #if defined(__GNUC__)
   constexpr index_t kLine = 64;
   const index_t bytes = n[1] * n[2] * static_cast<index_t>(sizeof(E));
   const index_t begin = bytes * part / parts / kLine * kLine, end = bytes * (part + 1) / parts;
-  for (index_t p = first; p <= last; ++p) {
+  const index_t lo = clamp_index(first, n[0]), hi = clamp_index(first + count - 1, n[0]);
+  for (index_t p = lo; p <= hi; ++p) {
     const char* plane = reinterpret_cast<const char*>(data + p * n[1] * n[2]);
     for (index_t b = begin; b < end; b += kLine) __builtin_prefetch(plane + b, 0, 2);
   }
 #else
-  (void)data, (void)n, (void)first, (void)last, (void)part, (void)parts;
+  (void)data, (void)n, (void)first, (void)count, (void)part, (void)parts;
 #endif
 }
 
-// The axis-0 planes [first, last] that samples on the axis-0 index c0 read with a non-zero
-// weight, for a sampler whose taps there are floor(c0) + lo .. floor(c0) + lo + taps - 1
-// (clamped into the image, any c0, NaN included); a zero fraction leaves the last linear tap
-// without weight.
-inline void weighted_planes(double c0, index_t n0, int lo, int taps, index_t& first,
-                            index_t& last) {
-  const index_t f = floor_clamped(c0, n0);
-  const bool integral = c0 == static_cast<double>(f);
-  first = clamp_index(f + lo, n0);
-  last = clamp_index(f + lo + taps - 1 - (integral && taps == 2 ? 1 : 0), n0);
-}
+// The column index i as double through int32, which x86 converts four at a time (from int64
+// only AVX-512 does, and the coordinate loops would stay scalar). Exact for i < 2^31, which
+// the warp binding guarantees for every output row.
+inline double column_index(index_t i) { return static_cast<double>(static_cast<std::int32_t>(i)); }
 
 // interior() point by point, for samplers without a blocked version.
 template <class S, class V>
@@ -681,9 +675,7 @@ struct NearestSampler {
     interior_points(*this, c0, c1, c2, count, out);
   }
   void prefetch_slice(double c0, index_t part, index_t parts) const {
-    index_t first, last;
-    weighted_planes(c0 + 0.5, n[0], 0, 1, first, last);
-    prefetch_planes(data, n, first, last, part, parts);
+    prefetch_planes(data, n, floor_clamped(c0 + 0.5, n[0]), 1, part, parts);
   }
 };
 
@@ -738,19 +730,13 @@ struct LinearSampler {
   // The interior points b + d * (i0 + q), q < count, of one output row of a warp: the same
   // values as interior_block on those coordinates, without storing them in between.
   void interior_row(const double b[3], const double d[3], index_t i0, index_t count, A* out) const {
-    if (!block_fits(count) || i0 + count >= (index_t{1} << 31)) {
-      for (index_t q = 0; q < count; ++q) {
-        const double i = static_cast<double>(i0 + q);
-        out[q] = interior(b[0] + d[0] * i, b[1] + d[1] * i, b[2] + d[2] * i);
-      }
+    auto column = [&](index_t q) { return column_index(i0 + q); };
+    if (!block_fits(count)) {
+      for (index_t q = 0; q < count; ++q)
+        out[q] =
+            interior(b[0] + d[0] * column(q), b[1] + d[1] * column(q), b[2] + d[2] * column(q));
       return;
     }
-    // The column through int32, which x86 converts to double four at a time (from int64 only
-    // AVX-512 does, and the loop would stay scalar); exact either way.
-    const auto first = static_cast<std::int32_t>(i0);
-    auto column = [&](index_t q) {
-      return static_cast<double>(first + static_cast<std::int32_t>(q));
-    };
     if (d[0] == 0.0) {  // the row stays on one axis-0 index: its offset and fraction once
       sample_block<true>([&](index_t q, int a) { return b[a] + d[a] * column(q); }, b[0], count,
                          out);
@@ -875,10 +861,10 @@ struct LinearSampler {
   }
 
  public:
+  // The second plane only where it has weight: sample_block does not read it otherwise.
   void prefetch_slice(double c0, index_t part, index_t parts) const {
-    index_t first, last;
-    weighted_planes(c0, n[0], 0, 2, first, last);
-    prefetch_planes(data, n, first, last, part, parts);
+    const index_t f = floor_clamped(c0, n[0]);
+    prefetch_planes(data, n, f, c0 == static_cast<double>(f) ? 1 : 2, part, parts);
   }
   // trilinear_blend of the four rows' (x, x + d2) pairs.
   MEDKERN_HD static A blend(const T* r00, const T* r01, const T* r10, const T* r11, index_t d2,
@@ -947,9 +933,7 @@ struct CubicSampler {
     interior_points(*this, c0, c1, c2, count, out);
   }
   void prefetch_slice(double c0, index_t part, index_t parts) const {
-    index_t first, last;
-    weighted_planes(c0, n[0], -1, 4, first, last);
-    prefetch_planes(coef, n, first, last, part, parts);
+    prefetch_planes(coef, n, floor_clamped(c0, n[0]) - 1, 4, part, parts);
   }
 };
 
@@ -1051,9 +1035,7 @@ struct LabelSampler {
   }
   T interior(double c0, double c1, double c2) const { return (*this)(c0, c1, c2); }
   void prefetch_slice(double c0, index_t part, index_t parts) const {
-    index_t first, last;
-    weighted_planes(c0, n[0], 0, 2, first, last);
-    prefetch_planes(data, n, first, last, part, parts);
+    prefetch_planes(data, n, floor_clamped(c0, n[0]), 2, part, parts);
   }
   // Axis-aligned maps (resampling to another spacing) keep c0 and c1 fixed along a row: the
   // neighbour rows and their subset sums are then found once for the whole block.
@@ -1236,10 +1218,6 @@ void warp(const S& sampler, typename S::value_type* out, const index_t shape_out
     b[1] = m[4] * kk + m[5] * jj + m[7];
     b[2] = m[8] * kk + m[9] * jj + m[11];
   };
-  // The column index as double through int32 (exact: rows are shorter than 2^31), which x86
-  // converts four at a time; from a 64-bit integer only AVX-512 does, and the coordinate loops
-  // would stay scalar.
-  auto column = [](index_t i) { return static_cast<double>(static_cast<std::int32_t>(i)); };
   // The box of continuous indices inside the image (-0.5 <= c < n - 0.5, as `inside`): a row's
   // points outside it are `fill`, which the checked path would return for them one by one.
   const double image_lo[3] = {-0.5, -0.5, -0.5};
@@ -1262,7 +1240,7 @@ void warp(const S& sampler, typename S::value_type* out, const index_t shape_out
   // the interior in blocks.
   auto affine_row = [&](const double b[3], const RowRanges& r, index_t i_begin, index_t i_end,
                         typename S::value_type* dst) {
-    auto at = [&](index_t i, int a) { return b[a] + d[a] * column(i); };
+    auto at = [&](index_t i, int a) { return b[a] + d[a] * column_index(i); };
     const index_t first = r.first, last = r.last, in_first = r.in_first, in_last = r.in_last;
     const index_t g = std::min(std::max(in_first, i_begin), i_end);
     const index_t h = std::max(g, std::min(in_last, i_end));
@@ -1326,7 +1304,7 @@ void warp(const S& sampler, typename S::value_type* out, const index_t shape_out
             affine_row(b, ranges[q], i0, i1, dst);
             continue;
           }
-          auto at = [&](index_t i, int a) { return b[a] + d[a] * column(i); };
+          auto at = [&](index_t i, int a) { return b[a] + d[a] * column_index(i); };
           const float* u = disp + ((k * m1 + j0 + q) * m2 + i0) * n_comp;
           bool all_interior = true;
           for (index_t i = i0; i < i1; ++i, u += n_comp) {
