@@ -38,7 +38,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from train_brain_lesion import CANDIDATE, CHANNELS, MINING_SEEDS, NAME, PATCH, PHASES, SPACING, TRAIN_SEEDS, WORKDIR
+from train_brain_lesion import (
+    CANDIDATE,
+    CHANNELS,
+    MINING_SEEDS,
+    NAME,
+    PATCH,
+    PHASES,
+    SEED,
+    SPACING,
+    THREADS,
+    TRAIN_SEEDS,
+    WORKDIR,
+)
 
 from medkern.demo import DEMO_ACQUISITION, DEMO_DIAMETERS_MM
 from medkern.inference.metadata import COMPONENT_FEATURES, OUTER_SHELL_FEATURES, SHELL_FEATURES
@@ -124,6 +136,13 @@ def summary(scores: list[dict[str, Any]]) -> dict[str, Any]:
     def rate(rs: list[dict[str, Any]]) -> float | None:
         return round(float(np.mean([r["detected"] for r in rs])), 4) if rs else None
 
+    # Where the misses are: the simulator's lesion kinds, small and large apart.
+    by_kind = {kind: {"lesions_3_6mm": sum(r["kind"] == kind for r in small),
+                      "sensitivity_3_6mm": rate([r for r in small if r["kind"] == kind]),
+                      "lesions_ge_6mm": sum(r["kind"] == kind for r in large),
+                      "sensitivity_ge_6mm": rate([r for r in large if r["kind"] == kind])}
+               for kind in sorted({r["kind"] for r in rows})}
+
     def median(v: list[float], digits: int) -> float | None:
         return round(float(np.median(v)), digits) if v else None
 
@@ -134,7 +153,7 @@ def summary(scores: list[dict[str, Any]]) -> dict[str, Any]:
             "volume_bias_median_ge_6mm": median(volume_bias, 4),
             "diameter_error_median_mm_ge_6mm": median(diameter_error, 2),
             "dice_median": round(float(np.median([s["dice"] for s in scores])), 4),
-            "by_acquisition": by_acquisition}
+            "by_acquisition": by_acquisition, "by_kind": by_kind}
 
 
 def predict_all(model: Any, patients: list[Any], postprocess: bool = True) -> tuple[list[Any], list[float]]:
@@ -394,6 +413,8 @@ def model_card(m: dict[str, Any], meta: dict[str, Any]) -> None:
                       for label, key, d, pct, target in rows)
     acquisitions = "\n".join(f"| {name} | {v['sensitivity']} | {v['false_lesions_per_patient']} |"
                              for name, v in m["by_acquisition"].items())
+    kinds = "\n".join(f"| {kind} | {v['lesions_3_6mm']} | {_fmt(v['sensitivity_3_6mm'], 2)} | {v['lesions_ge_6mm']} | "
+                      f"{_fmt(v['sensitivity_ge_6mm'], 2)} |" for kind, v in m.get("by_kind", {}).items())
     demo = "; ".join(f"{r['diameter_mm']:g} mm ({r['volume_mm3']:.0f} mm3): "
                      + (f"found, {r['found_volume_mm3']:.0f} mm3, {r['found_diameter_mm']:.1f} mm" if r["found"] else "missed")
                      for r in m["demo"]["lesions"])
@@ -441,6 +462,12 @@ def model_card(m: dict[str, Any], meta: dict[str, Any]) -> None:
                      "reported." if classifier is None else
                      "Most lesions under about 5 mm are missed: the network, at 1.5 mm, segments few of them, and "
                      "the classifier drops small components that look like the false ones.")
+    small_by_kind = {k: v["sensitivity_3_6mm"] for k, v in m.get("by_kind", {}).items() if v["sensitivity_3_6mm"] is not None}
+    if small_by_kind:
+        worst = min(small_by_kind, key=small_by_kind.get)
+        small_lesions += (f" The {worst} lesions of 3-6 mm fare worst (sensitivity {small_by_kind[worst]:.2f}"
+                          + (": at 1.5 mm one looks much like the cortical veins beside it" if worst == "cortical" else "")
+                          + ").")
     card = f"""# Model card: `{NAME}` {meta.get("version", "")}
 
 **Task**: segmentation of enhancing focal brain lesions (metastasis-like) on skull-stripped,
@@ -478,7 +505,7 @@ reoriented to SPL, resampled to {SPACING} mm, z-score over the non-zero (brain) 
 window {PATCH} voxels, overlap {meta["inference"]["overlap"]}, Gaussian blending. Dice + binary
 cross-entropy, Adam with poly decay; patches centred on lesions, on bright non-lesion structures
 such as vessels, or anywhere in the brain; flips, intensity scale and shift. {phases}.
-Seed 0, one thread, {m["training"]["steps"]} steps in all ({m["training"]["seconds"]} s). Reproduce with
+Seed {SEED}, {THREADS} thread{"s" if THREADS > 1 else ""}, {m["training"]["steps"]} steps in all ({m["training"]["seconds"]} s). Reproduce with
 `python models/train_brain_lesion.py` (`--resume` continues an interrupted run).
 
 ## Validation ({m["patients"]} held-out simulated patients, {m["lesions"]} lesions: {m["lesions_3_6mm"]} of 3-6 mm, {m["lesions_ge_6mm"]} of >= 6 mm)
@@ -499,6 +526,13 @@ shipped model (version {p.get("version", "n/a")}) is evaluated on the same patie
 | acquisition | sensitivity | false lesions per patient |
 |---|---|---|
 {acquisitions}
+
+By lesion kind (`cortical`: touching the cortex, beside the cortical veins; `ring`: ring-enhancing
+around a necrotic core, 10 mm and larger only):
+
+| lesion kind | lesions 3-6 mm | sensitivity 3-6 mm | lesions >= 6 mm | sensitivity >= 6 mm |
+|---|---|---|---|---|
+{kinds}
 
 Threshold and minimum lesion size: on the {m["postprocessing_tuning"]["patients"]} tuning patients
 ({m["postprocessing_tuning"]["lesions"]} lesions), among thresholds {list(THRESHOLD_CANDIDATES)} and
