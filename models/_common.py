@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -20,7 +19,15 @@ import torch
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "python"))
+# The scripts run against the installed medkern (`pip install -e .` or `pip install .`), never the
+# source tree on its own: without its compiled kernels, medkern falls back to Numba where it can,
+# whose float arithmetic differs in the last bits, so the training cases and hence the weights
+# would no longer be the ones these scripts reproduce.
+try:
+    import medkern._core  # noqa: F401
+except ImportError as exc:
+    raise SystemExit(f"models/ needs medkern installed with its compiled kernels ({exc}); "
+                     f"run `pip install -e .` in {REPO}") from exc
 SHIPPED = REPO / "python" / "medkern" / "models"
 SHARED_DATA = Path(os.environ.get("MEDKERN_SHARED_DATA", REPO.parent / "shared" / "data"))
 

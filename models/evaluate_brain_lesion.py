@@ -466,8 +466,8 @@ def model_card(m: dict[str, Any], meta: dict[str, Any]) -> None:
     if small_by_kind:
         worst = min(small_by_kind, key=small_by_kind.get)
         small_lesions += (f" The {worst} lesions of 3-6 mm fare worst (sensitivity {small_by_kind[worst]:.2f}"
-                          + (": at 1.5 mm one looks much like the cortical veins beside it" if worst == "cortical" else "")
-                          + ").")
+                          + ("; the network gives most of them almost no probability, as it does the cortical veins "
+                             "that run beside them" if worst == "cortical" else "") + ").")
     card = f"""# Model card: `{NAME}` {meta.get("version", "")}
 
 **Task**: segmentation of enhancing focal brain lesions (metastasis-like) on skull-stripped,
@@ -505,7 +505,7 @@ reoriented to SPL, resampled to {SPACING} mm, z-score over the non-zero (brain) 
 window {PATCH} voxels, overlap {meta["inference"]["overlap"]}, Gaussian blending. Dice + binary
 cross-entropy, Adam with poly decay; patches centred on lesions, on bright non-lesion structures
 such as vessels, or anywhere in the brain; flips, intensity scale and shift. {phases}.
-Seed {SEED}, {THREADS} thread{"s" if THREADS > 1 else ""}, {m["training"]["steps"]} steps in all ({m["training"]["seconds"]} s). Reproduce with
+Seed {SEED}, {"one thread" if THREADS == 1 else f"{THREADS} threads"}, {m["training"]["steps"]} steps in all ({m["training"]["seconds"]} s). Reproduce with
 `python models/train_brain_lesion.py` (`--resume` continues an interrupted run).
 
 ## Validation ({m["patients"]} held-out simulated patients, {m["lesions"]} lesions: {m["lesions_3_6mm"]} of 3-6 mm, {m["lesions_ge_6mm"]} of >= 6 mm)
