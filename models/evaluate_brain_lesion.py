@@ -413,8 +413,15 @@ def model_card(m: dict[str, Any], meta: dict[str, Any]) -> None:
                       for label, key, d, pct, target in rows)
     acquisitions = "\n".join(f"| {name} | {v['sensitivity']} | {v['false_lesions_per_patient']} |"
                              for name, v in m["by_acquisition"].items())
-    kinds = "\n".join(f"| {kind} | {v['lesions_3_6mm']} | {_fmt(v['sensitivity_3_6mm'], 2)} | {v['lesions_ge_6mm']} | "
-                      f"{_fmt(v['sensitivity_ge_6mm'], 2)} |" for kind, v in m.get("by_kind", {}).items())
+    # Metrics evaluated before the breakdown by kind existed have none to show.
+    kinds = "" if not m.get("by_kind") else (
+        "By lesion kind (`cortical`: touching the cortex, beside the cortical veins; `ring`: ring-enhancing\n"
+        "around a necrotic core, 10 mm and larger only):\n\n"
+        "| lesion kind | lesions 3-6 mm | sensitivity 3-6 mm | lesions >= 6 mm | sensitivity >= 6 mm |\n"
+        "|---|---|---|---|---|\n"
+        + "\n".join(f"| {kind} | {v['lesions_3_6mm']} | {_fmt(v['sensitivity_3_6mm'], 2)} | {v['lesions_ge_6mm']} | "
+                    f"{_fmt(v['sensitivity_ge_6mm'], 2)} |" for kind, v in m["by_kind"].items())
+        + "\n\n")
     demo = "; ".join(f"{r['diameter_mm']:g} mm ({r['volume_mm3']:.0f} mm3): "
                      + (f"found, {r['found_volume_mm3']:.0f} mm3, {r['found_diameter_mm']:.1f} mm" if r["found"] else "missed")
                      for r in m["demo"]["lesions"])
@@ -527,14 +534,7 @@ shipped model (version {p.get("version", "n/a")}) is evaluated on the same patie
 |---|---|---|
 {acquisitions}
 
-By lesion kind (`cortical`: touching the cortex, beside the cortical veins; `ring`: ring-enhancing
-around a necrotic core, 10 mm and larger only):
-
-| lesion kind | lesions 3-6 mm | sensitivity 3-6 mm | lesions >= 6 mm | sensitivity >= 6 mm |
-|---|---|---|---|---|
-{kinds}
-
-Threshold and minimum lesion size: on the {m["postprocessing_tuning"]["patients"]} tuning patients
+{kinds}Threshold and minimum lesion size: on the {m["postprocessing_tuning"]["patients"]} tuning patients
 ({m["postprocessing_tuning"]["lesions"]} lesions), among thresholds {list(THRESHOLD_CANDIDATES)} and
 minimum volumes {list(MIN_VOLUME_CANDIDATES_MM3)} mm3, the pair finding the most lesions with at most
 {MAX_FALSE_PER_PATIENT} false lesions per patient (detections and false lesions of every pair are
