@@ -166,3 +166,17 @@ def test_bad_arguments(brain, kwargs, error, message):
     args = {"template": brain, "seed": 0, **kwargs}
     with pytest.raises(error, match=message):
         simulate_brain_metastases(args.pop("template"), args.pop("seed"), **args)
+
+
+@pytest.mark.parametrize("coarse, shape", [((8, 9, 8), (197, 233, 189)), ((3, 8, 8), (61, 233, 189)),
+                                           ((2, 2, 2), (10, 3, 7)), ((5, 6, 7), (40, 50, 33))])
+def test_cubic_upsample_is_scipy_zoom(coarse, shape):
+    """The smooth fields' upsampling is scipy.ndimage.zoom (order 3, grid mode, 'nearest'), to
+    rounding: the random coarse noise of the deformation and bias fields at brain sizes."""
+    from scipy import ndimage
+
+    from medkern.phantoms import _cubic_upsample
+
+    noise = np.random.default_rng(sum(shape)).normal(size=coarse)
+    expected = ndimage.zoom(noise, [n / c for n, c in zip(shape, coarse)], order=3, grid_mode=True, mode="nearest")
+    np.testing.assert_allclose(_cubic_upsample(noise, shape), expected, rtol=0, atol=1e-12)

@@ -277,12 +277,25 @@ def _rotation(rng: np.random.Generator, max_angle: float | None = None) -> np.nd
 def _smooth_field(rng: np.random.Generator, shape: Sequence[int], step_mm: float,
                   spacing: Sequence[float]) -> np.ndarray:
     """Unit-variance Gaussian noise correlated over about ``step_mm`` (cubic upsampling)."""
-    from scipy import ndimage
-
     coarse = [max(int(math.ceil(n * s / step_mm)) + 1, 2) for n, s in zip(shape, spacing)]
-    noise = rng.normal(size=coarse)
-    return ndimage.zoom(noise, [n / c for n, c in zip(shape, coarse)], order=3, grid_mode=True,
-                        mode="nearest").astype(np.float32)
+    return _cubic_upsample(rng.normal(size=coarse), shape).astype(np.float32)
+
+
+# scipy.ndimage's margin for the spline boundary modes that have no closed form ("nearest" among them).
+_SPLINE_PAD = 12
+
+
+def _cubic_upsample(coarse: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """``scipy.ndimage.zoom(coarse, shape / coarse.shape, order=3, grid_mode=True, mode="nearest")``
+    on medkern's separable cubic B-spline kernel (float64, equal up to rounding; a tenth of the
+    time on a brain): scipy's own way to that boundary, the input padded by repeating its edges,
+    then a mirror-boundary spline."""
+    from ._resample import _axis_aligned
+
+    padded = np.pad(np.asarray(coarse, np.float64), _SPLINE_PAD, mode="edge")
+    scale = [n / m for n, m in zip(coarse.shape, shape)]
+    return _axis_aligned(padded, tuple(shape), scale, [s / 2 - 0.5 + _SPLINE_PAD for s in scale], "cubic",
+                         (0.0,) * 3, 0.0, "auto")
 
 
 def _tube(out: np.ndarray, points: np.ndarray, radius: float) -> None:
