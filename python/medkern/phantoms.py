@@ -286,7 +286,7 @@ _SPLINE_PAD = 12
 
 
 def _cubic_upsample(coarse: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """``scipy.ndimage.zoom(coarse, shape / coarse.shape, order=3, grid_mode=True, mode="nearest")``
+    """A 3D ``scipy.ndimage.zoom(coarse, shape / coarse.shape, order=3, grid_mode=True, mode="nearest")``
     on medkern's separable cubic B-spline kernel (float64, equal up to rounding; a tenth of the
     time on a brain): scipy's own way to that boundary, the input padded by repeating its edges,
     then a mirror-boundary spline."""
